@@ -1,0 +1,75 @@
+# fer-edge: `make` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+TRAIN_VENV ?= .venv-train
+EDGE_VENV ?= .venv-edge
+CONFIG ?= configs/train-default.yaml
+RUN ?= runs/$(notdir $(basename $(subst train-,,$(CONFIG))))
+DEMO_OUT ?= out/demo
+PI ?=
+export PYTHONPATH := $(CURDIR)
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint train train-seed convert evaluate bench bench-edge clip deploy deploy-model clean
+
+help:  ## this list
+	@echo "fer-edge: facial expression recognition trained here, run headless on a Raspberry Pi"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables: CONFIG=$(CONFIG) RUN=$(RUN) FER2013_DIR=$${FER2013_DIR:-../shared/fer2013} PI=user@host"
+
+$(TRAIN_VENV)/.installed: requirements-train.txt requirements-dev.txt edge/pyproject.toml
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install -q --upgrade pip
+	$(TRAIN_VENV)/bin/pip install -q -r requirements-train.txt -r requirements-dev.txt
+	$(TRAIN_VENV)/bin/pip install -q --no-deps -e ./edge
+	touch $@
+
+$(EDGE_VENV)/.installed: requirements-edge.txt edge/pyproject.toml
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/pip install -q --upgrade pip
+	$(EDGE_VENV)/bin/pip install -q -r requirements-edge.txt
+	$(EDGE_VENV)/bin/pip install -q --no-deps -e ./edge
+	touch $@
+
+demo: $(EDGE_VENV)/.installed  ## run fer-edge with the shipped model on the bundled clip (MP4 + events in out/demo)
+	$(EDGE_VENV)/bin/fer-edge run --source assets/demo.mp4 --output $(DEMO_OUT)
+
+test: $(TRAIN_VENV)/.installed lint  ## lint, then the whole test suite (needs FER-2013: ../shared/fer2013 or FER2013_DIR)
+	$(TRAIN_VENV)/bin/python -m pytest tests -q
+
+lint: $(TRAIN_VENV)/.installed  ## ruff
+	$(TRAIN_VENV)/bin/ruff check .
+
+train: $(TRAIN_VENV)/.installed  ## train + evaluate CONFIG into runs/<name> (resumes an interrupted run)
+	$(TRAIN_VENV)/bin/python -m train --config $(CONFIG) --resume
+
+train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
+	$(MAKE) train CONFIG=configs/train-seed.yaml
+
+convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUN, checked against Keras; ships int8 to models/
+	$(TRAIN_VENV)/bin/python -m convert --run $(RUN)
+
+evaluate: $(TRAIN_VENV)/.installed  ## (re)write RUN's reports
+	$(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $(RUN)
+
+bench: $(TRAIN_VENV)/.installed  ## accuracy and ms per face of the shipped models -> bench/results.md
+	$(TRAIN_VENV)/bin/python -m bench.models
+
+bench-edge: $(TRAIN_VENV)/.installed  ## fer-edge vs the origin's loop, one core -> bench/results-edge.md
+	$(TRAIN_VENV)/bin/python -m bench.edge
+
+clip: $(TRAIN_VENV)/.installed  ## rebuild assets/demo.mp4 from FER-2013 PrivateTest faces
+	$(TRAIN_VENV)/bin/python tools/make_demo_clip.py
+
+deploy:  ## install/upgrade on a Pi over ssh: make deploy PI=user@host
+	@test -n "$(PI)" || { echo "usage: make deploy PI=user@host" >&2; exit 2; }
+	deploy/deploy.sh $(PI)
+
+deploy-model:  ## swap the model on a Pi atomically and restart: make deploy-model PI=user@host
+	@test -n "$(PI)" || { echo "usage: make deploy-model PI=user@host" >&2; exit 2; }
+	deploy/deploy-model.sh $(PI)
+
+clean:  ## remove venvs, caches and outputs (keeps runs/ and models/)
+	rm -rf $(TRAIN_VENV) $(EDGE_VENV) build out .pytest_cache .ruff_cache

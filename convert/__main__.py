@@ -1,0 +1,41 @@
+"""``python -m convert``: TFLite variants of a trained run, checked against Keras, int8 shipped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+    parser.add_argument("--run", default="runs/default", help="run folder holding best.keras (default: runs/default)")
+    parser.add_argument("--variants", default="float32,float16,dynamic,int8")
+    parser.add_argument("--data", help="FER-2013 folder or fer2013.csv")
+    parser.add_argument("--ship-as", default="models/fer_int8.tflite",
+                        help="where the int8 model and its JSON go ('' to keep it in the run folder only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from convert.tflite import ParityError, convert_run
+    from train.data import DataError
+
+    run = Path(args.run)
+    if not (run / "best.keras").is_file():
+        print(f"error: {run}/best.keras not found: train first (make train)", file=sys.stderr)
+        return 2
+    try:
+        convert_run(run, run / "tflite", args.variants.split(","), args.data,
+                    ship_as=Path(args.ship_as) if args.ship_as else None)
+    except (ParityError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

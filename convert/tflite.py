@@ -1,0 +1,195 @@
+"""Convert a run's best Keras model to TFLite variants and check each against Keras on PublicTest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, write_sidecar
+
+from train import data
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+MAX_INT8_DROP = 0.01  # the int8 model may lose at most one accuracy point against Keras on PublicTest
+# Crop side = Haar box side * FACE_MARGIN: FER-2013 faces fill their 48x48 image so that OpenCV's
+# frontal-face cascade finds a box of 0.96 of the side, centred (median over PublicTest, see
+# tests/test_train_data.py::test_face_margin_matches_haar_on_fer2013).
+FACE_MARGIN = 1.04
+
+
+class ParityError(Exception):
+    """A quantized model strays too far from its Keras original."""
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: str
+    path: Path
+    keras_accuracy: float
+    tflite_accuracy: float
+    agreement: float
+
+
+def representative_images(split: data.Split, count: int = 500, seed: int = 0):
+    sample = split.head(max(1, count // len(data.CLASS_NAMES)), seed)
+    for image in sample.x:
+        yield [image[None, :, :, None].astype(np.float32)]
+
+
+def convert_model(model, variant: str, calibration: data.Split) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: representative_images(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    elif variant != "float32":
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    return converter.convert()
+
+
+def make_interpreter(model_path: Path, threads: int = 1):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tensorflow.lite import Interpreter
+    interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def tflite_scores(model_path: Path, images: np.ndarray, threads: int = 2) -> np.ndarray:
+    """Dequantized class scores for uint8 images (N, 48, 48), fed the way the device feeds them."""
+    interpreter = make_interpreter(model_path, threads)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scores = np.empty((len(images), out["shape"][-1]), np.float32)
+    for i, image in enumerate(images):
+        interpreter.set_tensor(inp["index"], _quantize(image[None, :, :, None], inp))
+        interpreter.invoke()
+        scores[i] = _dequantize(interpreter.get_tensor(out["index"])[0], out)
+    return scores
+
+
+def _quantize(pixels: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if detail["dtype"] == np.float32:
+        return pixels.astype(np.float32)
+    if scale == 1.0 and zero == 0 and detail["dtype"] == np.uint8:
+        return pixels.astype(np.uint8)
+    q = np.round(pixels.astype(np.float32) / scale + zero)
+    info = np.iinfo(detail["dtype"])
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if not scale:
+        return values.astype(np.float32)
+    return (values.astype(np.float32) - zero) * scale
+
+
+def tensor_spec(detail: dict) -> TensorSpec:
+    scale, zero = detail["quantization"]
+    return TensorSpec(
+        shape=tuple(int(d) for d in detail["shape"]), dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale), zero_point=int(zero),
+    )
+
+
+def convert_run(
+    run_dir: Path,
+    out_dir: Path,
+    variants=VARIANTS,
+    data_dir=None,
+    cache_dir="build/cache",
+    ship_as: Path | None = None,
+) -> list[VariantResult]:
+    """Convert ``run_dir/best.keras`` to each variant in ``out_dir``; optionally copy the int8 one to ``ship_as``."""
+    import keras
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model = keras.models.load_model(run_dir / "best.keras")
+    run_info = json.loads((run_dir / "run.json").read_text())
+    labels = tuple(run_info["labels"])
+    if labels != data.CLASS_NAMES:
+        raise ValueError(f"{run_dir}: labels {labels} differ from the data loader's {data.CLASS_NAMES}")
+    root = data.resolve_data_dir(data_dir)
+    train_split = data.load_split(root, "train", cache_dir)
+    public = data.load_split(root, "public", cache_dir)
+    private = data.load_split(root, "private", cache_dir)
+
+    keras_public = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
+    keras_accuracy = float((keras_public.argmax(1) == public.y).mean())
+    metrics_file = run_dir / "metrics.json"
+    run_metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for variant in variants:
+        path = out_dir / f"fer_{variant}.tflite"
+        tmp = path.with_suffix(".tflite.tmp")
+        tmp.write_bytes(convert_model(model, variant, train_split))
+        os.replace(tmp, path)
+        public_scores = tflite_scores(path, public.x)
+        tflite_accuracy = float((public_scores.argmax(1) == public.y).mean())
+        agreement = float((public_scores.argmax(1) == keras_public.argmax(1)).mean())
+        private_accuracy = float((tflite_scores(path, private.x).argmax(1) == private.y).mean())
+        log.info(
+            "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f  PrivateTest %.4f",
+            variant, path.stat().st_size / 1024, keras_accuracy, tflite_accuracy, tflite_accuracy - keras_accuracy,
+            agreement, private_accuracy,
+        )
+        interpreter = make_interpreter(path)
+        sidecar = ModelSidecar(
+            labels=labels,
+            input=tensor_spec(interpreter.get_input_details()[0]),
+            output=tensor_spec(interpreter.get_output_details()[0]),
+            sha256=file_sha256(path),
+            variant=variant,
+            face_margin=FACE_MARGIN,
+            macs=int(run_info.get("macs", 0)),
+            params=int(run_info.get("params", 0)),
+            metrics={
+                "public_accuracy": round(tflite_accuracy, 4),
+                "private_accuracy": round(private_accuracy, 4),
+                "keras_public_accuracy": round(keras_accuracy, 4),
+                "keras_agreement": round(agreement, 4),
+                "private_macro_f1": run_metrics.get("private", {}).get("macro_f1"),
+            },
+            source={"run": run_dir.name, "model": run_info.get("model"), "backend": run_info.get("backend"),
+                    "config": f"configs/train-{run_dir.name}.yaml"},
+        )
+        write_sidecar(path, sidecar)
+        results.append(VariantResult(variant, path, keras_accuracy, tflite_accuracy, agreement))
+        if variant == "int8" and keras_accuracy - tflite_accuracy > MAX_INT8_DROP:
+            raise ParityError(
+                f"int8 model loses {100 * (keras_accuracy - tflite_accuracy):.2f} points on PublicTest "
+                f"(keras {keras_accuracy:.4f}, int8 {tflite_accuracy:.4f}); limit is {100 * MAX_INT8_DROP:.0f}"
+            )
+    if ship_as is not None and "int8" in variants:
+        ship(out_dir / "fer_int8.tflite", Path(ship_as))
+    return results
+
+
+def ship(model_path: Path, target: Path) -> None:
+    """Copy a model and its sidecar to ``target`` (both atomically replaced)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((model_path, target), (model_path.with_suffix(".json"), target.with_suffix(".json"))):
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    log.info("shipped %s -> %s", model_path, target)

@@ -1,0 +1,104 @@
+"""Value types passed between pipeline stages. No OpenCV, no runtime, no camera."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned box in frame pixels: top-left corner, width and height."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def x2(self) -> int:
+        return self.x + self.w
+
+    @property
+    def y2(self) -> int:
+        return self.y + self.h
+
+    @property
+    def area(self) -> int:
+        return max(0, self.w) * max(0, self.h)
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.x + self.w / 2.0, self.y + self.h / 2.0)
+
+    def iou(self, other: Box) -> float:
+        ix = max(0, min(self.x2, other.x2) - max(self.x, other.x))
+        iy = max(0, min(self.y2, other.y2) - max(self.y, other.y))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union else 0.0
+
+    def scaled(self, factor: float) -> Box:
+        """The same box in a frame resized by ``factor``."""
+        return Box(round(self.x * factor), round(self.y * factor), round(self.w * factor), round(self.h * factor))
+
+    def square(self, margin: float = 1.0) -> Box:
+        """A square of side ``max(w, h) * margin`` around the same centre (may extend past the frame)."""
+        side = round(max(self.w, self.h) * margin)
+        cx, cy = self.centre
+        return Box(round(cx - side / 2.0), round(cy - side / 2.0), side, side)
+
+    def clipped(self, width: int, height: int) -> Box:
+        x, y = max(0, self.x), max(0, self.y)
+        return Box(x, y, max(0, min(self.x2, width) - x), max(0, min(self.y2, height) - y))
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Class scores of one face, in the model's label order (labels come from the sidecar)."""
+
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+
+    @property
+    def index(self) -> int:
+        return int(np.argmax(self.scores))
+
+    @property
+    def label(self) -> str:
+        return self.labels[self.index]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.index])
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: round(float(s), 4) for name, s in zip(self.labels, self.scores)}
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    """One detected face: where it is, what the model said, and (once tracked) who it is."""
+
+    box: Box
+    prediction: Prediction | None = None
+    track_id: int | None = None
+    smoothed: Prediction | None = None  # the per-track smoothed prediction, when smoothing is on
+
+    @property
+    def shown(self) -> Prediction | None:
+        """The prediction to display: smoothed when available, else raw."""
+        return self.smoothed or self.prediction
+
+
+@dataclass(slots=True)
+class Frame:
+    """A frame from a source: BGR uint8 pixels (H, W, 3), its index and capture time (seconds)."""
+
+    image: np.ndarray
+    index: int
+    timestamp: float

@@ -1,0 +1,58 @@
+"""Shared fixtures: the repository, the shipped model, the demo clip, FER-2013 and small helpers."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def model_path(repo_root) -> Path:
+    """The shipped int8 model (its .json sidecar beside it)."""
+    path = repo_root / "models" / "fer_int8.tflite"
+    assert path.is_file(), f"shipped model missing: {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_clip(repo_root) -> Path:
+    """assets/demo.mp4: 640x360, 30 fps, FER-2013 test faces moving about, with a face-free gap."""
+    path = repo_root / "assets" / "demo.mp4"
+    assert path.is_file(), f"demo clip missing: {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def fer2013_dir(repo_root) -> Path:
+    """The FER-2013 image folders: $FER2013_DIR, else ../shared/fer2013 beside the repository."""
+    path = Path(os.environ.get("FER2013_DIR") or repo_root.parent / "shared" / "fer2013")
+    assert (path / "test").is_dir(), f"FER-2013 not found at {path} (set $FER2013_DIR)"
+    return path
+
+
+def public_test_faces(fer2013_dir: Path, count: int, seed: int = 0) -> list[tuple[Path, str]]:
+    """A fixed random sample of ``count`` PublicTest images as (path, label), all classes mixed."""
+    files = sorted((fer2013_dir / "test").glob("*/PublicTest_*.jpg"))
+    sample = random.Random(seed).sample(files, count)
+    return [(path, path.parent.name) for path in sample]
+
+
+@pytest.fixture(scope="session")
+def public_faces(fer2013_dir):
+    return lambda count, seed=0: public_test_faces(fer2013_dir, count, seed)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(repo_root) -> Path:
+    """Where the training side caches FER-2013 as arrays (build/cache, ignored by git)."""
+    return repo_root / "build" / "cache"

@@ -1,0 +1,106 @@
+"""FER-2013 loaders on the real data set, the csv layout, and clear errors for bad paths."""
+
+import csv
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from train import data
+
+# The per-split counts of shared/fer2013/README.md.
+README_COUNTS = {
+    "train": {
+        "angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830, "surprise": 3171
+    },
+    "public": {"angry": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607, "sad": 653, "surprise": 415},
+    "private": {"angry": 491, "disgust": 55, "fear": 528, "happy": 879, "neutral": 626, "sad": 594, "surprise": 416},
+}
+
+
+@pytest.mark.parametrize("split", data.SPLITS)
+def test_folder_counts_match_readme(fer2013_dir, cache_dir, split):
+    loaded = data.load_split(fer2013_dir, split, cache_dir)
+    assert loaded.counts() == README_COUNTS[split]
+    assert loaded.x.shape == (sum(README_COUNTS[split].values()), 48, 48)
+    assert loaded.x.dtype == np.uint8
+
+
+def test_cache_returns_identical_arrays(fer2013_dir, tmp_path):
+    first = data.load_split(fer2013_dir, "public", tmp_path)
+    assert list(tmp_path.glob("*.npz"))
+    again = data.load_split(fer2013_dir, "public", tmp_path)
+    np.testing.assert_array_equal(first.x, again.x)
+    np.testing.assert_array_equal(first.y, again.y)
+
+
+def test_csv_layout_gives_the_same_faces_as_folders(fer2013_dir, cache_dir, tmp_path):
+    csv_emotion = {"angry": 0, "disgust": 1, "fear": 2, "happy": 3, "sad": 4, "surprise": 5, "neutral": 6}
+    usage = {"train": "Training", "public": "PublicTest", "private": "PrivateTest"}
+    expected = {s: data.load_split(fer2013_dir, s, cache_dir).head(3) for s in data.SPLITS}
+    path = tmp_path / "fer2013.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for split, part in expected.items():
+            for image, label in zip(part.x, part.y):
+                writer.writerow([csv_emotion[data.CLASS_NAMES[label]], " ".join(map(str, image.ravel())), usage[split]])
+    for split in data.SPLITS:
+        for source in (path, tmp_path):  # the file itself, or the folder holding it
+            loaded = data.load_split(source, split)
+            np.testing.assert_array_equal(loaded.x, expected[split].x)
+            np.testing.assert_array_equal(loaded.y, expected[split].y)
+
+
+def test_malformed_csv_names_file_and_line(tmp_path):
+    path = tmp_path / "fer2013.csv"
+    path.write_text("emotion,pixels,Usage\n3,1 2 3,Training\n")
+    with pytest.raises(data.DataError, match=r"fer2013.csv:2: malformed row"):
+        data.load_split(path, "train")
+    path.write_text("label,image\n")
+    with pytest.raises(data.DataError, match="expected columns emotion,pixels,Usage"):
+        data.load_split(path, "train")
+
+
+def test_missing_data_dir_names_path_and_layout(tmp_path):
+    with pytest.raises(data.DataError, match=r"not found at .*nowhere.*train/<class>/\*\.jpg"):
+        data.load_split(tmp_path / "nowhere", "train")
+    (tmp_path / "train" / "happy").mkdir(parents=True)
+    with pytest.raises(data.DataError, match="lacks class folders angry, disgust"):
+        data.load_split(tmp_path, "train")
+
+
+def test_data_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert data.resolve_data_dir() == tmp_path
+    assert data.resolve_data_dir("/explicit") == type(tmp_path)("/explicit")
+
+
+def test_train_cli_wrong_data_path_is_one_clear_line(repo_root, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0]
+
+
+def test_face_margin_matches_haar_on_fer2013(fer2013_dir, cache_dir):
+    """The sidecar's face_margin says how a Haar box relates to a FER-2013 crop; check the number."""
+    from convert.tflite import FACE_MARGIN
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    faces = data.load_split(fer2013_dir, "public", cache_dir).head(40)
+    ratios = []
+    for image in faces.x:
+        big = cv2.resize(image, (192, 192), interpolation=cv2.INTER_CUBIC)
+        found = cascade.detectMultiScale(cv2.copyMakeBorder(big, 96, 96, 96, 96, cv2.BORDER_CONSTANT, value=128),
+                                         1.1, 5, minSize=(60, 60))
+        if len(found) == 1:
+            ratios.append(found[0][2] / 192)
+    assert len(ratios) > 150
+    assert abs(1 / np.median(ratios) - FACE_MARGIN) < 0.05

@@ -1,0 +1,54 @@
+"""``python -m train``: train a FER-2013 model, then evaluate it into its run folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--config", help="training YAML (see configs/)")
+    parser.add_argument("--data", help="FER-2013 folder or fer2013.csv (default: $FER2013_DIR, then ../shared/fer2013)")
+    parser.add_argument("--model", help="model name, e.g. seed (the origin's CNN) or vgg_bn")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--run-name", help="run folder name under output_dir")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--limit-per-class", type=int, help="train on a class-balanced subset")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation reports")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from train.config import ConfigError, load_config
+    from train.data import DataError
+
+    overrides = {k: v for k, v in {
+        "data": args.data, "model.name": args.model, "epochs": args.epochs, "run_name": args.run_name,
+        "output_dir": args.output_dir, "limit_per_class": args.limit_per_class,
+    }.items() if v is not None}
+    if args.model and not args.run_name:
+        overrides["run_name"] = args.model
+    try:
+        cfg = load_config(args.config, overrides)
+        from train.evaluate import evaluate_run
+        from train.fit import train
+
+        run_dir = train(cfg, resume=args.resume)
+        if not args.no_eval:
+            evaluate_run(run_dir, cfg.data, cfg.cache_dir)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

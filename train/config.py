@@ -1,0 +1,118 @@
+"""Training configuration: one YAML file into frozen dataclasses, unknown keys rejected."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from train.augment import AugmentConfig
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | sgd
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 2
+    min_ratio: float = 0.0  # final learning rate as a fraction of the peak
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "vgg_bn"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run_name: str = "default"
+    output_dir: str = "runs"
+    data: str | None = None  # FER-2013 folder or fer2013.csv; else $FER2013_DIR, else ../shared/fer2013
+    cache_dir: str | None = "build/cache"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 60
+    batch_size: int = 128
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    label_smoothing: float = 0.1
+    seed: int = 1
+    limit_per_class: int | None = None  # a class-balanced subset of train/, for quick runs and tests
+    precision: str = "float32"  # float32 | mixed_bfloat16
+    jit_compile: str | bool = "auto"  # auto: on for JAX, off for TensorFlow (its oneDNN CPU path is faster)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+
+def _build(cls, raw, path: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{path + '.' if path else ''}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        key_path = f"{path}.{key}" if path else key
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, key_path)
+        else:
+            values[key] = _check(hint, value, key_path)
+    return cls(**values)
+
+
+def _check(hint, value, key_path):
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in allowed:
+        origin = typing.get_origin(kind) or kind
+        if kind is type(None) and value is None:
+            return value
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (str, bool, dict) and isinstance(value, origin):
+            return value
+    raise ConfigError(f"{key_path}: expected {hint}, got {value!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return _build(TrainConfig, raw, "")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

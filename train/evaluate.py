@@ -1,0 +1,153 @@
+"""Evaluation reports of a run: metrics, per-class report, confusion matrices, learning curves.
+
+Predictions and labels stay in the same order (the origin compared a shuffled generator's
+predictions with unshuffled labels). Checkpoints are chosen on PublicTest during training;
+PrivateTest is only reported here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from train import data
+
+log = logging.getLogger(__name__)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def per_class_metrics(cm: np.ndarray, labels) -> dict:
+    tp = np.diag(cm).astype(float)
+    predicted, actual = cm.sum(0).astype(float), cm.sum(1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        name: {
+            "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4), "support": int(s)
+        }
+        for name, p, r, f, s in zip(labels, precision, recall, f1, actual)
+    }
+
+
+def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels) -> dict:
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    classes = per_class_metrics(cm, labels)
+    return {
+        "accuracy": round(float((y_true == y_pred).mean()), 4),
+        "macro_f1": round(float(np.mean([c["f1"] for c in classes.values()])), 4),
+        "per_class": classes,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def classification_report(metrics: dict, title: str) -> str:
+    lines = [title, f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    for name, c in metrics["per_class"].items():
+        lines.append(f"{name:>10} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} {c['support']:9d}")
+    total = sum(c["support"] for c in metrics["per_class"].values())
+    lines.append(f"{'accuracy':>10} {'':>9} {'':>9} {metrics['accuracy']:9.4f} {total:9d}")
+    lines.append(f"{'macro f1':>10} {'':>9} {'':>9} {metrics['macro_f1']:9.4f} {total:9d}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(cm: np.ndarray, labels, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    normalized = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, values, fmt, name in ((axes[0], cm, "d", "counts"), (axes[1], normalized, ".2f", "row-normalized")):
+        ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center",
+                        color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title} ({name})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_learning_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] + 1 for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, key in ((axes[0], "accuracy"), (axes[1], "loss")):
+        ax.plot(epochs, [row[key] for row in history], label=f"train {key} (augmented)")
+        ax.plot(epochs, [row[f"val_{key}"] for row in history], label=f"PublicTest {key}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
+    """Evaluate ``run_dir/best.keras`` on PublicTest and PrivateTest and write every report file."""
+    import keras
+
+    from train.fit import BEST, read_history
+
+    run_dir = Path(run_dir)
+    model = keras.models.load_model(run_dir / BEST)
+    labels = json.loads((run_dir / "run.json").read_text())["labels"]
+    root = data.resolve_data_dir(data_dir)
+    results = {}
+    for split_name, title in (("public", "PublicTest"), ("private", "PrivateTest")):
+        split = data.load_split(root, split_name, cache_dir)
+        scores = model.predict(split.x[..., None].astype(np.float32), batch_size=256, verbose=0)
+        metrics = split_metrics(split.y, scores.argmax(1), labels)
+        results[split_name] = metrics
+        report = classification_report(metrics, f"{title} ({len(split)} images)")
+        (run_dir / f"report_{split_name}.txt").write_text(report)
+        (run_dir / f"per_class_{split_name}.json").write_text(json.dumps(metrics["per_class"], indent=2))
+        plot_confusion(np.array(metrics["confusion_matrix"]), labels, run_dir / f"confusion_{split_name}.png", title)
+        log.info("%s: accuracy %.4f, macro-F1 %.4f", title, metrics["accuracy"], metrics["macro_f1"])
+    history = read_history(run_dir)
+    if history:
+        plot_learning_curves(history, run_dir / "learning_curves.png")
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        best_epoch = int(max(history, key=lambda row: row["val_accuracy"])["epoch"]) + 1
+    else:
+        best_epoch = None
+    run_info = json.loads((run_dir / "run.json").read_text())
+    summary = {
+        "run": run_dir.name,
+        "model": run_info.get("model"),
+        "macs": run_info.get("macs"),
+        "params": run_info.get("params"),
+        "epochs_trained": len(history),
+        "best_epoch_on_public": best_epoch,
+        "public": {k: results["public"][k] for k in ("accuracy", "macro_f1")},
+        "private": {k: results["private"][k] for k in ("accuracy", "macro_f1")},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    with open(run_dir / "metrics.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "accuracy", "macro_f1"])
+        for split_name in ("public", "private"):
+            writer.writerow([split_name, results[split_name]["accuracy"], results[split_name]["macro_f1"]])
+    return summary

@@ -1,0 +1,83 @@
+"""Model builders. Every model takes raw 0-255 grayscale pixels; rescaling is inside the model,
+so the int8 TFLite model is fed camera pixels unchanged."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from train.data import CLASS_NAMES, IMAGE_SIZE
+
+
+def build_model(name: str, **kwargs) -> keras.Model:
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    return builder(**kwargs)
+
+
+def _inputs():
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1), name="pixels")
+    return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+
+
+def seed_cnn() -> keras.Model:
+    """The origin notebook's Sequential CNN, kept as the reference point."""
+    inputs, x = _inputs()
+    x = layers.Conv2D(32, 3, activation="relu")(x)
+    x = layers.Conv2D(64, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Dropout(0.25)(x)
+    x = layers.Conv2D(128, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(128, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Dropout(0.25)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(1024, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="scores")(x)
+    return keras.Model(inputs, outputs, name="seed")
+
+
+def vgg_bn(widths=(32, 64, 128, 256), convs_per_stage=2, dense=256, dropout=0.4, bn_momentum=0.99) -> keras.Model:
+    """VGG-style stages of 3x3 conv + BN + ReLU, max-pooled; a small dense head.
+
+    Plain 3x3 convolutions are what int8 kernels on a Pi's Cortex-A run fastest per MAC. A lower
+    ``bn_momentum`` lets BatchNorm's moving statistics settle within a few hundred steps (tiny runs).
+    """
+    inputs, x = _inputs()
+    for stage, width in enumerate(widths):
+        for i in range(convs_per_stage):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"s{stage}_conv{i}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"s{stage}_bn{i}")(x)
+            x = layers.ReLU(name=f"s{stage}_relu{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"s{stage}_pool")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(dense, use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=bn_momentum)(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="scores")(x)
+    return keras.Model(inputs, outputs, name="vgg_bn")
+
+
+MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn}
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates of one inference over conv and dense layers."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            out = layer.output.shape  # (None, H, W, C)
+            k = layer.kernel.shape  # (kh, kw, cin, cout or mult)
+            if isinstance(layer, layers.DepthwiseConv2D):
+                macs += out[1] * out[2] * out[3] * k[0] * k[1]
+            else:
+                macs += out[1] * out[2] * out[3] * k[0] * k[1] * k[2] // layer.groups
+        elif isinstance(layer, layers.Dense):
+            macs += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(macs)
