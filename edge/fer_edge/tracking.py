@@ -1,0 +1,147 @@
+"""Face tracking across frames: stable ids from greedy IoU matching with a centroid-distance fallback.
+
+Pure Python. Every call to ``update`` (a frame with detection) or ``predict`` (a frame without) is one frame
+step; a track's box is extrapolated per frame step at the constant velocity of its last two matches, so the
+tracker works the same whether detection runs on every frame or on every n-th.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from fer_edge.types import Box
+
+log = logging.getLogger(__name__)
+
+# A detection unmatched by IoU may still continue a track if its centre lies within this many track box sizes
+# (max of width and height) of the track's predicted centre and its size is within MAX_SIZE_RATIO of the track's.
+CENTROID_DISTANCE_FACTOR = 1.0
+MAX_SIZE_RATIO = 2.0
+
+
+@dataclass(slots=True)
+class _Track:
+    track_id: int
+    box: Box  # last matched detection
+    frame: int  # frame step of the last match
+    previous_box: Box | None = None  # the match before that, for the velocity
+    previous_frame: int = 0
+    missed: int = 0  # update() calls in a row without a match
+
+    def box_at(self, frame: int) -> Box:
+        """The carried box at ``frame``: moved at constant velocity from the last two matches, same size."""
+        if self.previous_box is None or frame <= self.frame:
+            return self.box
+        steps = self.frame - self.previous_frame
+        vx = (self.box.x - self.previous_box.x) / steps
+        vy = (self.box.y - self.previous_box.y) / steps
+        ahead = frame - self.frame
+        return Box(round(self.box.x + vx * ahead), round(self.box.y + vy * ahead), self.box.w, self.box.h)
+
+    def matched(self, box: Box, frame: int) -> None:
+        self.previous_box, self.previous_frame = self.box, self.frame
+        self.box, self.frame = box, frame
+        self.missed = 0
+
+
+def _centre_distance(a: Box, b: Box) -> float:
+    (ax, ay), (bx, by) = a.centre, b.centre
+    return math.hypot(ax - bx, ay - by)
+
+
+def _similar_size(a: Box, b: Box) -> bool:
+    side_a, side_b = max(a.w, a.h, 1), max(b.w, b.h, 1)
+    return max(side_a, side_b) / min(side_a, side_b) <= MAX_SIZE_RATIO
+
+
+class IouTracker:
+    """Gives each face a stable integer id (1, 2, ...) while it stays in view.
+
+    A track survives up to ``max_missed`` consecutive ``update`` calls without a matching detection and ends
+    at the next one; ``predict`` (frames where detection did not run) never counts as a miss.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10) -> None:
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold: expected a number in (0, 1], got {iou_threshold}")
+        if max_missed < 0:
+            raise ValueError(f"max_missed: expected a non-negative integer, got {max_missed}")
+        self.iou_threshold = iou_threshold
+        self.max_missed = max_missed
+        self._tracks: dict[int, _Track] = {}
+        self._next_id = 1
+        self._frame = -1
+
+    @property
+    def active_ids(self) -> set[int]:
+        return set(self._tracks)
+
+    def update(self, boxes: list[Box]) -> list[tuple[int, Box]]:
+        """Assign a track id to each of this frame's detections; returns ``(id, box)`` in the order of ``boxes``."""
+        self._frame += 1
+        predicted = {track_id: track.box_at(self._frame) for track_id, track in self._tracks.items()}
+        assigned = self._match(predicted, boxes)
+
+        for index, box in enumerate(boxes):
+            track_id = assigned.get(index)
+            if track_id is None:
+                track_id = self._next_id
+                self._next_id += 1
+                self._tracks[track_id] = _Track(track_id, box, self._frame)
+                assigned[index] = track_id
+                log.debug("track %d starts at %s", track_id, box)
+            else:
+                self._tracks[track_id].matched(box, self._frame)
+
+        matched_ids = set(assigned.values())
+        for track_id in list(self._tracks):
+            if track_id in matched_ids:
+                continue
+            track = self._tracks[track_id]
+            track.missed += 1
+            if track.missed > self.max_missed:
+                del self._tracks[track_id]
+                log.debug("track %d ends after %d missed frames", track_id, track.missed - 1)
+        return [(assigned[index], box) for index, box in enumerate(boxes)]
+
+    def predict(self) -> list[tuple[int, Box]]:
+        """Each live track's carried box for a frame where detection did not run."""
+        self._frame += 1
+        return [(track_id, track.box_at(self._frame)) for track_id, track in sorted(self._tracks.items())]
+
+    def carried(self) -> list[tuple[int, Box]]:
+        """Each live track's box at the current frame, without stepping: after ``update``, tracks missed by
+        this frame's detection appear at their extrapolated place (e.g. to keep anonymising a face the detector
+        lost for a frame)."""
+        frame = max(self._frame, 0)
+        return [(track_id, track.box_at(frame)) for track_id, track in sorted(self._tracks.items())]
+
+    def _match(self, predicted: dict[int, Box], boxes: list[Box]) -> dict[int, int]:
+        """Detection index -> track id: greedy by IoU (ties by centre distance), then by centre distance."""
+        pairs = []
+        for track_id, track_box in predicted.items():
+            for index, box in enumerate(boxes):
+                pairs.append((box.iou(track_box), _centre_distance(box, track_box), track_id, index))
+
+        assigned: dict[int, int] = {}
+        used_tracks: set[int] = set()
+        for iou, _, track_id, index in sorted(pairs, key=lambda p: (-p[0], p[1])):
+            if iou < self.iou_threshold:
+                break
+            if track_id not in used_tracks and index not in assigned:
+                assigned[index] = track_id
+                used_tracks.add(track_id)
+
+        # Fast motion: the box moved further than its own overlap between two detections.
+        for _, distance, track_id, index in sorted(pairs, key=lambda p: p[1]):
+            if track_id in used_tracks or index in assigned:
+                continue
+            track_box = predicted[track_id]
+            if distance <= CENTROID_DISTANCE_FACTOR * max(track_box.w, track_box.h) and _similar_size(
+                track_box, boxes[index]
+            ):
+                assigned[index] = track_id
+                used_tracks.add(track_id)
+        return assigned

@@ -1,0 +1,148 @@
+"""anonymize: real FER-2013 faces on a frame are no longer found by the Haar detector and lose their detail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_edge.privacy import PIXELATE_BLOCKS, anonymize, covered_region
+from fer_edge.types import Box
+
+cv2 = pytest.importorskip("cv2")
+
+HAPPY_FACES = Path("/work/shared/fer2013/test/happy")
+FRAME_W, FRAME_H = 640, 360
+FACE_SIDE = 192  # a 48 px FER-2013 face upscaled 4x
+FACE_AT = (224, 84)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+
+def faces_in(detector, image: np.ndarray, sensitive: bool = False) -> list[Box]:
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if sensitive:  # finds every face-like pattern, including many false ones
+        found = detector.detectMultiScale(gray, scaleFactor=1.05, minNeighbors=1, minSize=(30, 30))
+    else:
+        found = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=3, minSize=(40, 40))
+    return [Box(*map(int, f)) for f in found]
+
+
+def frame_with_face(path: Path) -> np.ndarray:
+    face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert face is not None, path
+    big = cv2.resize(face, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(60, 120, size=(FRAME_H, FRAME_W, 3), dtype=np.uint8)  # textured background
+    x, y = FACE_AT
+    frame[y : y + FACE_SIDE, x : x + FACE_SIDE] = big[..., None]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def scenes(detector) -> list[tuple[np.ndarray, Box]]:
+    """The first three FER-2013 happy test faces (by name) that the Haar detector finds: frame and face box."""
+    if not HAPPY_FACES.is_dir():
+        pytest.skip(f"FER-2013 not at {HAPPY_FACES}")
+    found = []
+    for path in sorted(HAPPY_FACES.glob("*.jpg")):
+        frame = frame_with_face(path)
+        boxes = [b for b in faces_in(detector, frame) if b.iou(Box(*FACE_AT, FACE_SIDE, FACE_SIDE)) > 0.5]
+        if boxes:
+            found.append((frame, boxes[0]))
+        if len(found) == 3:
+            return found
+    pytest.fail("the Haar detector found fewer than 3 FER-2013 happy faces")
+
+
+def pixels(image: np.ndarray, box: Box) -> np.ndarray:
+    return image[box.y : box.y2, box.x : box.x2]
+
+
+def gray_region(image: np.ndarray, box: Box) -> np.ndarray:
+    return cv2.cvtColor(pixels(image, box), cv2.COLOR_BGR2GRAY).astype(np.float64)
+
+
+def laplacian_energy(image: np.ndarray, box: Box) -> float:
+    return float(cv2.Laplacian(gray_region(image, box), cv2.CV_64F).var())
+
+
+def assert_only_region_changed(before: np.ndarray, after: np.ndarray, region: Box) -> None:
+    outside = np.ones(before.shape[:2], dtype=bool)
+    outside[region.y : region.y2, region.x : region.x2] = False
+    assert np.array_equal(before[outside], after[outside])
+
+
+@pytest.mark.parametrize("mode", ["blur", "pixelate"])
+def test_face_is_no_longer_detected_and_outside_is_untouched(detector, scenes, mode):
+    for frame, box in scenes:
+        image = frame.copy()
+        anonymize(image, [box], mode)
+        region = covered_region(box, FRAME_W, FRAME_H)
+        assert region.w > box.w and region.h > box.h  # enlarged beyond the detector's box
+        assert_only_region_changed(frame, image, region)
+        assert not np.array_equal(pixels(frame, region), pixels(image, region))
+        for sensitive in (False, True):
+            left = [b for b in faces_in(detector, image, sensitive) if b.iou(box) > 0.2]
+            assert left == [], f"{mode}: face still detected at {left} (sensitive={sensitive})"
+
+
+def face_part(box: Box) -> Box:
+    """The part of the detector's box on the face image (not on the noisy background)."""
+    x, y = max(box.x, FACE_AT[0]), max(box.y, FACE_AT[1])
+    return Box(x, y, min(box.x2, FACE_AT[0] + FACE_SIDE) - x, min(box.y2, FACE_AT[1] + FACE_SIDE) - y)
+
+
+def test_blur_removes_the_fine_detail(scenes):
+    for frame, box in scenes:
+        image = frame.copy()
+        anonymize(image, [box], "blur")
+        face = face_part(box)
+        assert laplacian_energy(frame, face) > 8 * laplacian_energy(image, face)  # 11x, 38x, 27x here
+        assert gray_region(frame, face).var() > 2 * gray_region(image, face).var()
+
+
+def test_pixelate_leaves_a_few_flat_blocks(scenes):
+    for frame, box in scenes:
+        image = frame.copy()
+        anonymize(image, [box], "pixelate")
+        region = covered_region(box, FRAME_W, FRAME_H)
+        before, after = gray_region(frame, region), gray_region(image, region)
+        assert len(np.unique(before)) > 100
+        assert len(np.unique(after)) <= PIXELATE_BLOCKS**2
+        # Pixels are constant within each block: almost all neighbours are equal.
+        assert np.mean(np.diff(after, axis=1) == 0) > 0.95 and np.mean(np.diff(after, axis=0) == 0) > 0.95
+        assert before.var() > 1.5 * after.var()
+
+
+def test_box_at_the_frame_edge_is_clipped(scenes):
+    frame, _ = scenes[0]
+    image = frame.copy()
+    box = Box(-40, FRAME_H - 100, 150, 150)  # sticks out left and bottom
+    anonymize(image, [box], "pixelate")
+    region = covered_region(box, FRAME_W, FRAME_H)
+    assert (region.x, region.y2) == (0, FRAME_H)
+    assert_only_region_changed(frame, image, region)
+
+
+def test_several_faces_and_off_mode(scenes):
+    frame, box = scenes[0]
+    other = Box(500, 40, 80, 80)
+    image = frame.copy()
+    anonymize(image, [box, other], "off")
+    assert np.array_equal(image, frame)
+    anonymize(image, [], "blur")
+    assert np.array_equal(image, frame)
+    anonymize(image, [box, other], "blur")
+    for b in (box, other):
+        region = covered_region(b, FRAME_W, FRAME_H)
+        assert not np.array_equal(pixels(image, region), pixels(frame, region))
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="privacy mode"):
+        anonymize(np.zeros((10, 10, 3), np.uint8), [], "smudge")

@@ -1,0 +1,145 @@
+"""IouTracker: stable ids for moving faces, new ids for new faces, track end, crossings, extrapolation."""
+
+from __future__ import annotations
+
+import pytest
+
+from fer_edge.tracking import IouTracker
+from fer_edge.types import Box
+
+
+def ids(assigned: list[tuple[int, Box]]) -> list[int]:
+    return [track_id for track_id, _ in assigned]
+
+
+def test_moving_face_keeps_its_id():
+    tracker = IouTracker()
+    seen = set()
+    for frame in range(60):
+        box = Box(50 + 4 * frame, 80 + frame, 120, 120)
+        assigned = tracker.update([box])
+        assert assigned == [(assigned[0][0], box)]  # the detection itself comes back, with an id
+        seen.update(ids(assigned))
+    assert seen == {1}
+    assert tracker.active_ids == {1}
+
+
+def test_second_face_appearing_gets_a_new_id_and_both_stay():
+    tracker = IouTracker()
+    for frame in range(5):
+        assert ids(tracker.update([Box(40 + frame, 60, 100, 100)])) == [1]
+    for frame in range(5, 20):
+        # Detector order is arbitrary: the new face comes first in the list.
+        assigned = tracker.update([Box(400 - frame, 70, 90, 90), Box(40 + frame, 60, 100, 100)])
+        assert ids(assigned) == [2, 1]
+    assert tracker.active_ids == {1, 2}
+
+
+def test_track_ends_after_max_missed_updates_and_a_returning_face_is_new():
+    tracker = IouTracker(max_missed=3)
+    box = Box(100, 100, 80, 80)
+    tracker.update([box])
+    for _ in range(3):
+        assert tracker.update([]) == []
+        assert tracker.active_ids == {1}  # still alive through max_missed misses
+    assert ids(tracker.update([box])) == [1]  # ...and picked up again
+
+    for _ in range(4):
+        tracker.update([])
+    assert tracker.active_ids == set()
+    assert ids(tracker.update([box])) == [2]
+
+
+def test_predict_does_not_count_as_a_miss():
+    tracker = IouTracker(max_missed=2)
+    tracker.update([Box(100, 100, 80, 80)])
+    for _ in range(20):
+        assert ids(tracker.predict()) == [1]
+    assert tracker.active_ids == {1}
+    # A detection far along the same spot is still the same face.
+    assert ids(tracker.update([Box(102, 101, 80, 80)])) == [1]
+
+
+def test_predict_extrapolates_at_constant_velocity_per_frame():
+    tracker = IouTracker()
+    tracker.update([Box(100, 50, 80, 80)])
+    tracker.update([Box(110, 56, 80, 84)])  # +10, +6 per frame
+    assert tracker.predict() == [(1, Box(120, 62, 80, 84))]
+    assert tracker.predict() == [(1, Box(130, 68, 80, 84))]
+    # Detection every third frame: velocity is per frame, not per detection.
+    tracker.update([Box(140, 74, 80, 84)])
+    tracker.predict()
+    tracker.predict()
+    tracker.update([Box(170, 92, 80, 84)])
+    assert tracker.predict() == [(1, Box(180, 98, 80, 84))]
+
+
+def test_carried_shows_missed_tracks_where_they_should_be_now():
+    tracker = IouTracker()
+    tracker.update([Box(100, 50, 80, 80), Box(400, 50, 80, 80)])
+    tracker.update([Box(110, 50, 80, 80), Box(400, 50, 80, 80)])
+    assert tracker.update([Box(400, 52, 80, 80)]) == [(2, Box(400, 52, 80, 80))]  # face 1 missed
+    assert tracker.carried() == [(1, Box(120, 50, 80, 80)), (2, Box(400, 52, 80, 80))]
+    assert tracker.carried() == tracker.carried()  # does not step
+
+
+def test_predict_without_motion_history_carries_the_last_box():
+    tracker = IouTracker()
+    tracker.update([Box(10, 20, 30, 40), Box(200, 20, 30, 40)])
+    assert tracker.predict() == [(1, Box(10, 20, 30, 40)), (2, Box(200, 20, 30, 40))]
+
+
+def test_fast_motion_without_overlap_falls_back_to_centroid_distance():
+    tracker = IouTracker()
+    # 70 px per frame on a 100 px face: IoU with the last box is 0.18 < 0.3 at the first jump.
+    for frame in range(8):
+        assert ids(tracker.update([Box(20 + 70 * frame, 100, 100, 100)])) == [1]
+
+
+def test_distant_detection_is_a_new_face_not_a_jump():
+    tracker = IouTracker()
+    tracker.update([Box(20, 100, 100, 100)])
+    assert ids(tracker.update([Box(400, 100, 100, 100)])) == [2]
+
+
+def test_two_crossing_faces_keep_their_ids():
+    tracker = IouTracker()
+    left_to_right, right_to_left = None, None
+    for frame in range(30):
+        a = Box(100 + 15 * frame, 100, 100, 100)  # moving right
+        b = Box(535 - 15 * frame, 110, 100, 100)  # moving left, crossing a around frame 14
+        # When the boxes overlap most, the last boxes give near-equal IoU to both detections: matching against
+        # the extrapolated positions keeps the ids with their motion.
+        assigned = dict((box, track_id) for track_id, box in tracker.update([b, a]))
+        if frame == 0:
+            left_to_right, right_to_left = assigned[a], assigned[b]
+        assert (assigned[a], assigned[b]) == (left_to_right, right_to_left), f"ids swapped at frame {frame}"
+
+
+def test_crossing_faces_keep_ids_when_one_is_hidden_for_a_few_frames():
+    tracker = IouTracker()
+    for frame in range(30):
+        a = Box(100 + 15 * frame, 100, 100, 100)
+        b = Box(535 - 15 * frame, 100, 100, 100)
+        if 13 <= frame <= 15:
+            boxes = [a]  # b behind a: the detector finds one face
+        else:
+            boxes = [a, b]
+        assert ids(tracker.update(boxes)) == [1, 2][: len(boxes)], f"frame {frame}"
+
+
+def test_equal_iou_is_settled_by_centre_distance():
+    track_box = Box(100, 100, 100, 100)
+    nearer, farther = Box(150, 120, 100, 100), Box(160, 100, 100, 100)  # centres 53.9 and 60 px away
+    assert nearer.iou(track_box) == farther.iou(track_box)
+    for order in ([farther, nearer], [nearer, farther]):
+        tracker = IouTracker(iou_threshold=0.2)
+        tracker.update([track_box])
+        assigned = {box: track_id for track_id, box in tracker.update(order)}
+        assert assigned == {nearer: 1, farther: 2}
+
+
+@pytest.mark.parametrize("kwargs", [{"iou_threshold": 0.0}, {"iou_threshold": 1.5}, {"max_missed": -1}])
+def test_bad_settings_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        IouTracker(**kwargs)
