@@ -36,7 +36,7 @@ $(EDGE_VENV)/.installed: requirements-edge.txt edge/pyproject.toml
 demo: $(EDGE_VENV)/.installed  ## run fer-edge with the shipped model on the bundled clip (MP4 + events in out/demo)
 	$(EDGE_VENV)/bin/fer-edge run --source assets/demo.mp4 --output $(DEMO_OUT)
 
-test: $(TRAIN_VENV)/.installed lint  ## lint, then the whole test suite (needs FER-2013: ../shared/fer2013 or FER2013_DIR)
+test: $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed lint  ## lint, then the whole suite (needs FER-2013: ../shared/fer2013 or FER2013_DIR)
 	$(TRAIN_VENV)/bin/python -m pytest tests -q
 
 lint: $(TRAIN_VENV)/.installed  ## ruff
@@ -67,9 +67,9 @@ deploy:  ## install/upgrade on a Pi over ssh: make deploy PI=user@host
 	@test -n "$(PI)" || { echo "usage: make deploy PI=user@host" >&2; exit 2; }
 	deploy/deploy.sh $(PI)
 
-deploy-model:  ## swap the model on a Pi atomically and restart: make deploy-model PI=user@host
+deploy-model:  ## swap the model on a Pi atomically and restart: make deploy-model PI=user@host [MODEL=path.tflite]
 	@test -n "$(PI)" || { echo "usage: make deploy-model PI=user@host" >&2; exit 2; }
-	deploy/deploy-model.sh $(PI)
+	deploy/deploy-model.sh $(PI) $(if $(MODEL),--model $(MODEL))
 
 clean:  ## remove venvs, caches and outputs (keeps runs/ and models/)
 	rm -rf $(TRAIN_VENV) $(EDGE_VENV) build out .pytest_cache .ruff_cache

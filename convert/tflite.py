@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, write_sidecar
 
+from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, write_sidecar
 from train import data
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from fer_edge.contract import ContractError, ModelSidecar, TensorSpec, file_sha256, read_sidecar, write_sidecar
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from fer_edge.contract import read_sidecar
 
+from fer_edge.contract import read_sidecar
 from train import data
 from train.config import ConfigError, load_config
 

@@ -1,0 +1,110 @@
+"""``make bench``: every shipped model's accuracy and cost, side by side.
+
+Each ``models/*.tflite`` is fed raw uint8 48x48 FER-2013 pixels and read through its JSON labels,
+exactly as the device does; latency is one inference on one thread (median of many) with the
+LiteRT interpreter. Results go to bench/results-models.md and the README table between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from convert.tflite import tflite_scores
+from fer_edge.contract import read_sidecar
+from train import data
+
+REPO = Path(__file__).resolve().parent.parent
+MARK_BEGIN, MARK_END = "<!-- bench:models:begin -->", "<!-- bench:models:end -->"
+
+
+def latency_ms(model_path: Path, repeats: int = 300) -> float:
+    from convert.tflite import make_interpreter
+
+    interpreter = make_interpreter(model_path, threads=1)
+    detail = interpreter.get_input_details()[0]
+    face = np.random.default_rng(0).integers(0, 256, detail["shape"], dtype=np.uint8).astype(detail["dtype"])
+    times = []
+    for i in range(repeats + 20):
+        interpreter.set_tensor(detail["index"], face)
+        start = time.perf_counter()
+        interpreter.invoke()
+        if i >= 20:
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def bench_model(model_path: Path, root: Path) -> dict:
+    sidecar = read_sidecar(model_path)
+    row = {"model": model_path.name, "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
+           "params_m": sidecar.params / 1e6, "size_kb": model_path.stat().st_size / 1024}
+    for split in ("public", "private"):
+        s = data.load_split(root, split, REPO / "build" / "cache")
+        predicted = np.array(sidecar.labels)[tflite_scores(model_path, s.x).argmax(1)]
+        truth = np.array(data.CLASS_NAMES)[s.y]
+        row[f"{split}_accuracy"] = float((predicted == truth).mean())
+        if split == "private":
+            f1s = []
+            for name in data.CLASS_NAMES:
+                tp = np.sum((predicted == name) & (truth == name))
+                p = tp / max(1, np.sum(predicted == name))
+                r = tp / max(1, np.sum(truth == name))
+                f1s.append(2 * p * r / (p + r) if p + r else 0.0)
+            row["private_macro_f1"] = float(np.mean(f1s))
+    row["ms_per_face"] = latency_ms(model_path)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | PublicTest | PrivateTest | macro-F1 (Private) | MACs | params | size | ms/face (1 thread) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['model']}` | {100 * r['public_accuracy']:.2f}% | {100 * r['private_accuracy']:.2f}% | "
+            f"{r['private_macro_f1']:.3f} | {r['macs_m']:.1f}M | {r['params_m']:.2f}M | {r['size_kb']:.0f} kB | "
+            f"{r['ms_per_face']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="default: models/*.tflite")
+    parser.add_argument("--data", help="FER-2013 folder (default: $FER2013_DIR, then ../shared/fer2013)")
+    parser.add_argument("--no-readme", action="store_true")
+    args = parser.parse_args(argv)
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as on a busy Pi
+    paths = [Path(p) for p in args.models] or sorted((REPO / "models").glob("*.tflite"))
+    root = data.resolve_data_dir(args.data)
+    rows = [bench_model(p, root) for p in paths]
+    machine = f"{platform.machine()}, {platform.processor() or platform.platform()}, Python {platform.python_version()}"
+    text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
+            f"accuracy from raw uint8 pixels read through each model's JSON labels.\n")
+    out = REPO / "bench" / "results-models.md"
+    out.write_text(text)
+    (REPO / "bench" / "results-models.json").write_text(json.dumps(rows, indent=2))
+    print(text)
+    if not args.no_readme:
+        replace_between(REPO / "README.md", MARK_BEGIN, MARK_END, text)
+    return 0
+
+
+def replace_between(path: Path, begin: str, end: str, text: str) -> None:
+    content = path.read_text()
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        path.write_text(f"{head}{begin}\n{text}{end}{tail}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

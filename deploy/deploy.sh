@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Deploy fer-edge from this checkout to a Raspberry Pi over ssh, install it there, show how it runs.
+#
+#   deploy/deploy.sh PI=pi@raspberrypi.local            (or: deploy/deploy.sh pi@raspberrypi.local)
+#   deploy/deploy.sh PI=pi@10.0.0.7 --port 2222 --identity ~/.ssh/pi_ed25519
+#   deploy/deploy.sh PI=pi@pi --model models/fer_float16.tflite -- --no-apt
+#
+# Copies edge/, requirements-edge.txt, deploy/, systemd/, docs/DEPLOY.md and the model with its JSON to
+# a staging folder on the Pi (tar over ssh: nothing but ssh needed on either side), runs
+# `sudo deploy/install.sh --restart` there, then prints `systemctl status` and the last journal lines.
+# Arguments after `--` go to install.sh. deploy/deploy-model.sh is this script with --model-only.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET="${PI:-}"
+MODEL="$REPO/models/fer_int8.tflite"
+STAGING="fer-edge-deploy"  # relative: in the remote user's home
+MODEL_ONLY=0
+RESTART=1
+read -r -a SSH_CMD <<< "${SSH:-ssh}"
+SSH_ARGS=()
+INSTALL_ARGS=()
+
+usage() {
+    cat <<EOF
+usage: $0 [PI=]user@host [options] [-- install.sh options]
+  --port N              ssh port (default 22)
+  --identity FILE       ssh private key
+  --ssh-option OPT      extra ssh -o option, repeatable (e.g. StrictHostKeyChecking=accept-new)
+  --model FILE          .tflite with its .json beside it (default: models/fer_int8.tflite)
+  --staging DIR         folder on the Pi for the upload (default: ~/$STAGING)
+  --model-only          upload only the model and swap it in (what deploy-model.sh does)
+  --no-restart          leave the service running when nothing changed
+environment: PI=user@host, SSH (the ssh command, default ssh)
+EOF
+}
+
+say() { printf 'deploy: %s\n' "$*" >&2; }
+die() { printf 'deploy: error: %s\n' "$*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        PI=*) TARGET="${1#PI=}"; shift ;;
+        --port) SSH_ARGS+=(-p "${2:?--port needs a number}"); shift 2 ;;
+        --identity) SSH_ARGS+=(-i "${2:?--identity needs a file}" -o IdentitiesOnly=yes); shift 2 ;;
+        --ssh-option) SSH_ARGS+=(-o "${2:?--ssh-option needs KEY=VALUE}"); shift 2 ;;
+        --model) MODEL="${2:?--model needs a file}"; shift 2 ;;
+        --staging) STAGING="${2:?--staging needs a folder}"; shift 2 ;;
+        --model-only) MODEL_ONLY=1; shift ;;
+        --no-restart) RESTART=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; INSTALL_ARGS=("$@"); break ;;
+        -*) usage >&2; die "unknown option: $1" ;;
+        *) TARGET="$1"; shift ;;
+    esac
+done
+[ -n "$TARGET" ] || { usage >&2; die "no Pi given: PI=user@host"; }
+case "$STAGING" in
+    *[!A-Za-z0-9._/-]*|"") die "--staging: use letters, digits, . _ - / only" ;;
+esac
+
+# ${a[@]+"${a[@]}"} expands an empty array under set -u, also in macOS' bash 3.2.
+remote() { "${SSH_CMD[@]}" ${SSH_ARGS[@]+"${SSH_ARGS[@]}"} "$@"; }
+
+sha256() {
+    if command -v sha256sum >/dev/null; then sha256sum "$1"; else shasum -a 256 "$1"; fi | cut -d' ' -f1
+}
+
+# --- what goes to the Pi -----------------------------------------------------------------------
+
+SIDECAR="${MODEL%.tflite}.json"
+[ -f "$MODEL" ] || die "model not found: $MODEL"
+[ -f "$SIDECAR" ] || die "model sidecar not found: $SIDECAR"
+want="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["sha256"])' "$SIDECAR")" \
+    || die "$SIDECAR: not a model sidecar"
+[ "$(sha256 "$MODEL")" = "$want" ] || die "$MODEL does not match the sha256 in $SIDECAR"
+MODEL_DIR="$(cd "$(dirname "$MODEL")" && pwd)"
+MODEL_NAME="$(basename "$MODEL")"
+
+payload=(deploy/install.sh)
+if [ "$MODEL_ONLY" = 0 ]; then
+    payload+=(edge requirements-edge.txt deploy systemd)
+    [ ! -f "$REPO/docs/DEPLOY.md" ] || payload+=(docs/DEPLOY.md)
+fi
+for path in "${payload[@]}"; do
+    [ -e "$REPO/$path" ] || die "$path missing from $REPO"
+done
+
+# Remote commands start in the login folder; `stage` becomes the absolute staging folder.
+stage_cd="stage=$STAGING; case \$stage in /*) ;; *) stage=\$HOME/\$stage ;; esac"
+# shellcheck disable=SC2016  # expanded by the remote shell
+as_root='if [ "$(id -u)" -eq 0 ]; then root=; else root=sudo; fi'
+install_cmd="\$root bash \"\$stage/deploy/install.sh\" --src \"\$stage\" --model \"\$stage/\"$(printf '%q' "$MODEL_NAME")"
+[ "$MODEL_ONLY" = 0 ] || install_cmd+=" --model-only"
+[ "$RESTART" = 0 ] || install_cmd+=" --restart"
+for arg in ${INSTALL_ARGS[@]+"${INSTALL_ARGS[@]}"}; do
+    install_cmd+=" $(printf '%q' "$arg")"
+done
+
+say "uploading to $TARGET:$STAGING: ${payload[*]} $MODEL_NAME"
+tar -czf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=edge/build -C "$REPO" "${payload[@]}" \
+        -C "$MODEL_DIR" "$MODEL_NAME" "$(basename "$SIDECAR")" \
+    | remote "$TARGET" "$stage_cd; rm -rf \"\$stage\" && mkdir -p \"\$stage\" && tar -xzf - -C \"\$stage\""
+
+tty=()
+[ ! -t 0 ] || tty=(-t)  # sudo may ask for a password
+say "installing on $TARGET"
+status=0
+remote ${tty[@]+"${tty[@]}"} "$TARGET" "$stage_cd; $as_root; $install_cmd" || status=$?
+
+remote "$TARGET" "$as_root; \$root systemctl status fer-edge --no-pager --lines 0 || true;
+    \$root journalctl -u fer-edge -n 20 --no-pager || true" || true
+[ "$status" -eq 0 ] || die "install on $TARGET failed (exit $status)"
+say "done: fer-edge on $TARGET is up to date"

@@ -1,0 +1,139 @@
+"""Expression classification with a TFLite model and its sidecar (labels, input spec, face margin)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fer_edge.contract import ContractError, ModelSidecar, read_sidecar
+from fer_edge.errors import ModelError
+from fer_edge.types import Box, Prediction
+
+log = logging.getLogger(__name__)
+
+# Runtimes in order of preference: ai-edge-litert is tflite-runtime's successor (tflite-runtime ends at
+# 2.14 and breaks under NumPy 2); full TensorFlow is the workstation fallback, never needed on the Pi.
+RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+def load_interpreter_class():
+    """The ``Interpreter`` class of the first runtime that imports, and the runtime's module name."""
+    for name in RUNTIMES:
+        try:
+            if name == "tensorflow.lite":
+                # The importable tensorflow.lite package lacks Interpreter; the public one is tf.lite.
+                return importlib.import_module("tensorflow").lite.Interpreter, name
+            return importlib.import_module(name).Interpreter, name
+        except ImportError:
+            continue
+    raise ModelError(f"no TFLite runtime found (tried {', '.join(RUNTIMES)}); pip install ai-edge-litert")
+
+
+class ExpressionClassifier:
+    """Classifies a face box of a grayscale frame; the interpreter and buffers are built once."""
+
+    def __init__(self, model_path: str | os.PathLike, threads: int = 1):
+        model_path = Path(model_path)
+        self.sidecar: ModelSidecar = read_sidecar(model_path)  # ContractError: missing/inconsistent/checksum
+        self.labels = self.sidecar.labels
+        self.face_margin = self.sidecar.face_margin
+        interpreter_class, self.runtime = load_interpreter_class()
+        try:
+            self._interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{model_path}: not a loadable TFLite model ({_first_line(exc)})") from None
+        log.info(
+            "model %s (%s, %s) on %s, %d thread(s)",
+            model_path,
+            self.sidecar.variant,
+            ", ".join(self.labels),
+            self.runtime,
+            threads,
+        )
+
+        inp = self._interpreter.get_input_details()[0]
+        out = self._interpreter.get_output_details()[0]
+        self._check_against_sidecar(model_path, inp, out)
+        self._input_index = inp["index"]
+        self._output_index = out["index"]
+        _, self.input_height, self.input_width, _ = (int(d) for d in inp["shape"])
+        self._input = np.zeros(inp["shape"], inp["dtype"])
+        self._input_plane = self._input.reshape(self.input_height, self.input_width)
+        self._resized = np.empty((self.input_height, self.input_width), np.uint8)
+        in_scale, in_zero = inp["quantization"]
+        if np.issubdtype(inp["dtype"], np.floating):
+            self._pixel_lut = np.arange(256, dtype=inp["dtype"])  # float models rescale inside the graph
+        elif in_scale > 0:
+            info = np.iinfo(inp["dtype"])
+            levels = np.round(np.arange(256) / in_scale + in_zero)
+            self._pixel_lut = np.clip(levels, info.min, info.max).astype(inp["dtype"])
+        else:
+            self._pixel_lut = np.arange(256).astype(inp["dtype"])
+        self._out_scale, self._out_zero = out["quantization"]
+
+    def _check_against_sidecar(self, model_path: Path, inp: dict, out: dict) -> None:
+        shape = tuple(int(d) for d in inp["shape"])
+        spec = self.sidecar.input
+        if len(shape) != 4 or shape[0] != 1 or shape[3] != 1:
+            raise ModelError(f"{model_path}: expected a [1, H, W, 1] grayscale input, the model has {list(shape)}")
+        if shape != tuple(spec.shape) or np.dtype(inp["dtype"]).name != spec.dtype:
+            raise ModelError(
+                f"{model_path}: input {list(shape)} {np.dtype(inp['dtype']).name} disagrees with the sidecar "
+                f"({list(spec.shape)} {spec.dtype})"
+            )
+        scale, zero_point = inp["quantization"]
+        if abs(scale - spec.scale) > 1e-6 * max(1.0, abs(spec.scale)) or zero_point != spec.zero_point:
+            raise ModelError(
+                f"{model_path}: input quantization (scale {scale}, zero point {zero_point}) disagrees with the "
+                f"sidecar (scale {spec.scale}, zero point {spec.zero_point})"
+            )
+        classes = int(out["shape"][-1])
+        if classes != len(self.labels):
+            raise ModelError(f"{model_path}: output has {classes} classes, the sidecar {len(self.labels)} labels")
+
+    def crop(self, gray: np.ndarray, box: Box) -> np.ndarray:
+        """The face crop the model expects: a square of side ``max(w, h) * face_margin`` around the box,
+        padded by edge replication where it leaves the frame."""
+        height, width = gray.shape[:2]
+        square = box.square(self.face_margin)
+        inside = square.clipped(width, height)
+        if inside.area == 0:
+            raise ValueError(f"{box} lies outside the {width}x{height} frame")
+        crop = gray[inside.y : inside.y2, inside.x : inside.x2]
+        if inside != square:
+            crop = cv2.copyMakeBorder(
+                crop,
+                inside.y - square.y,
+                square.y2 - inside.y2,
+                inside.x - square.x,
+                square.x2 - inside.x2,
+                cv2.BORDER_REPLICATE,
+            )
+        return crop
+
+    def classify(self, gray: np.ndarray, box: Box) -> Prediction:
+        crop = self.crop(gray, box)
+        cv2.resize(crop, (self.input_width, self.input_height), dst=self._resized, interpolation=cv2.INTER_AREA)
+        np.take(self._pixel_lut, self._resized, out=self._input_plane)
+        self._interpreter.set_tensor(self._input_index, self._input)
+        self._interpreter.invoke()
+        raw = self._interpreter.get_tensor(self._output_index)[0]
+        if self._out_scale > 0:
+            scores = (raw.astype(np.float32) - self._out_zero) * self._out_scale
+        else:
+            scores = raw.astype(np.float32)
+        return Prediction(self.labels, tuple(float(s) for s in scores))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["ContractError", "ExpressionClassifier", "ModelError", "load_interpreter_class"]

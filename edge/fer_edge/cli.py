@@ -1,0 +1,177 @@
+"""``fer-edge``: run the device loop, check a config, benchmark the stages, report on events."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from fer_edge.contract import ContractError, read_sidecar
+from fer_edge.errors import ConfigError, FerEdgeError
+
+log = logging.getLogger("fer_edge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n")[0].strip("`: "))
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the device loop (camera or file -> annotated recording)")
+    _add_common(run)
+    run.add_argument("--output", metavar="DIR", help="recording folder (recording.output_dir)")
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.add_argument("--realtime", action="store_true", help="pace a file at its native frame rate")
+    run.add_argument("--no-record", action="store_true", help="write no video and no events")
+
+    check = commands.add_parser("check-config", help="validate a config and print it resolved, as YAML")
+    check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
+    check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+
+    bench = commands.add_parser("bench", help="per-stage timings on one thread")
+    _add_common(bench)
+    bench.add_argument("--frames", type=int, default=300, metavar="N", help="frames to time (default 300)")
+    bench.add_argument("--no-record", action="store_true", help="leave recording out of the timings")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    report = commands.add_parser("report", help="summarize events.jsonl files")
+    report.add_argument("events", nargs="+", metavar="EVENTS", help="events.jsonl files or folders")
+    report.add_argument("--output", metavar="DIR", help="where to write the report")
+    report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    parser.add_argument("--source", metavar="SRC", help="video file, image folder, picamera2, camera index or URL")
+    parser.add_argument("--model", metavar="PATH", help="TFLite model with its .json sidecar")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+
+
+def setup_logging(verbose: bool) -> None:
+    # journald stamps each line itself; $JOURNAL_STREAM is set when stderr goes to the journal.
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def load(args, **extra) -> object:
+    from fer_edge.config import load_config
+    from fer_edge.sources import source_overrides
+
+    overrides: dict = {}
+    if getattr(args, "source", None):
+        overrides.update(source_overrides(args.source))
+    if getattr(args, "model", None):
+        overrides["model.path"] = args.model
+    if getattr(args, "output", None):
+        overrides["recording.output_dir"] = args.output
+    if getattr(args, "realtime", False):
+        overrides["source.realtime"] = True
+    if getattr(args, "no_record", False):
+        overrides["recording.enabled"] = False
+        overrides["events.enabled"] = False
+    overrides.update(extra)
+    cfg = load_config(args.config, overrides)
+    if not args.verbose:
+        logging.getLogger().setLevel(cfg.logging.level)
+    return cfg
+
+
+def cmd_run(args) -> int:
+    from fer_edge import app
+
+    if args.max_frames is not None and args.max_frames <= 0:
+        raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
+    cfg = load(args)
+    stats = app.run(cfg, args.max_frames)
+    sys.stdout.write(run_summary(stats, cfg))
+    return 0
+
+
+def run_summary(stats, cfg) -> str:
+    """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went."""
+    seen = ", ".join(f"{label} {count}" for label, count in stats.label_counts.most_common()) or "none"
+    lines = [
+        f"frames      {stats.frames} in {stats.elapsed:.1f} s ({stats.fps:.1f} fps)",
+        f"faces       {stats.faces} in {stats.frames_with_faces} frames",
+        f"expressions {seen}",
+    ]
+    if cfg.recording.enabled or cfg.events.enabled:
+        lines.append(f"output      {os.path.abspath(cfg.recording.output_dir)}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_check_config(args) -> int:
+    import dataclasses
+
+    from fer_edge.config import resolve_model_path, to_yaml
+
+    cfg = load(args)
+    # The model is checked by `run` itself: here only a warning, so a config can be validated
+    # before its model is installed (deploy/install.sh does that with --prefix).
+    try:
+        model = resolve_model_path(cfg.model.path)
+        read_sidecar(model)
+    except (FerEdgeError, ContractError) as exc:
+        log.warning("%s", exc)
+    else:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
+    if not args.quiet:
+        sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from fer_edge import bench
+
+    if args.frames <= 0:
+        raise ConfigError(f"--frames: expected a positive integer, got {args.frames}")
+    cfg = load(args, **{"model.threads": 1})
+    result = bench.run_bench(cfg, args.frames)
+    sys.stdout.write(bench.format_json(result) if args.json else bench.format_table(result))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from fer_edge import report
+
+    written = report.main(args.events, args.output or ".")
+    for path in written or ():
+        print(path)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "bench": cmd_bench, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except FerEdgeError as exc:
+        return _fail(args, exc, exc.exit_code)
+    except (ContractError, OSError) as exc:  # model contract; disk full, permissions
+        return _fail(args, exc, 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+
+
+def _fail(args, exc: BaseException, code: int) -> int:
+    if args.verbose:
+        log.exception("%s", exc)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"fer-edge: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Keep free disk space above a floor by deleting the oldest finished recordings.
+
+A recording is a group of files sharing a stem ``<YYYYmmdd-HHMMSS>-<counter>``: the video ``<stem>.mp4``, its events
+``<stem>.jsonl`` and, after an unrecoverable crash, ``<stem>.mp4.broken``. Only files with that name shape are ever
+deleted; anything else in the directory is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+FINISHED_RECORDING = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.(?:mp4|jsonl|mp4\.broken)$")
+
+
+def disk_free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
+
+
+def finished_recordings(directory: Path) -> list[tuple[str, list[Path]]]:
+    """(stem, files) of every finished recording in ``directory``, oldest first (stems sort chronologically)."""
+    groups: dict[str, list[Path]] = {}
+    for path in directory.iterdir():
+        match = FINISHED_RECORDING.match(path.name)
+        if match and path.is_file():
+            groups.setdefault(match["stem"], []).append(path)
+    return sorted(groups.items())
+
+
+class DiskGuard:
+    """Deletes the oldest finished recordings while free space is below ``min_free_bytes``.
+
+    ``free_bytes`` returns the free space of the recording file system (injectable for tests); ``check_due`` rate-limits
+    the checks the recorder makes from its per-frame path.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        min_free_bytes: int,
+        *,
+        free_bytes: Callable[[], int] | None = None,
+        check_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.directory = directory
+        self.min_free_bytes = min_free_bytes
+        self._free_bytes = free_bytes or (lambda: disk_free_bytes(directory))
+        self._check_interval_s = check_interval_s
+        self._clock = clock
+        self._next_check = float("-inf")
+        self.deleted: list[Path] = []  # everything this guard removed, for the status line and tests
+
+    def check_due(self) -> bool:
+        now = self._clock()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self._check_interval_s
+        return True
+
+    def free_bytes(self) -> int:
+        try:
+            return self._free_bytes()
+        except OSError as exc:  # e.g. the directory vanished (USB stick pulled): treat as no space
+            log.warning("cannot read free space of %s: %s", self.directory, exc)
+            return 0
+
+    def make_room(self, keep_stems: Collection[str] = ()) -> bool:
+        """Delete oldest recordings (never those in ``keep_stems``) until the floor is met; True if it is met."""
+        free = self.free_bytes()
+        if free >= self.min_free_bytes:
+            return True
+        try:
+            candidates = [files for stem, files in finished_recordings(self.directory) if stem not in keep_stems]
+        except OSError as exc:
+            log.warning("cannot list %s: %s", self.directory, exc)
+            return False
+        for files in candidates:
+            for path in files:
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("cannot delete old recording %s: %s", path, exc)
+                    continue
+                self.deleted.append(path)
+                log.info("disk: deleted old recording %s (%.1f MB) to keep %.0f MB free",
+                         path.name, size / MB, self.min_free_bytes / MB)
+            free = self.free_bytes()
+            if free >= self.min_free_bytes:
+                return True
+        return False

@@ -1,0 +1,243 @@
+"""The events log: one JSON line per processed frame, written crash-safely beside the video segments.
+
+``events.jsonl`` in the output directory is always the file being written. Each line is flushed to the OS as it is
+written, so after a crash at most the last line is partial (``read_events`` skips it). On rotation the file is
+closed and renamed to ``<stem>.jsonl``, the stem of the video segment it belongs to. The stem of the open file is
+kept in ``.events.jsonl.stem`` so that a leftover ``events.jsonl`` can be given its proper name after a crash.
+
+Line format::
+
+    {"t": 1795631400.123, "frame": 42, "faces": [{"box": [x, y, w, h], "track": 3, "label": "happy", "score": 0.91,
+      "scores": {"angry": 0.01, ...}, "raw_label": "happy", "smoothed": {"angry": 0.02, ...}}]}
+
+``label``/``score`` are what was shown (smoothed when available), ``scores``/``raw_label`` the model's raw output,
+``smoothed`` is present only when the face has a smoothed prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from fer_edge.types import Face
+
+log = logging.getLogger(__name__)
+
+CURRENT_NAME = "events.jsonl"
+STEM_MARKER_NAME = ".events.jsonl.stem"
+
+
+def face_record(face: Face) -> dict:
+    shown = face.shown
+    record = {
+        "box": face.box.as_list(),
+        "track": face.track_id,
+        "label": shown.label if shown else None,
+        "score": round(shown.score, 4) if shown else None,
+        "scores": face.prediction.as_dict() if face.prediction else None,
+        "raw_label": face.prediction.label if face.prediction else None,
+    }
+    if face.smoothed is not None:
+        record["smoothed"] = face.smoothed.as_dict()
+    return record
+
+
+def event_line(t: float, frame_index: int, faces: list[Face]) -> str:
+    return json.dumps(
+        {"t": round(t, 3), "frame": frame_index, "faces": [face_record(f) for f in faces]}, separators=(",", ":")
+    )
+
+
+def read_events(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the events of one events file in order, skipping a truncated last line (left by a crash).
+
+    A broken line anywhere else is skipped too, with a warning, so that one bad line never hides a whole file.
+    """
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        pending_error: int | None = None
+        for number, line in enumerate(lines, 1):
+            if pending_error is not None:
+                log.warning("%s:%d: skipped a line that is not valid JSON", path, pending_error)
+                pending_error = None
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                pending_error = number
+                continue
+            if isinstance(event, dict):
+                yield event
+        # a bad final line is what a crash leaves: skip it quietly
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unique_path(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # no fsync: this runs on the frame loop, and a marker lost to power loss only costs the recovered file its name
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class EventsLog:
+    """Writes ``events.jsonl`` line by line and renames it to ``<stem>.jsonl`` on rotation.
+
+    A write error (full disk) never raises: the line is dropped, one warning is logged, and ``retry()`` (called by the
+    recorder every few seconds) reopens the file in append mode.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.path = directory / CURRENT_NAME
+        self._marker = directory / STEM_MARKER_NAME
+        self._file = None
+        self.stem: str | None = None
+        self._failing = False
+        self.dropped_lines = 0
+        self.finished: list[Path] = []
+
+    @property
+    def is_open(self) -> bool:
+        return self.stem is not None
+
+    def open(self, stem: str) -> None:
+        self.stem = stem
+        try:
+            _write_atomically(self._marker, stem)
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            self._fail(exc)
+
+    def write(self, t: float, frame_index: int, faces: list[Face]) -> None:
+        if self._file is None:
+            self.dropped_lines += 1
+            return
+        try:
+            self._file.write(event_line(t, frame_index, faces) + "\n")
+        except OSError as exc:
+            self.dropped_lines += 1
+            self._fail(exc)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("events: writing %s again (%d lines dropped meanwhile)", self.path, self.dropped_lines)
+
+    def retry(self) -> None:
+        """Reopen after a write error (the disk may have room again)."""
+        if self.stem is not None and self._file is None:
+            self.open(self.stem)
+
+    def rotate(self, new_stem: str) -> Path | None:
+        """Finish the current file (if any) as ``<stem>.jsonl`` and start a new ``events.jsonl`` for ``new_stem``."""
+        finished = self.close()
+        self.open(new_stem)
+        return finished
+
+    def close(self) -> Path | None:
+        """Close and rename the current file to ``<stem>.jsonl``; returns the finished path (None if nothing)."""
+        if self.stem is None:
+            return None
+        stem, self.stem = self.stem, None
+        if self._file is not None:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                log.warning("events: cannot flush %s: %s", self.path, exc)
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        if not self.path.exists():
+            return None
+        target = _unique_path(self.directory / f"{stem}.jsonl")
+        try:
+            os.replace(self.path, target)
+            self._marker.unlink(missing_ok=True)
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            log.warning("events: cannot rename %s to %s: %s", self.path, target.name, exc)
+            return None
+        self.finished.append(target)
+        return target
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._failing:
+            log.warning("events: cannot write %s (%s); dropping event lines until it works again", self.path, exc)
+        self._failing = True
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # the buffered tail cannot be written either
+            self._file = None
+
+
+def recover_leftover_events(directory: Path, fallback_stem) -> Path | None:
+    """Give a leftover ``events.jsonl`` (from a crash) its ``<stem>.jsonl`` name; returns the new path.
+
+    The stem comes from the marker file written when the events file was opened; ``fallback_stem(t)`` makes one from
+    the time of the first event when the marker is missing. A partial last line is cut off.
+    """
+    current = directory / CURRENT_NAME
+    marker = directory / STEM_MARKER_NAME
+    if not current.exists():
+        marker.unlink(missing_ok=True)
+        return None
+    _cut_partial_last_line(current)
+    stem = None
+    try:
+        stem = marker.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        pass
+    if stem is None:
+        first_t = next((e.get("t") for e in read_events(current) if isinstance(e.get("t"), (int, float))), None)
+        stem = fallback_stem(first_t if first_t is not None else current.stat().st_mtime)
+    target = _unique_path(directory / f"{stem}.jsonl")
+    os.replace(current, target)
+    marker.unlink(missing_ok=True)
+    _fsync_directory(directory)
+    log.info("events: recovered %s from an interrupted run as %s", CURRENT_NAME, target.name)
+    return target
+
+
+def _cut_partial_last_line(path: Path) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with open(path, "r+b") as f:
+        tail_start = max(0, size - 65536)
+        f.seek(tail_start)
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        newline = tail.rfind(b"\n")
+        keep = tail_start + newline + 1 if newline >= 0 else (0 if tail_start == 0 else size)
+        if keep < size:
+            f.truncate(keep)
+            log.info("events: cut a partial last line (%d bytes) from %s", size - keep, path.name)

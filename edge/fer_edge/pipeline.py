@@ -1,0 +1,289 @@
+"""The frame loop: read -> gray -> detect/track -> classify/smooth -> privacy -> annotate -> sinks.
+
+Stages are injected (built from config in :mod:`fer_edge.app`); this module imports no OpenCV, no
+TFLite runtime and no camera library, so the loop is testable with fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from fer_edge.types import Box, Face, Frame, Prediction
+
+log = logging.getLogger(__name__)
+
+STAGES = ("read", "detect", "classify", "annotate", "record")
+WATCHDOG_INTERVAL_S = 1.0
+
+
+class Detector(Protocol):
+    every_n_frames: int
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The grayscale frame, shared by detector and classifier (one conversion per frame)."""
+
+    def detect(self, gray: np.ndarray) -> list[Box]: ...
+
+
+class Classifier(Protocol):
+    def classify(self, gray: np.ndarray, box: Box) -> Prediction: ...
+
+
+class Annotator(Protocol):
+    def draw(self, image: np.ndarray, faces: list[Face]) -> None: ...
+
+
+class Sink(Protocol):
+    def write(self, frame: Frame, faces: list[Face]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ListSink:
+    """Keeps what it is given: the test fake (``keep_images=False`` keeps only the faces)."""
+
+    def __init__(self, keep_images: bool = True):
+        self.keep_images = keep_images
+        self.frames: list[Frame] = []
+        self.faces: list[list[Face]] = []
+        self.closed = False
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        if self.closed:
+            raise RuntimeError("write after close")
+        image = frame.image.copy() if self.keep_images else frame.image[:0, :0]
+        self.frames.append(Frame(image, frame.index, frame.timestamp))
+        self.faces.append(list(faces))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    frames_with_faces: int = 0
+    faces: int = 0
+    label_counts: Counter = field(default_factory=Counter)  # shown label of every face
+    elapsed: float = 0.0  # seconds of wall time in run()
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def stage_ms(self) -> dict[str, float]:
+        """Mean milliseconds per frame of each stage, and ``total`` (their sum)."""
+        n = max(1, self.frames)
+        per_stage = {name: 1000.0 * seconds / n for name, seconds in self.stage_seconds.items()}
+        per_stage["total"] = sum(per_stage.values())
+        return per_stage
+
+    def as_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "frames_with_faces": self.frames_with_faces,
+            "faces": self.faces,
+            "label_counts": dict(self.label_counts),
+            "elapsed_s": round(self.elapsed, 3),
+            "fps": round(self.fps, 2),
+            "ms_per_frame": {k: round(v, 3) for k, v in self.stage_ms.items()},
+        }
+
+
+class Pipeline:
+    """Runs the stages frame by frame until the source ends, ``max_frames`` or :meth:`stop`.
+
+    Optional stages (signatures of :mod:`fer_edge.tracking`, :mod:`fer_edge.smoothing`,
+    :mod:`fer_edge.privacy`, :mod:`fer_edge.notify`):
+
+    - ``tracker``: ``update(boxes) -> [(id, box)]`` on detection frames, ``predict() -> [(id, box)]`` between.
+    - ``smoother``: ``update(track_id, prediction) -> Prediction``, ``forget(active_ids)``.
+    - ``privacy``: ``privacy(image, boxes)`` anonymizes the faces in place before overlays are drawn.
+    - ``notifier``: ``ready()``, ``watchdog()``, ``stopping()``, ``status(text)``.
+
+    Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.
+    """
+
+    def __init__(
+        self,
+        source,
+        detector: Detector,
+        classifier: Classifier,
+        annotator: Annotator,
+        sinks: Sequence[Sink] = (),
+        *,
+        tracker=None,
+        smoother=None,
+        privacy: Callable[[np.ndarray, list[Box]], None] | None = None,
+        notifier=None,
+        status_interval_s: float = 5.0,
+    ):
+        self.source = source
+        self.detector = detector
+        self.classifier = classifier
+        self.annotator = annotator
+        self.sinks = list(sinks)
+        self.tracker = tracker
+        self.smoother = smoother
+        self.privacy = privacy
+        self.notifier = notifier
+        self.status_interval_s = status_interval_s
+        self.every_n_frames = max(1, int(getattr(detector, "every_n_frames", 1)))
+        self._stop = threading.Event()
+        self._closed = False
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current frame; safe from signal handlers and other threads."""
+        self._stop.set()
+        interrupt = getattr(self.source, "interrupt", None)
+        if interrupt is not None:
+            interrupt()  # a source waiting for a lost camera gives up its wait
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, max_frames: int | None = None) -> RunStats:
+        stats = RunStats()
+        window = _StatusWindow(time.monotonic())
+        last_boxes: list[tuple[int | None, Box]] = []
+        last_watchdog = float("-inf")
+        started = time.perf_counter()
+        try:
+            while not self._stop.is_set() and (max_frames is None or stats.frames < max_frames):
+                t0 = time.perf_counter()
+                frame = self.source.read()
+                t1 = time.perf_counter()
+                if frame is None:
+                    break
+                gray = self.detector.prepare(frame.image)
+                if stats.frames % self.every_n_frames == 0:
+                    boxes = self.detector.detect(gray)
+                    if self.tracker is not None:
+                        last_boxes = list(self.tracker.update(boxes))
+                    else:
+                        last_boxes = [(None, box) for box in boxes]
+                elif self.tracker is not None:
+                    last_boxes = list(self.tracker.predict())
+                t2 = time.perf_counter()
+                faces = self._classify(gray, last_boxes)
+                t3 = time.perf_counter()
+                if self.privacy is not None and faces:
+                    self.privacy(frame.image, [face.box for face in faces])
+                self.annotator.draw(frame.image, faces)
+                t4 = time.perf_counter()
+                for sink in self.sinks:
+                    sink.write(frame, faces)
+                t5 = time.perf_counter()
+
+                self._count(stats, faces, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
+                window.add(faces, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
+                if stats.frames == 1 and self.notifier is not None:
+                    self.notifier.ready()
+                now = time.monotonic()
+                if self.notifier is not None and now - last_watchdog >= WATCHDOG_INTERVAL_S:
+                    self.notifier.watchdog()
+                    last_watchdog = now
+                if now - window.start >= self.status_interval_s:
+                    self._report(window.line(now, stats.frames))
+                    window = _StatusWindow(now)
+        finally:
+            stats.elapsed = time.perf_counter() - started
+            if self.notifier is not None:
+                self.notifier.stopping()
+        if window.frames:
+            self._report(window.line(time.monotonic(), stats.frames))
+        log.info(
+            "processed %d frames (%d with faces, %d faces) in %.1f s, %.1f fps",
+            stats.frames,
+            stats.frames_with_faces,
+            stats.faces,
+            stats.elapsed,
+            stats.fps,
+        )
+        return stats
+
+    def _classify(self, gray: np.ndarray, tracked: list[tuple[int | None, Box]]) -> list[Face]:
+        height, width = gray.shape[:2]
+        faces = []
+        for track_id, box in tracked:
+            box = box.clipped(width, height)  # carried boxes may drift past the edge
+            if box.area == 0:
+                continue
+            prediction = self.classifier.classify(gray, box)
+            smoothed = None
+            if self.smoother is not None and track_id is not None:
+                smoothed = self.smoother.update(track_id, prediction)
+            faces.append(Face(box, prediction, track_id, smoothed))
+        if self.smoother is not None:
+            # Keep the state of tracks that are alive but missed this frame (the tracker knows them).
+            active = getattr(self.tracker, "active_ids", None)
+            if active is None:
+                active = {track_id for track_id, _ in tracked if track_id is not None}
+            self.smoother.forget(set(active))
+        return faces
+
+    @staticmethod
+    def _count(stats: RunStats, faces: list[Face], durations: tuple[float, ...]) -> None:
+        stats.frames += 1
+        if faces:
+            stats.frames_with_faces += 1
+            stats.faces += len(faces)
+            stats.label_counts.update(face.shown.label for face in faces if face.shown is not None)
+        for name, seconds in zip(STAGES, durations):
+            stats.stage_seconds[name] += seconds
+
+    def _report(self, line: str) -> None:
+        log.info("%s", line)
+        if self.notifier is not None:
+            self.notifier.status(line)
+
+    def close(self) -> None:
+        """Close every sink (finalizing recordings), then the source. Raises the first failure after trying all."""
+        if self._closed:
+            return
+        self._closed = True
+        first_error: BaseException | None = None
+        for closable in [*self.sinks, self.source]:
+            try:
+                closable.close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others, re-raise below
+                log.error("closing %s failed: %s", type(closable).__name__, exc)
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+
+class _StatusWindow:
+    """Counts between two status lines."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self.frames = 0
+        self.faces = 0
+        self.seconds = [0.0] * len(STAGES)
+
+    def add(self, faces: list[Face], durations: tuple[float, ...]) -> None:
+        self.frames += 1
+        self.faces += len(faces)
+        for i, seconds in enumerate(durations):
+            self.seconds[i] += seconds
+
+    def line(self, now: float, total_frames: int) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        n = max(1, self.frames)
+        stages = " ".join(f"{name} {1000 * s / n:.1f}" for name, s in zip(STAGES, self.seconds))
+        return (
+            f"{self.frames / elapsed:.1f} fps, frames {total_frames}, faces {self.faces} "
+            f"in last {self.frames}; ms/frame: {stages}"
+        )

@@ -1,0 +1,696 @@
+"""Crash-safe recording of the annotated frames: fragmented MP4 segments plus the events log.
+
+Why fragmented MP4: a plain MP4 keeps its index (``moov``) in memory until the file is closed, so SIGKILL or power
+loss leaves an unplayable file. Here the muxer writes an empty ``moov`` up front and then one self-describing fragment
+(``moof`` + ``mdat``) per keyframe; a keyframe is forced every ``fragment_seconds`` and the encoder runs with zero
+latency, so at any time only the frames since the last keyframe are not yet on their way to disk. A background
+thread fdatasyncs the open files every second for power loss.
+
+Files in ``output_dir``: ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
+``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
+``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically). Leftover ``.part`` files
+are repaired (a half-written last fragment is cut off) and renamed on start-up.
+
+Video timing follows the frames' capture timestamps (variable frame rate), so a Pi that processes fewer frames per
+second than the camera delivers still records at true speed; ``fps`` sizes buffers, GOPs and fills gaps when
+timestamps do not advance.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.diskspace import MB, DiskGuard
+from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
+from fer_edge.events import EventsLog, recover_leftover_events
+from fer_edge.types import Face, Frame
+
+__all__ = ["Recorder", "RecordingError", "count_video_frames", "recover_partial_recordings", "repair_fragmented_mp4"]
+
+log = logging.getLogger(__name__)
+
+PART_SUFFIX = ".mp4.part"
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 allows denominators up to 65535
+SYNC_INTERVAL_S = 1.0
+MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
+RETRY_INTERVAL_S = 5.0
+
+
+def make_stem(directory: Path, wall_time: float, sequence: int) -> str:
+    """``YYYYmmdd-HHMMSS-NNNN`` (UTC), bumping the counter until no file in ``directory`` uses the stem."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall_time))
+    while True:
+        stem = f"{stamp}-{sequence:04d}"
+        if not any((directory / f"{stem}{suffix}").exists() for suffix in (".mp4", PART_SUFFIX, ".jsonl")):
+            return stem
+        sequence += 1
+
+
+# ---------------------------------------------------------------- crash recovery
+
+
+def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
+    """Cut a half-written tail off a fragmented MP4 so that every remaining fragment is complete.
+
+    Walks the top-level boxes; the file is truncated after the last complete box, dropping a trailing ``moof`` whose
+    ``mdat`` never made it. Returns (complete fragments, bytes removed).
+    """
+    size = path.stat().st_size
+    good_end = fragments = 0
+    with open(path, "r+b") as f:
+        offset = 0
+        previous_type = b""
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            box_size = int.from_bytes(header[:4], "big")
+            box_type = header[4:8]
+            if box_size == 1:
+                if len(header) < 16:
+                    break
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:
+                box_size = size - offset  # "extends to end of file"
+            if box_size < 8 or offset + box_size > size:
+                break
+            offset += box_size
+            if box_type != b"moof":  # a moof is only useful with the mdat after it
+                good_end = offset
+            if box_type == b"mdat" and previous_type == b"moof":
+                fragments += 1
+            previous_type = box_type
+        if good_end < size:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+    return fragments, size - good_end
+
+
+def count_video_frames(path: Path, *, decode: bool = False) -> int:
+    """Number of video frames in ``path``: packets demuxed (fast), or frames decoded when ``decode`` is True.
+
+    In packet mode frames are decoded only until the first one comes out, so a file that counts is one a player
+    can open.
+    """
+    import av
+
+    packets = decoded = 0
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            return 0
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            packets += 1
+            if decode or not decoded:
+                decoded += len(stream.decode(packet))
+        if decode or not decoded:
+            decoded += len(stream.decode(None))
+    if decode:
+        return decoded
+    return packets if decoded else 0
+
+
+def recover_partial_recordings(directory: Path) -> list[Path]:
+    """Finish what a crash left: ``.part`` videos become ``.mp4`` if they hold frames, ``events.jsonl`` gets its stem.
+
+    A ``.part`` without a single complete fragment is deleted; one that cannot be decoded is renamed ``.mp4.broken``
+    (kept for inspection, deleted first when disk space runs low). Returns the recovered video paths.
+    """
+    recovered = []
+    parts = sorted(directory.glob("*" + PART_SUFFIX))
+    if parts:
+        import av
+    for part in parts:
+        target = part.with_name(part.name[: -len(".part")])
+        try:
+            _, cut = repair_fragmented_mp4(part)
+            frames = count_video_frames(part)
+        except (OSError, av.FFmpegError, ValueError) as exc:
+            log.warning("recording: %s from an interrupted run cannot be read (%s); kept as .mp4.broken",
+                        part.name, exc)
+            os.replace(part, target.with_name(target.name + ".broken"))
+            continue
+        if frames == 0:
+            log.warning("recording: %s from an interrupted run holds no complete frame; deleted", part.name)
+            part.unlink()
+            continue
+        os.replace(part, target)
+        recovered.append(target)
+        log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
+                 f", cut {cut} bytes of a partial fragment" if cut else "")
+    if recovered:
+        _fsync_directory(directory)
+    recover_leftover_events(directory, lambda t: make_stem(directory, t, 0))
+    return recovered
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FrameRing:
+    """A preallocated ring of I420 (yuv420p) frames with their timestamps.
+
+    Frames are converted from BGR straight into a ring slot, which is also the encoder's input buffer: I420 is half
+    the size of BGR (pre-roll memory), the conversion is the one the encoder needs anyway, and slots are reused, so
+    the hot path allocates no frame-sized memory. Several slots keep a frame the encoder may still reference intact.
+    """
+
+    def __init__(self, capacity: int, width: int, height: int):
+        self.slots = np.empty((capacity, height * 3 // 2, width), np.uint8)
+        self.timestamps = [float("-inf")] * capacity
+        self.capacity = capacity
+        self._next = 0
+        self._width, self._height = width, height
+        self._resized: np.ndarray | None = None
+
+    def push(self, image: np.ndarray, timestamp: float) -> int:
+        import cv2
+
+        if image.shape[0] != self._height or image.shape[1] != self._width:
+            if self._resized is None:
+                log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", image.shape[1],
+                            image.shape[0], self._width, self._height)
+                self._resized = np.empty((self._height, self._width, 3), np.uint8)
+            image = cv2.resize(image, (self._width, self._height), dst=self._resized)
+        index = self._next
+        cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420, dst=self.slots[index])
+        self.timestamps[index] = timestamp
+        self._next = (index + 1) % self.capacity
+        return index
+
+    def since(self, after: float, before_slot: int) -> list[int]:
+        """Slots with a timestamp > ``after``, oldest first, excluding ``before_slot`` (the newest)."""
+        order = [(self._next + k) % self.capacity for k in range(self.capacity)]
+        return [i for i in order if i != before_slot and self.timestamps[i] > after]
+
+
+class _Syncer:
+    """fdatasyncs the files being written once a second from a background thread (power-loss safety).
+
+    fsync can stall for a long time on an SD card; doing it here keeps the frame loop running meanwhile.
+    """
+
+    def __init__(self, interval_s: float = SYNC_INTERVAL_S):
+        self._interval_s = interval_s
+        self._paths: tuple[Path, ...] = ()
+        self._directories_pending: set[Path] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, *paths: Path | None) -> None:
+        with self._lock:
+            new_paths = tuple(p for p in paths if p is not None)
+            if set(new_paths) - set(self._paths):
+                self._directories_pending.update(p.parent for p in new_paths)  # new names must survive too
+            self._paths = new_paths
+        if self._thread is None and self._paths:
+            self._thread = threading.Thread(target=self._run, name="fer-edge-fsync", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=0.5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            with self._lock:
+                paths = self._paths
+                directories, self._directories_pending = self._directories_pending, set()
+            for directory in directories:
+                _fsync_directory(directory)
+            for path in paths:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue  # renamed or removed meanwhile: the closer fsyncs it
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+
+
+def choose_codec(codec: str) -> str:
+    """``codec`` if this PyAV/FFmpeg build can encode with it, else ``mpeg4`` (logged)."""
+    import av
+
+    try:
+        av.Codec(codec, "w")
+        return codec
+    except (av.FFmpegError, ValueError) as exc:
+        log.warning("recording: encoder %s is not available (%s); falling back to mpeg4", codec, exc)
+    try:
+        av.Codec("mpeg4", "w")
+    except (av.FFmpegError, ValueError) as exc:
+        raise RecordingError(f"no usable video encoder: neither {codec} nor mpeg4 ({exc})") from None
+    return "mpeg4"
+
+
+class _VideoSegment:
+    """One ``<stem>.mp4.part`` being encoded; ``finish()`` finalizes and renames it to ``<stem>.mp4``."""
+
+    def __init__(self, path: Path, stem: str, *, codec: str, width: int, height: int, fps: float, crf: int,
+                 preset: str, fragment_seconds: float):
+        import av
+
+        self.stem = stem
+        self.part_path = path
+        self.first_ts: float | None = None
+        self.frames = 0
+        self._fps = fps
+        self._fragment_seconds = fragment_seconds
+        self._nominal_ticks = max(1, round(1 / (fps * TIME_BASE)))
+        self._last_pts = -1
+        self._last_ts = float("-inf")
+        self._last_key_ts = float("-inf")
+        self._picture_i = av.video.frame.PictureType.I
+        gop = max(1, round(fps * fragment_seconds))
+        if codec == "libx264":
+            # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
+            options = {"preset": preset, "tune": "zerolatency", "crf": str(crf), "forced-idr": "1",
+                       "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        else:
+            options = {}
+        self._container = av.open(str(path), "w", format="mp4",
+                                  options={"movflags": MOVFLAGS, "flush_packets": "1"})
+        try:
+            rate = Fraction(fps).limit_denominator(1001)
+            self._stream = self._container.add_stream(codec, rate=rate, options=options)
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.time_base = TIME_BASE
+            context = self._stream.codec_context
+            context.time_base = TIME_BASE
+            context.gop_size = gop
+            if codec != "libx264":
+                context.max_b_frames = 0
+                context.bit_rate = int(width * height * fps * 0.15)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
+        """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
+        import av
+
+        frame = av.VideoFrame.from_numpy_buffer(image_i420, format="yuv420p")
+        if self.first_ts is None:
+            self.first_ts = timestamp
+        pts = round((timestamp - self.first_ts) / TIME_BASE)
+        if timestamp <= self._last_ts or pts <= self._last_pts:
+            pts = self._last_pts + self._nominal_ticks  # timestamps stalled or went back: assume the nominal rate
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        keyframe = timestamp - self._last_key_ts >= self._fragment_seconds - 0.5 / self._fps
+        if keyframe:
+            frame.pict_type = self._picture_i  # a keyframe closes the previous fragment, which then gets written
+            self._last_key_ts = timestamp
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self._last_pts, self._last_ts = pts, timestamp
+        self.frames += 1
+        return keyframe and self.frames > 1
+
+    def finish(self) -> Path | None:
+        """Flush the encoder, close, fsync and rename to ``.mp4``; on a write error keep what is on disk."""
+        import av
+
+        error: Exception | None = None
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        except (OSError, av.FFmpegError) as exc:
+            error = exc
+        try:
+            self._container.close()
+        except (OSError, av.FFmpegError) as exc:
+            error = error or exc
+        if error is not None:
+            log.warning("recording: %s could not be finalized cleanly (%s); keeping its complete fragments",
+                        self.part_path.name, error)
+        return self._publish(repair=error is not None)
+
+    def abandon(self) -> Path | None:
+        """After an encode/mux error: close whatever can be closed and keep the complete fragments."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the container is already broken; what matters is the file on disk
+            pass
+        return self._publish(repair=True)
+
+    def _publish(self, *, repair: bool) -> Path | None:
+        final = self.part_path.with_name(self.stem + ".mp4")
+        try:
+            fragments = repair_fragmented_mp4(self.part_path)[0] if repair else self.frames
+            if fragments == 0:
+                self.part_path.unlink(missing_ok=True)
+                return None
+            _fsync_path(self.part_path)
+            os.replace(self.part_path, final)
+            _fsync_directory(final.parent)
+        except OSError as exc:
+            log.warning("recording: cannot finalize %s (%s); it will be recovered at the next start",
+                        self.part_path.name, exc)
+            return None
+        return final
+
+
+# ---------------------------------------------------------------- the sink
+
+
+class Recorder:
+    """Pipeline sink: annotated frames -> fragmented MP4 segments, face data -> events log.
+
+    ``presence_triggered``: video only while faces are present, from ``pre_roll_s`` before the first face to
+    ``post_roll_s`` after the last one; events are still written for every frame. ``record_video=False`` writes
+    events only. Disk: recordings are deleted oldest first to keep ``min_free_mb`` free; when that is impossible,
+    video pauses (events go on) until space returns. Write errors never raise out of ``write``.
+    """
+
+    def __init__(
+        self,
+        output_dir,
+        fps: float,
+        frame_size: tuple[int, int],
+        *,
+        segment_seconds: float = 300.0,
+        fragment_seconds: float = 1.0,
+        codec: str = "libx264",
+        crf: int = 23,
+        min_free_mb: float = 500,
+        presence_triggered: bool = False,
+        pre_roll_s: float = 3.0,
+        post_roll_s: float = 3.0,
+        events: bool = True,
+        record_video: bool = True,
+        preset: str = "veryfast",
+        free_bytes: Callable[[], int] | None = None,
+        disk_check_interval_s: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic_clock: Callable[[], float] = time.monotonic,
+    ):
+        width, height = frame_size
+        if not (fps > 0 and segment_seconds > 0 and fragment_seconds > 0):
+            raise RecordingError("fps, segment_seconds and fragment_seconds must be positive")
+        if pre_roll_s < 0 or post_roll_s < 0 or min_free_mb < 0:
+            raise RecordingError("pre_roll_s, post_roll_s and min_free_mb must not be negative")
+        if record_video and (width <= 0 or height <= 0 or width % 2 or height % 2):
+            raise RecordingError(f"frame size {width}x{height}: yuv420p video needs a positive, even width and height")
+        self.output_dir = Path(output_dir)
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingError(f"cannot create output directory {self.output_dir}: {exc}") from None
+        if not os.access(self.output_dir, os.W_OK):
+            raise RecordingError(f"output directory {self.output_dir} is not writable")
+
+        self.fps = float(fps)
+        self.width, self.height = width, height
+        self.segment_seconds = segment_seconds
+        self.fragment_seconds = fragment_seconds
+        self.crf = crf
+        self.preset = preset
+        self.presence_triggered = presence_triggered
+        self.pre_roll_s = pre_roll_s
+        self.post_roll_s = post_roll_s
+        self.record_video = record_video
+        self._half_frame = 0.5 / self.fps
+        self._wall = wall_clock
+        self._mono = monotonic_clock
+
+        try:
+            recover_partial_recordings(self.output_dir)
+        except OSError as exc:  # never let an old crash's leftovers stop a new recording
+            log.warning("recording: could not recover leftovers in %s: %s", self.output_dir, exc)
+
+        self.codec = codec
+        self._av_error: type[Exception] = OSError
+        if record_video:
+            import av
+
+            self._av_error = av.FFmpegError
+            self.codec = choose_codec(codec)
+        self._disk = DiskGuard(self.output_dir, int(min_free_mb * MB), free_bytes=free_bytes,
+                               check_interval_s=disk_check_interval_s, clock=monotonic_clock)
+        self._events = EventsLog(self.output_dir) if events else None
+        self._events_start_ts = 0.0
+        self._sequence = 1
+        self._segment: _VideoSegment | None = None
+        self._segments: list[Path] = []
+        self._ring: _FrameRing | None = None
+        if record_video:
+            capacity = 3  # the encoder's input buffers
+            if presence_triggered:
+                frame_bytes = width * height * 3 // 2
+                capacity = math.ceil(pre_roll_s * self.fps) + 2
+                if capacity * frame_bytes > MAX_PRE_ROLL_BYTES:
+                    capacity = max(3, MAX_PRE_ROLL_BYTES // frame_bytes)
+                    self.pre_roll_s = (capacity - 2) / self.fps
+                    log.warning("recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
+                                "shortened to %.1f s", pre_roll_s, width, height, MAX_PRE_ROLL_BYTES // MB,
+                                self.pre_roll_s)
+            self._ring = _FrameRing(capacity, width, height)
+        self._last_face_ts = float("-inf")
+        self._last_encoded_ts = float("-inf")
+        self._previous_ts = float("-inf")
+        self._paused = False  # disk floor not met
+        self._retry_at = float("-inf")  # after a video write error
+        self._failing = False
+        self._syncer = _Syncer()
+        self._closed = False
+        self.frames_written = 0  # video frames encoded, all segments
+        self.frames_seen = 0
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def segments(self) -> list[Path]:
+        """Finished segment files, oldest first (deleted ones for disk space are left out)."""
+        return [p for p in self._segments if p.exists()]
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def recording(self) -> bool:
+        return self._segment is not None
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        if self._closed:
+            raise RecordingError("write() after close()")
+        self.frames_seen += 1
+        if frame.timestamp < self._previous_ts - 1.0:
+            self._restart_timeline(frame.timestamp)
+        self._previous_ts = frame.timestamp
+        if self._disk.check_due():
+            self._check_disk()
+        new_stem = self._write_video(frame, bool(faces)) if self.record_video else None
+        if self._events is not None:
+            self._write_events(frame, faces, new_stem)
+
+    def close(self) -> None:
+        """Finalize the open segment and events file (fast: flush, fsync, rename). Call it from the loop's thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._finish_segment()
+        finally:
+            if self._events is not None:
+                self._events.close()
+            self._syncer.stop()
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _restart_timeline(self, ts: float) -> None:
+        """Timestamps jumped back (a replayed file looped, a source restarted): start afresh from ``ts``."""
+        log.info("recording: frame timestamps went back by %.1f s; starting new files", self._previous_ts - ts)
+        self._finish_segment()
+        self._last_face_ts = self._last_encoded_ts = float("-inf")
+        if self._ring is not None:
+            self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
+        if self._events is not None and self._events.is_open:
+            self._events_start_ts = float("-inf")  # rotates at the next events write
+
+    # ------------------------------------------------------------ video
+
+    def _write_video(self, frame: Frame, faces_present: bool) -> str | None:
+        ts = frame.timestamp
+        slot = self._ring.push(frame.image, ts)
+        if faces_present:
+            self._last_face_ts = ts
+        if self._paused or self._mono() < self._retry_at:
+            return None
+        try:
+            if self.presence_triggered:
+                return self._write_presence(slot, ts, faces_present)
+            new_stem = None
+            if self._segment is None or ts - self._segment.first_ts >= self.segment_seconds - self._half_frame:
+                new_stem = self._start_segment()
+            self._encode(slot, ts)
+            return new_stem
+        except _Paused:
+            return None
+        except (OSError, self._av_error) as exc:
+            self._video_failed(exc)
+            return None
+
+    def _write_presence(self, slot: int, ts: float, faces_present: bool) -> str | None:
+        if self._segment is None:
+            if not faces_present:
+                return None
+            new_stem = self._start_segment()
+            pre_roll_from = max(ts - self.pre_roll_s - self._half_frame, self._last_encoded_ts)
+            for earlier in self._ring.since(pre_roll_from, slot):
+                self._encode(earlier, self._ring.timestamps[earlier])
+            self._encode(slot, ts)
+            return new_stem
+        if not faces_present and ts - self._last_face_ts > self.post_roll_s + self._half_frame:
+            self._finish_segment()
+            return None
+        new_stem = None
+        if ts - self._segment.first_ts >= self.segment_seconds - self._half_frame:
+            new_stem = self._start_segment()
+        self._encode(slot, ts)
+        return new_stem
+
+    def _encode(self, slot: int, ts: float) -> None:
+        fragment_written = self._segment.encode(self._ring.slots[slot], ts)
+        self._last_encoded_ts = ts
+        self.frames_written += 1
+        if self._failing and fragment_written:
+            self._failing = False
+            log.info("recording: writing video again (%s)", self._segment.part_path.name)
+
+    def _start_segment(self) -> str:
+        """Finish the open segment (if any) and open a new one; returns its stem."""
+        self._finish_segment()
+        keep = {self._events.stem} if self._events is not None and self._events.stem else set()
+        if not self._disk.make_room(keep):
+            self._pause()
+            raise _Paused()
+        stem = make_stem(self.output_dir, self._wall(), self._sequence)
+        self._sequence = int(stem.rsplit("-", 1)[1]) + 1
+        self._segment = _VideoSegment(
+            self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, width=self.width, height=self.height,
+            fps=self.fps, crf=self.crf, preset=self.preset, fragment_seconds=self.fragment_seconds)
+        self._watch_files()
+        log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)
+        return stem
+
+    def _finish_segment(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is None:
+            return
+        final = segment.finish()
+        self._watch_files()
+        if final is not None:
+            self._failing = False
+            self._segments.append(final)
+            log.info("recording: finished %s (%d frames)", final.name, segment.frames)
+
+    def _video_failed(self, exc: Exception) -> None:
+        segment, self._segment = self._segment, None
+        kept = segment.abandon() if segment is not None else None
+        if kept is not None:
+            self._segments.append(kept)
+        self._retry_at = self._mono() + RETRY_INTERVAL_S
+        disk_full = getattr(exc, "errno", None) == errno.ENOSPC
+        message = "disk full" if disk_full else f"{type(exc).__name__}: {exc}"
+        if not self._failing:
+            log.warning("recording: video write failed (%s); %s; retrying every %g s", message,
+                        f"kept {kept.name}" if kept else "nothing to keep", RETRY_INTERVAL_S)
+        else:
+            log.debug("recording: video write failed again (%s)", message)
+        self._failing = True
+        self._watch_files()
+
+    # ------------------------------------------------------------ disk
+
+    def _check_disk(self) -> None:
+        keep = {self._segment.stem} if self._segment is not None else set()
+        if self._events is not None and self._events.stem:
+            keep.add(self._events.stem)
+        if self._disk.make_room(keep):
+            if self._paused:
+                self._paused = False
+                log.info("recording: %.0f MB free again; video recording resumed", self._disk.free_bytes() / MB)
+        elif self.record_video and not self._paused:
+            self._pause()
+        if self._events is not None:
+            self._events.retry()
+
+    def _pause(self) -> None:
+        self._paused = True
+        log.warning("recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete; "
+                    "video recording paused until space returns (events continue)",
+                    self._disk.free_bytes() / MB, self._disk.min_free_bytes / MB)
+        self._finish_segment()
+
+    # ------------------------------------------------------------ events
+
+    def _write_events(self, frame: Frame, faces: list[Face], new_stem: str | None) -> None:
+        events = self._events
+        ts = frame.timestamp
+        if new_stem is None and (
+                not events.is_open or ts - self._events_start_ts >= self.segment_seconds - self._half_frame):
+            new_stem = make_stem(self.output_dir, self._wall(), self._sequence)
+            self._sequence = int(new_stem.rsplit("-", 1)[1]) + 1
+        if new_stem is not None:
+            events.rotate(new_stem)
+            self._events_start_ts = ts
+            self._watch_files()
+        events.write(self._wall(), frame.index, faces)
+
+    def _watch_files(self) -> None:
+        self._syncer.watch(self._segment.part_path if self._segment is not None else None,
+                           self._events.path if self._events is not None and self._events.is_open else None)
+
+
+class _Paused(OSError):
+    """Internal: the disk floor cannot be met, so no segment was opened (already logged)."""
+
+    def __init__(self):
+        super().__init__(errno.ENOSPC, "disk floor not met")

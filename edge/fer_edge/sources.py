@@ -1,0 +1,365 @@
+"""Frame sources: Pi camera, OpenCV capture (USB/URL), video files, image folders, and a list fake.
+
+Backends are chosen by :func:`open_source` from the ``source`` config section; OpenCV and picamera2
+are imported only by the backend that needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fer_edge.errors import SourceError
+from fer_edge.types import Frame
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class FrameSource(Protocol):
+    fps: float
+    size: tuple[int, int]  # (width, height)
+
+    def read(self) -> Frame | None:
+        """The next frame; None at the end of the stream (or once interrupted)."""
+
+    def close(self) -> None: ...
+
+
+def open_source(cfg) -> FrameSource:
+    """Build the source described by a :class:`fer_edge.config.SourceConfig`."""
+    kind = resolve_kind(cfg)
+    log.debug("source kind %s", kind)
+    if kind == "picamera2":
+        return Picamera2Source(cfg.width, cfg.height, cfg.fps)
+    if kind == "opencv":
+        return OpenCvCaptureSource(
+            cfg.device,
+            cfg.width,
+            cfg.height,
+            cfg.fps,
+            reopen_initial_s=cfg.reopen_initial_s,
+            reopen_max_s=cfg.reopen_max_s,
+        )
+    if not cfg.path:
+        raise SourceError(f"source.path: required for source kind {kind}")
+    if kind == "images":
+        return ImageFolderSource(cfg.path, fps=cfg.fps, realtime=cfg.realtime, loop=cfg.loop)
+    return VideoFileSource(cfg.path, realtime=cfg.realtime, loop=cfg.loop)
+
+
+def resolve_kind(cfg) -> str:
+    """``auto``: a folder path plays images, a file path a video; without a path the Pi camera when
+    picamera2 is installed, else OpenCV capture of ``device``."""
+    if cfg.kind != "auto":
+        return cfg.kind
+    if cfg.path:
+        return "images" if Path(cfg.path).is_dir() else "file"
+    import importlib.util
+
+    return "picamera2" if importlib.util.find_spec("picamera2") is not None else "opencv"
+
+
+def source_overrides(spec: str) -> dict:
+    """Config overrides for a ``--source`` argument: picamera2, a camera index or URL, a folder, or a file."""
+    if spec == "picamera2":
+        return {"source.kind": "picamera2"}
+    if spec.isdigit() or "://" in spec or spec.startswith("/dev/video"):
+        return {"source.kind": "opencv", "source.device": spec}
+    if Path(spec).is_dir():
+        return {"source.kind": "images", "source.path": spec}
+    return {"source.kind": "file", "source.path": spec}
+
+
+def _quiet_opencv(cv2) -> None:
+    # OpenCV prints its own warnings for a missing camera; we report one clear line instead.
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:
+        pass
+
+
+class ListSource:
+    """Frames from a list of BGR arrays (or Frames): the test fake."""
+
+    def __init__(self, images: Iterable[np.ndarray | Frame], fps: float = 30.0):
+        self._frames = [
+            item if isinstance(item, Frame) else Frame(item, index, index / fps) for index, item in enumerate(images)
+        ]
+        self.fps = fps
+        first = self._frames[0].image if self._frames else np.zeros((1, 1, 3), np.uint8)
+        self.size = (first.shape[1], first.shape[0])
+        self._next = 0
+        self.closed = False
+
+    def read(self) -> Frame | None:
+        if self.closed or self._next >= len(self._frames):
+            return None
+        frame = self._frames[self._next]
+        self._next += 1
+        return frame
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Pacer:
+    """Sleeps so that frame ``i`` is delivered at ``start + i / fps`` (for realtime replays)."""
+
+    def __init__(self, fps: float):
+        self.period = 1.0 / fps
+        self.start: float | None = None
+
+    def wait(self, index: int) -> float:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now - index * self.period
+        due = self.start + index * self.period
+        if due > now:
+            time.sleep(due - now)
+            return due
+        return now
+
+
+class VideoFileSource:
+    """A video file through OpenCV; timestamps are ``index / fps`` unless paced in real time."""
+
+    def __init__(self, path: str | os.PathLike, *, realtime: bool = False, loop: bool = False):
+        import cv2
+
+        self._cv2 = cv2
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"video file not found: {self.path}")
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            raise SourceError(f"cannot open video file {self.path} (not a video OpenCV can decode?)")
+        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else 30.0
+        width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self._pending: np.ndarray | None = None
+        if width <= 0 or height <= 0:
+            ok, image = self._capture.read()
+            if not ok:
+                raise SourceError(f"video file {self.path} has no frames")
+            self._pending = image
+            height, width = image.shape[:2]
+        self.size = (width, height)
+        self.loop = loop
+        self._pacer = _Pacer(self.fps) if realtime else None
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        image = self._next_image()
+        if image is None:
+            return None
+        index = self._index
+        self._index += 1
+        timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
+        return Frame(image, index, timestamp)
+
+    def _next_image(self) -> np.ndarray | None:
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+            return image
+        ok, image = self._capture.read()
+        if ok:
+            return image
+        if not self.loop:
+            return None
+        self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
+        ok, image = self._capture.read()
+        return image if ok else None
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class ImageFolderSource:
+    """The images of a folder in name order, as frames of one size (the first image's)."""
+
+    def __init__(self, path: str | os.PathLike, *, fps: float = 30.0, realtime: bool = False, loop: bool = False):
+        import cv2
+
+        self._cv2 = cv2
+        folder = Path(path)
+        if not folder.is_dir():
+            raise SourceError(f"image folder not found: {folder}")
+        self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        first = self._load(self._files[0])
+        if first is None:
+            raise SourceError(f"cannot read image {self._files[0]}")
+        self.size = (first.shape[1], first.shape[0])
+        self.fps = fps
+        self.loop = loop
+        self._pacer = _Pacer(fps) if realtime else None
+        self._position = 0
+        self._index = 0
+
+    def _load(self, path: Path) -> np.ndarray | None:
+        return self._cv2.imread(str(path), self._cv2.IMREAD_COLOR)
+
+    def read(self) -> Frame | None:
+        while True:
+            if self._position >= len(self._files):
+                if not self.loop:
+                    return None
+                self._position = 0
+            path = self._files[self._position]
+            self._position += 1
+            image = self._load(path)
+            if image is None:
+                log.warning("skipping unreadable image %s", path)
+                continue
+            if (image.shape[1], image.shape[0]) != self.size:
+                image = self._cv2.resize(image, self.size, interpolation=self._cv2.INTER_AREA)
+            index = self._index
+            self._index += 1
+            timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
+            return Frame(image, index, timestamp)
+
+    def close(self) -> None:
+        pass
+
+
+class OpenCvCaptureSource:
+    """A USB camera (index) or stream (URL) through OpenCV. A camera that disappears is reopened with
+    exponential back-off; :meth:`interrupt` ends a wait so the service can stop."""
+
+    def __init__(
+        self,
+        device: int | str = 0,
+        width: int = 640,
+        height: int = 480,
+        fps: float = 30.0,
+        *,
+        reopen_initial_s: float = 1.0,
+        reopen_max_s: float = 30.0,
+    ):
+        import cv2
+
+        _quiet_opencv(cv2)
+        self._cv2 = cv2
+        self.device: int | str = int(device) if isinstance(device, str) and device.isdigit() else device
+        self._requested = (width, height, fps)
+        self.reopen_initial_s = reopen_initial_s
+        self.reopen_max_s = reopen_max_s
+        self._interrupted = threading.Event()
+        self._index = 0
+        self._capture = self._open()
+        if self._capture is None:
+            what = f"camera {self.device}" if isinstance(self.device, int) else f"stream {self.device}"
+            raise SourceError(f"cannot open {what} (not connected, or in use by another process?)")
+        self.size = (
+            int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)) or width,
+            int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) or height,
+        )
+        reported = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps = reported if reported and 0 < reported < 1000 else fps
+        log.info("camera %s opened: %dx%d at %.1f fps", self.device, *self.size, self.fps)
+
+    def _open(self):
+        cv2 = self._cv2
+        capture = cv2.VideoCapture(self.device)
+        if not capture.isOpened():
+            capture.release()
+            return None
+        width, height, fps = self._requested
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        capture.set(cv2.CAP_PROP_FPS, fps)
+        return capture
+
+    def read(self) -> Frame | None:
+        while not self._interrupted.is_set():
+            if self._capture is not None:
+                ok, image = self._capture.read()
+                if ok:
+                    if (image.shape[1], image.shape[0]) != self.size:
+                        image = self._cv2.resize(image, self.size, interpolation=self._cv2.INTER_AREA)
+                    index = self._index
+                    self._index += 1
+                    return Frame(image, index, time.monotonic())
+                log.warning("camera %s stopped delivering frames; reopening", self.device)
+                self._capture.release()
+                self._capture = None
+            self._capture = self._reopen()
+            if self._capture is None:  # interrupted while waiting
+                return None
+        return None
+
+    def _reopen(self):
+        delay = self.reopen_initial_s
+        while not self._interrupted.wait(delay):
+            capture = self._open()
+            if capture is not None:
+                log.info("camera %s reopened", self.device)
+                return capture
+            delay = min(delay * 2, self.reopen_max_s)
+            log.warning("camera %s still unavailable; next try in %.0f s", self.device, delay)
+        return None
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+
+    def close(self) -> None:
+        self._interrupted.set()
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class Picamera2Source:
+    """The Raspberry Pi camera through picamera2 (apt package python3-picamera2)."""
+
+    def __init__(self, width: int = 640, height: int = 480, fps: float = 30.0):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise SourceError("picamera2 is not installed (apt install python3-picamera2)") from None
+        try:
+            self._camera = Picamera2()
+            # "RGB888" is libcamera's name for B, G, R byte order: OpenCV's BGR, no conversion needed.
+            config = self._camera.create_video_configuration(
+                main={"size": (width, height), "format": "RGB888"}, controls={"FrameRate": float(fps)}
+            )
+            self._camera.configure(config)
+            self._camera.start()
+        except (RuntimeError, IndexError, OSError) as exc:
+            raise SourceError(f"cannot start the Pi camera ({exc})") from None
+        self.size = (width, height)
+        self.fps = fps
+        self._index = 0
+        self._interrupted = threading.Event()
+        log.info("Pi camera started: %dx%d at %.1f fps", width, height, fps)
+
+    def read(self) -> Frame | None:
+        if self._interrupted.is_set():
+            return None
+        image = self._camera.capture_array("main")
+        if image.shape[2] == 4:
+            image = image[:, :, :3]
+        index = self._index
+        self._index += 1
+        return Frame(np.ascontiguousarray(image), index, time.monotonic())
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
+
+    def close(self) -> None:
+        self._interrupted.set()
+        try:
+            self._camera.stop()
+        finally:
+            self._camera.close()

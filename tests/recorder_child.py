@@ -1,0 +1,109 @@
+"""A process that records synthetic frames with fer_edge.recording.Recorder, for the kill and full-disk tests.
+
+Every frame carries its index as a row of black/white blocks (``draw_frame`` / ``read_index``), so a test can tell
+exactly which frames a recording holds. Prints ``written N`` after each frame (N frames handed to the recorder so
+far), ``closed N`` after a clean close. SIGTERM stops the loop and closes the recorder, exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+INDEX_BITS = 12
+
+
+def draw_frame(index: int, width: int, height: int, *, noise: bool = False) -> np.ndarray:
+    """A BGR frame: a moving gradient (or noise) with ``index`` in binary as blocks along the top."""
+    if noise:
+        image = np.random.default_rng(index).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    else:
+        x = np.arange(width, dtype=np.int32)[None, :]
+        y = np.arange(height, dtype=np.int32)[:, None]
+        image = np.empty((height, width, 3), np.uint8)
+        image[..., 0] = (x + 2 * index) % 256 // 2 + 32
+        image[..., 1] = (y + index) % 256 // 2 + 32
+        image[..., 2] = 96
+    block = width // (INDEX_BITS + 2)
+    image[: block + 8] = 128
+    for bit in range(INDEX_BITS):
+        value = 255 if (index >> bit) & 1 else 0
+        image[4 : 4 + block, (bit + 1) * block : (bit + 2) * block] = value
+    return image
+
+
+def read_index(image: np.ndarray) -> int:
+    """The index ``draw_frame`` drew into a (decoded, lossy) BGR frame."""
+    width = image.shape[1]
+    block = width // (INDEX_BITS + 2)
+    inset = block // 4
+    index = 0
+    for bit in range(INDEX_BITS):
+        patch = image[4 + inset : 4 + block - inset, (bit + 1) * block + inset : (bit + 2) * block - inset]
+        if patch.mean() > 128:
+            index |= 1 << bit
+    return index
+
+
+def main() -> int:
+    from fer_edge.recording import Recorder
+    from fer_edge.types import Box, Face, Frame, Prediction
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--frames", type=int, default=100_000)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--segment-seconds", type=float, default=300.0)
+    parser.add_argument("--min-free-mb", type=float, default=0.0)
+    parser.add_argument("--pace-fps", type=float, default=None, help="frames per wall-clock second (default: fps)")
+    parser.add_argument("--noise", action="store_true", help="noise frames (large, to fill a disk)")
+    parser.add_argument("--retry-s", type=float, default=None, help="video retry interval after a write error")
+    parser.add_argument("--delete-at", type=int, default=None, help="delete DIR/filler after this many frames")
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    stop = False
+
+    def on_sigterm(signum, frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if args.retry_s is not None:
+        import fer_edge.recording
+
+        fer_edge.recording.RETRY_INTERVAL_S = args.retry_s
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
+    frames = [draw_frame(i, args.width, args.height, noise=args.noise) for i in range(30)]
+    recorder = Recorder(args.dir, args.fps, (args.width, args.height), segment_seconds=args.segment_seconds,
+                        min_free_mb=args.min_free_mb, disk_check_interval_s=0.2)
+    pace_fps = args.pace_fps if args.pace_fps is not None else args.fps
+    start = time.monotonic()
+    written = 0
+    while written < args.frames and not stop:
+        if pace_fps > 0:
+            delay = start + written / pace_fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        image = frames[written % 30] if args.noise else draw_frame(written, args.width, args.height)
+        recorder.write(Frame(image, written, written / args.fps), [face])
+        written += 1
+        print(f"written {written}", flush=True)
+        if args.delete_at is not None and written == args.delete_at:
+            (args.dir / "filler").unlink()
+    recorder.close()
+    print(f"closed {written}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

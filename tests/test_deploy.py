@@ -1,0 +1,517 @@
+"""The deploy path for real: deploy/deploy.sh over ssh to a stand-in Pi, install.sh into a scratch root.
+
+The stand-in Pi is an sshd on 127.0.0.1 (random port, keys made here, run as the current user) whose
+sessions get, through sshd's SetEnv:
+- PATH with logging stubs first for apt-get, systemctl, journalctl, useradd, usermod, groupadd, getent and
+  chown (they keep a little state: users, groups, whether the service is active), so nothing on this
+  machine is changed;
+- PYTHONPATH with a folder that plays apt's dist-packages (NumPy, OpenCV, PyAV, LiteRT, PyYAML linked
+  from .venv-edge), and PIP_NO_INDEX=1: pip must be satisfied without PyPI, as on a Pi after apt.
+install.sh runs with --prefix <scratch root> and builds a real venv with the system Python; the test
+then runs the installed `fer-edge` on assets/demo.mp4. What cannot run here (real apt, systemctl, the
+camera) is listed in docs/DEPLOY.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy" / "deploy.sh"
+DEPLOY_MODEL = REPO / "deploy" / "deploy-model.sh"
+INSTALL = REPO / "deploy" / "install.sh"
+MODEL = REPO / "models" / "fer_int8.tflite"
+CLIP = REPO / "assets" / "demo.mp4"
+EDGE_VENV = REPO / ".venv-edge"
+SYSTEM_PYTHON = "/usr/bin/python3"
+SSHD = "/usr/sbin/sshd"
+
+# One multi-call stub, linked under each system command's name.
+STUB = r"""#!/bin/bash
+state="${FAKE_PI_STATE:?FAKE_PI_STATE not set}"
+name="$(basename "$0")"
+printf '%s %s\n' "$name" "$*" >> "$state/calls.log"
+last="${!#}"
+member_add() {  # member_add GROUP USER
+    awk -F: -v OFS=: -v g="$1" -v u="$2" '$1 == g { $4 = ($4 == "" ? u : $4 "," u) } 1' "$state/group" \
+        > "$state/group.tmp" && mv "$state/group.tmp" "$state/group"
+}
+case "$name" in
+    systemctl)
+        case "$1" in
+            --version) echo "systemd $(cat "$state/systemd-version") (fake)"; echo "+PAM +SECCOMP" ;;
+            is-active) [ "$(cat "$state/active" 2>/dev/null)" = active ] ;;
+            start|restart)
+                if [ -e "$state/fail-next-start" ]; then
+                    rm -f "$state/fail-next-start"; echo "inactive" > "$state/active"
+                    echo "Job for fer-edge.service failed because the control process exited with error code." >&2
+                    exit 1
+                fi
+                echo active > "$state/active" ;;
+            enable|disable)
+                case " $* " in *" --now "*) [ "$1" = enable ] && echo active > "$state/active" \
+                    || echo inactive > "$state/active" ;; esac ;;
+            status) echo "* fer-edge.service - fer-edge (stub)"; echo "   Active: $(cat "$state/active" 2>/dev/null)" ;;
+        esac ;;
+    journalctl) echo "-- stub journal: no entries --" ;;
+    getent) grep "^$last:" "$state/$1" || exit 2 ;;
+    useradd)
+        echo "$last:x:990:990:fer-edge:/var/lib/fer-edge:/usr/sbin/nologin" >> "$state/passwd"
+        echo "$last:x:990:" >> "$state/group"
+        case " $* " in *" --groups video "*) member_add video "$last" ;; esac ;;
+    usermod) member_add video "$last" ;;
+    groupadd) echo "$last:x:989:" >> "$state/group" ;;
+    apt-get|chown) ;;
+esac
+"""
+STUBBED = ("apt-get", "systemctl", "journalctl", "useradd", "usermod", "groupadd", "getent", "chown")
+# What apt's dist-packages would not hold (the venv brings its own pip and setuptools).
+NOT_FROM_APT = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "wheel", "fer_edge", "fer-edge",
+                "__editable__")
+
+
+def _apt_install(*packages: str) -> str | None:
+    """Install Debian packages (the test's own prerequisites); None when done, else why not."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "not root or no apt-get"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    if subprocess.run(cmd, env=env, capture_output=True).returncode == 0:
+        return None
+    subprocess.run(["apt-get", "update"], env=env, capture_output=True)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return None if result.returncode == 0 else result.stderr.strip().splitlines()[-1]
+
+
+def _ensure_prerequisites() -> None:
+    if not Path(SSHD).exists():
+        problem = _apt_install("openssh-server", "openssh-client")
+        if problem or not Path(SSHD).exists():
+            pytest.skip(f"!!! DEPLOY TEST NOT RUN: no sshd and apt-get install openssh-server failed ({problem}) !!!")
+    probe = "import ensurepip, setuptools, wheel, yaml"
+    if subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode != 0:
+        problem = _apt_install("python3-venv", "python3-setuptools", "python3-wheel", "python3-yaml")
+        assert problem is None, f"the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, wheel: {problem}"
+    system_version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True
+    ).stdout.split()
+    edge_site = _site_packages(EDGE_VENV)
+    assert edge_site.name == "site-packages" and edge_site.parent.name == f"python{'.'.join(system_version)}", (
+        f".venv-edge ({edge_site.parent.name}) must match {SYSTEM_PYTHON} (Python {'.'.join(system_version)}): "
+        "its packages play the Pi's apt dist-packages"
+    )
+
+
+def _site_packages(venv: Path) -> Path:
+    found = sorted(venv.glob("lib/python3*/site-packages"))
+    assert found, f"{venv} has no site-packages"
+    return found[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every path under root with what a rewrite would change: type, mode, size, mtime, link target."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        info = path.lstat()
+        target = os.readlink(path) if path.is_symlink() else None
+        entries[str(path.relative_to(root))] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode),
+                                                info.st_size, info.st_mtime_ns, target)
+    return entries
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class FakePi:
+    base: Path
+    port: int
+    key: Path
+    known_hosts: Path
+    state: Path
+    root: Path  # install.sh --prefix
+    stubs: Path
+    dist_packages: Path
+    calls_seen: int = field(default=0)
+
+    @property
+    def ssh_options(self) -> list[str]:
+        return ["--port", str(self.port), "--identity", str(self.key),
+                "--ssh-option", f"UserKnownHostsFile={self.known_hosts}",
+                "--ssh-option", "StrictHostKeyChecking=yes", "--ssh-option", "BatchMode=yes",
+                "--staging", str(self.base / "staging")]
+
+    def deploy(self, *args: str, script: Path = DEPLOY, install_args: tuple[str, ...] = ()):
+        cmd = [str(script), "PI=root@127.0.0.1", *self.ssh_options, *args, "--", "--prefix", str(self.root),
+               *install_args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    def new_calls(self) -> list[str]:
+        """The stub calls since the last time this was asked."""
+        lines = (self.state / "calls.log").read_text().splitlines() if (self.state / "calls.log").exists() else []
+        new, self.calls_seen = lines[self.calls_seen:], len(lines)
+        return new
+
+    def env(self) -> dict[str, str]:
+        """The environment of a session on the fake Pi, for commands run without ssh."""
+        return {**os.environ, "PATH": f"{self.stubs}:{os.environ['PATH']}", "PYTHONPATH": str(self.dist_packages),
+                "PIP_NO_INDEX": "1", "FAKE_PI_STATE": str(self.state)}
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+
+@pytest.fixture(scope="module")
+def fake_pi(tmp_path_factory):
+    _ensure_prerequisites()
+    base = tmp_path_factory.mktemp("fake-pi")
+    for name in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
+    shutil.copy(base / "user_key.pub", base / "authorized_keys")
+
+    stubs = base / "stubs"
+    stubs.mkdir()
+    (stubs / "fake-pi-command").write_text(STUB)
+    (stubs / "fake-pi-command").chmod(0o755)
+    for name in STUBBED:
+        (stubs / name).symlink_to("fake-pi-command")
+    state = base / "state"
+    state.mkdir()
+    (state / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (state / "group").write_text("root:x:0:\nvideo:x:44:\n")  # no render group: install.sh must add it
+    (state / "systemd-version").write_text("252\n")
+
+    dist_packages = base / "dist-packages"
+    dist_packages.mkdir()
+    for entry in _site_packages(EDGE_VENV).iterdir():
+        if entry.suffix == ".pth" or entry.name == "__pycache__" or entry.name.startswith(NOT_FROM_APT):
+            continue
+        (dist_packages / entry.name).symlink_to(entry)
+
+    port = _free_port()
+    env_line = f"PATH={stubs}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin PYTHONPATH={dist_packages} " \
+               f"PIP_NO_INDEX=1 FAKE_PI_STATE={state}"
+    (base / "sshd_config").write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        f"KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nSetEnv {env_line}\n"
+    )
+    host_key = (base / "host_key.pub").read_text().split()
+    (base / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation folder
+    log = open(base / "sshd.log", "w")
+    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(base / "sshd_config")], stderr=log)
+    pi = FakePi(base, port, base / "user_key", base / "known_hosts", state, base / "root", stubs, dist_packages)
+    try:
+        probe = ["ssh", "-p", str(port), "-i", str(pi.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                 "-o", f"UserKnownHostsFile={pi.known_hosts}", "-o", "StrictHostKeyChecking=yes", "root@127.0.0.1",
+                 "command -v systemctl"]
+        for _ in range(50):
+            result = subprocess.run(probe, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if result.returncode == 0 or sshd.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert result.returncode == 0, f"stand-in Pi unreachable: {result.stderr}\n{(base / 'sshd.log').read_text()}"
+        assert result.stdout.strip() == str(stubs / "systemctl")  # sessions see the stubs first
+        yield pi
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def first_deploy(fake_pi):
+    result = fake_pi.deploy()
+    assert result.returncode == 0, result.stderr
+    return result, fake_pi.new_calls()
+
+
+def test_first_deploy_installs_venv_model_config_unit_and_starts(fake_pi, first_deploy):
+    result, calls = first_deploy
+    root = fake_pi.root
+    assert (root / "etc/systemd/system/fer-edge.service").read_text() == (REPO / "systemd/fer-edge.service").read_text()
+    assert not (root / "etc/systemd/system/fer-edge.service.d").exists()  # systemd 252: no back-off drop-in
+    assert (root / "etc/fer-edge/config.yaml").read_text() == (REPO / "deploy/config.yaml").read_text()
+    cfg = yaml.safe_load((root / "etc/fer-edge/config.yaml").read_text())
+    model = fake_pi.path(cfg["model"]["path"])
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    assert _sha256(model) == sidecar["sha256"] == _sha256(MODEL)
+    assert (root / "var/lib/fer-edge/models/current").readlink() == Path(sidecar["sha256"][:12])
+    assert (root / "var/lib/fer-edge/recordings").is_dir()
+    venv_cfg = (root / "opt/fer-edge/venv/pyvenv.cfg").read_text()
+    assert "include-system-site-packages = true" in venv_cfg
+    assert (root / "opt/fer-edge/constraints.txt").read_text().startswith("numpy==")
+    pip_requirements = (root / "opt/fer-edge/requirements-pi.txt").read_text()
+    assert "ai-edge-litert" in pip_requirements and "opencv" not in pip_requirements  # OpenCV comes from apt
+
+    assert any(c.startswith("apt-get install") and "python3-picamera2 python3-opencv opencv-data python3-venv" in c
+               for c in calls)
+    assert "groupadd --system render" in calls
+    useradd = [c for c in calls if c.startswith("useradd")]
+    assert len(useradd) == 1 and "--system" in useradd[0] and "--groups video" in useradd[0]
+    assert "chown fer-edge:fer-edge " + str(root / "var/lib/fer-edge/recordings") in calls
+    systemctl = [c for c in calls if c.startswith("systemctl") and "--version" not in c]
+    assert systemctl[:4] == ["systemctl daemon-reload", "systemctl enable --quiet fer-edge",
+                             "systemctl is-active --quiet fer-edge", "systemctl start fer-edge"]
+    assert "config ok: /etc/fer-edge/config.yaml" in result.stderr  # check-config ran before the start
+    assert result.stderr.index("config ok") < result.stderr.index("starting fer-edge")
+    assert "systemctl status fer-edge --no-pager --lines 0" in calls
+    assert "journalctl -u fer-edge -n 20 --no-pager" in calls
+    assert "-- stub journal" in result.stdout
+
+
+def test_installed_fer_edge_runs_the_demo_clip_without_tensorflow(fake_pi, first_deploy, tmp_path):
+    venv = fake_pi.root / "opt/fer-edge/venv"
+    env = fake_pi.env()
+    probe = subprocess.run(
+        [str(venv / "bin/python"), "-c",
+         "import fer_edge, importlib.util as u; print(fer_edge.__file__); print(u.find_spec('tensorflow'))"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert probe[0].startswith(str(venv))  # the installed copy, not the checkout
+    assert probe[1] == "None"
+
+    cfg = yaml.safe_load((fake_pi.root / "etc/fer-edge/config.yaml").read_text())
+    cfg["model"]["path"] = str(fake_pi.path(cfg["model"]["path"]))
+    cfg["recording"]["output_dir"] = str(fake_pi.path(cfg["recording"]["output_dir"]))
+    run_config = tmp_path / "config.yaml"
+    run_config.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run(
+        [str(venv / "bin/fer-edge"), "run", "--config", str(run_config), "--source", str(CLIP), "--max-frames", "60"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    recordings = Path(cfg["recording"]["output_dir"])
+    videos = sorted(recordings.rglob("*.mp4"))
+    assert videos, f"no recording in {recordings}: {result.stderr}"
+    import av
+
+    with av.open(str(videos[0])) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames > 0
+
+
+@pytest.fixture(scope="module")
+def second_deploy(fake_pi, first_deploy):
+    before = _tree(fake_pi.root)
+    result = fake_pi.deploy("--no-restart")
+    assert result.returncode == 0, result.stderr
+    return result, before, _tree(fake_pi.root), fake_pi.new_calls()
+
+
+def test_second_deploy_changes_nothing(second_deploy):
+    result, before, after, calls = second_deploy
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    changed -= {p for p in changed if p.startswith("var/lib/fer-edge/recordings")}  # the demo run's output
+    assert changed == set()
+    assert "python packages unchanged" in result.stderr
+    assert "nothing changed; fer-edge keeps running" in result.stderr
+    assert not [c for c in calls if c.split()[0] in ("useradd", "usermod", "groupadd")]
+    assert not [c for c in calls if c.startswith(("systemctl start", "systemctl restart"))]
+
+
+@pytest.fixture(scope="module")
+def edited_config(fake_pi, second_deploy):
+    config = fake_pi.root / "etc/fer-edge/config.yaml"
+    edited = config.read_text().replace("status_interval_s: 60.0", "status_interval_s: 30.0")
+    assert edited != config.read_text()
+    config.write_text(edited)
+    result = fake_pi.deploy()
+    assert result.returncode == 0, result.stderr
+    return result, edited, fake_pi.new_calls()
+
+
+def test_an_edited_config_is_never_overwritten(fake_pi, edited_config):
+    result, edited, calls = edited_config
+    config = fake_pi.root / "etc/fer-edge/config.yaml"
+    assert config.read_text() == edited
+    assert (config.parent / "config.yaml.new").read_text() == (REPO / "deploy/config.yaml").read_text()
+    assert "kept your /etc/fer-edge/config.yaml" in result.stderr and "config.yaml.new" in result.stderr
+    assert "systemctl restart fer-edge" in calls  # deploy.sh restarts (--restart) even when only that changed
+
+
+def test_a_broken_config_stops_the_install_before_any_restart(fake_pi, edited_config):
+    config = fake_pi.root / "etc/fer-edge/config.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("recording:\n", "recording:\n  segment_secnds: 10\n", 1))
+    try:
+        result = fake_pi.deploy()
+    finally:
+        config.write_text(good)
+    calls = fake_pi.new_calls()
+    assert result.returncode != 0
+    assert "recording.segment_secnds: unknown key" in result.stderr  # fer-edge check-config's own line
+    assert "does not pass fer-edge check-config: service not (re)started" in result.stderr
+    assert not [c for c in calls if c.startswith(("systemctl daemon-reload", "systemctl start", "systemctl restart"))]
+
+
+def _variant_model(tmp_path: Path, tag: bytes) -> Path:
+    """The shipped model with bytes appended (a different file, still a valid flatbuffer) and its sidecar."""
+    model = tmp_path / "fer_variant.tflite"
+    model.write_bytes(MODEL.read_bytes() + tag)
+    sidecar = json.loads(MODEL.with_suffix(".json").read_text())
+    sidecar["sha256"] = _sha256(model)
+    model.with_suffix(".json").write_text(json.dumps(sidecar))
+    return model
+
+
+@pytest.fixture(scope="module")
+def swapped_model(fake_pi, edited_config, tmp_path_factory):
+    models = fake_pi.root / "var/lib/fer-edge/models"
+    first = (models / "current").readlink()
+    variant = _variant_model(tmp_path_factory.mktemp("model"), b"\0" * 16)
+    result = fake_pi.deploy("--model", str(variant), script=DEPLOY_MODEL)
+    assert result.returncode == 0, result.stderr
+    return result, first, variant, fake_pi.new_calls()
+
+
+def test_deploy_model_swaps_the_pair_atomically_and_restarts(fake_pi, swapped_model):
+    result, first, variant, calls = swapped_model
+    models = fake_pi.root / "var/lib/fer-edge/models"
+    current = models / "current"
+    assert current.readlink() == Path(_sha256(variant)[:12]) != first
+    assert (current / "model.tflite").read_bytes() == variant.read_bytes()
+    assert json.loads((current / "model.json").read_text())["sha256"] == _sha256(variant)
+    assert (models / first / "model.tflite").read_bytes() == MODEL.read_bytes()  # the previous one is kept
+    assert not list(models.glob(".incoming*")) and not (models / ".current.tmp").exists()
+    assert "systemctl restart fer-edge" in calls
+    assert not [c for c in calls if c.startswith(("apt-get", "useradd"))]  # only the model moved
+
+
+def test_deploy_model_refuses_a_model_that_does_not_match_its_sidecar(fake_pi, swapped_model, tmp_path):
+    current = (fake_pi.root / "var/lib/fer-edge/models/current").readlink()
+    broken = _variant_model(tmp_path, b"\1" * 16)
+    broken.write_bytes(broken.read_bytes() + b"truncated elsewhere")
+    result = fake_pi.deploy("--model", str(broken), script=DEPLOY_MODEL)
+    assert result.returncode != 0
+    assert "does not match the sha256" in result.stderr
+    assert (fake_pi.root / "var/lib/fer-edge/models/current").readlink() == current
+    fake_pi.new_calls()
+
+
+def test_deploy_model_restores_the_previous_model_when_the_service_fails(fake_pi, swapped_model, tmp_path):
+    models = fake_pi.root / "var/lib/fer-edge/models"
+    current = (models / "current").readlink()
+    (fake_pi.state / "fail-next-start").touch()
+    result = fake_pi.deploy("--model", str(_variant_model(tmp_path, b"\2" * 16)), script=DEPLOY_MODEL)
+    assert result.returncode != 0
+    assert "previous model restored" in result.stderr
+    assert (models / "current").readlink() == current
+    calls = fake_pi.new_calls()
+    assert [c for c in calls if c.startswith("systemctl restart")] == ["systemctl restart fer-edge"] * 2
+
+
+@pytest.fixture(scope="module")
+def uninstalled(fake_pi, swapped_model):
+    recording = fake_pi.root / "var/lib/fer-edge/recordings/2026-01-01/segment.mp4"
+    recording.parent.mkdir(parents=True, exist_ok=True)
+    recording.write_bytes(b"a finished recording")
+    result = fake_pi.deploy(install_args=("--uninstall",))
+    assert result.returncode == 0, result.stderr
+    return result, recording, fake_pi.new_calls()
+
+
+def test_uninstall_removes_what_install_added_and_keeps_recordings(fake_pi, uninstalled):
+    result, recording, calls = uninstalled
+    root = fake_pi.root
+    assert recording.read_bytes() == b"a finished recording"
+    for gone in ("opt/fer-edge", "etc/systemd/system/fer-edge.service", "var/lib/fer-edge/models",
+                 "etc/fer-edge/config.yaml.new"):
+        assert not (root / gone).exists(), gone
+    assert (root / "etc/fer-edge/config.yaml").exists()  # edited by the operator: kept
+    assert "kept your edited /etc/fer-edge/config.yaml" in result.stderr
+    assert calls[:2] == ["systemctl disable --now --quiet fer-edge", "systemctl daemon-reload"]
+
+
+def test_device_config_template_sets_every_key():
+    """The template an operator edits on the Pi shows every knob (configs/edge-default.yaml has them all)."""
+    template = yaml.safe_load((REPO / "deploy/config.yaml").read_text())
+    defaults = yaml.safe_load((REPO / "configs/edge-default.yaml").read_text())
+    assert {section: set(keys) for section, keys in template.items()} == {
+        section: set(keys) for section, keys in defaults.items()
+    }
+    assert template["model"]["path"] == "/var/lib/fer-edge/models/current/model.tflite"  # install.sh's layout
+    assert template["recording"]["output_dir"].startswith("/var/lib/fer-edge/")  # the unit's StateDirectory
+
+
+def test_install_with_prefix_refuses_the_real_system_commands(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FAKE_PI_STATE"}
+    result = subprocess.run(["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), "--no-apt"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "would run the real" in result.stderr and "put a stub" in result.stderr
+    assert not (tmp_path / "root").exists()  # refused before writing anything
+
+
+def test_backoff_drop_in_only_on_systemd_254_or_newer(fake_pi, uninstalled):
+    (fake_pi.state / "systemd-version").write_text("257\n")
+    try:
+        result = fake_pi.deploy()
+        assert result.returncode == 0, result.stderr
+        dropin = fake_pi.root / "etc/systemd/system/fer-edge.service.d/50-backoff.conf"
+        assert dropin.read_text() == (REPO / "systemd/fer-edge-backoff.conf").read_text()
+        (fake_pi.state / "systemd-version").write_text("252\n")
+        result = fake_pi.deploy()
+        assert result.returncode == 0, result.stderr
+        assert not dropin.exists()  # e.g. a card moved back to an older OS
+    finally:
+        (fake_pi.state / "systemd-version").write_text("252\n")
+        fake_pi.new_calls()
+
+
+def test_deploy_to_an_unreachable_pi_fails_with_ssh_s_reason(tmp_path):
+    result = subprocess.run(
+        [str(DEPLOY), "PI=nobody@127.0.0.1", "--port", str(_free_port()), "--ssh-option", "BatchMode=yes",
+         "--ssh-option", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "--ssh-option", "ConnectTimeout=10"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0
+    assert "Connection refused" in result.stderr
+    assert "done: fer-edge" not in result.stderr
+
+
+def test_runtime_choice_follows_the_python(tmp_path):
+    """ai-edge-litert on 64-bit Python >= 3.10, else tflite-runtime up to 3.11; av from apt on 32-bit."""
+    script = INSTALL.read_text()
+    start, end = script.index("pi_requirements() {"), script.index("# NumPy stays")
+    functions = script[start:end]
+    results = {}
+    for bits, version in (("64", "3.11"), ("64", "3.13"), ("32", "3.11"), ("64", "3.9"), ("32", "3.13")):
+        fake_python = tmp_path / f"py{bits}-{version}"
+        (fake_python / "bin").mkdir(parents=True)
+        (fake_python / "bin/python").write_text(f"#!/bin/sh\necho {bits} {version}\n")
+        (fake_python / "bin/python").chmod(0o755)
+        shell = f'die() {{ echo "DIE $*"; exit 1; }}\nSRC={REPO}\nVENV={fake_python}\n{functions}\npi_requirements\n'
+        out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True).stdout
+        results[(bits, version)] = {line.split(">")[0].split("<")[0].split("=")[0].strip() for line in out.splitlines()}
+    for python in (("64", "3.11"), ("64", "3.13")):
+        assert {"ai-edge-litert", "av", "numpy"} <= results[python] and "tflite-runtime" not in results[python]
+    assert {"tflite-runtime", "numpy"} <= results[("32", "3.11")]
+    assert not {"ai-edge-litert", "av"} & results[("32", "3.11")]  # apt's python3-av on 32-bit
+    assert {"tflite-runtime", "av"} <= results[("64", "3.9")] and "ai-edge-litert" not in results[("64", "3.9")]
+    assert not any("opencv" in name for names in results.values() for name in names)  # apt's python3-opencv
+    assert [n for n in results[("32", "3.13")] if n.startswith("DIE")] == [
+        "DIE no TFLite runtime wheel for 32-bit Python 3.13: install the 64-bit Raspberry Pi OS"]

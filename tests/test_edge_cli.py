@@ -1,0 +1,207 @@
+"""``fer-edge`` end to end: the demo clip through the CLI, recordings checked with PyAV and OpenCV, errors, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def in_scratch_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run without --output writes to ./out
+
+
+def fer_edge(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+
+
+def decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_clip, tmp_path_factory):
+    """``fer-edge run --source assets/demo.mp4 --output DIR --max-frames 60`` once for the module."""
+    output = tmp_path_factory.mktemp("run") / "out"
+    result = fer_edge("run", "--source", str(demo_clip), "--output", str(output), "--max-frames", "60")
+    return result, output
+
+
+def test_run_on_the_demo_clip_records_annotated_video_and_events(demo_run, demo_clip):
+    result, output = demo_run
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "processed 60 frames" in result.stderr
+    videos = sorted(output.glob("*.mp4"))
+    events = sorted(output.glob("*.jsonl"))
+    assert len(videos) == 1 and len(events) == 1, sorted(p.name for p in output.iterdir())
+    assert not list(output.glob("*.part"))
+    assert decoded_frames(videos[0]) == 60
+    capture = cv2.VideoCapture(str(videos[0]))
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (640, 360)
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(image)
+    capture.release()
+    assert len(frames) == 60
+    lines = [json.loads(line) for line in events[0].read_text().splitlines()]
+    assert len(lines) == 60
+    faces_per_frame = [len(line["faces"]) for line in lines]
+    assert sum(1 for n in faces_per_frame[30:] if n) >= 27  # the demo's face appears at frame 30
+    # An overlay box (pure green) appears in the recording only where faces were found.
+    green = [((f[:, :, 1] > 200) & (f[:, :, 0] < 80) & (f[:, :, 2] < 80)).sum() for f in frames]
+    assert max(green[:25]) < 50 and all(green[i] > 200 for i in range(60) if faces_per_frame[i])
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "fer-edge"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("run", "check-config", "bench", "report"):
+        assert command in result.stdout
+
+
+def test_report_subcommand_summarizes_the_run(demo_run, tmp_path):
+    _, output = demo_run
+    events = sorted(output.glob("*.jsonl"))
+    result = fer_edge("report", *map(str, events), "--output", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report" / "tracks.csv").is_file()
+
+
+def test_missing_camera_is_one_error_line_and_exit_1():
+    result = fer_edge("run", "--source", "99", "--no-record")
+    assert result.returncode == 1
+    expected = "fer-edge: error: cannot open camera 99 (not connected, or in use by another process?)"
+    assert error_lines(result) == [expected]
+    assert "Traceback" not in result.stderr
+
+
+def test_verbose_shows_the_traceback():
+    result = fer_edge("-v", "run", "--source", "99", "--no-record")
+    assert result.returncode == 1 and "Traceback" in result.stderr and len(error_lines(result)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (("run", "--source", "/nonexistent/clip.mp4"), 1, "video file not found: /nonexistent/clip.mp4"),
+        (("run", "--max-frames", "0"), 2, "--max-frames: expected a positive integer, got 0"),
+        (("run", "--config", "/nonexistent.yaml"), 2, "/nonexistent.yaml: cannot read"),
+        (("bench", "--frames", "-1"), 2, "--frames: expected a positive integer, got -1"),
+    ],
+)
+def test_expected_failures_are_one_line(args, code, expected):
+    result = fer_edge(*args)
+    assert result.returncode == code
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(f"fer-edge: error: {expected}"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_is_a_recording_error(demo_clip, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should be")
+    result = fer_edge("run", "--source", str(demo_clip), "--output", str(blocker / "out"), "--max-frames", "5")
+    assert result.returncode == 1
+    assert len(error_lines(result)) == 1 and "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2():
+    assert fer_edge("fly").returncode == 2
+    assert fer_edge("run", "--max-frames", "many").returncode == 2
+
+
+def test_sigterm_ends_the_run_cleanly_and_finalizes_the_recording(demo_clip, tmp_path):
+    output = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fer_edge.cli",
+            "run",
+            "--source",
+            str(demo_clip),
+            "--output",
+            str(output),
+            "--realtime",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(output.glob("*.part")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1.0)  # ~30 realtime frames into the clip
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "SIGTERM received" in stderr and "Traceback" not in stderr
+    videos = sorted(output.glob("*.mp4"))
+    assert len(videos) == 1 and not list(output.glob("*.part"))
+    frames = decoded_frames(videos[0])
+    assert 5 < frames < 420  # stopped part-way through the 14 s clip, and every frame written is readable
+
+
+def test_bench_prints_per_stage_timings(demo_clip):
+    result = fer_edge("bench", "--source", str(demo_clip), "--frames", "40", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames"] == 40 and report["recording"] is True
+    assert set(report["ms_per_frame"]) == {"read", "detect", "classify", "annotate", "record", "total"}
+    assert report["ms_per_frame"]["total"] == pytest.approx(
+        sum(v for k, v in report["ms_per_frame"].items() if k != "total")
+    )
+    table = fer_edge("bench", "--source", str(demo_clip), "--frames", "10", "--no-record")
+    assert table.returncode == 0, table.stderr
+    rows = [line.split()[0] for line in table.stdout.splitlines()[2:]]
+    assert rows[:7] == ["read", "detect", "classify", "annotate", "record", "total", "fps"]
+
+
+def test_no_record_writes_nothing(demo_clip, tmp_path):
+    result = fer_edge("run", "--source", str(demo_clip), "--no-record", "--max-frames", "3")
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_journald_logging_has_no_timestamps(demo_clip):
+    plain = fer_edge("run", "--source", str(demo_clip), "--no-record", "--max-frames", "3")
+    journal = fer_edge(
+        "run", "--source", str(demo_clip), "--no-record", "--max-frames", "3", env={"JOURNAL_STREAM": "8:12345"}
+    )
+    assert plain.returncode == journal.returncode == 0
+    summary = [line for line in journal.stderr.splitlines() if "processed 3 frames" in line]
+    assert summary and summary[0].startswith("INFO fer_edge.pipeline:")
+    stamped = [line for line in plain.stderr.splitlines() if "processed 3 frames" in line]
+    assert stamped and stamped[0][:2] == "20"  # 2026-...
+
+
+def test_run_processes_a_file_to_its_end(demo_clip):
+    result = fer_edge("run", "--source", str(demo_clip), "--no-record")
+    assert result.returncode == 0, result.stderr
+    frames = json.loads(demo_clip.with_suffix(".json").read_text())["frames"]
+    assert f"processed {frames} frames" in result.stderr

@@ -1,0 +1,179 @@
+"""Device config: defaults, the shipped YAML, rejection with key paths, check-config, model lookup."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fer_edge import config as config_module
+from fer_edge.cli import main
+from fer_edge.config import Config, load_config, model_candidates, resolve_model_path, to_dict, to_yaml
+from fer_edge.errors import ConfigError, ModelError
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "edge.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_without_a_file():
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.source.kind == "auto" and cfg.source.device == "0"
+    assert cfg.smoothing.alpha == 0.3
+    assert cfg.overlay.box_color == (0, 255, 0)
+    assert cfg.recording.codec == "libx264"
+
+
+def test_shipped_default_yaml_lists_every_key_with_its_default(repo_root):
+    path = repo_root / "configs" / "edge-default.yaml"
+    raw = yaml.safe_load(path.read_text())
+    defaults = to_dict(Config())
+
+    def keys(tree, prefix=""):
+        out = set()
+        for key, value in tree.items():
+            out.add(prefix + key)
+            if isinstance(value, dict):
+                out |= keys(value, prefix + key + ".")
+        return out
+
+    assert keys(raw) == keys(defaults)
+    assert load_config(path) == Config()
+
+
+def test_config_is_frozen():
+    cfg = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.source.fps = 10
+
+
+def test_values_and_overrides_are_applied(tmp_path):
+    path = write(tmp_path, "source:\n  kind: file\n  path: clip.mp4\noverlay:\n  box_color: [255, 0, 0]\n")
+    cfg = load_config(path, {"source.fps": 15, "recording.output_dir": "elsewhere"})
+    assert cfg.source.kind == "file" and cfg.source.path == "clip.mp4"
+    assert cfg.source.fps == 15.0 and isinstance(cfg.source.fps, float)
+    assert cfg.overlay.box_color == (255, 0, 0)
+    assert cfg.recording.output_dir == "elsewhere"
+    assert cfg.detector == Config().detector
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("recording:\n  segment_secs: 10\n", "recording.segment_secs: unknown key"),
+        ("recordings:\n  enabled: false\n", "recordings: unknown key"),
+        ("source:\n  fps: fast\n", "source.fps: expected a number, got 'fast'"),
+        ("source:\n  width: true\n", "source.width: expected an integer, got True"),
+        ("source:\n  width: 640.5\n", "source.width: expected an integer, got 640.5"),
+        ("overlay:\n  enabled: 1\n", "overlay.enabled: expected true or false, got 1"),
+        ("overlay:\n  box_color: [0, 255]\n", "overlay.box_color: expected a list of 3 integers, got [0, 255]"),
+        ("overlay:\n  box_color: [0, 255, 300]\n", "overlay.box_color: expected three integers 0-255"),
+        ("recording:\n  segment_seconds: -3\n", "recording.segment_seconds: expected a positive number, got -3"),
+        ("smoothing:\n  alpha: 0\n", "smoothing.alpha: expected a number in (0, 1], got 0"),
+        ("smoothing:\n  alpha: 1.5\n", "smoothing.alpha: expected a number in (0, 1], got 1.5"),
+        ("tracking:\n  max_missed: -1\n", "tracking.max_missed: expected a number >= 0, got -1"),
+        ("detector:\n  scale_factor: 1.0\n", "detector.scale_factor: expected a number > 1, got 1.0"),
+        ("privacy:\n  mode: smudge\n", "privacy.mode: expected one of off, blur, pixelate, got 'smudge'"),
+        ("source:\n  kind: webcam\n", "source.kind: expected one of auto, picamera2, opencv, file, images"),
+        ("logging:\n  level: LOUD\n", "logging.level: expected one of DEBUG, INFO, WARNING, ERROR"),
+        ("source: 5\n", "source: expected a mapping, got 5"),
+        ("source:\n  reopen_initial_s: 10\n  reopen_max_s: 5\n", "source.reopen_max_s: expected a number >="),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key_path(tmp_path, text, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_boundary_values_are_accepted(tmp_path):
+    cfg = load_config(write(tmp_path, "smoothing:\n  alpha: 1\n  hysteresis: 0\ntracking:\n  max_missed: 0\n"))
+    assert cfg.smoothing.alpha == 1.0 and cfg.smoothing.hysteresis == 0.0 and cfg.tracking.max_missed == 0
+
+
+def test_unquoted_off_means_off(tmp_path):
+    # YAML 1.1 reads a bare `off` as false; privacy.mode accepts it as "off".
+    assert load_config(write(tmp_path, "privacy:\n  mode: off\n")).privacy.mode == "off"
+
+
+def test_camera_device_may_be_an_integer_or_url(tmp_path):
+    assert load_config(write(tmp_path, "source:\n  device: 2\n")).source.device == 2
+    assert load_config(None, {"source.device": "rtsp://cam/stream"}).source.device == "rtsp://cam/stream"
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "source: [unclosed\n"))
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    assert load_config(write(tmp_path, "")) == Config()
+    assert load_config(write(tmp_path, "source:\nmodel:\n"), {"source.fps": 12}).source.fps == 12.0
+
+
+def test_resolved_yaml_loads_back_to_the_same_config(tmp_path):
+    cfg = load_config(None, {"source.path": "x.mp4", "overlay.text_color": [1, 2, 3]})
+    assert load_config(write(tmp_path, to_yaml(cfg))) == cfg
+
+
+def test_model_lookup_order(tmp_path, monkeypatch, repo_root):
+    monkeypatch.delenv("FER_EDGE_MODEL", raising=False)
+    assert model_candidates("my.tflite") == [config_module.Path("my.tflite")]
+    candidates = [str(p) for p in model_candidates(None)]
+    assert candidates == [
+        str(repo_root / "models" / "fer_int8.tflite"),
+        "/var/lib/fer-edge/models/current/model.tflite",
+        "/usr/share/fer-edge/models/fer_int8.tflite",
+    ]
+    assert resolve_model_path(None) == repo_root / "models" / "fer_int8.tflite"
+    monkeypatch.setenv("FER_EDGE_MODEL", str(tmp_path / "env.tflite"))
+    assert resolve_model_path(None) == tmp_path / "env.tflite"
+    assert resolve_model_path("configured.tflite") == config_module.Path("configured.tflite")
+
+
+def test_no_model_anywhere_lists_the_places_tried(monkeypatch, tmp_path):
+    monkeypatch.delenv("FER_EDGE_MODEL", raising=False)
+    monkeypatch.setattr(config_module, "__file__", str(tmp_path / "a" / "b" / "config.py"))
+    with pytest.raises(ModelError) as caught:
+        resolve_model_path(None)
+    message = str(caught.value)
+    assert str(tmp_path / "models" / "fer_int8.tflite") in message
+    assert "/usr/share/fer-edge/models/fer_int8.tflite" in message
+    assert "/var/lib/fer-edge/models/current/model.tflite" in message
+
+
+def test_check_config_prints_the_resolved_config(capsys, repo_root):
+    assert main(["check-config", "--config", str(repo_root / "configs" / "edge-default.yaml")]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = to_dict(Config())
+    expected["model"]["path"] = str(repo_root / "models" / "fer_int8.tflite")
+    assert printed == expected
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    good = subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", "check-config"], capture_output=True, text=True, timeout=60
+    )
+    assert good.returncode == 0, good.stderr
+    assert yaml.safe_load(good.stdout)["source"]["kind"] == "auto"
+
+    bad = write(tmp_path, "recording:\n  segment_seconds: -3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "fer-edge: error: recording.segment_seconds: expected a positive number, got -3"
+    ]

@@ -1,0 +1,139 @@
+"""The events log: JSON lines written crash-safely, rotated by stem, read back tolerating a crash's partial line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pytest
+
+from fer_edge.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
+from fer_edge.types import Box, Face, Prediction
+
+LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+
+def prediction(*scores: float) -> Prediction:
+    return Prediction(LABELS, scores)
+
+
+RAW = prediction(0.05, 0.0, 0.1, 0.3, 0.35, 0.1, 0.1)
+SMOOTHED = prediction(0.05, 0.0, 0.05, 0.6, 0.2, 0.05, 0.05)
+FACES = [
+    Face(Box(10, 20, 64, 64), RAW, track_id=3, smoothed=SMOOTHED),
+    Face(Box(200, 40, 50, 52), prediction(0.0, 0.0, 0.0, 0.9, 0.0, 0.1, 0.0)),
+    Face(Box(5, 5, 30, 30)),  # detected, not classified
+]
+
+
+def test_lines_hold_boxes_tracks_labels_and_scores(tmp_path):
+    log = EventsLog(tmp_path)
+    log.open("20261124-183000-0001")
+    log.write(1795631400.25, 7, FACES)
+    log.write(1795631400.29, 8, [])
+    assert (tmp_path / CURRENT_NAME).exists()
+    finished = log.close()
+
+    assert finished == tmp_path / "20261124-183000-0001.jsonl"
+    assert not (tmp_path / CURRENT_NAME).exists() and not (tmp_path / STEM_MARKER_NAME).exists()
+    lines = finished.read_text().splitlines()
+    first, second = (json.loads(line) for line in lines)
+    assert first["t"] == pytest.approx(1795631400.25) and first["frame"] == 7
+    assert second == {"t": pytest.approx(1795631400.29), "frame": 8, "faces": []}
+    smoothed_face, raw_face, unclassified = first["faces"]
+    assert smoothed_face["box"] == [10, 20, 64, 64] and smoothed_face["track"] == 3
+    assert smoothed_face["label"] == "happy" and smoothed_face["score"] == pytest.approx(0.6)  # shown = smoothed
+    assert smoothed_face["raw_label"] == "sad"
+    assert smoothed_face["scores"] == {name: pytest.approx(s) for name, s in zip(LABELS, RAW.scores)}
+    assert smoothed_face["smoothed"]["happy"] == pytest.approx(0.6)
+    assert raw_face["label"] == raw_face["raw_label"] == "happy" and raw_face["track"] is None
+    assert "smoothed" not in raw_face
+    assert unclassified == {"box": [5, 5, 30, 30], "track": None, "label": None, "score": None, "scores": None,
+                            "raw_label": None}
+
+
+def test_each_line_is_on_disk_as_soon_as_it_is_written(tmp_path):
+    log = EventsLog(tmp_path)
+    log.open("20261124-183000-0001")
+    for frame in range(5):
+        log.write(time.time(), frame, FACES[:1])
+        on_disk = (tmp_path / CURRENT_NAME).read_text()  # another reader, no flush by us
+        assert on_disk.count("\n") == frame + 1 and on_disk.endswith("\n")
+    log.close()
+
+
+def test_rotation_renames_to_the_stem_and_starts_a_new_current_file(tmp_path):
+    log = EventsLog(tmp_path)
+    log.rotate("20261124-183000-0001")  # rotating when nothing is open just opens
+    log.write(1.0, 0, [])
+    finished = log.rotate("20261124-183500-0002")
+    log.write(2.0, 1, [])
+    assert finished.name == "20261124-183000-0001.jsonl"
+    assert (tmp_path / STEM_MARKER_NAME).read_text() == "20261124-183500-0002"
+    assert [e["frame"] for e in read_events(tmp_path / CURRENT_NAME)] == [1]
+    log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261124-183000-0001.jsonl", "20261124-183500-0002.jsonl"]
+
+
+def test_read_events_skips_a_truncated_last_line(tmp_path, caplog):
+    path = tmp_path / "events.jsonl"
+    log = EventsLog(tmp_path)
+    log.open("20261124-183000-0001")
+    for frame in range(4):
+        log.write(100.0 + frame, frame, FACES)
+    log._file.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40])  # killed in the middle of writing the last line
+    with caplog.at_level(logging.WARNING):
+        events = list(read_events(path))
+    assert [e["frame"] for e in events] == [0, 1, 2]
+    assert all(e["faces"][0]["label"] == "happy" for e in events)
+    assert caplog.text == ""  # a partial last line is expected after a crash, not worth a warning
+
+
+def test_read_events_skips_a_broken_line_in_the_middle_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"t": 1, "frame": 0, "faces": []}\n{"t": 2, "fra\n{"t": 3, "frame": 2, "faces": []}\n')
+    with caplog.at_level(logging.WARNING):
+        assert [e["frame"] for e in read_events(path)] == [0, 2]
+    assert "x.jsonl:2" in caplog.text
+
+
+def test_leftover_current_file_gets_its_stem_back_and_loses_its_partial_line(tmp_path):
+    log = EventsLog(tmp_path)
+    log.open("20261124-183000-0007")
+    log.write(1.0, 0, FACES)
+    log.write(2.0, 1, FACES)
+    log._file.close()  # the process died: no close(), no rename
+    with open(tmp_path / CURRENT_NAME, "a") as f:
+        f.write('{"t": 3.0, "frame": 2, "fa')
+
+    recovered = recover_leftover_events(tmp_path, fallback_stem=lambda t: pytest.fail("marker was there"))
+    assert recovered == tmp_path / "20261124-183000-0007.jsonl"
+    assert recovered.read_text().endswith("\n")
+    assert [e["frame"] for e in read_events(recovered)] == [0, 1]
+    assert sorted(os.listdir(tmp_path)) == ["20261124-183000-0007.jsonl"]
+
+
+def test_leftover_without_marker_is_named_from_its_first_event(tmp_path):
+    (tmp_path / CURRENT_NAME).write_text('{"t": 1795631400.5, "frame": 0, "faces": []}\n')
+    recovered = recover_leftover_events(tmp_path, fallback_stem=lambda t: f"from-{int(t)}")
+    assert recovered.name == "from-1795631400.jsonl"
+
+
+def test_a_full_disk_drops_lines_with_one_warning_and_never_raises(tmp_path, caplog):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    (tmp_path / CURRENT_NAME).symlink_to("/dev/full")  # every write fails with ENOSPC
+    log = EventsLog(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        log.open("20261124-183000-0001")
+        for frame in range(10):
+            log.write(1.0, frame, FACES)
+        log.retry()
+        log.write(1.0, 10, FACES)
+    assert log.dropped_lines == 11
+    assert caplog.text.count("dropping event lines") == 1
+    log.close()

@@ -1,0 +1,327 @@
+"""The frame loop with real stages on the demo clip, fakes around it, stopping, and its import hygiene."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from fer_edge.annotate import Annotator
+from fer_edge.classifier import ExpressionClassifier
+from fer_edge.detector import HaarDetector
+from fer_edge.pipeline import STAGES, ListSink, Pipeline
+from fer_edge.smoothing import LabelSmoother
+from fer_edge.sources import ListSource, VideoFileSource
+from fer_edge.tracking import IouTracker
+from fer_edge.types import Box, Face, Prediction
+
+DEMO_FRAMES = 75  # frames 0-29 have no face, 30-74 one face (assets/demo.json)
+
+
+@pytest.fixture(scope="module")
+def demo_images(demo_clip):
+    source = VideoFileSource(demo_clip)
+    images = [source.read().image for _ in range(DEMO_FRAMES)]
+    source.close()
+    return images
+
+
+@pytest.fixture(scope="module")
+def demo_truth(demo_clip):
+    meta = json.loads(demo_clip.with_suffix(".json").read_text())
+    return {f["frame"]: (Box(*f["box"]), f["label"]) for f in meta["faces"]}
+
+
+@pytest.fixture(scope="module")
+def classifier(model_path):
+    return ExpressionClassifier(model_path)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return HaarDetector()
+
+
+def fresh_source(images, count=None):
+    return ListSource([image.copy() for image in images[:count]], fps=30)
+
+
+def test_real_stages_find_and_label_the_demo_face(demo_images, demo_truth, detector, classifier):
+    sink = ListSink()
+    pipeline = Pipeline(fresh_source(demo_images), detector, classifier, Annotator(), [sink])
+    stats = pipeline.run()
+    assert stats.frames == DEMO_FRAMES == len(sink.frames)
+    assert [f.index for f in sink.frames] == list(range(DEMO_FRAMES))
+    with_face = [i for i in range(DEMO_FRAMES) if i in demo_truth]
+    assert sum(1 for i in range(DEMO_FRAMES) if i not in demo_truth and sink.faces[i]) == 0
+    found = [i for i in with_face if any(face.box.iou(demo_truth[i][0]) > 0.4 for face in sink.faces[i])]
+    assert len(found) >= 0.9 * len(with_face)
+    for faces in sink.faces:
+        for face in faces:
+            assert face.prediction.labels == classifier.labels
+            assert face.track_id is None and face.smoothed is None
+    assert stats.frames_with_faces == sum(1 for faces in sink.faces if faces)
+    assert stats.faces == sum(len(faces) for faces in sink.faces)
+    assert sum(stats.label_counts.values()) == stats.faces
+    assert set(stats.stage_ms) == {*STAGES, "total"} and stats.stage_ms["total"] > 0
+    # The overlay was drawn: the box outline is in the box colour, where the clip had a face.
+    i = found[0]
+    box = sink.faces[i][0].box
+    assert (sink.frames[i].image[box.y + box.h // 2, box.x] == (0, 255, 0)).all()
+    assert not (demo_images[i][box.y + box.h // 2, box.x] == (0, 255, 0)).all()
+
+
+def test_max_frames_stops_early_and_leaves_the_source_open(demo_images, detector, classifier):
+    source = fresh_source(demo_images, 20)
+    sink = ListSink(keep_images=False)
+    stats = Pipeline(source, detector, classifier, Annotator(), [sink]).run(max_frames=7)
+    assert stats.frames == 7 and len(sink.faces) == 7
+    assert source.read().index == 7
+
+
+class StopAfter:
+    """A sink that asks the pipeline to stop once it has seen ``count`` frames."""
+
+    def __init__(self, count):
+        self.count = count
+        self.pipeline = None
+        self.seen = 0
+
+    def write(self, frame, faces):
+        self.seen += 1
+        if self.seen == self.count:
+            self.pipeline.stop()
+
+    def close(self):
+        pass
+
+
+def test_stop_ends_the_loop_after_the_current_frame(demo_images, detector, classifier):
+    stopper = StopAfter(5)
+    pipeline = Pipeline(fresh_source(demo_images, 30), detector, classifier, Annotator(), [stopper])
+    stopper.pipeline = pipeline
+    assert pipeline.run().frames == 5 and pipeline.stopping
+
+
+def test_stop_from_another_thread(demo_images, detector, classifier):
+    class Endless:
+        fps, size = 30.0, (640, 360)
+
+        def __init__(self):
+            self.index = 0
+
+        def read(self):
+            from fer_edge.types import Frame
+
+            self.index += 1
+            return Frame(demo_images[self.index % DEMO_FRAMES].copy(), self.index, self.index / 30)
+
+        def close(self):
+            pass
+
+    pipeline = Pipeline(Endless(), detector, classifier, Annotator(), [])
+    timer = threading.Timer(0.3, pipeline.stop)
+    timer.start()
+    stats = pipeline.run()
+    timer.join()
+    assert stats.frames > 0
+
+
+def test_close_closes_every_sink_and_the_source_even_when_one_fails(demo_images, detector, classifier):
+    class Failing(ListSink):
+        def close(self):
+            super().close()
+            raise OSError("disk full")
+
+    source, first, failing, last = fresh_source(demo_images, 3), ListSink(), Failing(), ListSink()
+    pipeline = Pipeline(source, detector, classifier, Annotator(), [first, failing, last])
+    pipeline.run()
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.close()
+    assert first.closed and failing.closed and last.closed and source.closed
+    pipeline.close()  # a second close is a no-op
+
+
+class CountingDetector:
+    """Wraps the real detector and counts detect calls."""
+
+    def __init__(self, inner, every_n_frames):
+        self.inner = inner
+        self.every_n_frames = every_n_frames
+        self.calls = 0
+
+    def prepare(self, image):
+        return self.inner.prepare(image)
+
+    def detect(self, gray):
+        self.calls += 1
+        return self.inner.detect(gray)
+
+
+def test_detection_every_n_frames_with_the_tracker_carrying_boxes(demo_images, detector, classifier):
+    counting = CountingDetector(detector, every_n_frames=3)
+    sink = ListSink(keep_images=False)
+    pipeline = Pipeline(
+        fresh_source(demo_images[30:]),
+        counting,
+        classifier,
+        Annotator(),
+        [sink],
+        tracker=IouTracker(0.3, 10),
+        smoother=LabelSmoother(0.3, 0.15),
+    )
+    stats = pipeline.run()
+    assert counting.calls == -(-stats.frames // 3)
+    assert sum(1 for faces in sink.faces if faces) >= 0.9 * stats.frames  # carried frames have faces too
+    ids = {face.track_id for faces in sink.faces for face in faces}
+    assert ids == {1}  # one face, one track across detected and carried frames
+    assert all(face.smoothed is not None and face.shown is face.smoothed for faces in sink.faces for face in faces)
+
+
+def test_without_a_tracker_boxes_of_the_last_detection_are_reused(demo_images, detector, classifier):
+    counting = CountingDetector(detector, every_n_frames=4)
+    sink = ListSink(keep_images=False)
+    Pipeline(fresh_source(demo_images[30:42]), counting, classifier, Annotator(), [sink]).run()
+    assert counting.calls == 3
+    assert [f.box for f in sink.faces[1]] == [f.box for f in sink.faces[0]]
+
+
+def test_privacy_runs_before_the_overlay_and_notifier_is_told(demo_images, detector, classifier, caplog):
+    order = []
+
+    class RecordingAnnotator(Annotator):
+        def draw(self, image, faces):
+            order.append("annotate")
+            super().draw(image, faces)
+
+    def privacy(image, boxes):
+        order.append("privacy")
+        for box in boxes:
+            image[box.y : box.y2, box.x : box.x2] = 0
+
+    class FakeNotifier:
+        def __init__(self):
+            self.calls = []
+
+        def ready(self):
+            self.calls.append("ready")
+
+        def watchdog(self):
+            self.calls.append("watchdog")
+
+        def status(self, text):
+            self.calls.append("status")
+
+        def stopping(self):
+            self.calls.append("stopping")
+
+    notifier = FakeNotifier()
+    sink = ListSink()
+    caplog.set_level(logging.INFO, logger="fer_edge.pipeline")
+    pipeline = Pipeline(
+        fresh_source(demo_images[30:36]),
+        detector,
+        classifier,
+        RecordingAnnotator(),
+        [sink],
+        privacy=privacy,
+        notifier=notifier,
+        status_interval_s=0.0,
+    )
+    pipeline.run()
+    assert order[:2] == ["privacy", "annotate"]
+    face = sink.faces[0][0]
+    centre = sink.frames[0].image[face.box.y + face.box.h // 2, face.box.x + face.box.w // 2]
+    assert (centre == 0).all()  # anonymized, and the recorded frame is the anonymized one
+    assert notifier.calls[:2] == ["ready", "watchdog"]  # ready once the first frame went through
+    assert notifier.calls.count("ready") == 1 and "status" in notifier.calls
+    assert notifier.calls.count("watchdog") >= 1 and notifier.calls[-1] == "stopping"
+    status_lines = [r.getMessage() for r in caplog.records if "fps, frames" in r.getMessage()]
+    assert status_lines and "ms/frame: read" in status_lines[0]
+
+
+def test_no_frames_means_no_ready(detector, classifier):
+    class Notes:
+        calls = []
+
+        def __getattr__(self, name):
+            return lambda *a: self.calls.append(name)
+
+    notes = Notes()
+    stats = Pipeline(ListSource([]), detector, classifier, Annotator(), [], notifier=notes).run()
+    assert stats.frames == 0 and notes.calls == ["stopping"]
+
+
+def test_run_stats_in_plain_numbers():
+    from fer_edge.pipeline import RunStats
+
+    stats = RunStats(frames=4, elapsed=2.0)
+    stats.stage_seconds["detect"] = 0.04
+    assert stats.fps == 2.0
+    assert stats.stage_ms["detect"] == pytest.approx(10.0) and stats.stage_ms["total"] == pytest.approx(10.0)
+    assert json.dumps(stats.as_dict())
+
+
+def test_pipeline_module_imports_no_opencv_runtime_or_camera(repo_root):
+    # Block the heavy modules, then import the pipeline and run it with pure-Python fakes.
+    code = textwrap.dedent(
+        """
+        import sys
+        BLOCKED = ("cv2", "ai_edge_litert", "tflite_runtime", "tensorflow", "picamera2", "keras")
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError("blocked: " + name)
+                return None
+
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from fer_edge.pipeline import ListSink, Pipeline
+        from fer_edge.sources import ListSource
+        from fer_edge.types import Box, Prediction
+
+        class Detector:
+            every_n_frames = 1
+            def prepare(self, image):
+                return image[:, :, 0]
+            def detect(self, gray):
+                return [Box(2, 2, 4, 4)]
+
+        class Classifier:
+            def classify(self, gray, box):
+                return Prediction(("a", "b"), (0.2, 0.8))
+
+        class Annotator:
+            def draw(self, image, faces):
+                pass
+
+        sink = ListSink()
+        stats = Pipeline(ListSource([np.zeros((8, 8, 3), np.uint8)] * 3), Detector(), Classifier(), Annotator(),
+                         [sink]).run()
+        assert stats.frames == 3 and stats.label_counts["b"] == 3, stats
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=repo_root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_face_shown_prefers_the_smoothed_prediction():
+    raw = Prediction(("a", "b"), (0.6, 0.4))
+    smooth = Prediction(("a", "b"), (0.3, 0.7))
+    face = Face(Box(0, 0, 10, 10), raw, 1, smooth)
+    assert Annotator().caption(face) == "#1 b 0.70"
+    assert Annotator(show_score=False).caption(Face(Box(0, 0, 10, 10), raw)) == "a"
+    image = np.zeros((40, 60, 3), np.uint8)
+    Annotator().draw(image, [face])  # no room above the box: the label bar goes below
+    assert image[12:30].any()

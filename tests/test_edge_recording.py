@@ -1,0 +1,373 @@
+"""Recorder: real fragmented MP4 files decoded with PyAV and OpenCV, real processes killed mid-recording."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from recorder_child import draw_frame, read_index
+
+from fer_edge.diskspace import MB
+from fer_edge.events import read_events
+from fer_edge.recording import (
+    MAX_PRE_ROLL_BYTES,
+    Recorder,
+    RecordingError,
+    count_video_frames,
+    recover_partial_recordings,
+)
+from fer_edge.types import Box, Face, Frame, Prediction
+
+CHILD = Path(__file__).with_name("recorder_child.py")
+LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+FPS = 30.0
+W, H = 320, 240
+
+
+def a_face() -> Face:
+    return Face(Box(10, 20, 60, 60), Prediction(LABELS, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
+
+
+def feed(recorder: Recorder, indices, faces_at=lambda i: [a_face()], width=W, height=H) -> None:
+    for i in indices:
+        recorder.write(Frame(draw_frame(i, width, height), i, i / FPS), faces_at(i))
+
+
+def decode_pyav(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+
+
+def decode_opencv(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    assert capture.isOpened(), path
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        frames.append(image)
+    capture.release()
+    return frames
+
+
+def recorded_indices(paths: list[Path]) -> list[int]:
+    return [read_index(image) for path in paths for image in decode_pyav(path)]
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHILD.parent), env.get("PYTHONPATH")]))
+    return env
+
+
+def wait_for_written(proc: subprocess.Popen, count: int) -> int:
+    written = 0
+    for line in proc.stdout:
+        if line.startswith("written "):
+            written = int(line.split()[1])
+            if written >= count:
+                break
+    return written
+
+
+def test_every_frame_is_recorded_and_decodes_with_pyav_and_opencv(tmp_path):
+    width, height = 640, 360
+    with Recorder(tmp_path, FPS, (width, height)) as recorder:
+        feed(recorder, range(75), width=width, height=height)
+    assert names(tmp_path) == sorted([recorder.segments[0].name, recorder.segments[0].stem + ".jsonl"])
+    [segment] = recorder.segments
+
+    by_pyav, by_opencv = decode_pyav(segment), decode_opencv(segment)
+    assert len(by_pyav) == len(by_opencv) == 75
+    assert [read_index(f) for f in by_pyav] == list(range(75))
+    assert [read_index(f) for f in by_opencv] == list(range(75))
+    for index, decoded in enumerate(by_pyav):
+        error = np.abs(decoded.astype(np.int16) - draw_frame(index, width, height)).mean()
+        assert error < 6, (index, error)
+    with av.open(str(segment)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.codec_context.width, stream.codec_context.height) == (width, height)
+        packets = [p for p in container.demux(stream) if p.size]
+        duration = float((packets[-1].pts - packets[0].pts) * stream.time_base)
+        assert duration == pytest.approx(74 / FPS, abs=1e-3)
+        keyframes = [round(float(p.pts * stream.time_base) * FPS) for p in packets if p.is_keyframe]
+    assert keyframes == [0, 30, 60]  # one per fragment_seconds: the fragment boundaries
+    with open(segment, "rb") as f:
+        head = f.read(64 * 1024)
+    assert b"moof" in head and b"mvex" in head  # fragmented MP4
+
+
+def test_segments_rotate_with_their_events_files(tmp_path):
+    with Recorder(tmp_path, FPS, (W, H), segment_seconds=1.0) as recorder:
+        feed(recorder, range(100))
+    segments = recorder.segments
+    assert len(segments) == 4
+    assert [count_video_frames(s, decode=True) for s in segments] == [30, 30, 30, 10]
+    assert recorded_indices(segments) == list(range(100))
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / "events.jsonl").exists()
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert [p.stem for p in events_files] == [s.stem for s in segments]
+    frames_per_file = [[e["frame"] for e in read_events(p)] for p in events_files]
+    assert frames_per_file == [list(range(0, 30)), list(range(30, 60)), list(range(60, 90)), list(range(90, 100))]
+
+
+def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        written = wait_for_written(proc, int(3 * FPS))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert written >= 3 * FPS, f"the recording child stopped early: {proc.stderr.read()}"
+    [part] = tmp_path.glob("*.mp4.part")
+
+    with av.open(str(part)) as container:  # the unfinished file itself is playable
+        survived = [read_index(f.to_ndarray(format="bgr24")) for f in container.decode(video=0)]
+    lost_s = (written - len(survived)) / FPS
+    print(f"\nSIGKILL after {written} frames ({written / FPS:.2f} s): {len(survived)} survived, lost {lost_s:.2f} s")
+    assert survived == list(range(len(survived)))
+    assert 0 <= lost_s <= 2.0
+    events = list(read_events(tmp_path / "events.jsonl"))
+    assert written <= len(events) <= written + 1  # every line written before the kill is there
+
+    Recorder(tmp_path, FPS, (W, H)).close()  # start-up recovers what the crash left
+    [video] = tmp_path.glob("*.mp4")
+    assert video.name == part.name[: -len(".part")]
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / "events.jsonl").exists()
+    assert recorded_indices([video]) == survived
+    assert len(decode_opencv(video)) == len(survived)
+    assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(len(events)))
+
+
+def test_sigterm_finalizes_a_complete_mp4(tmp_path):
+    proc = subprocess.Popen([sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        wait_for_written(proc, int(1.5 * FPS))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    written = int(out.split()[-1])  # "closed N"
+    assert "closed" in out
+    [video] = tmp_path.glob("*.mp4")
+    assert not list(tmp_path.glob("*.part"))
+    assert recorded_indices([video]) == list(range(written))
+    assert len(decode_opencv(video)) == written
+    assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(written))
+
+
+def test_restart_cuts_a_half_written_fragment_and_recovers_the_rest(tmp_path):
+    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(100))
+    [video] = recorder.segments
+    data = video.read_bytes()
+    last_fragment = data.rindex(b"moof") - 4
+    part = video.with_name(video.name + ".part")
+    part.write_bytes(data[: last_fragment + (len(data) - last_fragment) // 2])  # died inside the last fragment
+    video.unlink()
+
+    recovered = recover_partial_recordings(tmp_path)
+    assert recovered == [video]
+    assert recorded_indices([video]) == list(range(90))  # the last fragment (frames 90..99) was incomplete
+    assert len(decode_opencv(video)) == 90
+
+
+def test_part_without_any_fragment_is_dropped_at_restart(tmp_path, caplog):
+    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(10))
+    [video] = recorder.segments
+    data = video.read_bytes()
+    video.with_name(video.name + ".part").write_bytes(data[: data.index(b"moof") - 4])  # header only
+    video.unlink()
+    with caplog.at_level(logging.WARNING):
+        assert recover_partial_recordings(tmp_path) == []
+    assert not list(tmp_path.glob("*.mp4*"))
+    assert "holds no complete frame" in caplog.text
+
+
+class FakeDisk:
+    """A disk of ``capacity`` bytes holding the files of one directory, plus ``other_use`` bytes."""
+
+    def __init__(self, directory: Path, capacity: int, other_use: int = 0):
+        self.directory, self.capacity, self.other_use = directory, capacity, other_use
+
+    def __call__(self) -> int:
+        used = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        return self.capacity - self.other_use - used
+
+
+def make_old_recording(directory: Path, stem: str, size: int) -> None:
+    (directory / f"{stem}.mp4").write_bytes(b"\0" * size)
+    (directory / f"{stem}.jsonl").write_text('{"t": 0, "frame": 0, "faces": []}\n')
+
+
+def test_disk_floor_deletes_the_oldest_recordings_first(tmp_path):
+    for stem in ("20260101-000000-0001", "20260102-000000-0001", "20260103-000000-0001"):
+        make_old_recording(tmp_path, stem, 3 * MB)
+    (tmp_path / "notes.txt").write_text("not a recording")
+    disk = FakeDisk(tmp_path, capacity=20 * MB, other_use=7 * MB)  # 4 MB free, floor 9 MB: two must go
+    with Recorder(tmp_path, FPS, (W, H), min_free_mb=9, free_bytes=disk, disk_check_interval_s=0) as recorder:
+        feed(recorder, range(20))
+    remaining = names(tmp_path)
+    assert "20260101-000000-0001.mp4" not in remaining and "20260101-000000-0001.jsonl" not in remaining
+    assert "20260102-000000-0001.mp4" not in remaining and "20260102-000000-0001.jsonl" not in remaining
+    assert "20260103-000000-0001.mp4" in remaining and "notes.txt" in remaining
+    assert recorded_indices(recorder.segments) == list(range(20))
+
+
+def test_recording_pauses_without_space_and_resumes_when_it_returns(tmp_path, caplog):
+    disk = FakeDisk(tmp_path, capacity=0)
+    recorder = Recorder(tmp_path, FPS, (W, H), min_free_mb=1, free_bytes=disk, disk_check_interval_s=0)
+    with caplog.at_level(logging.WARNING, logger="fer_edge"):
+        feed(recorder, range(40))
+    assert recorder.paused and not recorder.recording
+    assert not list(tmp_path.glob("*.mp4*"))
+    assert len([r for r in caplog.records if "paused" in r.getMessage()]) == 1  # one warning, not one per frame
+
+    disk.capacity = 100 * MB
+    feed(recorder, range(40, 70))
+    recorder.close()
+    assert not recorder.paused
+    assert recorded_indices(recorder.segments) == list(range(40, 70))
+    events = [e["frame"] for p in sorted(tmp_path.glob("*.jsonl")) for e in read_events(p)]
+    assert events == list(range(70))  # events went on while video was paused
+
+
+def test_full_disk_never_stops_the_loop_and_recording_resumes(tmp_path):
+    """A real 2 MB tmpfs (mounted in a private user namespace) filled by a recording process."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount")
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.decode().strip()}")
+    mount, saved = tmp_path / "mnt", tmp_path / "saved"
+    mount.mkdir()
+    saved.mkdir()
+    # 10 fps: a fragment (one keyframe interval) every 10 frames of ~25 kB noise; 60 frames/s of wall clock
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {mount} && head -c 400000 /dev/zero > {mount}/filler && "
+        f"{sys.executable} {CHILD} --dir {mount} --frames 90 --fps 10 --pace-fps 60 --noise --retry-s 0.1 "
+        f"--delete-at 50; rc=$?; cp -a {mount}/. {saved}/; exit $rc"
+    )
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                            env=child_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["closed", "90"]
+    assert "disk full" in result.stderr and "writing video again" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(saved.glob("*.part"))
+    videos = sorted(saved.glob("*.mp4"))
+    assert len(videos) >= 2, result.stderr  # one cut short by the full disk, one after space came back
+    frames = [count_video_frames(v, decode=True) for v in videos]
+    assert all(n > 0 for n in frames) and sum(frames) < 90
+
+
+def test_presence_triggered_records_episodes_with_pre_and_post_roll(tmp_path):
+    present = set(range(150, 210)) | set(range(450, 480))
+    recorder = Recorder(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=1.0, post_roll_s=1.0)
+    recording_after = []
+    for i in range(600):
+        recorder.write(Frame(draw_frame(i, W, H), i, i / FPS), [a_face()] if i in present else [])
+        recording_after.append(recorder.recording)
+        if i == 140:
+            assert not list(tmp_path.glob("*.mp4*"))  # nobody there yet: no video file at all
+    recorder.close()
+    # a segment is open from the first face to the end of the post-roll, and only then
+    assert [i for i, rec in enumerate(recording_after) if rec] == list(range(150, 240)) + list(range(450, 510))
+    first, second = recorder.segments
+    assert recorded_indices([first]) == list(range(120, 240))  # 30 pre-roll + 60 with a face + 30 post-roll
+    assert recorded_indices([second]) == list(range(420, 510))
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert [e["frame"] for p in events_files for e in read_events(p)] == list(range(600))
+    assert {first.stem, second.stem} <= {p.stem for p in events_files}
+    second_events = list(read_events(tmp_path / (second.stem + ".jsonl")))
+    assert second_events[0]["frame"] == 450  # the events file rotates when an episode starts
+
+
+def test_presence_ring_buffer_is_bounded(tmp_path, caplog):
+    recorder = Recorder(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=2.0)
+    assert recorder._ring.capacity <= 2 * FPS + 2
+    recorder.close()
+    with caplog.at_level(logging.WARNING):
+        big = Recorder(tmp_path, FPS, (1920, 1080), presence_triggered=True, pre_roll_s=10.0)
+    assert big._ring.slots.nbytes <= MAX_PRE_ROLL_BYTES and big.pre_roll_s < 10.0
+    assert "shortened" in caplog.text
+    big.close()
+
+
+def test_events_only_mode_writes_no_video(tmp_path):
+    with Recorder(tmp_path, FPS, (W, H), record_video=False, segment_seconds=1.0) as recorder:
+        feed(recorder, range(45))
+    assert not list(tmp_path.glob("*.mp4*")) and recorder.segments == []
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert [len(list(read_events(p))) for p in events_files] == [30, 15]
+    event = json.loads(events_files[0].read_text().splitlines()[0])
+    assert event["faces"][0]["label"] == "happy" and event["faces"][0]["box"] == [10, 20, 60, 60]
+
+
+def test_missing_encoder_falls_back_to_mpeg4(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H), codec="no-such-encoder") as recorder:
+        feed(recorder, range(40))
+    assert "falling back to mpeg4" in caplog.text
+    [video] = recorder.segments
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].codec_context.name == "mpeg4"
+    assert recorded_indices([video]) == list(range(40))
+    assert len(decode_opencv(video)) == 40
+
+
+def test_close_is_idempotent_and_write_after_close_fails(tmp_path):
+    recorder = Recorder(tmp_path, FPS, (W, H))
+    feed(recorder, range(45))
+    started = time.monotonic()
+    recorder.close()
+    closing_s = time.monotonic() - started
+    recorder.close()
+    print(f"\nclose() took {closing_s * 1000:.1f} ms")
+    assert len(recorder.segments) == 1
+    with pytest.raises(RecordingError):
+        feed(recorder, [45])
+
+
+def test_bad_arguments_are_reported(tmp_path):
+    with pytest.raises(RecordingError, match="even"):
+        Recorder(tmp_path, FPS, (321, 240))
+    with pytest.raises(RecordingError, match="positive"):
+        Recorder(tmp_path, 0, (W, H))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RecordingError, match="cannot create"):
+        Recorder(blocker / "sub", FPS, (W, H))
+
+
+def test_timestamps_going_back_start_new_files(tmp_path):
+    """A looping replay restarts its timestamps at 0: the recording starts a new segment instead of stalling."""
+    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+        for i in range(90):
+            loop_position = i % 45
+            recorder.write(Frame(draw_frame(i, W, H), i, loop_position / FPS), [a_face()])
+    assert [recorded_indices([s]) for s in recorder.segments] == [list(range(45)), list(range(45, 90))]
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert [p.stem for p in events_files] == [s.stem for s in recorder.segments]

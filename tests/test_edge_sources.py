@@ -1,0 +1,232 @@
+"""Frame sources: generated video files, image folders, realtime pacing, a missing camera, the factory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from fer_edge.config import load_config
+from fer_edge.errors import SourceError
+from fer_edge.sources import (
+    ImageFolderSource,
+    ListSource,
+    OpenCvCaptureSource,
+    VideoFileSource,
+    open_source,
+    resolve_kind,
+    source_overrides,
+)
+from fer_edge.types import Frame
+
+FRAMES = 24
+
+
+def level(i: int) -> int:
+    return 20 + 9 * i  # each generated frame has its own grey level
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory):
+    """A 24-frame 160x120 MJPG video at 20 fps; frame i is a flat grey of level(i)."""
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (160, 120))
+    assert writer.isOpened()
+    for i in range(FRAMES):
+        writer.write(np.full((120, 160, 3), level(i), np.uint8))
+    writer.release()
+    return path
+
+
+def read_all(source, limit: int = 1000) -> list[Frame]:
+    frames = []
+    while len(frames) < limit:
+        frame = source.read()
+        if frame is None:
+            break
+        frames.append(frame)
+    return frames
+
+
+def test_video_file_source_reads_every_frame_in_order(small_video):
+    source = VideoFileSource(small_video)
+    assert source.size == (160, 120) and source.fps == pytest.approx(20.0)
+    frames = read_all(source)
+    source.close()
+    assert len(frames) == FRAMES
+    assert [f.index for f in frames] == list(range(FRAMES))
+    assert [f.timestamp for f in frames] == pytest.approx([i / 20.0 for i in range(FRAMES)])
+    assert all(f.image.shape == (120, 160, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert [round(float(f.image.mean())) for f in frames] == pytest.approx([level(i) for i in range(FRAMES)], abs=3)
+
+
+def test_video_file_source_loops(small_video):
+    source = VideoFileSource(small_video, loop=True)
+    frames = read_all(source, limit=2 * FRAMES + 5)
+    source.close()
+    assert len(frames) == 2 * FRAMES + 5
+    assert [f.index for f in frames] == list(range(2 * FRAMES + 5))
+    assert frames[FRAMES].image.mean() == pytest.approx(frames[0].image.mean(), abs=1)
+
+
+def test_realtime_pacing_plays_at_the_native_rate(small_video):
+    source = VideoFileSource(small_video, realtime=True)
+    started = time.monotonic()
+    frames = read_all(source, limit=10)
+    elapsed = time.monotonic() - started
+    source.close()
+    # Frame i is released no earlier than i / fps after the first: a lower bound only (sleep never returns early).
+    assert elapsed >= 9 / 20.0 * 0.95
+    assert frames[-1].timestamp - frames[0].timestamp >= 9 / 20.0 * 0.95
+
+
+def test_missing_or_undecodable_video_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="video file not found"):
+        VideoFileSource(tmp_path / "nope.mp4")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(SourceError, match="cannot open video file"):
+        VideoFileSource(junk)
+
+
+def test_image_folder_plays_images_in_name_order_at_one_size(tmp_path):
+    for i, name in enumerate(["b.png", "a.jpg", "c.png"]):
+        cv2.imwrite(str(tmp_path / name), np.full((60 + 20 * i, 80, 3), 50 * (i + 1), np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "d_broken.png").write_bytes(b"\x89PNG broken")
+    source = ImageFolderSource(tmp_path, fps=10)
+    assert source.size == (80, 80)  # a.jpg is first in name order, 80x80
+    frames = read_all(source)
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert [round(float(f.image.mean()) / 50) for f in frames] == [2, 1, 3]  # a, b, c
+    assert all(f.image.shape == (80, 80, 3) for f in frames)
+    assert [f.timestamp for f in frames] == pytest.approx([0.0, 0.1, 0.2])
+    looping = ImageFolderSource(tmp_path, loop=True)
+    assert len(read_all(looping, limit=7)) == 7
+
+
+def test_empty_or_missing_image_folder_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="no images"):
+        ImageFolderSource(tmp_path)
+    with pytest.raises(SourceError, match="image folder not found"):
+        ImageFolderSource(tmp_path / "missing")
+
+
+def test_missing_camera_is_one_clear_source_error():
+    with pytest.raises(SourceError) as caught:
+        OpenCvCaptureSource(99, reopen_initial_s=0.01, reopen_max_s=0.02)
+    assert str(caught.value).startswith("cannot open camera 99")
+    assert "\n" not in str(caught.value)
+
+
+def test_list_source_is_a_fake_with_the_source_interface():
+    images = [np.full((10, 20, 3), i, np.uint8) for i in range(3)]
+    source = ListSource(images, fps=10)
+    assert source.size == (20, 10) and source.fps == 10
+    frames = read_all(source)
+    assert [f.index for f in frames] == [0, 1, 2] and frames[2].timestamp == pytest.approx(0.2)
+    source.close()
+    assert source.closed
+
+
+def test_source_argument_maps_to_config(tmp_path, small_video):
+    assert source_overrides("picamera2") == {"source.kind": "picamera2"}
+    assert source_overrides("0") == {"source.kind": "opencv", "source.device": "0"}
+    assert source_overrides("rtsp://cam:554/live") == {"source.kind": "opencv", "source.device": "rtsp://cam:554/live"}
+    assert source_overrides(str(tmp_path)) == {"source.kind": "images", "source.path": str(tmp_path)}
+    assert source_overrides(str(small_video)) == {"source.kind": "file", "source.path": str(small_video)}
+
+
+def test_factory_builds_the_configured_backend(small_video, tmp_path):
+    video = open_source(load_config(None, {"source.kind": "file", "source.path": str(small_video)}).source)
+    assert isinstance(video, VideoFileSource)
+    video.close()
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    folder = open_source(load_config(None, {"source.path": str(tmp_path)}).source)  # auto + folder
+    assert isinstance(folder, ImageFolderSource)
+    with pytest.raises(SourceError, match="source.path: required"):
+        open_source(load_config(None, {"source.kind": "file"}).source)
+
+
+def test_auto_without_path_prefers_picamera2_when_installed(monkeypatch):
+    cfg = SimpleNamespace(kind="auto", path=None)
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # never import the real one in tests
+    assert resolve_kind(cfg) == "opencv"
+
+
+def test_picamera2_backend_without_picamera2_is_a_source_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match="picamera2 is not installed"):
+        open_source(load_config(None, {"source.kind": "picamera2"}).source)
+
+
+class ScriptedCapture:
+    """Stands in for cv2.VideoCapture: each open takes the next outcome; an open capture gives 2 frames, then fails."""
+
+    outcomes: list[bool] = []
+
+    def __init__(self, device):
+        self.opened = ScriptedCapture.outcomes.pop(0)
+        self.frames_left = 2
+
+    def isOpened(self):  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def set(self, prop, value):
+        return True
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FRAME_WIDTH: 32, cv2.CAP_PROP_FRAME_HEIGHT: 24, cv2.CAP_PROP_FPS: 15.0}.get(prop, 0.0)
+
+    def read(self):
+        if self.frames_left == 0:
+            return False, None
+        self.frames_left -= 1
+        return True, np.zeros((24, 32, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+class RecordedWaits:
+    """Replaces the source's interrupt event: records back-off waits instead of sleeping."""
+
+    def __init__(self, interrupted_after: int | None = None):
+        self.waits: list[float] = []
+        self.interrupted_after = interrupted_after
+
+    def wait(self, seconds):
+        self.waits.append(seconds)
+        return self.interrupted_after is not None and len(self.waits) > self.interrupted_after
+
+    def is_set(self):
+        return False
+
+    def set(self):
+        pass
+
+
+def test_lost_camera_is_reopened_with_exponential_back_off(monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
+    ScriptedCapture.outcomes = [True, False, False, False, True]
+    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=1.0, reopen_max_s=3.0)
+    assert source.size == (32, 24) and source.fps == 15.0
+    source._interrupted = waits = RecordedWaits()
+    frames = [source.read() for _ in range(4)]
+    assert [f.index for f in frames] == [0, 1, 2, 3]  # 2 frames, camera lost, reopened on the 4th try, 2 more
+    assert waits.waits == [1.0, 2.0, 3.0, 3.0]
+    assert ScriptedCapture.outcomes == []
+
+
+def test_interrupt_ends_the_wait_for_a_lost_camera(monkeypatch):
+    monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
+    ScriptedCapture.outcomes = [True, False]
+    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=0.5, reopen_max_s=8.0)
+    source._interrupted = RecordedWaits(interrupted_after=1)
+    assert source.read() is not None and source.read() is not None
+    assert source.read() is None  # lost; one failed reopen; then stop() interrupted the back-off
+    source.close()
