@@ -8,6 +8,7 @@ deleted; anything else in the directory is left alone.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import time
@@ -99,3 +100,17 @@ class DiskGuard:
             if free >= self.min_free_bytes:
                 return True
         return False
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename or unlink in ``directory`` durable; best effort (some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

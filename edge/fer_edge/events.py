@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from fer_edge.diskspace import fsync_directory
 from fer_edge.types import Face
 
 log = logging.getLogger(__name__)
@@ -72,19 +73,6 @@ def read_events(path: str | os.PathLike) -> Iterator[dict]:
             if isinstance(event, dict):
                 yield event
         # a bad final line is what a crash leaves: skip it quietly
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _unique_path(path: Path) -> Path:
@@ -179,7 +167,7 @@ class EventsLog:
         try:
             os.replace(self.path, target)
             self._marker.unlink(missing_ok=True)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         except OSError as exc:
             log.warning("events: cannot rename %s to %s: %s", self.path, target.name, exc)
             return None
@@ -221,7 +209,7 @@ def recover_leftover_events(directory: Path, fallback_stem) -> Path | None:
     target = _unique_path(directory / f"{stem}.jsonl")
     os.replace(current, target)
     marker.unlink(missing_ok=True)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     log.info("events: recovered %s from an interrupted run as %s", CURRENT_NAME, target.name)
     return target
 

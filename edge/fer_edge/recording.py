@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import MB, DiskGuard
+from fer_edge.diskspace import MB, DiskGuard, fsync_directory
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
 from fer_edge.events import EventsLog, recover_leftover_events
 from fer_edge.types import Face, Frame
@@ -152,25 +152,12 @@ def recover_partial_recordings(directory: Path) -> list[Path]:
         log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
                  f", cut {cut} bytes of a partial fragment" if cut else "")
     if recovered:
-        _fsync_directory(directory)
+        fsync_directory(directory)
     recover_leftover_events(directory, lambda t: make_stem(directory, t, 0))
     return recovered
 
 
 # ---------------------------------------------------------------- building blocks
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:
@@ -253,7 +240,7 @@ class _Syncer:
                 paths = self._paths
                 directories, self._directories_pending = self._directories_pending, set()
             for directory in directories:
-                _fsync_directory(directory)
+                fsync_directory(directory)
             for path in paths:
                 try:
                     fd = os.open(path, os.O_RDONLY)
@@ -384,7 +371,7 @@ class _VideoSegment:
                 return None
             _fsync_path(self.part_path)
             os.replace(self.part_path, final)
-            _fsync_directory(final.parent)
+            fsync_directory(final.parent)
         except OSError as exc:
             log.warning("recording: cannot finalize %s (%s); it will be recovered at the next start",
                         self.part_path.name, exc)
