@@ -5,6 +5,13 @@ TRAIN_VENV ?= .venv-train
 EDGE_VENV ?= .venv-edge
 CONFIG ?= configs/train-default.yaml
 RUN ?= runs/$(notdir $(basename $(subst train-,,$(CONFIG))))
+# where `make convert` ships a run's int8 model; runs without an entry stay in runs/<name>/tflite/
+SHIP_default := models/fer_int8.tflite
+SHIP_fast := models/fer_fast_int8.tflite
+SHIP ?= $(SHIP_$(notdir $(RUN)))
+# test-time augmentation built into the shipped model, chosen on PublicTest (MODEL_CARD.md)
+TTA_default := flip
+TTA ?= $(or $(TTA_$(notdir $(RUN))),none)
 DEMO_OUT ?= out/demo
 PI ?=
 export PYTHONPATH := $(CURDIR)
@@ -48,8 +55,8 @@ train: $(TRAIN_VENV)/.installed  ## train + evaluate CONFIG into runs/<name> (re
 train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
 	$(MAKE) train CONFIG=configs/train-seed.yaml
 
-convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUN, checked against Keras; ships int8 to models/
-	$(TRAIN_VENV)/bin/python -m convert --run $(RUN)
+convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUN, checked against Keras; ships default/fast int8 to models/
+	$(TRAIN_VENV)/bin/python -m convert --run $(RUN) --ship-as "$(SHIP)" --tta $(TTA)
 
 evaluate: $(TRAIN_VENV)/.installed  ## (re)write RUN's reports
 	$(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $(RUN)

@@ -16,6 +16,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run", default="runs/default", help="run folder holding best.keras (default: runs/default)")
     parser.add_argument("--variants", default="float32,float16,dynamic,int8")
     parser.add_argument("--data", help="FER-2013 folder or fer2013.csv")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="flip: average with the mirror image inside the model (twice the MACs)")
     parser.add_argument("--ship-as", default="models/fer_int8.tflite",
                         help="where the int8 model and its JSON go ('' to keep it in the run folder only)")
     args = parser.parse_args(argv)
@@ -30,7 +32,7 @@ def main(argv=None) -> int:
         return 2
     try:
         convert_run(run, run / "tflite", args.variants.split(","), args.data,
-                    ship_as=Path(args.ship_as) if args.ship_as else None)
+                    ship_as=Path(args.ship_as) if args.ship_as else None, tta=args.tta)
     except (ParityError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -73,6 +73,25 @@ def make_interpreter(model_path: Path, threads: int = 1):
     return interpreter
 
 
+def tflite_macs(model_path: Path) -> int:
+    """Multiply-accumulates of one inference, counted over the TFLite graph's conv and dense ops."""
+    interpreter = make_interpreter(model_path)
+    shapes = {t["index"]: t["shape"] for t in interpreter.get_tensor_details()}
+    macs = 0
+    for op in interpreter._get_ops_details():  # noqa: SLF001 (the only way to walk the graph)
+        name, inputs, outputs = op["op_name"], op["inputs"], op["outputs"]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        out, weights = shapes[outputs[0]], shapes[inputs[1]]
+        if name == "CONV_2D":  # weights (cout, kh, kw, cin)
+            macs += int(np.prod(out)) * int(np.prod(weights[1:]))
+        elif name == "DEPTHWISE_CONV_2D":  # weights (1, kh, kw, channels)
+            macs += int(np.prod(out)) * int(weights[1] * weights[2])
+        else:  # weights (units, inputs)
+            macs += int(np.prod(out)) * int(weights[1])
+    return macs
+
+
 def tflite_scores(model_path: Path, images: np.ndarray, threads: int = 2) -> np.ndarray:
     """Dequantized class scores for uint8 images (N, 48, 48), fed the way the device feeds them."""
     interpreter = make_interpreter(model_path, threads)
@@ -118,12 +137,22 @@ def convert_run(
     data_dir=None,
     cache_dir="build/cache",
     ship_as: Path | None = None,
+    tta: str = "none",
 ) -> list[VariantResult]:
-    """Convert ``run_dir/best.keras`` to each variant in ``out_dir``; optionally copy the int8 one to ``ship_as``."""
+    """Convert ``run_dir/best.keras`` to each variant in ``out_dir``; optionally copy the int8 one to ``ship_as``.
+
+    ``tta="flip"`` converts the model averaged with its mirror-image pass (see ``with_flip_tta``).
+    """
     import keras
+
+    from train.models import with_flip_tta
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model = keras.models.load_model(run_dir / "best.keras")
+    if tta == "flip":
+        model = with_flip_tta(model)
+    elif tta != "none":
+        raise ValueError(f"tta: unknown test-time augmentation {tta!r} (none or flip)")
     run_info = json.loads((run_dir / "run.json").read_text())
     labels = tuple(run_info["labels"])
     if labels != data.CLASS_NAMES:
@@ -161,7 +190,7 @@ def convert_run(
             sha256=file_sha256(path),
             variant=variant,
             face_margin=FACE_MARGIN,
-            macs=int(run_info.get("macs", 0)),
+            macs=tflite_macs(path),
             params=int(run_info.get("params", 0)),
             metrics={
                 "public_accuracy": round(tflite_accuracy, 4),
@@ -171,7 +200,7 @@ def convert_run(
                 "private_macro_f1": run_metrics.get("private", {}).get("macro_f1"),
             },
             source={"run": run_dir.name, "model": run_info.get("model"), "backend": run_info.get("backend"),
-                    "config": f"configs/train-{run_dir.name}.yaml"},
+                    "config": f"configs/train-{run_dir.name}.yaml", "tta": tta},
         )
         write_sidecar(path, sidecar)
         results.append(VariantResult(variant, path, keras_accuracy, tflite_accuracy, agreement))

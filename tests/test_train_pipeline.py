@@ -110,3 +110,17 @@ def test_seed_architecture_is_available():
     seed = build_model("seed")
     assert seed.output_shape == (None, len(data.CLASS_NAMES))
     assert count_macs(seed) > 0
+
+
+def test_flip_tta_is_one_symmetric_model_of_twice_the_macs(tiny_run, fer2013_dir, tmp_path):
+    from convert.tflite import convert_run, tflite_macs, tflite_scores
+
+    run_dir, _ = tiny_run
+    plain = convert_run(run_dir, tmp_path / "plain", ("int8",), fer2013_dir)[0]
+    tta = convert_run(run_dir, tmp_path / "tta", ("int8",), fer2013_dir, tta="flip")[0]
+    assert tflite_macs(tta.path) == 2 * tflite_macs(plain.path)
+    assert tta.agreement > 0.9
+    faces = data.load_split(fer2013_dir, "public").x[:30]
+    # averaging a face with its mirror image makes the model blind to the mirroring
+    np.testing.assert_allclose(tflite_scores(tta.path, faces), tflite_scores(tta.path, faces[:, :, ::-1]), atol=0.02)
+    assert read_sidecar(tta.path).source["tta"] == "flip"

@@ -67,6 +67,21 @@ def vgg_bn(widths=(32, 64, 128, 256), convs_per_stage=2, dense=256, dropout=0.4,
 MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn}
 
 
+class MirrorImage(layers.Layer):
+    """Horizontal flip of an NHWC batch (TFLite: REVERSE_V2)."""
+
+    def call(self, x):
+        return keras.ops.flip(x, axis=2)
+
+
+def with_flip_tta(model: keras.Model) -> keras.Model:
+    """``model`` averaged over the face and its mirror image: test-time augmentation inside the
+    model, so the device runs it as one inference (of twice the MACs)."""
+    inputs = keras.Input(model.input_shape[1:], name="pixels")
+    scores = layers.Average(name="scores_tta")([model(inputs), model(MirrorImage()(inputs))])
+    return keras.Model(inputs, scores, name=f"{model.name}_flip_tta")
+
+
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one inference over conv and dense layers."""
     macs = 0
