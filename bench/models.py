@@ -43,7 +43,12 @@ def latency_ms(model_path: Path, repeats: int = 300) -> float:
 
 def bench_model(model_path: Path, root: Path) -> dict:
     sidecar = read_sidecar(model_path)
-    row = {"model": model_path.name, "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
+    try:
+        shown = model_path.resolve().relative_to(REPO)
+    except ValueError:
+        shown = model_path
+    row = {"model": str(shown), "run": sidecar.source.get("run", "?"), "tta": sidecar.source.get("tta", "none"),
+           "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
            "params_m": sidecar.params / 1e6, "size_kb": model_path.stat().st_size / 1024}
     for split in ("public", "private"):
         s = data.load_split(root, split, REPO / "build" / "cache")
@@ -64,12 +69,13 @@ def bench_model(model_path: Path, root: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | PublicTest | PrivateTest | macro-F1 (Private) | MACs | params | size | ms/face (1 thread) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | file | PublicTest | PrivateTest | macro-F1 (Private) | MACs | params | size | ms/face (1 thread) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| `{r['model']}` | {100 * r['public_accuracy']:.2f}% | {100 * r['private_accuracy']:.2f}% | "
+            f"| {r['run']}{' + flip TTA' if r['tta'] == 'flip' else ''} | `{r['model']}` | "
+            f"{100 * r['public_accuracy']:.2f}% | {100 * r['private_accuracy']:.2f}% | "
             f"{r['private_macro_f1']:.3f} | {r['macs_m']:.1f}M | {r['params_m']:.2f}M | {r['size_kb']:.0f} kB | "
             f"{r['ms_per_face']:.2f} |"
         )
@@ -78,12 +84,15 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", help="default: models/*.tflite")
+    parser.add_argument("models", nargs="*", help="default: models/*.tflite and runs/seed/tflite/fer_int8.tflite")
     parser.add_argument("--data", help="FER-2013 folder (default: $FER2013_DIR, then ../shared/fer2013)")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as on a busy Pi
-    paths = [Path(p) for p in args.models] or sorted((REPO / "models").glob("*.tflite"))
+    paths = [Path(p) for p in args.models] or [
+        *sorted((REPO / "models").glob("*.tflite")),
+        *(REPO / "runs" / "seed" / "tflite").glob("fer_int8.tflite"),  # the origin's CNN, when trained
+    ]
     root = data.resolve_data_dir(args.data)
     rows = [bench_model(p, root) for p in paths]
     machine = f"{platform.machine()}, {platform.processor() or platform.platform()}, Python {platform.python_version()}"

@@ -135,27 +135,24 @@ def test_usage_errors_exit_2():
     assert fer_edge("run", "--max-frames", "many").returncode == 2
 
 
-def test_sigterm_ends_the_run_cleanly_and_finalizes_the_recording(demo_clip, tmp_path):
-    output = tmp_path / "out"
+def start_camera_paced_run(demo_clip: Path, output: Path) -> subprocess.Popen:
+    """``fer-edge run --realtime`` on the demo clip in a child process, returned once its first segment is open."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fer_edge.cli",
-            "run",
-            "--source",
-            str(demo_clip),
-            "--output",
-            str(output),
-            "--realtime",
-        ],
-        stdout=subprocess.PIPE,
+        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(demo_clip), "--output", str(output),
+         "--realtime"],
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.monotonic() + 60
     while not list(output.glob("*.part")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
+    return process
+
+
+def test_sigterm_ends_the_run_cleanly_and_finalizes_the_recording(demo_clip, tmp_path):
+    output = tmp_path / "out"
+    process = start_camera_paced_run(demo_clip, output)
     time.sleep(1.0)  # ~30 realtime frames into the clip
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
@@ -213,16 +210,7 @@ def test_sigkill_loses_at_most_the_last_two_seconds(demo_clip, tmp_path):
     """A camera-paced run killed without warning: the unfinished segment still decodes to all but ~2 s,
     and the next start recovers it into a finished .mp4."""
     output = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(demo_clip), "--output", str(output),
-         "--realtime"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not list(output.glob("*.part")) and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
+    process = start_camera_paced_run(demo_clip, output)
     time.sleep(4.0)  # ~120 camera-paced frames
     process.kill()
     process.communicate(timeout=30)

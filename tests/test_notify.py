@@ -147,20 +147,6 @@ def test_watchdog_interval_is_half_the_timeout(env, expected):
 # --- end to end: the real CLI in a child process, as systemd runs it ---------------------------------
 
 
-def _cli_available() -> bool:
-    try:
-        import fer_edge.app  # noqa: F401
-        import fer_edge.cli  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_cli = pytest.mark.xfail(
-    not _cli_available(), reason="fer_edge.cli / fer_edge.app not integrated yet (H1)", strict=True
-)
-
-
 def _child_env(notify_address: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
     env["NOTIFY_SOCKET"] = notify_address
@@ -173,7 +159,6 @@ def _kinds(messages: list[str]) -> list[str]:
     return [message.split("=", 1)[0] for message in messages]
 
 
-@needs_cli
 def test_cli_run_notifies_ready_after_the_first_frame_and_pings_while_frames_flow(service_socket, tmp_path):
     # --realtime paces the clip at 30 fps, so 75 frames take about 2.5 s: long enough for several pings.
     result = subprocess.run(
@@ -189,7 +174,6 @@ def test_cli_run_notifies_ready_after_the_first_frame_and_pings_while_frames_flo
     assert "WATCHDOG" not in kinds[kinds.index("STOPPING"):]  # a last STATUS line may follow STOPPING
 
 
-@needs_cli
 def test_cli_never_reports_ready_when_no_frame_arrives(service_socket, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(tmp_path / "unplugged.mp4"),
@@ -238,7 +222,6 @@ STALLING_CHILD = textwrap.dedent(
 )
 
 
-@needs_cli
 def test_a_hung_source_stops_the_watchdog_pings_and_sigterm_still_exits_cleanly(service_socket, tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-c", STALLING_CHILD, "run", "--source", str(CLIP), "--model", str(MODEL),

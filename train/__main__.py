@@ -31,8 +31,9 @@ def main(argv=None) -> int:
         "data": args.data, "model.name": args.model, "epochs": args.epochs, "run_name": args.run_name,
         "output_dir": args.output_dir, "limit_per_class": args.limit_per_class,
     }.items() if v is not None}
-    if args.model and not args.run_name:
-        overrides["run_name"] = args.model
+    if args.model:
+        overrides["model.params"] = {}  # a config's parameters belong to its own model
+        overrides.setdefault("run_name", args.model)
     try:
         cfg = load_config(args.config, overrides)
         from train.evaluate import evaluate_run

@@ -82,31 +82,8 @@ def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]):
     )
 
 
-class _WithoutWatchdog:
-    """A notifier that keeps ready/status/stopping but never pings the watchdog (service.watchdog: false)."""
-
-    def __init__(self, notifier):
-        self._notifier = notifier
-
-    def ready(self):
-        self._notifier.ready()
-
-    def watchdog(self):
-        pass
-
-    def stopping(self):
-        self._notifier.stopping()
-
-    def status(self, text: str):
-        self._notifier.status(text)
-
-    def close(self):
-        self._notifier.close()
-
-
-def build_notifier(cfg: Config):
-    notifier = Notifier.from_env()
-    return notifier if cfg.service.watchdog else _WithoutWatchdog(notifier)
+def build_notifier(cfg: Config) -> Notifier:
+    return Notifier.from_env(ping_watchdog=cfg.service.watchdog)
 
 
 def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
@@ -149,9 +126,7 @@ def run(cfg: Config, max_frames: int | None = None, *, extra_sinks=()) -> RunSta
             pipeline.close()  # finalizes the recording, also after an error or a signal
         finally:
             _restore_handlers(previous)
-            close_notifier = getattr(pipeline.notifier, "close", None)
-            if close_notifier is not None:
-                close_notifier()
+            pipeline.notifier.close()
 
 
 def _install_stop_handlers(pipeline: Pipeline) -> dict:

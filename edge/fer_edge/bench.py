@@ -40,7 +40,7 @@ def run_bench(cfg: Config, frames: int) -> dict:
         "fps": stats.fps,
         "ms_per_frame": stats.stage_ms,
         "frame_size": list(pipeline.source.size),
-        "runtime": getattr(pipeline.classifier, "runtime", "?"),
+        "runtime": pipeline.classifier.runtime,
         "recording": bool(pipeline.sinks),
         "machine": platform.machine(),
         "python": platform.python_version(),

@@ -128,7 +128,7 @@ class ExpressionClassifier:
             scores = (raw.astype(np.float32) - self._out_zero) * self._out_scale
         else:
             scores = raw.astype(np.float32)
-        return Prediction(self.labels, tuple(float(s) for s in scores))
+        return Prediction(self.labels, tuple(scores.tolist()))
 
 
 def _first_line(exc: BaseException) -> str:

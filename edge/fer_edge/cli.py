@@ -6,9 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from fer_edge.contract import ContractError, read_sidecar
 from fer_edge.errors import ConfigError, FerEdgeError
+
+if TYPE_CHECKING:
+    from fer_edge.config import Config
 
 log = logging.getLogger("fer_edge")
 
@@ -59,7 +63,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
 
 
-def load(args, **extra) -> object:
+def load(args, **extra) -> Config:
     from fer_edge.config import load_config
     from fer_edge.sources import source_overrides
 
@@ -140,8 +144,7 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from fer_edge import report
 
-    written = report.main(args.events, args.output or ".")
-    for path in written or ():
+    for path in report.main(args.events, args.output or "."):
         print(path)
     return 0
 
@@ -151,7 +154,6 @@ COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "bench": cmd_bench
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.verbose = getattr(args, "verbose", False)
     setup_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
@@ -161,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, exc, 1)
     except KeyboardInterrupt:
         return 130
-
-
 
 
 def _fail(args, exc: BaseException, code: int) -> int:

@@ -57,7 +57,6 @@ class DiskGuard:
         self._check_interval_s = check_interval_s
         self._clock = clock
         self._next_check = float("-inf")
-        self.deleted: list[Path] = []  # everything this guard removed, for the status line and tests
 
     def check_due(self) -> bool:
         now = self._clock()
@@ -93,7 +92,6 @@ class DiskGuard:
                 except OSError as exc:
                     log.warning("cannot delete old recording %s: %s", path, exc)
                     continue
-                self.deleted.append(path)
                 log.info("disk: deleted old recording %s (%.1f MB) to keep %.0f MB free",
                          path.name, size / MB, self.min_free_bytes / MB)
             free = self.free_bytes()

@@ -106,7 +106,6 @@ class EventsLog:
         self.stem: str | None = None
         self._failing = False
         self.dropped_lines = 0
-        self.finished: list[Path] = []
 
     @property
     def is_open(self) -> bool:
@@ -171,7 +170,6 @@ class EventsLog:
         except OSError as exc:
             log.warning("events: cannot rename %s to %s: %s", self.path, target.name, exc)
             return None
-        self.finished.append(target)
         return target
 
     def _fail(self, exc: OSError) -> None:

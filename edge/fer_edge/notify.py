@@ -21,24 +21,28 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    """Speaks the sd_notify datagram protocol to ``address`` (``None``: does nothing)."""
+    """Speaks the sd_notify datagram protocol to ``address`` (``None``: does nothing).
 
-    def __init__(self, address: str | None, *, watchdog_pid: int | None = None):
+    ``ping_watchdog=False`` (config ``service.watchdog: false``) keeps ready/status/stopping but never pings.
+    """
+
+    def __init__(self, address: str | None, *, watchdog_pid: int | None = None, ping_watchdog: bool = True):
         self.address = address
         self._sock_address = _socket_address(address) if address else None
         self._watchdog_pid = watchdog_pid
+        self._ping_watchdog = ping_watchdog
         self._sock: socket.socket | None = None
         self._warned = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, ping_watchdog: bool = True) -> Notifier:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET") or None
         if address is not None and _socket_address(address) is None:
             log.warning("NOTIFY_SOCKET=%r is neither a unix socket path nor an @abstract name: not notifying", address)
             address = None
         pid = env.get("WATCHDOG_PID", "")
-        return cls(address, watchdog_pid=int(pid) if pid.isdigit() else None)
+        return cls(address, watchdog_pid=int(pid) if pid.isdigit() else None, ping_watchdog=ping_watchdog)
 
     @property
     def enabled(self) -> bool:
@@ -50,6 +54,8 @@ class Notifier:
 
     def watchdog(self) -> bool:
         """Keep-alive for ``WatchdogSec=``; call it only while the work really progresses."""
+        if not self._ping_watchdog:
+            return False
         if self._watchdog_pid is not None and self._watchdog_pid != os.getpid():
             return False  # the watchdog belongs to another process (e.g. our parent)
         return self.send("WATCHDOG=1")

@@ -106,7 +106,8 @@ class Pipeline:
     Optional stages (signatures of :mod:`fer_edge.tracking`, :mod:`fer_edge.smoothing`,
     :mod:`fer_edge.privacy`, :mod:`fer_edge.notify`):
 
-    - ``tracker``: ``update(boxes) -> [(id, box)]`` on detection frames, ``predict() -> [(id, box)]`` between.
+    - ``tracker``: ``update(boxes) -> [(id, box)]`` on detection frames, ``predict() -> [(id, box)]`` between,
+      ``active_ids`` (the live tracks, whose smoothing state is kept).
     - ``smoother``: ``update(track_id, prediction) -> Prediction``, ``forget(active_ids)``.
     - ``privacy``: ``privacy(image, boxes)`` anonymizes the faces in place before overlays are drawn.
     - ``notifier``: ``ready()``, ``watchdog()``, ``stopping()``, ``status(text)``.
@@ -138,7 +139,7 @@ class Pipeline:
         self.privacy = privacy
         self.notifier = notifier
         self.status_interval_s = status_interval_s
-        self.every_n_frames = max(1, int(getattr(detector, "every_n_frames", 1)))
+        self.every_n_frames = max(1, detector.every_n_frames)
         self._stop = threading.Event()
         self._closed = False
 
@@ -170,11 +171,11 @@ class Pipeline:
                 if stats.frames % self.every_n_frames == 0:
                     boxes = self.detector.detect(gray)
                     if self.tracker is not None:
-                        last_boxes = list(self.tracker.update(boxes))
+                        last_boxes = self.tracker.update(boxes)
                     else:
                         last_boxes = [(None, box) for box in boxes]
                 elif self.tracker is not None:
-                    last_boxes = list(self.tracker.predict())
+                    last_boxes = self.tracker.predict()
                 t2 = time.perf_counter()
                 faces = self._classify(gray, last_boxes)
                 t3 = time.perf_counter()
@@ -186,8 +187,9 @@ class Pipeline:
                     sink.write(frame, faces)
                 t5 = time.perf_counter()
 
-                self._count(stats, faces, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
-                window.add(faces, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
+                durations = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+                self._count(stats, faces, durations)
+                window.add(faces, durations)
                 if stats.frames == 1 and self.notifier is not None:
                     self.notifier.ready()
                 now = time.monotonic()
@@ -227,10 +229,7 @@ class Pipeline:
             faces.append(Face(box, prediction, track_id, smoothed))
         if self.smoother is not None:
             # Keep the state of tracks that are alive but missed this frame (the tracker knows them).
-            active = getattr(self.tracker, "active_ids", None)
-            if active is None:
-                active = {track_id for track_id, _ in tracked if track_id is not None}
-            self.smoother.forget(set(active))
+            self.smoother.forget(self.tracker.active_ids if self.tracker is not None else set())
         return faces
 
     @staticmethod

@@ -177,6 +177,9 @@ class _FrameRing:
     """
 
     def __init__(self, capacity: int, width: int, height: int):
+        import cv2
+
+        self._cv2 = cv2
         self.slots = np.empty((capacity, height * 3 // 2, width), np.uint8)
         self.timestamps = [float("-inf")] * capacity
         self.capacity = capacity
@@ -185,8 +188,7 @@ class _FrameRing:
         self._resized: np.ndarray | None = None
 
     def push(self, image: np.ndarray, timestamp: float) -> int:
-        import cv2
-
+        cv2 = self._cv2
         if image.shape[0] != self._height or image.shape[1] != self._width:
             if self._resized is None:
                 log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", image.shape[1],
@@ -288,6 +290,7 @@ class _VideoSegment:
         self._last_ts = float("-inf")
         self._last_key_ts = float("-inf")
         self._picture_i = av.video.frame.PictureType.I
+        self._video_frame = av.VideoFrame
         gop = max(1, round(fps * fragment_seconds))
         if codec == "libx264":
             # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
@@ -315,9 +318,7 @@ class _VideoSegment:
 
     def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
         """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
-        import av
-
-        frame = av.VideoFrame.from_numpy_buffer(image_i420, format="yuv420p")
+        frame = self._video_frame.from_numpy_buffer(image_i420, format="yuv420p")
         if self.first_ts is None:
             self.first_ts = timestamp
         pts = round((timestamp - self.first_ts) / TIME_BASE)
@@ -482,8 +483,6 @@ class Recorder:
         self._failing = False
         self._syncer = _Syncer()
         self._closed = False
-        self.frames_written = 0  # video frames encoded, all segments
-        self.frames_seen = 0
 
     # ------------------------------------------------------------ public
 
@@ -503,7 +502,6 @@ class Recorder:
     def write(self, frame: Frame, faces: list[Face]) -> None:
         if self._closed:
             raise RecordingError("write() after close()")
-        self.frames_seen += 1
         if frame.timestamp < self._previous_ts - 1.0:
             self._restart_timeline(frame.timestamp)
         self._previous_ts = frame.timestamp
@@ -553,9 +551,7 @@ class Recorder:
         try:
             if self.presence_triggered:
                 return self._write_presence(slot, ts, faces_present)
-            new_stem = None
-            if self._segment is None or ts - self._segment.first_ts >= self.segment_seconds - self._half_frame:
-                new_stem = self._start_segment()
+            new_stem = self._start_segment() if self._segment is None or self._segment_full(ts) else None
             self._encode(slot, ts)
             return new_stem
         except _Paused:
@@ -577,16 +573,16 @@ class Recorder:
         if not faces_present and ts - self._last_face_ts > self.post_roll_s + self._half_frame:
             self._finish_segment()
             return None
-        new_stem = None
-        if ts - self._segment.first_ts >= self.segment_seconds - self._half_frame:
-            new_stem = self._start_segment()
+        new_stem = self._start_segment() if self._segment_full(ts) else None
         self._encode(slot, ts)
         return new_stem
+
+    def _segment_full(self, ts: float) -> bool:
+        return ts - self._segment.first_ts >= self.segment_seconds - self._half_frame
 
     def _encode(self, slot: int, ts: float) -> None:
         fragment_written = self._segment.encode(self._ring.slots[slot], ts)
         self._last_encoded_ts = ts
-        self.frames_written += 1
         if self._failing and fragment_written:
             self._failing = False
             log.info("recording: writing video again (%s)", self._segment.part_path.name)
@@ -594,18 +590,28 @@ class Recorder:
     def _start_segment(self) -> str:
         """Finish the open segment (if any) and open a new one; returns its stem."""
         self._finish_segment()
-        keep = {self._events.stem} if self._events is not None and self._events.stem else set()
-        if not self._disk.make_room(keep):
+        if not self._disk.make_room(self._open_stems()):
             self._pause()
             raise _Paused()
-        stem = make_stem(self.output_dir, self._wall(), self._sequence)
-        self._sequence = int(stem.rsplit("-", 1)[1]) + 1
+        stem = self._next_stem()
         self._segment = _VideoSegment(
             self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, width=self.width, height=self.height,
             fps=self.fps, crf=self.crf, preset=self.preset, fragment_seconds=self.fragment_seconds)
         self._watch_files()
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)
         return stem
+
+    def _next_stem(self) -> str:
+        stem = make_stem(self.output_dir, self._wall(), self._sequence)
+        self._sequence = int(stem.rsplit("-", 1)[1]) + 1
+        return stem
+
+    def _open_stems(self) -> set[str]:
+        """Stems of the files being written, which the disk guard must not delete."""
+        stems = {self._segment.stem} if self._segment is not None else set()
+        if self._events is not None and self._events.stem:
+            stems.add(self._events.stem)
+        return stems
 
     def _finish_segment(self) -> None:
         segment, self._segment = self._segment, None
@@ -637,10 +643,7 @@ class Recorder:
     # ------------------------------------------------------------ disk
 
     def _check_disk(self) -> None:
-        keep = {self._segment.stem} if self._segment is not None else set()
-        if self._events is not None and self._events.stem:
-            keep.add(self._events.stem)
-        if self._disk.make_room(keep):
+        if self._disk.make_room(self._open_stems()):
             if self._paused:
                 self._paused = False
                 log.info("recording: %.0f MB free again; video recording resumed", self._disk.free_bytes() / MB)
@@ -663,8 +666,7 @@ class Recorder:
         ts = frame.timestamp
         if new_stem is None and (
                 not events.is_open or ts - self._events_start_ts >= self.segment_seconds - self._half_frame):
-            new_stem = make_stem(self.output_dir, self._wall(), self._sequence)
-            self._sequence = int(new_stem.rsplit("-", 1)[1]) + 1
+            new_stem = self._next_stem()
         if new_stem is not None:
             events.rotate(new_stem)
             self._events_start_ts = ts

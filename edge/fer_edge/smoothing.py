@@ -73,7 +73,7 @@ class LabelSmoother:
 
     def forget(self, active_ids: set[int]) -> None:
         """Drop the state of every track not in ``active_ids`` (tracks that ended)."""
-        for track_id in set(self._tracks) - set(active_ids):
+        for track_id in [t for t in self._tracks if t not in active_ids]:
             del self._tracks[track_id]
 
     @property
