@@ -93,7 +93,7 @@ class DetectorConfig:
     scale_factor: float = _opt(1.1, _above_one)
     min_neighbors: int = _opt(5, _non_negative)
     min_size: int = _opt(40, _positive)  # smallest face side, full-frame pixels
-    every_n_frames: int = _opt(1, _positive)  # detect on every n-th frame, track in between
+    every_n_frames: int = _opt(3, _positive)  # detect on every n-th frame, track in between
 
 
 @dataclass(frozen=True)

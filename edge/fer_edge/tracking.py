@@ -107,9 +107,17 @@ class IouTracker:
         return [(assigned[index], box) for index, box in enumerate(boxes)]
 
     def predict(self) -> list[tuple[int, Box]]:
-        """Each live track's carried box for a frame where detection did not run."""
+        """The carried box of each track the latest detection confirmed, for a frame where detection did not run.
+
+        Tracks the detector has lost stay alive for re-association but are not carried: a face that left
+        the picture stops being drawn at the next detection, not ``max_missed`` detections later.
+        """
         self._frame += 1
-        return [(track_id, track.box_at(self._frame)) for track_id, track in sorted(self._tracks.items())]
+        return [
+            (track_id, track.box_at(self._frame))
+            for track_id, track in sorted(self._tracks.items())
+            if track.missed == 0
+        ]
 
     def carried(self) -> list[tuple[int, Box]]:
         """Each live track's box at the current frame, without stepping: after ``update``, tracks missed by
