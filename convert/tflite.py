@@ -13,6 +13,7 @@ import numpy as np
 
 from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, write_sidecar
 from train import data
+from train.evaluate import plot_confusion, split_metrics
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,6 @@ def convert_run(
 
     keras_public = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
     keras_accuracy = float((keras_public.argmax(1) == public.y).mean())
-    metrics_file = run_dir / "metrics.json"
-    run_metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for variant in variants:
@@ -176,7 +175,12 @@ def convert_run(
         public_scores = tflite_scores(path, public.x)
         tflite_accuracy = float((public_scores.argmax(1) == public.y).mean())
         agreement = float((public_scores.argmax(1) == keras_public.argmax(1)).mean())
-        private_accuracy = float((tflite_scores(path, private.x).argmax(1) == private.y).mean())
+        private_report = split_metrics(private.y, tflite_scores(path, private.x).argmax(1), labels)
+        private_accuracy = private_report["accuracy"]
+        (out_dir / f"fer_{variant}_private.json").write_text(json.dumps(private_report, indent=2))
+        if variant == "int8":
+            plot_confusion(np.array(private_report["confusion_matrix"]), labels, out_dir / "confusion_int8_private.png",
+                           f"{run_dir.name} int8 PrivateTest")
         log.info(
             "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f  PrivateTest %.4f",
             variant, path.stat().st_size / 1024, keras_accuracy, tflite_accuracy, tflite_accuracy - keras_accuracy,
@@ -197,7 +201,7 @@ def convert_run(
                 "private_accuracy": round(private_accuracy, 4),
                 "keras_public_accuracy": round(keras_accuracy, 4),
                 "keras_agreement": round(agreement, 4),
-                "private_macro_f1": run_metrics.get("private", {}).get("macro_f1"),
+                "private_macro_f1": private_report["macro_f1"],
             },
             source={"run": run_dir.name, "model": run_info.get("model"), "backend": run_info.get("backend"),
                     "config": f"configs/train-{run_dir.name}.yaml", "tta": tta},
