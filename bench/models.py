@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     (REPO / "bench" / "results-models.json").write_text(json.dumps(rows, indent=2))
     print(text)
     if not args.no_readme:
-        replace_between(REPO / "README.md", MARK_BEGIN, MARK_END, text)
+        for doc in ("README.md", "MODEL_CARD.md"):
+            replace_between(REPO / doc, MARK_BEGIN, MARK_END, text)
     return 0
 
 
