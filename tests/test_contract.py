@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models" / "fer_int8.tflite"
 
 
-def test_shipped_model_matches_its_sidecar():
-    sidecar = read_sidecar(SHIPPED)
+@pytest.mark.parametrize("model", ["fer_int8.tflite", "fer_fast_int8.tflite"])
+def test_shipped_models_match_their_sidecars(model):
+    sidecar = read_sidecar(REPO / "models" / model)
     assert sidecar.labels == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     assert sidecar.input == TensorSpec((1, 48, 48, 1), "uint8", 1.0, 0)
     assert sidecar.output.shape == (1, 7)
