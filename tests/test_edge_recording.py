@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 from recorder_child import draw_frame, read_index
+from videos import decode_opencv, decode_pyav
 
 from fer_edge.diskspace import MB
 from fer_edge.events import read_events
@@ -42,24 +42,6 @@ def a_face() -> Face:
 def feed(recorder: Recorder, indices, faces_at=lambda i: [a_face()], width=W, height=H) -> None:
     for i in indices:
         recorder.write(Frame(draw_frame(i, width, height), i, i / FPS), faces_at(i))
-
-
-def decode_pyav(path: Path) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
-
-
-def decode_opencv(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    assert capture.isOpened(), path
-    frames = []
-    while True:
-        ok, image = capture.read()
-        if not ok:
-            break
-        frames.append(image)
-    capture.release()
-    return frames
 
 
 def recorded_indices(paths: list[Path]) -> list[int]:
