@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -61,7 +63,11 @@ def convert_model(model, variant: str, calibration: data.Split) -> bytes:
         converter.inference_output_type = tf.uint8
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    return converter.convert()
+    # Keras' SavedModel export prints every traced tensor to stdout; keep it out of the user's log.
+    with contextlib.redirect_stdout(io.StringIO()) as export_log:
+        model_bytes = converter.convert()
+    log.debug("SavedModel export: %s", export_log.getvalue())
+    return model_bytes
 
 
 def make_interpreter(model_path: Path, threads: int = 1):
