@@ -17,7 +17,7 @@ PI ?=
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint train train-seed convert evaluate bench bench-edge clip deploy deploy-model clean
+.PHONY: help demo test data-check lint train train-seed convert evaluate bench bench-edge clip deploy deploy-model clean
 
 help:  ## this list
 	@echo "fer-edge: facial expression recognition trained here, run headless on a Raspberry Pi"
@@ -43,8 +43,16 @@ $(EDGE_VENV)/.installed: requirements-edge.txt edge/pyproject.toml
 demo: $(EDGE_VENV)/.installed  ## run fer-edge with the shipped model on the bundled clip (MP4 + events in out/demo)
 	$(EDGE_VENV)/bin/fer-edge run --source assets/demo.mp4 --output $(DEMO_OUT)
 
-test: $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed lint  ## lint, then the whole suite (needs FER-2013: ../shared/fer2013 or FER2013_DIR)
+test: data-check $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed lint  ## lint, then the whole suite (needs FER-2013: ../shared/fer2013 or FER2013_DIR)
 	$(TRAIN_VENV)/bin/python -m pytest tests -q
+
+data-check:
+	@d="$${FER2013_DIR:-../shared/fer2013}"; \
+	if [ ! -d "$$d/train" ] || [ ! -d "$$d/test" ]; then \
+	  echo "make test needs FER-2013 in the Kaggle folder layout (train/<class>/*.jpg, test/<class>/*.jpg)" >&2; \
+	  echo "at ../shared/fer2013 beside this checkout, or point FER2013_DIR at yours: FER2013_DIR=~/data/fer2013 make test" >&2; \
+	  exit 2; \
+	fi
 
 lint: $(TRAIN_VENV)/.installed  ## ruff
 	$(TRAIN_VENV)/bin/ruff check .
