@@ -19,7 +19,9 @@ import numpy as np
 
 from convert.tflite import tflite_scores
 from fer_edge.contract import read_sidecar
+from tools.sync_readme import replace_section
 from train import data
+from train.evaluate import split_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 MARK_BEGIN, MARK_END = "<!-- bench:models:begin -->", "<!-- bench:models:end -->"
@@ -50,19 +52,14 @@ def bench_model(model_path: Path, root: Path) -> dict:
     row = {"model": str(shown), "run": sidecar.source.get("run", "?"), "tta": sidecar.source.get("tta", "none"),
            "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
            "params_m": sidecar.params / 1e6, "size_kb": model_path.stat().st_size / 1024}
+    # The model's own label order, from its sidecar, mapped onto the data set's class indices.
+    to_data_index = np.array([data.CLASS_NAMES.index(label) for label in sidecar.labels])
     for split in ("public", "private"):
         s = data.load_split(root, split, REPO / "build" / "cache")
-        predicted = np.array(sidecar.labels)[tflite_scores(model_path, s.x).argmax(1)]
-        truth = np.array(data.CLASS_NAMES)[s.y]
-        row[f"{split}_accuracy"] = float((predicted == truth).mean())
-        if split == "private":
-            f1s = []
-            for name in data.CLASS_NAMES:
-                tp = np.sum((predicted == name) & (truth == name))
-                p = tp / max(1, np.sum(predicted == name))
-                r = tp / max(1, np.sum(truth == name))
-                f1s.append(2 * p * r / (p + r) if p + r else 0.0)
-            row["private_macro_f1"] = float(np.mean(f1s))
+        predicted = to_data_index[tflite_scores(model_path, s.x).argmax(1)]
+        metrics = split_metrics(s.y, predicted, data.CLASS_NAMES)
+        row[f"{split}_accuracy"] = metrics["accuracy"]
+        row[f"{split}_macro_f1"] = metrics["macro_f1"]
     row["ms_per_face"] = latency_ms(model_path)
     return row
 
@@ -111,9 +108,7 @@ def main(argv=None) -> int:
 def replace_between(path: Path, begin: str, end: str, text: str) -> None:
     content = path.read_text()
     if begin in content and end in content:
-        head, rest = content.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        path.write_text(f"{head}{begin}\n{text}{end}{tail}")
+        path.write_text(replace_section(content, begin, end, text))
 
 
 if __name__ == "__main__":

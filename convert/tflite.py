@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_edge.classifier import dequantize, load_interpreter_class, pixel_lut
 from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, write_sidecar
 from train import data
 from train.evaluate import plot_confusion, split_metrics
@@ -71,11 +72,9 @@ def convert_model(model, variant: str, calibration: data.Split) -> bytes:
 
 
 def make_interpreter(model_path: Path, threads: int = 1):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tensorflow.lite import Interpreter
-    interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+    """An interpreter from the runtime the device would pick (LiteRT first)."""
+    interpreter_class, _ = load_interpreter_class()
+    interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
     interpreter.allocate_tensors()
     return interpreter
 
@@ -103,30 +102,13 @@ def tflite_scores(model_path: Path, images: np.ndarray, threads: int = 2) -> np.
     """Dequantized class scores for uint8 images (N, 48, 48), fed the way the device feeds them."""
     interpreter = make_interpreter(model_path, threads)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    lut = pixel_lut(inp)
     scores = np.empty((len(images), out["shape"][-1]), np.float32)
     for i, image in enumerate(images):
-        interpreter.set_tensor(inp["index"], _quantize(image[None, :, :, None], inp))
+        interpreter.set_tensor(inp["index"], lut[image][None, :, :, None])
         interpreter.invoke()
-        scores[i] = _dequantize(interpreter.get_tensor(out["index"])[0], out)
+        scores[i] = dequantize(interpreter.get_tensor(out["index"])[0], out)
     return scores
-
-
-def _quantize(pixels: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail["quantization"]
-    if detail["dtype"] == np.float32:
-        return pixels.astype(np.float32)
-    if scale == 1.0 and zero == 0 and detail["dtype"] == np.uint8:
-        return pixels.astype(np.uint8)
-    q = np.round(pixels.astype(np.float32) / scale + zero)
-    info = np.iinfo(detail["dtype"])
-    return np.clip(q, info.min, info.max).astype(detail["dtype"])
-
-
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail["quantization"]
-    if not scale:
-        return values.astype(np.float32)
-    return (values.astype(np.float32) - zero) * scale
 
 
 def tensor_spec(detail: dict) -> TensorSpec:

@@ -21,12 +21,16 @@ def sections() -> dict[str, str]:
     }
 
 
+def replace_section(document: str, begin: str, end: str, text: str) -> str:
+    """``document`` with what stands between the ``begin`` and ``end`` markers replaced by ``text``."""
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{text}{end}{tail}"
+
+
 def render(readme: str) -> str:
     for name, text in sections().items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        head, rest = readme.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        readme = f"{head}{begin}\n{text}{end}{tail}"
+        readme = replace_section(readme, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", text)
     return readme
 
 

@@ -34,6 +34,25 @@ def load_interpreter_class():
     raise ModelError(f"no TFLite runtime found (tried {', '.join(RUNTIMES)}); pip install ai-edge-litert")
 
 
+def pixel_lut(input_detail: dict) -> np.ndarray:
+    """Pixel value 0-255 -> the model's input value: quantized per the input's scale and zero point, or the
+    plain value for float models (they rescale inside the graph)."""
+    dtype = input_detail["dtype"]
+    scale, zero_point = input_detail["quantization"]
+    if np.issubdtype(dtype, np.floating) or scale <= 0:
+        return np.arange(256).astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.arange(256) / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, output_detail: dict) -> np.ndarray:
+    """A raw output tensor as float32 scores."""
+    scale, zero_point = output_detail["quantization"]
+    if scale > 0:
+        return (values.astype(np.float32) - zero_point) * scale
+    return values.astype(np.float32)
+
+
 class ExpressionClassifier:
     """Classifies a face box of a grayscale frame; the interpreter and buffers are built once."""
 
@@ -66,16 +85,8 @@ class ExpressionClassifier:
         self._input = np.zeros(inp["shape"], inp["dtype"])
         self._input_plane = self._input.reshape(self.input_height, self.input_width)
         self._resized = np.empty((self.input_height, self.input_width), np.uint8)
-        in_scale, in_zero = inp["quantization"]
-        if np.issubdtype(inp["dtype"], np.floating):
-            self._pixel_lut = np.arange(256, dtype=inp["dtype"])  # float models rescale inside the graph
-        elif in_scale > 0:
-            info = np.iinfo(inp["dtype"])
-            levels = np.round(np.arange(256) / in_scale + in_zero)
-            self._pixel_lut = np.clip(levels, info.min, info.max).astype(inp["dtype"])
-        else:
-            self._pixel_lut = np.arange(256).astype(inp["dtype"])
-        self._out_scale, self._out_zero = out["quantization"]
+        self._pixel_lut = pixel_lut(inp)
+        self._output_detail = out
 
     def _check_against_sidecar(self, model_path: Path, inp: dict, out: dict) -> None:
         shape = tuple(int(d) for d in inp["shape"])
@@ -123,11 +134,7 @@ class ExpressionClassifier:
         np.take(self._pixel_lut, self._resized, out=self._input_plane)
         self._interpreter.set_tensor(self._input_index, self._input)
         self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._output_index)[0]
-        if self._out_scale > 0:
-            scores = (raw.astype(np.float32) - self._out_zero) * self._out_scale
-        else:
-            scores = raw.astype(np.float32)
+        scores = dequantize(self._interpreter.get_tensor(self._output_index)[0], self._output_detail)
         return Prediction(self.labels, tuple(scores.tolist()))
 
 
@@ -136,4 +143,4 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["ContractError", "ExpressionClassifier", "ModelError", "load_interpreter_class"]
+__all__ = ["ContractError", "ExpressionClassifier", "ModelError", "dequantize", "load_interpreter_class", "pixel_lut"]
