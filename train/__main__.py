@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +22,16 @@ def main(argv=None) -> int:
     parser.add_argument("--limit-per-class", type=int, help="train on a class-balanced subset")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation reports")
+    parser.add_argument(
+        "--export", action="store_true",
+        help="do not train: write each run's best.keras from its best.weights.h5 (a run cut short), then evaluate",
+    )
+    parser.add_argument(
+        "--time-budget", type=float, metavar="SECONDS",
+        help="train as many epochs (up to the config's) as fit in this time; the run's config.yaml records how many",
+    )
     args = parser.parse_args(argv)
+    deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from train.config import ConfigError, load_config
@@ -37,11 +47,15 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         from train.evaluate import evaluate_run
-        from train.fit import train
+        from train.fit import export_runs, train
 
-        run_dir = train(cfg, resume=args.resume)
+        if args.export:
+            export_runs(cfg)
+        else:
+            train(cfg, resume=args.resume, deadline=deadline, config_path=args.config)
         if not args.no_eval:
-            evaluate_run(run_dir, cfg.data, cfg.cache_dir)
+            for run_name in (cfg.run_name, *cfg.students):
+                evaluate_run(cfg.run_dir.parent / run_name, cfg.data, cfg.cache_dir)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,31 +25,40 @@ class AugmentConfig:
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Return an augmented copy of ``x`` (uint8, (N, H, W)); each image gets its own draw."""
+    """Return an augmented copy of ``x`` (uint8, (N, H, W)); each image gets its own draw.
+
+    The draws are made for the whole batch at once; the per-image loop only calls OpenCV, which
+    releases the GIL, so several input threads keep a GPU fed.
+    """
     n, h, w = x.shape
     out = np.empty_like(x)
-    centre = np.array([w / 2.0, h / 2.0])
     angles = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation, n))
     shears = rng.uniform(-cfg.shear, cfg.shear, n)
     scales = rng.uniform(1 - cfg.zoom, 1 + cfg.zoom, n)
     shifts = rng.uniform(-cfg.shift, cfg.shift, (n, 2)) * (w, h)
-    flips = rng.random(n) < 0.5 if cfg.flip else np.zeros(n, bool)
+    mirror = np.where(rng.random(n) < 0.5, -1.0, 1.0) if cfg.flip else np.ones(n)
+    cos, sin = np.cos(angles), np.sin(angles)
+    # scale * rotation @ shear @ mirror, then an offset that keeps the (shifted) centre in place
+    linear = scales[:, None, None] * np.stack([
+        np.stack([cos * mirror, cos * shears - sin], axis=1),
+        np.stack([sin * mirror, sin * shears + cos], axis=1),
+    ], axis=1)
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])  # pixel centres: a mirror maps column i to w-1-i
+    offsets = centre + shifts - linear @ centre
+    matrices = np.concatenate([linear, offsets[:, :, None]], axis=2)
     for i in range(n):
-        c, s = np.cos(angles[i]), np.sin(angles[i])
-        linear = scales[i] * np.array([[c, -s], [s, c]]) @ np.array([[1.0, shears[i]], [0.0, 1.0]])
-        if flips[i]:
-            linear = linear @ np.array([[-1.0, 0.0], [0.0, 1.0]])
-        offset = centre + shifts[i] - linear @ centre
-        matrix = np.hstack([linear, offset[:, None]])
-        cv2.warpAffine(x[i], matrix, (w, h), dst=out[i], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        cv2.warpAffine(x[i], matrices[i], (w, h), dst=out[i], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if cfg.brightness or cfg.contrast:
-        gain = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast, (n, 1, 1))
-        bias = rng.uniform(-cfg.brightness, cfg.brightness, (n, 1, 1)) * 255.0
-        mean = out.mean(axis=(1, 2), keepdims=True)
+        gain = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast, (n, 1, 1)).astype(np.float32)
+        bias = rng.uniform(-cfg.brightness, cfg.brightness, (n, 1, 1)).astype(np.float32) * 255.0
+        mean = out.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
         out = np.clip((out - mean) * gain + mean + bias, 0, 255).astype(np.uint8)
     if cfg.erasing:
-        for i in np.flatnonzero(rng.random(n) < cfg.erasing):
-            eh, ew = rng.integers(h // 8, h // 2, 2)
-            y0, x0 = rng.integers(0, h - eh), rng.integers(0, w - ew)
-            out[i, y0 : y0 + eh, x0 : x0 + ew] = rng.integers(0, 256, (eh, ew), dtype=np.uint8)
+        erased = np.flatnonzero(rng.random(n) < cfg.erasing)
+        sizes = rng.integers((h // 8, w // 8), (h // 2, w // 2), (len(erased), 2))
+        corners = (rng.random((len(erased), 2)) * ((h, w) - sizes)).astype(int)
+        noise = rng.integers(0, 256, (len(erased), h, w), dtype=np.uint8)
+        for k, i in enumerate(erased):
+            (y0, x0), (eh, ew) = corners[k], sizes[k]
+            out[i, y0 : y0 + eh, x0 : x0 + ew] = noise[k, :eh, :ew]
     return out

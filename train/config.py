@@ -37,6 +37,19 @@ class ScheduleConfig:
 class ModelConfig:
     name: str = "vgg_bn"
     params: dict = field(default_factory=dict)
+    init: str | None = None  # a trained model (best.keras) of the same architecture to start from
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How ``students`` learn from the main model, which trains beside them on the same batches."""
+
+    weight: float = 0.5  # share of the distillation term in a student's loss; the rest is the labels'
+    temperature: float = 4.0
+    # Trained models (best.keras) whose mean scores, frozen, teach every model of the run (the main
+    # one too) instead of the main model; with teacher_flip each also sees the mirrored face.
+    teachers: tuple[str, ...] = ()
+    teacher_flip: bool = True
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,10 @@ class TrainConfig:
     data: str | None = None  # FER-2013 folder or fer2013.csv; else $FER2013_DIR, else ../shared/fer2013
     cache_dir: str | None = "build/cache"
     model: ModelConfig = field(default_factory=ModelConfig)
+    # run_name -> {name, params}: smaller models trained alongside ``model`` and distilled from it
+    # online; each gets its own run folder and its own best epoch on PublicTest.
+    students: dict = field(default_factory=dict)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 60
     batch_size: int = 128
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -56,6 +73,12 @@ class TrainConfig:
     limit_per_class: int | None = None  # a class-balanced subset of train/, for quick runs and tests
     precision: str = "float32"  # float32 | mixed_bfloat16
     jit_compile: str | bool = "auto"  # auto: on for JAX, off for TensorFlow (its oneDNN CPU path is faster)
+    workers: int = 1  # input-pipeline threads (OpenCV releases the GIL); a GPU wants several
+    checkpoint_every: int = 1  # epochs between full checkpoints for --resume (the best weights are kept every epoch)
+
+    @property
+    def student_models(self) -> dict[str, ModelConfig]:
+        return {name: _build(ModelConfig, raw, f"students.{name}") for name, raw in self.students.items()}
 
     @property
     def run_dir(self) -> Path:
@@ -93,6 +116,8 @@ def _check(hint, value, key_path):
             return value
         if origin in (str, bool, dict) and isinstance(value, origin):
             return value
+        if origin is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
     raise ConfigError(f"{key_path}: expected {hint}, got {value!r}")
 
 
@@ -111,7 +136,21 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    return _build(TrainConfig, raw, "")
+    cfg = _build(TrainConfig, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    for name in cfg.student_models:
+        if name == cfg.run_name or not name.isidentifier():
+            raise ConfigError(f"students.{name}: a student needs its own run name (letters, digits, _)")
+    if not cfg.run_name.isidentifier():
+        raise ConfigError(f"run_name: {cfg.run_name!r} must be letters, digits and _")
+    if cfg.workers < 1 or cfg.checkpoint_every < 1:
+        raise ConfigError("workers and checkpoint_every: expected at least 1")
+    if not 0.0 <= cfg.distill.weight <= 1.0 or cfg.distill.temperature <= 0:
+        raise ConfigError("distill: weight must be in [0, 1] and temperature positive")
 
 
 def to_dict(cfg) -> dict:

@@ -1,8 +1,15 @@
-"""Training: augmented input pipeline, checkpoints every epoch, best epoch chosen on PublicTest."""
+"""Training: augmented input pipeline, checkpoints, best epoch chosen on PublicTest.
+
+One main model trains on the labels; optional students train beside it on the same augmented
+batches and learn from its (temperature-softened) scores as well as from the labels: online
+distillation, one pass over the data for every model. Each model keeps its own best epoch on
+PublicTest and is exported to its own run folder as a float32 ``best.keras``.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -12,25 +19,28 @@ from pathlib import Path
 import keras
 import numpy as np
 import yaml
+from keras import layers
 
 from train import data
 from train.augment import augment_batch
-from train.config import TrainConfig, to_dict
-from train.models import build_model, count_macs
+from train.config import ModelConfig, TrainConfig, to_dict
+from train.models import MirrorImage, build_model, count_macs
 
 log = logging.getLogger(__name__)
 
-LAST = "last.keras"
-BEST = "best.keras"
+LAST = "last.keras"  # the whole trainer (every model + optimizer state), for --resume
+LAST_EPOCH = "last.json"  # how many epochs last.keras holds
+BEST = "best.keras"  # one model, float32, at its best PublicTest epoch
+BEST_WEIGHTS = "best.weights.h5"
 HISTORY = "history.csv"
 
 
 class AugmentedSequence(keras.utils.PyDataset):
     """One pass over the whole training split per epoch, reshuffled and re-augmented each time."""
 
-    def __init__(self, split: data.Split, cfg: TrainConfig, epoch: int = 0):
-        super().__init__(workers=1, use_multiprocessing=False)
-        self.split, self.cfg = split, cfg
+    def __init__(self, split: data.Split, cfg: TrainConfig, outputs: list[str], epoch: int = 0):
+        super().__init__(workers=cfg.workers, use_multiprocessing=False, max_queue_size=4 * cfg.workers)
+        self.split, self.cfg, self.outputs = split, cfg, outputs
         self.batch_size = cfg.batch_size
         self.on_epoch_begin_index(epoch)
 
@@ -45,7 +55,8 @@ class AugmentedSequence(keras.utils.PyDataset):
         idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng((self.cfg.seed, int(self.order[0]), index))
         x = augment_batch(self.split.x[idx], rng, self.cfg.augment)
-        return x[..., None].astype("float32"), one_hot(self.split.y[idx])
+        y = one_hot(self.split.y[idx])
+        return x[..., None].astype("float32"), {name: y for name in self.outputs}
 
     def on_epoch_end(self) -> None:
         self.on_epoch_begin_index(int(self.rng.integers(1 << 31)))
@@ -70,20 +81,24 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
 def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
     opt = cfg.optimizer
     if opt.name == "adamw":
-        return keras.optimizers.AdamW(opt.learning_rate, weight_decay=opt.weight_decay)
-    if opt.name == "sgd":
-        return keras.optimizers.SGD(
+        optimizer = keras.optimizers.AdamW(opt.learning_rate, weight_decay=opt.weight_decay)
+    elif opt.name == "sgd":
+        optimizer = keras.optimizers.SGD(
             opt.learning_rate, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
         )
-    raise ValueError(f"optimizer.name: unknown optimizer {opt.name!r} (adamw or sgd)")
+    else:
+        raise ValueError(f"optimizer.name: unknown optimizer {opt.name!r} (adamw or sgd)")
+    # decay the kernels only: shrinking BatchNorm's scale and shift or a bias regularizes nothing
+    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return optimizer
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch with the run's ETA."""
+    """One log line per epoch: every model's PublicTest accuracy, and the run's ETA."""
 
-    def __init__(self, total_epochs: int, first_epoch: int):
+    def __init__(self, plan: EpochPlan, first_epoch: int, names: list[str]):
         super().__init__()
-        self.total, self.first = total_epochs, first_epoch
+        self.plan, self.first, self.names = plan, first_epoch, names
         self.started = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -92,15 +107,221 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         now = time.monotonic()
-        done = epoch + 1 - self.first
-        eta = (now - self.started) / done * (self.total - epoch - 1)
-        log.info(
-            "epoch %d/%d  loss %.4f acc %.4f  val_loss %.4f val_acc %.4f  lr %.2e  %.0fs  ETA %s",
-            epoch + 1, self.total, logs.get("loss", float("nan")), logs.get("accuracy", float("nan")),
-            logs.get("val_loss", float("nan")), logs.get("val_accuracy", float("nan")),
-            float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            now - self.epoch_started, time.strftime("%H:%M:%S", time.gmtime(eta)),
+        eta = (now - self.started) / (epoch + 1 - self.first) * (self.plan.epochs - epoch - 1)
+        scores = "  ".join(
+            f"{name} {_metric(logs, name, 'accuracy'):.4f}/{_metric(logs, name, 'val_accuracy'):.4f}"
+            for name in self.names
         )
+        log.info(
+            "epoch %d/%d  acc train/PublicTest: %s  lr %.2e  %.0fs  ETA %s",
+            epoch + 1, self.plan.epochs, scores, float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            now - self.epoch_started, time.strftime("%H:%M:%S", time.gmtime(max(eta, 0))),
+        )
+
+
+def _metric(logs: dict, name: str, key: str) -> float:
+    """``key`` (e.g. val_accuracy) of output ``name``; Keras names a sole output's metrics without it."""
+    val, base = ("val_", key[4:]) if key.startswith("val_") else ("", key)
+    for candidate in (f"{val}{name}_{base}", key):
+        if candidate in logs:
+            return float(logs[candidate])
+    return float("nan")
+
+
+class EpochPlan:
+    """The number of epochs, fixed by the config or, under a time budget, once the first epochs are timed.
+
+    The cosine schedule depends on the total, so it is decided once (after the warm-up, whose
+    learning rates do not depend on it) and written into each run's config.yaml, which then
+    reproduces the run without a budget.
+    """
+
+    def __init__(self, cfg: TrainConfig, deadline: float | None, run_dirs: list[Path]):
+        self.cfg, self.epochs, self.deadline, self.run_dirs = cfg, cfg.epochs, deadline, run_dirs
+        self.decide_after = max(3, cfg.schedule.warmup_epochs + 1)
+
+    def learning_rate(self, epoch: int) -> float:
+        return learning_rate(dataclasses.replace(self.cfg, epochs=self.epochs), epoch)
+
+    def write_configs(self) -> None:
+        text = yaml.safe_dump(to_dict(dataclasses.replace(self.cfg, epochs=self.epochs)), sort_keys=False)
+        for run_dir in self.run_dirs:
+            (run_dir / "config.yaml").write_text(text)
+
+
+class BudgetCallback(keras.callbacks.Callback):
+    def __init__(self, plan: EpochPlan, first_epoch: int):
+        super().__init__()
+        self.plan, self.first, self.ends = plan, first_epoch, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends.append(time.monotonic())
+        plan = self.plan
+        if plan.deadline is not None and epoch + 1 - self.first == plan.decide_after:
+            # the first epoch compiles; time the ones after it
+            per_epoch = (self.ends[-1] - self.ends[0]) / (len(self.ends) - 1)
+            affordable = int((plan.deadline - time.monotonic()) / per_epoch * 0.9)  # slack for slower epochs
+            plan.epochs = max(epoch + 1, min(plan.cfg.epochs, epoch + 1 + affordable))
+            plan.write_configs()
+            log.info("time budget: %.1fs per epoch, training %d epochs in all", per_epoch, plan.epochs)
+        if epoch + 1 >= plan.epochs:
+            self.model.stop_training = True
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Each model's weights at its best PublicTest accuracy so far."""
+
+    def __init__(self, nets: dict[str, keras.Model], run_dirs: dict[str, Path], best_so_far: dict[str, float]):
+        super().__init__()
+        self.nets, self.run_dirs, self.best = nets, run_dirs, best_so_far
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, net in self.nets.items():
+            accuracy = _metric(logs or {}, name, "val_accuracy")
+            if accuracy > self.best.get(name, -1.0):
+                self.best[name] = accuracy
+                net.save_weights(self.run_dirs[name] / BEST_WEIGHTS)
+
+
+class RunHistories(keras.callbacks.Callback):
+    """Each run folder's own history.csv: its model's loss and accuracy, train and PublicTest."""
+
+    FIELDS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate")
+
+    def __init__(self, run_dirs: dict[str, Path], append: bool):
+        super().__init__()
+        self.run_dirs = run_dirs
+        if not append:
+            for run_dir in run_dirs.values():
+                with open(run_dir / HISTORY, "w", newline="") as fh:
+                    csv.writer(fh).writerow(self.FIELDS)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        for name, run_dir in self.run_dirs.items():
+            row = [epoch] + [_metric(logs, name, key) for key in self.FIELDS[1:-1]] + [lr]
+            with open(run_dir / HISTORY, "a", newline="") as fh:
+                csv.writer(fh).writerow(row)
+
+
+class LastCheckpoint(keras.callbacks.Callback):
+    def __init__(self, path: Path, every: int, plan: EpochPlan):
+        super().__init__()
+        self.path, self.every, self.plan = path, every, plan
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0 or epoch + 1 >= self.plan.epochs:
+            self.model.save(self.path)
+            self.path.with_name(LAST_EPOCH).write_text(json.dumps({"epochs": epoch + 1}))
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class StopGradient(layers.Layer):
+    def call(self, x):
+        return keras.ops.stop_gradient(x)
+
+
+@keras.saving.register_keras_serializable(package="fer")
+class DistillationLoss(keras.losses.Loss):
+    """KL(teacher || student) of temperature-softened scores, times T^2 (Hinton et al., 2015).
+
+    ``y_pred`` is the student's scores with the teacher's appended (a Keras loss sees one output);
+    the labels are ignored. Scores are softmax outputs, so their logs are the logits up to a
+    per-row constant, which the softmax removes again.
+    """
+
+    def __init__(self, temperature: float = 4.0, name="distillation", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        n = len(data.CLASS_NAMES)
+        y_pred = ops.cast(y_pred, "float32")
+        student = ops.log(ops.clip(y_pred[:, :n], 1e-7, 1.0)) / self.temperature
+        teacher = ops.log(ops.clip(y_pred[:, n:], 1e-7, 1.0)) / self.temperature
+        teacher_p = ops.softmax(teacher, axis=-1)
+        kl = ops.sum(teacher_p * (ops.log_softmax(teacher, axis=-1) - ops.log_softmax(student, axis=-1)), axis=-1)
+        return kl * self.temperature**2
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def build_trainer(cfg: TrainConfig) -> tuple[keras.Model, dict[str, keras.Model]]:
+    """Every model of the run in one graph, outputs named by run: ``<run>`` (scores) for each model
+    and ``<run>_distill`` (its scores + the teacher's, gradient stopped) for each one that distils.
+
+    The teacher is the main model, or, with ``distill.teachers``, the frozen mean of those models.
+    """
+    model_cfgs = {cfg.run_name: cfg.model, **cfg.student_models}
+    nets = {}
+    for name, model_cfg in model_cfgs.items():
+        nets[name] = build_model(model_cfg.name, name=name, **model_cfg.params)
+        if model_cfg.init:
+            nets[name].load_weights(model_cfg.init)
+            log.info("%s starts from %s", name, model_cfg.init)
+    inputs = keras.Input((data.IMAGE_SIZE, data.IMAGE_SIZE, 1), name="pixels")
+    outputs = {name: net(inputs) for name, net in nets.items()}
+    if cfg.distill.teachers:
+        teacher, pupils = frozen_teacher(cfg, inputs), list(nets)
+    else:
+        teacher, pupils = outputs[cfg.run_name], list(cfg.student_models)
+    for name in pupils:
+        outputs[f"{name}_distill"] = layers.Concatenate(name=f"{name}_distill")(
+            [outputs[name], StopGradient(name=f"{name}_teacher")(teacher)]
+        )
+    return keras.Model(inputs, outputs, name="trainer"), nets
+
+
+def frozen_teacher(cfg: TrainConfig, inputs):
+    scores = []
+    for index, path in enumerate(cfg.distill.teachers):
+        model = keras.models.load_model(path)
+        model.name = f"teacher{index}"  # the file may hold a model named like one being trained
+        model.trainable = False
+        scores.append(model(inputs, training=False))
+        if cfg.distill.teacher_flip:
+            scores.append(model(MirrorImage()(inputs), training=False))
+        log.info("teacher %s%s", path, " (and its mirror image)" if cfg.distill.teacher_flip else "")
+    return layers.Average(name="teacher_mean")(scores) if len(scores) > 1 else scores[0]
+
+
+def distilling(cfg: TrainConfig) -> list[str]:
+    """The runs whose loss has a distillation term."""
+    return [cfg.run_name, *cfg.students] if cfg.distill.teachers else list(cfg.students)
+
+
+def compile_trainer(trainer: keras.Model, cfg: TrainConfig) -> None:
+    labels = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+    losses, weights, metrics = {}, {}, {}
+    for name in (cfg.run_name, *cfg.students):
+        losses[name], weights[name], metrics[name] = labels, 1.0, ["accuracy"]
+    for name in distilling(cfg):
+        weights[name] = 1.0 - cfg.distill.weight
+        losses[f"{name}_distill"] = DistillationLoss(cfg.distill.temperature)
+        weights[f"{name}_distill"] = cfg.distill.weight
+    jit = cfg.jit_compile
+    if jit == "auto":
+        jit = keras.backend.backend() == "jax"
+    trainer.compile(
+        optimizer=make_optimizer(cfg), loss=losses, loss_weights=weights, metrics=metrics, jit_compile=jit
+    )
+
+
+def export_best(run_dir: Path, model_cfg: ModelConfig, name: str) -> Path:
+    """``best.weights.h5`` into a float32 ``best.keras`` (a mixed-precision policy would otherwise
+    travel into the converted model)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = build_model(model_cfg.name, name=name, **model_cfg.params)
+        model.load_weights(run_dir / BEST_WEIGHTS)
+        model.save(run_dir / BEST)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    return run_dir / BEST
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -111,12 +332,29 @@ def read_history(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+def truncate_history(run_dir: Path, epochs: int) -> None:
+    """Drop the rows after ``epochs`` (epochs a resumed run will train again)."""
+    path = run_dir / HISTORY
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[: 1 + epochs]))
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, deadline: float | None = None, config_path: str | None = None
+) -> Path:
+    """Train ``cfg``'s model (and students); return the main run folder.
+
+    With a ``deadline`` (``time.monotonic()`` seconds) the number of epochs is cut, once, to what
+    fits before it (see :class:`EpochPlan`).
+    """
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.precision != "float32":
-        keras.mixed_precision.set_global_policy(cfg.precision)
+    keras.mixed_precision.set_global_policy(cfg.precision)
+    model_cfgs = {cfg.run_name: cfg.model, **cfg.student_models}
+    run_dirs = {name: Path(cfg.output_dir) / name for name in model_cfgs}
+    for run_dir in run_dirs.values():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    main_dir = run_dirs[cfg.run_name]
 
     root = data.resolve_data_dir(cfg.data)
     train_split = data.load_split(root, "train", cfg.cache_dir)
@@ -125,57 +363,64 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     public = data.load_split(root, "public", cfg.cache_dir)
     log.info("data %s: %d train, %d PublicTest images", root, len(train_split), len(public))
 
-    history = read_history(run_dir) if resume else []
-    if resume and (run_dir / LAST).is_file() and history:
-        model = keras.models.load_model(run_dir / LAST)
-        first_epoch = len(history)
-        best_so_far = max(row["val_accuracy"] for row in history)
-        log.info("resuming %s at epoch %d (best PublicTest so far %.4f)", run_dir, first_epoch + 1, best_so_far)
+    if resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file():
+        trainer = keras.models.load_model(main_dir / LAST)
+        nets = {name: trainer.get_layer(name) for name in model_cfgs}
+        first_epoch = json.loads((main_dir / LAST_EPOCH).read_text())["epochs"]
+        # best.weights.h5 may come from an epoch after the checkpoint: keep its score as the bar
+        best_so_far = {name: max((row["val_accuracy"] for row in read_history(d)), default=-1.0)
+                       for name, d in run_dirs.items()}
+        for run_dir in run_dirs.values():
+            truncate_history(run_dir, first_epoch)
+        log.info("resuming %s at epoch %d (best PublicTest so far %s)", main_dir, first_epoch + 1, best_so_far)
     else:
         if resume:
-            log.warning("nothing to resume in %s; starting afresh", run_dir)
-        model = build_model(cfg.model.name, **cfg.model.params)
-        first_epoch, best_so_far = 0, None
-        (run_dir / HISTORY).unlink(missing_ok=True)
-        jit = cfg.jit_compile
-        if jit == "auto":
-            jit = keras.backend.backend() == "jax"
-        model.compile(
-            optimizer=make_optimizer(cfg),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-            metrics=["accuracy"],
-            jit_compile=jit,
-        )
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (run_dir / "run.json").write_text(json.dumps({
-        "labels": list(data.CLASS_NAMES),
-        "model": cfg.model.name,
-        "macs": count_macs(model),
-        "params": int(model.count_params()),
-        "backend": keras.backend.backend(),
-        "data": str(root),
-    }, indent=2))
-    log.info("model %s: %.1fM MACs, %.2fM parameters, backend %s",
-             cfg.model.name, count_macs(model) / 1e6, model.count_params() / 1e6, keras.backend.backend())
+            log.warning("nothing to resume in %s; starting afresh", main_dir)
+        trainer, nets = build_trainer(cfg)
+        compile_trainer(trainer, cfg)
+        first_epoch, best_so_far = 0, {}
+    plan = EpochPlan(cfg, deadline, list(run_dirs.values()))
+    plan.write_configs()
+    for name, run_dir in run_dirs.items():
+        net = nets[name]
+        info = {
+            "labels": list(data.CLASS_NAMES), "model": model_cfgs[name].name, "macs": count_macs(net),
+            "params": int(net.count_params()), "backend": keras.backend.backend(), "data": str(root),
+            "config": config_path or str(run_dir / "config.yaml"),
+        }
+        if name in distilling(cfg):
+            info["distilled_from"] = list(cfg.distill.teachers) or cfg.run_name
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        log.info("%s: %s, %.1fM MACs, %.2fM parameters", name, info["model"], info["macs"] / 1e6, info["params"] / 1e6)
+    log.info("backend %s, precision %s, %d input threads", keras.backend.backend(), cfg.precision, cfg.workers)
 
+    outputs = [cfg.run_name, *cfg.students] + [f"{name}_distill" for name in distilling(cfg)]
+    public_y = one_hot(public.y)
     callbacks = [
-        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(cfg, epoch)),
-        keras.callbacks.ModelCheckpoint(run_dir / LAST),
-        keras.callbacks.ModelCheckpoint(
-            run_dir / BEST, monitor="val_accuracy", mode="max", save_best_only=True,
-            initial_value_threshold=best_so_far,
-        ),
-        keras.callbacks.CSVLogger(run_dir / HISTORY, append=first_epoch > 0),
-        EpochLog(cfg.epochs, first_epoch),
+        keras.callbacks.LearningRateScheduler(plan.learning_rate),
+        BestWeights(nets, run_dirs, best_so_far),
+        RunHistories(run_dirs, append=first_epoch > 0),
+        LastCheckpoint(main_dir / LAST, cfg.checkpoint_every, plan),
+        BudgetCallback(plan, first_epoch),
+        EpochLog(plan, first_epoch, list(model_cfgs)),
     ]
     if first_epoch < cfg.epochs:
-        model.fit(
-            AugmentedSequence(train_split, cfg, first_epoch),
-            validation_data=(public.x[..., None].astype("float32"), one_hot(public.y)),
+        trainer.fit(
+            AugmentedSequence(train_split, cfg, outputs, first_epoch),
+            validation_data=(public.x[..., None].astype("float32"), {name: public_y for name in outputs}),
             validation_batch_size=256,
             epochs=cfg.epochs,
             initial_epoch=first_epoch,
             callbacks=callbacks,
             verbose=0,
         )
-    return run_dir
+    export_runs(cfg)
+    return main_dir
+
+
+def export_runs(cfg: TrainConfig) -> None:
+    """Every model's ``best.weights.h5`` into its float32 ``best.keras``."""
+    for name, model_cfg in {cfg.run_name: cfg.model, **cfg.student_models}.items():
+        run_dir = Path(cfg.output_dir) / name
+        if (run_dir / BEST_WEIGHTS).is_file():
+            export_best(run_dir, model_cfg, name)

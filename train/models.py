@@ -9,11 +9,11 @@ from keras import layers
 from train.data import CLASS_NAMES, IMAGE_SIZE
 
 
-def build_model(name: str, **kwargs) -> keras.Model:
+def build_model(architecture: str, **kwargs) -> keras.Model:
     try:
-        builder = MODELS[name]
+        builder = MODELS[architecture]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+        raise ValueError(f"unknown model {architecture!r}; choose one of {sorted(MODELS)}") from None
     return builder(**kwargs)
 
 
@@ -22,7 +22,12 @@ def _inputs():
     return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
 
 
-def seed_cnn() -> keras.Model:
+def _scores(x):
+    # float32 even under a mixed-precision policy: softmax and the losses need the range.
+    return layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32", name="scores")(x)
+
+
+def seed_cnn(name: str = "seed") -> keras.Model:
     """The origin notebook's Sequential CNN, kept as the reference point."""
     inputs, x = _inputs()
     x = layers.Conv2D(32, 3, activation="relu")(x)
@@ -37,11 +42,12 @@ def seed_cnn() -> keras.Model:
     x = layers.Flatten()(x)
     x = layers.Dense(1024, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="scores")(x)
-    return keras.Model(inputs, outputs, name="seed")
+    return keras.Model(inputs, _scores(x), name=name)
 
 
-def vgg_bn(widths=(32, 64, 128, 256), convs_per_stage=2, dense=256, dropout=0.4, bn_momentum=0.99) -> keras.Model:
+def vgg_bn(
+    widths=(32, 64, 128, 256), convs_per_stage=2, dense=256, dropout=0.4, bn_momentum=0.99, name="vgg_bn"
+) -> keras.Model:
     """VGG-style stages of 3x3 conv + BN + ReLU, max-pooled; a small dense head.
 
     Plain 3x3 convolutions are what int8 kernels on a Pi's Cortex-A run fastest per MAC. A lower
@@ -60,13 +66,13 @@ def vgg_bn(widths=(32, 64, 128, 256), convs_per_stage=2, dense=256, dropout=0.4,
     x = layers.BatchNormalization(momentum=bn_momentum)(x)
     x = layers.ReLU()(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="scores")(x)
-    return keras.Model(inputs, outputs, name="vgg_bn")
+    return keras.Model(inputs, _scores(x), name=name)
 
 
 MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn}
 
 
+@keras.saving.register_keras_serializable(package="fer")
 class MirrorImage(layers.Layer):
     """Horizontal flip of an NHWC batch (TFLite: REVERSE_V2)."""
 

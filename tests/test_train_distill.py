@@ -1,0 +1,173 @@
+"""Online and offline distillation, the time budget, and the augmentation geometry, on real faces."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from train import data
+from train.augment import AugmentConfig, augment_batch
+from train.config import ConfigError, load_config
+
+TINY_MAIN = {"widths": [8, 16], "dense": 32, "dropout": 0.1, "bn_momentum": 0.8}
+TINY_STUDENT = {"widths": [4, 8], "dense": 16, "dropout": 0.1, "bn_momentum": 0.8}
+
+
+def tiny(output_dir, **extra):
+    overrides = {
+        "run_name": "big", "output_dir": str(output_dir), "epochs": 2, "limit_per_class": 60, "batch_size": 32,
+        "schedule.warmup_epochs": 0, "optimizer.learning_rate": 3e-3, "model.params": TINY_MAIN,
+        "students": {"small": {"name": "vgg_bn", "params": TINY_STUDENT}},
+    }
+    return load_config(None, {**overrides, **extra})
+
+
+@pytest.fixture(scope="module")
+def online_run(tmp_path_factory):
+    from train.fit import train
+
+    cfg = tiny(tmp_path_factory.mktemp("runs"))
+    train(cfg)
+    return cfg
+
+
+def test_students_train_beside_the_main_model_in_their_own_run_folders(online_run):
+    import keras
+
+    from train.fit import read_history
+    from train.models import build_model
+
+    for run, params in (("big", TINY_MAIN), ("small", TINY_STUDENT)):
+        run_dir = online_run.run_dir.parent / run
+        history = read_history(run_dir)
+        assert [int(row["epoch"]) for row in history] == [0, 1]
+        assert all(0.0 < row["val_accuracy"] <= 1.0 and row["loss"] > 0 for row in history)
+        model = keras.models.load_model(run_dir / "best.keras")
+        assert model.count_params() == build_model("vgg_bn", **params).count_params()
+        assert model.dtype_policy.name == "float32"
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"] == 2
+    assert json.loads((online_run.run_dir.parent / "small" / "run.json").read_text())["distilled_from"] == "big"
+    # the main model learns from the labels only; the student from the labels and the main model
+    big, small = (read_history(online_run.run_dir.parent / r) for r in ("big", "small"))
+    assert big[0]["loss"] != small[0]["loss"]
+
+
+def test_trainer_wires_a_distillation_output_per_student(online_run):
+    from train.fit import build_trainer
+
+    trainer, nets = build_trainer(online_run)
+    assert list(nets) == ["big", "small"]
+    assert sorted(trainer.output) == ["big", "small", "small_distill"]
+    assert trainer.output["small_distill"].shape == (None, 2 * len(data.CLASS_NAMES))
+
+
+def test_distillation_loss_vanishes_only_where_student_agrees_with_teacher():
+    from train.fit import DistillationLoss
+
+    loss = DistillationLoss(temperature=4.0)
+    teacher = np.array([[0.7, 0.1, 0.05, 0.05, 0.04, 0.03, 0.03]], "float32")
+    student = np.array([[0.1, 0.7, 0.05, 0.05, 0.04, 0.03, 0.03]], "float32")
+    same = float(loss(teacher, np.concatenate([teacher, teacher], 1)))
+    apart = float(loss(teacher, np.concatenate([student, teacher], 1)))
+    assert same == pytest.approx(0.0, abs=1e-5)
+    assert apart > 0.1
+
+
+def test_frozen_teacher_starts_and_teaches_students_and_stays_frozen(online_run, fer2013_dir, cache_dir, tmp_path):
+    import keras
+
+    from train.fit import build_trainer, compile_trainer, one_hot
+
+    teacher_path = str(online_run.run_dir / "best.keras")
+    cfg = tiny(
+        tmp_path, **{"model.init": teacher_path, "distill.teachers": [teacher_path], "distill.weight": 0.7}
+    )
+    trainer, nets = build_trainer(cfg)
+    compile_trainer(trainer, cfg)
+    assert sorted(trainer.output) == ["big", "big_distill", "small", "small_distill"]
+
+    faces = data.load_split(fer2013_dir, "public", cache_dir).head(8)
+    x = faces.x[..., None].astype("float32")
+    teacher = keras.models.load_model(teacher_path)
+    np.testing.assert_allclose(nets["big"].predict(x, verbose=0), teacher.predict(x, verbose=0), atol=1e-5)
+
+    frozen = [layer for layer in trainer.layers if layer.name.startswith("teacher0")]
+    assert frozen and not frozen[0].trainable_weights
+    before = [w.copy() for w in frozen[0].get_weights()]
+    y = one_hot(faces.y)
+    trainer.train_on_batch(x, {name: y for name in trainer.output})
+    assert all(np.array_equal(a, b) for a, b in zip(before, frozen[0].get_weights()))
+    assert not np.allclose(nets["big"].predict(x, verbose=0), teacher.predict(x, verbose=0), atol=1e-5)
+
+
+def test_time_budget_fixes_the_epoch_count_once_and_records_it(tmp_path, monkeypatch):
+    from train import fit
+
+    cfg = load_config(None, {"epochs": 100, "schedule.warmup_epochs": 2})
+    clock = iter(range(0, 10_000, 10))  # every epoch takes 10 s
+    monkeypatch.setattr(fit.time, "monotonic", lambda: float(next(clock)))
+    plan = fit.EpochPlan(cfg, deadline=300.0, run_dirs=[tmp_path])
+    callback = fit.BudgetCallback(plan, first_epoch=0)
+    callback.set_model(type("Model", (), {"stop_training": False})())
+    peak_before = plan.learning_rate(2)
+    epoch = 0
+    while not callback.model.stop_training:
+        callback.on_epoch_end(epoch)
+        epoch += 1
+    # three epochs timed at 10 s, about 270 s left at 90%: 24 more
+    assert plan.epochs == epoch == 27
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 27
+    # warm-up and the first cosine epoch do not depend on the total, so the decision changes no past step
+    assert plan.learning_rate(2) == peak_before == cfg.optimizer.learning_rate
+    assert plan.learning_rate(26) < 0.01 * cfg.optimizer.learning_rate
+
+
+def test_config_checks_students_and_teachers_by_key_path():
+    with pytest.raises(ConfigError, match=r"students\.small\.widths: unknown key"):
+        load_config(None, {"students": {"small": {"widths": [4]}}})
+    with pytest.raises(ConfigError, match=r"students\.default: a student needs its own run name"):
+        load_config(None, {"students": {"default": {"name": "vgg_bn"}}})
+    with pytest.raises(ConfigError, match=r"distill\.teachers: expected"):
+        load_config(None, {"distill.teachers": [1, 2]})
+    assert load_config(None, {"distill.teachers": ["a.keras"]}).distill.teachers == ("a.keras",)
+
+
+def test_augmentation_geometry_on_real_faces(fer2013_dir, cache_dir):
+    faces = data.load_split(fer2013_dir, "public", cache_dir).x[:64]
+    rng = np.random.default_rng(0)
+    still = dict(rotation=0.0, shear=0.0, zoom=0.0, shift=0.0, erasing=0.0)
+    np.testing.assert_array_equal(augment_batch(faces, rng, AugmentConfig(flip=False, **still)), faces)
+    mirrored = augment_batch(faces, rng, AugmentConfig(flip=True, **still))
+    kept = [np.array_equal(m, f) for m, f in zip(mirrored, faces)]
+    flipped = [np.array_equal(m, f[:, ::-1]) for m, f in zip(mirrored, faces)]
+    assert all(k or f for k, f in zip(kept, flipped)) and 16 < sum(flipped) < 48
+    moved = augment_batch(faces, rng, AugmentConfig())
+    assert moved.shape == faces.shape and moved.dtype == np.uint8
+    assert np.mean([not np.array_equal(m, f) for m, f in zip(moved, faces)]) > 0.95
+
+
+def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path, monkeypatch):
+    from train import fit
+
+    cfg = tiny(tmp_path, epochs=4, checkpoint_every=2)
+    original = fit.EpochLog.on_epoch_end
+
+    def interrupt_after_third_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit.EpochLog, "on_epoch_end", interrupt_after_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit.train(cfg)
+    main, student = tmp_path / "big", tmp_path / "small"
+    assert json.loads((main / fit.LAST_EPOCH).read_text()) == {"epochs": 2}  # saved every 2nd epoch
+    assert len(fit.read_history(student)) == 3
+
+    monkeypatch.setattr(fit.EpochLog, "on_epoch_end", original)
+    fit.train(tiny(tmp_path, epochs=4, checkpoint_every=2), resume=True)
+    for run_dir in (main, student):  # the third epoch was trained again from the checkpoint, once
+        assert [int(row["epoch"]) for row in fit.read_history(run_dir)] == [0, 1, 2, 3]
+        assert (run_dir / "best.keras").is_file()
+    assert json.loads((main / fit.LAST_EPOCH).read_text()) == {"epochs": 4}
