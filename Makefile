@@ -4,14 +4,15 @@ PYTHON ?= python3
 TRAIN_VENV ?= .venv-train
 EDGE_VENV ?= .venv-edge
 CONFIG ?= configs/train-default.yaml
-RUN ?= runs/$(notdir $(basename $(subst train-,,$(CONFIG))))
+# the runs `make convert` converts: the two shipped ones, unless RUN names another
+RUN ?=
+RUNS ?= $(or $(RUN),runs/default runs/fast)
 # where `make convert` ships a run's int8 model; runs without an entry stay in runs/<name>/tflite/
 SHIP_default := models/fer_int8.tflite
 SHIP_fast := models/fer_fast_int8.tflite
-SHIP ?= $(SHIP_$(notdir $(RUN)))
-# test-time augmentation built into the shipped model, chosen on PublicTest (MODEL_CARD.md)
-TTA_default := flip
-TTA ?= $(or $(TTA_$(notdir $(RUN))),none)
+# test-time augmentation built into a converted model: none (a mirrored pass would double the cost
+# past the MAC budgets, MODEL_CARD.md); flip is available
+TTA ?= none
 DEMO_OUT ?= out/demo
 PI ?=
 export PYTHONPATH := $(CURDIR)
@@ -63,11 +64,16 @@ train: $(TRAIN_VENV)/.installed  ## train + evaluate CONFIG into runs/<name> (re
 train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
 	$(MAKE) train CONFIG=configs/train-seed.yaml
 
-convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUN, checked against Keras; ships default/fast int8 to models/
-	$(TRAIN_VENV)/bin/python -m convert --run $(RUN) --ship-as "$(SHIP)" --tta $(TTA)
+convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against Keras; default and fast int8 ship to models/
+	@set -e; for run in $(RUNS); do \
+	  case $${run%/} in runs/default) ship=$(SHIP_default);; runs/fast) ship=$(SHIP_fast);; *) ship=;; esac; \
+	  $(TRAIN_VENV)/bin/python -m convert --run $$run --ship-as "$$ship" --tta $(TTA); \
+	done
 
-evaluate: $(TRAIN_VENV)/.installed  ## (re)write RUN's reports
-	$(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $(RUN)
+evaluate: $(TRAIN_VENV)/.installed  ## (re)write the reports of RUNS
+	@set -e; for run in $(RUNS); do \
+	  $(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $$run; \
+	done
 
 bench: $(TRAIN_VENV)/.installed  ## accuracy and ms per face of the shipped models -> bench/results.md
 	$(TRAIN_VENV)/bin/python -m bench.models

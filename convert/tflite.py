@@ -192,7 +192,7 @@ def convert_run(
                 "private_macro_f1": private_report["macro_f1"],
             },
             source={"run": run_dir.name, "model": run_info.get("model"), "backend": run_info.get("backend"),
-                    "config": f"configs/train-{run_dir.name}.yaml", "tta": tta},
+                    "config": run_info.get("config", str(run_dir / "config.yaml")), "tta": tta},
         )
         write_sidecar(path, sidecar)
         results.append(VariantResult(variant, path, keras_accuracy, tflite_accuracy, agreement))
