@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,7 +26,8 @@ def face_frames(clip: Path) -> set[int]:
     return {f["frame"] for f in truth["faces"]}
 
 
-def origin_loop(clip: Path, keras_model: Path, max_frames: int) -> dict:
+def origin_loop(clip: Path, keras_model: Path | None, max_frames: int) -> dict:
+    """The origin's webcam loop; without a trained model, its CNN untrained (the same cost per face)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import cv2
     import keras
@@ -37,8 +37,14 @@ def origin_loop(clip: Path, keras_model: Path, max_frames: int) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     cv2.setNumThreads(1)
-    model = keras.models.load_model(keras_model)
-    labels = json.loads((keras_model.parent / "run.json").read_text())["labels"]
+    if keras_model is None:
+        from train.data import CLASS_NAMES
+        from train.models import build_model
+
+        model, labels = build_model("seed"), list(CLASS_NAMES)
+    else:
+        model = keras.models.load_model(keras_model)
+        labels = json.loads((keras_model.parent / "run.json").read_text())["labels"]
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     capture = cv2.VideoCapture(str(clip))
     found, frames = set(), 0
@@ -83,7 +89,9 @@ def fer_edge_loop(clip: Path, max_frames: int, overrides: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default=str(REPO / "assets" / "demo.mp4"))
-    parser.add_argument("--origin-model", help="Keras model of the origin loop (default: runs/seed, runs/default)")
+    parser.add_argument(
+        "--origin-model", help="Keras model of the origin loop (default: runs/seed, else its CNN untrained)"
+    )
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
@@ -91,27 +99,26 @@ def main(argv=None) -> int:
     clip = Path(args.clip)
     truth = face_frames(clip)
     origin_model = Path(args.origin_model) if args.origin_model else next(
-        (p for p in (REPO / "runs" / "seed" / "best.keras", REPO / "runs" / "default" / "best.keras") if p.is_file()),
-        None)
+        (p for p in (REPO / "runs" / "seed" / "best.keras",) if p.is_file()), None)
     variants = [
         ("fer-edge, detect every frame", {"detector.every_n_frames": 1}),
         ("fer-edge, detect every 3rd frame, tracking", {"detector.every_n_frames": 3}),
         ("fer-edge, detect every 3rd frame, no recording", {"detector.every_n_frames": 3, "recording.enabled": False}),
     ]
-    rows = []
-    if origin_model is not None:
-        rows.append((f"origin loop (`{origin_model.parent.name}` Keras model)",
-                     origin_loop(clip, origin_model, args.frames)))
+    origin_name = f"`{origin_model.parent.name}` Keras model" if origin_model else "`seed` CNN untrained, same cost"
+    rows = [(f"origin loop ({origin_name})", origin_loop(clip, origin_model, args.frames))]
     for name, overrides in variants:
         rows.append((name, fer_edge_loop(clip, args.frames, overrides)))
-    base = rows[0][1]["fps"] if origin_model is not None else None
+    base = rows[0][1]["fps"]
     lines = ["| loop | frames | fps (one core) | vs origin | faces found (frames with a face) |",
              "|---|---:|---:|---:|---:|"]
     for name, r in rows:
         hit = len(r["found"] & truth) / max(1, len(truth & set(range(r["frames"]))))
-        speed = f"{r['fps'] / base:.1f}x" if base else "-"
+        speed = f"{r['fps'] / base:.1f}x"
         lines.append(f"| {name} | {r['frames']} | {r['fps']:.1f} | {speed} | {100 * hit:.1f}% |")
-    machine = f"{platform.machine()}, Python {platform.python_version()}"
+    from bench.models import machine_description
+
+    machine = machine_description()
     text = ("\n".join(lines) + f"\n\nMeasured by `make bench-edge` on {time.strftime('%Y-%m-%d')} "
             f"({machine}, pinned to one core) on `{clip.name}` ({len(truth)} of its frames have a face).\n")
     (REPO / "bench" / "results-edge.md").write_text(text)

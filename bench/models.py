@@ -27,6 +27,23 @@ REPO = Path(__file__).resolve().parent.parent
 MARK_BEGIN, MARK_END = "<!-- bench:models:begin -->", "<!-- bench:models:end -->"
 
 
+def machine_description() -> str:
+    """Processor and the int8 instructions that decide XNNPACK's speed (AVX-512 VNNI is many times AVX2's)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = [name for name in ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "asimddp", "asimd") if name in flags][:2]
+    simd_text = f" ({', '.join(simd)})" if simd else ""
+    return f"{platform.machine()} {model}{simd_text}, Python {platform.python_version()}"
+
+
 def latency_ms(model_path: Path, repeats: int = 300) -> float:
     from convert.tflite import make_interpreter
 
@@ -92,7 +109,7 @@ def main(argv=None) -> int:
     ]
     root = data.resolve_data_dir(args.data)
     rows = [bench_model(p, root) for p in paths]
-    machine = f"{platform.machine()}, {platform.processor() or platform.platform()}, Python {platform.python_version()}"
+    machine = machine_description()
     text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
             f"accuracy from raw uint8 pixels read through each model's JSON labels.\n")
     out = REPO / "bench" / "results-models.md"

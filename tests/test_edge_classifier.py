@@ -76,15 +76,23 @@ def test_public_test_faces_are_classified_well_above_chance(classifier, public_f
 
 
 def test_the_same_face_anywhere_in_a_large_frame_gets_the_same_answer(classifier, public_faces):
-    path, _ = public_faces(1, seed=3)[0]
-    face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    alone = classifier.classify(face, Box(0, 0, 48, 48))
-    frame = np.full((480, 640), 90, np.uint8)
-    big = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)
-    frame[200:392, 300:492] = big
-    placed = classifier.classify(frame, Box(300, 200, 192, 192))
-    assert placed.label == alone.label
-    assert np.abs(np.subtract(placed.scores, alone.scores)).max() < 0.2
+    """A face scaled up 4x into a camera-sized frame is cropped back to what the model saw alone.
+
+    The margin takes in a pixel of the frame around the face and the up- and downscaling blur it,
+    so faces whose two best scores are close may flip; a misplaced or mis-scaled crop flips most.
+    """
+    agree, differences = 0, []
+    faces = public_faces(60, seed=3)
+    for path, _ in faces:
+        face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        alone = classifier.classify(face, Box(0, 0, 48, 48))
+        frame = np.full((480, 640), 90, np.uint8)
+        frame[200:392, 300:492] = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)
+        placed = classifier.classify(frame, Box(300, 200, 192, 192))
+        agree += placed.label == alone.label
+        differences.append(np.abs(np.subtract(placed.scores, alone.scores)).max())
+    assert agree >= 0.8 * len(faces), f"{agree} of {len(faces)} faces keep their label"
+    assert np.median(differences) < 0.1
 
 
 def test_crop_is_a_margin_square_padded_by_edge_replication(classifier):
