@@ -171,3 +171,17 @@ def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path
         assert [int(row["epoch"]) for row in fit.read_history(run_dir)] == [0, 1, 2, 3]
         assert (run_dir / "best.keras").is_file()
     assert json.loads((main / fit.LAST_EPOCH).read_text()) == {"epochs": 4}
+
+
+def test_a_resumed_epoch_sees_the_same_batches_as_an_uninterrupted_one(fer2013_dir, cache_dir):
+    from train.fit import AugmentedSequence
+
+    split = data.load_split(fer2013_dir, "public", cache_dir).head(40)
+    cfg = load_config(None, {"batch_size": 32})
+    running = AugmentedSequence(split, cfg, ["default"], epoch=0)
+    first_epoch = running[1][0]
+    running.on_epoch_end()
+    running.on_epoch_end()
+    resumed = AugmentedSequence(split, cfg, ["default"], epoch=2)
+    np.testing.assert_array_equal(running[1][0], resumed[1][0])
+    assert not np.array_equal(first_epoch, resumed[1][0])  # and each epoch draws anew

@@ -45,21 +45,22 @@ class AugmentedSequence(keras.utils.PyDataset):
         self.on_epoch_begin_index(epoch)
 
     def on_epoch_begin_index(self, epoch: int) -> None:
-        self.rng = np.random.default_rng((self.cfg.seed, epoch))
-        self.order = self.rng.permutation(len(self.split))
+        # every draw depends on (seed, epoch, batch) only, so a resumed run replays the same stream
+        self.epoch = epoch
+        self.order = np.random.default_rng((self.cfg.seed, epoch)).permutation(len(self.split))
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
     def __getitem__(self, index: int):
         idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        rng = np.random.default_rng((self.cfg.seed, int(self.order[0]), index))
+        rng = np.random.default_rng((self.cfg.seed, self.epoch, index))
         x = augment_batch(self.split.x[idx], rng, self.cfg.augment)
         y = one_hot(self.split.y[idx])
         return x[..., None].astype("float32"), {name: y for name in self.outputs}
 
     def on_epoch_end(self) -> None:
-        self.on_epoch_begin_index(int(self.rng.integers(1 << 31)))
+        self.on_epoch_begin_index(self.epoch + 1)
 
 
 def one_hot(y: np.ndarray) -> np.ndarray:
