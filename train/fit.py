@@ -333,6 +333,23 @@ def read_history(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
+def has_gpu() -> bool:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "gpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
 def truncate_history(run_dir: Path, epochs: int) -> None:
     """Drop the rows after ``epochs`` (epochs a resumed run will train again)."""
     path = run_dir / HISTORY
@@ -350,7 +367,11 @@ def train(
     fits before it (see :class:`EpochPlan`).
     """
     keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy(cfg.precision)
+    precision = cfg.precision
+    if precision != "float32" and not has_gpu():
+        log.warning("no GPU: training in float32 (%s would be emulated on this CPU, and slower)", precision)
+        precision = "float32"
+    keras.mixed_precision.set_global_policy(precision)
     model_cfgs = {cfg.run_name: cfg.model, **cfg.student_models}
     run_dirs = {name: Path(cfg.output_dir) / name for name in model_cfgs}
     for run_dir in run_dirs.values():
@@ -387,13 +408,13 @@ def train(
         info = {
             "labels": list(data.CLASS_NAMES), "model": model_cfgs[name].name, "macs": count_macs(net),
             "params": int(net.count_params()), "backend": keras.backend.backend(), "data": str(root),
-            "config": config_path or str(run_dir / "config.yaml"),
+            "config": config_path or str(run_dir / "config.yaml"), "precision": precision,
         }
         if name in distilling(cfg):
             info["distilled_from"] = list(cfg.distill.teachers) or cfg.run_name
         (run_dir / "run.json").write_text(json.dumps(info, indent=2))
         log.info("%s: %s, %.1fM MACs, %.2fM parameters", name, info["model"], info["macs"] / 1e6, info["params"] / 1e6)
-    log.info("backend %s, precision %s, %d input threads", keras.backend.backend(), cfg.precision, cfg.workers)
+    log.info("backend %s, precision %s, %d input threads", keras.backend.backend(), precision, cfg.workers)
 
     outputs = [cfg.run_name, *cfg.students] + [f"{name}_distill" for name in distilling(cfg)]
     public_y = one_hot(public.y)
