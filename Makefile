@@ -75,8 +75,9 @@ evaluate: $(TRAIN_VENV)/.installed  ## (re)write the reports of RUNS
 	  $(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $$run; \
 	done
 
-bench: $(TRAIN_VENV)/.installed  ## accuracy and ms per face of the shipped models -> bench/results.md
+bench: $(TRAIN_VENV)/.installed  ## the shipped models: accuracy, cost, ms per face, camera-like conditions -> bench/results-*.md
 	$(TRAIN_VENV)/bin/python -m bench.models
+	$(TRAIN_VENV)/bin/python -m bench.robustness
 
 bench-edge: $(TRAIN_VENV)/.installed  ## fer-edge vs the origin's loop, one core -> bench/results-edge.md
 	$(TRAIN_VENV)/bin/python -m bench.edge

@@ -190,3 +190,14 @@ def test_a_resumed_epoch_sees_the_same_batches_as_an_uninterrupted_one(fer2013_d
     resumed = AugmentedSequence(split, cfg, ["default"], epoch=2)
     np.testing.assert_array_equal(running[1][0], resumed[1][0])
     assert not np.array_equal(first_epoch, resumed[1][0])  # and each epoch draws anew
+
+
+def test_camera_degradations_change_every_face_they_are_drawn_for(fer2013_dir, cache_dir):
+    faces = data.load_split(fer2013_dir, "public", cache_dir).x[:32]
+    still = dict(rotation=0.0, shear=0.0, zoom=0.0, shift=0.0, flip=False, erasing=0.0)
+    for name in ("blur", "downscale", "noise", "jpeg"):
+        out = augment_batch(faces, np.random.default_rng(1), AugmentConfig(**still, **{name: 1.0}))
+        assert out.dtype == np.uint8 and out.shape == faces.shape
+        assert all(not np.array_equal(o, f) for o, f in zip(out, faces)), name
+        # a degradation, not a new picture: the face stays close to itself
+        assert np.abs(out.astype(int) - faces).mean() < 12, name

@@ -22,6 +22,11 @@ class AugmentConfig:
     erasing: float = 0.25  # probability of erasing one random rectangle
     brightness: float = 0.0  # additive, fraction of 255, uniform in [-b, b]
     contrast: float = 0.0  # multiplicative, uniform in [1 - c, 1 + c]
+    # camera degradations (bench/robustness.py measures what each costs an unprepared model)
+    blur: float = 0.0  # probability of a Gaussian blur, sigma uniform in [0.5, 1.5] px
+    downscale: float = 0.0  # probability of passing through 12-32 px and back (a small, distant face)
+    noise: float = 0.0  # probability of Gaussian sensor noise, sigma uniform in [2, 12]
+    jpeg: float = 0.0  # probability of JPEG compression at quality 15-60
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
@@ -53,6 +58,8 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
         bias = rng.uniform(-cfg.brightness, cfg.brightness, (n, 1, 1)).astype(np.float32) * 255.0
         mean = out.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
         out = np.clip((out - mean) * gain + mean + bias, 0, 255).astype(np.uint8)
+    if cfg.blur or cfg.downscale or cfg.noise or cfg.jpeg:
+        degrade(out, rng, cfg)
     if cfg.erasing:
         erased = np.flatnonzero(rng.random(n) < cfg.erasing)
         sizes = rng.integers((h // 8, w // 8), (h // 2, w // 2), (len(erased), 2))
@@ -62,3 +69,23 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
             (y0, x0), (eh, ew) = corners[k], sizes[k]
             out[i, y0 : y0 + eh, x0 : x0 + ew] = noise[k, :eh, :ew]
     return out
+
+
+def degrade(out: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> None:
+    """Camera degradations, in place: blur, a small face, sensor noise, compression (in that order)."""
+    n, h, w = out.shape
+    blurred = np.flatnonzero(rng.random(n) < cfg.blur)
+    for i, sigma in zip(blurred, rng.uniform(0.5, 1.5, len(blurred))):
+        cv2.GaussianBlur(out[i], (0, 0), float(sigma), dst=out[i])
+    small = np.flatnonzero(rng.random(n) < cfg.downscale)
+    for i, side in zip(small, rng.integers(12, 33, len(small))):
+        tiny = cv2.resize(out[i], (int(side), int(side)), interpolation=cv2.INTER_AREA)
+        out[i] = cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+    noisy = np.flatnonzero(rng.random(n) < cfg.noise)
+    if len(noisy):
+        sigma = rng.uniform(2.0, 12.0, (len(noisy), 1, 1))
+        out[noisy] = np.clip(out[noisy] + rng.normal(0.0, 1.0, (len(noisy), h, w)) * sigma, 0, 255).astype(np.uint8)
+    compressed = np.flatnonzero(rng.random(n) < cfg.jpeg)
+    for i, quality in zip(compressed, rng.integers(15, 61, len(compressed))):
+        _, encoded = cv2.imencode(".jpg", out[i], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        out[i] = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
