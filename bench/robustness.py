@@ -71,8 +71,11 @@ CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "low contrast (x0.5)": _levels(0.5),
     "blur (Gaussian, sigma 1 px)": _per_face(lambda f: cv2.GaussianBlur(f, (0, 0), 1.0)),
     "sensor noise (sigma 10)": _noise(10.0),
-    "small face (16 px, upscaled)": _per_face(
-        lambda f: cv2.resize(cv2.resize(f, (16, 16), interpolation=cv2.INTER_AREA), (48, 48))
+    "face 32 px wide, upscaled": _per_face(
+        lambda f: cv2.resize(cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA), (48, 48))
+    ),
+    "face 20 px wide, upscaled": _per_face(
+        lambda f: cv2.resize(cv2.resize(f, (20, 20), interpolation=cv2.INTER_AREA), (48, 48))
     ),
     "JPEG quality 20": _jpeg(20),
     "box 10% off centre": _affine(1.0, 0.10),

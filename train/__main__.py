@@ -42,7 +42,8 @@ def main(argv=None) -> int:
         "output_dir": args.output_dir, "limit_per_class": args.limit_per_class,
     }.items() if v is not None}
     if args.model:
-        overrides["model.params"] = {}  # a config's parameters belong to its own model
+        overrides["model.params"] = {}  # a config's parameters and students belong to its own model
+        overrides["students"] = {}
         overrides.setdefault("run_name", args.model)
     try:
         cfg = load_config(args.config, overrides)
