@@ -60,21 +60,28 @@ def latency_ms(model_path: Path, repeats: int = 300) -> float:
     return 1000 * float(np.median(times))
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository where it is inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def predicted_classes(model_path: Path, faces: np.ndarray) -> np.ndarray:
+    """The data set's class index of each face's top score, read through the model's own JSON labels."""
+    to_data_index = np.array([data.CLASS_NAMES.index(label) for label in read_sidecar(model_path).labels])
+    return to_data_index[tflite_scores(model_path, faces).argmax(1)]
+
+
 def bench_model(model_path: Path, root: Path) -> dict:
     sidecar = read_sidecar(model_path)
-    try:
-        shown = model_path.resolve().relative_to(REPO)
-    except ValueError:
-        shown = model_path
-    row = {"model": str(shown), "run": sidecar.source.get("run", "?"), "tta": sidecar.source.get("tta", "none"),
-           "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
+    row = {"model": shown_path(model_path), "run": sidecar.source.get("run", "?"),
+           "tta": sidecar.source.get("tta", "none"), "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
            "params_m": sidecar.params / 1e6, "size_kb": model_path.stat().st_size / 1024}
-    # The model's own label order, from its sidecar, mapped onto the data set's class indices.
-    to_data_index = np.array([data.CLASS_NAMES.index(label) for label in sidecar.labels])
     for split in ("public", "private"):
         s = data.load_split(root, split, REPO / "build" / "cache")
-        predicted = to_data_index[tflite_scores(model_path, s.x).argmax(1)]
-        metrics = split_metrics(s.y, predicted, data.CLASS_NAMES)
+        metrics = split_metrics(s.y, predicted_classes(model_path, s.x), data.CLASS_NAMES)
         row[f"{split}_accuracy"] = metrics["accuracy"]
         row[f"{split}_macro_f1"] = metrics["macro_f1"]
     row["ms_per_face"] = latency_ms(model_path)

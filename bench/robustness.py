@@ -19,9 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.models import REPO, machine_description, replace_between
-from convert.tflite import tflite_scores
-from fer_edge.contract import read_sidecar
+from bench.models import REPO, machine_description, predicted_classes, replace_between, shown_path
 from train import data
 
 MARK_BEGIN, MARK_END = "<!-- bench:robustness:begin -->", "<!-- bench:robustness:end -->"
@@ -84,10 +82,8 @@ CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def robustness(model_path: Path, faces: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    sidecar = read_sidecar(model_path)
-    to_data_index = np.array([data.CLASS_NAMES.index(label) for label in sidecar.labels])
     return {
-        name: float((to_data_index[tflite_scores(model_path, condition(faces)).argmax(1)] == labels).mean())
+        name: float((predicted_classes(model_path, condition(faces)) == labels).mean())
         for name, condition in CONDITIONS.items()
     }
 
@@ -114,13 +110,7 @@ def main(argv=None) -> int:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     paths = [Path(p) for p in args.models] or sorted((REPO / "models").glob("*.tflite"))
     public = data.load_split(data.resolve_data_dir(args.data), "public", REPO / "build" / "cache")
-    results = {}
-    for path in paths:
-        try:
-            shown = str(path.resolve().relative_to(REPO))
-        except ValueError:
-            shown = str(path)
-        results[shown] = robustness(path, public.x, public.y)
+    results = {shown_path(path): robustness(path, public.x, public.y) for path in paths}
     text = (f"{table(results)}\n\nPublicTest accuracy (points against clean in brackets), measured by `make bench` on "
             f"{time.strftime('%Y-%m-%d')} ({machine_description()}).\n")
     (REPO / "bench" / "results-robustness.md").write_text(text)
