@@ -201,3 +201,17 @@ def test_camera_degradations_change_every_face_they_are_drawn_for(fer2013_dir, c
         assert all(not np.array_equal(o, f) for o, f in zip(out, faces)), name
         # a degradation, not a new picture: the face stays close to itself
         assert np.abs(out.astype(int) - faces).mean() < 12, name
+
+
+def test_compacted_model_is_half_the_size_and_scores_the_same(online_run, fer2013_dir, cache_dir, tmp_path):
+    import keras
+
+    from tools.compact_keras import compact
+
+    original = online_run.run_dir / "best.keras"
+    compacted = tmp_path / "small.keras"
+    compact(original, compacted)
+    assert compacted.stat().st_size < 0.7 * original.stat().st_size  # the config is not compacted
+    x = data.load_split(fer2013_dir, "public", cache_dir).x[:200, ..., None].astype("float32")
+    expected = keras.models.load_model(original).predict(x, verbose=0)
+    np.testing.assert_allclose(keras.models.load_model(compacted).predict(x, verbose=0), expected, atol=0.01)
