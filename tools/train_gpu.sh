@@ -9,6 +9,13 @@
 # epochs as fit in the budget (python -m train --time-budget; each run's config.yaml records the
 # number, and reproduces the run without a budget). The shipped models came from:
 #   tools/train_gpu.sh 545 $OUT configs/train-default.yaml configs/train-sgd.yaml
+#
+# A GPU machine without network access needs, beside the repository (about 47 MB in all):
+#   .whl/     keras, namex, optree wheels for its Python (pip download --no-deps --only-binary=:all: ...),
+#             installed there with pip install --no-index --no-deps --target /tmp/site .whl/*.whl
+#   .carry/fer2013.tgz  train/ and test/*/PublicTest_* only (41 MB; PrivateTest stays home):
+#     tar czf .carry/fer2013.tgz -C ../shared --exclude='PrivateTest_*' fer2013
+# then: tar xzf .carry/fer2013.tgz -C /tmp && FER2013_DIR=/tmp/fer2013 tools/train_gpu.sh ...
 set -uo pipefail
 
 started=$(date +%s)
