@@ -116,17 +116,12 @@ def main(argv=None) -> int:
         hit = len(r["found"] & truth) / max(1, len(truth & set(range(r["frames"]))))
         speed = f"{r['fps'] / base:.1f}x"
         lines.append(f"| {name} | {r['frames']} | {r['fps']:.1f} | {speed} | {100 * hit:.1f}% |")
-    from bench.models import machine_description
+    from bench.models import machine_description, publish
 
     machine = machine_description()
     text = ("\n".join(lines) + f"\n\nMeasured by `make bench-edge` on {time.strftime('%Y-%m-%d')} "
             f"({machine}, pinned to one core) on `{clip.name}` ({len(truth)} of its frames have a face).\n")
-    (REPO / "bench" / "results-edge.md").write_text(text)
-    print(text)
-    if not args.no_readme:
-        from bench.models import replace_between
-
-        replace_between(REPO / "README.md", MARK_BEGIN, MARK_END, text)
+    publish("edge", text, None, (MARK_BEGIN, MARK_END), () if args.no_readme else ("README.md",))
     return 0
 
 

@@ -119,20 +119,21 @@ def main(argv=None) -> int:
     machine = machine_description()
     text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
             f"accuracy from raw uint8 pixels read through each model's JSON labels.\n")
-    out = REPO / "bench" / "results-models.md"
-    out.write_text(text)
-    (REPO / "bench" / "results-models.json").write_text(json.dumps(rows, indent=2))
-    print(text)
-    if not args.no_readme:
-        for doc in ("README.md", "MODEL_CARD.md"):
-            replace_between(REPO / doc, MARK_BEGIN, MARK_END, text)
+    publish("models", text, rows, (MARK_BEGIN, MARK_END), () if args.no_readme else ("README.md", "MODEL_CARD.md"))
     return 0
 
 
-def replace_between(path: Path, begin: str, end: str, text: str) -> None:
-    content = path.read_text()
-    if begin in content and end in content:
-        path.write_text(replace_section(content, begin, end, text))
+def publish(name: str, text: str, results, marks: tuple[str, str], docs=()) -> None:
+    """A benchmark's table to bench/results-<name>.md (its numbers to .json), the console, and the
+    section between ``marks`` in each of ``docs``."""
+    (REPO / "bench" / f"results-{name}.md").write_text(text)
+    if results is not None:
+        (REPO / "bench" / f"results-{name}.json").write_text(json.dumps(results, indent=2))
+    print(text)
+    for doc in docs:
+        content = (REPO / doc).read_text()
+        if all(mark in content for mark in marks):
+            (REPO / doc).write_text(replace_section(content, *marks, text))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ training choices) and the model is read through its JSON labels as the device re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.models import REPO, machine_description, predicted_classes, replace_between, shown_path
+from bench.models import REPO, machine_description, predicted_classes, publish, shown_path
 from train import data
 
 MARK_BEGIN, MARK_END = "<!-- bench:robustness:begin -->", "<!-- bench:robustness:end -->"
@@ -113,11 +112,7 @@ def main(argv=None) -> int:
     results = {shown_path(path): robustness(path, public.x, public.y) for path in paths}
     text = (f"{table(results)}\n\nPublicTest accuracy (points against clean in brackets), measured by `make bench` on "
             f"{time.strftime('%Y-%m-%d')} ({machine_description()}).\n")
-    (REPO / "bench" / "results-robustness.md").write_text(text)
-    (REPO / "bench" / "results-robustness.json").write_text(json.dumps(results, indent=2))
-    print(text)
-    if not args.no_readme:
-        replace_between(REPO / "MODEL_CARD.md", MARK_BEGIN, MARK_END, text)
+    publish("robustness", text, results, (MARK_BEGIN, MARK_END), () if args.no_readme else ("MODEL_CARD.md",))
     return 0
 
 

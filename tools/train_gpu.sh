@@ -63,8 +63,7 @@ from pathlib import Path
 from train.config import load_config
 cfg = load_config(sys.argv[1])
 files = []
-for run in (cfg.run_name, *cfg.students):
-    run_dir = Path(cfg.output_dir) / run
+for run_dir in cfg.run_dirs.values():
     model = run_dir / "best.keras" if (run_dir / "best.keras").is_file() else run_dir / "best.weights.h5"
     wanted = [run_dir / f for f in ("history.csv", "config.yaml", "run.json")]
     if model.is_file() and model.stat().st_size < 15e6:  # a wide teacher stays behind: too big to carry

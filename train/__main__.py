@@ -55,8 +55,8 @@ def main(argv=None) -> int:
         else:
             train(cfg, resume=args.resume, deadline=deadline, config_path=args.config)
         if not args.no_eval:
-            for run_name in (cfg.run_name, *cfg.students):
-                evaluate_run(cfg.run_dir.parent / run_name, cfg.data, cfg.cache_dir)
+            for run_dir in cfg.run_dirs.values():
+                evaluate_run(run_dir, cfg.data, cfg.cache_dir)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -81,6 +81,16 @@ class TrainConfig:
         return {name: _build(ModelConfig, raw, f"students.{name}") for name, raw in self.students.items()}
 
     @property
+    def models(self) -> dict[str, ModelConfig]:
+        """Every model the run trains, by run name: the main one first, then the students."""
+        return {self.run_name: self.model, **self.student_models}
+
+    @property
+    def run_dirs(self) -> dict[str, Path]:
+        """Each trained model's run folder, by run name."""
+        return {name: Path(self.output_dir) / name for name in self.models}
+
+    @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
 

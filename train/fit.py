@@ -256,9 +256,8 @@ def build_trainer(cfg: TrainConfig) -> tuple[keras.Model, dict[str, keras.Model]
 
     The teacher is the main model, or, with ``distill.teachers``, the frozen mean of those models.
     """
-    model_cfgs = {cfg.run_name: cfg.model, **cfg.student_models}
     nets = {}
-    for name, model_cfg in model_cfgs.items():
+    for name, model_cfg in cfg.models.items():
         nets[name] = build_model(model_cfg.name, name=name, **model_cfg.params)
         if model_cfg.init:
             nets[name].load_weights(model_cfg.init)
@@ -291,13 +290,13 @@ def frozen_teacher(cfg: TrainConfig, inputs):
 
 def distilling(cfg: TrainConfig) -> list[str]:
     """The runs whose loss has a distillation term."""
-    return [cfg.run_name, *cfg.students] if cfg.distill.teachers else list(cfg.students)
+    return list(cfg.models) if cfg.distill.teachers else list(cfg.students)
 
 
 def compile_trainer(trainer: keras.Model, cfg: TrainConfig) -> None:
     labels = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
     losses, weights, metrics = {}, {}, {}
-    for name in (cfg.run_name, *cfg.students):
+    for name in cfg.models:
         losses[name], weights[name], metrics[name] = labels, 1.0, ["accuracy"]
     for name in distilling(cfg):
         weights[name] = 1.0 - cfg.distill.weight
@@ -372,8 +371,7 @@ def train(
         log.warning("no GPU: training in float32 (%s would be emulated on this CPU, and slower)", precision)
         precision = "float32"
     keras.mixed_precision.set_global_policy(precision)
-    model_cfgs = {cfg.run_name: cfg.model, **cfg.student_models}
-    run_dirs = {name: Path(cfg.output_dir) / name for name in model_cfgs}
+    model_cfgs, run_dirs = cfg.models, cfg.run_dirs
     for run_dir in run_dirs.values():
         run_dir.mkdir(parents=True, exist_ok=True)
     main_dir = run_dirs[cfg.run_name]
@@ -416,7 +414,7 @@ def train(
         log.info("%s: %s, %.1fM MACs, %.2fM parameters", name, info["model"], info["macs"] / 1e6, info["params"] / 1e6)
     log.info("backend %s, precision %s, %d input threads", keras.backend.backend(), precision, cfg.workers)
 
-    outputs = [cfg.run_name, *cfg.students] + [f"{name}_distill" for name in distilling(cfg)]
+    outputs = list(trainer.output)
     public_y = one_hot(public.y)
     callbacks = [
         keras.callbacks.LearningRateScheduler(plan.learning_rate),
@@ -442,7 +440,7 @@ def train(
 
 def export_runs(cfg: TrainConfig) -> None:
     """Every model's ``best.weights.h5`` into its float32 ``best.keras``."""
-    for name, model_cfg in {cfg.run_name: cfg.model, **cfg.student_models}.items():
-        run_dir = Path(cfg.output_dir) / name
+    for name, model_cfg in cfg.models.items():
+        run_dir = cfg.run_dirs[name]
         if (run_dir / BEST_WEIGHTS).is_file():
             export_best(run_dir, model_cfg, name)
