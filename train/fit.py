@@ -310,6 +310,17 @@ def compile_trainer(trainer: keras.Model, cfg: TrainConfig) -> None:
     )
 
 
+def restore_checkpoint(trainer: keras.Model, path: Path) -> None:
+    """Load a :data:`LAST` checkpoint (every weight and the optimizer's state) into a trainer built
+    and compiled afresh from the config.
+
+    Loading the saved trainer whole would lose the optimizer's weight-decay exclusions, which Keras
+    does not serialize: a resumed run would decay BatchNorm and biases.
+    """
+    trainer.optimizer.build(trainer.trainable_variables)
+    trainer.load_weights(path)
+
+
 def export_best(run_dir: Path, model_cfg: ModelConfig, name: str) -> Path:
     """``best.weights.h5`` into a float32 ``best.keras`` (a mixed-precision policy would otherwise
     travel into the converted model)."""
@@ -383,9 +394,14 @@ def train(
     public = data.load_split(root, "public", cfg.cache_dir)
     log.info("data %s: %d train, %d PublicTest images", root, len(train_split), len(public))
 
-    if resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file():
-        trainer = keras.models.load_model(main_dir / LAST)
-        nets = {name: trainer.get_layer(name) for name in model_cfgs}
+    resuming = resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file()
+    if resume and not resuming:
+        log.warning("nothing to resume in %s; starting afresh", main_dir)
+    trainer, nets = build_trainer(cfg)
+    compile_trainer(trainer, cfg)
+    first_epoch, best_so_far = 0, {}
+    if resuming:
+        restore_checkpoint(trainer, main_dir / LAST)
         first_epoch = json.loads((main_dir / LAST_EPOCH).read_text())["epochs"]
         # best.weights.h5 may come from an epoch after the checkpoint: keep its score as the bar
         best_so_far = {name: max((row["val_accuracy"] for row in read_history(d)), default=-1.0)
@@ -393,12 +409,6 @@ def train(
         for run_dir in run_dirs.values():
             truncate_history(run_dir, first_epoch)
         log.info("resuming %s at epoch %d (best PublicTest so far %s)", main_dir, first_epoch + 1, best_so_far)
-    else:
-        if resume:
-            log.warning("nothing to resume in %s; starting afresh", main_dir)
-        trainer, nets = build_trainer(cfg)
-        compile_trainer(trainer, cfg)
-        first_epoch, best_so_far = 0, {}
     plan = EpochPlan(cfg, deadline, list(run_dirs.values()))
     plan.write_configs()
     for name, run_dir in run_dirs.items():
