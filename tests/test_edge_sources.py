@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -230,3 +231,24 @@ def test_interrupt_ends_the_wait_for_a_lost_camera(monkeypatch):
     assert source.read() is not None and source.read() is not None
     assert source.read() is None  # lost; one failed reopen; then stop() interrupted the back-off
     source.close()
+
+
+def test_interrupt_ends_every_replay_source_even_while_it_paces_or_loops(small_video, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((20, 20, 3), 80, np.uint8))
+    replays = {
+        "file": VideoFileSource(small_video, realtime=True, loop=True),
+        "images": ImageFolderSource(tmp_path, fps=0.5, realtime=True, loop=True),  # one frame per 2 s
+        "list": ListSource([np.zeros((4, 4, 3), np.uint8)] * 5),
+    }
+    for kind, source in replays.items():
+        assert source.read() is not None, kind
+        if kind == "images":
+            threading.Timer(0.2, source.interrupt).start()
+            started = time.monotonic()
+            assert source.read() is None  # the pacing wait for the second frame ended early
+            assert time.monotonic() - started < 1.9
+        else:
+            source.interrupt()
+            assert source.read() is None, kind
+        assert source.read() is None, kind
+        source.close()

@@ -146,9 +146,7 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the loop to end after the current frame; safe from signal handlers and other threads."""
         self._stop.set()
-        interrupt = getattr(self.source, "interrupt", None)
-        if interrupt is not None:
-            interrupt()  # a source waiting for a lost camera gives up its wait
+        self.source.interrupt()  # a source waiting for a lost camera, or pacing a replay, stops waiting
 
     @property
     def stopping(self) -> bool:

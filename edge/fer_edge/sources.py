@@ -31,6 +31,10 @@ class FrameSource(Protocol):
     def read(self) -> Frame | None:
         """The next frame; None at the end of the stream (or once interrupted)."""
 
+    def interrupt(self) -> None:
+        """End the stream: the next read() returns None, and one waiting (for a lost camera, or
+        pacing a real-time replay) returns soon. Safe from signal handlers and other threads."""
+
     def close(self) -> None: ...
 
 
@@ -99,13 +103,17 @@ class ListSource:
         self.size = (first.shape[1], first.shape[0])
         self._next = 0
         self.closed = False
+        self.interrupted = False
 
     def read(self) -> Frame | None:
-        if self.closed or self._next >= len(self._frames):
+        if self.closed or self.interrupted or self._next >= len(self._frames):
             return None
         frame = self._frames[self._next]
         self._next += 1
         return frame
+
+    def interrupt(self) -> None:
+        self.interrupted = True
 
     def close(self) -> None:
         self.closed = True
@@ -114,9 +122,10 @@ class ListSource:
 class _Pacer:
     """Sleeps so that frame ``i`` is delivered at ``start + i / fps`` (for realtime replays)."""
 
-    def __init__(self, fps: float):
+    def __init__(self, fps: float, interrupted: threading.Event):
         self.period = 1.0 / fps
         self.start: float | None = None
+        self._interrupted = interrupted
 
     def wait(self, index: int) -> float:
         now = time.monotonic()
@@ -124,7 +133,7 @@ class _Pacer:
             self.start = now - index * self.period
         due = self.start + index * self.period
         if due > now:
-            time.sleep(due - now)
+            self._interrupted.wait(due - now)
             return due
         return now
 
@@ -155,17 +164,20 @@ class VideoFileSource:
             height, width = image.shape[:2]
         self.size = (width, height)
         self.loop = loop
-        self._pacer = _Pacer(self.fps) if realtime else None
+        self._interrupted = threading.Event()
+        self._pacer = _Pacer(self.fps, self._interrupted) if realtime else None
         self._index = 0
 
     def read(self) -> Frame | None:
+        if self._interrupted.is_set():
+            return None
         image = self._next_image()
         if image is None:
             return None
         index = self._index
         self._index += 1
         timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
-        return Frame(image, index, timestamp)
+        return None if self._interrupted.is_set() else Frame(image, index, timestamp)
 
     def _next_image(self) -> np.ndarray | None:
         if self._pending is not None:
@@ -179,6 +191,9 @@ class VideoFileSource:
         self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
         ok, image = self._capture.read()
         return image if ok else None
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def close(self) -> None:
         self._capture.release()
@@ -203,7 +218,8 @@ class ImageFolderSource:
         self.size = (first.shape[1], first.shape[0])
         self.fps = fps
         self.loop = loop
-        self._pacer = _Pacer(fps) if realtime else None
+        self._interrupted = threading.Event()
+        self._pacer = _Pacer(fps, self._interrupted) if realtime else None
         self._position = 0
         self._index = 0
 
@@ -211,7 +227,7 @@ class ImageFolderSource:
         return self._cv2.imread(str(path), self._cv2.IMREAD_COLOR)
 
     def read(self) -> Frame | None:
-        while True:
+        while not self._interrupted.is_set():
             if self._position >= len(self._files):
                 if not self.loop:
                     return None
@@ -227,7 +243,11 @@ class ImageFolderSource:
             index = self._index
             self._index += 1
             timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
-            return Frame(image, index, timestamp)
+            return None if self._interrupted.is_set() else Frame(image, index, timestamp)
+        return None
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def close(self) -> None:
         pass
