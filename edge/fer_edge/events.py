@@ -52,27 +52,34 @@ def event_line(t: float, frame_index: int, faces: list[Face]) -> str:
     )
 
 
-def read_events(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield the events of one events file in order, skipping a truncated last line (left by a crash).
-
-    A broken line anywhere else is skipped too, with a warning, so that one bad line never hides a whole file.
-    """
+def numbered_events(path: str | os.PathLike) -> Iterator[tuple[int, dict | None]]:
+    """``(line number, event)`` for each non-blank line of one events file; the event is None where
+    the line is not a JSON object (a crash leaves a partial last line)."""
     with open(path, encoding="utf-8", errors="replace") as lines:
-        pending_error: int | None = None
         for number, line in enumerate(lines, 1):
-            if pending_error is not None:
-                log.warning("%s:%d: skipped a line that is not valid JSON", path, pending_error)
-                pending_error = None
             if not line.strip():
                 continue
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
-                pending_error = number
-                continue
-            if isinstance(event, dict):
-                yield event
-        # a bad final line is what a crash leaves: skip it quietly
+                event = None
+            yield number, event if isinstance(event, dict) else None
+
+
+def read_events(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the events of one events file in order, skipping a truncated last line (left by a crash).
+
+    A broken line anywhere else is skipped too, with a warning, so that one bad line never hides a whole file.
+    """
+    broken: int | None = None
+    for number, event in numbered_events(path):
+        if broken is not None:
+            log.warning("%s:%d: skipped a line that is not a JSON object", path, broken)
+            broken = None
+        if event is None:
+            broken = number  # quiet if it is the last line: that is what a crash leaves
+        else:
+            yield event
 
 
 def _unique_path(path: Path) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import sys
@@ -24,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from fer_edge.events import numbered_events
 
 log = logging.getLogger(__name__)
 
@@ -87,25 +88,22 @@ def events_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def read_events(paths: list[str | Path]) -> Events:
+def collect_tracks(paths: list[str | Path]) -> Events:
     """Collect every face of every frame in ``paths`` into per-track summaries, ordered by time."""
     observations: dict[str, list[tuple[float, str]]] = {}
     labels: dict[str, None] = {}
     for path in events_files(paths):
         skipped = []
-        with path.open(encoding="utf-8", errors="replace") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    t, faces = _parse_line(line)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    skipped.append(number)
-                    continue
-                for track, label, score_names in faces:
-                    labels.update(dict.fromkeys(score_names))
-                    labels.setdefault(label, None)
-                    observations.setdefault(track, []).append((t, label))
+        for number, event in numbered_events(path):
+            try:
+                t, faces = _parse_event(event)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                skipped.append(number)
+                continue
+            for track, label, score_names in faces:
+                labels.update(dict.fromkeys(score_names))
+                labels.setdefault(label, None)
+                observations.setdefault(track, []).append((t, label))
         if skipped:
             log.warning("%s: skipped %d unreadable line(s): %s", path, len(skipped), _line_list(skipped))
 
@@ -128,9 +126,10 @@ def _split_at_gaps(track: str, observations: list[tuple[float, str]]) -> list[Tr
     return pieces
 
 
-def _parse_line(line: str) -> tuple[float, list[tuple[str, str, list[str]]]]:
-    """One events line -> (time, [(track, label, score names)]); raises on anything malformed."""
-    event = json.loads(line)
+def _parse_event(event: dict | None) -> tuple[float, list[tuple[str, str, list[str]]]]:
+    """One event -> (time, [(track, label, score names)]); raises on anything malformed."""
+    if event is None:
+        raise ValueError("not a JSON object")
     t = float(event["t"])
     if not math.isfinite(t):
         raise ValueError(f"bad time {t}")
@@ -247,7 +246,7 @@ def main(paths: list[str | Path], output_dir: str | Path | None = None) -> list[
     """
     output = Path(output_dir if output_dir is not None else ".")
     output.mkdir(parents=True, exist_ok=True)
-    events = read_events(paths)
+    events = collect_tracks(paths)
     written = [write_tracks_csv(events, output / CSV_NAME)]
     timeline = write_timeline_png(events, output / TIMELINE_NAME)
     if timeline is not None:
