@@ -26,5 +26,5 @@ def test_distillation_config_starts_from_the_checkpoints(repo_root):
     from train.config import load_config
 
     cfg = load_config(repo_root / "configs" / "train-distill.yaml")
-    for path in (cfg.model.init, *(m.init for m in cfg.student_models.values()), *cfg.distill.teachers):
+    for path in (cfg.model.init, *(m.init for m in cfg.students.values()), *cfg.distill.teachers):
         assert (repo_root / path).is_file(), path

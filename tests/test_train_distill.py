@@ -133,6 +133,9 @@ def test_config_checks_students_and_teachers_by_key_path():
         load_config(None, {"students": {"small": {"widths": [4]}}})
     with pytest.raises(ConfigError, match=r"students\.default: a student needs its own run name"):
         load_config(None, {"students": {"default": {"name": "vgg_bn"}}})
+    with pytest.raises(ConfigError, match=r"students: expected a mapping of names to ModelConfigs"):
+        load_config(None, {"students": ["small"]})
+    assert load_config(None, {"students": {"small": {"params": {"widths": [4]}}}}).students["small"].name == "vgg_bn"
     with pytest.raises(ConfigError, match=r"distill\.teachers: expected"):
         load_config(None, {"distill.teachers": [1, 2]})
     assert load_config(None, {"distill.teachers": ["a.keras"]}).distill.teachers == ("a.keras",)

@@ -61,7 +61,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # run_name -> {name, params}: smaller models trained alongside ``model`` and distilled from it
     # online; each gets its own run folder and its own best epoch on PublicTest.
-    students: dict = field(default_factory=dict)
+    students: dict[str, ModelConfig] = field(default_factory=dict)
     distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 60
     batch_size: int = 128
@@ -77,13 +77,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between full checkpoints for --resume (the best weights are kept every epoch)
 
     @property
-    def student_models(self) -> dict[str, ModelConfig]:
-        return {name: _build(ModelConfig, raw, f"students.{name}") for name, raw in self.students.items()}
-
-    @property
     def models(self) -> dict[str, ModelConfig]:
         """Every model the run trains, by run name: the main one first, then the students."""
-        return {self.run_name: self.model, **self.student_models}
+        return {self.run_name: self.model, **self.students}
 
     @property
     def run_dirs(self) -> dict[str, Path]:
@@ -109,6 +105,10 @@ def _build(cls, raw, path: str):
         key_path = f"{path}.{key}" if path else key
         if dataclasses.is_dataclass(hint):
             values[key] = _build(hint, value, key_path)
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(item := typing.get_args(hint)[1]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key_path}: expected a mapping of names to {item.__name__}s")
+            values[key] = {str(name): _build(item, entry, f"{key_path}.{name}") for name, entry in value.items()}
         else:
             values[key] = _check(hint, value, key_path)
     return cls(**values)
@@ -152,7 +152,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 
 def _validate(cfg: TrainConfig) -> None:
-    for name in cfg.student_models:
+    for name in cfg.students:
         if name == cfg.run_name or not name.isidentifier():
             raise ConfigError(f"students.{name}: a student needs its own run name (letters, digits, _)")
     if not cfg.run_name.isidentifier():

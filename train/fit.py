@@ -267,7 +267,7 @@ def build_trainer(cfg: TrainConfig) -> tuple[keras.Model, dict[str, keras.Model]
     if cfg.distill.teachers:
         teacher, pupils = frozen_teacher(cfg, inputs), list(nets)
     else:
-        teacher, pupils = outputs[cfg.run_name], list(cfg.student_models)
+        teacher, pupils = outputs[cfg.run_name], list(cfg.students)
     for name in pupils:
         outputs[f"{name}_distill"] = layers.Concatenate(name=f"{name}_distill")(
             [outputs[name], StopGradient(name=f"{name}_teacher")(teacher)]
