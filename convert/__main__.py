@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: average with the mirror image inside the model (twice the MACs)")
     parser.add_argument("--ship-as", default="models/fer_int8.tflite",
-                        help="where the int8 model and its JSON go ('' to keep it in the run folder only)")
+                        help="where the int8 model and its JSON go, scored on PrivateTest too "
+                             "('' to keep a candidate in the run folder, scored on PublicTest only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -130,6 +130,9 @@ def convert_run(
 ) -> list[VariantResult]:
     """Convert ``run_dir/best.keras`` to each variant in ``out_dir``; optionally copy the int8 one to ``ship_as``.
 
+    Every variant is checked on PublicTest. PrivateTest is scored only for a model being shipped: a
+    candidate converted for comparison is chosen on PublicTest and never sees it.
+
     ``tta="flip"`` converts the model averaged with its mirror-image pass (see ``with_flip_tta``).
     """
     import keras
@@ -149,7 +152,7 @@ def convert_run(
     root = data.resolve_data_dir(data_dir)
     train_split = data.load_split(root, "train", cache_dir)
     public = data.load_split(root, "public", cache_dir)
-    private = data.load_split(root, "private", cache_dir)
+    private = data.load_split(root, "private", cache_dir) if ship_as is not None else None
 
     keras_public = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
     keras_accuracy = float((keras_public.argmax(1) == public.y).mean())
@@ -163,16 +166,19 @@ def convert_run(
         public_scores = tflite_scores(path, public.x)
         tflite_accuracy = float((public_scores.argmax(1) == public.y).mean())
         agreement = float((public_scores.argmax(1) == keras_public.argmax(1)).mean())
-        private_report = split_metrics(private.y, tflite_scores(path, private.x).argmax(1), labels)
-        private_accuracy = private_report["accuracy"]
-        (out_dir / f"fer_{variant}_private.json").write_text(json.dumps(private_report, indent=2))
-        if variant == "int8":
-            plot_confusion(np.array(private_report["confusion_matrix"]), labels, out_dir / "confusion_int8_private.png",
-                           f"{run_dir.name} int8 PrivateTest")
+        metrics = {"public_accuracy": round(tflite_accuracy, 4), "keras_public_accuracy": round(keras_accuracy, 4),
+                   "keras_agreement": round(agreement, 4)}
+        if private is not None:
+            private_report = split_metrics(private.y, tflite_scores(path, private.x).argmax(1), labels)
+            metrics.update(private_accuracy=private_report["accuracy"], private_macro_f1=private_report["macro_f1"])
+            (out_dir / f"fer_{variant}_private.json").write_text(json.dumps(private_report, indent=2))
+            if variant == "int8":
+                plot_confusion(np.array(private_report["confusion_matrix"]), labels,
+                               out_dir / "confusion_int8_private.png", f"{run_dir.name} int8 PrivateTest")
         log.info(
-            "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f  PrivateTest %.4f",
+            "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f%s",
             variant, path.stat().st_size / 1024, keras_accuracy, tflite_accuracy, tflite_accuracy - keras_accuracy,
-            agreement, private_accuracy,
+            agreement, f"  PrivateTest {metrics['private_accuracy']:.4f}" if private is not None else "",
         )
         interpreter = make_interpreter(path)
         sidecar = ModelSidecar(
@@ -184,13 +190,7 @@ def convert_run(
             face_margin=FACE_MARGIN,
             macs=tflite_macs(path),
             params=int(run_info.get("params", 0)),
-            metrics={
-                "public_accuracy": round(tflite_accuracy, 4),
-                "private_accuracy": round(private_accuracy, 4),
-                "keras_public_accuracy": round(keras_accuracy, 4),
-                "keras_agreement": round(agreement, 4),
-                "private_macro_f1": private_report["macro_f1"],
-            },
+            metrics=metrics,
             source={"run": run_dir.name, "model": run_info.get("model"), "backend": run_info.get("backend"),
                     "config": run_info.get("config", str(run_dir / "config.yaml")), "tta": tta},
         )

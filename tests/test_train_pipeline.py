@@ -88,6 +88,7 @@ def test_conversion_parity_and_sidecar(tiny_run, fer2013_dir, tmp_path):
     assert sidecar.input.dtype == "uint8" and sidecar.input.shape == (1, 48, 48, 1)
     assert (sidecar.input.scale, sidecar.input.zero_point) == (1.0, 0)  # raw pixels, rescaling inside the model
     assert sidecar.metrics["public_accuracy"] == pytest.approx(results[-1].tflite_accuracy, abs=1e-4)
+    assert 0 < sidecar.metrics["private_accuracy"] <= 1 and (tmp_path / "tflite" / "fer_int8_private.json").is_file()
     # raw uint8 pixels in, scores out that sum to about one
     public = data.load_split(fer2013_dir, "public")
     scores = tflite_scores(shipped, public.x[:20])
@@ -124,3 +125,6 @@ def test_flip_tta_is_one_symmetric_model_of_twice_the_macs(tiny_run, fer2013_dir
     # averaging a face with its mirror image makes the model blind to the mirroring
     np.testing.assert_allclose(tflite_scores(tta.path, faces), tflite_scores(tta.path, faces[:, :, ::-1]), atol=0.02)
     assert read_sidecar(tta.path).source["tta"] == "flip"
+    # candidates converted for comparison (not shipped) are scored on PublicTest only
+    assert "private_accuracy" not in read_sidecar(tta.path).metrics
+    assert not list((tmp_path / "tta").glob("*private*"))
