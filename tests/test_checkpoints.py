@@ -22,9 +22,10 @@ def test_checkpoint_is_the_original_of_the_shipped_model(repo_root, fer2013_dir,
     assert np.mean(keras_top == int8_top) > 0.95
 
 
-def test_distillation_config_starts_from_the_checkpoints(repo_root):
+@pytest.mark.parametrize("config", ["train-distill.yaml", "train-fast-cpu.yaml"])
+def test_later_stages_start_from_the_checkpoints(repo_root, config):
     from train.config import load_config
 
-    cfg = load_config(repo_root / "configs" / "train-distill.yaml")
+    cfg = load_config(repo_root / "configs" / config)
     for path in (cfg.model.init, *(m.init for m in cfg.students.values()), *cfg.distill.teachers):
         assert (repo_root / path).is_file(), path
