@@ -9,7 +9,6 @@ Results go to bench/results-edge.md and the README between markers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -87,15 +86,16 @@ def fer_edge_loop(clip: Path, max_frames: int, overrides: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from bench.models import bench_parser, machine_description, on_one_core, publish
+
+    parser = bench_parser(__doc__)
     parser.add_argument("--clip", default=str(REPO / "assets" / "demo.mp4"))
     parser.add_argument(
         "--origin-model", help="Keras model of the origin loop (default: runs/seed, else its CNN untrained)"
     )
     parser.add_argument("--frames", type=int, default=10_000)
-    parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args(argv)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    on_one_core()
     clip = Path(args.clip)
     truth = face_frames(clip)
     origin_model = Path(args.origin_model) if args.origin_model else next(
@@ -116,7 +116,6 @@ def main(argv=None) -> int:
         hit = len(r["found"] & truth) / max(1, len(truth & set(range(r["frames"]))))
         speed = f"{r['fps'] / base:.1f}x"
         lines.append(f"| {name} | {r['frames']} | {r['fps']:.1f} | {speed} | {100 * hit:.1f}% |")
-    from bench.models import machine_description, publish
 
     machine = machine_description()
     text = ("\n".join(lines) + f"\n\nMeasured by `make bench-edge` on {time.strftime('%Y-%m-%d')} "

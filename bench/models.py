@@ -103,13 +103,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_parser(doc: str, models_help: str | None = None) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes; with ``models_help``, the models it scores and their data."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if models_help:
+        parser.add_argument("models", nargs="*", help=models_help)
+        parser.add_argument("--data", help="FER-2013 folder (default: $FER2013_DIR, then ../shared/fer2013)")
+    parser.add_argument("--no-readme", action="store_true", help="write the results files only, not the docs")
+    return parser
+
+
+def on_one_core() -> None:
+    """Run on one core from here on, as a Pi busy with its camera and encoder gives the model."""
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", help="default: models/*.tflite and runs/seed/tflite/fer_int8.tflite")
-    parser.add_argument("--data", help="FER-2013 folder (default: $FER2013_DIR, then ../shared/fer2013)")
-    parser.add_argument("--no-readme", action="store_true")
-    args = parser.parse_args(argv)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as on a busy Pi
+    args = bench_parser(__doc__, "default: models/*.tflite and runs/seed/tflite/fer_int8.tflite").parse_args(argv)
+    on_one_core()
     paths = [Path(p) for p in args.models] or [
         *sorted((REPO / "models").glob("*.tflite")),
         *(REPO / "runs" / "seed" / "tflite").glob("fer_int8.tflite"),  # the origin's CNN, when trained

@@ -8,8 +8,6 @@ training choices) and the model is read through its JSON labels as the device re
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.models import REPO, machine_description, predicted_classes, publish, shown_path
+from bench.models import REPO, bench_parser, machine_description, on_one_core, predicted_classes, publish, shown_path
 from train import data
 
 MARK_BEGIN, MARK_END = "<!-- bench:robustness:begin -->", "<!-- bench:robustness:end -->"
@@ -101,12 +99,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", help="default: models/*.tflite")
-    parser.add_argument("--data", help="FER-2013 folder (default: $FER2013_DIR, then ../shared/fer2013)")
-    parser.add_argument("--no-readme", action="store_true")
-    args = parser.parse_args(argv)
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    args = bench_parser(__doc__, "default: models/*.tflite").parse_args(argv)
+    on_one_core()
     paths = [Path(p) for p in args.models] or sorted((REPO / "models").glob("*.tflite"))
     public = data.load_split(data.resolve_data_dir(args.data), "public", REPO / "build" / "cache")
     results = {shown_path(path): robustness(path, public.x, public.y) for path in paths}
