@@ -74,13 +74,12 @@ def predicted_classes(model_path: Path, faces: np.ndarray) -> np.ndarray:
     return to_data_index[tflite_scores(model_path, faces).argmax(1)]
 
 
-def bench_model(model_path: Path, root: Path) -> dict:
+def bench_model(model_path: Path, splits: dict[str, data.Split]) -> dict:
     sidecar = read_sidecar(model_path)
     row = {"model": shown_path(model_path), "run": sidecar.source.get("run", "?"),
            "tta": sidecar.source.get("tta", "none"), "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
            "params_m": sidecar.params / 1e6, "size_kb": model_path.stat().st_size / 1024}
-    for split in ("public", "private"):
-        s = data.load_split(root, split, REPO / "build" / "cache")
+    for split, s in splits.items():
         metrics = split_metrics(s.y, predicted_classes(model_path, s.x), data.CLASS_NAMES)
         row[f"{split}_accuracy"] = metrics["accuracy"]
         row[f"{split}_macro_f1"] = metrics["macro_f1"]
@@ -126,7 +125,8 @@ def main(argv=None) -> int:
         *(REPO / "runs" / "seed" / "tflite").glob("fer_int8.tflite"),  # the origin's CNN, when trained
     ]
     root = data.resolve_data_dir(args.data)
-    rows = [bench_model(p, root) for p in paths]
+    splits = {split: data.load_split(root, split, REPO / "build" / "cache") for split in ("public", "private")}
+    rows = [bench_model(p, splits) for p in paths]
     machine = machine_description()
     text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
             f"accuracy from raw uint8 pixels read through each model's JSON labels.\n")

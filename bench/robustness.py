@@ -18,6 +18,7 @@ import numpy as np
 
 from bench.models import REPO, bench_parser, machine_description, on_one_core, predicted_classes, publish, shown_path
 from train import data
+from train.augment import add_noise, blur, jpeg, shrink
 
 MARK_BEGIN, MARK_END = "<!-- bench:robustness:begin -->", "<!-- bench:robustness:end -->"
 
@@ -35,20 +36,6 @@ def _affine(scale: float, dx: float) -> Callable[[np.ndarray], np.ndarray]:
     return _per_face(apply)
 
 
-def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    def apply(face):
-        ok, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
-    return _per_face(apply)
-
-
-def _noise(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
-    def apply(faces):
-        rng = np.random.default_rng(0)
-        return np.clip(faces + rng.normal(0, sigma, faces.shape), 0, 255).astype(np.uint8)
-    return apply
-
-
 def _levels(gain: float, gamma: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
     """Contrast ``gain`` around each face's mean, then a gamma curve (> 1 darkens)."""
     def apply(faces):
@@ -64,15 +51,11 @@ CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mirrored": lambda faces: faces[:, :, ::-1],
     "dim (gamma 2)": _levels(1.0, 2.0),
     "low contrast (x0.5)": _levels(0.5),
-    "blur (Gaussian, sigma 1 px)": _per_face(lambda f: cv2.GaussianBlur(f, (0, 0), 1.0)),
-    "sensor noise (sigma 10)": _noise(10.0),
-    "face 32 px wide, upscaled": _per_face(
-        lambda f: cv2.resize(cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA), (48, 48))
-    ),
-    "face 20 px wide, upscaled": _per_face(
-        lambda f: cv2.resize(cv2.resize(f, (20, 20), interpolation=cv2.INTER_AREA), (48, 48))
-    ),
-    "JPEG quality 20": _jpeg(20),
+    "blur (Gaussian, sigma 1 px)": _per_face(lambda face: blur(face, 1.0)),
+    "sensor noise (sigma 10)": lambda faces: add_noise(faces, 10.0, np.random.default_rng(0)),
+    "face 32 px wide, upscaled": _per_face(lambda face: shrink(face, 32)),
+    "face 20 px wide, upscaled": _per_face(lambda face: shrink(face, 20)),
+    "JPEG quality 20": _per_face(lambda face: jpeg(face, 20)),
     "box 10% off centre": _affine(1.0, 0.10),
     "box 15% too large": _affine(1 / 1.15, 0.0),
 }

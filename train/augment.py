@@ -73,19 +73,39 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
 
 def degrade(out: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> None:
     """Camera degradations, in place: blur, a small face, sensor noise, compression (in that order)."""
-    n, h, w = out.shape
+    n = len(out)
     blurred = np.flatnonzero(rng.random(n) < cfg.blur)
     for i, sigma in zip(blurred, rng.uniform(0.5, 1.5, len(blurred))):
-        cv2.GaussianBlur(out[i], (0, 0), float(sigma), dst=out[i])
+        out[i] = blur(out[i], float(sigma))
     small = np.flatnonzero(rng.random(n) < cfg.downscale)
     for i, side in zip(small, rng.integers(12, 33, len(small))):
-        tiny = cv2.resize(out[i], (int(side), int(side)), interpolation=cv2.INTER_AREA)
-        out[i] = cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[i] = shrink(out[i], int(side))
     noisy = np.flatnonzero(rng.random(n) < cfg.noise)
     if len(noisy):
-        sigma = rng.uniform(2.0, 12.0, (len(noisy), 1, 1))
-        out[noisy] = np.clip(out[noisy] + rng.normal(0.0, 1.0, (len(noisy), h, w)) * sigma, 0, 255).astype(np.uint8)
+        out[noisy] = add_noise(out[noisy], rng.uniform(2.0, 12.0, (len(noisy), 1, 1)), rng)
     compressed = np.flatnonzero(rng.random(n) < cfg.jpeg)
     for i, quality in zip(compressed, rng.integers(15, 61, len(compressed))):
-        _, encoded = cv2.imencode(".jpg", out[i], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-        out[i] = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+        out[i] = jpeg(out[i], int(quality))
+
+
+# The degradations one at a time, shared with bench/robustness.py, which measures what each costs.
+
+def blur(face: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(face, (0, 0), sigma)
+
+
+def shrink(face: np.ndarray, side: int) -> np.ndarray:
+    """The face as a camera sees it ``side`` pixels wide: area-averaged down, bilinear back up."""
+    h, w = face.shape
+    tiny = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(tiny, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def add_noise(faces: np.ndarray, sigma, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian sensor noise of standard deviation ``sigma`` (a number, or one per face)."""
+    return np.clip(faces + rng.normal(0.0, 1.0, faces.shape) * sigma, 0, 255).astype(np.uint8)
+
+
+def jpeg(face: np.ndarray, quality: int) -> np.ndarray:
+    _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)

@@ -115,7 +115,7 @@ class EpochLog(keras.callbacks.Callback):
         )
         log.info(
             "epoch %d/%d  acc train/PublicTest: %s  lr %.2e  %.0fs  ETA %s",
-            epoch + 1, self.plan.epochs, scores, float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            epoch + 1, self.plan.epochs, scores, _current_learning_rate(self.model),
             now - self.epoch_started, time.strftime("%H:%M:%S", time.gmtime(max(eta, 0))),
         )
 
@@ -127,6 +127,10 @@ def _metric(logs: dict, name: str, key: str) -> float:
         if candidate in logs:
             return float(logs[candidate])
     return float("nan")
+
+
+def _current_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class EpochPlan:
@@ -199,7 +203,7 @@ class RunHistories(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = _current_learning_rate(self.model)
         for name, run_dir in self.run_dirs.items():
             row = [epoch] + [_metric(logs, name, key) for key in self.FIELDS[1:-1]] + [lr]
             with open(run_dir / HISTORY, "a", newline="") as fh:
