@@ -254,16 +254,18 @@ class DistillationLoss(keras.losses.Loss):
         return {**super().get_config(), "temperature": self.temperature}
 
 
-def build_trainer(cfg: TrainConfig) -> tuple[keras.Model, dict[str, keras.Model]]:
+def build_trainer(cfg: TrainConfig, load_init: bool = True) -> tuple[keras.Model, dict[str, keras.Model]]:
     """Every model of the run in one graph, outputs named by run: ``<run>`` (scores) for each model
     and ``<run>_distill`` (its scores + the teacher's, gradient stopped) for each one that distils.
 
     The teacher is the main model, or, with ``distill.teachers``, the frozen mean of those models.
+    Each model starts from its ``init`` checkpoint unless ``load_init`` is false (a resume, whose
+    checkpoint replaces those weights anyway).
     """
     nets = {}
     for name, model_cfg in cfg.models.items():
         nets[name] = build_model(model_cfg.name, name=name, **model_cfg.params)
-        if model_cfg.init:
+        if model_cfg.init and load_init:
             nets[name].load_weights(model_cfg.init)
             log.info("%s starts from %s", name, model_cfg.init)
     inputs = keras.Input((data.IMAGE_SIZE, data.IMAGE_SIZE, 1), name="pixels")
@@ -401,7 +403,7 @@ def train(
     resuming = resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file()
     if resume and not resuming:
         log.warning("nothing to resume in %s; starting afresh", main_dir)
-    trainer, nets = build_trainer(cfg)
+    trainer, nets = build_trainer(cfg, load_init=not resuming)
     compile_trainer(trainer, cfg)
     first_epoch, best_so_far = 0, {}
     if resuming:
