@@ -7,8 +7,11 @@ CONFIG ?= configs/train-default.yaml
 # the runs `make convert` converts: the two shipped ones, unless RUN names another
 RUN ?=
 RUNS ?= $(or $(RUN),runs/default runs/fast)
-# where `make convert` ships a run's int8 model (scored on PrivateTest then, and only then); runs without
-# an entry stay in runs/<name>/tflite/. The shipped fast model is stage 2: make convert RUN=runs/fast-cpu/fast
+# the run whose int8 model `make convert` ships to each tier's file (scored on PrivateTest then, and only
+# then); any other run converts into runs/.../tflite/ as a candidate, scored on PublicTest only.
+# MODEL_CARD.md says which config trains each shipped run.
+SHIPPED_default := runs/default
+SHIPPED_fast := runs/fast-cpu/fast
 SHIP_default := models/fer_int8.tflite
 SHIP_fast := models/fer_fast_int8.tflite
 # test-time augmentation built into a converted model: none (a mirrored pass would double the cost
@@ -65,9 +68,9 @@ train: $(TRAIN_VENV)/.installed  ## train + evaluate CONFIG into runs/<name> (re
 train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
 	$(MAKE) train CONFIG=configs/train-seed.yaml
 
-convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against Keras; default and fast int8 ship to models/
+convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against Keras; the shipped runs' int8 go to models/
 	@set -e; for run in $(RUNS); do \
-	  case $${run%/} in runs/default) ship=$(SHIP_default);; runs/fast|runs/fast-cpu/fast) ship=$(SHIP_fast);; *) ship=;; esac; \
+	  case $${run%/} in $(SHIPPED_default)) ship=$(SHIP_default);; $(SHIPPED_fast)) ship=$(SHIP_fast);; *) ship=;; esac; \
 	  $(TRAIN_VENV)/bin/python -m convert --run $$run --ship-as "$$ship" --tta $(TTA); \
 	done
 

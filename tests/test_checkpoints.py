@@ -22,7 +22,9 @@ def test_checkpoint_is_the_original_of_the_shipped_model(repo_root, fer2013_dir,
     assert np.mean(keras_top == int8_top) > 0.95
 
 
-@pytest.mark.parametrize("config", ["train-distill.yaml", "train-fast-cpu.yaml", "train-fast-ensemble.yaml"])
+@pytest.mark.parametrize(
+    "config", ["train-distill.yaml", "train-fast-cpu.yaml", "train-fast-ensemble.yaml", "train-fast-wide.yaml"]
+)
 def test_later_stages_start_from_the_checkpoints(repo_root, config):
     from train.config import load_config
 

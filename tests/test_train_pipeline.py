@@ -113,6 +113,26 @@ def test_seed_architecture_is_available():
     assert count_macs(seed) > 0
 
 
+def test_separable_model_trains_and_converts_to_int8_at_its_counted_macs(fer2013_dir, tmp_path):
+    """sep_bn (depthwise + pointwise convolutions): the TFLite graph's MACs are the ones Keras
+    counts, and its int8 model agrees with Keras after a short real run."""
+    import keras
+
+    from convert.tflite import convert_run, tflite_macs
+    from train.fit import train
+    from train.models import count_macs
+
+    overrides = tiny_overrides(tmp_path / "runs", epochs=3)
+    overrides.update({"model.name": "sep_bn", "model.params": {"widths": [8, 16], "dense": 32, "dropout": 0.1,
+                                                               "bn_momentum": 0.8}})
+    run_dir = train(load_config(None, overrides))
+    model = keras.models.load_model(run_dir / "best.keras")
+    assert any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)
+    int8 = convert_run(run_dir, tmp_path / "tflite", ("int8",), fer2013_dir)[0]
+    assert tflite_macs(int8.path) == count_macs(model) == read_sidecar(int8.path).macs
+    assert int8.agreement > 0.9 and abs(int8.tflite_accuracy - int8.keras_accuracy) < 0.02, int8
+
+
 def test_flip_tta_is_one_symmetric_model_of_twice_the_macs(tiny_run, fer2013_dir, tmp_path):
     from convert.tflite import convert_run, tflite_macs, tflite_scores
 

@@ -69,7 +69,38 @@ def vgg_bn(
     return keras.Model(inputs, _scores(x), name=name)
 
 
-MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn}
+def sep_bn(
+    widths=(40, 80, 160, 320), convs_per_stage=2, dense=256, dropout=0.3, bn_momentum=0.99, name="sep_bn"
+) -> keras.Model:
+    """:func:`vgg_bn` with each 3x3 convolution split into a depthwise 3x3 and a pointwise 1x1
+    (MobileNet's separable convolution), after one full 3x3 stem on the single-channel input.
+
+    About a sixth of the MACs of :func:`vgg_bn` at the same widths: the fast tier's way to wider
+    layers within its budget.
+    """
+    inputs, x = _inputs()
+    x = layers.Conv2D(widths[0], 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for stage, width in enumerate(widths):
+        for i in range(convs_per_stage):
+            x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"s{stage}_dw{i}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"s{stage}_dw_bn{i}")(x)
+            x = layers.ReLU(name=f"s{stage}_dw_relu{i}")(x)
+            x = layers.Conv2D(width, 1, use_bias=False, name=f"s{stage}_pw{i}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"s{stage}_pw_bn{i}")(x)
+            x = layers.ReLU(name=f"s{stage}_pw_relu{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"s{stage}_pool")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(dense, use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=bn_momentum)(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(dropout)(x)
+    return keras.Model(inputs, _scores(x), name=name)
+
+
+MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn, "sep_bn": sep_bn}
 
 
 @keras.saving.register_keras_serializable(package="fer")
