@@ -247,3 +247,30 @@ def test_a_restored_checkpoint_keeps_weights_optimizer_state_and_decay_exclusion
     assert not restored.optimizer._use_weight_decay(norm.gamma)
     assert restored.optimizer._use_weight_decay(conv.kernel)
     assert keras.models.load_model(tmp_path / fit.LAST).optimizer._use_weight_decay(norm.gamma)
+
+
+def test_a_grown_model_starts_as_its_narrow_checkpoint_and_its_added_channels_can_learn(
+    repo_root, fer2013_dir, cache_dir, tmp_path
+):
+    """model.grow: the shipped fast model's checkpoint widened to 16-32-72-144 channels scores every
+    face as the checkpoint does; the added channels read the old ones and nothing reads them yet."""
+    import keras
+
+    from train.fit import build_trainer
+    from train.models import build_model, grow_from
+
+    init = repo_root / "checkpoints" / "fast.keras"
+    narrow = keras.models.load_model(init)
+    cfg = load_config(None, {"run_name": "fast", "output_dir": str(tmp_path), "model.params": {
+        "widths": [16, 32, 72, 144], "dense": 256, "dropout": 0.3}, "model.init": str(init), "model.grow": True})
+    _, nets = build_trainer(cfg)
+    wide = nets["fast"]
+    faces = data.load_split(fer2013_dir, "public", cache_dir).x[:64, ..., None].astype("float32")
+    np.testing.assert_allclose(wide.predict(faces, verbose=0), narrow.predict(faces, verbose=0), atol=1e-5)
+
+    added = wide.get_layer("s2_conv0").get_weights()[0][..., 64:]  # the stage's added output channels
+    assert np.abs(added).sum() > 0  # they read the old channels, so gradients reach them
+    reading_added = wide.get_layer("s2_conv1").get_weights()[0][:, :, 64:, :]
+    assert not reading_added.any()
+    with pytest.raises(ValueError, match="differ in their layers"):
+        grow_from(build_model("vgg_bn", widths=[16, 32, 72, 144], convs_per_stage=3), narrow)

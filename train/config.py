@@ -38,6 +38,9 @@ class ModelConfig:
     name: str = "vgg_bn"
     params: dict = field(default_factory=dict)
     init: str | None = None  # a trained model (best.keras) of the same architecture to start from
+    # init has the same layers with fewer channels: it fills each layer's leading channels and the
+    # added ones start without effect on the output (train.models.grow_from)
+    grow: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from keras import layers
 from train import data
 from train.augment import augment_batch
 from train.config import ModelConfig, TrainConfig, to_dict
-from train.models import MirrorImage, build_model, count_macs
+from train.models import MirrorImage, build_model, count_macs, grow_from
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,12 @@ def build_trainer(cfg: TrainConfig, load_init: bool = True) -> tuple[keras.Model
     for name, model_cfg in cfg.models.items():
         nets[name] = build_model(model_cfg.name, name=name, **model_cfg.params)
         if model_cfg.init and load_init:
-            nets[name].load_weights(model_cfg.init)
-            log.info("%s starts from %s", name, model_cfg.init)
+            if model_cfg.grow:
+                grow_from(nets[name], keras.models.load_model(model_cfg.init))
+                log.info("%s starts from %s, grown to its widths", name, model_cfg.init)
+            else:
+                nets[name].load_weights(model_cfg.init)
+                log.info("%s starts from %s", name, model_cfg.init)
     inputs = keras.Input((data.IMAGE_SIZE, data.IMAGE_SIZE, 1), name="pixels")
     outputs = {name: net(inputs) for name, net in nets.items()}
     if cfg.distill.teachers:

@@ -119,6 +119,43 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, scores, name=f"{model.name}_flip_tta")
 
 
+def grow_from(wide: keras.Model, narrow: keras.Model) -> None:
+    """Start ``wide`` from a trained ``narrow`` model of the same layers with fewer channels.
+
+    Each weight of ``narrow`` fills the leading slice of its counterpart; the weights that read an
+    added input channel are zeroed, so ``wide`` computes exactly what ``narrow`` did, while its added
+    channels (randomly initialized, as built) receive gradients from the first step: widening
+    without the symmetry that copying channels (Net2Net) would have to break.
+    """
+    if [type(layer) for layer in wide.layers] != [type(layer) for layer in narrow.layers]:
+        raise ValueError(f"{narrow.name} and {wide.name} differ in their layers, not only in their widths")
+    in_channels = 1  # channels of the current activation, narrow model
+    for wide_layer, narrow_layer in zip(wide.layers, narrow.layers):
+        old_weights, new_weights = narrow_layer.get_weights(), wide_layer.get_weights()
+        if not old_weights:
+            continue
+        grown = []
+        for old, new in zip(old_weights, new_weights):
+            new = new.copy()
+            if isinstance(wide_layer, layers.Dense) and old.ndim == 2 and old.shape[0] != new.shape[0]:
+                # the head after Flatten: rows are (row, column, channel) of the last feature map
+                spatial = old.shape[0] // in_channels
+                old = old.reshape(spatial, in_channels, old.shape[1])
+                new = new.reshape(spatial, new.shape[0] // spatial, new.shape[1])
+                new[:, in_channels:, :] = 0.0
+                new[:, :in_channels, : old.shape[2]] = old
+                new = new.reshape(-1, new.shape[2])
+            elif old.ndim >= 2 and not isinstance(wide_layer, layers.DepthwiseConv2D):  # (..., inputs, outputs)
+                new[..., old.shape[-2]:, :] = 0.0
+                new[tuple(slice(0, n) for n in old.shape)] = old
+            else:
+                new[: old.shape[0]] = old
+            grown.append(new)
+        wide_layer.set_weights(grown)
+        if isinstance(narrow_layer, (layers.Conv2D, layers.Dense)):  # (a DepthwiseConv2D keeps its channels)
+            in_channels = narrow_layer.get_weights()[0].shape[-1]
+
+
 def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one inference over conv and dense layers."""
     macs = 0
