@@ -272,5 +272,10 @@ def test_a_grown_model_starts_as_its_narrow_checkpoint_and_its_added_channels_ca
     assert np.abs(added).sum() > 0  # they read the old channels, so gradients reach them
     reading_added = wide.get_layer("s2_conv1").get_weights()[0][:, :, 64:, :]
     assert not reading_added.any()
+    # the separable design too (depthwise kernels read only their own channel)
+    narrow_sep = build_model("sep_bn", widths=[8, 16], dense=16)
+    wide_sep = build_model("sep_bn", widths=[12, 24], dense=32)
+    grow_from(wide_sep, narrow_sep)
+    np.testing.assert_allclose(wide_sep.predict(faces, verbose=0), narrow_sep.predict(faces, verbose=0), atol=1e-5)
     with pytest.raises(ValueError, match="differ in their layers"):
         grow_from(build_model("vgg_bn", widths=[16, 32, 72, 144], convs_per_stage=3), narrow)

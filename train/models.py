@@ -122,10 +122,11 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
 def grow_from(wide: keras.Model, narrow: keras.Model) -> None:
     """Start ``wide`` from a trained ``narrow`` model of the same layers with fewer channels.
 
-    Each weight of ``narrow`` fills the leading slice of its counterpart; the weights that read an
-    added input channel are zeroed, so ``wide`` computes exactly what ``narrow`` did, while its added
-    channels (randomly initialized, as built) receive gradients from the first step: widening
-    without the symmetry that copying channels (Net2Net) would have to break.
+    Each weight of ``narrow`` fills the leading slice of its counterpart; the kernel weights that
+    read an added input channel are zeroed (a depthwise kernel reads only its own channel), so
+    ``wide`` computes exactly what ``narrow`` did, while its added channels (randomly initialized,
+    as built) receive gradients from the first step: widening without the symmetry that copying
+    channels (Net2Net) would have to break.
     """
     if [type(layer) for layer in wide.layers] != [type(layer) for layer in narrow.layers]:
         raise ValueError(f"{narrow.name} and {wide.name} differ in their layers, not only in their widths")
@@ -145,11 +146,10 @@ def grow_from(wide: keras.Model, narrow: keras.Model) -> None:
                 new[:, in_channels:, :] = 0.0
                 new[:, :in_channels, : old.shape[2]] = old
                 new = new.reshape(-1, new.shape[2])
-            elif old.ndim >= 2 and not isinstance(wide_layer, layers.DepthwiseConv2D):  # (..., inputs, outputs)
-                new[..., old.shape[-2]:, :] = 0.0
-                new[tuple(slice(0, n) for n in old.shape)] = old
             else:
-                new[: old.shape[0]] = old
+                if old.ndim >= 2 and not isinstance(wide_layer, layers.DepthwiseConv2D):  # (..., inputs, outputs)
+                    new[..., old.shape[-2]:, :] = 0.0
+                new[tuple(slice(0, n) for n in old.shape)] = old
             grown.append(new)
         wide_layer.set_weights(grown)
         if isinstance(narrow_layer, (layers.Conv2D, layers.Dense)):  # (a DepthwiseConv2D keeps its channels)
