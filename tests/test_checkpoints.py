@@ -23,11 +23,17 @@ def test_checkpoint_is_the_original_of_the_shipped_model(repo_root, fer2013_dir,
 
 
 @pytest.mark.parametrize(
-    "config", ["train-distill.yaml", "train-fast-cpu.yaml", "train-fast-ensemble.yaml", "train-fast-wide.yaml"]
+    "config",
+    [
+        "train-distill.yaml", "train-fast-cpu.yaml", "train-fast-ensemble.yaml", "train-fast-grow.yaml",
+        "train-fast-wide.yaml",
+    ],
 )
 def test_later_stages_start_from_the_checkpoints(repo_root, config):
     from train.config import load_config
 
     cfg = load_config(repo_root / "configs" / config)
-    for path in (cfg.model.init, *(m.init for m in cfg.students.values()), *cfg.distill.teachers):
+    inits = [m.init for m in (cfg.model, *cfg.students.values()) if m.init]
+    assert inits or cfg.distill.teachers, f"{config} starts from no checkpoint"
+    for path in (*inits, *cfg.distill.teachers):
         assert (repo_root / path).is_file(), path
