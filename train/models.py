@@ -22,6 +22,17 @@ def _inputs():
     return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
 
 
+def _head(x, dense, dropout, bn_momentum):
+    """Feature map -> class scores: flatten, a BN-ReLU dense layer, dropout on both sides."""
+    x = layers.Flatten()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(dense, use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=bn_momentum)(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(dropout)(x)
+    return _scores(x)
+
+
 def _scores(x):
     # float32 even under a mixed-precision policy: softmax and the losses need the range.
     return layers.Dense(len(CLASS_NAMES), activation="softmax", dtype="float32", name="scores")(x)
@@ -60,13 +71,7 @@ def vgg_bn(
             x = layers.BatchNormalization(momentum=bn_momentum, name=f"s{stage}_bn{i}")(x)
             x = layers.ReLU(name=f"s{stage}_relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"s{stage}_pool")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(dense, use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=bn_momentum)(x)
-    x = layers.ReLU()(x)
-    x = layers.Dropout(dropout)(x)
-    return keras.Model(inputs, _scores(x), name=name)
+    return keras.Model(inputs, _head(x, dense, dropout, bn_momentum), name=name)
 
 
 def sep_bn(
@@ -91,13 +96,7 @@ def sep_bn(
             x = layers.BatchNormalization(momentum=bn_momentum, name=f"s{stage}_pw_bn{i}")(x)
             x = layers.ReLU(name=f"s{stage}_pw_relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"s{stage}_pool")(x)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(dense, use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=bn_momentum)(x)
-    x = layers.ReLU()(x)
-    x = layers.Dropout(dropout)(x)
-    return keras.Model(inputs, _scores(x), name=name)
+    return keras.Model(inputs, _head(x, dense, dropout, bn_momentum), name=name)
 
 
 MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn, "sep_bn": sep_bn}
@@ -153,7 +152,7 @@ def grow_from(wide: keras.Model, narrow: keras.Model) -> None:
             grown.append(new)
         wide_layer.set_weights(grown)
         if isinstance(narrow_layer, (layers.Conv2D, layers.Dense)):  # (a DepthwiseConv2D keeps its channels)
-            in_channels = narrow_layer.get_weights()[0].shape[-1]
+            in_channels = old_weights[0].shape[-1]
 
 
 def count_macs(model: keras.Model) -> int:
