@@ -4,7 +4,7 @@ PYTHON ?= python3
 TRAIN_VENV ?= .venv-train
 EDGE_VENV ?= .venv-edge
 CONFIG ?= configs/train-default.yaml
-# the runs `make convert` converts: the two shipped ones, unless RUN names another
+# the runs `make convert` converts: the default and fast runs the default CONFIG trains, unless RUN names another
 RUN ?=
 RUNS ?= $(or $(RUN),runs/default runs/fast)
 # the run whose int8 model `make convert` ships to each tier's file (scored on PrivateTest then, and only

@@ -136,20 +136,15 @@ def grow_from(wide: keras.Model, narrow: keras.Model) -> None:
             continue
         grown = []
         for old, new in zip(old_weights, new_weights):
-            new = new.copy()
-            if isinstance(wide_layer, layers.Dense) and old.ndim == 2 and old.shape[0] != new.shape[0]:
-                # the head after Flatten: rows are (row, column, channel) of the last feature map
+            shape, new = new.shape, new.copy()
+            if isinstance(wide_layer, layers.Dense) and old.ndim == 2:
+                # rows after Flatten are (row, column, channel) of the last feature map: (spatial, inputs, outputs)
                 spatial = old.shape[0] // in_channels
-                old = old.reshape(spatial, in_channels, old.shape[1])
-                new = new.reshape(spatial, new.shape[0] // spatial, new.shape[1])
-                new[:, in_channels:, :] = 0.0
-                new[:, :in_channels, : old.shape[2]] = old
-                new = new.reshape(-1, new.shape[2])
-            else:
-                if old.ndim >= 2 and not isinstance(wide_layer, layers.DepthwiseConv2D):  # (..., inputs, outputs)
-                    new[..., old.shape[-2]:, :] = 0.0
-                new[tuple(slice(0, n) for n in old.shape)] = old
-            grown.append(new)
+                old, new = old.reshape(spatial, in_channels, -1), new.reshape(spatial, shape[0] // spatial, -1)
+            if old.ndim >= 2 and not isinstance(wide_layer, layers.DepthwiseConv2D):  # (..., inputs, outputs)
+                new[..., old.shape[-2]:, :] = 0.0
+            new[tuple(slice(0, n) for n in old.shape)] = old
+            grown.append(new.reshape(shape))
         wide_layer.set_weights(grown)
         if isinstance(narrow_layer, (layers.Conv2D, layers.Dense)):  # (a DepthwiseConv2D keeps its channels)
             in_channels = old_weights[0].shape[-1]
