@@ -88,11 +88,30 @@ def test_conversion_parity_and_sidecar(tiny_run, fer2013_dir, tmp_path):
     assert sidecar.input.dtype == "uint8" and sidecar.input.shape == (1, 48, 48, 1)
     assert (sidecar.input.scale, sidecar.input.zero_point) == (1.0, 0)  # raw pixels, rescaling inside the model
     assert sidecar.metrics["public_accuracy"] == pytest.approx(results[-1].tflite_accuracy, abs=1e-4)
-    assert 0 < sidecar.metrics["private_accuracy"] <= 1 and (tmp_path / "tflite" / "fer_int8_private.json").is_file()
+    assert 0 < sidecar.metrics["private_accuracy"] <= 1
+    # PrivateTest is scored for the shipped int8 model only, not for the variants converted beside it
+    assert sorted(p.name for p in (tmp_path / "tflite").glob("*private*")) == [
+        "confusion_int8_private.png", "fer_int8_private.json"]
+    assert "private_accuracy" not in read_sidecar(tmp_path / "tflite" / "fer_float32.tflite").metrics
     # raw uint8 pixels in, scores out that sum to about one
     public = data.load_split(fer2013_dir, "public")
     scores = tflite_scores(shipped, public.x[:20])
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=0.03)
+
+
+def test_model_failing_int8_parity_is_neither_shipped_nor_scored_on_private(tiny_run, fer2013_dir, tmp_path,
+                                                                           monkeypatch):
+    import convert.tflite
+    from convert.tflite import ParityError, convert_run
+
+    run_dir, _ = tiny_run
+    monkeypatch.setattr(convert.tflite, "MAX_INT8_DROP", -1.0)  # any int8 model now fails parity
+    shipped = tmp_path / "models" / "fer_int8.tflite"
+    with pytest.raises(ParityError, match="int8 model loses"):
+        convert_run(run_dir, tmp_path / "tflite", ("int8",), fer2013_dir, ship_as=shipped)
+    assert not shipped.exists()
+    assert not list((tmp_path / "tflite").glob("*private*"))
+    assert "private_accuracy" not in read_sidecar(tmp_path / "tflite" / "fer_int8.tflite").metrics
 
 
 def test_config_rejects_unknown_keys_with_their_path(tmp_path):
