@@ -19,7 +19,7 @@ from fer_edge.pipeline import STAGES, ListSink, Pipeline
 from fer_edge.smoothing import LabelSmoother
 from fer_edge.sources import ListSource, VideoFileSource
 from fer_edge.tracking import IouTracker
-from fer_edge.types import Box, Face, Prediction
+from fer_edge.types import Box, Face, Frame, Prediction, SourceWaiting
 
 DEMO_FRAMES = 75  # frames 0-29 have no face, 30-74 one face (assets/demo.json)
 
@@ -121,6 +121,9 @@ def test_stop_from_another_thread(demo_images, detector, classifier):
 
             self.index += 1
             return Frame(demo_images[self.index % DEMO_FRAMES].copy(), self.index, self.index / 30)
+
+        def interrupt(self):
+            pass
 
         def close(self):
             pass
@@ -244,6 +247,47 @@ def test_privacy_runs_before_the_overlay_and_notifier_is_told(demo_images, detec
     assert notifier.calls.count("watchdog") >= 1 and notifier.calls[-1] == "stopping"
     status_lines = [r.getMessage() for r in caplog.records if "fps, frames" in r.getMessage()]
     assert status_lines and "ms/frame: read" in status_lines[0]
+
+
+def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(demo_images, detector, classifier,
+                                                                             monkeypatch):
+    """A lost USB camera is a state the loop handles (the source retries), not a hang: the watchdog
+    keeps being pinged and the status says what it waits for; frames count on when it is back."""
+    import fer_edge.pipeline
+
+    monkeypatch.setattr(fer_edge.pipeline, "WATCHDOG_INTERVAL_S", 0.0)
+
+    class CameraLostForAWhile:
+        def __init__(self):
+            self.reads = [Frame(demo_images[0], 0, 0.0)] + [SourceWaiting("camera 0 lost; next try in 4 s")] * 3
+            self.reads += [Frame(demo_images[1], 1, 1.0)]
+
+        def read(self):
+            return self.reads.pop(0) if self.reads else None
+
+        def interrupt(self):
+            pass
+
+        def close(self):
+            pass
+
+    class Notes:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *args: self.calls.append((name, *args))
+
+    notes, sink = Notes(), ListSink()
+    stats = Pipeline(CameraLostForAWhile(), detector, classifier, Annotator(), [sink], notifier=notes,
+                     status_interval_s=3600).run()
+    assert stats.frames == 2 and [frame.index for frame in sink.frames] == [0, 1]
+    names = [call[0] for call in notes.calls]
+    # frame 0; three waits (status once, then every interval); frame 1; the closing status line
+    assert names == ["ready", "watchdog", "watchdog", "status", "watchdog", "watchdog", "watchdog", "stopping",
+                     "status"]
+    assert notes.calls[3] == ("status", "waiting: camera 0 lost; next try in 4 s")
+    assert "fps, frames 2, faces" in notes.calls[-1][1]
 
 
 def test_no_frames_means_no_ready(detector, classifier):

@@ -14,6 +14,7 @@ import pytest
 from fer_edge.config import load_config
 from fer_edge.errors import SourceError
 from fer_edge.sources import (
+    WAIT_SLICE_S,
     ImageFolderSource,
     ListSource,
     OpenCvCaptureSource,
@@ -22,7 +23,7 @@ from fer_edge.sources import (
     resolve_kind,
     source_overrides,
 )
-from fer_edge.types import Frame
+from fer_edge.types import Frame, SourceWaiting
 
 FRAMES = 24
 
@@ -217,10 +218,25 @@ def test_lost_camera_is_reopened_with_exponential_back_off(monkeypatch):
     source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=1.0, reopen_max_s=3.0)
     assert source.size == (32, 24) and source.fps == 15.0
     source._interrupted = waits = RecordedWaits()
-    frames = [source.read() for _ in range(4)]
-    assert [f.index for f in frames] == [0, 1, 2, 3]  # 2 frames, camera lost, reopened on the 4th try, 2 more
+    reads = [source.read() for _ in range(7)]
+    # 2 frames, camera lost, reopened on the 4th try (the loop hears after each failed one), 2 more
+    assert [r.index if isinstance(r, Frame) else r.reason for r in reads] == [
+        0, 1, "camera 0 lost; next try in 2 s", "camera 0 lost; next try in 3 s", "camera 0 lost; next try in 3 s",
+        2, 3]
     assert waits.waits == [1.0, 2.0, 3.0, 3.0]
     assert ScriptedCapture.outcomes == []
+
+
+def test_a_long_back_off_hands_the_loop_a_waiting_note_every_few_seconds(monkeypatch):
+    """The loop pings the systemd watchdog between reads: no read may block for a whole 30 s back-off."""
+    monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
+    ScriptedCapture.outcomes = [True, False, True]
+    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=4.0, reopen_max_s=12.0)
+    source._interrupted = waits = RecordedWaits()
+    reads = [source.read() for _ in range(6)]
+    assert [r.index if isinstance(r, Frame) else r.reason for r in reads] == [
+        0, 1, "camera 0 lost; next try in 8 s", "camera 0 lost; next try in 3 s", 2, 3]
+    assert waits.waits == [4.0, WAIT_SLICE_S, 3.0]  # the 8 s back-off in two slices
 
 
 def test_interrupt_ends_the_wait_for_a_lost_camera(monkeypatch):
@@ -229,7 +245,8 @@ def test_interrupt_ends_the_wait_for_a_lost_camera(monkeypatch):
     source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=0.5, reopen_max_s=8.0)
     source._interrupted = RecordedWaits(interrupted_after=1)
     assert source.read() is not None and source.read() is not None
-    assert source.read() is None  # lost; one failed reopen; then stop() interrupted the back-off
+    assert isinstance(source.read(), SourceWaiting)  # lost; one failed reopen
+    assert source.read() is None  # then stop() interrupted the back-off
     source.close()
 
 

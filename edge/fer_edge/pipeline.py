@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fer_edge.types import Box, Face, Frame, Prediction
+from fer_edge.types import Box, Face, Frame, Prediction, SourceWaiting
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Pipeline:
         stats = RunStats()
         window = _StatusWindow(time.monotonic())
         last_boxes: list[tuple[int | None, Box]] = []
-        last_watchdog = float("-inf")
+        self._last_watchdog = float("-inf")
         started = time.perf_counter()
         try:
             while not self._stop.is_set() and (max_frames is None or stats.frames < max_frames):
@@ -165,6 +165,11 @@ class Pipeline:
                 t1 = time.perf_counter()
                 if frame is None:
                     break
+                if isinstance(frame, SourceWaiting):
+                    window = self._wait(frame, window)
+                    continue
+                if window.waiting is not None:  # the camera is back: status lines count from now
+                    window = _StatusWindow(time.monotonic())
                 gray = self.detector.prepare(frame.image)
                 if stats.frames % self.every_n_frames == 0:
                     boxes = self.detector.detect(gray)
@@ -191,9 +196,7 @@ class Pipeline:
                 if stats.frames == 1 and self.notifier is not None:
                     self.notifier.ready()
                 now = time.monotonic()
-                if self.notifier is not None and now - last_watchdog >= WATCHDOG_INTERVAL_S:
-                    self.notifier.watchdog()
-                    last_watchdog = now
+                self._ping_watchdog(now)
                 if now - window.start >= self.status_interval_s:
                     self._report(window.line(now, stats.frames))
                     window = _StatusWindow(now)
@@ -240,6 +243,21 @@ class Pipeline:
         for name, seconds in zip(STAGES, durations):
             stats.stage_seconds[name] += seconds
 
+    def _ping_watchdog(self, now: float) -> None:
+        if self.notifier is not None and now - self._last_watchdog >= WATCHDOG_INTERVAL_S:
+            self.notifier.watchdog()
+            self._last_watchdog = now
+
+    def _wait(self, waiting: SourceWaiting, window: _StatusWindow) -> _StatusWindow:
+        """The source waits for its camera: the loop is alive (watchdog), and says why no frames come."""
+        now = time.monotonic()
+        self._ping_watchdog(now)
+        if now - window.start >= self.status_interval_s or window.waiting is None:
+            self._report(f"waiting: {waiting.reason}")
+            window = _StatusWindow(now)
+        window.waiting = waiting.reason
+        return window
+
     def _report(self, line: str) -> None:
         log.info("%s", line)
         if self.notifier is not None:
@@ -266,6 +284,7 @@ class _StatusWindow:
 
     def __init__(self, start: float):
         self.start = start
+        self.waiting: str | None = None  # set while the source waits for its camera
         self.frames = 0
         self.faces = 0
         self.seconds = [0.0] * len(STAGES)

@@ -17,19 +17,21 @@ from typing import Protocol
 import numpy as np
 
 from fer_edge.errors import SourceError
-from fer_edge.types import Frame
+from fer_edge.types import Frame, SourceWaiting
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
 
 
 class FrameSource(Protocol):
     fps: float
     size: tuple[int, int]  # (width, height)
 
-    def read(self) -> Frame | None:
-        """The next frame; None at the end of the stream (or once interrupted)."""
+    def read(self) -> Frame | SourceWaiting | None:
+        """The next frame; None at the end of the stream (or once interrupted); a live source that
+        lost its camera returns :class:`SourceWaiting` between retries (every few seconds)."""
 
     def interrupt(self) -> None:
         """End the stream: the next read() returns None, and one waiting (for a lost camera, or
@@ -255,7 +257,8 @@ class ImageFolderSource:
 
 class OpenCvCaptureSource:
     """A USB camera (index) or stream (URL) through OpenCV. A camera that disappears is reopened with
-    exponential back-off; :meth:`interrupt` ends a wait so the service can stop."""
+    exponential back-off; while it waits, :meth:`read` returns a :class:`SourceWaiting` at least every
+    :data:`WAIT_SLICE_S`, so the loop stays alive for systemd; :meth:`interrupt` ends a wait."""
 
     def __init__(
         self,
@@ -277,6 +280,7 @@ class OpenCvCaptureSource:
         self.reopen_max_s = reopen_max_s
         self._interrupted = threading.Event()
         self._index = 0
+        self._delay = self._wait_left = 0.0  # back-off while the camera is lost
         self._capture = self._open()
         if self._capture is None:
             what = f"camera {self.device}" if isinstance(self.device, int) else f"stream {self.device}"
@@ -301,34 +305,43 @@ class OpenCvCaptureSource:
         capture.set(cv2.CAP_PROP_FPS, fps)
         return capture
 
-    def read(self) -> Frame | None:
+    def read(self) -> Frame | SourceWaiting | None:
         while not self._interrupted.is_set():
-            if self._capture is not None:
-                ok, image = self._capture.read()
-                if ok:
-                    if (image.shape[1], image.shape[0]) != self.size:
-                        image = self._cv2.resize(image, self.size, interpolation=self._cv2.INTER_AREA)
-                    index = self._index
-                    self._index += 1
-                    return Frame(image, index, time.monotonic())
-                log.warning("camera %s stopped delivering frames; reopening", self.device)
-                self._capture.release()
-                self._capture = None
-            self._capture = self._reopen()
-            if self._capture is None:  # interrupted while waiting
-                return None
+            if self._capture is None:
+                waiting = self._reopen_step()
+                if waiting is not None or self._capture is None:
+                    return waiting  # still waiting, or None: interrupted
+                continue
+            ok, image = self._capture.read()
+            if ok:
+                if (image.shape[1], image.shape[0]) != self.size:
+                    image = self._cv2.resize(image, self.size, interpolation=self._cv2.INTER_AREA)
+                index = self._index
+                self._index += 1
+                return Frame(image, index, time.monotonic())
+            log.warning("camera %s stopped delivering frames; reopening", self.device)
+            self._capture.release()
+            self._capture = None
+            self._delay = self._wait_left = self.reopen_initial_s
         return None
 
-    def _reopen(self):
-        delay = self.reopen_initial_s
-        while not self._interrupted.wait(delay):
-            capture = self._open()
-            if capture is not None:
-                log.info("camera %s reopened", self.device)
-                return capture
-            delay = min(delay * 2, self.reopen_max_s)
-            log.warning("camera %s still unavailable; next try in %.0f s", self.device, delay)
-        return None
+    def _reopen_step(self) -> SourceWaiting | None:
+        """Wait one slice of the back-off, then try to reopen; None once the camera is back (or on interrupt)."""
+        if self._wait_left > 0:
+            wait = min(self._wait_left, WAIT_SLICE_S)
+            if self._interrupted.wait(wait):
+                return None
+            self._wait_left -= wait
+            if self._wait_left > 0:
+                return SourceWaiting(f"camera {self.device} lost; next try in {self._wait_left:.0f} s")
+        capture = self._open()
+        if capture is not None:
+            log.info("camera %s reopened", self.device)
+            self._capture = capture
+            return None
+        self._delay = self._wait_left = min(self._delay * 2, self.reopen_max_s)
+        log.warning("camera %s still unavailable; next try in %.0f s", self.device, self._delay)
+        return SourceWaiting(f"camera {self.device} lost; next try in {self._delay:.0f} s")
 
     def interrupt(self) -> None:
         self._interrupted.set()

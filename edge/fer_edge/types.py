@@ -102,3 +102,12 @@ class Frame:
     image: np.ndarray
     index: int
     timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceWaiting:
+    """What a source's ``read()`` returns while it waits to reopen a lost camera: the loop keeps
+    control between retries (it can stop, ping the watchdog, post a status) instead of blocking for
+    the whole back-off."""
+
+    reason: str
