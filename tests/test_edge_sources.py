@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -269,3 +271,19 @@ def test_interrupt_ends_every_replay_source_even_while_it_paces_or_loops(small_v
             assert source.read() is None, kind
         assert source.read() is None, kind
         source.close()
+
+
+def test_an_undecodable_video_is_one_error_line_without_ffmpeg_chatter(tmp_path):
+    """FFmpeg writes "moov atom not found" to stderr itself; the user should see only our line."""
+    broken = tmp_path / "no-index.mp4"  # an MP4 header, then nothing FFmpeg can index
+    broken.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(4096))
+    probe = (
+        "from fer_edge.errors import SourceError\n"
+        "from fer_edge.sources import VideoFileSource\n"
+        "try:\n    VideoFileSource(__import__('sys').argv[1])\n"
+        "except SourceError as exc:\n    print(exc, file=__import__('sys').stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    result = subprocess.run([sys.executable, "-c", probe, str(broken)], capture_output=True, text=True, env=env,
+                            timeout=60)
+    assert result.stderr.splitlines() == [f"cannot open video file {broken} (not a video OpenCV can decode?)"]

@@ -86,7 +86,10 @@ def source_overrides(spec: str) -> dict:
 
 
 def _quiet_opencv(cv2) -> None:
-    # OpenCV prints its own warnings for a missing camera; we report one clear line instead.
+    # OpenCV and its FFmpeg print their own lines for a missing camera or an undecodable file ("moov atom
+    # not found"); we report one clear line instead. FFmpeg reads its level at the first capture
+    # (OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings its messages back for debugging).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:
@@ -146,6 +149,7 @@ class VideoFileSource:
     def __init__(self, path: str | os.PathLike, *, realtime: bool = False, loop: bool = False):
         import cv2
 
+        _quiet_opencv(cv2)
         self._cv2 = cv2
         self.path = Path(path)
         if not self.path.is_file():
@@ -283,7 +287,8 @@ class OpenCvCaptureSource:
         self._delay = self._wait_left = 0.0  # back-off while the camera is lost
         self._capture = self._open()
         if self._capture is None:
-            what = f"camera {self.device}" if isinstance(self.device, int) else f"stream {self.device}"
+            is_camera = isinstance(self.device, int) or str(self.device).startswith("/dev/")
+            what = f"camera {self.device}" if is_camera else f"stream {self.device}"
             raise SourceError(f"cannot open {what} (not connected, or in use by another process?)")
         self.size = (
             int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)) or width,
