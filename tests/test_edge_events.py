@@ -137,3 +137,63 @@ def test_a_full_disk_drops_lines_with_one_warning_and_never_raises(tmp_path, cap
     assert log.dropped_lines == 11
     assert caplog.text.count("dropping event lines") == 1
     log.close()
+
+
+MARKER_TMP = STEM_MARKER_NAME + ".tmp"
+
+
+@pytest.mark.parametrize("marker", [
+    b"\0" * 20,  # a power cut on FAT/exFAT: the size made it to disk, the data did not
+    b"\xff\xfe20261124-183000-0007",  # not UTF-8
+    b"20261124-183000-0007\0",
+    b"../../escaped",  # a path: must never move the events file out of the folder
+    b"sub/20261124-183000-0007",
+    b"..",
+    b"20261124-18",  # cut short: not a recording stem, which the disk guard would never delete
+], ids=["nul", "not-utf8", "trailing-nul", "dotdot", "separator", "parent", "truncated"])
+def test_a_garbage_marker_is_ignored_with_one_warning_and_no_event_is_lost(tmp_path, caplog, marker):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / CURRENT_NAME).write_text('{"t": 1795631400.5, "frame": 0, "faces": []}\n'
+                                       '{"t": 1795631400.6, "frame": 1, "faces": []}\n')
+    (folder / STEM_MARKER_NAME).write_bytes(marker)
+    with caplog.at_level(logging.WARNING):
+        recovered = recover_leftover_events(folder, fallback_stem=lambda t: f"from-{int(t)}")
+    assert recovered == folder / "from-1795631400.jsonl"  # the generated name, inside the folder
+    assert [e["frame"] for e in read_events(recovered)] == [0, 1]
+    assert sorted(os.listdir(folder)) == ["from-1795631400.jsonl"]  # marker removed, nothing else
+    assert sorted(os.listdir(tmp_path)) == ["recordings"]  # nothing escaped
+    assert len(caplog.records) == 1 and STEM_MARKER_NAME in caplog.text
+
+
+@pytest.mark.parametrize("t", ["1e300", "NaN", "-1e300"])
+def test_a_leftover_whose_first_time_is_garbage_is_named_from_its_mtime(tmp_path, t):
+    current = tmp_path / CURRENT_NAME
+    current.write_text(f'{{"t": {t}, "frame": 0, "faces": []}}\n')
+    os.utime(current, (1795631400, 1795631400))
+    recovered = recover_leftover_events(tmp_path, fallback_stem=lambda t: time.strftime("%Y%m%d", time.gmtime(t)))
+    assert recovered.name == time.strftime("%Y%m%d", time.gmtime(1795631400)) + ".jsonl"
+    assert recovered.read_text().startswith(f'{{"t": {t}')
+
+
+def test_a_failed_marker_write_leaves_no_temporary_file(tmp_path, caplog):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    (tmp_path / MARKER_TMP).symlink_to("/dev/full")  # writing the marker fails with ENOSPC
+    log = EventsLog(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        log.open("20261124-183000-0001")
+    assert "dropping event lines" in caplog.text
+    assert not os.path.lexists(tmp_path / MARKER_TMP)
+    assert not (tmp_path / STEM_MARKER_NAME).exists()
+
+
+@pytest.mark.parametrize("leftover_events", [True, False])
+def test_start_up_removes_a_stale_marker_temporary_file_and_only_that(tmp_path, leftover_events):
+    (tmp_path / MARKER_TMP).write_bytes(b"")  # a full disk or a power cut during the marker write
+    (tmp_path / "notes.tmp").write_text("not ours")
+    if leftover_events:
+        (tmp_path / CURRENT_NAME).write_text('{"t": 1795631400.5, "frame": 0, "faces": []}\n')
+    recover_leftover_events(tmp_path, fallback_stem=lambda t: "20261124-183000-0001")
+    expected = ["20261124-183000-0001.jsonl"] if leftover_events else []
+    assert sorted(os.listdir(tmp_path)) == sorted(expected + ["notes.tmp"])

@@ -19,14 +19,16 @@ from recorder_child import draw_frame, read_index
 from videos import decode_opencv, decode_pyav
 
 from fer_edge.diskspace import MB
-from fer_edge.events import read_events
+from fer_edge.events import STEM_MARKER_NAME, read_events
 from fer_edge.recording import (
     MAX_PRE_ROLL_BYTES,
+    RECENT_SEGMENTS,
     Recorder,
     RecordingError,
     count_video_frames,
     recover_partial_recordings,
 )
+from fer_edge.sources import VideoFileSource
 from fer_edge.types import Box, Face, Frame, Prediction
 
 CHILD = Path(__file__).with_name("recorder_child.py")
@@ -334,8 +336,8 @@ def test_close_is_idempotent_and_write_after_close_fails(tmp_path):
 
 
 def test_bad_arguments_are_reported(tmp_path):
-    with pytest.raises(RecordingError, match="even"):
-        Recorder(tmp_path, FPS, (321, 240))
+    with pytest.raises(RecordingError, match="at least 2x2"):
+        Recorder(tmp_path, FPS, (1, 240))
     with pytest.raises(RecordingError, match="positive"):
         Recorder(tmp_path, 0, (W, H))
     blocker = tmp_path / "file"
@@ -353,3 +355,110 @@ def test_timestamps_going_back_start_new_files(tmp_path):
     assert [recorded_indices([s]) for s in recorder.segments] == [list(range(45)), list(range(45, 90))]
     events_files = sorted(tmp_path.glob("*.jsonl"))
     assert [p.stem for p in events_files] == [s.stem for s in recorder.segments]
+
+
+def test_a_damaged_part_is_kept_byte_for_byte_as_broken(tmp_path, caplog):
+    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(180))
+    [video] = recorder.segments
+    damaged = b"\x7f\xff\xff\xff" + video.read_bytes()[4:]  # the first box's size overwritten
+    video.with_name(video.name + ".part").write_bytes(damaged)
+    video.unlink()
+    with caplog.at_level(logging.WARNING):
+        assert recover_partial_recordings(tmp_path) == []
+    assert names(tmp_path) == sorted([video.name + ".broken", video.stem + ".jsonl"])
+    assert video.with_name(video.name + ".broken").read_bytes() == damaged  # not one byte cut
+    assert "cannot be read" in caplog.text
+
+
+def test_a_part_that_is_not_an_mp4_is_kept_byte_for_byte_as_broken(tmp_path):
+    mkv = tmp_path / "20260101-000000-0001.mkv"
+    with av.open(str(mkv), "w", format="matroska") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(draw_frame(i, W, H), format="bgr24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = mkv.read_bytes()
+    assert count_video_frames(mkv) == 30  # a valid video, just not a fragmented MP4
+    part = mkv.with_name("20260101-000000-0001.mp4.part")
+    mkv.rename(part)
+    assert recover_partial_recordings(tmp_path) == []
+    assert names(tmp_path) == ["20260101-000000-0001.mp4.broken"]
+    assert (tmp_path / "20260101-000000-0001.mp4.broken").read_bytes() == data
+
+
+def test_a_part_with_a_torn_first_fragment_is_kept_rather_than_deleted(tmp_path):
+    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(100))
+    [video] = recorder.segments
+    data = video.read_bytes()
+    torn = data[: data.index(b"moof") + 100]  # headers, then the first fragment cut short: no complete frame
+    video.with_name(video.name + ".part").write_bytes(torn)
+    video.unlink()
+    assert recover_partial_recordings(tmp_path) == []
+    assert video.with_name(video.name + ".broken").read_bytes() == torn
+
+
+def test_a_garbage_events_marker_does_not_stop_the_start_and_no_event_is_lost(tmp_path, caplog):
+    (tmp_path / "events.jsonl").write_text('{"t":1,"frame":0,"faces":[]}\n')
+    (tmp_path / STEM_MARKER_NAME).write_bytes(b"\0" * 20)  # a power cut on FAT/exFAT
+    with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(5))
+    [video] = recorder.segments
+    [old] = [p for p in tmp_path.glob("*.jsonl") if p.stem != video.stem]
+    assert [e["frame"] for e in read_events(old)] == [0]  # the interrupted run's events, under their own name
+    assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(5))
+    assert recorded_indices([video]) == list(range(5))
+    assert len(caplog.records) == 1 and STEM_MARKER_NAME in caplog.text
+
+
+def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(tmp_path, monkeypatch, caplog):
+    def broken_recovery(*args):
+        raise ValueError("a bug in the recovery code")
+
+    monkeypatch.setattr("fer_edge.recording.recover_leftover_events", broken_recovery)
+    with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(5))
+    assert "a bug in the recovery code" in caplog.text
+    assert recorded_indices(recorder.segments) == list(range(5))
+
+
+def test_the_list_of_finished_segments_stays_bounded(tmp_path):
+    count = RECENT_SEGMENTS + 20
+    with Recorder(tmp_path, FPS, (64, 48), segment_seconds=1 / FPS, events=False) as recorder:
+        feed(recorder, range(count), width=64, height=48)  # one segment per frame
+    assert len(list(tmp_path.glob("*.mp4"))) == count  # every one was recorded
+    assert len(recorder._segments) == RECENT_SEGMENTS
+    assert recorder.segments == sorted(tmp_path.glob("*.mp4"))[-RECENT_SEGMENTS:]  # the newest, oldest first
+
+
+def test_odd_sized_frames_are_recorded_without_their_last_row_and_column(tmp_path, caplog):
+    width, height, frames = 641, 361, 45
+    clip = tmp_path / "odd.mkv"
+    with av.open(str(clip), "w", format="matroska") as container:  # lossless, so every pixel can be compared
+        stream = container.add_stream("ffv1", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "bgr0"
+        for i in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(draw_frame(i, width, height), format="bgr24")))
+        container.mux(stream.encode(None))
+    source = VideoFileSource(clip)
+    assert source.size == (width, height)
+    output = tmp_path / "recordings"
+    with caplog.at_level(logging.INFO, logger="fer_edge"), Recorder(output, source.fps, source.size) as recorder:
+        while (frame := source.read()) is not None:
+            recorder.write(frame, [a_face()])
+    source.close()
+    [video] = recorder.segments
+    with av.open(str(video)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.width, context.height) == (width - 1, height - 1)
+    by_pyav = decode_pyav(video)
+    assert len(by_pyav) == len(decode_opencv(video)) == frames
+    assert [read_index(f) for f in by_pyav] == list(range(frames))
+    for index, decoded in enumerate(by_pyav):  # cropped, not scaled: the pixels stay where they were
+        error = np.abs(decoded.astype(np.int16) - draw_frame(index, width, height)[:-1, :-1]).mean()
+        assert error < 6, (index, error)
+    assert len([r for r in caplog.records if "641x361" in r.getMessage()]) == 1
+    assert [e["frame"] for e in read_events(output / (video.stem + ".jsonl"))] == list(range(frames))

@@ -3,7 +3,9 @@
 ``events.jsonl`` in the output directory is always the file being written. Each line is flushed to the OS as it is
 written, so after a crash at most the last line is partial (``read_events`` skips it). On rotation the file is
 closed and renamed to ``<stem>.jsonl``, the stem of the video segment it belongs to. The stem of the open file is
-kept in ``.events.jsonl.stem`` so that a leftover ``events.jsonl`` can be given its proper name after a crash.
+kept in ``.events.jsonl.stem`` so that a leftover ``events.jsonl`` can be given its proper name after a crash; a
+marker that does not hold a recording stem (a power cut can leave NUL bytes) is ignored and the name made from the
+time of the first event instead.
 
 Line format::
 
@@ -16,19 +18,23 @@ Line format::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_edge.diskspace import fsync_directory
+from fer_edge.diskspace import FINISHED_RECORDING, fsync_directory
 from fer_edge.types import Face
 
 log = logging.getLogger(__name__)
 
 CURRENT_NAME = "events.jsonl"
 STEM_MARKER_NAME = ".events.jsonl.stem"
+MARKER_TMP_NAME = STEM_MARKER_NAME + ".tmp"
+MAX_MARKER_BYTES = 256  # a stem is 20 characters; anything longer is not one
 
 
 def face_record(face: Face) -> dict:
@@ -90,12 +96,21 @@ def _unique_path(path: Path) -> Path:
     return candidate
 
 
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     # no fsync: this runs on the frame loop, and a marker lost to power loss only costs the recovered file its name
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)  # a full disk must not leave a stray temporary file behind
+        raise
 
 
 class EventsLog:
@@ -195,28 +210,73 @@ def recover_leftover_events(directory: Path, fallback_stem) -> Path | None:
     """Give a leftover ``events.jsonl`` (from a crash) its ``<stem>.jsonl`` name; returns the new path.
 
     The stem comes from the marker file written when the events file was opened; ``fallback_stem(t)`` makes one from
-    the time of the first event when the marker is missing. A partial last line is cut off.
+    the time of the first event (else the file's mtime) when the marker is missing or does not hold a recording stem.
+    A partial last line is cut off. A stale temporary marker file is removed.
     """
     current = directory / CURRENT_NAME
     marker = directory / STEM_MARKER_NAME
+    _remove_stale_marker_tmp(directory / MARKER_TMP_NAME)
     if not current.exists():
         marker.unlink(missing_ok=True)
         return None
     _cut_partial_last_line(current)
-    stem = None
-    try:
-        stem = marker.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        pass
-    if stem is None:
-        first_t = next((e.get("t") for e in read_events(current) if isinstance(e.get("t"), (int, float))), None)
-        stem = fallback_stem(first_t if first_t is not None else current.stat().st_mtime)
+    stem = _read_marker(marker) or _fallback_stem(current, fallback_stem)
     target = _unique_path(directory / f"{stem}.jsonl")
     os.replace(current, target)
     marker.unlink(missing_ok=True)
     fsync_directory(directory)
     log.info("events: recovered %s from an interrupted run as %s", CURRENT_NAME, target.name)
     return target
+
+
+def _remove_stale_marker_tmp(tmp: Path) -> None:
+    if os.path.lexists(tmp):
+        _remove_quietly(tmp)
+        log.info("events: removed %s left by an interrupted marker write", tmp.name)
+
+
+def _read_marker(marker: Path) -> str | None:
+    """The stem in ``marker``; None when there is none or it is not a recording stem (then it is removed).
+
+    Only a stem is accepted: the marker is never used as a path, so it cannot move the events file anywhere.
+    """
+    if not os.path.lexists(marker):
+        return None
+    data = None
+    try:
+        if marker.is_file():  # not a FIFO, device or folder, which could block or be huge
+            with open(marker, "rb") as f:
+                data = f.read(MAX_MARKER_BYTES + 1)
+    except OSError as exc:
+        log.warning("events: cannot read %s (%s); naming the leftover events file from its first event",
+                    marker.name, exc)
+        return None
+    stem = _stem_or_none(data)
+    if stem is None:
+        log.warning("events: %s holds no recording stem (%s); ignored and removed, the leftover events file is "
+                    "named from its first event", marker.name, repr(data[:40]) if data is not None else "not a file")
+        _remove_quietly(marker)
+    return stem
+
+
+def _stem_or_none(data: bytes | None) -> str | None:
+    if data is None or len(data) > MAX_MARKER_BYTES:
+        return None
+    try:
+        stem = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return stem if FINISHED_RECORDING.fullmatch(stem + ".jsonl") else None
+
+
+def _fallback_stem(current: Path, fallback_stem) -> str:
+    first_t = next((e["t"] for e in read_events(current) if _plausible_time(e.get("t"))), None)
+    return fallback_stem(first_t if first_t is not None else current.stat().st_mtime)
+
+
+def _plausible_time(t) -> bool:
+    """A Unix time ``time.gmtime`` accepts (a corrupt line can hold 1e300 or NaN)."""
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 <= t < 1e11
 
 
 def _cut_partial_last_line(path: Path) -> None:

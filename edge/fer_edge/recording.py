@@ -9,7 +9,8 @@ thread fdatasyncs the open files every second for power loss.
 Files in ``output_dir``: ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
 ``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
 ``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically). Leftover ``.part`` files
-are repaired (a half-written last fragment is cut off) and renamed on start-up.
+are repaired (a half-written last fragment is cut off, only once what remains is known to decode) and renamed on
+start-up; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
 
 Video timing follows the frames' capture timestamps (variable frame rate), so a Pi that processes fewer frames per
 second than the camera delivers still records at true speed; ``fps`` sizes buffers, GOPs and fills gaps when
@@ -19,11 +20,13 @@ timestamps do not advance.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +38,8 @@ from fer_edge.errors import RecordingError  # raised for bad arguments, an unusa
 from fer_edge.events import EventsLog, recover_leftover_events
 from fer_edge.types import Face, Frame
 
-__all__ = ["Recorder", "RecordingError", "count_video_frames", "recover_partial_recordings", "repair_fragmented_mp4"]
+__all__ = ["Recorder", "RecordingError", "count_video_frames", "recover_partial_recordings", "repair_fragmented_mp4",
+           "scan_fragmented_mp4"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 all
 SYNC_INTERVAL_S = 1.0
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0
+RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
 
 
 def make_stem(directory: Path, wall_time: float, sequence: int) -> str:
@@ -60,15 +65,13 @@ def make_stem(directory: Path, wall_time: float, sequence: int) -> str:
 # ---------------------------------------------------------------- crash recovery
 
 
-def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
-    """Cut a half-written tail off a fragmented MP4 so that every remaining fragment is complete.
-
-    Walks the top-level boxes; the file is truncated after the last complete box, dropping a trailing ``moof`` whose
-    ``mdat`` never made it. Returns (complete fragments, bytes removed).
+def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
+    """Read-only walk over the top-level boxes of a fragmented MP4: (complete fragments, end of the complete boxes,
+    file size). Everything after that end is a half-written tail, including a trailing ``moof`` without its ``mdat``.
     """
     size = path.stat().st_size
     good_end = fragments = 0
-    with open(path, "r+b") as f:
+    with open(path, "rb") as f:
         offset = 0
         previous_type = b""
         while offset + 8 <= size:
@@ -90,23 +93,76 @@ def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
             if box_type == b"mdat" and previous_type == b"moof":
                 fragments += 1
             previous_type = box_type
-        if good_end < size:
-            f.truncate(good_end)
-            f.flush()
-            os.fsync(f.fileno())
+    return fragments, good_end, size
+
+
+def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
+    """Cut a half-written tail off a fragmented MP4 we just wrote, so that every remaining fragment is complete.
+
+    Returns (complete fragments, bytes removed). Start-up recovery of files from earlier runs does not use this: it
+    checks that the shortened file decodes before cutting anything (see ``recover_partial_recordings``).
+    """
+    fragments, good_end, size = scan_fragmented_mp4(path)
+    _truncate(path, good_end, size)
     return fragments, size - good_end
 
 
-def count_video_frames(path: Path, *, decode: bool = False) -> int:
+def _truncate(path: Path, end: int, size: int) -> None:
+    if end < size:
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class _FilePrefix(io.RawIOBase):
+    """The first ``end`` bytes of a file, read-only: the file as it will be once cut at ``end``, without cutting it."""
+
+    def __init__(self, path: Path, end: int):
+        super().__init__()
+        self._file = open(path, "rb")
+        self._end = end
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self._end - self._file.tell())
+        return self._file.readinto(memoryview(buffer)[:count]) if count > 0 else 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            offset, whence = self._end + offset, io.SEEK_SET
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def count_video_frames(path: Path, *, decode: bool = False, end: int | None = None) -> int:
     """Number of video frames in ``path``: packets demuxed (fast), or frames decoded when ``decode`` is True.
 
     In packet mode frames are decoded only until the first one comes out, so a file that counts is one a player
-    can open.
+    can open. ``end``: count in the first ``end`` bytes only, as if the file were cut there.
     """
     import av
 
+    if end is not None:
+        with _FilePrefix(path, end) as prefix:
+            return _count_frames(av.open(prefix, "r", format="mp4"), decode)
+    return _count_frames(av.open(str(path)), decode)
+
+
+def _count_frames(opened_container, decode: bool) -> int:
     packets = decoded = 0
-    with av.open(str(path)) as container:
+    with opened_container as container:
         if not container.streams.video:
             return 0
         stream = container.streams.video[0]
@@ -126,35 +182,49 @@ def count_video_frames(path: Path, *, decode: bool = False) -> int:
 def recover_partial_recordings(directory: Path) -> list[Path]:
     """Finish what a crash left: ``.part`` videos become ``.mp4`` if they hold frames, ``events.jsonl`` gets its stem.
 
-    A ``.part`` without a single complete fragment is deleted; one that cannot be decoded is renamed ``.mp4.broken``
-    (kept for inspection, deleted first when disk space runs low). Returns the recovered video paths.
+    A half-written last fragment is cut off only after the file without it is known to decode. A ``.part`` holding
+    nothing but headers is deleted; any other that cannot be decoded is renamed ``.mp4.broken`` with every byte
+    unchanged (kept for inspection, deleted by age like any recording when disk space runs low). Returns the
+    recovered video paths.
     """
-    recovered = []
-    parts = sorted(directory.glob("*" + PART_SUFFIX))
-    if parts:
-        import av
-    for part in parts:
-        target = part.with_name(part.name[: -len(".part")])
-        try:
-            _, cut = repair_fragmented_mp4(part)
-            frames = count_video_frames(part)
-        except (OSError, av.FFmpegError, ValueError) as exc:
-            log.warning("recording: %s from an interrupted run cannot be read (%s); kept as .mp4.broken",
-                        part.name, exc)
-            os.replace(part, target.with_name(target.name + ".broken"))
-            continue
-        if frames == 0:
-            log.warning("recording: %s from an interrupted run holds no complete frame; deleted", part.name)
-            part.unlink()
-            continue
-        os.replace(part, target)
-        recovered.append(target)
-        log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
-                 f", cut {cut} bytes of a partial fragment" if cut else "")
+    recovered = [video for part in sorted(directory.glob("*" + PART_SUFFIX)) if (video := _recover_part(part))]
     if recovered:
         fsync_directory(directory)
     recover_leftover_events(directory, lambda t: make_stem(directory, t, 0))
     return recovered
+
+
+def _recover_part(part: Path) -> Path | None:
+    import av
+
+    target = part.with_name(part.name[: -len(".part")])
+    try:
+        _, end, size = scan_fragmented_mp4(part)
+        if end == 0 and size > 0:
+            return _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
+        frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
+    except (OSError, av.FFmpegError, ValueError) as exc:
+        return _keep_broken(part, target, f"cannot be read ({exc})")
+    if frames == 0 and end < size:
+        return _keep_broken(part, target, "holds no complete frame, only a partial first fragment")
+    if frames == 0:
+        log.warning("recording: %s from an interrupted run holds no complete frame (only headers); deleted", part.name)
+        part.unlink()
+        return None
+    try:
+        _truncate(part, end, size)
+    except OSError as exc:
+        return _keep_broken(part, target, f"cannot be shortened to its complete fragments ({exc})")
+    os.replace(part, target)
+    log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
+             f", cut {size - end} bytes of a partial fragment" if end < size else "")
+    return target
+
+
+def _keep_broken(part: Path, target: Path, why: str) -> None:
+    broken = target.with_name(target.name + ".broken")
+    log.warning("recording: %s from an interrupted run %s; kept unchanged as %s", part.name, why, broken.name)
+    os.replace(part, broken)
 
 
 # ---------------------------------------------------------------- building blocks
@@ -186,20 +256,33 @@ class _FrameRing:
         self._next = 0
         self._width, self._height = width, height
         self._resized: np.ndarray | None = None
+        self._cropping = False
 
     def push(self, image: np.ndarray, timestamp: float) -> int:
         cv2 = self._cv2
-        if image.shape[0] != self._height or image.shape[1] != self._width:
-            if self._resized is None:
-                log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", image.shape[1],
-                            image.shape[0], self._width, self._height)
-                self._resized = np.empty((self._height, self._width, 3), np.uint8)
-            image = cv2.resize(image, (self._width, self._height), dst=self._resized)
         index = self._next
-        cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420, dst=self.slots[index])
+        cv2.cvtColor(self._fit(image), cv2.COLOR_BGR2YUV_I420, dst=self.slots[index])
         self.timestamps[index] = timestamp
         self._next = (index + 1) % self.capacity
         return index
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """``image`` at the ring's size: as is, without an odd last row/column (a view), or scaled."""
+        height, width = image.shape[:2]
+        if height == self._height and width == self._width:
+            return image
+        if height - height % 2 == self._height and width - width % 2 == self._width:
+            if not self._cropping:
+                self._cropping = True
+                log.info("recording: frames are %dx%d; recording %dx%d without the last %s (yuv420p video needs an "
+                         "even width and height)", width, height, self._width, self._height,
+                         "row and column" if height % 2 and width % 2 else "row" if height % 2 else "column")
+            return image[: self._height, : self._width]
+        if self._resized is None:
+            log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", width, height, self._width,
+                        self._height)
+            self._resized = np.empty((self._height, self._width, 3), np.uint8)
+        return self._cv2.resize(image, (self._width, self._height), dst=self._resized)
 
     def since(self, after: float, before_slot: int) -> list[int]:
         """Slots with a timestamp > ``after``, oldest first, excluding ``before_slot`` (the newest)."""
@@ -419,8 +502,8 @@ class Recorder:
             raise RecordingError("fps, segment_seconds and fragment_seconds must be positive")
         if pre_roll_s < 0 or post_roll_s < 0 or min_free_mb < 0:
             raise RecordingError("pre_roll_s, post_roll_s and min_free_mb must not be negative")
-        if record_video and (width <= 0 or height <= 0 or width % 2 or height % 2):
-            raise RecordingError(f"frame size {width}x{height}: yuv420p video needs a positive, even width and height")
+        if record_video and (width < 2 or height < 2):
+            raise RecordingError(f"frame size {width}x{height}: video needs at least 2x2 pixels")
         self.output_dir = Path(output_dir)
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -430,7 +513,7 @@ class Recorder:
             raise RecordingError(f"output directory {self.output_dir} is not writable")
 
         self.fps = float(fps)
-        self.width, self.height = width, height
+        self.width, self.height = width - width % 2, height - height % 2  # odd: the frames lose their last row/column
         self.segment_seconds = segment_seconds
         self.fragment_seconds = fragment_seconds
         self.crf = crf
@@ -445,8 +528,9 @@ class Recorder:
 
         try:
             recover_partial_recordings(self.output_dir)
-        except OSError as exc:  # never let an old crash's leftovers stop a new recording
-            log.warning("recording: could not recover leftovers in %s: %s", self.output_dir, exc)
+        except Exception as exc:  # noqa: BLE001 - never let an old crash's leftovers stop a new recording (boot loop)
+            log.warning("recording: could not recover leftovers in %s: %s: %s", self.output_dir, type(exc).__name__,
+                        exc)
 
         self.codec = codec
         self._av_error: type[Exception] = OSError
@@ -461,20 +545,20 @@ class Recorder:
         self._events_start_ts = 0.0
         self._sequence = 1
         self._segment: _VideoSegment | None = None
-        self._segments: list[Path] = []
+        self._segments: deque[Path] = deque(maxlen=RECENT_SEGMENTS)  # bounded: a service runs for months
         self._ring: _FrameRing | None = None
         if record_video:
             capacity = 3  # the encoder's input buffers
             if presence_triggered:
-                frame_bytes = width * height * 3 // 2
+                frame_bytes = self.width * self.height * 3 // 2
                 capacity = math.ceil(pre_roll_s * self.fps) + 2
                 if capacity * frame_bytes > MAX_PRE_ROLL_BYTES:
                     capacity = max(3, MAX_PRE_ROLL_BYTES // frame_bytes)
                     self.pre_roll_s = (capacity - 2) / self.fps
                     log.warning("recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
-                                "shortened to %.1f s", pre_roll_s, width, height, MAX_PRE_ROLL_BYTES // MB,
-                                self.pre_roll_s)
-            self._ring = _FrameRing(capacity, width, height)
+                                "shortened to %.1f s", pre_roll_s, self.width, self.height,
+                                MAX_PRE_ROLL_BYTES // MB, self.pre_roll_s)
+            self._ring = _FrameRing(capacity, self.width, self.height)
         self._last_face_ts = float("-inf")
         self._last_encoded_ts = float("-inf")
         self._previous_ts = float("-inf")
@@ -488,7 +572,8 @@ class Recorder:
 
     @property
     def segments(self) -> list[Path]:
-        """Finished segment files, oldest first (deleted ones for disk space are left out)."""
+        """The last ``RECENT_SEGMENTS`` finished segment files, oldest first (deleted ones for disk space are left
+        out). Only for inspection: the disk guard finds old recordings by listing the folder."""
         return [p for p in self._segments if p.exists()]
 
     @property
