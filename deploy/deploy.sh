@@ -6,8 +6,9 @@
 #   deploy/deploy.sh PI=pi@pi --model models/fer_float16.tflite -- --no-apt
 #
 # Copies edge/, requirements-edge.txt, deploy/, systemd/, docs/DEPLOY.md and the model with its JSON to
-# a staging folder on the Pi (tar over ssh: nothing but ssh needed on either side), runs
-# `sudo deploy/install.sh --restart` there, then prints `systemctl status` and the last journal lines.
+# a new folder inside the staging folder on the Pi (tar over ssh: nothing but ssh needed on either
+# side), runs `sudo deploy/install.sh --restart` there and removes that new folder (nothing else in the
+# staging folder is touched), then prints `systemctl status` and the last journal lines.
 # Arguments after `--` go to install.sh. deploy/deploy-model.sh is this script with --model-only.
 set -euo pipefail
 
@@ -28,7 +29,8 @@ usage: $0 [PI=]user@host [options] [-- install.sh options]
   --identity FILE       ssh private key
   --ssh-option OPT      extra ssh -o option, repeatable (e.g. StrictHostKeyChecking=accept-new)
   --model FILE          .tflite with its .json beside it (default: models/fer_int8.tflite)
-  --staging DIR         folder on the Pi for the upload (default: ~/$STAGING)
+  --staging DIR         folder on the Pi that receives the upload (default: ~/$STAGING): each deploy
+                        unpacks into a new folder inside it and removes only that one afterwards
   --model-only          upload only the model and swap it in (what deploy-model.sh does)
   --no-restart          leave the service running when nothing changed
 environment: PI=user@host, SSH (the ssh command, default ssh)
@@ -86,27 +88,33 @@ for path in "${payload[@]}"; do
     [ -e "$REPO/$path" ] || die "$path missing from $REPO"
 done
 
-# Remote commands start in the login folder; `stage` becomes the absolute staging folder.
-stage_cd="stage=$STAGING; case \$stage in /*) ;; *) stage=\$HOME/\$stage ;; esac"
+# Remote commands start in the login folder; `stage` becomes the absolute staging folder, `upload` the
+# new folder inside it that this deploy unpacks into. It is made with mkdir without -p, which fails when
+# it exists, so the only folder removed afterwards is one this deploy created: never a user's folder.
+UPLOAD_NAME="fer-edge-upload.$(date +%Y%m%d-%H%M%S).$$"
+stage_cd="stage=$STAGING; case \$stage in /*) ;; *) stage=\$HOME/\$stage ;; esac; upload=\$stage/$UPLOAD_NAME"
 # shellcheck disable=SC2016  # expanded by the remote shell
 as_root='if [ "$(id -u)" -eq 0 ]; then root=; else root=sudo; fi'
-install_cmd="\$root bash \"\$stage/deploy/install.sh\" --src \"\$stage\" --model \"\$stage/\"$(printf '%q' "$MODEL_NAME")"
+install_cmd="\$root bash \"\$upload/deploy/install.sh\" --src \"\$upload\" --model \"\$upload/\"$(printf '%q' "$MODEL_NAME")"
 [ "$MODEL_ONLY" = 0 ] || install_cmd+=" --model-only"
 [ "$RESTART" = 0 ] || install_cmd+=" --restart"
 for arg in ${INSTALL_ARGS[@]+"${INSTALL_ARGS[@]}"}; do
     install_cmd+=" $(printf '%q' "$arg")"
 done
 
-say "uploading to $TARGET:$STAGING: ${payload[*]} $MODEL_NAME"
+say "uploading to $TARGET:$STAGING/$UPLOAD_NAME: ${payload[*]} $MODEL_NAME"
 tar -czf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=edge/build -C "$REPO" "${payload[@]}" \
         -C "$MODEL_DIR" "$MODEL_NAME" "$(basename "$SIDECAR")" \
-    | remote "$TARGET" "$stage_cd; rm -rf \"\$stage\" && mkdir -p \"\$stage\" && tar -xzf - -C \"\$stage\""
+    | remote "$TARGET" "$stage_cd; mkdir -p \"\$stage\" && mkdir \"\$upload\" &&
+        { tar -xzf - -C \"\$upload\" || { rm -rf \"\$upload\"; exit 1; }; }" \
+    || die "upload to $TARGET:$STAGING/$UPLOAD_NAME failed"
 
 tty=()
 [ ! -t 0 ] || tty=(-t)  # sudo may ask for a password
 say "installing on $TARGET"
 status=0
-remote ${tty[@]+"${tty[@]}"} "$TARGET" "$stage_cd; $as_root; $install_cmd" || status=$?
+remote ${tty[@]+"${tty[@]}"} "$TARGET" "$stage_cd; $as_root; $install_cmd; status=\$?; rm -rf \"\$upload\"; exit \$status" \
+    || status=$?
 
 remote "$TARGET" "$as_root; \$root systemctl status fer-edge --no-pager --lines 0 || true;
     \$root journalctl -u fer-edge -n 20 --no-pager || true" || true

@@ -292,15 +292,24 @@ install_model() {
         CHANGED=1
         say "active model: $version (was ${current:-none})"
     fi
-    prune_models
 }
 
-prune_models() {  # keep the newest KEEP_MODELS versions, always the active one
-    local current dir kept=0
+# prune_models: keep KEEP_MODELS versions in all: always the active one and the one it replaced (the
+# rollback target, however old), then the newest of the others. Called only once the service runs
+# with the active one, so a failed start can always roll back.
+prune_models() {
+    local current dir kept=0 protected=" "
     current="$(readlink "$MODELS/current" 2>/dev/null || true)"
+    for dir in "$current" "$MODEL_SWITCHED_FROM"; do
+        if [ -n "$dir" ] && [ "$dir" != none ] && [ -d "$MODELS/$dir" ]; then
+            protected+="$dir "
+            kept=$((kept + 1))
+        fi
+    done
     while IFS= read -r dir; do
         dir="$(basename "$dir")"
-        if [ "$dir" = "$current" ] || [ "$kept" -lt "$KEEP_MODELS" ]; then
+        case "$protected" in *" $dir "*) continue ;; esac
+        if [ "$kept" -lt "$KEEP_MODELS" ]; then
             kept=$((kept + 1))
             continue
         fi
@@ -378,6 +387,7 @@ do_install() {
     unit_files
     check_config
     start_service
+    prune_models  # only now that the service runs with the new model
 }
 
 do_model_only() {
@@ -401,6 +411,7 @@ do_model_only() {
         systemctl restart "$SERVICE" || true
         die "$SERVICE did not start with the new model (journalctl -u $SERVICE): previous model restored"
     fi
+    prune_models  # only now that the service runs with the new model: the rollback target was kept
 }
 
 do_uninstall() {

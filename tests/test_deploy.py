@@ -82,6 +82,24 @@ NOT_FROM_APT = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "wheel"
                 "__editable__")
 
 
+def _stubbed_system(base: Path) -> tuple[dict[str, str], Path]:
+    """Logging stubs for the system commands (and a sudo that just runs its command) first on PATH, with
+    their own state: the environment of a fake Pi for install.sh and deploy.sh run without sshd."""
+    stubs, state = base / "stubs", base / "state"
+    stubs.mkdir(parents=True)
+    state.mkdir()
+    (stubs / "fake-pi-command").write_text(STUB)
+    (stubs / "fake-pi-command").chmod(0o755)
+    for name in STUBBED:
+        (stubs / name).symlink_to("fake-pi-command")
+    (stubs / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    (stubs / "sudo").chmod(0o755)
+    (state / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (state / "group").write_text("root:x:0:\nvideo:x:44:\n")
+    (state / "systemd-version").write_text("252\n")
+    return {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "FAKE_PI_STATE": str(state)}, state
+
+
 def _apt_install(*packages: str) -> str | None:
     """Install Debian packages (the test's own prerequisites); None when done, else why not."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -424,6 +442,96 @@ def test_deploy_model_restores_the_previous_model_when_the_service_fails(fake_pi
     assert [c for c in calls if c.startswith("systemctl restart")] == ["systemctl restart fer-edge"] * 2
 
 
+@dataclass
+class ModelOnlyPi:
+    """install.sh --model-only under --prefix without ssh or a venv: stubbed system commands, the config
+    template, and a stub `fer-edge` whose check-config passes (only the model swap is under test)."""
+    root: Path
+    state: Path
+    env: dict[str, str]
+
+    @property
+    def models(self) -> Path:
+        return self.root / "var/lib/fer-edge/models"
+
+    def install(self, model: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(INSTALL), "--prefix", str(self.root), "--model-only", "--model", str(model)],
+                              env=self.env, capture_output=True, text=True, timeout=60)
+
+    def install_aged(self, models: list[Path]) -> list[str]:
+        """Install each model in turn, then date their folders a minute apart, the first the oldest."""
+        versions = []
+        for model in models:
+            result = self.install(model)
+            assert result.returncode == 0, result.stderr
+            versions.append(_sha256(model)[:12])
+        now = time.time()
+        for age, version in enumerate(reversed(versions), start=1):
+            os.utime(self.models / version, (now - 60 * age, now - 60 * age))
+        return versions
+
+
+@pytest.fixture
+def model_only_pi(tmp_path):
+    env, state = _stubbed_system(tmp_path / "system")
+    root = tmp_path / "root"
+    fer_edge = root / "opt/fer-edge/venv/bin/fer-edge"
+    fer_edge.parent.mkdir(parents=True)
+    fer_edge.write_text("#!/bin/sh\nexit 0\n")
+    fer_edge.chmod(0o755)
+    (root / "etc/fer-edge").mkdir(parents=True)
+    shutil.copy(REPO / "deploy/config.yaml", root / "etc/fer-edge/config.yaml")
+    return ModelOnlyPi(root, state, env)
+
+
+def _small_models(folder: Path, names: str) -> list[Path]:
+    """Stand-in models with their sidecars: install.sh checks a model only against its sidecar's sha256."""
+    models = []
+    for name in names:
+        model = folder / f"model-{name}.tflite"
+        model.write_bytes(f"stand-in model {name}".encode())
+        model.with_suffix(".json").write_text(json.dumps({"sha256": _sha256(model)}))
+        models.append(model)
+    return models
+
+
+@pytest.mark.parametrize("back_to_a", ["by hand", "with deploy-model"])
+def test_a_failed_model_swap_rolls_back_to_a_model_that_is_still_there(model_only_pi, tmp_path, back_to_a):
+    """A, B, C installed, A made active again, D fails to start: the rollback target A was not pruned."""
+    pi = model_only_pi
+    a, b, c, d = _small_models(tmp_path, "abcd")
+    version_a = pi.install_aged([a, b, c])[0]
+    if back_to_a == "by hand":  # docs/DEPLOY.md's "roll back by hand", under the prefix
+        subprocess.run(["bash", "-c", f"ln -sfn {version_a} {pi.models}/.current.tmp && "
+                                      f"mv -T {pi.models}/.current.tmp {pi.models}/current"], check=True)
+    else:
+        assert pi.install(a).returncode == 0
+    assert (pi.models / "current").readlink() == Path(version_a)
+    (pi.state / "fail-next-start").touch()
+    result = pi.install(d)
+    assert result.returncode != 0
+    assert "previous model restored" in result.stderr
+    assert (pi.models / "current").readlink() == Path(version_a)
+    assert (pi.models / "current/model.tflite").read_bytes() == a.read_bytes()  # not a dangling link
+    assert "removed old model" not in result.stderr  # nothing is pruned before the new model runs
+
+
+def test_a_model_swap_prunes_after_the_restart_and_keeps_the_previous_model(model_only_pi, tmp_path):
+    pi = model_only_pi
+    a, b, c, d = _small_models(tmp_path, "abcd")
+    version_a, version_b, version_c = pi.install_aged([a, b, c])
+    (pi.models / "current").unlink()
+    (pi.models / "current").symlink_to(version_a)  # A active again: D's rollback target, however old
+    result = pi.install(d)
+    assert result.returncode == 0, result.stderr
+    version_d = _sha256(d)[:12]
+    kept = {p.name for p in pi.models.iterdir() if p.is_dir() and not p.is_symlink()}
+    assert kept == {version_d, version_a, version_c}  # three in all: the new, the previous, the newest other
+    assert (pi.models / "current").readlink() == Path(version_d)
+    assert f"removed old model {version_b}" in result.stderr
+    assert result.stderr.index("restarting fer-edge with the new model") < result.stderr.index("removed old model")
+
+
 @pytest.fixture(scope="module")
 def uninstalled(fake_pi, swapped_model):
     recording = fake_pi.root / "var/lib/fer-edge/recordings/2026-01-01/segment.mp4"
@@ -491,6 +599,37 @@ def test_deploy_to_an_unreachable_pi_fails_with_ssh_s_reason(tmp_path):
     assert result.returncode != 0
     assert "Connection refused" in result.stderr
     assert "done: fer-edge" not in result.stderr
+
+
+# ssh [options] TARGET COMMAND: runs COMMAND here, in the login folder $HOME, as ssh would on the Pi.
+FAKE_SSH = r"""#!/bin/bash
+cd "$HOME" && exec bash -c "${!#}"
+"""
+
+
+def test_deploy_never_deletes_what_is_in_the_staging_folder(tmp_path):
+    """--staging DIR (or ~/fer-edge-deploy) gets a new folder for the upload; only that one is removed."""
+    env, _ = _stubbed_system(tmp_path / "system")
+    home = tmp_path / "home"
+    photos = home / "photos"
+    photos.mkdir(parents=True)
+    (photos / "a.jpg").write_bytes(b"a photo")
+    earlier = home / "fer-edge-deploy"  # the default staging folder, with something of the user's in it
+    earlier.mkdir()
+    (earlier / "notes.txt").write_text("mine")
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    env = {**env, "HOME": str(home), "SSH": str(ssh)}
+    # --model-only uploads the least; install.sh --help (under a --prefix) only shows where it was run from.
+    install_args = ["--", "--prefix", str(tmp_path / "root"), "--help"]
+    for staging, folder, kept in ((["--staging", str(photos)], photos, "a.jpg"), ([], earlier, "notes.txt")):
+        result = subprocess.run([str(DEPLOY), "PI=pi@fake", *staging, "--model-only", *install_args], env=env,
+                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr
+        assert [p.name for p in folder.iterdir()] == [kept]  # the user's file kept, the upload folder removed
+        assert f"(default: {folder}/fer-edge-upload." in result.stdout  # install.sh ran from a new folder in it
+    assert (photos / "a.jpg").read_bytes() == b"a photo" and (earlier / "notes.txt").read_text() == "mine"
 
 
 def test_runtime_choice_follows_the_python(tmp_path):
