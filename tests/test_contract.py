@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -37,23 +38,76 @@ def test_roundtrip_and_checksum(tmp_path):
         read_sidecar(model)
 
 
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda d: d.pop("labels"), "malformed sidecar"),
-        (lambda d: d.update(labels=["a"] * 7), "distinct names"),
-        (lambda d: d.update(labels=d["labels"][:6]), "6 labels but the output has 7 classes"),
-        (lambda d: d.update(format="something-else/9"), "format"),
-    ],
-)
-def test_bad_sidecars_are_refused(tmp_path, edit, message):
+def shipped_copy(tmp_path, edit=None, text=None):
+    """The shipped model copied into tmp_path with its sidecar edited (its sha256 covers the .tflite only)."""
     model = tmp_path / SHIPPED.name
     shutil.copyfile(SHIPPED, model)
     raw = json.loads(SHIPPED.with_suffix(".json").read_text())
-    edit(raw)
-    model.with_suffix(".json").write_text(json.dumps(raw))
-    with pytest.raises(ContractError, match=message):
+    if edit is not None:
+        edit(raw)
+    model.with_suffix(".json").write_text(json.dumps(raw) if text is None else text)
+    return model
+
+
+def _set(key, value):
+    return lambda d: d.update({key: value})
+
+
+def _set_in(section, key, value):
+    return lambda d: d[section].update({key: value})
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("labels"), "malformed sidecar: labels: missing"),
+        (_set("labels", ["a"] * 7), "distinct names"),
+        (_set("labels", []), "labels: expected a non-empty list of distinct names, got []"),
+        (lambda d: d.update(labels=d["labels"][:6]), "6 labels but the output has 7 classes"),
+        (_set("format", "something-else/9"), "format"),
+        # Each of these was accepted, or crashed with a traceback, and then broke the run
+        (_set("labels", "abcdefg"), 'labels: expected a list of non-empty strings, got "abcdefg"'),
+        (_set("labels", ["a", "b", "c", "d", "e", "f", 7]), "labels: expected a list of non-empty strings"),
+        (_set("labels", ["a", "b", "c", "d", "e", "f", " "]), "labels: expected a list of non-empty strings"),
+        (_set_in("output", "shape", []), "output.shape: expected a list of 2 positive integers, got []"),
+        (_set_in("output", "shape", [1, 0]), "output.shape: expected a list of 2 positive integers, got [1, 0]"),
+        (_set_in("output", "shape", [1, 7.5]), "output.shape: expected a list of 2 positive integers"),
+        (_set_in("output", "shape", [7]), "output.shape: expected a list of 2 positive integers, got [7]"),
+        (_set_in("input", "shape", [48, 48]), "input.shape: expected a list of 4 positive integers, got [48, 48]"),
+        (_set_in("input", "shape", "48x48"), "input.shape: expected a list of 4 positive integers"),
+        (_set_in("input", "scale", -1), "input.scale: expected a number >= 0, got -1"),
+        (lambda d: d.pop("input"), "malformed sidecar: input: missing"),
+        (_set("output", [1, 7]), "output: expected a JSON object, got [1, 7]"),
+        (_set("face_margin", 0), "face_margin: expected a number in [0.25, 4], got 0"),
+        (_set("face_margin", -1), "face_margin: expected a number in [0.25, 4], got -1"),
+        (_set("face_margin", float("nan")), "face_margin: expected a number in [0.25, 4], got NaN"),
+        (_set("face_margin", 100), "face_margin: expected a number in [0.25, 4], got 100"),
+        (_set("face_margin", "1.04"), 'face_margin: expected a number in [0.25, 4], got "1.04"'),
+        (_set("face_margin", True), "face_margin: expected a number in [0.25, 4], got true"),
+        (_set("sha256", 12), "sha256: expected 64 lowercase hex digits, got 12"),
+        (_set("metrics", []), "metrics: expected a JSON object, got []"),
+    ],
+)
+def test_bad_sidecars_are_refused_naming_the_file_and_field(tmp_path, edit, message):
+    model = shipped_copy(tmp_path, edit)
+    with pytest.raises(ContractError, match=re.escape(message)) as caught:
         read_sidecar(model)
+    assert str(caught.value).startswith(f"{model.with_suffix('.json')}: ")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"x"', "7"])
+def test_a_sidecar_that_is_not_a_json_object_is_refused(tmp_path, text):
+    model = shipped_copy(tmp_path, text=text)
+    with pytest.raises(ContractError) as caught:
+        read_sidecar(model)
+    assert str(caught.value) == f"{model.with_suffix('.json')}: malformed sidecar: expected a JSON object, got {text}"
+
+
+@pytest.mark.parametrize("margin", [0.25, 1, 4])
+def test_face_margin_bounds_are_accepted(tmp_path, margin):
+    sidecar = read_sidecar(shipped_copy(tmp_path, _set("face_margin", margin)))
+    assert sidecar.face_margin == margin and isinstance(sidecar.face_margin, float)
 
 
 def test_missing_files_are_named(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,97 @@ def test_expected_failures_are_one_line(args, code, expected):
     lines = error_lines(result)
     assert len(lines) == 1 and lines[0].startswith(f"fer-edge: error: {expected}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def bad_sidecar_model(folder: Path, model_path: Path, text: str) -> Path:
+    """A copy of the shipped model with ``text`` as its sidecar (the sidecar's sha256 covers the .tflite only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / model_path.name
+    shutil.copyfile(model_path, model)
+    model.with_suffix(".json").write_text(text)
+    return model
+
+
+def edited_sidecar(model_path: Path, **changes) -> str:
+    raw = json.loads(model_path.with_suffix(".json").read_text())
+    raw.update(changes)
+    return json.dumps(raw)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected"),
+    [
+        (lambda m: "[]", "malformed sidecar: expected a JSON object, got []"),
+        (lambda m: edited_sidecar(m, face_margin=0), "malformed sidecar: face_margin: expected a number in [0.25, 4]"),
+        (lambda m: edited_sidecar(m, labels="abcdefg"), "malformed sidecar: labels: expected a list of non-empty"),
+        (lambda m: edited_sidecar(m, output={"shape": [], "dtype": "uint8"}), "malformed sidecar: output.shape:"),
+    ],
+)
+def test_a_bad_sidecar_stops_the_run_before_the_first_frame(demo_clip, model_path, tmp_path, sidecar, expected):
+    model = bad_sidecar_model(tmp_path / "bad", model_path, sidecar(model_path))
+    result = fer_edge("run", "--model", str(model), "--source", str(demo_clip), "--no-record")
+    assert result.returncode == 1
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(f"fer-edge: error: {model.with_suffix('.json')}: {expected}"), (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr and "processed" not in result.stderr
+
+
+# Configs that `run` refuses before it opens a camera; (config text, the error line's start). In the text,
+# {clip} is the demo clip, {tmp} a scratch folder, {bad_model} a model copy whose sidecar has face_margin 0.
+REFUSED_CONFIGS = {
+    "not UTF-8": (b"\xff\xfe\x00", "{tmp}/config.yaml: not UTF-8 text"),
+    "images without a path": ("source:\n  kind: images\n", "source.path: required for source kind images"),
+    "file without a path": ("source:\n  kind: file\n", "source.path: required for source kind file"),
+    "missing video file": ("source:\n  path: {tmp}/none.mp4\n", "video file not found: {tmp}/none.mp4"),
+    "empty image folder": ("source:\n  kind: images\n  path: {tmp}/empty\n", "no images in {tmp}/empty"),
+    "missing cascade": (
+        "source:\n  path: {clip}\ndetector:\n  cascade: /nonexistent.xml\n",
+        "Haar cascade not found (tried /nonexistent.xml)",
+    ),
+    "cascade not XML": (
+        "source:\n  path: {clip}\ndetector:\n  cascade: {tmp}/passwd\n",
+        "Haar cascade {tmp}/passwd could not be loaded (not a cascade XML file?)",
+    ),
+    "bad sidecar": (
+        "source:\n  path: {clip}\nmodel:\n  path: {bad_model}\n",
+        "{tmp}/bad/fer_int8.json: malformed sidecar: face_margin",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_CONFIGS))
+def test_check_config_refuses_what_run_refuses(case, demo_clip, model_path, tmp_path):
+    """check-config guards the service's (re)start: what `run` refuses without a camera, it refuses too,
+    with the same one line and exit status."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    bad_model = bad_sidecar_model(tmp_path / "bad", model_path, edited_sidecar(model_path, face_margin=0))
+    text, expected = REFUSED_CONFIGS[case]
+    values = {"clip": demo_clip, "tmp": tmp_path, "bad_model": bad_model}
+    config = tmp_path / "config.yaml"
+    config.write_bytes(text if isinstance(text, bytes) else text.format(**values).encode())
+    check = fer_edge("check-config", "--quiet", "--config", str(config))
+    run = fer_edge("run", "--config", str(config), "--no-record", "--max-frames", "1")
+    for result in (check, run):
+        assert "Traceback" not in result.stderr
+        lines = error_lines(result)
+        assert len(lines) == 1 and lines[0].startswith(f"fer-edge: error: {expected.format(**values)}"), result.stderr
+    assert check.returncode == run.returncode != 0
+    assert error_lines(check) == error_lines(run)
+
+
+def test_check_config_only_warns_about_a_model_not_installed_yet(tmp_path):
+    """deploy/install.sh --prefix checks a config before its model is there: a warning, exit 0; `run` refuses."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  path: {tmp_path}/none.tflite\n")
+    check = fer_edge("check-config", "--config", str(config))
+    assert check.returncode == 0, check.stderr
+    assert f"WARNING fer_edge: model not found: {tmp_path}/none.tflite" in check.stderr
+    assert not error_lines(check)
+    run = fer_edge("run", "--config", str(config), "--no-record", "--max-frames", "1")
+    assert run.returncode == 1 and error_lines(run) == [f"fer-edge: error: model not found: {tmp_path}/none.tflite"]
 
 
 def test_unwritable_output_is_a_recording_error(demo_clip, tmp_path):

@@ -6,13 +6,17 @@ import dataclasses
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
 from fer_edge import config as config_module
+from fer_edge.annotate import Annotator
+from fer_edge.classifier import ExpressionClassifier
 from fer_edge.cli import main
 from fer_edge.config import Config, load_config, model_candidates, resolve_model_path, to_dict, to_yaml
 from fer_edge.errors import ConfigError, ModelError
+from fer_edge.types import Box, Face
 
 
 def write(tmp_path, text: str):
@@ -84,6 +88,16 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("logging:\n  level: LOUD\n", "logging.level: expected one of DEBUG, INFO, WARNING, ERROR"),
         ("source: 5\n", "source: expected a mapping, got 5"),
         ("source:\n  reopen_initial_s: 10\n  reopen_max_s: 5\n", "source.reopen_max_s: expected a number >="),
+        # Upper bounds: each of these passed as "positive", then crashed the run (cv2.error, a segfault)
+        ("overlay:\n  thickness: 100000\n", "overlay.thickness: expected an integer 1-50, got 100000"),
+        ("overlay:\n  thickness: 51\n", "overlay.thickness: expected an integer 1-50, got 51"),
+        ("overlay:\n  thickness: 0\n", "overlay.thickness: expected an integer 1-50, got 0"),
+        ("overlay:\n  font_scale: 1.0e+9\n", "overlay.font_scale: expected a number in (0, 10], got 1000000000.0"),
+        ("overlay:\n  font_scale: 10.5\n", "overlay.font_scale: expected a number in (0, 10], got 10.5"),
+        ("overlay:\n  font_scale: 0\n", "overlay.font_scale: expected a number in (0, 10], got 0"),
+        ("model:\n  threads: 100000\n", "model.threads: expected an integer 1-64, got 100000"),
+        ("model:\n  threads: 65\n", "model.threads: expected an integer 1-64, got 65"),
+        ("model:\n  threads: 0\n", "model.threads: expected an integer 1-64, got 0"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key_path(tmp_path, text, message):
@@ -96,6 +110,19 @@ def test_bad_values_are_rejected_naming_the_key_path(tmp_path, text, message):
 def test_boundary_values_are_accepted(tmp_path):
     cfg = load_config(write(tmp_path, "smoothing:\n  alpha: 1\n  hysteresis: 0\ntracking:\n  max_missed: 0\n"))
     assert cfg.smoothing.alpha == 1.0 and cfg.smoothing.hysteresis == 0.0 and cfg.tracking.max_missed == 0
+
+
+def test_the_largest_accepted_overlay_and_thread_values_work(tmp_path, model_path):
+    """The upper bounds are usable: the annotator draws with them and the interpreter runs with 64 threads."""
+    cfg = load_config(write(tmp_path, "overlay:\n  thickness: 50\n  font_scale: 10\nmodel:\n  threads: 64\n"))
+    assert (cfg.overlay.thickness, cfg.overlay.font_scale, cfg.model.threads) == (50, 10.0, 64)
+    classifier = ExpressionClassifier(model_path, threads=cfg.model.threads)
+    gray = np.full((360, 640), 128, np.uint8)
+    prediction = classifier.classify(gray, Box(300, 100, 120, 120))
+    image = np.zeros((360, 640, 3), np.uint8)
+    for box in (Box(300, 100, 120, 120), Box(0, 0, 40, 40), Box(600, 320, 40, 40)):  # middle, corners
+        Annotator.from_config(cfg.overlay).draw(image, [Face(box, prediction, track_id=7)])
+    assert image.any()
 
 
 def test_unquoted_off_means_off(tmp_path):
@@ -115,6 +142,13 @@ def test_unreadable_and_invalid_files(tmp_path):
         load_config(write(tmp_path, "source: [unclosed\n"))
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_config(write(tmp_path, "- a\n- b\n"))
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError) as caught:
+        load_config(not_utf8)
+    assert str(caught.value) == f"{not_utf8}: not UTF-8 text (invalid start byte at byte 0)"
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(write(tmp_path, "source: " + "[" * 5000 + "\n"))
     assert load_config(write(tmp_path, "")) == Config()
     assert load_config(write(tmp_path, "source:\nmodel:\n"), {"source.fps": 12}).source.fps == 12.0
 

@@ -9,16 +9,18 @@ import sys
 from typing import TYPE_CHECKING
 
 from fer_edge.contract import ContractError, read_sidecar
-from fer_edge.errors import ConfigError, FerEdgeError
+from fer_edge.errors import ConfigError, FerEdgeError, ModelError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fer_edge.config import Config
 
 log = logging.getLogger("fer_edge")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n")[0].strip("`: "))
+    parser = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n")[0].replace("`", ""))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -29,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--realtime", action="store_true", help="pace a file at its native frame rate")
     run.add_argument("--no-record", action="store_true", help="write no video and no events")
 
-    check = commands.add_parser("check-config", help="validate a config and print it resolved, as YAML")
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config and what `run` needs before the camera (model sidecar, Haar cascade, file "
+        "source); print the config resolved, as YAML",
+    )
     check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
     check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -86,12 +92,45 @@ def load(args, **extra) -> Config:
     return cfg
 
 
+def preflight(cfg: Config, *, model_optional: bool = False) -> Path | None:
+    """Everything ``run`` refuses at start-up that can be checked without opening a camera, in the order
+    ``run`` builds its stages: the model's sidecar (and checksum), the Haar cascade (found and loaded, a few
+    ms), and a video file or image folder source (opened and closed again). ``run``, ``bench`` and
+    ``check-config`` all call this, so the installer's check-config guard cannot drift from what ``run``
+    needs. A camera (picamera2, OpenCV capture) is never opened here: it may be in use by the service.
+
+    ``model_optional`` (check-config): a model that is not there yet is only a warning, so a config can be
+    checked before its model is installed (deploy/install.sh --prefix does that); a model that is there
+    must be sound. Returns the model path, or None where it was allowed to be missing.
+    """
+    from fer_edge.app import build_detector
+    from fer_edge.config import resolve_model_path
+    from fer_edge.sources import open_source, resolve_kind
+
+    try:
+        model = resolve_model_path(cfg.model.path)
+        if model_optional and not model.is_file():
+            raise ModelError(f"model not found: {model}")
+    except ModelError as exc:
+        if not model_optional:
+            raise
+        log.warning("%s", exc)
+        model = None
+    else:
+        read_sidecar(model)  # ContractError: missing sidecar, malformed field, checksum
+    build_detector(cfg)
+    if resolve_kind(cfg.source) in ("file", "images"):
+        open_source(cfg.source).close()
+    return model
+
+
 def cmd_run(args) -> int:
     from fer_edge import app
 
     if args.max_frames is not None and args.max_frames <= 0:
         raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
     cfg = load(args)
+    preflight(cfg)
     stats = app.run(cfg, args.max_frames)
     sys.stdout.write(run_summary(stats, cfg))
     return 0
@@ -113,17 +152,11 @@ def run_summary(stats, cfg) -> str:
 def cmd_check_config(args) -> int:
     import dataclasses
 
-    from fer_edge.config import resolve_model_path, to_yaml
+    from fer_edge.config import to_yaml
 
     cfg = load(args)
-    # The model is checked by `run` itself: here only a warning, so a config can be validated
-    # before its model is installed (deploy/install.sh does that with --prefix).
-    try:
-        model = resolve_model_path(cfg.model.path)
-        read_sidecar(model)
-    except (FerEdgeError, ContractError) as exc:
-        log.warning("%s", exc)
-    else:
+    model = preflight(cfg, model_optional=True)
+    if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
         sys.stdout.write(to_yaml(cfg))
@@ -136,6 +169,7 @@ def cmd_bench(args) -> int:
     if args.frames <= 0:
         raise ConfigError(f"--frames: expected a positive integer, got {args.frames}")
     cfg = load(args, **{"model.threads": 1})
+    preflight(cfg)
     result = bench.run_bench(cfg, args.frames)
     sys.stdout.write(bench.format_json(result) if args.json else bench.format_table(result))
     return 0

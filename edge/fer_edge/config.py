@@ -45,6 +45,20 @@ def _above_one(value) -> str | None:
     return None if value > 1 else "expected a number > 1"
 
 
+def _positive_up_to(limit: float):
+    def check(value) -> str | None:
+        return None if 0 < value <= limit else f"expected a number in (0, {limit:g}]"
+
+    return check
+
+
+def _int_range(low: int, high: int):
+    def check(value) -> str | None:
+        return None if low <= value <= high else f"expected an integer {low}-{high}"
+
+    return check
+
+
 def _colour(value) -> str | None:
     return None if all(0 <= c <= 255 for c in value) else "expected three integers 0-255 (B, G, R)"
 
@@ -61,6 +75,13 @@ def _opt(default, check=None):
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata={"check": check} if check else {})
+
+
+# Upper bounds for values that pass as "positive" but break the run later. Fixed numbers, not
+# os.cpu_count(): a config must mean the same on the workstation that checks it and on the Pi.
+MAX_THREADS = 64  # TFLite interpreter threads: 16x a Pi's 4 cores; 100000 segfaults the runtime
+MAX_THICKNESS = 50  # overlay line width in pixels (OpenCV asserts above 32767; 50 already hides a face)
+MAX_FONT_SCALE = 10.0  # ~220 px text; far larger overflows OpenCV's text size into a cv2.error
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -83,7 +104,7 @@ class SourceConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     path: str | None = None  # null: $FER_EDGE_MODEL, then the shipped model (see resolve_model_path)
-    threads: int = _opt(1, _positive)
+    threads: int = _opt(1, _int_range(1, MAX_THREADS))
 
 
 @dataclass(frozen=True)
@@ -102,8 +123,8 @@ class OverlayConfig:
     show_score: bool = True
     box_color: tuple[int, int, int] = _opt((0, 255, 0), _colour)  # BGR
     text_color: tuple[int, int, int] = _opt((0, 0, 0), _colour)  # BGR
-    font_scale: float = _opt(0.6, _positive)
-    thickness: int = _opt(2, _positive)
+    font_scale: float = _opt(0.6, _positive_up_to(MAX_FONT_SCALE))
+    thickness: int = _opt(2, _int_range(1, MAX_THICKNESS))
 
 
 @dataclass(frozen=True)
@@ -185,11 +206,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     raw: dict = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text())
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FORMAT = "fer-edge-model/1"
+INPUT_RANK = 4  # [1, H, W, 1]: one grayscale face crop
+OUTPUT_RANK = 2  # [1, classes]
+# Crop side / detector box side. convert/ measures 1.04 for the Haar cascade on FER-2013; outside
+# [0.25, 4] the crop is not a face crop any more, and near 0 it rounds to an empty crop at run time.
+FACE_MARGIN_RANGE = (0.25, 4.0)
+FACE_MARGIN_PROBLEM = f"expected a number in [{FACE_MARGIN_RANGE[0]}, {FACE_MARGIN_RANGE[1]:g}]"
 
 
 class ContractError(Exception):
@@ -68,42 +76,40 @@ def write_sidecar(model_path: str | os.PathLike, sidecar: ModelSidecar) -> Path:
 
 
 def read_sidecar(model_path: str | os.PathLike, verify_checksum: bool = True) -> ModelSidecar:
-    """Read and validate the sidecar of ``model_path``; raise :class:`ContractError` with one clear line."""
+    """Read and validate the sidecar of ``model_path``; raise :class:`ContractError` with one clear line.
+
+    Every field is checked here, at load, so that a bad sidecar stops the device before its first frame
+    instead of crashing it when the first face appears; errors name the sidecar and the field."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ContractError(f"model not found: {model_path}")
     path = sidecar_path(model_path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ContractError(f"model sidecar not found: {path} (every .tflite needs its .json from convert/)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
         raise ContractError(f"model sidecar {path} is unreadable: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ContractError(f"{path}: malformed sidecar: expected a JSON object, got {_shown(raw)}")
+    if raw.get("format") != FORMAT:
+        raise ContractError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
     try:
-        if raw.get("format") != FORMAT:
-            raise ContractError(f"{path}: format {raw.get('format')!r}, expected {FORMAT!r}")
+        output = _spec(raw, "output", OUTPUT_RANK)
         sidecar = ModelSidecar(
-            labels=tuple(str(x) for x in raw["labels"]),
-            input=_spec(raw["input"]),
-            output=_spec(raw["output"]),
-            sha256=str(raw["sha256"]),
-            variant=str(raw.get("variant", "int8")),
-            face_margin=float(raw.get("face_margin", 1.0)),
-            macs=int(raw.get("macs", 0)),
-            params=int(raw.get("params", 0)),
-            metrics=dict(raw.get("metrics", {})),
-            source=dict(raw.get("source", {})),
+            labels=_labels(raw, classes=output.shape[-1]),
+            input=_spec(raw, "input", INPUT_RANK),
+            output=output,
+            sha256=_field(raw, "sha256", _is_sha256, "expected 64 lowercase hex digits"),
+            variant=_field(raw, "variant", _is_name, "expected a non-empty string", "int8"),
+            face_margin=float(_field(raw, "face_margin", _is_face_margin, FACE_MARGIN_PROBLEM, 1.0)),
+            macs=_field(raw, "macs", _is_count, "expected an integer >= 0", 0),
+            params=_field(raw, "params", _is_count, "expected an integer >= 0", 0),
+            metrics=dict(_field(raw, "metrics", _is_object, "expected a JSON object", {})),
+            source=dict(_field(raw, "source", _is_object, "expected a JSON object", {})),
         )
-    except ContractError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ContractError(f"{path}: malformed sidecar ({type(exc).__name__}: {exc})") from None
-    if not sidecar.labels or len(set(sidecar.labels)) != len(sidecar.labels):
-        raise ContractError(f"{path}: labels must be a non-empty list of distinct names")
-    if sidecar.output.shape[-1] != len(sidecar.labels):
-        raise ContractError(
-            f"{path}: {len(sidecar.labels)} labels but the output has {sidecar.output.shape[-1]} classes"
-        )
+    except _Malformed as exc:
+        raise ContractError(f"{path}: {exc}") from None
     if verify_checksum and file_sha256(model_path) != sidecar.sha256:
         raise ContractError(
             f"{model_path} does not match its sidecar checksum: model and {path.name} are from different builds"
@@ -111,10 +117,101 @@ def read_sidecar(model_path: str | os.PathLike, verify_checksum: bool = True) ->
     return sidecar
 
 
-def _spec(raw: dict) -> TensorSpec:
+# --- field checks: each names the field and shows the offending value ---------------------------
+
+_MISSING = object()
+
+
+class _Malformed(Exception):
+    """One bad field: ``malformed sidecar: KEY: PROBLEM, got VALUE`` (``KEY: missing`` when absent, and
+    ``KEY: PROBLEM`` when ``value`` is not given but ``problem`` says it all); read_sidecar adds the path."""
+
+    def __init__(self, key: str, problem: str | None, value=_MISSING):
+        if problem is None:
+            text = "missing"
+        elif value is _MISSING:
+            text = problem
+        else:
+            text = f"{problem}, got {_shown(value)}"
+        super().__init__(f"malformed sidecar: {key}: {text}")
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A value as it reads in the JSON file, shortened to one short line."""
+    try:
+        text = json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _field(raw: dict, key: str, check, problem: str, default=_MISSING, where: str = ""):
+    name = f"{where}{key}"
+    if key not in raw:
+        if default is _MISSING:
+            raise _Malformed(name, None)
+        return default
+    value = raw[key]
+    if not check(value):
+        raise _Malformed(name, problem, value)
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _is_name(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+def _is_face_margin(value) -> bool:
+    return _is_number(value) and FACE_MARGIN_RANGE[0] <= value <= FACE_MARGIN_RANGE[1]
+
+
+def _labels(raw: dict, classes: int) -> tuple[str, ...]:
+    labels = _field(
+        raw,
+        "labels",
+        lambda v: isinstance(v, list) and all(_is_name(x) for x in v),
+        "expected a list of non-empty strings",
+    )
+    if not labels or len(set(labels)) != len(labels):
+        raise _Malformed("labels", "expected a non-empty list of distinct names", labels)
+    if len(labels) != classes:
+        raise _Malformed("labels", f"{len(labels)} labels but the output has {classes} classes")
+    return tuple(labels)
+
+
+def _spec(raw: dict, key: str, rank: int) -> TensorSpec:
+    spec = _field(raw, key, _is_object, "expected a JSON object")
+    where = f"{key}."
+    shape = _field(
+        spec,
+        "shape",
+        lambda v: isinstance(v, list) and len(v) == rank and all(_is_int(d) and d > 0 for d in v),
+        f"expected a list of {rank} positive integers",
+        where=where,
+    )
     return TensorSpec(
-        shape=tuple(int(d) for d in raw["shape"]),
-        dtype=str(raw["dtype"]),
-        scale=float(raw.get("scale", 0.0)),
-        zero_point=int(raw.get("zero_point", 0)),
+        shape=tuple(shape),
+        dtype=_field(spec, "dtype", _is_name, "expected a numpy dtype name", where=where),
+        scale=float(_field(spec, "scale", lambda v: _is_number(v) and v >= 0, "expected a number >= 0", 0.0, where)),
+        zero_point=_field(spec, "zero_point", _is_int, "expected an integer", 0, where),
     )
