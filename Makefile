@@ -3,10 +3,14 @@ SHELL := /bin/bash
 PYTHON ?= python3
 TRAIN_VENV ?= .venv-train
 EDGE_VENV ?= .venv-edge
-CONFIG ?= configs/train-default.yaml
-# the runs `make convert` converts: the default and fast runs the default CONFIG trains, unless RUN names another
+DEFAULT_CONFIG := configs/train-default.yaml
+CONFIG ?= $(DEFAULT_CONFIG)
+# the runs `make convert` and `make evaluate` work on: RUN if given; else the runs CONFIG trains (for the
+# default CONFIG its two students, not the 471M-MAC teacher); read from CONFIG once the venv exists
 RUN ?=
-RUNS ?= $(or $(RUN),runs/default runs/fast)
+RUNS ?= $(or $(RUN),$(if $(filter $(DEFAULT_CONFIG),$(CONFIG)),runs/default runs/fast,$(shell \
+	PYTHONPATH=$(CURDIR) $(TRAIN_VENV)/bin/python -c 'import sys; from train.config import load_config; \
+	print(*load_config(sys.argv[1]).run_dirs.values())' $(CONFIG))))
 # the run whose int8 model `make convert` ships to each tier's file (scored on PrivateTest then, and only
 # then); any other run converts into runs/.../tflite/ as a candidate, scored on PublicTest only.
 # MODEL_CARD.md says which config trains each shipped run.

@@ -18,23 +18,26 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="FER-2013 folder or fer2013.csv")
     parser.add_argument("--tta", choices=("none", "flip"), default="none",
                         help="flip: average with the mirror image inside the model (twice the MACs)")
-    parser.add_argument("--ship-as", default="models/fer_int8.tflite",
-                        help="where the int8 model and its JSON go, scored on PrivateTest too "
-                             "('' to keep a candidate in the run folder, scored on PublicTest only)")
+    parser.add_argument("--ship-as", default="",
+                        help="ship the int8 model and its JSON to this file (e.g. models/fer_int8.tflite), scored on "
+                             "PrivateTest then; by default the run is a candidate: its models stay in the run "
+                             "folder, scored on PublicTest only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from convert.tflite import ParityError, convert_run
+    from convert.tflite import ParityError, RunError, convert_run
     from train.data import DataError
 
     run = Path(args.run)
-    if not (run / "best.keras").is_file():
-        print(f"error: {run}/best.keras not found: train first (make train)", file=sys.stderr)
-        return 2
+    for needed, hint in (("best.keras", "train first (make train)"),
+                         ("run.json", "written by python -m train beside best.keras")):
+        if not (run / needed).is_file():
+            print(f"error: {run}/{needed} not found: {hint}", file=sys.stderr)
+            return 2
     try:
         convert_run(run, run / "tflite", args.variants.split(","), args.data,
                     ship_as=Path(args.ship_as) if args.ship_as else None, tta=args.tta)
-    except (ParityError, DataError, ValueError) as exc:
+    except (ParityError, DataError, RunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_edge.classifier import dequantize, load_interpreter_class, pixel_lut
-from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, write_sidecar
+from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, sidecar_path, write_sidecar
 from train import data
 from train.evaluate import plot_confusion, split_metrics
 
@@ -30,6 +30,10 @@ FACE_MARGIN = 1.04
 
 class ParityError(Exception):
     """A quantized model strays too far from its Keras original."""
+
+
+class RunError(Exception):
+    """A run folder whose model or record cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +145,20 @@ def convert_run(
     from train.models import with_flip_tta
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model = keras.models.load_model(run_dir / "best.keras")
+    try:
+        run_info = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{run_dir}/run.json is unreadable ({exc})") from None
+    try:
+        model = keras.models.load_model(run_dir / "best.keras")
+    except Exception as exc:  # noqa: BLE001 - Keras raises anything from a damaged archive ("File not found" too)
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise RunError(f"{run_dir}/best.keras is not a model this Keras can load ({type(exc).__name__}: "
+                       f"{first_line[:160]})") from None
     if tta == "flip":
         model = with_flip_tta(model)
     elif tta != "none":
         raise ValueError(f"tta: unknown test-time augmentation {tta!r} (none or flip)")
-    run_info = json.loads((run_dir / "run.json").read_text())
     labels = tuple(run_info["labels"])
     if labels != data.CLASS_NAMES:
         raise ValueError(f"{run_dir}: labels {labels} differ from the data loader's {data.CLASS_NAMES}")
@@ -200,9 +212,14 @@ def convert_run(
         write_sidecar(path, sidecar)
         results.append(VariantResult(variant, path, keras_accuracy, tflite_accuracy, agreement))
         if parity_lost:
+            # renamed, so that nothing (make deploy-model, a glob) mistakes it for a usable model
+            rejected = path.with_name(f"fer_{variant}.rejected.tflite")
+            os.replace(path, rejected)
+            os.replace(sidecar_path(path), sidecar_path(rejected))
             raise ParityError(
                 f"int8 model loses {100 * (keras_accuracy - tflite_accuracy):.2f} points on PublicTest "
-                f"(keras {keras_accuracy:.4f}, int8 {tflite_accuracy:.4f}); limit is {100 * MAX_INT8_DROP:.0f}"
+                f"(keras {keras_accuracy:.4f}, int8 {tflite_accuracy:.4f}); limit is {100 * MAX_INT8_DROP:.0f}; "
+                f"kept as {rejected} for inspection"
             )
     if ship_as is not None and "int8" in variants:
         ship(out_dir / "fer_int8.tflite", Path(ship_as))
