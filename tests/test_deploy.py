@@ -121,15 +121,17 @@ def _ensure_prerequisites() -> None:
     probe = "import ensurepip, setuptools, wheel, yaml"
     if subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode != 0:
         problem = _apt_install("python3-venv", "python3-setuptools", "python3-wheel", "python3-yaml")
-        assert problem is None, f"the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, wheel: {problem}"
+        if problem is not None:
+            pytest.skip(f"!!! DEPLOY TEST NOT RUN: the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, "
+                        f"wheel and yaml, and apt-get install failed ({problem}) !!!")
     system_version = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True
     ).stdout.split()
     edge_site = _site_packages(EDGE_VENV)
-    assert edge_site.name == "site-packages" and edge_site.parent.name == f"python{'.'.join(system_version)}", (
-        f".venv-edge ({edge_site.parent.name}) must match {SYSTEM_PYTHON} (Python {'.'.join(system_version)}): "
-        "its packages play the Pi's apt dist-packages"
-    )
+    if edge_site.parent.name != f"python{'.'.join(system_version)}":
+        pytest.skip(f"!!! DEPLOY TEST NOT RUN: .venv-edge ({edge_site.parent.name}) must be built with "
+                    f"{SYSTEM_PYTHON}'s version (Python {'.'.join(system_version)}): its packages play the Pi's apt "
+                    "dist-packages (make clean; make test PYTHON=/usr/bin/python3) !!!")
 
 
 def _site_packages(venv: Path) -> Path:
