@@ -130,17 +130,22 @@ def main(argv=None) -> int:
     machine = machine_description()
     text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
             f"accuracy from raw uint8 pixels read through each model's JSON labels.\n")
-    publish("models", text, rows, (MARK_BEGIN, MARK_END), () if args.no_readme else ("README.md", "MODEL_CARD.md"))
+    publish("models", text, rows, (MARK_BEGIN, MARK_END), () if args.no_readme else ("README.md", "MODEL_CARD.md"),
+            record=not args.models)
     return 0
 
 
-def publish(name: str, text: str, results, marks: tuple[str, str], docs=()) -> None:
-    """A benchmark's table to bench/results-<name>.md (its numbers to .json), the console, and the
-    section between ``marks`` in each of ``docs``."""
+def publish(name: str, text: str, results, marks: tuple[str, str], docs=(), *, record: bool = True) -> None:
+    """A benchmark's table to the console and, when it is the ``record`` (the shipped models, not models
+    named on the command line), to bench/results-<name>.md (its numbers to .json) and the section between
+    ``marks`` in each of ``docs``."""
+    print(text)
+    if not record:
+        print(f"(models named on the command line: bench/results-{name}.* and the docs keep the shipped models' table)")
+        return
     (REPO / "bench" / f"results-{name}.md").write_text(text)
     if results is not None:
         (REPO / "bench" / f"results-{name}.json").write_text(json.dumps(results, indent=2))
-    print(text)
     for doc in docs:
         content = (REPO / doc).read_text()
         if all(mark in content for mark in marks):

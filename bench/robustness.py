@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     results = {shown_path(path): robustness(path, public.x, public.y) for path in paths}
     text = (f"{table(results)}\n\nPublicTest accuracy (points against clean in brackets), measured by `make bench` on "
             f"{time.strftime('%Y-%m-%d')} ({machine_description()}).\n")
-    publish("robustness", text, results, (MARK_BEGIN, MARK_END), () if args.no_readme else ("MODEL_CARD.md",))
+    publish("robustness", text, results, (MARK_BEGIN, MARK_END), () if args.no_readme else ("MODEL_CARD.md",),
+            record=not args.models)
     return 0
 
 
