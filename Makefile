@@ -66,7 +66,7 @@ data-check:
 lint: $(TRAIN_VENV)/.installed  ## ruff
 	$(TRAIN_VENV)/bin/ruff check .
 
-train: $(TRAIN_VENV)/.installed  ## train + evaluate CONFIG into runs/<name> (resumes an interrupted run)
+train: $(TRAIN_VENV)/.installed  ## train + evaluate (PublicTest) CONFIG into runs/<name> (resumes an interrupted run)
 	$(TRAIN_VENV)/bin/python -m train --config $(CONFIG) --resume
 
 train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
@@ -78,7 +78,7 @@ convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against K
 	  $(TRAIN_VENV)/bin/python -m convert --run $$run --ship-as "$$ship" --tta $(TTA); \
 	done
 
-evaluate: $(TRAIN_VENV)/.installed  ## (re)write the reports of RUNS
+evaluate: $(TRAIN_VENV)/.installed  ## (re)write the PublicTest reports of RUNS (PrivateTest: make convert, shipped runs only)
 	@set -e; for run in $(RUNS); do \
 	  $(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $$run; \
 	done

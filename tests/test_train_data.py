@@ -87,6 +87,18 @@ def test_train_cli_wrong_data_path_is_one_clear_line(repo_root, tmp_path):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and str(tmp_path / "missing") in lines[0]
+    assert not list(tmp_path.iterdir())  # a run that cannot start leaves no empty run folder behind
+
+
+def test_training_loads_the_data_before_making_run_folders(tmp_path):
+    from train.config import load_config
+    from train.fit import train
+
+    cfg = load_config(None, {"data": str(tmp_path / "nowhere"), "output_dir": str(tmp_path / "runs"),
+                             "students": {"small": {"params": {"widths": [4]}}}})
+    with pytest.raises(data.DataError, match="not found at"):
+        train(cfg)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_face_margin_matches_haar_on_fer2013(fer2013_dir, cache_dir):

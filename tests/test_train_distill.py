@@ -112,6 +112,7 @@ def test_time_budget_fixes_the_epoch_count_once_and_records_it(tmp_path, monkeyp
     cfg = load_config(None, {"epochs": 100, "schedule.warmup_epochs": 2})
     clock = iter(range(0, 10_000, 10))  # every epoch takes 10 s
     monkeypatch.setattr(fit.time, "monotonic", lambda: float(next(clock)))
+    (tmp_path / "run.json").write_text(json.dumps({"model": "vgg_bn", "config": "configs/train-default.yaml"}))
     plan = fit.EpochPlan(cfg, deadline=300.0, run_dirs=[tmp_path])
     callback = fit.BudgetCallback(plan, first_epoch=0)
     callback.set_model(type("Model", (), {"stop_training": False})())
@@ -123,6 +124,9 @@ def test_time_budget_fixes_the_epoch_count_once_and_records_it(tmp_path, monkeyp
     # three epochs timed at 10 s, about 270 s left at 90%: 24 more
     assert plan.epochs == epoch == 27
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 27
+    # configs/train-default.yaml would train 100 epochs: the run's own config.yaml is the one that reproduces it
+    assert json.loads((tmp_path / "run.json").read_text()) == {"model": "vgg_bn",
+                                                               "config": str(tmp_path / "config.yaml")}
     # warm-up and the first cosine epoch do not depend on the total, so the decision changes no past step
     assert plan.learning_rate(2) == peak_before == cfg.optimizer.learning_rate
     assert plan.learning_rate(26) < 0.01 * cfg.optimizer.learning_rate

@@ -1,18 +1,21 @@
 """A tiny real run end to end: train, evaluate (every report file), convert, and check the contract."""
 
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from fer_edge.contract import read_sidecar
 from train import data
 from train.config import ConfigError, load_config
 
+# PublicTest only: PrivateTest is scored by the conversion, once, for the shipped int8 model
 REPORT_FILES = (
     "best.keras", "last.keras", "history.csv", "history.json", "learning_curves.png", "metrics.json",
-    "metrics.csv", "report_public.txt", "report_private.txt", "per_class_public.json",
-    "per_class_private.json", "confusion_public.png", "confusion_private.png", "config.yaml", "run.json",
+    "metrics.csv", "report_public.txt", "per_class_public.json", "confusion_public.png", "config.yaml", "run.json",
 )
 
 
@@ -26,14 +29,28 @@ def tiny_overrides(output_dir, epochs):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run_splits():
+    """The splits the tiny run's training and evaluation loaded, in order."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_run_splits):
     from train.evaluate import evaluate_run
     from train.fit import train
 
+    load_split = data.load_split
+
+    def recording_load_split(root, split, *args, **kwargs):
+        tiny_run_splits.append(split)
+        return load_split(root, split, *args, **kwargs)
+
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, tiny_overrides(out, epochs=3))
-    run_dir = train(cfg)
-    summary = evaluate_run(run_dir, cfg.data, cfg.cache_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "load_split", recording_load_split)
+        run_dir = train(cfg)
+        summary = evaluate_run(run_dir, cfg.data, cfg.cache_dir)
     return run_dir, summary
 
 
@@ -45,12 +62,51 @@ def test_tiny_run_writes_every_report(tiny_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 3
-    assert set(metrics) >= {"public", "private", "macs", "params", "best_epoch_on_public"}
-    per_class = json.loads((run_dir / "per_class_private.json").read_text())
+    assert set(metrics) >= {"public", "macs", "params", "best_epoch_on_public"}
+    per_class = json.loads((run_dir / "per_class_public.json").read_text())
     assert list(per_class) == list(data.CLASS_NAMES)
     assert sum(c["support"] for c in per_class.values()) == 3589
-    report = (run_dir / "report_private.txt").read_text()
-    assert "macro f1" in report and "disgust" in report
+    report = (run_dir / "report_public.txt").read_text()
+    assert "macro f1" in report and "disgust" in report and report.startswith("PublicTest (3589 images)")
+
+
+def test_training_and_evaluation_never_load_private_test(tiny_run, tiny_run_splits):
+    """Protocol: candidates are chosen on PublicTest; PrivateTest is scored once, by the conversion of
+    the shipped int8 model, never by training or its evaluation."""
+    run_dir, summary = tiny_run
+    assert set(tiny_run_splits) == {"train", "public"}, tiny_run_splits
+    assert not list(run_dir.glob("*private*"))
+    assert "private" not in summary and "private" not in json.loads((run_dir / "metrics.json").read_text())
+    assert (run_dir / "metrics.csv").read_text().split() == [
+        "split,accuracy,macro_f1", f"public,{summary['public']['accuracy']},{summary['public']['macro_f1']}"]
+
+
+def test_train_cli_evaluates_each_run_on_public_test_only_and_names_it(tiny_run, tmp_path, monkeypatch, caplog):
+    """``python -m train --export`` (and so every ``python -m train``) writes PublicTest reports
+    only, never loads PrivateTest, and its log lines say which run they score."""
+    from train.__main__ import main
+
+    run_dir, _ = tiny_run
+    copy = tmp_path / "tinycopy"
+    copy.mkdir()
+    for name in ("best.weights.h5", "run.json", "history.csv"):
+        shutil.copy(run_dir / name, copy / name)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config.update(run_name="tinycopy", output_dir=str(tmp_path))
+    (tmp_path / "tinycopy.yaml").write_text(yaml.safe_dump(config))
+    load_split = data.load_split
+
+    def public_only(root, split, *args, **kwargs):
+        assert split != "private", "python -m train loaded PrivateTest"
+        return load_split(root, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load_split", public_only)
+    caplog.set_level(logging.INFO, logger="train.evaluate")
+    assert main(["--config", str(tmp_path / "tinycopy.yaml"), "--export"]) == 0
+    assert (copy / "best.keras").is_file() and (copy / "report_public.txt").is_file()
+    assert not list(copy.glob("*private*"))
+    scored = [r.getMessage() for r in caplog.records if r.name == "train.evaluate" and "accuracy" in r.getMessage()]
+    assert len(scored) == 1 and "tinycopy" in scored[0] and "PublicTest" in scored[0], scored
 
 
 def test_evaluation_compares_predictions_in_label_order(tiny_run, fer2013_dir, cache_dir):
@@ -111,7 +167,9 @@ def test_model_failing_int8_parity_is_neither_shipped_nor_scored_on_private(tiny
         convert_run(run_dir, tmp_path / "tflite", ("int8",), fer2013_dir, ship_as=shipped)
     assert not shipped.exists()
     assert not list((tmp_path / "tflite").glob("*private*"))
-    assert "private_accuracy" not in read_sidecar(tmp_path / "tflite" / "fer_int8.tflite").metrics
+    # kept for inspection under a name nothing takes for a usable model
+    assert not (tmp_path / "tflite" / "fer_int8.tflite").exists()
+    assert "private_accuracy" not in read_sidecar(tmp_path / "tflite" / "fer_int8.rejected.tflite").metrics
 
 
 def test_config_rejects_unknown_keys_with_their_path(tmp_path):
@@ -122,6 +180,92 @@ def test_config_rejects_unknown_keys_with_their_path(tmp_path):
     bad.write_text("epochs: many\n")
     with pytest.raises(ConfigError, match=r"epochs: expected"):
         load_config(bad)
+
+
+def test_corrupt_config_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, kind in (("- epochs\n- 3\n", "list"), ("42\n", "int"), ("just words\n", "str")):
+        bad.write_text(text)
+        for overrides in (None, {"epochs": 1}, {"schedule.name": "constant"}):  # as python -m train --epochs 1
+            with pytest.raises(ConfigError, match=rf"bad\.yaml: expected a mapping of settings, got {kind}$"):
+                load_config(bad, overrides)
+    bad.write_text("schedule: cosine\n")
+    with pytest.raises(ConfigError, match=r"^schedule: expected a mapping, got 'cosine'$"):
+        load_config(bad, {"schedule.warmup_epochs": 0})
+    bad.write_text("schedule:\n")  # empty: the override fills it
+    assert load_config(bad, {"schedule.warmup_epochs": 0}).schedule.warmup_epochs == 0
+    bad.write_bytes(b"run_name: caf\xe9\n")  # Latin-1
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not UTF-8 text \(invalid continuation byte at byte 13\)$"):
+        load_config(bad)
+    bad.write_text("epochs: 3\nmodel: {name: vgg_bn\nseed: 1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(bad)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{bad}: not valid YAML (line ")
+    assert "column" in message and "expected ',' or '}'" in message
+
+
+def test_config_checks_names_and_model_parameters_at_load():
+    """What would otherwise fail only after the data has loaded (or silently fall back to cosine)."""
+    for key, value, message in (
+        ("optimizer.name", "adamx", r"optimizer\.name: unknown 'adamx' \(choose from adamw, sgd\)"),
+        ("schedule.name", "linear", r"schedule\.name: unknown 'linear' \(choose from cosine, constant\)"),
+        ("model.name", "resnet", r"model\.name: unknown 'resnet' \(choose from seed, sep_bn, vgg_bn\)"),
+        ("model.params", {"widht": [8]}, r"model\.params\.widht: not a parameter of vgg_bn \(known: bn_momentum, "
+                                         r"convs_per_stage, dense, dropout, widths\)"),
+        ("model.params", {"name": "x"}, r"model\.params\.name: not a parameter of vgg_bn"),  # the run names it
+        ("students", {"small": {"name": "seed", "params": {"widths": [4]}}},
+         r"students\.small\.params\.widths: not a parameter of seed \(known: none\)"),
+        ("students", {"small": {"name": "mobilenet"}}, r"students\.small\.name: unknown 'mobilenet'"),
+        ("precision", "bfloat16", r"precision: unknown 'bfloat16' \(choose from float32, mixed_bfloat16"),
+        ("jit_compile", "yes", r"jit_compile: expected auto, true or false, got 'yes'"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            load_config(None, {key: value})
+    cfg = load_config(None, {"model.name": "sep_bn", "model.params": {"widths": [8], "convs_per_stage": 1},
+                             "optimizer.name": "sgd", "schedule.name": "constant"})
+    assert cfg.model.params == {"widths": [8], "convs_per_stage": 1}
+
+
+def test_train_cli_reports_a_corrupt_config_in_one_line_before_loading_data(tmp_path, capsys):
+    from train.__main__ import main
+
+    bad = tmp_path / "bad.yaml"
+    nowhere = str(tmp_path / "nowhere")  # a config checked only after the data loads would fail on this instead
+    for text, argv, message in (
+        ("- epochs\n", ["--epochs", "1"], f"error: {bad}: expected a mapping of settings, got list"),
+        ("optimizer: {name: adamx}\n", [], "error: optimizer.name: unknown 'adamx' (choose from adamw, sgd)"),
+        ("model: {params: {widht: 3}}\n", [], "error: model.params.widht: not a parameter of vgg_bn"),
+        ("epochs: 3\n", ["--model", "resnet"], "error: model.name: unknown 'resnet'"),
+    ):
+        bad.write_text(text)
+        assert main(["--config", str(bad), "--data", nowhere, "--output-dir", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(message), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no run folder either
+
+
+def test_run_json_names_the_config_file_only_when_it_alone_reproduces_the_run(tmp_path, monkeypatch):
+    """CLI overrides of the recipe make the run folder's own config.yaml the one to name; where the
+    data lie and where runs go do not change what is trained."""
+    import train.fit
+    from train.__main__ import main
+
+    seen = []
+    monkeypatch.setattr(train.fit, "train", lambda cfg, resume, deadline, config_path: seen.append(config_path))
+    config = tmp_path / "recipe.yaml"
+    config.write_text("run_name: recipe\nepochs: 3\n")
+    for argv, expected in (
+        ([], str(config)),
+        (["--data", str(tmp_path), "--output-dir", str(tmp_path / "elsewhere")], str(config)),
+        (["--epochs", "2"], None),
+        (["--limit-per-class", "10"], None),
+        (["--model", "seed"], None),
+        (["--run-name", "other"], None),
+    ):
+        seen.clear()
+        assert main(["--config", str(config), "--no-eval", *argv]) == 0
+        assert seen == [expected], argv
 
 
 def test_seed_architecture_is_available():

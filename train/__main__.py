@@ -1,4 +1,4 @@
-"""``python -m train``: train a FER-2013 model, then evaluate it into its run folder."""
+"""``python -m train``: train a FER-2013 model, then evaluate it on PublicTest into its run folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# overrides that change where a run reads and writes, not what it trains: with only these, the
+# configuration file still reproduces the run (run.json records the data folder it used)
+PLACE_OVERRIDES = frozenset({"data", "output_dir"})
 
 
 def main(argv=None) -> int:
@@ -21,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir")
     parser.add_argument("--limit-per-class", type=int, help="train on a class-balanced subset")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation reports")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation reports (PublicTest)")
     parser.add_argument(
         "--export", action="store_true",
         help="do not train: write each run's best.keras from its best.weights.h5 (a run cut short), then evaluate",
@@ -53,7 +57,9 @@ def main(argv=None) -> int:
         if args.export:
             export_runs(cfg)
         else:
-            train(cfg, resume=args.resume, deadline=deadline, config_path=args.config)
+            # run.json names the configuration file only if it alone reproduces the run
+            recipe_file = None if set(overrides) - PLACE_OVERRIDES else args.config
+            train(cfg, resume=args.resume, deadline=deadline, config_path=recipe_file)
         if not args.no_eval:
             for run_dir in cfg.run_dirs.values():
                 evaluate_run(run_dir, cfg.data, cfg.cache_dir)

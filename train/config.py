@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from train.augment import AugmentConfig
 
 class ConfigError(Exception):
     pass
+
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies
 
 
 @dataclass(frozen=True)
@@ -135,26 +141,74 @@ def _check(hint, value, key_path):
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Load ``path`` (None: the defaults), apply dotted ``overrides`` (``{"model.name": ...}``), check it all."""
     raw: dict = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(parents):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parents[: depth + 1])}: expected a mapping, got {node!r}")
         node[last] = value
     cfg = _build(TrainConfig, raw, "")
     _validate(cfg)
     return cfg
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where the parser gave up, and why (PyYAML's own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = ": ".join(part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+    if mark is None or not what:
+        return " ".join(str(exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+def _check_choice(key_path: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key_path}: unknown {value!r} (choose from {', '.join(choices)})")
+
+
+def _check_model(key_path: str, model: ModelConfig) -> None:
+    """The architecture exists and takes every one of ``params`` (its run name is passed as ``name``)."""
+    from train.models import MODELS
+
+    _check_choice(f"{key_path}.name", model.name, sorted(MODELS))
+    known = sorted(p for p in inspect.signature(MODELS[model.name]).parameters if p != "name")
+    for param in model.params:
+        if param not in known:
+            raise ConfigError(
+                f"{key_path}.params.{param}: not a parameter of {model.name} (known: {', '.join(known) or 'none'})"
+            )
+
+
 def _validate(cfg: TrainConfig) -> None:
+    _check_model("model", cfg.model)
+    for name, student in cfg.students.items():
+        _check_model(f"students.{name}", student)
+    _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    _check_choice("schedule.name", cfg.schedule.name, SCHEDULES)
+    _check_choice("precision", cfg.precision, PRECISIONS)
+    if cfg.jit_compile not in ("auto", True, False):
+        raise ConfigError(f"jit_compile: expected auto, true or false, got {cfg.jit_compile!r}")
     for name in cfg.students:
         if name == cfg.run_name or not name.isidentifier():
             raise ConfigError(f"students.{name}: a student needs its own run name (letters, digits, _)")

@@ -92,10 +92,6 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     return result
 
 
-def load_all(data: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Split]:
-    return {split: load_split(data, split, cache_dir) for split in SPLITS}
-
-
 def _cache_file(root: Path, split: str, cache_dir) -> Path | None:
     if cache_dir is None:
         return None

@@ -1,8 +1,9 @@
 """Evaluation reports of a run: metrics, per-class report, confusion matrices, learning curves.
 
 Predictions and labels stay in the same order (the origin compared a shuffled generator's
-predictions with unshuffled labels). Checkpoints are chosen on PublicTest during training;
-PrivateTest is only reported here.
+predictions with unshuffled labels). Everything here is on PublicTest, where checkpoints and
+candidates are chosen: PrivateTest is never loaded by training or its evaluation. It is scored once
+per shipped model, for its int8 file, by the conversion (``convert/tflite.py``, ``--ship-as``).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
 
 
 def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
-    """Evaluate ``run_dir/best.keras`` on PublicTest and PrivateTest and write every report file."""
+    """Evaluate ``run_dir/best.keras`` on PublicTest and write every report file (never PrivateTest)."""
     import keras
 
     from train.fit import BEST, read_history
@@ -114,18 +115,14 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
     run_dir = Path(run_dir)
     model = keras.models.load_model(run_dir / BEST)
     labels = json.loads((run_dir / "run.json").read_text())["labels"]
-    root = data.resolve_data_dir(data_dir)
-    results = {}
-    for split_name, title in (("public", "PublicTest"), ("private", "PrivateTest")):
-        split = data.load_split(root, split_name, cache_dir)
-        scores = model.predict(split.x[..., None].astype(np.float32), batch_size=256, verbose=0)
-        metrics = split_metrics(split.y, scores.argmax(1), labels)
-        results[split_name] = metrics
-        report = classification_report(metrics, f"{title} ({len(split)} images)")
-        (run_dir / f"report_{split_name}.txt").write_text(report)
-        (run_dir / f"per_class_{split_name}.json").write_text(json.dumps(metrics["per_class"], indent=2))
-        plot_confusion(np.array(metrics["confusion_matrix"]), labels, run_dir / f"confusion_{split_name}.png", title)
-        log.info("%s: accuracy %.4f, macro-F1 %.4f", title, metrics["accuracy"], metrics["macro_f1"])
+    public = data.load_split(data.resolve_data_dir(data_dir), "public", cache_dir)
+    scores = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
+    metrics = split_metrics(public.y, scores.argmax(1), labels)
+    (run_dir / "report_public.txt").write_text(classification_report(metrics, f"PublicTest ({len(public)} images)"))
+    (run_dir / "per_class_public.json").write_text(json.dumps(metrics["per_class"], indent=2))
+    plot_confusion(np.array(metrics["confusion_matrix"]), labels, run_dir / "confusion_public.png",
+                   f"{run_dir.name} PublicTest")
+    log.info("%s PublicTest: accuracy %.4f, macro-F1 %.4f", run_dir.name, metrics["accuracy"], metrics["macro_f1"])
     history = read_history(run_dir)
     if history:
         plot_learning_curves(history, run_dir / "learning_curves.png")
@@ -141,13 +138,11 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
         "params": run_info.get("params"),
         "epochs_trained": len(history),
         "best_epoch_on_public": best_epoch,
-        "public": {k: results["public"][k] for k in ("accuracy", "macro_f1")},
-        "private": {k: results["private"][k] for k in ("accuracy", "macro_f1")},
+        "public": {k: metrics[k] for k in ("accuracy", "macro_f1")},
     }
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     with open(run_dir / "metrics.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "accuracy", "macro_f1"])
-        for split_name in ("public", "private"):
-            writer.writerow([split_name, results[split_name]["accuracy"], results[split_name]["macro_f1"]])
+        writer.writerow(["public", metrics["accuracy"], metrics["macro_f1"]])
     return summary

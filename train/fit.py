@@ -87,7 +87,7 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
         optimizer = keras.optimizers.SGD(
             opt.learning_rate, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
         )
-    else:
+    else:  # load_config rejects any other
         raise ValueError(f"optimizer.name: unknown optimizer {opt.name!r} (adamw or sgd)")
     # decay the kernels only: shrinking BatchNorm's scale and shift or a bias regularizes nothing
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
@@ -152,6 +152,11 @@ class EpochPlan:
         text = yaml.safe_dump(to_dict(dataclasses.replace(self.cfg, epochs=self.epochs)), sort_keys=False)
         for run_dir in self.run_dirs:
             (run_dir / "config.yaml").write_text(text)
+            if self.epochs != self.cfg.epochs and (run_dir / "run.json").is_file():
+                # the configuration file would train cfg.epochs: only the run's own config.yaml reproduces it
+                info = json.loads((run_dir / "run.json").read_text())
+                info["config"] = str(run_dir / "config.yaml")
+                (run_dir / "run.json").write_text(json.dumps(info, indent=2))
 
 
 class BudgetCallback(keras.callbacks.Callback):
@@ -384,8 +389,17 @@ def train(
     """Train ``cfg``'s model (and students); return the main run folder.
 
     With a ``deadline`` (``time.monotonic()`` seconds) the number of epochs is cut, once, to what
-    fits before it (see :class:`EpochPlan`).
+    fits before it (see :class:`EpochPlan`). ``config_path`` is the configuration file that alone
+    reproduces the run, if one does (run.json names it; else the run folder's own config.yaml).
     """
+    # the data first: a run that cannot load it leaves no run folder behind
+    root = data.resolve_data_dir(cfg.data)
+    train_split = data.load_split(root, "train", cfg.cache_dir)
+    if cfg.limit_per_class:
+        train_split = train_split.head(cfg.limit_per_class, cfg.seed)
+    public = data.load_split(root, "public", cfg.cache_dir)
+    log.info("data %s: %d train, %d PublicTest images", root, len(train_split), len(public))
+
     keras.utils.set_random_seed(cfg.seed)
     precision = cfg.precision
     if precision != "float32" and not has_gpu():
@@ -396,13 +410,6 @@ def train(
     for run_dir in run_dirs.values():
         run_dir.mkdir(parents=True, exist_ok=True)
     main_dir = run_dirs[cfg.run_name]
-
-    root = data.resolve_data_dir(cfg.data)
-    train_split = data.load_split(root, "train", cfg.cache_dir)
-    if cfg.limit_per_class:
-        train_split = train_split.head(cfg.limit_per_class, cfg.seed)
-    public = data.load_split(root, "public", cfg.cache_dir)
-    log.info("data %s: %d train, %d PublicTest images", root, len(train_split), len(public))
 
     resuming = resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file()
     if resume and not resuming:
