@@ -108,6 +108,15 @@ def test_crop_is_a_margin_square_padded_by_edge_replication(classifier):
         classifier.crop(gray, Box(200, 200, 10, 10))
 
 
+def test_a_one_pixel_box_in_a_corner_still_gets_a_crop_at_the_smallest_margin(classifier, monkeypatch):
+    from fer_edge.contract import FACE_MARGIN_RANGE
+
+    monkeypatch.setattr(classifier, "face_margin", FACE_MARGIN_RANGE[0])  # 1 px * 0.25 would round to nothing
+    gray = np.zeros((360, 640), np.uint8)
+    assert classifier.crop(gray, Box(639, 359, 1, 1)).shape == (1, 1)
+    assert classifier.classify(gray, Box(639, 359, 1, 1)).label in classifier.labels
+
+
 def test_classify_reuses_its_buffers(classifier):
     gray = np.full((120, 160), 128, np.uint8)
     buffer = classifier._input

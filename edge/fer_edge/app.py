@@ -57,6 +57,11 @@ def build_smoother(cfg: Config, tracker) -> LabelSmoother | None:
 def build_privacy(cfg: Config):
     if cfg.privacy.mode == "off":
         return None
+    r = cfg.recording
+    if r.enabled and r.presence_triggered and r.pre_roll_s > 0:
+        # the pre-roll is what came before the first detection: no face was found in it to anonymise
+        log.warning("privacy: the %.1f s pre-roll before a face is first detected is recorded as captured; "
+                    "set recording.pre_roll_s: 0 to record anonymised frames only", r.pre_roll_s)
     return functools.partial(anonymize, mode=cfg.privacy.mode)
 
 

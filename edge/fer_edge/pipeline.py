@@ -107,7 +107,8 @@ class Pipeline:
     :mod:`fer_edge.privacy`, :mod:`fer_edge.notify`):
 
     - ``tracker``: ``update(boxes) -> [(id, box)]`` on detection frames, ``predict() -> [(id, box)]`` between,
-      ``active_ids`` (the live tracks, whose smoothing state is kept).
+      ``active_ids`` (the live tracks, whose smoothing state is kept), ``carried() -> [(id, box)]`` (every live
+      track where it should be now, also those the detector just missed: privacy covers them too).
     - ``smoother``: ``update(track_id, prediction) -> Prediction``, ``forget(active_ids)``.
     - ``privacy``: ``privacy(image, boxes)`` anonymizes the faces in place before overlays are drawn.
     - ``notifier``: ``ready()``, ``watchdog()``, ``stopping()``, ``status(text)``.
@@ -182,8 +183,8 @@ class Pipeline:
                 t2 = time.perf_counter()
                 faces = self._classify(gray, last_boxes)
                 t3 = time.perf_counter()
-                if self.privacy is not None and faces:
-                    self.privacy(frame.image, [face.box for face in faces])
+                if self.privacy is not None:
+                    self._anonymize(frame.image, faces)
                 self.annotator.draw(frame.image, faces)
                 t4 = time.perf_counter()
                 for sink in self.sinks:
@@ -215,6 +216,15 @@ class Pipeline:
             stats.fps,
         )
         return stats
+
+    def _anonymize(self, image: np.ndarray, faces: list[Face]) -> None:
+        """Every face that may be in the picture: the ones shown, and the tracks the detector missed on its
+        last run but that are still alive (a face the Haar cascade lost for a frame is still there)."""
+        boxes = [face.box for face in faces]
+        if self.tracker is not None:
+            boxes += [box for _, box in self.tracker.carried()]
+        if boxes:
+            self.privacy(image, list(dict.fromkeys(boxes)))
 
     def _classify(self, gray: np.ndarray, tracked: list[tuple[int | None, Box]]) -> list[Face]:
         height, width = gray.shape[:2]

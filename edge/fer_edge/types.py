@@ -44,8 +44,9 @@ class Box:
         return Box(round(self.x * factor), round(self.y * factor), round(self.w * factor), round(self.h * factor))
 
     def square(self, margin: float = 1.0) -> Box:
-        """A square of side ``max(w, h) * margin`` around the same centre (may extend past the frame)."""
-        side = round(max(self.w, self.h) * margin)
+        """A square of side ``max(w, h) * margin`` (at least one pixel) around the same centre (may extend
+        past the frame)."""
+        side = max(1, round(max(self.w, self.h) * margin))
         cx, cy = self.centre
         return Box(round(cx - side / 2.0), round(cy - side / 2.0), side, side)
 
