@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 from recorder_child import draw_frame, read_index
 from videos import decode_opencv, decode_pyav
 
-from fer_edge.diskspace import MB
+from fer_edge.diskspace import MB, finished_recordings
 from fer_edge.events import STEM_MARKER_NAME, read_events
 from fer_edge.recording import (
     MAX_PRE_ROLL_BYTES,
@@ -199,6 +200,24 @@ class FakeDisk:
     def __call__(self) -> int:
         used = sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
         return self.capacity - self.other_use - used
+
+
+def test_names_keep_recording_order_when_the_wall_clock_steps_back(tmp_path, caplog):
+    """A Pi has no RTC and NTP steps its clock: the disk guard deletes by name, oldest first, so a clock that
+    jumps back 90 days mid-run (or across a restart) must not make the newest recordings look oldest."""
+    make_old_recording(tmp_path, "20261127-120000-0001", 1000)  # a previous run's recording
+    clock = {"t": float(calendar.timegm((2026, 11, 27, 13, 0, 0)))}
+    with caplog.at_level(logging.WARNING, logger="fer_edge.recording"):
+        with Recorder(tmp_path, FPS, (W, H), segment_seconds=1.0, wall_clock=lambda: clock["t"]) as recorder:
+            for i in range(120):
+                if i == 60:
+                    clock["t"] -= 90 * 86400
+                clock["t"] += 1 / FPS
+                recorder.write(Frame(draw_frame(i, W, H), i, i / FPS), [a_face()])
+    written = ["20261127-120000-0001"] + [path.stem for path in recorder.segments]
+    assert [stem for stem, _ in finished_recordings(tmp_path)] == written  # name order is recording order
+    assert recorded_indices(recorder.segments) == list(range(120))
+    assert any("behind the newest recording" in r.getMessage() for r in caplog.records)
 
 
 def make_old_recording(directory: Path, stem: str, size: int) -> None:

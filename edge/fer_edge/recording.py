@@ -8,7 +8,8 @@ thread fdatasyncs the open files every second for power loss.
 
 Files in ``output_dir``: ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
 ``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
-``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically). Leftover ``.part`` files
+``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically; after the clock steps
+back, a new name is set a second after the newest one, so they keep recording order). Leftover ``.part`` files
 are repaired (a half-written last fragment is cut off, only once what remains is known to decode) and renamed on
 start-up; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
 
@@ -19,6 +20,7 @@ timestamps do not advance.
 
 from __future__ import annotations
 
+import calendar
 import errno
 import io
 import logging
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import MB, DiskGuard, fsync_directory
+from fer_edge.diskspace import MB, DiskGuard, finished_recordings, fsync_directory
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
 from fer_edge.events import EventsLog, recover_leftover_events
 from fer_edge.types import Face, Frame
@@ -50,6 +52,11 @@ SYNC_INTERVAL_S = 1.0
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0
 RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
+
+
+def stem_time(stem: str) -> float:
+    """The UTC second a stem ``YYYYmmdd-HHMMSS-NNNN`` names."""
+    return float(calendar.timegm(time.strptime(stem[:15], "%Y%m%d-%H%M%S")))
 
 
 def make_stem(directory: Path, wall_time: float, sequence: int) -> str:
@@ -531,6 +538,8 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - never let an old crash's leftovers stop a new recording (boot loop)
             log.warning("recording: could not recover leftovers in %s: %s: %s", self.output_dir, type(exc).__name__,
                         exc)
+        newest = finished_recordings(self.output_dir)
+        self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
 
         self.codec = codec
         self._av_error: type[Exception] = OSError
@@ -687,8 +696,17 @@ class Recorder:
         return stem
 
     def _next_stem(self) -> str:
-        stem = make_stem(self.output_dir, self._wall(), self._sequence)
+        wall = self._wall()
+        if wall < self._newest_stem_time:
+            # The wall clock stepped back (a Pi has no RTC; NTP steps it). The disk guard deletes by name,
+            # oldest first, so names must keep recording order: name it a second after the newest instead.
+            log.warning("recording: the clock (%s UTC) is behind the newest recording's name; naming the next "
+                        "one after it to keep names in recording order (events keep the clock's time)",
+                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(wall)))
+            wall = self._newest_stem_time + 1
+        stem = make_stem(self.output_dir, wall, self._sequence)
         self._sequence = int(stem.rsplit("-", 1)[1]) + 1
+        self._newest_stem_time = max(self._newest_stem_time, stem_time(stem))
         return stem
 
     def _open_stems(self) -> set[str]:
