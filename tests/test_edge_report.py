@@ -183,6 +183,20 @@ def test_an_id_seen_again_after_a_restart_is_another_track(tmp_path):
     assert [(r["track"], r["frames"], r["dominant"]) for r in rows] == [("1", "5", "happy"), ("1#2", "3", "sad")]
 
 
+def test_a_quick_restart_starts_new_tracks_even_within_the_time_gap(tmp_path):
+    """`systemctl restart` or a model deploy takes about two seconds, far under TRACK_GAP_S: the frame index
+    starting again at 0 is what tells the runs apart (their files given in any order)."""
+    first = tmp_path / "20261128-100000-0001.jsonl"
+    second = tmp_path / "20261128-100008-0001.jsonl"
+    first.write_text("".join(json.dumps({"t": T0 + i / FPS, "frame": i, "faces": [face(1, "happy")]}) + "\n"
+                             for i in range(60)))
+    second.write_text("".join(json.dumps({"t": T0 + 60 / FPS + 2 + i / FPS, "frame": i, "faces": [face(1, "sad")]})
+                              + "\n"
+                              for i in range(30)))
+    rows = read_csv(report.main([second, first], tmp_path / "out")[0])
+    assert [(r["track"], r["frames"], r["dominant"]) for r in rows] == [("1", "60", "happy"), ("1#2", "30", "sad")]
+
+
 def test_faces_without_a_label_are_left_out(tmp_path):
     path = tmp_path / "events.jsonl"
     unlabeled = {"box": [1, 2, 3, 4], "track": 1, "label": None, "score": None, "scores": None}

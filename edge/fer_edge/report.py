@@ -5,8 +5,9 @@ Each events line is one frame: ``{"t": unix_time, "frame": index, "faces": [{"bo
 that do not parse (the last line of a file cut short by power loss) are skipped with a warning. Labels come from
 the data. Faces without a track id are summarised together as track ``untracked``.
 
-Track ids restart at 1 when the device restarts, so a track id seen again after more than ``TRACK_GAP_S``
-seconds is another face: its rows are ``<id>#2``, ``<id>#3``, ...
+Track ids restart at 1 when the device restarts, so a track id seen in another run (the frame index, which
+counts on across segments, starts again at 0 in time order) or again
+after more than ``TRACK_GAP_S`` seconds is another face: its rows are ``<id>#2``, ``<id>#3``, ...
 
 Run as ``fer-edge report`` or ``python -m fer_edge.report EVENTS [...] -o OUTPUT_DIR`` (files or folders of
 ``*.jsonl``).
@@ -90,7 +91,7 @@ def events_files(paths: list[str | Path]) -> list[Path]:
 
 def collect_tracks(paths: list[str | Path]) -> Events:
     """Collect every face of every frame in ``paths`` into per-track summaries, ordered by time."""
-    observations: dict[str, list[tuple[float, str]]] = {}
+    frames: list[tuple[float, int | None, list[tuple[str, str]]]] = []  # (time, frame index, [(track, label)])
     labels: dict[str, None] = {}
     for path in events_files(paths):
         skipped = []
@@ -100,27 +101,41 @@ def collect_tracks(paths: list[str | Path]) -> Events:
             except (ValueError, KeyError, TypeError, AttributeError):
                 skipped.append(number)
                 continue
-            for track, label, score_names in faces:
+            frame = event.get("frame")
+            frames.append((t, frame if isinstance(frame, int) else None, [(track, label) for track, label, _ in faces]))
+            for _, label, score_names in faces:
                 labels.update(dict.fromkeys(score_names))
                 labels.setdefault(label, None)
-                observations.setdefault(track, []).append((t, label))
         if skipped:
             log.warning("%s: skipped %d unreadable line(s): %s", path, len(skipped), _line_list(skipped))
 
+    observations: dict[str, list[tuple[int, float, str]]] = {}  # track -> (run, time, label)
+    run, last_frame = 0, -1
+    for t, frame, faces in sorted(frames, key=lambda f: f[0]):
+        if frame is not None:
+            if frame < last_frame:  # in time order the frame index started again: the device restarted
+                run += 1
+            last_frame = frame
+        for track, label in faces:
+            observations.setdefault(track, []).append((run, t, label))
+
     tracks: dict[str, TrackSummary] = {}
     for track in sorted(observations, key=_track_order):
-        for summary in _split_at_gaps(track, sorted(observations[track], key=lambda o: o[0])):
+        for summary in _split_at_gaps(track, sorted(observations[track], key=lambda o: o[:2])):
             tracks[summary.track] = summary
     return Events(tracks, list(labels))
 
 
-def _split_at_gaps(track: str, observations: list[tuple[float, str]]) -> list[TrackSummary]:
+def _split_at_gaps(track: str, observations: list[tuple[int, float, str]]) -> list[TrackSummary]:
+    """One track id's observations, by run and time, cut where the run changes or the id went unseen too long."""
     pieces = [TrackSummary(track)]
-    for t, label in observations:
+    current_run = observations[0][0] if observations else 0
+    for run, t, label in observations:
         current = pieces[-1]
-        if track != UNTRACKED and current.times and t - current.end > TRACK_GAP_S:
+        if track != UNTRACKED and current.times and (run != current_run or t - current.end > TRACK_GAP_S):
             current = TrackSummary(f"{track}#{len(pieces) + 1}")
             pieces.append(current)
+        current_run = run
         current.times.append(t)
         current.labels.append(label)
     return pieces
