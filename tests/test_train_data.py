@@ -36,6 +36,23 @@ def test_cache_returns_identical_arrays(fer2013_dir, tmp_path):
     np.testing.assert_array_equal(first.y, again.y)
 
 
+def test_cache_follows_changes_inside_the_data_folder(fer2013_dir, tmp_path):
+    """A reviewer swapping their own images into the same folder must get numbers on those images."""
+    import shutil
+
+    root = tmp_path / "fer"
+    for name in data.CLASS_NAMES:
+        (root / "test" / name).mkdir(parents=True)
+        for image in sorted((fer2013_dir / "test" / name).glob("PublicTest_*.jpg"))[:2]:
+            shutil.copy2(image, root / "test" / name / image.name)
+    cache = tmp_path / "cache"
+    assert np.bincount(data.load_split(root, "public", cache).y).tolist() == [2] * 7
+    moved = next((root / "test" / "happy").glob("*.jpg"))
+    moved.rename(root / "test" / "sad" / moved.name)  # relabelled
+    next((root / "test" / "angry").glob("*.jpg")).unlink()  # removed
+    assert np.bincount(data.load_split(root, "public", cache).y).tolist() == [1, 2, 2, 1, 2, 3, 2]
+
+
 def test_csv_layout_gives_the_same_faces_as_folders(fer2013_dir, cache_dir, tmp_path):
     csv_emotion = {"angry": 0, "disgust": 1, "fear": 2, "happy": 3, "sad": 4, "surprise": 5, "neutral": 6}
     usage = {"train": "Training", "public": "PublicTest", "private": "PrivateTest"}
@@ -52,6 +69,17 @@ def test_csv_layout_gives_the_same_faces_as_folders(fer2013_dir, cache_dir, tmp_
             loaded = data.load_split(source, split)
             np.testing.assert_array_equal(loaded.x, expected[split].x)
             np.testing.assert_array_equal(loaded.y, expected[split].y)
+
+
+def test_csv_pixel_out_of_range_or_a_missing_split_is_a_data_error(tmp_path):
+    path = tmp_path / "fer2013.csv"
+    row = " ".join(["256"] + ["0"] * 2303)
+    path.write_text(f"emotion,pixels,Usage\n3,{row},Training\n")
+    with pytest.raises(data.DataError, match=r"fer2013.csv:2: malformed row"):
+        data.load_split(path, "train")
+    path.write_text(f"emotion,pixels,Usage\n3,{row.replace('256', '255')},Training\n")
+    with pytest.raises(data.DataError, match=r"no rows for public, private"):
+        data.load_split(path, "train")
 
 
 def test_malformed_csv_names_file_and_line(tmp_path):

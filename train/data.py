@@ -93,10 +93,20 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
 
 
 def _cache_file(root: Path, split: str, cache_dir) -> Path | None:
+    """The cache of one split, named by the folder and by the name, size and time of every image it holds:
+    an image added, removed, moved to another class or replaced makes a new cache, never a stale answer."""
     if cache_dir is None:
         return None
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
-    return Path(cache_dir) / f"fer2013-{key}-{split}.npz"
+    digest = hashlib.sha1(str(root.resolve()).encode())
+    for path in _split_files(root, split):
+        stat = path.stat()
+        digest.update(f"{path.parent.name}/{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return Path(cache_dir) / f"fer2013-{digest.hexdigest()[:16]}-{split}.npz"
+
+
+def _split_files(root: Path, split: str) -> list[Path]:
+    folder = root / ("train" if split == "train" else "test")
+    return [f for name in CLASS_NAMES for f in sorted((folder / name).glob(f"{_FILE_PREFIX[split]}*.jpg"))]
 
 
 def _load_folders(root: Path, split: str) -> Split:
@@ -135,12 +145,12 @@ def _load_csv(path: Path) -> dict[str, Split]:
                 label = CLASS_NAMES.index(_CSV_EMOTIONS[int(row["emotion"])])
                 pixels = np.array(row["pixels"].split(), dtype=np.uint8)
                 image = pixels.reshape(IMAGE_SIZE, IMAGE_SIZE)
-            except (KeyError, ValueError, IndexError) as exc:
+            except (KeyError, ValueError, IndexError, OverflowError) as exc:  # OverflowError: a pixel above 255
                 raise DataError(f"{path}:{line_no}: malformed row ({exc})") from None
             rows[split][0].append(image)
             rows[split][1].append(label)
-    out = {}
-    for split, (images, labels) in rows.items():
-        x = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-        out[split] = Split(x, np.asarray(labels, dtype=np.int64))
-    return out
+    empty = [split for split, (images, _) in rows.items() if not images]
+    if empty:
+        raise DataError(f"{path}: no rows for {', '.join(empty)} (Usage Training, PublicTest, PrivateTest)")
+    return {split: Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+            for split, (images, labels) in rows.items()}
