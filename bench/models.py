@@ -129,7 +129,9 @@ def main(argv=None) -> int:
     rows = [bench_model(p, splits) for p in paths]
     machine = machine_description()
     text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
-            f"accuracy from raw uint8 pixels read through each model's JSON labels.\n")
+            f"accuracy from raw uint8 pixels read through each model's JSON labels; ms/face is the interpreter's "
+            f"invoke alone (median of 300), the device's crop, resize and read-out come on top (`fer-edge bench` "
+            f"times the whole stage).\n")
     publish("models", text, rows, (MARK_BEGIN, MARK_END), () if args.no_readme else ("README.md", "MODEL_CARD.md"),
             record=not args.models)
     return 0

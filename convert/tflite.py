@@ -24,7 +24,8 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 MAX_INT8_DROP = 0.01  # the int8 model may lose at most one accuracy point against Keras on PublicTest
 # Crop side = Haar box side * FACE_MARGIN: FER-2013 faces fill their 48x48 image so that OpenCV's
 # frontal-face cascade finds a box of 0.96 of the side, centred (median over PublicTest, see
-# tests/test_train_data.py::test_face_margin_matches_haar_on_fer2013).
+# tests/test_train_data.py::test_face_margin_matches_haar_on_fer2013, faces of ~200 px; MODEL_CARD.md gives the
+# range over face sizes).
 FACE_MARGIN = 1.04
 
 
