@@ -1,6 +1,7 @@
 """FER-2013 loaders on the real data set, the csv layout, and clear errors for bad paths."""
 
 import csv
+import logging
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_cache_follows_changes_inside_the_data_folder(fer2013_dir, tmp_path):
     assert np.bincount(data.load_split(root, "public", cache).y).tolist() == [1, 2, 2, 1, 2, 3, 2]
 
 
-def test_csv_layout_gives_the_same_faces_as_folders(fer2013_dir, cache_dir, tmp_path):
+def test_csv_layout_gives_the_same_faces_as_folders(fer2013_dir, cache_dir, tmp_path, caplog):
     csv_emotion = {"angry": 0, "disgust": 1, "fear": 2, "happy": 3, "sad": 4, "surprise": 5, "neutral": 6}
     usage = {"train": "Training", "public": "PublicTest", "private": "PrivateTest"}
     expected = {s: data.load_split(fer2013_dir, s, cache_dir).head(3) for s in data.SPLITS}
@@ -69,6 +70,10 @@ def test_csv_layout_gives_the_same_faces_as_folders(fer2013_dir, cache_dir, tmp_
             loaded = data.load_split(source, split)
             np.testing.assert_array_equal(loaded.x, expected[split].x)
             np.testing.assert_array_equal(loaded.y, expected[split].y)
+    (tmp_path / "train").mkdir()  # image folders beside the CSV are not read: say so
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        data.load_split(tmp_path, "public")
+    assert "the image folders beside it are not read" in caplog.text
 
 
 def test_csv_pixel_out_of_range_or_a_missing_split_is_a_data_error(tmp_path):

@@ -72,6 +72,8 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     path = Path(data)
     csv_path = path if path.suffix == ".csv" else path / "fer2013.csv"
     if csv_path.is_file():
+        if csv_path.parent == path and (path / "train").is_dir():
+            log.warning("%s: reading fer2013.csv; the image folders beside it are not read", path)
         return _load_csv(csv_path)[split]
     if not path.is_dir():
         raise DataError(
