@@ -81,11 +81,12 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
             f"test/<class>/{{PublicTest,PrivateTest}}_*.jpg, or a fer2013.csv "
             f"(set --data or ${DATA_ENV})"
         )
-    cached = _cache_file(path, split, cache_dir)
+    files = _class_files(path, split)
+    cached = _cache_file(path, split, files, cache_dir)
     if cached is not None and cached.is_file():
         with np.load(cached) as z:
             return Split(z["x"], z["y"])
-    result = _load_folders(path, split)
+    result = _load_folders(path, split, files)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npz")
@@ -94,32 +95,32 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
     return result
 
 
-def _cache_file(root: Path, split: str, cache_dir) -> Path | None:
+def _cache_file(root: Path, split: str, files: list[list[Path]], cache_dir) -> Path | None:
     """The cache of one split, named by the folder and by the name, size and time of every image it holds:
     an image added, removed, moved to another class or replaced makes a new cache, never a stale answer."""
     if cache_dir is None:
         return None
     digest = hashlib.sha1(str(root.resolve()).encode())
-    for path in _split_files(root, split):
+    for path in (f for class_files in files for f in class_files):
         stat = path.stat()
         digest.update(f"{path.parent.name}/{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return Path(cache_dir) / f"fer2013-{digest.hexdigest()[:16]}-{split}.npz"
 
 
-def _split_files(root: Path, split: str) -> list[Path]:
+def _class_files(root: Path, split: str) -> list[list[Path]]:
+    """The split's images, one sorted list per class in ``CLASS_NAMES`` order."""
     folder = root / ("train" if split == "train" else "test")
-    return [f for name in CLASS_NAMES for f in sorted((folder / name).glob(f"{_FILE_PREFIX[split]}*.jpg"))]
+    return [sorted((folder / name).glob(f"{_FILE_PREFIX[split]}*.jpg")) for name in CLASS_NAMES]
 
 
-def _load_folders(root: Path, split: str) -> Split:
+def _load_folders(root: Path, split: str, class_files: list[list[Path]]) -> Split:
     folder = root / ("train" if split == "train" else "test")
     prefix = _FILE_PREFIX[split]
     missing = [c for c in CLASS_NAMES if not (folder / c).is_dir()]
     if missing:
         raise DataError(f"{folder} lacks class folders {', '.join(missing)}: expected {folder}/<class>/{prefix}*.jpg")
     images, labels = [], []
-    for index, name in enumerate(CLASS_NAMES):
-        files = sorted((folder / name).glob(f"{prefix}*.jpg"))
+    for index, files in enumerate(class_files):
         for f in files:
             img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
             if img is None:

@@ -92,16 +92,17 @@ def load(args, **extra) -> Config:
     return cfg
 
 
-def preflight(cfg: Config, *, model_optional: bool = False) -> Path | None:
-    """Everything ``run`` refuses at start-up that can be checked without opening a camera, in the order
-    ``run`` builds its stages: the model's sidecar (and checksum), the Haar cascade (found and loaded, a few
-    ms), and a video file or image folder source (opened and closed again). ``run``, ``bench`` and
-    ``check-config`` all call this, so the installer's check-config guard cannot drift from what ``run``
-    needs. A camera (picamera2, OpenCV capture) is never opened here: it may be in use by the service.
+def preflight(cfg: Config) -> Path | None:
+    """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the checks
+    ``app.build_pipeline`` makes, through the same functions and in its order: the model's sidecar (and
+    checksum), the Haar cascade (``app.build_detector``: found and loaded, a few ms), and a video file or
+    image folder source (``open_source``, opened and closed again). ``run`` and ``bench`` need no separate
+    call: building their pipeline raises the same errors. A camera (picamera2, OpenCV capture) is never
+    opened here: it may be in use by the service.
 
-    ``model_optional`` (check-config): a model that is not there yet is only a warning, so a config can be
-    checked before its model is installed (deploy/install.sh --prefix does that); a model that is there
-    must be sound. Returns the model path, or None where it was allowed to be missing.
+    A model that is not there yet is only a warning, so a config can be checked before its model is
+    installed (deploy/install.sh --prefix does that); a model that is there must be sound. Returns the
+    model path, or None when it is missing.
     """
     from fer_edge.app import build_detector
     from fer_edge.config import resolve_model_path
@@ -109,11 +110,9 @@ def preflight(cfg: Config, *, model_optional: bool = False) -> Path | None:
 
     try:
         model = resolve_model_path(cfg.model.path)
-        if model_optional and not model.is_file():
+        if not model.is_file():
             raise ModelError(f"model not found: {model}")
     except ModelError as exc:
-        if not model_optional:
-            raise
         log.warning("%s", exc)
         model = None
     else:
@@ -130,7 +129,6 @@ def cmd_run(args) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
     cfg = load(args)
-    preflight(cfg)
     stats = app.run(cfg, args.max_frames)
     sys.stdout.write(run_summary(stats, cfg))
     return 0
@@ -155,7 +153,7 @@ def cmd_check_config(args) -> int:
     from fer_edge.config import to_yaml
 
     cfg = load(args)
-    model = preflight(cfg, model_optional=True)
+    model = preflight(cfg)
     if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
@@ -169,7 +167,6 @@ def cmd_bench(args) -> int:
     if args.frames <= 0:
         raise ConfigError(f"--frames: expected a positive integer, got {args.frames}")
     cfg = load(args, **{"model.threads": 1})
-    preflight(cfg)
     result = bench.run_bench(cfg, args.frames)
     sys.stdout.write(bench.format_json(result) if args.json else bench.format_table(result))
     return 0
