@@ -24,6 +24,8 @@ shift 2
 mkdir -p "$pack" build
 
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+# train.config reads its YAML through fer_edge.yamlconfig (which imports YAML alone); fer_edge is not installed there
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)/edge${PYTHONPATH:+:$PYTHONPATH}"
 export KERAS_BACKEND=${KERAS_BACKEND:-jax}
 # (ALLOW_CPU=1 runs it on a CPU: a dry run of the whole script with tiny configs)
 if ! python3 -c "import os, keras, numpy; assert os.environ.get('ALLOW_CPU') or keras.backend.backend() != 'jax' or __import__('jax').devices()[0].platform == 'gpu'; numpy.asarray(keras.ops.ones(2) + 1)" 2>build/backend.err; then

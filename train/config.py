@@ -9,14 +9,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from fer_edge.errors import ConfigError
+from fer_edge.yamlconfig import apply_overrides, read_mapping
 from train.augment import AugmentConfig
-
-
-class ConfigError(Exception):
-    pass
-
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -142,44 +137,10 @@ def _check(hint, value, key_path):
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Load ``path`` (None: the defaults), apply dotted ``overrides`` (``{"model.name": ...}``), check it all."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for depth, part in enumerate(parents):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"{'.'.join(parents[: depth + 1])}: expected a mapping, got {node!r}")
-        node[last] = value
+    raw = apply_overrides(read_mapping(path, "settings") if path is not None else {}, overrides)
     cfg = _build(TrainConfig, raw, "")
     _validate(cfg)
     return cfg
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line: where the parser gave up, and why (PyYAML's own message spans several lines)."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    what = ": ".join(part for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
-    if mark is None or not what:
-        return " ".join(str(exc).split())
-    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 
 def _check_choice(key_path: str, value: str, choices) -> None:

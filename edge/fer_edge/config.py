@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from fer_edge.errors import ConfigError, ModelError
+from fer_edge.yamlconfig import apply_overrides, read_mapping
 
 MODEL_FILENAME = "fer_int8.tflite"
 
@@ -203,32 +204,7 @@ class Config:
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
     """Load ``path`` (None: built-in defaults), apply dotted ``overrides`` (``{"source.path": ...}``), validate."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for depth, part in enumerate(parents):
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"{'.'.join(parents[: depth + 1])}: expected a mapping, got {node!r}")
-        node[last] = value
+    raw = apply_overrides(read_mapping(path, "sections") if path is not None else {}, overrides)
     return _build(Config, raw, "")
 
 
