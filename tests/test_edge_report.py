@@ -218,6 +218,13 @@ def test_a_tie_goes_to_the_label_seen_first(tmp_path):
     assert read_csv(report.main([path], tmp_path)[0])[0]["dominant"] == "sad"
 
 
+@pytest.mark.parametrize(
+    "span_s, unit", [(0, "seconds"), (299, "seconds"), (1800, "minutes"), (10 * 3600, "hours"), (40 * 86400, "days")]
+)
+def test_the_timeline_unit_follows_the_span(span_s, unit):
+    assert report._time_unit(span_s)[0] == unit
+
+
 def test_a_long_recording_is_summarised_in_little_memory(tmp_path):
     """A week of one face at 15 fps is 9 million observations: a Pi must be able to hold them. Read as Python
     objects they took some 475 bytes each at the peak (4 GB for the week); held in arrays about 70 (tracemalloc

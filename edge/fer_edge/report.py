@@ -268,6 +268,14 @@ def _frame_interval(events: Events) -> float:
     return float(np.partition(steps, middle)[middle])
 
 
+def _time_unit(span_s: float) -> tuple[str, float]:
+    """The timeline's unit for a span: seconds for a clip, up to days for a device's month."""
+    for name, seconds, up_to in (("seconds", 1, 300), ("minutes", 60, 3 * 3600), ("hours", 3600, 3 * 86400)):
+        if span_s <= up_to:
+            return name, seconds
+    return "days", 86400
+
+
 def write_timeline_png(events: Events, path: Path) -> Path | None:
     """Draw one horizontal band per track, coloured by label; None (and one warning) without matplotlib."""
     try:
@@ -283,6 +291,7 @@ def write_timeline_png(events: Events, path: Path) -> Path | None:
     colour_of = {label: colours(i % 10) for i, label in enumerate(events.labels)}
     tracks = list(events.tracks.values())
     origin = min((s.start for s in tracks), default=0.0)
+    unit, unit_s = _time_unit(max((s.end for s in tracks), default=origin) - origin)
     interval = _frame_interval(events)
     title = "Expressions per track" if tracks else "No faces in the events"
     if len(tracks) > MAX_TIMELINE_TRACKS:
@@ -296,12 +305,12 @@ def write_timeline_png(events: Events, path: Path) -> Path | None:
     for row, summary in enumerate(tracks):
         bars: dict[str, list[tuple[float, float]]] = {}
         for label, start, width in _label_runs(summary, interval):
-            bars.setdefault(label, []).append((start - origin, width))
+            bars.setdefault(label, []).append(((start - origin) / unit_s, width / unit_s))
         for label, spans in bars.items():  # one call per label: a week's track has many thousand runs
             axes.broken_barh(spans, (row - 0.4, 0.8), facecolors=colour_of[label])
     axes.set_yticks(range(len(tracks)), [s.track if s.track == UNTRACKED else f"track {s.track}" for s in tracks])
     axes.set_ylim(len(tracks) - 0.5 if tracks else 0.5, -0.5)
-    axes.set_xlabel(f"seconds since {_iso(origin)}" if tracks else "seconds")
+    axes.set_xlabel(f"{unit} since {_iso(origin)}" if tracks else unit)
     axes.set_title(title)
     axes.legend(
         handles=[Patch(color=colour_of[label], label=label) for label in events.labels],
