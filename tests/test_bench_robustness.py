@@ -1,4 +1,8 @@
-"""The camera-like conditions of ``make bench``'s robustness table, on real faces."""
+"""``make bench``: the camera-like conditions of its robustness table, on real faces; what the models table
+scores and where its numbers go."""
+
+import json
+import shutil
 
 import numpy as np
 
@@ -31,3 +35,33 @@ def test_benchmarks_of_named_models_leave_the_shipped_models_record_alone(tmp_pa
     publish("robustness", "shipped table\n", {"x": 1}, ("<!-- b -->", "<!-- e -->"), ("DOC.md",))
     assert (tmp_path / "bench" / "results-robustness.md").read_text() == "shipped table\n"
     assert "shipped table" in (tmp_path / "DOC.md").read_text()
+
+
+def test_the_models_table_scores_public_test_only(fer2013_dir, cache_dir, tmp_path, monkeypatch, capsys):
+    """PrivateTest is scored once per shipped model, by its conversion: the bench reads that number from the
+    sidecar and shows none for a model that has none (a candidate, the origin's CNN)."""
+    import bench.models
+
+    real_load_split = data.load_split
+
+    def load_public_only(root, split, _cache):
+        assert split != "private", "make bench loaded PrivateTest"
+        return real_load_split(root, split, cache_dir)
+
+    monkeypatch.setattr(data, "load_split", load_public_only)
+    monkeypatch.setattr(bench.models, "on_one_core", lambda: None)
+    monkeypatch.setattr(bench.models, "latency_ms", lambda path: 1.0)
+    shipped = bench.models.REPO / "models" / "fer_fast_int8.tflite"
+    candidate = tmp_path / "candidate.tflite"
+    shutil.copyfile(shipped, candidate)
+    sidecar = json.loads(shipped.with_suffix(".json").read_text())
+    private, private_f1 = sidecar["metrics"].pop("private_accuracy"), sidecar["metrics"].pop("private_macro_f1")
+    candidate.with_suffix(".json").write_text(json.dumps(sidecar))
+
+    assert bench.models.main([str(shipped), str(candidate), "--data", str(fer2013_dir)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fast ")]
+    assert len(rows) == 2
+    public = f"{100 * sidecar['metrics']['public_accuracy']:.2f}%"
+    assert rows[0].split(" | ")[2:5] == [public, f"{100 * private:.2f}%", f"{private_f1:.3f}"]
+    assert rows[1].split(" | ")[2:5] == [public, "-", "-"]
+    assert f"| {shipped.stat().st_size / 1000:.0f} kB |" in rows[0]
