@@ -354,21 +354,23 @@ unit_files() {
 
 check_config() {
     if ! "$VENV/bin/fer-edge" check-config --config "$CONFIG" >/dev/null; then
+        rollback_model  # else the service's next start (a crash, the watchdog, a reboot) takes the new model
         die "${CONFIG#"$ROOT"} does not pass fer-edge check-config: service not (re)started"
     fi
     say "config ok: ${CONFIG#"$ROOT"}"
 }
 
 # Start, or restart when something changed; systemctl waits for READY=1 (Type=notify).
+# Returns non-zero when systemd could not start it (callers run it under `if`, where set -e is off).
 start_service() {
-    systemctl daemon-reload
-    systemctl enable --quiet "$SERVICE"
+    systemctl daemon-reload || return 1
+    systemctl enable --quiet "$SERVICE" || return 1
     if ! service_active; then
         say "starting $SERVICE"
-        systemctl start "$SERVICE"
+        systemctl start "$SERVICE" || return 1
     elif [ "$CHANGED" = 1 ] || [ "$FORCE_RESTART" = 1 ]; then
         say "restarting $SERVICE"
-        systemctl restart "$SERVICE"
+        systemctl restart "$SERVICE" || return 1
     else
         say "nothing changed; $SERVICE keeps running"
     fi
@@ -386,7 +388,14 @@ do_install() {
     config_file
     unit_files
     check_config
-    start_service
+    if ! start_service; then
+        if [ -n "$MODEL_SWITCHED_FROM" ] && [ "$MODEL_SWITCHED_FROM" != none ]; then
+            rollback_model
+            systemctl restart "$SERVICE" || true
+            die "$SERVICE did not start (journalctl -u $SERVICE): previous model restored"
+        fi
+        die "$SERVICE did not start (journalctl -u $SERVICE)"
+    fi
     prune_models  # only now that the service runs with the new model
 }
 

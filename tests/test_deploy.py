@@ -398,6 +398,41 @@ def _variant_model(tmp_path: Path, tag: bytes) -> Path:
     return model
 
 
+def test_a_full_install_whose_model_fails_the_check_keeps_the_running_model(fake_pi, edited_config, tmp_path):
+    """The service's next start (a crash, the watchdog, a reboot) must not take a model check-config refused."""
+    models = fake_pi.root / "var/lib/fer-edge/models"
+    current = (models / "current").readlink()
+    refused = _variant_model(tmp_path, b"\3" * 16)
+    sidecar = json.loads(refused.with_suffix(".json").read_text())
+    refused.with_suffix(".json").write_text(json.dumps({**sidecar, "face_margin": 10}))
+    config = fake_pi.path("/etc/fer-edge/config.yaml")
+    good = config.read_text()
+    config.write_text(good.replace("/var/lib/fer-edge/models/current/", f"{models}/current/"))  # under the prefix
+    try:
+        result = fake_pi.deploy("--model", str(refused))
+    finally:
+        config.write_text(good)
+    calls = fake_pi.new_calls()
+    assert result.returncode != 0, result.stderr
+    assert "face_margin" in result.stderr and "does not pass fer-edge check-config" in result.stderr
+    assert f"rolled back to model {current}" in result.stderr
+    assert (models / "current").readlink() == current
+    assert not [c for c in calls if c.startswith(("systemctl start", "systemctl restart"))]
+
+
+def test_a_full_install_whose_service_fails_to_start_restores_the_previous_model(fake_pi, edited_config, tmp_path):
+    models = fake_pi.root / "var/lib/fer-edge/models"
+    current = (models / "current").readlink()
+    (fake_pi.state / "fail-next-start").touch()
+    result = fake_pi.deploy("--model", str(_variant_model(tmp_path, b"\4" * 16)))
+    calls = fake_pi.new_calls()
+    assert result.returncode != 0
+    assert "did not start (journalctl -u fer-edge): previous model restored" in result.stderr
+    assert (models / "current").readlink() == current
+    assert [c for c in calls if c.startswith("systemctl restart")] == ["systemctl restart fer-edge"] * 2
+    assert "removed old model" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def swapped_model(fake_pi, edited_config, tmp_path_factory):
     models = fake_pi.root / "var/lib/fer-edge/models"

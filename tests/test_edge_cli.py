@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -168,7 +169,24 @@ REFUSED_CONFIGS = {
         "source:\n  path: {clip}\nmodel:\n  path: {bad_model}\n",
         "{tmp}/bad/fer_int8.json: malformed sidecar: face_margin",
     ),
+    "model that does not load": (  # cut short before its sidecar was written: the checksum matches
+        "source:\n  path: {clip}\nmodel:\n  path: {cut_model}\n",
+        "{tmp}/cut/fer_int8.tflite: not a loadable TFLite model",
+    ),
+    "model unlike its sidecar": (
+        "source:\n  path: {clip}\nmodel:\n  path: {odd_scale}\n",
+        "{tmp}/odd/fer_int8.tflite: input quantization (scale 1.0, zero point 0) disagrees with the sidecar",
+    ),
 }
+
+
+def cut_model(folder: Path, model_path: Path) -> Path:
+    """The first half of the shipped model, with a sidecar whose sha256 is that half's."""
+    model = bad_sidecar_model(folder, model_path, "")
+    model.write_bytes(model_path.read_bytes()[: model_path.stat().st_size // 2])
+    checksum = hashlib.sha256(model.read_bytes()).hexdigest()
+    model.with_suffix(".json").write_text(edited_sidecar(model_path, sha256=checksum))
+    return model
 
 
 @pytest.mark.parametrize("case", list(REFUSED_CONFIGS))
@@ -179,7 +197,11 @@ def test_check_config_refuses_what_run_refuses(case, demo_clip, model_path, tmp_
     (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     bad_model = bad_sidecar_model(tmp_path / "bad", model_path, edited_sidecar(model_path, face_margin=0))
     text, expected = REFUSED_CONFIGS[case]
-    values = {"clip": demo_clip, "tmp": tmp_path, "bad_model": bad_model}
+    model_input = json.loads(model_path.with_suffix(".json").read_text())["input"]
+    odd_scale = bad_sidecar_model(tmp_path / "odd", model_path,
+                                  edited_sidecar(model_path, input={**model_input, "scale": 0.5}))
+    values = {"clip": demo_clip, "tmp": tmp_path, "bad_model": bad_model, "odd_scale": odd_scale,
+              "cut_model": cut_model(tmp_path / "cut", model_path)}
     config = tmp_path / "config.yaml"
     config.write_bytes(text if isinstance(text, bytes) else text.format(**values).encode())
     check = fer_edge("check-config", "--quiet", "--config", str(config))

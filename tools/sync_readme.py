@@ -15,7 +15,8 @@ def sections() -> dict[str, str]:
     config = (REPO / "configs" / "edge-default.yaml").read_text()
     return {
         "config": "Every key, its default and meaning (`configs/edge-default.yaml`; `fer-edge check-config` "
-        "validates a file, checks what `run` would refuse before it opens the camera (the model's sidecar, the Haar "
+        "validates a file, checks what `run` would refuse before it opens the camera (the model, loaded and "
+        "compared with its sidecar, the Haar "
         "cascade, a video file or image folder; a model not installed yet is only a warning) and prints it resolved; "
         "unknown keys are errors naming their path):\n\n"
         f"```yaml\n{config}```\n",

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from fer_edge.contract import ContractError, read_sidecar
+from fer_edge.contract import ContractError
 from fer_edge.errors import ConfigError, FerEdgeError, ModelError
 
 if TYPE_CHECKING:
@@ -94,17 +94,18 @@ def load(args, **extra) -> Config:
 
 def preflight(cfg: Config) -> Path | None:
     """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the checks
-    ``app.build_pipeline`` makes, through the same functions and in its order: the model's sidecar (and
-    checksum), the Haar cascade (``app.build_detector``: found and loaded, a few ms), and a video file or
-    image folder source (``open_source``, opened and closed again). ``run`` and ``bench`` need no separate
-    call: building their pipeline raises the same errors. A camera (picamera2, OpenCV capture) is never
-    opened here: it may be in use by the service.
+    ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
+    (``app.build_classifier``: the sidecar and its checksum, then the model loaded in the runtime and
+    compared with the sidecar, some 30 ms), the Haar cascade (``app.build_detector``: found and loaded, a
+    few ms), and a video file or image folder source (``open_source``, opened and closed again). ``run``
+    and ``bench`` need no separate call: building their pipeline raises the same errors. A camera
+    (picamera2, OpenCV capture) is never opened here: it may be in use by the service.
 
     A model that is not there yet is only a warning, so a config can be checked before its model is
     installed (deploy/install.sh --prefix does that); a model that is there must be sound. Returns the
     model path, or None when it is missing.
     """
-    from fer_edge.app import build_detector
+    from fer_edge.app import build_classifier, build_detector
     from fer_edge.config import resolve_model_path
     from fer_edge.sources import open_source, resolve_kind
 
@@ -116,7 +117,7 @@ def preflight(cfg: Config) -> Path | None:
         log.warning("%s", exc)
         model = None
     else:
-        read_sidecar(model)  # ContractError: missing sidecar, malformed field, checksum
+        build_classifier(cfg)  # ContractError: sidecar, checksum; ModelError: unloadable, unlike its sidecar
     build_detector(cfg)
     if resolve_kind(cfg.source) in ("file", "images"):
         open_source(cfg.source).close()
