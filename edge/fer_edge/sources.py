@@ -159,15 +159,13 @@ class VideoFileSource:
             raise SourceError(f"cannot open video file {self.path} (not a video OpenCV can decode?)")
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else 30.0
-        width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        self._pending: np.ndarray | None = None
-        if width <= 0 or height <= 0:
-            ok, image = self._capture.read()
-            if not ok:
-                raise SourceError(f"video file {self.path} has no frames")
-            self._pending = image
-            height, width = image.shape[:2]
+        # The first frame is decoded here: a file whose header opens but whose frames do not decode (cut
+        # or overwritten) is refused at start-up, not run as an empty video.
+        ok, image = self._capture.read()
+        if not ok:
+            raise SourceError(f"video file {self.path} has no frame that decodes")
+        self._pending: np.ndarray | None = image
+        height, width = image.shape[:2]
         self.size = (width, height)
         self.loop = loop
         self._interrupted = threading.Event()
