@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import subprocess
 import sys
 import threading
 import time
+import types
 from types import SimpleNamespace
 
 import cv2
@@ -97,6 +99,21 @@ def test_missing_or_undecodable_video_is_a_source_error(tmp_path):
         VideoFileSource(junk)
 
 
+def test_a_video_whose_frames_do_not_decode_is_refused_at_open(demo_clip, tmp_path):
+    """The MP4's index is intact (it opens, with its size and rate) but its frame data is zeroed, as a file
+    overwritten or cut in the middle: refused with one line rather than played as an empty video."""
+    data = bytearray(demo_clip.read_bytes())
+    media = data.index(b"mdat") + 4
+    moov = data.index(b"moov") - 4
+    assert media < moov  # this clip keeps its index at the end
+    data[media:moov] = bytes(moov - media)
+    zeroed = tmp_path / "zeroed.mp4"
+    zeroed.write_bytes(data)
+    assert cv2.VideoCapture(str(zeroed)).isOpened()
+    with pytest.raises(SourceError, match=f"^video file {zeroed} has no frame that decodes$"):
+        VideoFileSource(zeroed)
+
+
 def test_image_folder_plays_images_in_name_order_at_one_size(tmp_path):
     for i, name in enumerate(["b.png", "a.jpg", "c.png"]):
         cv2.imwrite(str(tmp_path / name), np.full((60 + 20 * i, 80, 3), 50 * (i + 1), np.uint8))
@@ -160,6 +177,10 @@ def test_auto_without_path_prefers_picamera2_when_installed(monkeypatch):
     cfg = SimpleNamespace(kind="auto", path=None)
     monkeypatch.setitem(sys.modules, "picamera2", None)  # never import the real one in tests
     assert resolve_kind(cfg) == "opencv"
+    stand_in = types.ModuleType("picamera2")  # installed: found, and still never imported for real
+    stand_in.__spec__ = importlib.machinery.ModuleSpec("picamera2", None)
+    monkeypatch.setitem(sys.modules, "picamera2", stand_in)
+    assert resolve_kind(cfg) == "picamera2"
 
 
 def test_picamera2_backend_without_picamera2_is_a_source_error(monkeypatch):
