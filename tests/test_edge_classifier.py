@@ -96,14 +96,17 @@ def test_the_same_face_anywhere_in_a_large_frame_gets_the_same_answer(classifier
 
 
 def test_crop_is_a_margin_square_padded_by_edge_replication(classifier):
-    gray = np.arange(100 * 100, dtype=np.uint32).reshape(100, 100).astype(np.uint8)
+    gray = (np.arange(100 * 100).reshape(100, 100) % 241 + 9).astype(np.uint8)  # no border pixel is 0
     inside = classifier.crop(gray, Box(30, 30, 40, 40))
     side = round(40 * classifier.face_margin)
     assert inside.shape == (side, side)
-    corner = classifier.crop(gray, Box(-10, -10, 40, 40))
-    assert corner.shape == (side, side)
-    pad = side - (side - round((side - 40) / 2) - 10)
-    assert (corner[:pad, pad] == gray[0, 0]).all()  # replicated top edge
+    square = Box(30, 30, 40, 40).square(classifier.face_margin)
+    np.testing.assert_array_equal(inside, gray[square.y : square.y2, square.x : square.x2])
+    for box in (Box(-10, -10, 40, 40), Box(75, 80, 40, 40)):  # over the top-left, over the bottom-right
+        crop = classifier.crop(gray, box)
+        square = box.square(classifier.face_margin)
+        padded = np.pad(gray, 50, mode="edge")
+        np.testing.assert_array_equal(crop, padded[square.y + 50 : square.y2 + 50, square.x + 50 : square.x2 + 50])
     with pytest.raises(ValueError):
         classifier.crop(gray, Box(200, 200, 10, 10))
 
@@ -117,12 +120,16 @@ def test_a_one_pixel_box_in_a_corner_still_gets_a_crop_at_the_smallest_margin(cl
     assert classifier.classify(gray, Box(639, 359, 1, 1)).label in classifier.labels
 
 
-def test_classify_reuses_its_buffers(classifier):
-    gray = np.full((120, 160), 128, np.uint8)
-    buffer = classifier._input
-    classifier.classify(gray, Box(10, 10, 60, 60))
-    classifier.classify(gray, Box(50, 20, 90, 90))
-    assert classifier._input is buffer
+def test_classify_reuses_its_buffers_and_each_face_gets_its_own_scores(classifier, model_path):
+    rng = np.random.default_rng(3)
+    first, second = (rng.integers(0, 256, (120, 160), dtype=np.uint8) for _ in range(2))
+    buffers = (classifier._input, classifier._input_plane, classifier._resized)
+    scores_first = classifier.classify(first, Box(10, 10, 60, 60)).scores
+    scores_second = classifier.classify(second, Box(50, 20, 90, 90)).scores
+    assert all(a is b for a, b in zip((classifier._input, classifier._input_plane, classifier._resized), buffers))
+    assert np.shares_memory(classifier._input, classifier._input_plane)
+    fresh = ExpressionClassifier(model_path)  # nothing left over from an earlier face
+    assert scores_second == fresh.classify(second, Box(50, 20, 90, 90)).scores != scores_first
 
 
 def test_missing_sidecar_is_a_contract_error(model_copy):

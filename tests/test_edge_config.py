@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from fer_edge import classifier as classifier_module
 from fer_edge import config as config_module
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
@@ -112,17 +113,28 @@ def test_boundary_values_are_accepted(tmp_path):
     assert cfg.smoothing.alpha == 1.0 and cfg.smoothing.hysteresis == 0.0 and cfg.tracking.max_missed == 0
 
 
-def test_the_largest_accepted_overlay_and_thread_values_work(tmp_path, model_path):
+def test_the_largest_accepted_overlay_and_thread_values_work(tmp_path, model_path, monkeypatch):
     """The upper bounds are usable: the annotator draws with them and the interpreter runs with 64 threads."""
     cfg = load_config(write(tmp_path, "overlay:\n  thickness: 50\n  font_scale: 10\nmodel:\n  threads: 64\n"))
     assert (cfg.overlay.thickness, cfg.overlay.font_scale, cfg.model.threads) == (50, 10.0, 64)
+    interpreter_class, runtime = classifier_module.load_interpreter_class()
+    threads_asked = []
+
+    def recording_interpreter(**kwargs):
+        threads_asked.append(kwargs.get("num_threads"))
+        return interpreter_class(**kwargs)
+
+    monkeypatch.setattr(classifier_module, "load_interpreter_class", lambda: (recording_interpreter, runtime))
     classifier = ExpressionClassifier(model_path, threads=cfg.model.threads)
+    assert threads_asked == [64]
     gray = np.full((360, 640), 128, np.uint8)
     prediction = classifier.classify(gray, Box(300, 100, 120, 120))
     image = np.zeros((360, 640, 3), np.uint8)
-    for box in (Box(300, 100, 120, 120), Box(0, 0, 40, 40), Box(600, 320, 40, 40)):  # middle, corners
+    boxes = (Box(300, 100, 120, 120), Box(0, 0, 40, 40), Box(600, 320, 40, 40))  # middle, corners
+    for box in boxes:
         Annotator.from_config(cfg.overlay).draw(image, [Face(box, prediction, track_id=7)])
-    assert image.any()
+    for box in boxes:  # each box's outline is drawn, clipped to the frame where it leaves it
+        assert image[min(box.y2, 359), box.x : min(box.x2, 640)].any(), box
 
 
 def test_unquoted_off_means_off(tmp_path):

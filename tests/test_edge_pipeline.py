@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -128,12 +129,20 @@ def test_stop_from_another_thread(demo_images, detector, classifier):
         def close(self):
             pass
 
-    pipeline = Pipeline(Endless(), detector, classifier, Annotator(), [])
-    timer = threading.Timer(0.3, pipeline.stop)
-    timer.start()
-    stats = pipeline.run()
-    timer.join()
-    assert stats.frames > 0
+    source = Endless()
+    pipeline = Pipeline(source, detector, classifier, Annotator(), [])
+    results = []
+    loop = threading.Thread(target=lambda: results.append(pipeline.run()), daemon=True)
+    loop.start()
+    time.sleep(0.3)
+    pipeline.stop()
+    loop.join(timeout=10)  # a stop() that does not stop fails here instead of hanging the suite
+    assert not loop.is_alive(), "the loop did not stop"
+    stats = results[0]
+    assert 0 < stats.frames <= source.index
+    frames_at_stop = source.index
+    time.sleep(0.1)
+    assert source.index == frames_at_stop  # nothing reads on after the loop ended
 
 
 def test_close_closes_every_sink_and_the_source_even_when_one_fails(demo_images, detector, classifier):

@@ -143,8 +143,8 @@ def test_labels_come_from_the_data(tmp_path):
     assert rows == [
         {
             "track": "5",
-            "start": rows[0]["start"],
-            "end": rows[0]["end"],
+            "start": "2025-11-24T16:00:00.000+00:00",
+            "end": "2025-11-24T16:00:02.000+00:00",
             "duration_s": "2.000",
             "frames": "3",
             "dominant": "calm",

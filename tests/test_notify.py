@@ -175,13 +175,17 @@ def test_cli_run_notifies_ready_after_the_first_frame_and_pings_while_frames_flo
 
 
 def test_cli_never_reports_ready_when_no_frame_arrives(service_socket, tmp_path):
+    """The pipeline is built and its loop starts, but the first read fails: no READY, no pings."""
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "0001.jpg").write_bytes(b"not a JPEG")
     result = subprocess.run(
-        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(tmp_path / "unplugged.mp4"),
+        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(tmp_path / "frames"),
          "--model", str(MODEL), "--output", str(tmp_path / "rec"), "--max-frames", "10"],
         env=_child_env(service_socket.address), capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
+    assert f"fer-edge: error: cannot read image {tmp_path / 'frames' / '0001.jpg'}" in result.stderr
     kinds = _kinds(service_socket.drain())
     assert "READY" not in kinds and "WATCHDOG" not in kinds
 
