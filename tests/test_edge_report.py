@@ -227,7 +227,7 @@ def test_the_timeline_unit_follows_the_span(span_s, unit):
 
 def test_a_long_recording_is_summarised_in_little_memory(tmp_path):
     """A week of one face at 15 fps is 9 million observations: a Pi must be able to hold them. Read as Python
-    objects they took some 475 bytes each at the peak (4 GB for the week); held in arrays about 70 (tracemalloc
+    objects they took some 475 bytes each at the peak (4 GB for the week); held in arrays about 80 (tracemalloc
     sees both)."""
     path = tmp_path / "events.jsonl"
     frames = 40_000

@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -104,80 +104,40 @@ def events_files(paths: list[str | Path]) -> list[Path]:
 def collect_tracks(paths: list[str | Path]) -> Events:
     """Collect every face of every frame in ``paths`` into per-track summaries, ordered by time.
 
-    A week of one face at 15 fps is 9 million observations: they are held in flat arrays (about 70 bytes each at
-    the peak, 0.6 GB for the week), not as Python objects (some 475 bytes each, 4 GB), so that a Pi can summarise
+    A week of one face at 15 fps is 9 million observations: they are held in flat arrays (about 80 bytes each at
+    the peak, 0.7 GB for the week), not as Python objects (some 475 bytes each, 4 GB), so that a Pi can summarise
     what it recorded.
     """
-    frame_times, frame_indexes = array("d"), array("q")  # per frame; NO_FRAME where the event has no index
-    face_frames, face_tracks, face_labels = array("q"), array("q"), array("i")  # per face; codes into the dicts
-    tracks: dict[str, int] = {}
-    labels: dict[str, int] = {}
-    for path in events_files(paths):
-        skipped = []
-        for number, event in numbered_events(path):
-            try:
-                t, faces = _parse_event(event)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                skipped.append(number)
-                continue
-            frame = event.get("frame")
-            frame_index = len(frame_times)
-            frame_times.append(t)
-            frame_indexes.append(frame if isinstance(frame, int) and NO_FRAME < frame < 2**63 else NO_FRAME)
-            for track, label, score_names in faces:
-                for name in score_names:
-                    labels.setdefault(name, len(labels))
-                face_frames.append(frame_index)
-                face_tracks.append(tracks.setdefault(track, len(tracks)))
-                face_labels.append(labels.setdefault(label, len(labels)))
-        if skipped:
-            log.warning("%s: skipped %d unreadable line(s): %s", path, len(skipped), _line_list(skipped))
-
-    frame_count = len(frame_times)
-    by_time = np.argsort(np.frombuffer(frame_times, dtype=np.float64), kind="stable")
-    times = np.frombuffer(frame_times, dtype=np.float64)[by_time]
-    # In time order, a frame index lower than the last one seen means that the device restarted: a new run.
-    indexes = np.frombuffer(frame_indexes, dtype=np.int64)[by_time]
-    del frame_times, frame_indexes
-    numbered = np.flatnonzero(indexes != NO_FRAME)
-    seen = indexes[numbered]
-    del indexes
-    runs = np.zeros(frame_count, dtype=np.int64)
-    runs[numbered] = seen < np.concatenate(([-1], seen[:-1]))
-    del numbered, seen
-    runs = np.cumsum(runs, out=runs)  # the run of each frame, in time order
-    rank_of_frame = np.empty(frame_count, dtype=np.int64)
-    rank_of_frame[by_time] = np.arange(frame_count)
-    del by_time
-
+    # Each array is dropped once used (the peak is what a Pi must hold).
+    read = _read_events(paths)
+    times, runs, rank_of_frame = _frames_in_time_order(read.frame_times, read.frame_indexes)
+    read.frame_times = read.frame_indexes = None
     # Faces by track, then time; run and time both follow the frames' time order, so the frame's rank in it is
     # the whole key (a stable sort keeps a frame's faces in the order read).
-    track_names = sorted(tracks, key=_track_order)
-    track_rank = np.empty(len(tracks), dtype=np.int64)
-    track_rank[[tracks[name] for name in track_names]] = np.arange(len(tracks))
-    key = track_rank[np.frombuffer(face_tracks, dtype=np.int64)]
-    key *= frame_count
-    key += rank_of_frame[np.frombuffer(face_frames, dtype=np.int64)]
-    del face_tracks, face_frames, rank_of_frame
+    track_names = sorted(read.tracks, key=_track_order)
+    track_rank = np.empty(len(track_names), dtype=np.int64)
+    track_rank[[read.tracks[name] for name in track_names]] = np.arange(len(track_names))
+    stride = max(len(times), 1)
+    key = track_rank[np.frombuffer(read.face_tracks, dtype=np.int64)]
+    key *= stride
+    key += rank_of_frame[np.frombuffer(read.face_frames, dtype=np.int64)]
+    read.face_tracks = read.face_frames = rank_of_frame = None
     order = np.argsort(key, kind="stable")
-    label_code = np.frombuffer(face_labels, dtype=np.int32)[order]
-    del face_labels
-    key = key[order]
-    del order
-    frame_rank = key % frame_count if frame_count else key
+    label_code = np.frombuffer(read.face_labels, dtype=np.int32)[order]
+    read.face_labels = None
+    track_code, frame_rank = np.divmod(key[order], stride)  # track_code: the track's index in track_names
+    key = order = None
     face_time, face_run = times[frame_rank], runs[frame_rank]
-    del times, runs, frame_rank
-    track_code = key // frame_count if frame_count else key  # the track's rank in track_names
-    del key
+    times = runs = frame_rank = None
 
     # A track id's observations are cut into pieces where the run changes or the id went unseen too long.
     new_track = np.ones(len(track_code), dtype=bool)
     new_track[1:] = track_code[1:] != track_code[:-1]
     new_piece = new_track.copy()
     new_piece[1:] |= (face_run[1:] != face_run[:-1]) | (np.diff(face_time) > TRACK_GAP_S)
-    if UNTRACKED in tracks:  # faces the tracker did not place are one row, whatever their times
+    if UNTRACKED in read.tracks:  # faces the tracker did not place are one row, whatever their times
         new_piece &= new_track | (track_code != track_names.index(UNTRACKED))
-    names = list(labels)
+    names = list(read.labels)
     starts = np.flatnonzero(new_piece)
     summaries: dict[str, TrackSummary] = {}
     piece = 0
@@ -187,6 +147,62 @@ def collect_tracks(paths: list[str | Path]) -> Events:
         name = track if piece == 1 else f"{track}#{piece}"
         summaries[name] = TrackSummary(name, face_time[start:stop], label_code[start:stop], names)
     return Events(summaries, names)
+
+
+@dataclass(slots=True)
+class _ReadEvents:
+    """What the events files hold, flat: per frame its time and index, per face its frame, track and label
+    (codes into ``tracks`` and ``labels``, in the order first seen)."""
+
+    frame_times: array | None = field(default_factory=lambda: array("d"))
+    frame_indexes: array | None = field(default_factory=lambda: array("q"))  # NO_FRAME where the event has none
+    face_frames: array | None = field(default_factory=lambda: array("q"))
+    face_tracks: array | None = field(default_factory=lambda: array("q"))
+    face_labels: array | None = field(default_factory=lambda: array("i"))
+    tracks: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def _read_events(paths: list[str | Path]) -> _ReadEvents:
+    read = _ReadEvents()
+    for path in events_files(paths):
+        skipped = []
+        for number, event in numbered_events(path):
+            try:
+                t, faces = _parse_event(event)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                skipped.append(number)
+                continue
+            frame = event.get("frame")
+            frame_index = len(read.frame_times)
+            read.frame_times.append(t)
+            read.frame_indexes.append(frame if isinstance(frame, int) and NO_FRAME < frame < 2**63 else NO_FRAME)
+            for track, label, score_names in faces:
+                for name in score_names:
+                    read.labels.setdefault(name, len(read.labels))
+                read.face_frames.append(frame_index)
+                read.face_tracks.append(read.tracks.setdefault(track, len(read.tracks)))
+                read.face_labels.append(read.labels.setdefault(label, len(read.labels)))
+        if skipped:
+            log.warning("%s: skipped %d unreadable line(s): %s", path, len(skipped), _line_list(skipped))
+    return read
+
+
+def _frames_in_time_order(frame_times: array, frame_indexes: array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frames' times and runs in time order, and each frame's rank in that order (ties keep the order read).
+
+    In time order, a frame index lower than the last one seen means that the device restarted: a new run.
+    """
+    by_time = np.argsort(np.frombuffer(frame_times, dtype=np.float64), kind="stable")
+    seen = np.frombuffer(frame_indexes, dtype=np.int64)[by_time]
+    numbered = np.flatnonzero(seen != NO_FRAME)
+    seen = seen[numbered]
+    runs = np.zeros(len(by_time), dtype=np.int64)
+    runs[numbered] = seen < np.concatenate(([-1], seen[:-1]))
+    numbered = seen = None
+    rank_of_frame = np.empty(len(by_time), dtype=np.int64)
+    rank_of_frame[by_time] = np.arange(len(by_time))
+    return np.frombuffer(frame_times, dtype=np.float64)[by_time], np.cumsum(runs, out=runs), rank_of_frame
 
 
 def _parse_event(event: dict | None) -> tuple[float, list[tuple[str, str, list[str]]]]:
