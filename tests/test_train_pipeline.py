@@ -121,12 +121,15 @@ def test_evaluation_compares_predictions_in_label_order(tiny_run, fer2013_dir, c
     assert summary["public"]["accuracy"] > 0.2  # a few short epochs already beat chance (1/7)
 
 
-def test_resume_continues_from_last_epoch(tiny_run):
+def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
     from train.fit import read_history, train
 
     run_dir, _ = tiny_run
-    train(load_config(None, tiny_overrides(run_dir.parent, epochs=4)), resume=True)
-    assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1, 2, 3]
+    runs = tmp_path / "runs"  # a copy: the module's run stays the 3-epoch run the other tests read
+    shutil.copytree(run_dir.parent, runs)
+    train(load_config(None, tiny_overrides(runs, epochs=4)), resume=True)
+    assert [int(row["epoch"]) for row in read_history(runs / run_dir.name)] == [0, 1, 2, 3]
+    assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1, 2]
 
 
 def test_conversion_parity_and_sidecar(tiny_run, fer2013_dir, tmp_path):
