@@ -325,6 +325,17 @@ rollback_model() {
     say "rolled back to model $MODEL_SWITCHED_FROM"
 }
 
+# start_failed WHAT: systemd could not start the service; if this install switched the model, switch
+# back and restart with the previous one. Never returns.
+start_failed() {
+    if [ -n "$MODEL_SWITCHED_FROM" ] && [ "$MODEL_SWITCHED_FROM" != none ]; then
+        rollback_model
+        systemctl restart "$SERVICE" || true
+        die "$SERVICE did not start$1 (journalctl -u $SERVICE): previous model restored"
+    fi
+    die "$SERVICE did not start$1 (journalctl -u $SERVICE)"
+}
+
 config_file() {
     local template="$SRC/deploy/config.yaml"
     install_file "$template" "$OPT/config.yaml.dist" 0644
@@ -388,14 +399,7 @@ do_install() {
     config_file
     unit_files
     check_config
-    if ! start_service; then
-        if [ -n "$MODEL_SWITCHED_FROM" ] && [ "$MODEL_SWITCHED_FROM" != none ]; then
-            rollback_model
-            systemctl restart "$SERVICE" || true
-            die "$SERVICE did not start (journalctl -u $SERVICE): previous model restored"
-        fi
-        die "$SERVICE did not start (journalctl -u $SERVICE)"
-    fi
+    start_service || start_failed ""
     prune_models  # only now that the service runs with the new model
 }
 
@@ -406,20 +410,13 @@ do_model_only() {
             "the service will not use the model swapped in here"
     fi
     install_model "$MODEL"
-    if ! "$VENV/bin/fer-edge" check-config --config "$CONFIG" >/dev/null; then
-        rollback_model
-        die "fer-edge check-config fails with the new model"
-    fi
+    check_config
     if [ "$CHANGED" = 0 ] && [ "$FORCE_RESTART" = 0 ]; then
         say "model already active; nothing to do"
         return 0
     fi
     say "restarting $SERVICE with the new model"
-    if ! systemctl restart "$SERVICE"; then
-        rollback_model
-        systemctl restart "$SERVICE" || true
-        die "$SERVICE did not start with the new model (journalctl -u $SERVICE): previous model restored"
-    fi
+    systemctl restart "$SERVICE" || start_failed " with the new model"
     prune_models  # only now that the service runs with the new model: the rollback target was kept
 }
 

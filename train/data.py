@@ -107,14 +107,19 @@ def _cache_file(root: Path, split: str, files: list[list[Path]], cache_dir) -> P
     return Path(cache_dir) / f"fer2013-{digest.hexdigest()[:16]}-{split}.npz"
 
 
+def _split_folder(root: Path, split: str) -> Path:
+    """The Kaggle layout: train/ holds the training split, test/ both test splits (by file prefix)."""
+    return root / ("train" if split == "train" else "test")
+
+
 def _class_files(root: Path, split: str) -> list[list[Path]]:
     """The split's images, one sorted list per class in ``CLASS_NAMES`` order."""
-    folder = root / ("train" if split == "train" else "test")
+    folder = _split_folder(root, split)
     return [sorted((folder / name).glob(f"{_FILE_PREFIX[split]}*.jpg")) for name in CLASS_NAMES]
 
 
 def _load_folders(root: Path, split: str, class_files: list[list[Path]]) -> Split:
-    folder = root / ("train" if split == "train" else "test")
+    folder = _split_folder(root, split)
     prefix = _FILE_PREFIX[split]
     missing = [c for c in CLASS_NAMES if not (folder / c).is_dir()]
     if missing:
