@@ -71,7 +71,7 @@ def origin_loop(clip: Path, keras_model: Path | None, max_frames: int) -> dict:
 def fer_edge_loop(clip: Path, max_frames: int, overrides: dict) -> dict:
     from fer_edge import app
     from fer_edge.config import load_config
-    from fer_edge.pipeline import ListSink
+    from fer_edge.testing import ListSink
 
     sink = ListSink(keep_images=False)
     with tempfile.TemporaryDirectory() as out:

@@ -16,9 +16,10 @@ import pytest
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
 from fer_edge.detector import HaarDetector
-from fer_edge.pipeline import STAGES, ListSink, Pipeline
+from fer_edge.pipeline import STAGES, Pipeline
 from fer_edge.smoothing import LabelSmoother
-from fer_edge.sources import ListSource, VideoFileSource
+from fer_edge.sources import VideoFileSource
+from fer_edge.testing import ListSink, ListSource
 from fer_edge.tracking import IouTracker
 from fer_edge.types import Box, Face, Frame, Prediction, SourceWaiting
 
@@ -360,8 +361,8 @@ def test_pipeline_module_imports_no_opencv_runtime_or_camera(repo_root):
 
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from fer_edge.pipeline import ListSink, Pipeline
-        from fer_edge.sources import ListSource
+        from fer_edge.pipeline import Pipeline
+        from fer_edge.testing import ListSink, ListSource
         from fer_edge.types import Box, Prediction
 
         class Detector:

@@ -20,13 +20,13 @@ from fer_edge.errors import SourceError
 from fer_edge.sources import (
     WAIT_SLICE_S,
     ImageFolderSource,
-    ListSource,
     OpenCvCaptureSource,
     VideoFileSource,
     open_source,
     resolve_kind,
     source_overrides,
 )
+from fer_edge.testing import ListSource
 from fer_edge.types import Frame, SourceWaiting
 
 FRAMES = 24

@@ -14,7 +14,7 @@ import pytest
 
 from fer_edge import app
 from fer_edge.config import load_config
-from fer_edge.pipeline import ListSink
+from fer_edge.testing import ListSink
 
 RESPONSE_FRAMES = 15  # 0.5 s at the clip's 30 fps
 

@@ -47,26 +47,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class ListSink:
-    """Keeps what it is given: the test fake (``keep_images=False`` keeps only the faces)."""
-
-    def __init__(self, keep_images: bool = True):
-        self.keep_images = keep_images
-        self.frames: list[Frame] = []
-        self.faces: list[list[Face]] = []
-        self.closed = False
-
-    def write(self, frame: Frame, faces: list[Face]) -> None:
-        if self.closed:
-            raise RuntimeError("write after close")
-        image = frame.image.copy() if self.keep_images else frame.image[:0, :0]
-        self.frames.append(Frame(image, frame.index, frame.timestamp))
-        self.faces.append(list(faces))
-
-    def close(self) -> None:
-        self.closed = True
-
-
 @dataclass
 class RunStats:
     frames: int = 0

@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -94,34 +93,6 @@ def _quiet_opencv(cv2) -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:
         pass
-
-
-class ListSource:
-    """Frames from a list of BGR arrays (or Frames): the test fake."""
-
-    def __init__(self, images: Iterable[np.ndarray | Frame], fps: float = 30.0):
-        self._frames = [
-            item if isinstance(item, Frame) else Frame(item, index, index / fps) for index, item in enumerate(images)
-        ]
-        self.fps = fps
-        first = self._frames[0].image if self._frames else np.zeros((1, 1, 3), np.uint8)
-        self.size = (first.shape[1], first.shape[0])
-        self._next = 0
-        self.closed = False
-        self.interrupted = False
-
-    def read(self) -> Frame | None:
-        if self.closed or self.interrupted or self._next >= len(self._frames):
-            return None
-        frame = self._frames[self._next]
-        self._next += 1
-        return frame
-
-    def interrupt(self) -> None:
-        self.interrupted = True
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class _Pacer:

@@ -1,0 +1,60 @@
+"""Test fakes: a source that plays a list of frames and a sink that keeps what it is given.
+
+Not used by the device itself; tests, benchmarks and tools wire them into a real :class:`~fer_edge.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from fer_edge.types import Face, Frame
+
+
+class ListSource:
+    """Frames from a list of BGR arrays (or Frames): the test fake."""
+
+    def __init__(self, images: Iterable[np.ndarray | Frame], fps: float = 30.0):
+        self._frames = [
+            item if isinstance(item, Frame) else Frame(item, index, index / fps) for index, item in enumerate(images)
+        ]
+        self.fps = fps
+        first = self._frames[0].image if self._frames else np.zeros((1, 1, 3), np.uint8)
+        self.size = (first.shape[1], first.shape[0])
+        self._next = 0
+        self.closed = False
+        self.interrupted = False
+
+    def read(self) -> Frame | None:
+        if self.closed or self.interrupted or self._next >= len(self._frames):
+            return None
+        frame = self._frames[self._next]
+        self._next += 1
+        return frame
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ListSink:
+    """Keeps what it is given: the test fake (``keep_images=False`` keeps only the faces)."""
+
+    def __init__(self, keep_images: bool = True):
+        self.keep_images = keep_images
+        self.frames: list[Frame] = []
+        self.faces: list[list[Face]] = []
+        self.closed = False
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        if self.closed:
+            raise RuntimeError("write after close")
+        image = frame.image.copy() if self.keep_images else frame.image[:0, :0]
+        self.frames.append(Frame(image, frame.index, frame.timestamp))
+        self.faces.append(list(faces))
+
+    def close(self) -> None:
+        self.closed = True
