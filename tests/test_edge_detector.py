@@ -19,6 +19,11 @@ def detector():
     return HaarDetector()
 
 
+def boxes_of(detections) -> list[Box]:
+    assert all(d.keypoints == () and d.score == 1.0 for d in detections)  # Haar gives boxes only
+    return [d.box for d in detections]
+
+
 def face_on_canvas(path, side: int, at: tuple[int, int], size=(640, 480)) -> tuple[np.ndarray, Box]:
     face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     canvas = np.full((size[1], size[0]), 128, np.uint8)
@@ -32,7 +37,7 @@ def test_finds_fer_faces_placed_on_a_larger_canvas(detector, public_faces):
     found = 0
     for i, (path, _) in enumerate(faces):
         image, truth = face_on_canvas(path, side=150 + i, at=(60 + 9 * i, 40 + 5 * i))
-        boxes = detector.detect(detector.prepare(image))
+        boxes = boxes_of(detector.detect(image))
         found += any(box.iou(truth) > 0.4 for box in boxes)
         for box in boxes:  # full-frame coordinates, inside the frame
             assert 0 <= box.x and box.x2 <= 640 and 0 <= box.y and box.y2 <= 480
@@ -40,7 +45,7 @@ def test_finds_fer_faces_placed_on_a_larger_canvas(detector, public_faces):
 
 
 def test_blank_frame_has_no_faces(detector):
-    assert detector.detect(detector.prepare(np.full((480, 640, 3), 128, np.uint8))) == []
+    assert detector.detect(np.full((480, 640, 3), 128, np.uint8)) == []
 
 
 def test_boxes_are_in_full_frame_coordinates_at_any_frame_size(detector, public_faces):
@@ -49,8 +54,8 @@ def test_boxes_are_in_full_frame_coordinates_at_any_frame_size(detector, public_
     for path, _ in public_faces(8, seed=5):
         small, truth = face_on_canvas(path, side=140, at=(200, 120))
         large = cv2.resize(small, (1280, 960), interpolation=cv2.INTER_LINEAR)
-        boxes_small = detector.detect(detector.prepare(small))
-        boxes_large = detector.detect(detector.prepare(large))
+        boxes_small = boxes_of(detector.detect(small))
+        boxes_large = boxes_of(detector.detect(large))
         if not any(b.iou(truth) > 0.4 for b in boxes_small):
             continue
         compared += 1
@@ -70,7 +75,7 @@ def test_finds_the_faces_of_the_demo_clip(detector, demo_clip):
         if not ok:
             break
         if index % 4 == 0:
-            boxes = detector.detect(detector.prepare(image))
+            boxes = boxes_of(detector.detect(image))
             if index in truth:
                 with_face += 1
                 hits += any(box.iou(truth[index]) > 0.4 for box in boxes)
@@ -83,12 +88,19 @@ def test_finds_the_faces_of_the_demo_clip(detector, demo_clip):
     assert false_boxes <= 2
 
 
-def test_gray_conversion_reuses_one_buffer(detector):
-    first = detector.prepare(np.zeros((360, 640, 3), np.uint8))
-    second = detector.prepare(np.full((360, 640, 3), 200, np.uint8))
-    assert second is first and second.shape == (360, 640) and (second == 200).all()
-    gray = np.zeros((100, 100), np.uint8)
-    assert detector.prepare(gray) is gray
+def test_a_region_search_finds_the_face_of_the_whole_frame_search(detector, public_faces):
+    compared = 0
+    for path, _ in public_faces(8, seed=3):
+        image, truth = face_on_canvas(path, side=150, at=(300, 150))
+        whole = boxes_of(detector.detect(image))
+        if not any(box.iou(truth) > 0.4 for box in whole):
+            continue
+        compared += 1
+        around = boxes_of(detector.detect(image, [truth.square(2.5).clipped(640, 480)]))
+        elsewhere = detector.detect(image, [Box(0, 0, 200, 200)])
+        assert any(a.iou(w) > 0.8 for a in around for w in whole if w.iou(truth) > 0.4)
+        assert elsewhere == []
+    assert compared >= 3
 
 
 def test_cascade_search_order(monkeypatch, tmp_path):

@@ -1,16 +1,26 @@
-"""Face detection with an OpenCV Haar cascade, on a downscaled grayscale frame."""
+"""Face detectors behind one interface: ``detect(image, regions=None) -> [Detection]``.
+
+``regions=None`` scans the whole frame for faces of at least the configured size; a list of regions searches
+only there (the windows around tracked faces, a fraction of the cost). Two kinds, chosen by ``detector.kind``:
+
+- ``blazeface``: MediaPipe's BlazeFace models on the TFLite interpreter, with eye, nose and mouth keypoints. A
+  whole-frame scan is a small pyramid: tiles of the full-range model sized so the smallest face to find fills
+  the model's smallest reliable face, then the whole frame at once for the large faces.
+- ``haar``: the origin's OpenCV Haar cascade on a downscaled grayscale frame (no keypoints).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from fer_edge.errors import DetectorError
-from fer_edge.types import Box
+from fer_edge.types import Box, Detection
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +51,7 @@ def find_cascade(configured: str | None = None) -> Path:
 
 
 class HaarDetector:
-    """Finds faces; returns boxes in full-frame coordinates.
-
-    The detector also owns the one grayscale conversion per frame (:meth:`prepare`): the classifier
-    reads the same gray frame, so colour is converted once.
-    """
+    """Finds frontal faces with a Haar cascade on a grayscale copy downscaled to ``detect_width``."""
 
     def __init__(
         self,
@@ -54,7 +60,6 @@ class HaarDetector:
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
         min_size: int = 40,
-        every_n_frames: int = 1,
     ):
         path = find_cascade(str(cascade_path) if cascade_path else None)
         try:
@@ -69,33 +74,151 @@ class HaarDetector:
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
-        self.every_n_frames = every_n_frames
-        self._gray: np.ndarray | None = None
-        self._small: np.ndarray | None = None
 
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """The grayscale version of a BGR frame, in a buffer reused from frame to frame."""
-        if image.ndim == 2:
-            return image
-        if self._gray is None or self._gray.shape != image.shape[:2]:
-            self._gray = np.empty(image.shape[:2], np.uint8)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY, dst=self._gray)
-
-    def detect(self, gray: np.ndarray) -> list[Box]:
-        height, width = gray.shape[:2]
+    def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
+        height, width = image.shape[:2]
         scale = min(1.0, self.detect_width / width)
+        found: list[Detection] = []
+        for region in [Box(0, 0, width, height)] if regions is None else regions:
+            found += self._detect_in(image, region.clipped(width, height), scale)
+        return merge_overlapping(found) if regions is not None and len(regions) > 1 else found
+
+    def _detect_in(self, image: np.ndarray, region: Box, scale: float) -> list[Detection]:
+        if region.area == 0:
+            return []
+        patch = image[region.y : region.y2, region.x : region.x2]
         if scale < 1.0:
-            small_size = (self.detect_width, max(1, round(height * scale)))
-            if self._small is None or self._small.shape != (small_size[1], small_size[0]):
-                self._small = np.empty((small_size[1], small_size[0]), np.uint8)
-            small = cv2.resize(gray, small_size, dst=self._small, interpolation=cv2.INTER_AREA)
-        else:
-            small = gray
+            size = (max(1, round(region.w * scale)), max(1, round(region.h * scale)))
+            patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY) if patch.ndim == 3 else patch
         min_side = max(1, round(self.min_size * scale))
         found = self._cascade.detectMultiScale(
-            small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
         )
-        if len(found) == 0:
-            return []
+        height, width = image.shape[:2]
         back = 1.0 / scale
-        return [Box(int(x), int(y), int(w), int(h)).scaled(back).clipped(width, height) for x, y, w, h in found]
+        return [
+            Detection(Box(region.x + round(x * back), region.y + round(y * back), round(w * back), round(h * back))
+                      .clipped(width, height))
+            for x, y, w, h in found
+        ]
+
+
+def merge_overlapping(detections: list[Detection], iou_threshold: float = 0.3) -> list[Detection]:
+    """The most confident of each group of detections overlapping by more than ``iou_threshold`` (the same
+    face found by two tiles, two pyramid levels or two tracks' windows)."""
+    kept: list[Detection] = []
+    for detection in sorted(detections, key=lambda d: -d.score):
+        if all(detection.box.iou(other.box) <= iou_threshold for other in kept):
+            kept.append(detection)
+    return kept
+
+
+@dataclass(frozen=True)
+class ScanLevel:
+    """One level of a whole-frame scan: which model, and the frame regions it looks at (each letterboxed into
+    the model's input)."""
+
+    model: str
+    regions: tuple[Box, ...]
+
+
+def tile(length: int, window: int, step: int) -> list[int]:
+    """Start offsets of windows of ``window`` pixels, ``step`` apart, covering ``length`` pixels."""
+    if window >= length:
+        return [0]
+    starts = list(range(0, length - window, step))
+    return [*starts, length - window]
+
+
+def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
+    """The levels that find every face of at least ``min_face`` pixels in a ``width`` x ``height`` frame.
+
+    Measured on real clips (faces seen by both models, scaled): the full-range model finds >= 94% of faces of
+    14-64 px in its 192-px input and loses larger ones; the short-range model finds faces of 20-80 px in its
+    128-px input. Each tiled level covers faces of ``min_face`` to 64/14 times that; windows overlap by the
+    largest face of their level, so each such face lies whole inside one window. The whole frame at once
+    (short-range, then full-range where the short one's smallest face is larger than the tiles reach) ends it.
+    """
+    full, short = BLAZEFACE_RANGES["full"], BLAZEFACE_RANGES["short"]
+    longest = max(width, height)
+    levels: list[ScanLevel] = []
+    smallest = float(min_face)
+    while smallest * full.input_size / full.min_face < longest:  # the frame does not fit one input at this scale
+        window = round(full.input_size * smallest / full.min_face)  # frame pixels one input covers
+        overlap = round(window * full.max_face / full.input_size)
+        step = max(1, window - overlap)
+        regions = tuple(
+            Box(x, y, min(window, width), min(window, height))
+            for y in tile(height, window, step)
+            for x in tile(width, window, step)
+        )
+        levels.append(ScanLevel("full", regions))
+        smallest = smallest * full.max_face / full.min_face
+    whole = (Box(0, 0, width, height),)
+    if longest * short.min_face / short.input_size > smallest:
+        levels.append(ScanLevel("full", whole))
+    levels.append(ScanLevel("short", whole))
+    return levels
+
+
+@dataclass(frozen=True)
+class FaceRange:
+    """Face sides in input pixels a BlazeFace model finds reliably (measured: see :func:`scan_plan`)."""
+
+    input_size: int
+    min_face: int
+    max_face: int
+
+
+BLAZEFACE_RANGES = {"short": FaceRange(128, 20, 80), "full": FaceRange(192, 14, 64)}
+# A tracked face is searched for again in a square window this many times its side: the face fills 1/2.5 of the
+# short-range model's input (51 px of 128, inside its 20-80 px range) and may move 0.75 of its side either way.
+REGION_FACTOR = 2.5
+
+
+class BlazeFaceDetector:
+    """Whole-frame scans by :func:`scan_plan`; regions around tracked faces with the short-range model."""
+
+    def __init__(self, min_face: int = 40, min_score: float | None = None, threads: int = 1):
+        from fer_edge.blazeface import BlazeFaceModelRunner
+
+        self.min_face = min_face
+        self._runners = {name: BlazeFaceModelRunner(name, min_score, threads=threads) for name in BLAZEFACE_RANGES}
+        self._plans: dict[tuple[int, int], list[ScanLevel]] = {}
+
+    def plan(self, width: int, height: int) -> list[ScanLevel]:
+        key = (width, height)
+        if key not in self._plans:
+            self._plans[key] = scan_plan(width, height, self.min_face)
+            log.info(
+                "face detection on %dx%d frames, faces from %d px: %s", width, height, self.min_face,
+                ", ".join(f"{len(level.regions)} x {level.model}" for level in self._plans[key]),
+            )
+        return self._plans[key]
+
+    def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
+        height, width = image.shape[:2]
+        found: list[Detection] = []
+        if regions is None:
+            for level in self.plan(width, height):
+                runner = self._runners[level.model]
+                for region in level.regions:
+                    found += runner.detect(image, region)
+        else:
+            runner = self._runners["short"]
+            for region in regions:
+                found += runner.detect(image, region)
+        return merge_overlapping(found)
+
+
+def region_around(box: Box, width: int, height: int) -> Box:
+    """The window a tracked face is searched for in: :data:`REGION_FACTOR` times its side, inside the frame."""
+    return box.square(REGION_FACTOR).clipped(width, height)
+
+
+def build_detector(cfg, threads: int = 1):
+    """The detector ``cfg`` (a :class:`fer_edge.config.DetectorConfig`) names."""
+    if cfg.kind == "haar":
+        return HaarDetector(cfg.cascade, cfg.detect_width, cfg.scale_factor, cfg.min_neighbors, cfg.min_face)
+    return BlazeFaceDetector(cfg.min_face, cfg.min_score, threads=threads)
