@@ -164,11 +164,11 @@ REFUSED_CONFIGS = {
     "missing video file": ("source:\n  path: {tmp}/none.mp4\n", "video file not found: {tmp}/none.mp4"),
     "empty image folder": ("source:\n  kind: images\n  path: {tmp}/empty\n", "no images in {tmp}/empty"),
     "missing cascade": (
-        "source:\n  path: {clip}\ndetector:\n  cascade: /nonexistent.xml\n",
+        "source:\n  path: {clip}\ndetector:\n  kind: haar\n  cascade: /nonexistent.xml\n",
         "Haar cascade not found (tried /nonexistent.xml)",
     ),
     "cascade not XML": (
-        "source:\n  path: {clip}\ndetector:\n  cascade: {tmp}/passwd\n",
+        "source:\n  path: {clip}\ndetector:\n  kind: haar\n  cascade: {tmp}/passwd\n",
         "Haar cascade {tmp}/passwd could not be loaded (not a cascade XML file?)",
     ),
     "bad sidecar": (

@@ -30,7 +30,7 @@ def test_defaults_load_without_a_file():
     cfg = load_config(None)
     assert cfg == Config()
     assert cfg.source.kind == "auto" and cfg.source.device == "0"
-    assert cfg.smoothing.alpha == 0.3
+    assert cfg.smoothing.time_constant_s == 0.15 and cfg.detector.kind == "blazeface"
     assert cfg.overlay.box_color == (0, 255, 0)
     assert cfg.recording.codec == "libx264"
 
@@ -80,10 +80,17 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("overlay:\n  box_color: [0, 255]\n", "overlay.box_color: expected a list of 3 integers, got [0, 255]"),
         ("overlay:\n  box_color: [0, 255, 300]\n", "overlay.box_color: expected three integers 0-255"),
         ("recording:\n  segment_seconds: -3\n", "recording.segment_seconds: expected a positive number, got -3"),
-        ("smoothing:\n  alpha: 0\n", "smoothing.alpha: expected a number in (0, 1], got 0"),
-        ("smoothing:\n  alpha: 1.5\n", "smoothing.alpha: expected a number in (0, 1], got 1.5"),
-        ("tracking:\n  max_missed: -1\n", "tracking.max_missed: expected a number >= 0, got -1"),
-        ("detector:\n  scale_factor: 1.0\n", "detector.scale_factor: expected a number > 1, got 1.0"),
+        ("smoothing:\n  time_constant_s: -1\n", "smoothing.time_constant_s: expected a number in [0, 60], got -1"),
+        ("smoothing:\n  min_dwell_s: 1000\n", "smoothing.min_dwell_s: expected a number in [0, 60], got 1000"),
+        ("tracking:\n  max_missed: -1\n", "tracking.max_missed: expected an integer 0-10000, got -1"),
+        ("detector:\n  scale_factor: 1.0\n", "detector.scale_factor: expected a number in [1.01, 2], got 1.0"),
+        ("detector:\n  scale_factor: 1.0e+300\n", "detector.scale_factor: expected a number in [1.01, 2], got 1e+300"),
+        ("detector:\n  min_face: 100000000000\n", "detector.min_face: expected an integer 8-4096, got 100000000000"),
+        ("detector:\n  min_neighbors: 100000000000\n",
+         "detector.min_neighbors: expected an integer 0-100, got 100000000000"),
+        ("detector:\n  kind: yolo\n", "detector.kind: expected one of blazeface, haar, got 'yolo'"),
+        ("detector:\n  min_score: 1\n", "detector.min_score: expected a number in (0, 1), got 1"),
+        ("model:\n  max_turn: 2\n", "model.max_turn: expected a number in [0, 1], got 2"),
         ("privacy:\n  mode: smudge\n", "privacy.mode: expected one of off, blur, pixelate, got 'smudge'"),
         ("source:\n  kind: webcam\n", "source.kind: expected one of auto, picamera2, opencv, file, images"),
         ("logging:\n  level: LOUD\n", "logging.level: expected one of DEBUG, INFO, WARNING, ERROR"),
@@ -109,8 +116,9 @@ def test_bad_values_are_rejected_naming_the_key_path(tmp_path, text, message):
 
 
 def test_boundary_values_are_accepted(tmp_path):
-    cfg = load_config(write(tmp_path, "smoothing:\n  alpha: 1\n  hysteresis: 0\ntracking:\n  max_missed: 0\n"))
-    assert cfg.smoothing.alpha == 1.0 and cfg.smoothing.hysteresis == 0.0 and cfg.tracking.max_missed == 0
+    text = "smoothing:\n  time_constant_s: 0\n  hysteresis: 0\ntracking:\n  max_missed: 0\n"
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.smoothing.time_constant_s == 0.0 and cfg.smoothing.hysteresis == 0.0 and cfg.tracking.max_missed == 0
 
 
 def test_the_largest_accepted_overlay_and_thread_values_work(tmp_path, model_path, monkeypatch):
@@ -223,3 +231,10 @@ def test_check_config_cli_exit_codes(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "fer-edge: error: recording.segment_seconds: expected a positive number, got -3"
     ]
+
+
+def test_a_key_of_an_earlier_version_names_its_replacement(tmp_path):
+    with pytest.raises(ConfigError, match=r"^detector.min_size: replaced by detector.min_face"):
+        load_config(write(tmp_path, "detector:\n  min_size: 40\n"))
+    with pytest.raises(ConfigError, match=r"^smoothing.alpha: replaced by smoothing.time_constant_s \(seconds"):
+        load_config(write(tmp_path, "smoothing:\n  alpha: 0.3\n"))

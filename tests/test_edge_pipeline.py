@@ -16,12 +16,12 @@ import pytest
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
 from fer_edge.detector import HaarDetector
-from fer_edge.pipeline import STAGES, Pipeline
+from fer_edge.pipeline import STAGES, DetectionSchedule, Pipeline
 from fer_edge.smoothing import LabelSmoother
 from fer_edge.sources import VideoFileSource
 from fer_edge.testing import ListSink, ListSource
 from fer_edge.tracking import IouTracker
-from fer_edge.types import Box, Face, Frame, Prediction, SourceWaiting
+from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting
 
 DEMO_FRAMES = 75  # frames 0-29 have no face, 30-74 one face (assets/demo.json)
 
@@ -164,21 +164,17 @@ def test_close_closes_every_sink_and_the_source_even_when_one_fails(demo_images,
 class CountingDetector:
     """Wraps the real detector and counts detect calls."""
 
-    def __init__(self, inner, every_n_frames):
+    def __init__(self, inner):
         self.inner = inner
-        self.every_n_frames = every_n_frames
         self.calls = 0
 
-    def prepare(self, image):
-        return self.inner.prepare(image)
-
-    def detect(self, gray):
+    def detect(self, image, regions=None):
         self.calls += 1
-        return self.inner.detect(gray)
+        return self.inner.detect(image, regions)
 
 
 def test_detection_every_n_frames_with_the_tracker_carrying_boxes(demo_images, detector, classifier):
-    counting = CountingDetector(detector, every_n_frames=3)
+    counting = CountingDetector(detector)
     sink = ListSink(keep_images=False)
     pipeline = Pipeline(
         fresh_source(demo_images[30:]),
@@ -188,6 +184,7 @@ def test_detection_every_n_frames_with_the_tracker_carrying_boxes(demo_images, d
         [sink],
         tracker=IouTracker(0.3, 10),
         smoother=LabelSmoother(0.3, 0.15),
+        schedule=DetectionSchedule(every_n_frames=3),
     )
     stats = pipeline.run()
     assert counting.calls == -(-stats.frames // 3)
@@ -198,9 +195,10 @@ def test_detection_every_n_frames_with_the_tracker_carrying_boxes(demo_images, d
 
 
 def test_without_a_tracker_boxes_of_the_last_detection_are_reused(demo_images, detector, classifier):
-    counting = CountingDetector(detector, every_n_frames=4)
+    counting = CountingDetector(detector)
     sink = ListSink(keep_images=False)
-    Pipeline(fresh_source(demo_images[30:42]), counting, classifier, Annotator(), [sink]).run()
+    Pipeline(fresh_source(demo_images[30:42]), counting, classifier, Annotator(), [sink],
+             schedule=DetectionSchedule(every_n_frames=4)).run()
     assert counting.calls == 3
     assert [f.box for f in sink.faces[1]] == [f.box for f in sink.faces[0]]
 
@@ -265,21 +263,17 @@ def test_privacy_covers_a_face_the_detector_missed_for_one_run(demo_images, clas
     face = Box(300, 100, 120, 120)
 
     class MissesOnce:
-        every_n_frames = 3
-
         def __init__(self):
             self.runs = 0
 
-        def prepare(self, image):
-            return image[:, :, 0]
-
-        def detect(self, gray):
+        def detect(self, image, regions=None):
             self.runs += 1
-            return [] if self.runs == 3 else [face]  # the third detection run (frame 6) misses it
+            return [] if self.runs == 3 else [Detection(face)]  # the third detection run (frame 6) misses it
 
     hidden = []
     Pipeline(ListSource([demo_images[0].copy() for _ in range(12)]), MissesOnce(), classifier, Annotator(),
-             [ListSink()], tracker=IouTracker(), privacy=lambda image, boxes: hidden.append(boxes)).run()
+             [ListSink()], tracker=IouTracker(), schedule=DetectionSchedule(every_n_frames=3),
+             privacy=lambda image, boxes: hidden.append(boxes)).run()
     assert len(hidden) == 12 and all(boxes == [face] for boxes in hidden), hidden
 
 
@@ -363,17 +357,14 @@ def test_pipeline_module_imports_no_opencv_runtime_or_camera(repo_root):
         import numpy as np
         from fer_edge.pipeline import Pipeline
         from fer_edge.testing import ListSink, ListSource
-        from fer_edge.types import Box, Prediction
+        from fer_edge.types import Box, Detection, Prediction
 
         class Detector:
-            every_n_frames = 1
-            def prepare(self, image):
-                return image[:, :, 0]
-            def detect(self, gray):
-                return [Box(2, 2, 4, 4)]
+            def detect(self, image, regions=None):
+                return [Detection(Box(2, 2, 4, 4))]
 
         class Classifier:
-            def classify(self, gray, box):
+            def classify(self, image, face):
                 return Prediction(("a", "b"), (0.2, 0.8))
 
         class Annotator:
@@ -403,3 +394,59 @@ def test_face_shown_prefers_the_smoothed_prediction():
     image = np.zeros((40, 60, 3), np.uint8)
     Annotator().draw(image, [face])  # no room above the box: the label bar goes below
     assert image[12:30].any()
+
+
+def test_the_schedule_scans_when_nothing_is_tracked_a_track_ended_or_on_the_timer():
+    schedule = DetectionSchedule(every_n_frames=2, full_scan_interval_s=1.0, region_factor=2.5)
+    plans = [schedule.next(t / 10, tracked) for t, tracked in enumerate([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0])]
+    assert plans == [
+        "full", "carry",  # nothing tracked: scan
+        "regions", "carry", "regions", "carry", "regions", "carry", "regions", "carry",  # windows around the face
+        "full", "carry",  # 1 s since the last scan: look for new faces
+        "full", "carry",  # the track ended: scan
+    ]
+    assert DetectionSchedule(region_factor=0.0).next(0.0, 3) == "full"  # without windows, always scan
+    looped = DetectionSchedule(full_scan_interval_s=1.0, region_factor=2.5)
+    looped.next(5.0, 0)
+    assert looped.next(5.2, 1) == "regions" and looped.next(0.0, 1) == "full"  # a replay that restarted
+
+
+def test_tracked_faces_are_found_again_in_windows_around_them_on_a_real_clip():
+    from pathlib import Path
+
+    import cv2
+
+    from fer_edge.detector import BlazeFaceDetector
+
+    clip = Path(__file__).resolve().parents[2] / "shared" / "clips" / "performer-640x360.mp4"
+    if not clip.is_file():
+        pytest.skip(f"real clip not found: {clip}")
+    capture = cv2.VideoCapture(str(clip))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 84)
+    images = [capture.read()[1] for _ in range(45)]  # the performer, facing the camera, for 1.5 s
+    capture.release()
+
+    class Recording:
+        def __init__(self):
+            self.inner, self.calls = BlazeFaceDetector(40), []
+
+        def detect(self, image, regions=None):
+            found = self.inner.detect(image, regions)
+            self.calls.append((regions, found))
+            return found
+
+    detector, sink = Recording(), ListSink(keep_images=False)
+    schedule = DetectionSchedule(every_n_frames=3, full_scan_interval_s=1.0, region_factor=2.5)
+    Pipeline(ListSource(images, fps=29.97), detector, ExpressionClassifier(Path("models/fer_int8.tflite")),
+             Annotator(), [sink], tracker=IouTracker(), smoother=LabelSmoother(), schedule=schedule).run()
+    assert len(detector.calls) == 15  # every 3rd frame
+    kinds = ["full" if regions is None else "regions" for regions, _ in detector.calls]
+    assert kinds == ["full"] + ["regions"] * 9 + ["full"] + ["regions"] * 4  # a scan again after 1 s (frame 30)
+    for regions, found in detector.calls[1:]:
+        if regions is None:
+            continue
+        (region,) = regions  # one face tracked: one window, 2.5 times its side, around it
+        (face,) = found
+        assert region.x <= face.box.x and face.box.x2 <= region.x2 and region.w >= 2 * face.box.w
+    assert {face.track_id for faces in sink.faces for face in faces} == {1}
+    assert all(len(faces) == 1 for faces in sink.faces)

@@ -1,6 +1,9 @@
-"""LabelSmoother: issue 7's stability target on a noisy synthetic score sequence, hysteresis, per-track state."""
+"""LabelSmoother: the stability target on a noisy synthetic score sequence, time constant, dwell, hysteresis,
+per-track state."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -49,8 +52,11 @@ def switch_delay(indices: list[int]) -> int | None:
     return next((i - SWITCH for i in range(SWITCH, len(indices)) if indices[i] == HAPPY), None)
 
 
-def shown_indices(predictions: list[Prediction], smoother: LabelSmoother) -> list[int]:
-    return [smoother.update(1, p).index for p in predictions]
+def shown_indices(predictions: list[Prediction], smoother: LabelSmoother, fps: float = FPS) -> list[int]:
+    return [smoother.update(1, p, i / fps).index for i, p in enumerate(predictions)]
+
+
+HALF = 1 / math.log(2)  # a time constant under which an update 1 s after the last weighs the new scores 0.5
 
 
 def test_defaults_meet_the_stability_target_on_a_noisy_clip():
@@ -78,62 +84,89 @@ def test_defaults_meet_the_target_on_most_noise_draws():
 
 
 def test_without_smoothing_the_clip_misses_the_target():
-    shown = shown_indices(score_sequence(seed=0), LabelSmoother(alpha=1.0, hysteresis=0.0))
+    shown = shown_indices(score_sequence(seed=0), LabelSmoother(time_constant_s=0.0, hysteresis=0.0, min_dwell_s=0.0))
     assert flip_rate(shown) > 5 * MAX_FLIP_RATE
 
 
 def test_returned_prediction_has_smoothed_scores_and_the_held_label():
-    smoother = LabelSmoother(alpha=0.5, hysteresis=0.2)
+    smoother = LabelSmoother(time_constant_s=HALF, hysteresis=0.2, min_dwell_s=0.0)
     labels = ("a", "b", "c")
-    first = smoother.update(7, Prediction(labels, (0.6, 0.3, 0.1)))
+    first = smoother.update(7, Prediction(labels, (0.6, 0.3, 0.1)), 0.0)
     assert first.label == "a" and first.scores == pytest.approx((0.6, 0.3, 0.1))
 
     # EMA: b rises to 0.5 against a's 0.4: b leads by 0.1 < 0.2, so "a" is still shown, with honest scores.
-    second = smoother.update(7, Prediction(labels, (0.2, 0.7, 0.1)))
+    second = smoother.update(7, Prediction(labels, (0.2, 0.7, 0.1)), 1.0)
     assert second.scores == pytest.approx((0.4, 0.5, 0.1))
     assert (second.label, second.index, second.score) == ("a", 0, pytest.approx(0.4))
     assert second.as_dict() == {"a": 0.4, "b": 0.5, "c": 0.1}
     assert isinstance(second, Prediction)
 
     # b now leads by 0.3 > 0.2: the label switches.
-    third = smoother.update(7, Prediction(labels, (0.0, 0.9, 0.1)))
+    third = smoother.update(7, Prediction(labels, (0.0, 0.9, 0.1)), 2.0)
     assert third.scores == pytest.approx((0.2, 0.7, 0.1))
     assert third.label == "b"
 
 
 def test_tracks_are_smoothed_independently():
-    smoother = LabelSmoother(alpha=0.5, hysteresis=0.1)
+    smoother = LabelSmoother(time_constant_s=HALF, hysteresis=0.1, min_dwell_s=0.0)
     labels = ("a", "b")
-    smoother.update(1, Prediction(labels, (0.9, 0.1)))
-    smoother.update(2, Prediction(labels, (0.1, 0.9)))
-    one = smoother.update(1, Prediction(labels, (0.8, 0.2)))
-    two = smoother.update(2, Prediction(labels, (0.3, 0.7)))
+    smoother.update(1, Prediction(labels, (0.9, 0.1)), 0.0)
+    smoother.update(2, Prediction(labels, (0.1, 0.9)), 0.0)
+    one = smoother.update(1, Prediction(labels, (0.8, 0.2)), 1.0)
+    two = smoother.update(2, Prediction(labels, (0.3, 0.7)), 1.0)
     assert one.scores == pytest.approx((0.85, 0.15)) and one.label == "a"
     assert two.scores == pytest.approx((0.2, 0.8)) and two.label == "b"
 
 
 def test_forget_drops_ended_tracks_only():
-    smoother = LabelSmoother(alpha=0.5, hysteresis=0.1)
+    smoother = LabelSmoother(time_constant_s=HALF, hysteresis=0.1, min_dwell_s=0.0)
     labels = ("a", "b")
     for track_id in (1, 2, 3):
-        smoother.update(track_id, Prediction(labels, (0.9, 0.1)))
+        smoother.update(track_id, Prediction(labels, (0.9, 0.1)), 0.0)
     smoother.forget({2})
     assert smoother.track_ids == {2}
     # Track 1 starts afresh: its first prediction is taken as is, with no memory of "a".
-    restarted = smoother.update(1, Prediction(labels, (0.2, 0.8)))
+    restarted = smoother.update(1, Prediction(labels, (0.2, 0.8)), 1.0)
     assert restarted.scores == pytest.approx((0.2, 0.8)) and restarted.label == "b"
-    kept = smoother.update(2, Prediction(labels, (0.2, 0.8)))
+    kept = smoother.update(2, Prediction(labels, (0.2, 0.8)), 1.0)
     assert kept.scores == pytest.approx((0.55, 0.45)) and kept.label == "a"
 
 
 def test_a_track_whose_labels_change_starts_afresh():
     smoother = LabelSmoother()
-    smoother.update(1, Prediction(("a", "b"), (0.9, 0.1)))
-    fresh = smoother.update(1, Prediction(("x", "y", "z"), (0.1, 0.2, 0.7)))
+    smoother.update(1, Prediction(("a", "b"), (0.9, 0.1)), 0.0)
+    fresh = smoother.update(1, Prediction(("x", "y", "z"), (0.1, 0.2, 0.7)), 0.1)
     assert fresh.labels == ("x", "y", "z") and fresh.label == "z"
 
 
-@pytest.mark.parametrize("kwargs", [{"alpha": 0.0}, {"alpha": 1.5}, {"hysteresis": -0.1}, {"hysteresis": 1.0}])
-def test_bad_settings_are_rejected(kwargs):
-    with pytest.raises(ValueError):
-        LabelSmoother(**kwargs)
+def test_the_time_constant_is_in_seconds_whatever_the_frame_rate():
+    # The same face seen at 30, 15 and 10 frames per second: the label switches after the same time, not
+    # after the same number of frames.
+    delays = {}
+    for fps in (30, 15, 10):
+        step = FPS // fps
+        predictions = score_sequence(seed=0, noise=0.0)[::step]
+        shown = shown_indices(predictions, LabelSmoother(), fps=fps)
+        first = next(i for i in range(SWITCH // step, len(shown)) if shown[i] == HAPPY)
+        delays[fps] = first / fps - SWITCH / FPS
+    assert max(delays.values()) - min(delays.values()) <= 0.1 + 1e-9, delays
+    assert 0.05 < delays[30] <= 0.5, delays  # measured: the switch latency without noise
+
+
+def test_a_shown_label_dwells_before_it_switches_again():
+    smoother = LabelSmoother(time_constant_s=0.0, hysteresis=0.0, min_dwell_s=0.5)
+    labels = ("a", "b")
+    a, b = Prediction(labels, (0.9, 0.1)), Prediction(labels, (0.1, 0.9))
+    assert smoother.update(1, a, 0.0).label == "a"
+    assert smoother.update(1, b, 0.3).label == "a"  # shown for 0.3 s only: held
+    assert smoother.update(1, b, 0.5).label == "b"  # 0.5 s: switches
+    assert smoother.update(1, a, 0.9).label == "b"  # b shown since 0.5 s: held until 1.0 s
+    assert smoother.update(1, a, 1.0).label == "a"
+
+
+def test_an_update_from_the_past_does_not_rewind_the_state():
+    smoother = LabelSmoother(time_constant_s=1.0, hysteresis=0.0, min_dwell_s=0.0)
+    labels = ("a", "b")
+    smoother.update(1, Prediction(labels, (0.9, 0.1)), 10.0)
+    late = smoother.update(1, Prediction(labels, (0.1, 0.9)), 9.0)  # e.g. a replay that looped
+    assert late.scores == pytest.approx((0.9, 0.1))  # no time has passed: the new scores weigh nothing

@@ -11,47 +11,48 @@ from pathlib import Path
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
 from fer_edge.config import Config, resolve_model_path
-from fer_edge.detector import HaarDetector
+from fer_edge.detector import REGION_FACTOR
+from fer_edge.detector import build_detector as detector_from_config
 from fer_edge.notify import Notifier
-from fer_edge.pipeline import Pipeline, RunStats
+from fer_edge.pipeline import DetectionSchedule, Pipeline, RunStats, Smoother, Tracker
 from fer_edge.privacy import anonymize
 from fer_edge.recording import Recorder
-from fer_edge.smoothing import LabelSmoother
+from fer_edge.smoothing import LabelSmoother, NullSmoother
 from fer_edge.sources import open_source
-from fer_edge.tracking import IouTracker
+from fer_edge.tracking import IouTracker, NullTracker
 
 log = logging.getLogger(__name__)
 
 
 def build_classifier(cfg: Config) -> ExpressionClassifier:
-    return ExpressionClassifier(resolve_model_path(cfg.model.path), threads=cfg.model.threads)
+    m = cfg.model
+    return ExpressionClassifier(resolve_model_path(m.path), threads=m.threads, align=m.align)
 
 
-def build_detector(cfg: Config) -> HaarDetector:
+def build_detector(cfg: Config):
+    return detector_from_config(cfg.detector, threads=cfg.model.threads)
+
+
+def build_schedule(cfg: Config) -> DetectionSchedule:
     d = cfg.detector
-    return HaarDetector(
-        d.cascade,
-        detect_width=d.detect_width,
-        scale_factor=d.scale_factor,
-        min_neighbors=d.min_neighbors,
-        min_size=d.min_size,
-        every_n_frames=d.every_n_frames,
-    )
+    # windows around tracked faces need tracks; Haar boxes are cheap to find in windows too
+    return DetectionSchedule(d.every_n_frames, d.full_scan_interval_s, REGION_FACTOR if cfg.tracking.enabled else 0)
 
 
-def build_tracker(cfg: Config) -> IouTracker | None:
+def build_tracker(cfg: Config) -> Tracker:
     if not cfg.tracking.enabled:
-        return None
+        return NullTracker()
     return IouTracker(cfg.tracking.iou_threshold, cfg.tracking.max_missed)
 
 
-def build_smoother(cfg: Config, tracker) -> LabelSmoother | None:
-    if not cfg.smoothing.enabled:
-        return None
-    if tracker is None:
+def build_smoother(cfg: Config) -> Smoother:
+    s = cfg.smoothing
+    if not s.enabled:
+        return NullSmoother()
+    if not cfg.tracking.enabled:
         log.warning("smoothing needs tracking (per-face state); showing raw predictions")
-        return None
-    return LabelSmoother(cfg.smoothing.alpha, cfg.smoothing.hysteresis)
+        return NullSmoother()
+    return LabelSmoother(s.time_constant_s, s.hysteresis, s.min_dwell_s)
 
 
 def build_privacy(cfg: Config):
@@ -97,7 +98,7 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
     detector = build_detector(cfg)
     annotator = Annotator.from_config(cfg.overlay)
     tracker = build_tracker(cfg)
-    smoother = build_smoother(cfg, tracker)
+    smoother = build_smoother(cfg)
     privacy = build_privacy(cfg)
     source = open_source(cfg.source)
     try:
@@ -114,6 +115,9 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         sinks,
         tracker=tracker,
         smoother=smoother,
+        schedule=build_schedule(cfg),
+        classify_every_s=cfg.model.classify_every_s,
+        max_turn=cfg.model.max_turn,
         privacy=privacy,
         notifier=build_notifier(cfg),
         status_interval_s=cfg.logging.status_interval_s,

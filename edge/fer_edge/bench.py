@@ -14,7 +14,7 @@ import numpy as np
 from fer_edge import app
 from fer_edge.config import Config
 from fer_edge.pipeline import STAGES
-from fer_edge.types import Box
+from fer_edge.types import Box, Detection
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,12 @@ def run_bench(cfg: Config, frames: int) -> dict:
         cfg = replace(cfg, recording=replace(cfg.recording, output_dir=scratch))
         pipeline = app.build_pipeline(cfg)
         try:
-            # One untimed frame first: the interpreter's first invoke allocates and plans.
+            # One untimed frame first: the interpreters' first invokes allocate and plan.
             width, height = pipeline.source.size
             side = max(1, min(width, height) // 2)
-            pipeline.classifier.classify(np.zeros((height, width), np.uint8), Box(0, 0, side, side))
+            blank = np.zeros((height, width, 3), np.uint8)
+            pipeline.classifier.classify(blank, Detection(Box(0, 0, side, side)))
+            pipeline.detector.detect(blank)
             stats = pipeline.run(frames)
         finally:
             pipeline.close()

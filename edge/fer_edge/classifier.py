@@ -12,7 +12,7 @@ import numpy as np
 
 from fer_edge.contract import ContractError, ModelSidecar, read_sidecar
 from fer_edge.errors import ModelError
-from fer_edge.types import Box, Prediction
+from fer_edge.types import Box, Detection, Point, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,23 @@ def pixel_lut(input_detail: dict) -> np.ndarray:
     return np.clip(np.round(np.arange(256) / scale + zero_point), info.min, info.max).astype(dtype)
 
 
+# Where BlazeFace puts the subject's right eye, left eye, nose tip and mouth centre on a 48x48 FER-2013 face: the
+# mean over 1456 PublicTest images (each upscaled to 72 px and padded to the detector's 128-px input; the
+# spread is about 3.6 px). An aligned crop maps a face's keypoints onto these.
+FER_KEYPOINTS = np.array([[15.66, 18.50], [32.49, 18.39], [24.25, 28.47], [24.22, 36.68]])
+FER_SIDE = 48.0
+
+
+def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2x3 rotation + uniform scale + shift that maps ``source`` points onto ``target`` in least squares."""
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    s, t = source - source_mean, target - target_mean
+    a = (s * t).sum() / (s * s).sum()
+    b = (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum() / (s * s).sum()
+    rotation = np.array([[a, -b], [b, a]])
+    return np.hstack([rotation, (target_mean - rotation @ source_mean)[:, None]])
+
+
 def dequantize(values: np.ndarray, output_detail: dict) -> np.ndarray:
     """A raw output tensor as float32 scores."""
     scale, zero_point = output_detail["quantization"]
@@ -56,8 +73,9 @@ def dequantize(values: np.ndarray, output_detail: dict) -> np.ndarray:
 class ExpressionClassifier:
     """Classifies a face box of a grayscale frame; the interpreter and buffers are built once."""
 
-    def __init__(self, model_path: str | os.PathLike, threads: int = 1):
+    def __init__(self, model_path: str | os.PathLike, threads: int = 1, align: bool = False):
         model_path = Path(model_path)
+        self.align = align
         self.sidecar: ModelSidecar = read_sidecar(model_path)  # ContractError: missing/inconsistent/checksum
         self.labels = self.sidecar.labels
         self.face_margin = self.sidecar.face_margin
@@ -87,6 +105,7 @@ class ExpressionClassifier:
         self._resized = np.empty((self.input_height, self.input_width), np.uint8)
         self._pixel_lut = pixel_lut(inp)
         self._output_detail = out
+        self._fer_keypoints = FER_KEYPOINTS * np.array([self.input_width, self.input_height]) / FER_SIDE
 
     def _check_against_sidecar(self, model_path: Path, inp: dict, out: dict) -> None:
         shape = tuple(int(d) for d in inp["shape"])
@@ -108,15 +127,15 @@ class ExpressionClassifier:
         if classes != len(self.labels):
             raise ModelError(f"{model_path}: output has {classes} classes, the sidecar {len(self.labels)} labels")
 
-    def crop(self, gray: np.ndarray, box: Box) -> np.ndarray:
-        """The face crop the model expects: a square of side ``max(w, h) * face_margin`` around the box,
-        padded by edge replication where it leaves the frame."""
-        height, width = gray.shape[:2]
+    def crop(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """The face crop the model expects, in grayscale: a square of side ``max(w, h) * face_margin`` around the
+        box, padded by edge replication where it leaves the frame."""
+        height, width = image.shape[:2]
         square = box.square(self.face_margin)
         inside = square.clipped(width, height)
         if inside.area == 0:
             raise ValueError(f"{box} lies outside the {width}x{height} frame")
-        crop = gray[inside.y : inside.y2, inside.x : inside.x2]
+        crop = _gray(image[inside.y : inside.y2, inside.x : inside.x2])
         if inside != square:
             crop = cv2.copyMakeBorder(
                 crop,
@@ -128,14 +147,57 @@ class ExpressionClassifier:
             )
         return crop
 
-    def classify(self, gray: np.ndarray, box: Box) -> Prediction:
-        crop = self.crop(gray, box)
-        cv2.resize(crop, (self.input_width, self.input_height), dst=self._resized, interpolation=cv2.INTER_AREA)
-        np.take(self._pixel_lut, self._resized, out=self._input_plane)
+    def aligned_crop(self, image: np.ndarray, keypoints: tuple[Point, ...]) -> np.ndarray:
+        """The model's input-sized grayscale crop with the face's eyes, nose and mouth where FER-2013 has them
+        (rotated so the eyes are level), padded by edge replication where it leaves the frame."""
+        to_crop = similarity_transform(np.asarray(keypoints[:4], np.float64), self._fer_keypoints)
+        scale = float(np.sqrt(abs(np.linalg.det(to_crop[:, :2]))))  # crop pixels per frame pixel
+        return self._warp(image, to_crop, scale)
+
+    def _warp(self, image: np.ndarray, to_crop: np.ndarray, scale: float) -> np.ndarray:
+        """``image`` warped by ``to_crop`` (frame -> crop pixels, ``scale`` crop pixels per frame pixel) into the
+        model's input size, in grayscale; only the part of the frame the crop sees is converted and shrunk."""
+        height, width = image.shape[:2]
+        out_w, out_h = self.input_width, self.input_height
+        to_frame = cv2.invertAffineTransform(to_crop)
+        corners = np.array([[0, 0, 1], [out_w, 0, 1], [0, out_h, 1], [out_w, out_h, 1]], np.float64) @ to_frame.T
+        x1, y1 = np.floor(corners.min(0)).astype(int) - 1
+        x2, y2 = np.ceil(corners.max(0)).astype(int) + 1
+        region = Box(int(x1), int(y1), int(x2 - x1), int(y2 - y1))
+        inside = region.clipped(width, height)
+        if inside.area == 0:
+            raise ValueError(f"the face lies outside the {width}x{height} frame")
+        patch = _gray(image[inside.y : inside.y2, inside.x : inside.x2])
+        to_crop = to_crop.copy()
+        to_crop[:, 2] += to_crop[:, :2] @ np.array([inside.x, inside.y], np.float64)  # patch -> crop
+        if scale < 1.0:  # shrink by area first: warpAffine alone would alias a large face
+            size = (max(1, round(inside.w * scale)), max(1, round(inside.h * scale)))
+            patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
+            to_crop[:, :2] *= np.array([inside.w / size[0], inside.h / size[1]])
+        return cv2.warpAffine(patch, to_crop, (out_w, out_h), dst=self._resized, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    def face_crop(self, image: np.ndarray, face: Detection | Box) -> np.ndarray:
+        """The input-sized grayscale crop of a face: aligned by its keypoints when it has them and ``align`` is
+        on, else the box's square."""
+        detection = face if isinstance(face, Detection) else Detection(face)
+        if self.align and len(detection.keypoints) >= 4:
+            return self.aligned_crop(image, detection.keypoints)
+        crop = self.crop(image, detection.box)
+        return cv2.resize(crop, (self.input_width, self.input_height), dst=self._resized,
+                          interpolation=cv2.INTER_AREA)
+
+    def classify(self, image: np.ndarray, face: Detection | Box) -> Prediction:
+        """Class scores of one face of a BGR (or grayscale) frame."""
+        np.take(self._pixel_lut, self.face_crop(image, face), out=self._input_plane)
         self._interpreter.set_tensor(self._input_index, self._input)
         self._interpreter.invoke()
         scores = dequantize(self._interpreter.get_tensor(self._output_index)[0], self._output_detail)
         return Prediction(self.labels, tuple(scores.tolist()))
+
+
+def _gray(patch: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY) if patch.ndim == 3 else patch
 
 
 def _first_line(exc: BaseException) -> str:

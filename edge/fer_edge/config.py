@@ -42,8 +42,15 @@ def _unit(value) -> str | None:
     return None if 0 <= value < 1 else "expected a number in [0, 1)"
 
 
-def _above_one(value) -> str | None:
-    return None if value > 1 else "expected a number > 1"
+def _open_unit(value) -> str | None:
+    return None if 0 < value < 1 else "expected a number in (0, 1)"
+
+
+def _number_range(low: float, high: float):
+    def check(value) -> str | None:
+        return None if low <= value <= high else f"expected a number in [{low:g}, {high:g}]"
+
+    return check
 
 
 def _positive_up_to(limit: float):
@@ -106,16 +113,22 @@ class SourceConfig:
 class ModelConfig:
     path: str | None = None  # null: $FER_EDGE_MODEL, then the shipped model (see resolve_model_path)
     threads: int = _opt(1, _int_range(1, MAX_THREADS))
+    classify_every_s: float = _opt(0.1, _number_range(0.0, 10.0))  # classify a tracked face this often; 0: each frame
+    align: bool = False  # map eyes, nose and mouth onto FER-2013's (needs keypoints; measured no better)
+    max_turn: float = _opt(0.5, _number_range(0.0, 1.0))  # faces turned further are not classified (see docs)
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    cascade: str | None = None  # null: haarcascade_frontalface_default.xml from the usual places
-    detect_width: int = _opt(320, _positive)  # frames are downscaled to this width for detection
-    scale_factor: float = _opt(1.1, _above_one)
-    min_neighbors: int = _opt(5, _non_negative)
-    min_size: int = _opt(40, _positive)  # smallest face side, full-frame pixels
-    every_n_frames: int = _opt(3, _positive)  # detect on every n-th frame, track in between
+    kind: str = _opt("blazeface", _one_of("blazeface", "haar"))
+    min_face: int = _opt(40, _int_range(8, 4096))  # smallest face side to find, in camera-frame pixels
+    every_n_frames: int = _opt(3, _int_range(1, 100))  # look for tracked faces again every n-th frame
+    full_scan_interval_s: float = _opt(1.0, _positive_up_to(3600.0))  # whole-frame scan for new faces this often
+    min_score: float | None = _opt(None, _open_unit)  # blazeface: null = the model's own threshold
+    cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
+    detect_width: int = _opt(320, _int_range(32, 4096))  # haar: frames are downscaled to this width
+    scale_factor: float = _opt(1.1, _number_range(1.01, 2.0))  # haar: pyramid step
+    min_neighbors: int = _opt(5, _int_range(0, 100))  # haar: higher, fewer and surer faces
 
 
 @dataclass(frozen=True)
@@ -151,14 +164,15 @@ class EventsConfig:
 class TrackingConfig:
     enabled: bool = True
     iou_threshold: float = _opt(0.3, _fraction)
-    max_missed: int = _opt(10, _non_negative)
+    max_missed: int = _opt(10, _int_range(0, 10_000))  # detections a track may miss before it ends
 
 
 @dataclass(frozen=True)
 class SmoothingConfig:
     enabled: bool = True
-    alpha: float = _opt(0.3, _fraction)
-    hysteresis: float = _opt(0.1, _unit)
+    time_constant_s: float = _opt(0.15, _number_range(0.0, 60.0))  # EMA of the scores; 0 = none
+    hysteresis: float = _opt(0.1, _unit)  # smoothed-score lead a new label needs
+    min_dwell_s: float = _opt(1.0, _number_range(0.0, 60.0))  # a shown label stays at least this long
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,13 @@ def to_yaml(cfg) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
+# Keys of earlier versions, and what to write instead: an upgraded device's config names its way forward.
+RENAMED = {
+    "detector.min_size": "detector.min_face (the same pixels)",
+    "smoothing.alpha": "smoothing.time_constant_s (seconds; alpha 0.3 at 30 fps was about 0.1 s)",
+}
+
+
 def _build(cls, raw, path: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
@@ -242,6 +263,8 @@ def _build(cls, raw, path: str):
     for key in raw:
         if key not in fields:
             where = f"{path}.{key}" if path else str(key)
+            if RENAMED.get(where):
+                raise ConfigError(f"{where}: replaced by {RENAMED[where]}")
             raise ConfigError(f"{where}: unknown key (known: {', '.join(fields)})")
     values = {}
     for key, value in raw.items():

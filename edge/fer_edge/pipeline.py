@@ -1,4 +1,4 @@
-"""The frame loop: read -> gray -> detect/track -> classify/smooth -> privacy -> annotate -> sinks.
+"""The frame loop: read -> detect/track -> classify/smooth -> privacy -> annotate -> sinks.
 
 Stages are injected (built from config in :mod:`fer_edge.app`); this module imports no OpenCV, no
 TFLite runtime and no camera library, so the loop is testable with fakes.
@@ -7,6 +7,7 @@ TFLite runtime and no camera library, so the loop is testable with fakes.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -16,7 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-from fer_edge.types import Box, Face, Frame, Prediction, SourceWaiting
+from fer_edge.smoothing import NullSmoother
+from fer_edge.tracking import NullTracker
+from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting, Track
 
 log = logging.getLogger(__name__)
 
@@ -24,27 +27,117 @@ STAGES = ("read", "detect", "classify", "annotate", "record")
 WATCHDOG_INTERVAL_S = 1.0
 
 
+class Source(Protocol):
+    fps: float
+    size: tuple[int, int]
+
+    def read(self) -> Frame | SourceWaiting | None: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Detector(Protocol):
-    every_n_frames: int
-
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """The grayscale frame, shared by detector and classifier (one conversion per frame)."""
-
-    def detect(self, gray: np.ndarray) -> list[Box]: ...
+    def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
+        """Faces in the whole frame (``regions=None``) or only inside ``regions``."""
 
 
 class Classifier(Protocol):
-    def classify(self, gray: np.ndarray, box: Box) -> Prediction: ...
+    def classify(self, image: np.ndarray, face: Detection) -> Prediction: ...
+
+
+class Tracker(Protocol):
+    @property
+    def active_ids(self) -> set[int]: ...
+
+    def update(self, detections: list[Detection]) -> list[Track]: ...
+
+    def predict(self) -> list[Track]: ...
+
+    def carried(self) -> list[Box]: ...
+
+
+class Smoother(Protocol):
+    def update(self, track_id: int, prediction: Prediction, t: float) -> Prediction | None: ...
+
+    def forget(self, active_ids: set[int]) -> None: ...
 
 
 class Annotator(Protocol):
     def draw(self, image: np.ndarray, faces: list[Face]) -> None: ...
 
 
+class Notifier(Protocol):
+    def ready(self) -> None: ...
+
+    def watchdog(self) -> None: ...
+
+    def stopping(self) -> None: ...
+
+    def status(self, text: str) -> None: ...
+
+
 class Sink(Protocol):
     def write(self, frame: Frame, faces: list[Face]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class _NoNotifier:
+    def ready(self) -> None:
+        pass
+
+    def watchdog(self) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+
+FULL, REGIONS, CARRY = "full", "regions", "carry"
+
+
+@dataclass
+class DetectionSchedule:
+    """Which detection a frame gets: a whole-frame scan, a search in the windows around the tracked faces, or
+    none (the tracker carries the boxes).
+
+    Every ``every_n_frames``-th frame detects; it scans the whole frame when no face is tracked, when a track
+    ended since the last detection, or when the last scan is ``full_scan_interval_s`` old (new faces); else it
+    searches windows of ``region_factor`` times each tracked face's side. ``region_factor=0`` always scans.
+    """
+
+    every_n_frames: int = 1
+    full_scan_interval_s: float = 1.0
+    region_factor: float = 0.0
+    _frames: int = 0
+    _last_scan: float = -math.inf
+    _tracked: int = 0
+
+    def next(self, t: float, tracked: int) -> str:
+        """The detection for the frame at ``t`` seconds, with ``tracked`` faces tracked before it."""
+        frame, self._frames = self._frames, self._frames + 1
+        if frame % self.every_n_frames:
+            return CARRY
+        ended = tracked < self._tracked
+        self._tracked = tracked
+        if t < self._last_scan:  # the clock went back (a replay looped)
+            self._last_scan = -math.inf
+        if not tracked or ended or not self.region_factor or t - self._last_scan >= self.full_scan_interval_s:
+            self._last_scan = t
+            return FULL
+        return REGIONS
+
+
+@dataclass
+class _Classified:
+    t: float
+    prediction: Prediction | None
+    smoothed: Prediction | None
 
 
 @dataclass
@@ -83,31 +176,30 @@ class RunStats:
 class Pipeline:
     """Runs the stages frame by frame until the source ends, ``max_frames`` or :meth:`stop`.
 
-    Optional stages (signatures of :mod:`fer_edge.tracking`, :mod:`fer_edge.smoothing`,
-    :mod:`fer_edge.privacy`, :mod:`fer_edge.notify`):
-
-    - ``tracker``: ``update(boxes) -> [(id, box)]`` on detection frames, ``predict() -> [(id, box)]`` between,
-      ``active_ids`` (the live tracks, whose smoothing state is kept), ``carried() -> [(id, box)]`` (every live
-      track where it should be now, also those the detector just missed: privacy covers them too).
-    - ``smoother``: ``update(track_id, prediction) -> Prediction``, ``forget(active_ids)``.
-    - ``privacy``: ``privacy(image, boxes)`` anonymizes the faces in place before overlays are drawn.
-    - ``notifier``: ``ready()``, ``watchdog()``, ``stopping()``, ``status(text)``.
+    ``schedule`` decides per frame between a whole-frame scan, a search around the tracked faces and carrying
+    them (:class:`DetectionSchedule`). Each tracked face is classified at most every ``classify_every_s``
+    seconds of frame time and shows its latest result in between; a face turned further than ``max_turn``
+    (its detector gives keypoints) is not classified and keeps its last shown label. ``privacy(image, boxes)``
+    anonymizes faces in place before overlays are drawn.
 
     Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.
     """
 
     def __init__(
         self,
-        source,
+        source: Source,
         detector: Detector,
         classifier: Classifier,
         annotator: Annotator,
         sinks: Sequence[Sink] = (),
         *,
-        tracker=None,
-        smoother=None,
+        tracker: Tracker | None = None,
+        smoother: Smoother | None = None,
+        schedule: DetectionSchedule | None = None,
+        classify_every_s: float = 0.0,
+        max_turn: float = 1.0,
         privacy: Callable[[np.ndarray, list[Box]], None] | None = None,
-        notifier=None,
+        notifier: Notifier | None = None,
         status_interval_s: float = 5.0,
     ):
         self.source = source
@@ -115,12 +207,16 @@ class Pipeline:
         self.classifier = classifier
         self.annotator = annotator
         self.sinks = list(sinks)
-        self.tracker = tracker
-        self.smoother = smoother
+        self.tracker: Tracker = tracker or NullTracker()
+        self.smoother: Smoother = smoother or NullSmoother()
+        self.schedule = schedule or DetectionSchedule()
+        self.classify_every_s = classify_every_s
+        self.max_turn = max_turn
         self.privacy = privacy
-        self.notifier = notifier
+        self.notifier: Notifier = notifier or _NoNotifier()
         self.status_interval_s = status_interval_s
-        self.every_n_frames = max(1, detector.every_n_frames)
+        self.stats = RunStats()
+        self._classified: dict[int, _Classified] = {}
         self._stop = threading.Event()
         self._closed = False
 
@@ -134,9 +230,8 @@ class Pipeline:
         return self._stop.is_set()
 
     def run(self, max_frames: int | None = None) -> RunStats:
-        stats = RunStats()
+        stats = self.stats = RunStats()
         window = _StatusWindow(time.monotonic())
-        last_boxes: list[tuple[int | None, Box]] = []
         self._last_watchdog = float("-inf")
         started = time.perf_counter()
         try:
@@ -151,17 +246,9 @@ class Pipeline:
                     continue
                 if window.waiting is not None:  # the camera is back: status lines count from now
                     window = _StatusWindow(time.monotonic())
-                gray = self.detector.prepare(frame.image)
-                if stats.frames % self.every_n_frames == 0:
-                    boxes = self.detector.detect(gray)
-                    if self.tracker is not None:
-                        last_boxes = self.tracker.update(boxes)
-                    else:
-                        last_boxes = [(None, box) for box in boxes]
-                elif self.tracker is not None:
-                    last_boxes = self.tracker.predict()
+                tracks = self._detect(frame)
                 t2 = time.perf_counter()
-                faces = self._classify(gray, last_boxes)
+                faces = self._classify(frame, tracks)
                 t3 = time.perf_counter()
                 if self.privacy is not None:
                     self._anonymize(frame.image, faces)
@@ -174,7 +261,7 @@ class Pipeline:
                 durations = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
                 self._count(stats, faces, durations)
                 window.add(faces, durations)
-                if stats.frames == 1 and self.notifier is not None:
+                if stats.frames == 1:
                     self.notifier.ready()
                 now = time.monotonic()
                 self._ping_watchdog(now)
@@ -183,8 +270,7 @@ class Pipeline:
                     window = _StatusWindow(now)
         finally:
             stats.elapsed = time.perf_counter() - started
-            if self.notifier is not None:
-                self.notifier.stopping()
+            self.notifier.stopping()
         if window.frames:
             self._report(window.line(time.monotonic(), stats.frames))
         log.info(
@@ -197,30 +283,51 @@ class Pipeline:
         )
         return stats
 
+    def _detect(self, frame: Frame) -> list[Track]:
+        plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids))
+        if plan == CARRY:
+            return self.tracker.predict()
+        if plan == REGIONS:
+            height, width = frame.image.shape[:2]
+            factor = self.schedule.region_factor
+            regions = [box.square(factor).clipped(width, height) for box in self.tracker.carried()]
+            return self.tracker.update(self.detector.detect(frame.image, regions))
+        return self.tracker.update(self.detector.detect(frame.image))
+
     def _anonymize(self, image: np.ndarray, faces: list[Face]) -> None:
         """Every face that may be in the picture: the ones shown, and the tracks the detector missed on its
-        last run but that are still alive (a face the Haar cascade lost for a frame is still there)."""
-        boxes = [face.box for face in faces]
-        if self.tracker is not None:
-            boxes += [box for _, box in self.tracker.carried()]
-        if boxes:
+        last run but that are still alive (a face the detector lost for a frame is still there)."""
+        boxes = [face.box for face in faces] + self.tracker.carried()
+        if boxes and self.privacy is not None:
             self.privacy(image, list(dict.fromkeys(boxes)))
 
-    def _classify(self, gray: np.ndarray, tracked: list[tuple[int | None, Box]]) -> list[Face]:
-        height, width = gray.shape[:2]
+    def _classify(self, frame: Frame, tracks: list[Track]) -> list[Face]:
+        height, width = frame.image.shape[:2]
+        t = frame.timestamp
         faces = []
-        for track_id, box in tracked:
-            box = box.clipped(width, height)  # carried boxes may drift past the edge
+        for track in tracks:
+            box = track.box.clipped(width, height)  # carried boxes may drift past the edge
             if box.area == 0:
                 continue
-            prediction = self.classifier.classify(gray, box)
-            smoothed = None
-            if self.smoother is not None and track_id is not None:
-                smoothed = self.smoother.update(track_id, prediction)
-            faces.append(Face(box, prediction, track_id, smoothed))
-        if self.smoother is not None:
-            # Keep the state of tracks that are alive but missed this frame (the tracker knows them).
-            self.smoother.forget(self.tracker.active_ids if self.tracker is not None else set())
+            last = self._classified.get(track.track_id) if track.track_id is not None else None
+            if last is not None and 0 <= t - last.t < self.classify_every_s:
+                faces.append(Face(box, last.prediction, track.track_id, last.smoothed))
+                continue
+            turn = track.detection.turn
+            if turn is not None and turn > self.max_turn:
+                prediction, smoothed = None, last.smoothed if last is not None else None
+            else:
+                prediction = self.classifier.classify(frame.image, track.detection)
+                smoothed = None
+                if track.track_id is not None:
+                    smoothed = self.smoother.update(track.track_id, prediction, t)
+            if track.track_id is not None:
+                self._classified[track.track_id] = _Classified(t, prediction, smoothed)
+            faces.append(Face(box, prediction, track.track_id, smoothed))
+        active = self.tracker.active_ids
+        self.smoother.forget(active)  # keeps the tracks that are alive but missed this frame
+        for track_id in [i for i in self._classified if i not in active]:
+            del self._classified[track_id]
         return faces
 
     @staticmethod
@@ -234,7 +341,7 @@ class Pipeline:
             stats.stage_seconds[name] += seconds
 
     def _ping_watchdog(self, now: float) -> None:
-        if self.notifier is not None and now - self._last_watchdog >= WATCHDOG_INTERVAL_S:
+        if now - self._last_watchdog >= WATCHDOG_INTERVAL_S:
             self.notifier.watchdog()
             self._last_watchdog = now
 
@@ -250,8 +357,7 @@ class Pipeline:
 
     def _report(self, line: str) -> None:
         log.info("%s", line)
-        if self.notifier is not None:
-            self.notifier.status(line)
+        self.notifier.status(line)
 
     def close(self) -> None:
         """Close every sink (finalizing recordings), then the source. Raises the first failure after trying all."""

@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from fer_edge.types import Box
+from fer_edge.types import Box, Detection, Track
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +24,32 @@ MAX_SIZE_RATIO = 2.0
 @dataclass(slots=True)
 class _Track:
     track_id: int
-    box: Box  # last matched detection
+    detection: Detection  # last match
     frame: int  # frame step of the last match
     previous_box: Box | None = None  # the match before that, for the velocity
     previous_frame: int = 0
     missed: int = 0  # update() calls in a row without a match
 
-    def box_at(self, frame: int) -> Box:
-        """The carried box at ``frame``: moved at constant velocity from the last two matches, same size."""
-        if self.previous_box is None or frame <= self.frame:
-            return self.box
-        steps = self.frame - self.previous_frame
-        vx = (self.box.x - self.previous_box.x) / steps
-        vy = (self.box.y - self.previous_box.y) / steps
-        ahead = frame - self.frame
-        return Box(round(self.box.x + vx * ahead), round(self.box.y + vy * ahead), self.box.w, self.box.h)
+    @property
+    def box(self) -> Box:
+        return self.detection.box
 
-    def matched(self, box: Box, frame: int) -> None:
+    def at(self, frame: int) -> Detection:
+        """The carried detection at ``frame``: moved at constant velocity from the last two matches, same size."""
+        if self.previous_box is None or frame <= self.frame:
+            return self.detection
+        steps = self.frame - self.previous_frame
+        ahead = (frame - self.frame) / steps
+        dx = round((self.box.x - self.previous_box.x) * ahead)
+        dy = round((self.box.y - self.previous_box.y) * ahead)
+        return self.detection.moved(dx, dy)
+
+    def box_at(self, frame: int) -> Box:
+        return self.at(frame).box
+
+    def matched(self, detection: Detection, frame: int) -> None:
         self.previous_box, self.previous_frame = self.box, self.frame
-        self.box, self.frame = box, frame
+        self.detection, self.frame = detection, frame
         self.missed = 0
 
 
@@ -64,10 +71,6 @@ class IouTracker:
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10) -> None:
-        if not 0.0 < iou_threshold <= 1.0:
-            raise ValueError(f"iou_threshold: expected a number in (0, 1], got {iou_threshold}")
-        if max_missed < 0:
-            raise ValueError(f"max_missed: expected a non-negative integer, got {max_missed}")
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
         self._tracks: dict[int, _Track] = {}
@@ -78,22 +81,23 @@ class IouTracker:
     def active_ids(self) -> set[int]:
         return set(self._tracks)
 
-    def update(self, boxes: list[Box]) -> list[tuple[int, Box]]:
-        """Assign a track id to each of this frame's detections; returns ``(id, box)`` in the order of ``boxes``."""
+    def update(self, detections: list[Detection]) -> list[Track]:
+        """Assign a track id to each of this frame's detections, in their order."""
         self._frame += 1
         predicted = {track_id: track.box_at(self._frame) for track_id, track in self._tracks.items()}
+        boxes = [detection.box for detection in detections]
         assigned = self._match(predicted, boxes)
 
-        for index, box in enumerate(boxes):
+        for index, detection in enumerate(detections):
             track_id = assigned.get(index)
             if track_id is None:
                 track_id = self._next_id
                 self._next_id += 1
-                self._tracks[track_id] = _Track(track_id, box, self._frame)
+                self._tracks[track_id] = _Track(track_id, detection, self._frame)
                 assigned[index] = track_id
-                log.debug("track %d starts at %s", track_id, box)
+                log.debug("track %d starts at %s", track_id, detection.box)
             else:
-                self._tracks[track_id].matched(box, self._frame)
+                self._tracks[track_id].matched(detection, self._frame)
 
         matched_ids = set(assigned.values())
         for track_id in list(self._tracks):
@@ -104,9 +108,9 @@ class IouTracker:
             if track.missed > self.max_missed:
                 del self._tracks[track_id]
                 log.debug("track %d ends after %d missed frames", track_id, track.missed - 1)
-        return [(assigned[index], box) for index, box in enumerate(boxes)]
+        return [Track(assigned[index], detection) for index, detection in enumerate(detections)]
 
-    def predict(self) -> list[tuple[int, Box]]:
+    def predict(self) -> list[Track]:
         """The carried box of each track the latest detection confirmed, for a frame where detection did not run.
 
         Tracks the detector has lost stay alive for re-association but are not carried: a face that left
@@ -114,17 +118,17 @@ class IouTracker:
         """
         self._frame += 1
         return [
-            (track_id, track.box_at(self._frame))
+            Track(track_id, track.at(self._frame), detected=False)
             for track_id, track in sorted(self._tracks.items())
             if track.missed == 0
         ]
 
-    def carried(self) -> list[tuple[int, Box]]:
+    def carried(self) -> list[Box]:
         """Each live track's box at the current frame, without stepping: after ``update``, tracks missed by
         this frame's detection appear at their extrapolated place (e.g. to keep anonymising a face the detector
         lost for a frame)."""
         frame = max(self._frame, 0)
-        return [(track_id, track.box_at(frame)) for track_id, track in sorted(self._tracks.items())]
+        return [track.box_at(frame) for _, track in sorted(self._tracks.items())]
 
     def _match(self, predicted: dict[int, Box], boxes: list[Box]) -> dict[int, int]:
         """Detection index -> track id: greedy by IoU (ties by centre distance), then by centre distance."""
@@ -153,3 +157,22 @@ class IouTracker:
                 assigned[index] = track_id
                 used_tracks.add(track_id)
         return assigned
+
+
+class NullTracker:
+    """No tracking: each detection frame's faces stand alone (no ids), carried unchanged until the next one."""
+
+    active_ids: set[int] = set()
+
+    def __init__(self) -> None:
+        self._last: list[Detection] = []
+
+    def update(self, detections: list[Detection]) -> list[Track]:
+        self._last = list(detections)
+        return [Track(None, detection) for detection in detections]
+
+    def predict(self) -> list[Track]:
+        return [Track(None, detection, detected=False) for detection in self._last]
+
+    def carried(self) -> list[Box]:
+        return []
