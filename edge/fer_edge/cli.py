@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from fer_edge.contract import ContractError
-from fer_edge.errors import ConfigError, FerEdgeError, ModelError
+from fer_edge.errors import ConfigError, FerEdgeError, ModelError, mask_credentials
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -158,6 +158,9 @@ def cmd_check_config(args) -> int:
     if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
+        if isinstance(cfg.source.device, str):  # a stream URL's password is shown only in the file itself
+            source = dataclasses.replace(cfg.source, device=mask_credentials(cfg.source.device))
+            cfg = dataclasses.replace(cfg, source=source)
         sys.stdout.write(to_yaml(cfg))
     return 0
 
