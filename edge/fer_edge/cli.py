@@ -19,8 +19,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("fer_edge")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end in the same `fer-edge: error:` line as every other failure (argparse names the
+    subcommand, `fer-edge run: error:`); the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"fer-edge: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n")[0].replace("`", ""))
+    parser = _Parser(prog="fer-edge", description=__doc__.split("\n")[0].replace("`", ""))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
