@@ -164,7 +164,10 @@ def test_an_alias_bomb_is_one_error_line(tmp_path):
 
 def test_an_alias_bomb_in_a_wrong_place_is_one_short_error_line_from_the_cli(tmp_path):
     """Where it fails validation, the value was quoted whole: the line took all memory. Run with 2 GB at most."""
-    path = write(tmp_path, ALIAS_BOMB.replace("i: &i", "source:\n  path: &i"))
+    levels = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+        f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")
+    ]
+    path = write(tmp_path, "source:\n  path: [" + ", ".join(levels) + "]\n")
     limit = "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
     code = limit + "from fer_edge.cli import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run([sys.executable, "-c", code, "check-config", "--config", str(path)],
