@@ -26,7 +26,7 @@ PI ?=
 export PYTHONPATH := $(CURDIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test data-check lint train train-seed convert evaluate bench bench-edge clip deploy deploy-model clean
+.PHONY: help demo test soak data-check lint train train-seed convert evaluate bench bench-edge clip deploy deploy-model clean
 
 help:  ## this list
 	@echo "fer-edge: facial expression recognition trained here, run headless on a Raspberry Pi"
@@ -54,6 +54,9 @@ demo: $(EDGE_VENV)/.installed  ## run fer-edge with the shipped model on the bun
 
 test: data-check $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed lint  ## lint, then the whole suite (needs FER-2013: ../shared/fer2013 or FER2013_DIR)
 	$(TRAIN_VENV)/bin/python -m pytest tests -q
+
+soak: $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed  ## long fault runs: random SIGKILLs, model replaced mid-run, soak (SOAK_KILLS, SOAK_SECONDS)
+	$(TRAIN_VENV)/bin/python -m pytest tests/test_soak.py -m soak -q -s
 
 data-check:
 	@d="$${FER2013_DIR:-../shared/fer2013}"; \

@@ -116,15 +116,21 @@ install_file() {
     say "installed ${dest#"$ROOT"}"
 }
 
-make_dir() {  # make_dir DIR MODE [OWNER]
+# make_dir DIR MODE [OWNER]. Never through a symbolic link: the service can write /var/lib/fer-edge, so a
+# link there (to /etc, say) would make this root script hand that folder to the service user.
+make_dir() {
     local dir="$1" mode="$2" owner="${3:-}"
+    if [ -L "$dir" ]; then
+        die "${dir#"$ROOT"} is a symbolic link (to $(readlink "$dir")), not a folder: refusing to change its" \
+            "owner or mode as root; remove the link and install again"
+    fi
     if [ ! -d "$dir" ]; then
         mkdir -p "$dir"
         CHANGED=1
     fi
     chmod "$mode" "$dir"
     if [ -n "$owner" ]; then
-        chown "$owner" "$dir"
+        chown -h "$owner" "$dir"  # -h: should a link appear after the check, change the link, not its target
     fi
 }
 
@@ -336,17 +342,20 @@ start_failed() {
     die "$SERVICE did not start$1 (journalctl -u $SERVICE)"
 }
 
+# The config may hold a camera URL with its password: readable by root and the service's group only.
 config_file() {
     local template="$SRC/deploy/config.yaml"
     install_file "$template" "$OPT/config.yaml.dist" 0644
     if [ ! -f "$CONFIG" ]; then
-        install_file "$template" "$CONFIG" 0644
+        install_file "$template" "$CONFIG" 0640
     elif cmp -s "$template" "$CONFIG"; then
         rm -f "$CONFIG.new"
     elif [ ! -f "$CONFIG.new" ] || ! cmp -s "$template" "$CONFIG.new"; then
-        install -m 0644 "$template" "$CONFIG.new"
+        install -m 0640 "$template" "$CONFIG.new"
         say "kept your ${CONFIG#"$ROOT"}; the new template is ${CONFIG#"$ROOT"}.new: compare and merge by hand"
     fi
+    chmod 0640 "$CONFIG"  # also one an earlier install left world-readable
+    chown "root:$SERVICE_USER" "$CONFIG"
 }
 
 unit_files() {

@@ -292,7 +292,7 @@ def test_first_deploy_installs_venv_model_config_unit_and_starts(fake_pi, first_
     assert "groupadd --system render" in calls
     useradd = [c for c in calls if c.startswith("useradd")]
     assert len(useradd) == 1 and "--system" in useradd[0] and "--groups video" in useradd[0]
-    assert "chown fer-edge:fer-edge " + str(root / "var/lib/fer-edge/recordings") in calls
+    assert "chown -h fer-edge:fer-edge " + str(root / "var/lib/fer-edge/recordings") in calls
     systemctl = [c for c in calls if c.startswith("systemctl") and "--version" not in c]
     assert systemctl[:4] == ["systemctl daemon-reload", "systemctl enable --quiet fer-edge",
                              "systemctl is-active --quiet fer-edge", "systemctl start fer-edge"]
@@ -301,6 +301,14 @@ def test_first_deploy_installs_venv_model_config_unit_and_starts(fake_pi, first_
     assert "systemctl status fer-edge --no-pager --lines 0" in calls
     assert "journalctl -u fer-edge -n 20 --no-pager" in calls
     assert "-- stub journal" in result.stdout
+
+
+def test_the_config_is_readable_by_root_and_the_service_only(fake_pi, first_deploy):
+    """It may hold a camera URL with its password."""
+    _, calls = first_deploy
+    config = fake_pi.root / "etc/fer-edge/config.yaml"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    assert f"chown root:fer-edge {config}" in calls
 
 
 def test_installed_fer_edge_runs_the_demo_clip_without_tensorflow(fake_pi, first_deploy, tmp_path):
@@ -691,3 +699,35 @@ def test_runtime_choice_follows_the_python(tmp_path):
     assert not any("opencv" in name for names in results.values() for name in names)  # apt's python3-opencv
     assert [n for n in results[("32", "3.13")] if n.startswith("DIE")] == [
         "DIE no TFLite runtime wheel for 32-bit Python 3.13: install the 64-bit Raspberry Pi OS"]
+
+
+@pytest.mark.parametrize("link", ["recordings", "models", ""])
+def test_install_never_follows_a_symbolic_link_the_service_could_have_made(model_only_pi, tmp_path, link):
+    """The service can write /var/lib/fer-edge: a link it put there (to /etc, say) must not make the next
+    install, as root, chmod, chown or write into the link's target."""
+    pi = model_only_pi
+    state_dir = pi.root / "var/lib/fer-edge"
+    state_dir.parent.mkdir(parents=True)
+    victim = tmp_path / "etc"  # stands for /etc
+    victim.mkdir()
+    victim.chmod(0o755)
+    if link:
+        state_dir.mkdir()
+        (state_dir / link).symlink_to(victim)
+    else:
+        state_dir.symlink_to(victim)
+    linked = state_dir / link if link else state_dir
+    if link == "models":  # written by a model swap
+        result = pi.install(_small_models(tmp_path, "a")[0])
+    else:  # --python /bin/false: were the link followed, the install would go on and stop at the venv
+        result = subprocess.run(["bash", str(INSTALL), "--prefix", str(pi.root), "--no-apt", "--python", "/bin/false"],
+                                env=pi.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == [f"fer-edge install: error: /{linked.relative_to(pi.root)} is a symbolic link (to {victim}), "
+                      "not a folder: refusing to change its owner or mode as root; remove the link and install again"]
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o755
+    calls_log = pi.state / "calls.log"
+    calls = calls_log.read_text().splitlines() if calls_log.exists() else []
+    assert not [c for c in calls if c.startswith("chown") and str(linked) in c], calls
+    assert linked.is_symlink() and not list(victim.iterdir())

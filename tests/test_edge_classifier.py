@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -220,3 +222,86 @@ def test_bad_model_is_one_line_on_stderr_via_the_cli(model_copy, demo_clip, tmp_
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()  # failed before anything was opened or recorded
+
+
+# A float model whose GATHER reads row 100 of a 4-row table: it loads and allocates, and fails in invoke().
+FAILS_IN_INVOKE = r"""
+import sys
+import numpy as np
+import tensorflow as tf
+table = tf.constant(np.ones((4, 7), np.float32))
+@tf.function(input_signature=[tf.TensorSpec([1, 48, 48, 1], tf.float32)])
+def scores(x):
+    return tf.gather(table, tf.reshape(tf.cast(x[0, 0, 0, 0], tf.int32) + 100, [1]))
+converter = tf.lite.TFLiteConverter.from_concrete_functions([scores.get_concrete_function()], scores)
+open(sys.argv[1], "wb").write(converter.convert())
+"""
+
+
+@pytest.fixture(scope="module")
+def model_failing_in_invoke(tmp_path_factory, model_path):
+    """A real TFLite model (made with TensorFlow here) that loads but fails at its first invoke()."""
+    model = tmp_path_factory.mktemp("invoke") / "fails_in_invoke.tflite"
+    subprocess.run([sys.executable, "-c", FAILS_IN_INVOKE, str(model)], check=True, capture_output=True, timeout=300)
+    raw = json.loads(sidecar_path(model_path).read_text())
+    float32 = {"shape": [1, 48, 48, 1], "dtype": "float32", "scale": 0.0, "zero_point": 0}
+    raw.update(input=float32, output={**float32, "shape": [1, 7]}, sha256=file_sha256(model), variant="float32")
+    sidecar_path(model).write_text(json.dumps(raw))
+    return model
+
+
+def test_a_model_that_fails_when_run_is_refused_at_load(model_failing_in_invoke):
+    with pytest.raises(ModelError, match="loads but fails when run .*GATHER|loads but fails when run .*out of bounds"):
+        ExpressionClassifier(model_failing_in_invoke)
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_model_that_fails_when_run_is_one_line_at_check_config_and_at_start(
+    model_failing_in_invoke, demo_clip, tmp_path, command
+):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  path: {model_failing_in_invoke}\nsource:\n  path: {demo_clip}\n")
+    extra = ["--output", str(tmp_path / "o"), "--max-frames", "30"] if command == "run" else []
+    result = run_cli(command, "--config", str(config), *extra)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+    assert len(errors) == 1 and "loads but fails when run" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()  # refused before the source opened
+
+
+def test_a_model_overwritten_in_place_during_a_run_does_not_stop_it(model_copy, repo_root, demo_clip, tmp_path):
+    """``cp other.tflite model.tflite`` rewrites the file in place; a runtime that mapped the file dies of
+    SIGBUS at its next inference (the file got shorter). The classifier holds its own copy of the bytes."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"model:\n  path: {model_copy}\nsource:\n  kind: file\n  path: {demo_clip}\n  loop: true\n  realtime: true\n"
+        "logging:\n  status_interval_s: 0.5\n"
+    )
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        command = [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--no-record"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "fps" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.poll() is None and "fps" in log.read_text(), log.read_text()
+        replacement = (repo_root / "models" / "fer_fast_int8.tflite").read_bytes()
+        assert len(replacement) < model_copy.stat().st_size
+        with open(model_copy, "r+b") as model:  # what cp does: truncate, then write
+            model.truncate(0)
+            model.write(replacement)
+        lines_before = log.read_text().count("fps")
+        time.sleep(3)  # ~90 frames, faces in most of them
+        assert process.poll() is None, log.read_text()[-2000:]
+        assert log.read_text().count("fps") >= lines_before + 3  # status lines keep coming
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, log.read_text()[-2000:]
+    faces = int(out.split("faces")[1].split()[0])
+    assert faces > 50, out

@@ -106,6 +106,16 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("model:\n  threads: 100000\n", "model.threads: expected an integer 1-64, got 100000"),
         ("model:\n  threads: 65\n", "model.threads: expected an integer 1-64, got 65"),
         ("model:\n  threads: 0\n", "model.threads: expected an integer 1-64, got 0"),
+        ("source:\n  fps: 1e300\n", "source.fps: expected a number in (0, 1000], got 1e+300"),
+        ("source:\n  fps: 1001\n", "source.fps: expected a number in (0, 1000], got 1001"),
+        ("source:\n  fps: " + "9" * 400 + "\n", "source.fps: expected a number, got 99999"),
+        ("source:\n  width: 100000\n", "source.width: expected an integer 1-8192, got 100000"),
+        ("source:\n  height: 0\n", "source.height: expected an integer 1-8192, got 0"),
+        ("source:\n  reopen_initial_s: 1e9\n", "source.reopen_initial_s: expected a number in (0, 3600]"),
+        ("source:\n  reopen_max_s: 3601\n", "source.reopen_max_s: expected a number in (0, 3600], got 3601"),
+        ("source:\n  device: -1\n", "source.device: expected a camera index 0-1023 or a URL, got -1"),
+        ("source:\n  device: \"rtsp://cam\\nx\"\n", "source.device: expected a camera index, a /dev/video path"),
+        ("logging:\n  status_interval_s: 1e12\n", "logging.status_interval_s: expected a number in (0, 86400]"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key_path(tmp_path, text, message):
@@ -113,6 +123,75 @@ def test_bad_values_are_rejected_naming_the_key_path(tmp_path, text, message):
         load_config(write(tmp_path, text))
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+def test_yaml_1_2_exponent_floats_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) needs a dot in an exponent float: `1e3` was the string '1e3'."""
+    cfg = load_config(write(tmp_path, "source:\n  fps: 2.5e1\n  reopen_max_s: 1e3\noverlay:\n  font_scale: 5E-1\n"))
+    assert (cfg.source.fps, cfg.source.reopen_max_s, cfg.overlay.font_scale) == (25.0, 1000.0, 0.5)
+    assert load_config(write(tmp_path, "source:\n  device: 1e3x\n")).source.device == "1e3x"
+
+
+def test_an_error_line_shows_a_long_value_cut_short(tmp_path):
+    path = write(tmp_path, "source:\n  path: [" + ", ".join(["x" * 50] * 1000) + "]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith("source.path: expected a string or null, got ['xxx")
+    assert len(str(caught.value)) < 200 and str(caught.value).endswith("...")
+
+
+def test_an_error_line_never_shows_a_camera_password(tmp_path):
+    path = write(tmp_path, "source:\n  device: \"rtsp://admin:s3cret@10.0.0.2/stream\\n\"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "s3cret" not in str(caught.value) and "rtsp://admin:***@10.0.0.2/stream" in str(caught.value)
+
+
+def test_a_config_larger_than_a_megabyte_is_refused_before_it_is_parsed(tmp_path):
+    path = write(tmp_path, "# a comment line that YAML would happily skip\n" * 25_000)  # 1.15 MB, valid YAML
+    with pytest.raises(ConfigError, match=r"edge.yaml: 1150000 bytes, more than a config can be \(1000000\)"):
+        load_config(path)
+
+
+def test_a_config_without_a_size_is_read_only_up_to_the_bound(tmp_path):
+    with pytest.raises(ConfigError, match="more than 1000000 bytes"):
+        load_config("/dev/zero")  # st_size 0, endless: read whole, it would fill the memory
+
+
+# Nine levels of nine aliases: 9**9 strings once expanded, from 500 bytes.
+ALIAS_BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+)
+
+
+def test_an_alias_bomb_is_one_error_line(tmp_path):
+    with pytest.raises(ConfigError, match="edge.yaml: expands to more than 10000 values"):
+        load_config(write(tmp_path, ALIAS_BOMB))
+
+
+def test_an_alias_bomb_in_a_wrong_place_is_one_short_error_line_from_the_cli(tmp_path):
+    """Where it fails validation, the value was quoted whole: the line took all memory. Run with 2 GB at most."""
+    levels = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+        f"&{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")
+    ]
+    path = write(tmp_path, "source:\n  path: [" + ", ".join(levels) + "]\n")
+    limit = "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+    code = limit + "from fer_edge.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "check-config", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.strip().splitlines() == [f"fer-edge: error: {path}: expands to more than 10000 values "
+                                                  "(aliases nested in aliases?)"]
+
+
+def test_a_value_that_contains_itself_is_one_error_line(tmp_path):
+    with pytest.raises(ConfigError, match="a value contains itself through an alias"):
+        load_config(write(tmp_path, "source:\n  path: &p [x, *p]\n"))
+
+
+def test_aliases_within_the_bound_still_work(tmp_path):
+    cfg = load_config(write(tmp_path, "overlay:\n  box_color: &green [0, 255, 0]\n  text_color: *green\n"))
+    assert cfg.overlay.text_color == cfg.overlay.box_color == (0, 255, 0)
 
 
 def test_boundary_values_are_accepted(tmp_path):

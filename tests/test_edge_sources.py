@@ -308,3 +308,76 @@ def test_an_undecodable_video_is_one_error_line_without_ffmpeg_chatter(tmp_path)
     result = subprocess.run([sys.executable, "-c", probe, str(broken)], capture_output=True, text=True, env=env,
                             timeout=60)
     assert result.stderr.splitlines() == [f"cannot open video file {broken} (not a video OpenCV can decode?)"]
+
+
+STREAM_URL = "rtsp://admin:s3cret@127.0.0.1:{port}/stream"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_stream_that_does_not_open_is_named_without_its_password(caplog):
+    url = STREAM_URL.format(port=_closed_port())
+    with caplog.at_level("DEBUG"), pytest.raises(SourceError) as caught:
+        OpenCvCaptureSource(url, reopen_initial_s=0.01, reopen_max_s=0.02)
+    assert "s3cret" not in str(caught.value) and "s3cret" not in caplog.text
+    assert "rtsp://admin:***@127.0.0.1" in str(caught.value)
+
+
+def test_a_lost_stream_is_reported_without_its_password(monkeypatch, caplog):
+    monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
+    ScriptedCapture.outcomes = [True, False, True]
+    with caplog.at_level("DEBUG"):
+        source = OpenCvCaptureSource(STREAM_URL.format(port=554), 32, 24, 15, reopen_initial_s=1.0, reopen_max_s=3.0)
+        source._interrupted = RecordedWaits()
+        reads = [source.read() for _ in range(5)]
+    waiting = [r.reason for r in reads if isinstance(r, SourceWaiting)]  # the status line shows this
+    assert waiting == ["camera rtsp://admin:***@127.0.0.1:554/stream lost; next try in 2 s"]
+    assert "s3cret" not in caplog.text and "admin:***@" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def cut_clip(demo_clip, tmp_path_factory):
+    """The demo clip with its index first (faststart), cut in half: it opens, and decoding stops early."""
+    import av
+
+    folder = tmp_path_factory.mktemp("cut")
+    whole = folder / "whole.mp4"
+    with av.open(str(demo_clip)) as source, av.open(str(whole), "w", options={"movflags": "faststart"}) as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    data = whole.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")
+    cut = folder / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    return whole, cut
+
+
+def test_a_clip_that_ends_before_its_header_says_is_a_warning(cut_clip, caplog):
+    whole, cut = cut_clip
+    with caplog.at_level("WARNING", logger="fer_edge.sources"):
+        frames = read_all(VideoFileSource(whole))
+    assert len(frames) == 420 and caplog.text == ""
+    with caplog.at_level("WARNING", logger="fer_edge.sources"):
+        frames = read_all(VideoFileSource(cut))
+    assert 50 < len(frames) < 400
+    assert f"ended after {len(frames)} of the 420 frames its header announces (damaged or cut?)" in caplog.text
+
+
+def test_check_config_prints_a_stream_url_without_its_password(tmp_path, model_path, capsys):
+    from fer_edge.cli import main
+
+    config = tmp_path / "config.yaml"
+    url = STREAM_URL.format(port=554)
+    config.write_text(f"source:\n  kind: opencv\n  device: {url}\nmodel:\n  path: {model_path}\n")
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "device: rtsp://admin:***@127.0.0.1:554/stream" in out

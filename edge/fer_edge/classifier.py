@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
@@ -80,8 +81,16 @@ class ExpressionClassifier:
         self.labels = self.sidecar.labels
         self.face_margin = self.sidecar.face_margin
         interpreter_class, self.runtime = load_interpreter_class()
+        # From bytes, not model_path=: the runtime would map the file, and a model copied over it in place
+        # (cp new.tflite model.tflite) would then kill the process with SIGBUS at the next inference.
         try:
-            self._interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
+            model_bytes = model_path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{model_path}: cannot read ({exc.strerror or exc})") from None
+        if hashlib.sha256(model_bytes).hexdigest() != self.sidecar.sha256:
+            raise ModelError(f"{model_path}: changed while it was loaded (sha256 no longer matches its sidecar)")
+        try:
+            self._interpreter = interpreter_class(model_content=model_bytes, num_threads=threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{model_path}: not a loadable TFLite model ({_first_line(exc)})") from None
@@ -106,6 +115,19 @@ class ExpressionClassifier:
         self._pixel_lut = pixel_lut(inp)
         self._output_detail = out
         self._fer_keypoints = FER_KEYPOINTS * np.array([self.input_width, self.input_height]) / FER_SIDE
+        self._run_once(model_path)
+
+    def _run_once(self, model_path: Path) -> None:
+        """One inference on a blank face at load: a model that loads but cannot run (an op that fails in
+        invoke) is refused here, before the camera opens, not when the first face appears."""
+        try:
+            self._interpreter.set_tensor(self._input_index, self._input)
+            self._interpreter.invoke()
+            scores = self._interpreter.get_tensor(self._output_index)
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{model_path}: the model loads but fails when run ({_first_line(exc)})") from None
+        if not np.all(np.isfinite(dequantize(scores, self._output_detail))):
+            raise ModelError(f"{model_path}: the model's scores for a blank face are not finite numbers")
 
     def _check_against_sidecar(self, model_path: Path, inp: dict, out: dict) -> None:
         shape = tuple(int(d) for d in inp["shape"])

@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from fer_edge.contract import ContractError
-from fer_edge.errors import ConfigError, FerEdgeError, ModelError
+from fer_edge.errors import ConfigError, FerEdgeError, ModelError, mask_credentials
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -19,8 +19,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("fer_edge")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end in the same `fer-edge: error:` line as every other failure (argparse names the
+    subcommand, `fer-edge run: error:`); the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"fer-edge: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fer-edge", description=__doc__.split("\n")[0].replace("`", ""))
+    parser = _Parser(prog="fer-edge", description=__doc__.split("\n")[0].replace("`", ""))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -158,6 +167,9 @@ def cmd_check_config(args) -> int:
     if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
+        if isinstance(cfg.source.device, str):  # a stream URL's password is shown only in the file itself
+            source = dataclasses.replace(cfg.source, device=mask_credentials(cfg.source.device))
+            cfg = dataclasses.replace(cfg, source=source)
         sys.stdout.write(to_yaml(cfg))
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from fer_edge.errors import ConfigError, ModelError
-from fer_edge.yamlconfig import apply_overrides, read_mapping
+from fer_edge.yamlconfig import apply_overrides, read_mapping, shown
 
 MODEL_FILENAME = "fer_int8.tflite"
 
@@ -60,6 +60,13 @@ def _positive_up_to(limit: float):
     return check
 
 
+def _range(low: float, high: float):
+    def check(value) -> str | None:
+        return None if low < value <= high else f"expected a number in ({low:g}, {high:g}]"
+
+    return check
+
+
 def _int_range(low: int, high: int):
     def check(value) -> str | None:
         return None if low <= value <= high else f"expected an integer {low}-{high}"
@@ -78,6 +85,14 @@ def _one_of(*choices: str):
     return check
 
 
+def _camera_device(value) -> str | None:
+    if isinstance(value, int):
+        return None if 0 <= value <= MAX_CAMERA_INDEX else f"expected a camera index 0-{MAX_CAMERA_INDEX} or a URL"
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        return "expected a camera index, a /dev/video path or a URL on one line"
+    return None
+
+
 def _opt(default, check=None):
     """A field with a default and an optional value check (``check(value) -> message | None``)."""
     if isinstance(default, (list, dict)):
@@ -90,6 +105,11 @@ def _opt(default, check=None):
 MAX_THREADS = 64  # TFLite interpreter threads: 16x a Pi's 4 cores; 100000 segfaults the runtime
 MAX_THICKNESS = 50  # overlay line width in pixels (OpenCV asserts above 32767; 50 already hides a face)
 MAX_FONT_SCALE = 10.0  # ~220 px text; far larger overflows OpenCV's text size into a cv2.error
+MAX_SIDE = 8192  # camera frame width/height in pixels (8K); larger requests only fail inside the driver
+MAX_FPS = 1000.0  # camera or image folder frame rate; beyond it a realtime replay's period rounds to nothing
+MAX_REOPEN_S = 3600.0  # the longest wait between attempts to reopen a lost camera
+MAX_STATUS_INTERVAL_S = 86400.0  # one status line a day at least
+MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -99,14 +119,14 @@ MAX_FONT_SCALE = 10.0  # ~220 px text; far larger overflows OpenCV's text size i
 class SourceConfig:
     kind: str = _opt("auto", _one_of("auto", "picamera2", "opencv", "file", "images"))
     path: str | None = None  # video file or image folder (kind file/images/auto)
-    device: int | str = "0"  # OpenCV capture: camera index or stream URL
-    width: int = _opt(640, _positive)
-    height: int = _opt(480, _positive)
-    fps: float = _opt(30.0, _positive)  # camera frame rate; image folders play at this rate
+    device: int | str = _opt("0", _camera_device)  # OpenCV capture: camera index or stream URL
+    width: int = _opt(640, _int_range(1, MAX_SIDE))
+    height: int = _opt(480, _int_range(1, MAX_SIDE))
+    fps: float = _opt(30.0, _range(0, MAX_FPS))  # camera frame rate; image folders play at this rate
     realtime: bool = False  # pace files and image folders at their frame rate
     loop: bool = False  # restart files and image folders at their end
-    reopen_initial_s: float = _opt(1.0, _positive)  # first wait before reopening a lost camera
-    reopen_max_s: float = _opt(30.0, _positive)  # longest wait between reopen attempts
+    reopen_initial_s: float = _opt(1.0, _range(0, MAX_REOPEN_S))  # first wait before reopening a lost camera
+    reopen_max_s: float = _opt(30.0, _range(0, MAX_REOPEN_S))  # longest wait between reopen attempts
 
 
 @dataclass(frozen=True)
@@ -183,7 +203,7 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = _opt("INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
-    status_interval_s: float = _opt(5.0, _positive)
+    status_interval_s: float = _opt(5.0, _range(0, MAX_STATUS_INTERVAL_S))
 
 
 @dataclass(frozen=True)
@@ -257,7 +277,7 @@ RENAMED = {
 
 def _build(cls, raw, path: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {shown(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
@@ -280,7 +300,7 @@ def _build(cls, raw, path: str):
         if check is not None and converted is not None:
             problem = check(converted)
             if problem:
-                raise ConfigError(f"{key_path}: {problem}, got {value!r}")
+                raise ConfigError(f"{key_path}: {problem}, got {shown(value)}")
         values[key] = converted
     return cls(**values)
 
@@ -294,6 +314,13 @@ def _describe(hint) -> str:
     return names.get(hint, str(hint))
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _convert(hint, value, key_path: str):
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for kind in allowed:
@@ -303,7 +330,7 @@ def _convert(hint, value, key_path: str):
             return value
         if isinstance(value, bool):
             continue
-        if kind is float and isinstance(value, (int, float)) and math.isfinite(value):
+        if kind is float and isinstance(value, (int, float)) and _finite(value):
             return float(value)
         if kind is int and isinstance(value, int):
             return value
@@ -313,7 +340,7 @@ def _convert(hint, value, key_path: str):
             items = typing.get_args(kind)
             if len(value) == len(items) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 return tuple(value)
-    raise ConfigError(f"{key_path}: expected {_describe(hint)}, got {value!r}")
+    raise ConfigError(f"{key_path}: expected {_describe(hint)}, got {shown(value)}")
 
 
 # --- the model file ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class FerEdgeError(Exception):
     """Base of every expected fer-edge failure (bad config, missing model, camera gone, disk full)."""
@@ -29,3 +31,12 @@ class DetectorError(FerEdgeError):
 
 class RecordingError(FerEdgeError):
     """Recording failed (disk full, output folder not writable)."""
+
+
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):[^\s/]*@")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it replaced: ``rtsp://user:***@host/stream``. For every line
+    that shows a camera URL: error lines, logs and the status line any user sees in ``systemctl status``."""
+    return _URL_CREDENTIALS.sub(r"\1:***@", text)

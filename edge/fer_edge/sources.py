@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fer_edge.errors import SourceError
+from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,9 @@ class VideoFileSource:
         self._interrupted = threading.Event()
         self._pacer = _Pacer(self.fps, self._interrupted) if realtime else None
         self._index = 0
+        self._decoded = 1  # frames decoded in this pass through the file
+        count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frame_count = int(count) if count and 0 < count < 2**31 else None  # from the header
 
     def read(self) -> Frame | None:
         if self._interrupted.is_set():
@@ -160,12 +163,23 @@ class VideoFileSource:
             return image
         ok, image = self._capture.read()
         if ok:
+            self._decoded += 1
             return image
+        self._warn_if_cut_short()
         if not self.loop:
             return None
         self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
         ok, image = self._capture.read()
+        self._decoded = 1 if ok else 0
         return image if ok else None
+
+    def _warn_if_cut_short(self) -> None:
+        """A damaged file (cut, or with undecodable frames) stops decoding before the frame count its header
+        gives; containers round that count, so a shortfall of a few frames is no damage."""
+        expected = self.frame_count
+        if expected is not None and self._decoded < expected - max(2, expected // 100):
+            log.warning("video file %s ended after %d of the %d frames its header announces (damaged or cut?)",
+                        self.path, self._decoded, expected)
 
     def interrupt(self) -> None:
         self._interrupted.set()
@@ -248,6 +262,7 @@ class OpenCvCaptureSource:
         _quiet_opencv(cv2)
         self._cv2 = cv2
         self.device: int | str = int(device) if isinstance(device, str) and device.isdigit() else device
+        self.name = mask_credentials(str(self.device))  # what lines show: a stream URL without its password
         self._requested = (width, height, fps)
         self.reopen_initial_s = reopen_initial_s
         self.reopen_max_s = reopen_max_s
@@ -257,7 +272,7 @@ class OpenCvCaptureSource:
         self._capture = self._open()
         if self._capture is None:
             is_camera = isinstance(self.device, int) or str(self.device).startswith("/dev/")
-            what = f"camera {self.device}" if is_camera else f"stream {self.device}"
+            what = f"camera {self.name}" if is_camera else f"stream {self.name}"
             raise SourceError(f"cannot open {what} (not connected, or in use by another process?)")
         self.size = (
             int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)) or width,
@@ -265,7 +280,7 @@ class OpenCvCaptureSource:
         )
         reported = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = reported if reported and 0 < reported < 1000 else fps
-        log.info("camera %s opened: %dx%d at %.1f fps", self.device, *self.size, self.fps)
+        log.info("camera %s opened: %dx%d at %.1f fps", self.name, *self.size, self.fps)
 
     def _open(self):
         cv2 = self._cv2
@@ -293,7 +308,7 @@ class OpenCvCaptureSource:
                 index = self._index
                 self._index += 1
                 return Frame(image, index, time.monotonic())
-            log.warning("camera %s stopped delivering frames; reopening", self.device)
+            log.warning("camera %s stopped delivering frames; reopening", self.name)
             self._capture.release()
             self._capture = None
             self._delay = self._wait_left = self.reopen_initial_s
@@ -307,15 +322,15 @@ class OpenCvCaptureSource:
                 return None
             self._wait_left -= wait
             if self._wait_left > 0:
-                return SourceWaiting(f"camera {self.device} lost; next try in {self._wait_left:.0f} s")
+                return SourceWaiting(f"camera {self.name} lost; next try in {self._wait_left:.0f} s")
         capture = self._open()
         if capture is not None:
-            log.info("camera %s reopened", self.device)
+            log.info("camera %s reopened", self.name)
             self._capture = capture
             return None
         self._delay = self._wait_left = min(self._delay * 2, self.reopen_max_s)
-        log.warning("camera %s still unavailable; next try in %.0f s", self.device, self._delay)
-        return SourceWaiting(f"camera {self.device} lost; next try in {self._delay:.0f} s")
+        log.warning("camera %s still unavailable; next try in %.0f s", self.name, self._delay)
+        return SourceWaiting(f"camera {self.name} lost; next try in {self._delay:.0f} s")
 
     def interrupt(self) -> None:
         self._interrupted.set()
