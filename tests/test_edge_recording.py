@@ -481,3 +481,21 @@ def test_odd_sized_frames_are_recorded_without_their_last_row_and_column(tmp_pat
         assert error < 6, (index, error)
     assert len([r for r in caplog.records if "641x361" in r.getMessage()]) == 1
     assert [e["frame"] for e in read_events(output / (video.stem + ".jsonl"))] == list(range(frames))
+
+
+def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tmp_path, caplog):
+    output = tmp_path / "recordings"
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with Recorder(output, FPS, (W, H), segment_seconds=1.0, disk_check_interval_s=0) as recorder:
+            feed(recorder, range(45))
+            shutil.rmtree(output)
+            feed(recorder, range(45, 150))
+    videos = sorted(output.glob("*.mp4"))
+    assert len(videos) >= 3
+    indices = recorded_indices(videos)
+    assert indices == list(range(indices[0], 150)) and indices[0] <= 47  # a frame or two lost at most
+    events = [e["frame"] for p in sorted(output.glob("*.jsonl")) for e in read_events(p)]
+    assert events == indices
+    remade = [r.getMessage() for r in caplog.records if "was deleted" in r.getMessage()]
+    assert len(remade) == 1 and str(output) in remade[0]
+    assert not any("MB free" in r.getMessage() for r in caplog.records)  # free space was never the problem

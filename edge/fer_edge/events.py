@@ -194,6 +194,14 @@ class EventsLog:
             return None
         return target
 
+    def drop(self) -> None:
+        """Close without renaming (the file was deleted with its folder); the next write needs ``open`` again."""
+        self.stem = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
     def _fail(self, exc: OSError) -> None:
         if not self._failing:
             log.warning("events: cannot write %s (%s); dropping event lines until it works again", self.path, exc)

@@ -453,6 +453,13 @@ class _VideoSegment:
             pass
         return self._publish(repair=True)
 
+    def drop(self) -> None:
+        """Close without publishing: the file is gone (its folder was deleted)."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - writing into a deleted file; nothing on disk to save
+            pass
+
     def _publish(self, *, repair: bool) -> Path | None:
         final = self.part_path.with_name(self.stem + ".mp4")
         try:
@@ -574,6 +581,7 @@ class Recorder:
         self._paused = False  # disk floor not met
         self._retry_at = float("-inf")  # after a video write error
         self._failing = False
+        self._folder_missing = False
         self._syncer = _Syncer()
         self._closed = False
 
@@ -746,6 +754,8 @@ class Recorder:
     # ------------------------------------------------------------ disk
 
     def _check_disk(self) -> None:
+        if not self.output_dir.is_dir():
+            self._recreate_output_dir()
         if self._disk.make_room(self._open_stems()):
             if self._paused:
                 self._paused = False
@@ -754,6 +764,26 @@ class Recorder:
             self._pause()
         if self._events is not None:
             self._events.retry()
+
+    def _recreate_output_dir(self) -> None:
+        """The folder was deleted under us (a cleanup script, an operator): make it again and start new files."""
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not self._folder_missing:
+                log.warning("recording: output folder %s is gone and cannot be made again (%s); retrying",
+                            self.output_dir, exc)
+            self._folder_missing = True
+            return
+        self._folder_missing = False
+        log.warning("recording: output folder %s was deleted while recording; made it again and started new files "
+                    "(the files open when it went are lost)", self.output_dir)
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            segment.drop()
+        if self._events is not None:
+            self._events.drop()
+        self._watch_files()
 
     def _pause(self) -> None:
         self._paused = True
