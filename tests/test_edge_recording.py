@@ -499,3 +499,45 @@ def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tm
     remade = [r.getMessage() for r in caplog.records if "was deleted" in r.getMessage()]
     assert len(remade) == 1 and str(output) in remade[0]
     assert not any("MB free" in r.getMessage() for r in caplog.records)  # free space was never the problem
+
+
+def fer_edge_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fer_edge.cli", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env=child_env())
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+
+
+def test_a_disk_floor_larger_than_the_disk_is_refused_at_start(tmp_path, demo_clip):
+    total_mb = shutil.disk_usage(tmp_path).total / MB
+    with pytest.raises(RecordingError, match=r"recording.min_free_mb: \d+ MB cannot be kept free on .* holds \d+ MB"):
+        Recorder(tmp_path, FPS, (W, H), min_free_mb=total_mb + 1)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"recording:\n  min_free_mb: {total_mb * 2:.0f}\n")
+    result = fer_edge_cli("run", "--config", str(config), "--source", str(demo_clip), "--output",
+                          str(tmp_path / "out"), "--max-frames", "5", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = error_lines(result)
+    assert line.startswith("fer-edge: error: recording.min_free_mb:"), result.stderr
+
+
+def test_the_disk_guard_deletes_nothing_when_deleting_cannot_reach_the_floor(tmp_path, caplog):
+    """Other files fill the disk: deleting every recording would still not reach the floor, so none is deleted,
+    neither the old ones nor each events file of this run as soon as it is finished."""
+    old = ["20260101-000000-0001", "20260102-000000-0001"]
+    for stem in old:
+        make_old_recording(tmp_path, stem, MB)
+    disk = FakeDisk(tmp_path, capacity=20 * MB, other_use=16 * MB)  # ~2 MB free, 2 MB deletable, floor 9 MB
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with Recorder(tmp_path, FPS, (W, H), min_free_mb=9, segment_seconds=1.0, free_bytes=disk,
+                      disk_check_interval_s=0) as recorder:
+            feed(recorder, range(100))
+    assert all((tmp_path / f"{stem}.mp4").exists() for stem in old)
+    assert not any("deleted old recording" in r.getMessage() for r in caplog.records)
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert len(events_files) == 2 + 4
+    assert [e["frame"] for p in events_files[2:] for e in read_events(p)] == list(range(100))
+    assert len([r for r in caplog.records if "would not reach" in r.getMessage()]) == 1  # said once
+    assert recorder.paused

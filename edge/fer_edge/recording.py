@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import MB, DiskGuard, finished_recordings, fsync_directory
+from fer_edge.diskspace import MB, DiskGuard, check_floor, finished_recordings, fsync_directory
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
 from fer_edge.events import EventsLog, recover_leftover_events
 from fer_edge.types import Face, Frame
@@ -545,6 +545,7 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - never let an old crash's leftovers stop a new recording (boot loop)
             log.warning("recording: could not recover leftovers in %s: %s: %s", self.output_dir, type(exc).__name__,
                         exc)
+        check_floor(self.output_dir, int(min_free_mb * MB))
         newest = finished_recordings(self.output_dir)
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
 
@@ -787,8 +788,8 @@ class Recorder:
 
     def _pause(self) -> None:
         self._paused = True
-        log.warning("recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete; "
-                    "video recording paused until space returns (events continue)",
+        log.warning("recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete that would "
+                    "make room; video recording paused until space returns (events continue)",
                     self._disk.free_bytes() / MB, self._disk.min_free_bytes / MB)
         self._finish_segment()
 
