@@ -137,6 +137,8 @@ class EventsLog:
         self.stem = stem
         try:
             _write_atomically(self._marker, stem)
+            if self.path.exists():  # reopened after a write error, which can leave part of a line behind
+                _cut_partial_last_line(self.path)
             self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         except OSError as exc:
             self._fail(exc)
