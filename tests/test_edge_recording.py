@@ -541,3 +541,19 @@ def test_the_disk_guard_deletes_nothing_when_deleting_cannot_reach_the_floor(tmp
     assert [e["frame"] for p in events_files[2:] for e in read_events(p)] == list(range(100))
     assert len([r for r in caplog.records if "would not reach" in r.getMessage()]) == 1  # said once
     assert recorder.paused
+
+
+def test_recordings_and_events_are_not_world_readable(tmp_path):
+    output = tmp_path / "recordings"
+    previous = os.umask(0o022)  # a shell's usual umask, outside the service
+    try:
+        with Recorder(output, FPS, (W, H), segment_seconds=1.0) as recorder:
+            feed(recorder, range(40))
+            open_files = [output / "events.jsonl", *output.glob("*.part")]
+            modes = {p.name: p.stat().st_mode & 0o777 for p in open_files}
+    finally:
+        os.umask(previous)
+    assert len(modes) == 2 and set(modes.values()) == {0o640}, modes
+    finished = {p.name: p.stat().st_mode & 0o777 for p in output.iterdir()}
+    assert len(finished) == 4 and set(finished.values()) == {0o640}, finished
+    assert output.stat().st_mode & 0o777 == 0o750

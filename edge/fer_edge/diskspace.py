@@ -20,6 +20,14 @@ from fer_edge.errors import RecordingError
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+FILE_MODE = 0o640  # recordings show faces: owner and group only, whatever the umask of whoever runs it
+FOLDER_MODE = 0o750
+
+
+def create_private(path: Path, *, append: bool = False) -> int:
+    """Open ``path`` for writing (truncated, or for appending), created ``FILE_MODE`` if new; returns the fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    return os.open(path, flags, FILE_MODE)
 FINISHED_RECORDING = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.(?:mp4|jsonl|mp4\.broken)$")
 
 

@@ -6,7 +6,8 @@ loss leaves an unplayable file. Here the muxer writes an empty ``moov`` up front
 latency, so at any time only the frames since the last keyframe are not yet on their way to disk. A background
 thread fdatasyncs the open files every second for power loss.
 
-Files in ``output_dir``: ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
+Files in ``output_dir`` (created 0640 whatever the umask: they show faces; the folder 0750 when made here):
+``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
 ``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
 ``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically; after the clock steps
 back, a new name is set a second after the newest one, so they keep recording order). Leftover ``.part`` files
@@ -35,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import MB, DiskGuard, check_floor, finished_recordings, fsync_directory
+from fer_edge.diskspace import (
+    FOLDER_MODE,
+    MB,
+    DiskGuard,
+    check_floor,
+    create_private,
+    finished_recordings,
+    fsync_directory,
+)
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
 from fer_edge.events import EventsLog, recover_leftover_events
 from fer_edge.types import Face, Frame
@@ -388,6 +397,7 @@ class _VideoSegment:
                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
         else:
             options = {}
+        os.close(create_private(path))  # FFmpeg would create it 0666 less the umask; it keeps an existing mode
         self._container = av.open(str(path), "w", format="mp4",
                                   options={"movflags": MOVFLAGS, "flush_packets": "1"})
         try:
@@ -520,7 +530,7 @@ class Recorder:
             raise RecordingError(f"frame size {width}x{height}: video needs at least 2x2 pixels")
         self.output_dir = Path(output_dir)
         try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise RecordingError(f"cannot create output directory {self.output_dir}: {exc}") from None
         if not os.access(self.output_dir, os.W_OK):
@@ -769,7 +779,7 @@ class Recorder:
     def _recreate_output_dir(self) -> None:
         """The folder was deleted under us (a cleanup script, an operator): make it again and start new files."""
         try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             if not self._folder_missing:
                 log.warning("recording: output folder %s is gone and cannot be made again (%s); retrying",
