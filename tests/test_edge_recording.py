@@ -557,3 +557,30 @@ def test_recordings_and_events_are_not_world_readable(tmp_path):
     finished = {p.name: p.stat().st_mode & 0o777 for p in output.iterdir()}
     assert len(finished) == 4 and set(finished.values()) == {0o640}, finished
     assert output.stat().st_mode & 0o777 == 0o750
+
+
+REFUSED_RECORDING = {
+    "audio codec": ("recording:\n  codec: aac\n", "recording.codec: aac is an audio encoder"),
+    "codec MP4 cannot hold": ("recording:\n  codec: rawvideo\n", "recording.codec: rawvideo cannot record 640x360"),
+    "huge fragment": ("recording:\n  fragment_seconds: 1.0e+9\n", "recording.fragment_seconds: expected a number <="),
+    "fragment above the segment": ("recording:\n  segment_seconds: 2\n  fragment_seconds: 5\n",
+                                   "recording.fragment_seconds: expected a number <= recording.segment_seconds (2)"),
+    "huge pre-roll": ("recording:\n  presence_triggered: true\n  pre_roll_s: 1.0e+308\n",
+                      "recording.pre_roll_s: expected a number in [0, 60]"),
+    "huge segment": ("recording:\n  segment_seconds: 1.0e+12\n", "recording.segment_seconds: expected a number <="),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RECORDING))
+def test_check_config_refuses_the_recording_settings_run_cannot_use(case, tmp_path, demo_clip):
+    text, expected = REFUSED_RECORDING[case]
+    config = tmp_path / "config.yaml"
+    config.write_text(text + f"source:\n  path: {demo_clip}\n")
+    check = fer_edge_cli("check-config", "--quiet", "--config", str(config), cwd=tmp_path)
+    run = fer_edge_cli("run", "--config", str(config), "--output", str(tmp_path / "out"), "--max-frames", "40",
+                       cwd=tmp_path)
+    for result in (check, run):
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        [line] = error_lines(result)
+        assert line.startswith(f"fer-edge: error: {expected}"), result.stderr
+    assert not list((tmp_path / "out").glob("*.mp4"))

@@ -128,18 +128,45 @@ class OverlayConfig:
     thickness: int = _opt(2, _int_range(1, MAX_THICKNESS))
 
 
+def _positive_at_most(limit: float):
+    def check(value) -> str | None:
+        if value <= 0:
+            return "expected a positive number"
+        return None if value <= limit else f"expected a number <= {limit:g}"
+
+    return check
+
+
+def _at_most(limit: float):
+    def check(value) -> str | None:
+        return None if 0 <= value <= limit else f"expected a number in [0, {limit:g}]"
+
+    return check
+
+
+MAX_SEGMENT_S = 3600.0  # one file per hour at most: a longer one is more to lose to a damaged card
+MAX_FRAGMENT_S = 10.0  # the keyframe interval: what power loss can cost; x264 fails on absurd ones
+MAX_ROLL_S = 60.0  # pre-roll frames are held in memory
+MAX_FREE_MB = 1e9  # 1 PB: beyond any card; the file system's real size is checked at start-up
+
+
 @dataclass(frozen=True)
 class RecordingConfig:
     enabled: bool = True
     output_dir: str = "out"
-    segment_seconds: float = _opt(300.0, _positive)
-    fragment_seconds: float = _opt(1.0, _positive)
-    codec: str = "libx264"
+    segment_seconds: float = _opt(300.0, _positive_at_most(MAX_SEGMENT_S))
+    fragment_seconds: float = _opt(1.0, _positive_at_most(MAX_FRAGMENT_S))  # <= segment_seconds
+    codec: str = "libx264"  # a video encoder of this PyAV build; checked by encoding one frame at start-up
     crf: int = _opt(23, lambda v: None if 0 <= v <= 51 else "expected an integer 0-51")
-    min_free_mb: float = _opt(500.0, _non_negative)
+    min_free_mb: float = _opt(500.0, _at_most(MAX_FREE_MB))
     presence_triggered: bool = False  # record only while faces are present (plus pre/post roll)
-    pre_roll_s: float = _opt(3.0, _non_negative)
-    post_roll_s: float = _opt(3.0, _non_negative)
+    pre_roll_s: float = _opt(3.0, _at_most(MAX_ROLL_S))
+    post_roll_s: float = _opt(3.0, _at_most(MAX_ROLL_S))
+
+    def __post_init__(self):
+        if self.fragment_seconds > self.segment_seconds:
+            raise ConfigError(f"recording.fragment_seconds: expected a number <= recording.segment_seconds "
+                              f"({self.segment_seconds:g}), got {self.fragment_seconds:g}")
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ from fer_edge.errors import RecordingError  # raised for bad arguments, an unusa
 from fer_edge.events import EventsLog, recover_leftover_events
 from fer_edge.types import Face, Frame
 
-__all__ = ["Recorder", "RecordingError", "count_video_frames", "recover_partial_recordings", "repair_fragmented_mp4",
-           "scan_fragmented_mp4"]
+__all__ = ["Recorder", "RecordingError", "check_recording", "count_video_frames", "recover_partial_recordings",
+           "repair_fragmented_mp4", "scan_fragmented_mp4"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 all
 SYNC_INTERVAL_S = 1.0
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0
+DEFAULT_PRESET = "veryfast"
 RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
 
 
@@ -356,19 +357,87 @@ class _Syncer:
 
 
 def choose_codec(codec: str) -> str:
-    """``codec`` if this PyAV/FFmpeg build can encode with it, else ``mpeg4`` (logged)."""
+    """``codec`` if this PyAV/FFmpeg build can encode video with it, else ``mpeg4`` (logged)."""
     import av
 
     try:
-        av.Codec(codec, "w")
-        return codec
+        kind = av.Codec(codec, "w").type
     except (av.FFmpegError, ValueError) as exc:
         log.warning("recording: encoder %s is not available (%s); falling back to mpeg4", codec, exc)
+    else:
+        if kind != "video":
+            raise RecordingError(f"recording.codec: {codec} is an {kind} encoder; expected a video encoder such as "
+                                 "libx264")
+        return codec
     try:
         av.Codec("mpeg4", "w")
     except (av.FFmpegError, ValueError) as exc:
         raise RecordingError(f"no usable video encoder: neither {codec} nor mpeg4 ({exc})") from None
     return "mpeg4"
+
+
+def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: int, preset: str,
+              fragment_seconds: float):
+    """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
+    import av
+
+    gop = max(1, round(fps * fragment_seconds))
+    if codec == "libx264":
+        # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
+        options = {"preset": preset, "tune": "zerolatency", "crf": str(crf), "forced-idr": "1",
+                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+    else:
+        options = {}
+    container = av.open(target, "w", format="mp4", options={"movflags": MOVFLAGS, "flush_packets": "1"})
+    try:
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = TIME_BASE
+        context = stream.codec_context
+        context.time_base = TIME_BASE
+        context.gop_size = gop
+        if codec != "libx264":
+            context.max_b_frames = 0
+            context.bit_rate = int(width * height * fps * 0.15)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, preset: str,
+                  fragment_seconds: float) -> None:
+    """Encode one grey frame into an in-memory MP4 with these settings; RecordingError if that fails."""
+    import av
+
+    try:
+        container, stream = _open_mp4(io.BytesIO(), codec=codec, width=width, height=height, fps=fps, crf=crf,
+                                      preset=preset, fragment_seconds=fragment_seconds)
+        with container:
+            frame = av.VideoFrame.from_numpy_buffer(np.full((height * 3 // 2, width), 128, np.uint8),
+                                                    format="yuv420p")
+            frame.pts = 0
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise RecordingError(f"recording.codec: {codec} cannot record {width}x{height} MP4 video here "
+                             f"({' '.join(str(exc).split())})") from None
+
+
+def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
+    """What the recorder refuses at start-up, checked without recording (``fer-edge check-config``): a codec that
+    cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
+    if not recording.enabled:
+        return
+    width, height = (max(2, side - side % 2) for side in frame_size)
+    check_encoder(choose_codec(recording.codec), width=width, height=height, fps=fps, crf=recording.crf,
+                  preset=DEFAULT_PRESET, fragment_seconds=recording.fragment_seconds)
+    folder = Path(recording.output_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    check_floor(folder, int(recording.min_free_mb * MB))
 
 
 class _VideoSegment:
@@ -390,31 +459,9 @@ class _VideoSegment:
         self._last_key_ts = float("-inf")
         self._picture_i = av.video.frame.PictureType.I
         self._video_frame = av.VideoFrame
-        gop = max(1, round(fps * fragment_seconds))
-        if codec == "libx264":
-            # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
-            options = {"preset": preset, "tune": "zerolatency", "crf": str(crf), "forced-idr": "1",
-                       "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-        else:
-            options = {}
         os.close(create_private(path))  # FFmpeg would create it 0666 less the umask; it keeps an existing mode
-        self._container = av.open(str(path), "w", format="mp4",
-                                  options={"movflags": MOVFLAGS, "flush_packets": "1"})
-        try:
-            rate = Fraction(fps).limit_denominator(1001)
-            self._stream = self._container.add_stream(codec, rate=rate, options=options)
-            self._stream.width, self._stream.height = width, height
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.time_base = TIME_BASE
-            context = self._stream.codec_context
-            context.time_base = TIME_BASE
-            context.gop_size = gop
-            if codec != "libx264":
-                context.max_b_frames = 0
-                context.bit_rate = int(width * height * fps * 0.15)
-        except BaseException:
-            self._container.close()
-            raise
+        self._container, self._stream = _open_mp4(str(path), codec=codec, width=width, height=height, fps=fps,
+                                                  crf=crf, preset=preset, fragment_seconds=fragment_seconds)
 
     def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
         """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
@@ -515,7 +562,7 @@ class Recorder:
         post_roll_s: float = 3.0,
         events: bool = True,
         record_video: bool = True,
-        preset: str = "veryfast",
+        preset: str = DEFAULT_PRESET,
         free_bytes: Callable[[], int] | None = None,
         disk_check_interval_s: float = 5.0,
         wall_clock: Callable[[], float] = time.time,
@@ -566,6 +613,8 @@ class Recorder:
 
             self._av_error = av.FFmpegError
             self.codec = choose_codec(codec)
+            check_encoder(self.codec, width=self.width, height=self.height, fps=self.fps, crf=crf, preset=preset,
+                          fragment_seconds=fragment_seconds)
         self._disk = DiskGuard(self.output_dir, int(min_free_mb * MB), free_bytes=free_bytes,
                                check_interval_s=disk_check_interval_s, clock=monotonic_clock)
         self._events = EventsLog(self.output_dir) if events else None
