@@ -84,8 +84,9 @@ def main() -> int:
     labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
     frames = [draw_frame(i, args.width, args.height, noise=args.noise) for i in range(30)]
+    # veryfast: the full-disk test sizes its disk to this encoder's output (ultrafast makes noise ~2x larger)
     recorder = Recorder(args.dir, args.fps, (args.width, args.height), segment_seconds=args.segment_seconds,
-                        min_free_mb=args.min_free_mb, disk_check_interval_s=0.2)
+                        min_free_mb=args.min_free_mb, disk_check_interval_s=0.2, preset="veryfast")
     pace_fps = args.pace_fps if args.pace_fps is not None else args.fps
     start = time.monotonic()
     written = 0

@@ -584,3 +584,53 @@ def test_check_config_refuses_the_recording_settings_run_cannot_use(case, tmp_pa
         [line] = error_lines(result)
         assert line.startswith(f"fer-edge: error: {expected}"), result.stderr
     assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def x264_settings(video: Path) -> str:
+    """The options x264 writes into the stream it encodes (an SEI message: ``cabac=0 ref=1 ...``)."""
+    data = video.read_bytes()
+    start = data.index(b"x264 - core")
+    return data[start : data.index(b"\0", start)].decode()
+
+
+@pytest.mark.parametrize(("preset", "cabac", "tune", "bframes"), [
+    ("ultrafast", "cabac=0", "zerolatency", "bframes=0"),  # zerolatency: no frame held back
+    ("veryfast", "cabac=1", "film", "bframes=3"),
+])
+def test_the_x264_preset_and_tune_are_those_configured(tmp_path, preset, cabac, tune, bframes):
+    with Recorder(tmp_path, FPS, (W, H), codec="libx264", preset=preset, tune=tune) as recorder:
+        feed(recorder, range(40))
+    [video] = recorder.segments
+    settings = x264_settings(video).split()
+    assert cabac in settings and bframes in settings
+    assert recorded_indices([video]) == list(range(40))
+
+
+def test_auto_codec_uses_libx264_where_the_hardware_encoder_is_missing_or_broken(tmp_path, monkeypatch, caplog):
+    with Recorder(tmp_path / "plain", FPS, (W, H)) as recorder:  # no /dev/video11 on this machine
+        feed(recorder, range(10))
+    assert "cabac=0" in x264_settings(recorder.segments[0]).split()  # the default preset: ultrafast
+    fake_device = tmp_path / "video11"
+    fake_device.touch()  # the device node is "there", but no V4L2 encoder answers behind it
+    monkeypatch.setattr("fer_edge.recording.HARDWARE_ENCODER_DEVICE", fake_device)
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with Recorder(tmp_path / "fallback", FPS, (W, H)) as recorder:
+            feed(recorder, range(10))
+    if "h264_v4l2m2m" in av.codecs_available:
+        assert "the hardware encoder does not work here" in caplog.text
+    assert "recording: libx264, 320x240" in caplog.text
+    assert recorded_indices(recorder.segments) == list(range(10))
+
+
+def test_recording_at_a_lower_resolution_and_frame_rate_than_the_analysis(tmp_path, caplog):
+    width, height = 640, 360
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with Recorder(tmp_path, FPS, (width, height), record_width=320, record_fps=10.0) as recorder:
+            feed(recorder, range(90), width=width, height=height)
+    [video] = recorder.segments
+    with av.open(str(video)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.width, context.height) == (320, 180)
+    assert recorded_indices([video]) == list(range(0, 90, 3))  # every third frame of 30 fps
+    assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(90))  # events: all
+    assert "recording them at 320x180" in caplog.text and "expected" not in caplog.text

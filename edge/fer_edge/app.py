@@ -6,7 +6,6 @@ import functools
 import logging
 import signal
 import threading
-from pathlib import Path
 
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
@@ -15,7 +14,7 @@ from fer_edge.detector import HaarDetector
 from fer_edge.notify import Notifier
 from fer_edge.pipeline import Pipeline, RunStats
 from fer_edge.privacy import anonymize
-from fer_edge.recording import Recorder
+from fer_edge.recording import open_recorder
 from fer_edge.smoothing import LabelSmoother
 from fer_edge.sources import open_source
 from fer_edge.tracking import IouTracker
@@ -69,22 +68,7 @@ def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]):
     """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled), or None."""
     if not (cfg.recording.enabled or cfg.events.enabled):
         return None
-    r = cfg.recording
-    return Recorder(
-        Path(r.output_dir),
-        fps,
-        frame_size,
-        segment_seconds=r.segment_seconds,
-        fragment_seconds=r.fragment_seconds,
-        codec=r.codec,
-        crf=r.crf,
-        min_free_mb=r.min_free_mb,
-        presence_triggered=r.presence_triggered,
-        pre_roll_s=r.pre_roll_s,
-        post_roll_s=r.post_roll_s,
-        events=cfg.events.enabled,
-        record_video=r.enabled,
-    )
+    return open_recorder(cfg.recording, cfg.events, fps, frame_size)
 
 
 def build_notifier(cfg: Config) -> Notifier:

@@ -60,7 +60,8 @@ TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 all
 SYNC_INTERVAL_S = 1.0
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0
-DEFAULT_PRESET = "veryfast"
+DEFAULT_PRESET = "ultrafast"  # measured in docs/RECORDING.md: the cheapest per frame
+DEFAULT_TUNE = "zerolatency"
 RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
 
 
@@ -263,7 +264,7 @@ class _FrameRing:
     the hot path allocates no frame-sized memory. Several slots keep a frame the encoder may still reference intact.
     """
 
-    def __init__(self, capacity: int, width: int, height: int):
+    def __init__(self, capacity: int, width: int, height: int, *, scaled_from: tuple[int, int] | None = None):
         import cv2
 
         self._cv2 = cv2
@@ -274,6 +275,7 @@ class _FrameRing:
         self._width, self._height = width, height
         self._resized: np.ndarray | None = None
         self._cropping = False
+        self._scaled_from = scaled_from  # frames of this size are scaled down on purpose (a smaller recording)
 
     def push(self, image: np.ndarray, timestamp: float) -> int:
         cv2 = self._cv2
@@ -296,10 +298,15 @@ class _FrameRing:
                          "row and column" if height % 2 and width % 2 else "row" if height % 2 else "column")
             return image[: self._height, : self._width]
         if self._resized is None:
-            log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", width, height, self._width,
-                        self._height)
+            if (width, height) == self._scaled_from:
+                log.info("recording: frames are %dx%d; recording them at %dx%d", width, height, self._width,
+                         self._height)
+            else:
+                log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", width, height, self._width,
+                            self._height)
             self._resized = np.empty((self._height, self._width, 3), np.uint8)
-        return self._cv2.resize(image, (self._width, self._height), dst=self._resized)
+        return self._cv2.resize(image, (self._width, self._height), dst=self._resized,
+                                interpolation=self._cv2.INTER_LINEAR)  # a quarter of INTER_AREA's cost
 
     def since(self, after: float, before_slot: int) -> list[int]:
         """Slots with a timestamp > ``after``, oldest first, excluding ``before_slot`` (the newest)."""
@@ -356,9 +363,19 @@ class _Syncer:
                     os.close(fd)
 
 
+HARDWARE_ENCODER = "h264_v4l2m2m"  # the Raspberry Pi 4's H.264 encoder, through V4L2
+HARDWARE_ENCODER_DEVICE = Path("/dev/video11")
+
+
 def choose_codec(codec: str) -> str:
-    """``codec`` if this PyAV/FFmpeg build can encode video with it, else ``mpeg4`` (logged)."""
+    """The encoder to use: for ``auto`` the Pi's hardware H.264 encoder where it exists, else libx264; otherwise
+    ``codec`` if this PyAV/FFmpeg build can encode video with it, else ``mpeg4`` (logged)."""
     import av
+
+    if codec == "auto":
+        codec = "libx264"
+        if HARDWARE_ENCODER_DEVICE.exists() and HARDWARE_ENCODER in av.codecs_available:
+            return HARDWARE_ENCODER
 
     try:
         kind = av.Codec(codec, "w").type
@@ -376,7 +393,7 @@ def choose_codec(codec: str) -> str:
     return "mpeg4"
 
 
-def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: int, preset: str,
+def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
               fragment_seconds: float):
     """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
     import av
@@ -384,7 +401,7 @@ def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: i
     gop = max(1, round(fps * fragment_seconds))
     if codec == "libx264":
         # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
-        options = {"preset": preset, "tune": "zerolatency", "crf": str(crf), "forced-idr": "1",
+        options = {"preset": preset, "tune": tune, "crf": str(crf), "forced-idr": "1",
                    "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
     else:
         options = {}
@@ -407,14 +424,14 @@ def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: i
     return container, stream
 
 
-def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, preset: str,
+def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
                   fragment_seconds: float) -> None:
     """Encode one grey frame into an in-memory MP4 with these settings; RecordingError if that fails."""
     import av
 
     try:
         container, stream = _open_mp4(io.BytesIO(), codec=codec, width=width, height=height, fps=fps, crf=crf,
-                                      preset=preset, fragment_seconds=fragment_seconds)
+                                      preset=preset, tune=tune, fragment_seconds=fragment_seconds)
         with container:
             frame = av.VideoFrame.from_numpy_buffer(np.full((height * 3 // 2, width), 128, np.uint8),
                                                     format="yuv420p")
@@ -426,14 +443,39 @@ def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, 
                              f"({' '.join(str(exc).split())})") from None
 
 
+def working_codec(codec: str, **settings) -> str:
+    """The encoder ``choose_codec`` picks, checked by encoding one frame with ``settings`` (see ``check_encoder``);
+    for ``auto``, libx264 when the hardware encoder is there but does not work."""
+    chosen = choose_codec(codec)
+    try:
+        check_encoder(chosen, **settings)
+    except RecordingError as exc:
+        if not (codec == "auto" and chosen == HARDWARE_ENCODER):
+            raise
+        log.warning("recording: the hardware encoder does not work here (%s); using libx264", exc)
+        chosen = "libx264"
+        check_encoder(chosen, **settings)
+    return chosen
+
+
+def record_size(frame_size: tuple[int, int], record_width: int | None) -> tuple[int, int]:
+    """The video's size: the frames' own, or scaled to ``record_width`` keeping the aspect ratio; even sides
+    (yuv420p), at least 2x2. Never scaled up."""
+    width, height = frame_size
+    if record_width is not None and record_width < width:
+        width, height = record_width, round(height * record_width / width)
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
 def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
     """What the recorder refuses at start-up, checked without recording (``fer-edge check-config``): a codec that
     cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
     if not recording.enabled:
         return
-    width, height = (max(2, side - side % 2) for side in frame_size)
-    check_encoder(choose_codec(recording.codec), width=width, height=height, fps=fps, crf=recording.crf,
-                  preset=DEFAULT_PRESET, fragment_seconds=recording.fragment_seconds)
+    width, height = record_size(frame_size, recording.record_width)
+    fps = min(fps, recording.record_fps or fps)
+    working_codec(recording.codec, width=width, height=height, fps=fps, crf=recording.crf, preset=recording.preset,
+                  tune=recording.tune, fragment_seconds=recording.fragment_seconds)
     folder = Path(recording.output_dir).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -444,7 +486,7 @@ class _VideoSegment:
     """One ``<stem>.mp4.part`` being encoded; ``finish()`` finalizes and renames it to ``<stem>.mp4``."""
 
     def __init__(self, path: Path, stem: str, *, codec: str, width: int, height: int, fps: float, crf: int,
-                 preset: str, fragment_seconds: float):
+                 preset: str, tune: str, fragment_seconds: float):
         import av
 
         self.stem = stem
@@ -461,7 +503,8 @@ class _VideoSegment:
         self._video_frame = av.VideoFrame
         os.close(create_private(path))  # FFmpeg would create it 0666 less the umask; it keeps an existing mode
         self._container, self._stream = _open_mp4(str(path), codec=codec, width=width, height=height, fps=fps,
-                                                  crf=crf, preset=preset, fragment_seconds=fragment_seconds)
+                                                  crf=crf, preset=preset, tune=tune,
+                                                  fragment_seconds=fragment_seconds)
 
     def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
         """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
@@ -554,7 +597,7 @@ class Recorder:
         *,
         segment_seconds: float = 300.0,
         fragment_seconds: float = 1.0,
-        codec: str = "libx264",
+        codec: str = "auto",
         crf: int = 23,
         min_free_mb: float = 500,
         presence_triggered: bool = False,
@@ -563,6 +606,9 @@ class Recorder:
         events: bool = True,
         record_video: bool = True,
         preset: str = DEFAULT_PRESET,
+        tune: str = DEFAULT_TUNE,
+        record_width: int | None = None,
+        record_fps: float | None = None,
         free_bytes: Callable[[], int] | None = None,
         disk_check_interval_s: float = 5.0,
         wall_clock: Callable[[], float] = time.time,
@@ -583,12 +629,15 @@ class Recorder:
         if not os.access(self.output_dir, os.W_OK):
             raise RecordingError(f"output directory {self.output_dir} is not writable")
 
-        self.fps = float(fps)
-        self.width, self.height = width - width % 2, height - height % 2  # odd: the frames lose their last row/column
+        self.fps = float(min(fps, record_fps or fps))
+        self.width, self.height = record_size(frame_size, record_width)  # odd: the last row/column is left out
+        self._frame_interval = 1 / self.fps - 0.5 / fps if record_fps else 0.0  # frames closer are not recorded
+        self._last_taken_ts = float("-inf")
         self.segment_seconds = segment_seconds
         self.fragment_seconds = fragment_seconds
         self.crf = crf
         self.preset = preset
+        self.tune = tune
         self.presence_triggered = presence_triggered
         self.pre_roll_s = pre_roll_s
         self.post_roll_s = post_roll_s
@@ -612,9 +661,9 @@ class Recorder:
             import av
 
             self._av_error = av.FFmpegError
-            self.codec = choose_codec(codec)
-            check_encoder(self.codec, width=self.width, height=self.height, fps=self.fps, crf=crf, preset=preset,
-                          fragment_seconds=fragment_seconds)
+            self.codec = working_codec(codec, width=self.width, height=self.height, fps=self.fps, crf=crf,
+                                       preset=preset, tune=tune, fragment_seconds=fragment_seconds)
+            log.info("recording: %s, %dx%d at up to %g fps", self.codec, self.width, self.height, self.fps)
         self._disk = DiskGuard(self.output_dir, int(min_free_mb * MB), free_bytes=free_bytes,
                                check_interval_s=disk_check_interval_s, clock=monotonic_clock)
         self._events = EventsLog(self.output_dir) if events else None
@@ -634,7 +683,8 @@ class Recorder:
                     log.warning("recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
                                 "shortened to %.1f s", pre_roll_s, self.width, self.height,
                                 MAX_PRE_ROLL_BYTES // MB, self.pre_roll_s)
-            self._ring = _FrameRing(capacity, self.width, self.height)
+            scaled = record_width is not None and record_width < width
+            self._ring = _FrameRing(capacity, self.width, self.height, scaled_from=frame_size if scaled else None)
         self._last_face_ts = float("-inf")
         self._last_encoded_ts = float("-inf")
         self._previous_ts = float("-inf")
@@ -695,7 +745,7 @@ class Recorder:
         """Timestamps jumped back (a replayed file looped, a source restarted): start afresh from ``ts``."""
         log.info("recording: frame timestamps went back by %.1f s; starting new files", self._previous_ts - ts)
         self._finish_segment()
-        self._last_face_ts = self._last_encoded_ts = float("-inf")
+        self._last_face_ts = self._last_encoded_ts = self._last_taken_ts = float("-inf")
         if self._ring is not None:
             self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
         if self._events is not None and self._events.is_open:
@@ -705,9 +755,12 @@ class Recorder:
 
     def _write_video(self, frame: Frame, faces_present: bool) -> str | None:
         ts = frame.timestamp
-        slot = self._ring.push(frame.image, ts)
         if faces_present:
             self._last_face_ts = ts
+        if ts - self._last_taken_ts < self._frame_interval:
+            return None  # recording at a lower frame rate than the camera's
+        self._last_taken_ts = ts
+        slot = self._ring.push(frame.image, ts)
         if self._paused or self._mono() < self._retry_at:
             return None
         try:
@@ -758,7 +811,7 @@ class Recorder:
         stem = self._next_stem()
         self._segment = _VideoSegment(
             self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, width=self.width, height=self.height,
-            fps=self.fps, crf=self.crf, preset=self.preset, fragment_seconds=self.fragment_seconds)
+            fps=self.fps, crf=self.crf, preset=self.preset, tune=self.tune, fragment_seconds=self.fragment_seconds)
         self._watch_files()
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)
         return stem
@@ -869,6 +922,16 @@ class Recorder:
     def _watch_files(self) -> None:
         self._syncer.watch(self._segment.part_path if self._segment is not None else None,
                            self._events.path if self._events is not None and self._events.is_open else None)
+
+
+def open_recorder(recording, events, fps: float, frame_size: tuple[int, int], **clocks) -> Recorder:
+    """A Recorder from the ``recording`` and ``events`` config sections."""
+    return Recorder(recording.output_dir, fps, frame_size, segment_seconds=recording.segment_seconds,
+                    fragment_seconds=recording.fragment_seconds, codec=recording.codec, crf=recording.crf,
+                    min_free_mb=recording.min_free_mb, presence_triggered=recording.presence_triggered,
+                    pre_roll_s=recording.pre_roll_s, post_roll_s=recording.post_roll_s, events=events.enabled,
+                    record_video=recording.enabled, preset=recording.preset, tune=recording.tune,
+                    record_width=recording.record_width, record_fps=recording.record_fps, **clocks)
 
 
 class _Paused(OSError):
