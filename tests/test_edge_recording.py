@@ -437,7 +437,7 @@ def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(
     def broken_recovery(*args):
         raise ValueError("a bug in the recovery code")
 
-    monkeypatch.setattr("fer_edge.recording.recover_leftover_events", broken_recovery)
+    monkeypatch.setattr("fer_edge.recovery.recover_leftover_events", broken_recovery)
     with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(5))
     assert "a bug in the recovery code" in caplog.text
