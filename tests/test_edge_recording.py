@@ -612,7 +612,7 @@ def test_auto_codec_uses_libx264_where_the_hardware_encoder_is_missing_or_broken
     assert "cabac=0" in x264_settings(recorder.segments[0]).split()  # the default preset: ultrafast
     fake_device = tmp_path / "video11"
     fake_device.touch()  # the device node is "there", but no V4L2 encoder answers behind it
-    monkeypatch.setattr("fer_edge.recording.HARDWARE_ENCODER_DEVICE", fake_device)
+    monkeypatch.setattr("fer_edge.segment.HARDWARE_ENCODER_DEVICE", fake_device)
     with caplog.at_level(logging.INFO, logger="fer_edge"):
         with Recorder(tmp_path / "fallback", FPS, (W, H)) as recorder:
             feed(recorder, range(10))
