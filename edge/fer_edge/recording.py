@@ -25,7 +25,6 @@ import errno
 import logging
 import math
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,19 +36,20 @@ from fer_edge.diskspace import (
     DiskGuard,
     check_floor,
     finished_recordings,
-    fsync_directory,
 )
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
 from fer_edge.events import EventsLog
+from fer_edge.filesync import FileSyncer
 from fer_edge.framering import FrameRing
 from fer_edge.naming import PART_SUFFIX, make_stem, stem_time
+from fer_edge.pyav import pyav
 from fer_edge.recovery import (  # noqa: F401 - public names of the recording API
     count_video_frames,
     recover_partial_recordings,
     repair_fragmented_mp4,
     scan_fragmented_mp4,
 )
-from fer_edge.segment import VideoSegment, working_codec
+from fer_edge.segment import VideoSegment, check_recording, record_size, working_codec
 from fer_edge.types import Face, Frame
 
 __all__ = ["Recorder", "RecordingError", "check_recording", "count_video_frames", "recover_partial_recordings",
@@ -66,79 +66,6 @@ RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk
 
 
 # ---------------------------------------------------------------- building blocks
-
-
-class _Syncer:
-    """fdatasyncs the files being written once a second from a background thread (power-loss safety).
-
-    fsync can stall for a long time on an SD card; doing it here keeps the frame loop running meanwhile.
-    """
-
-    def __init__(self, interval_s: float = SYNC_INTERVAL_S):
-        self._interval_s = interval_s
-        self._paths: tuple[Path, ...] = ()
-        self._directories_pending: set[Path] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, *paths: Path | None) -> None:
-        with self._lock:
-            new_paths = tuple(p for p in paths if p is not None)
-            if set(new_paths) - set(self._paths):
-                self._directories_pending.update(p.parent for p in new_paths)  # new names must survive too
-            self._paths = new_paths
-        if self._thread is None and self._paths:
-            self._thread = threading.Thread(target=self._run, name="fer-edge-fsync", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=0.5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            with self._lock:
-                paths = self._paths
-                directories, self._directories_pending = self._directories_pending, set()
-            for directory in directories:
-                fsync_directory(directory)
-            for path in paths:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:
-                    continue  # renamed or removed meanwhile: the closer fsyncs it
-                try:
-                    os.fdatasync(fd)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
-
-
-def record_size(frame_size: tuple[int, int], record_width: int | None) -> tuple[int, int]:
-    """The video's size: the frames' own, or scaled to ``record_width`` keeping the aspect ratio; even sides
-    (yuv420p), at least 2x2. Never scaled up."""
-    width, height = frame_size
-    if record_width is not None and record_width < width:
-        width, height = record_width, round(height * record_width / width)
-    return max(2, width - width % 2), max(2, height - height % 2)
-
-
-def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
-    """What the recorder refuses at start-up, checked without recording (``fer-edge check-config``): a codec that
-    cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
-    if not recording.enabled:
-        return
-    width, height = record_size(frame_size, recording.record_width)
-    fps = min(fps, recording.record_fps or fps)
-    working_codec(recording.codec, width=width, height=height, fps=fps, crf=recording.crf, preset=recording.preset,
-                  tune=recording.tune, fragment_seconds=recording.fragment_seconds)
-    folder = Path(recording.output_dir).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    check_floor(folder, int(recording.min_free_mb * MB))
 
 
 # ---------------------------------------------------------------- the sink
@@ -222,9 +149,7 @@ class Recorder:
         self.codec = codec
         self._av_error: type[Exception] = OSError
         if record_video:
-            import av
-
-            self._av_error = av.FFmpegError
+            self._av_error = pyav().FFmpegError
             self.codec = working_codec(codec, width=self.width, height=self.height, fps=self.fps, crf=crf,
                                        preset=preset, tune=tune, fragment_seconds=fragment_seconds)
             log.info("recording: %s, %dx%d at up to %g fps", self.codec, self.width, self.height, self.fps)
@@ -256,7 +181,7 @@ class Recorder:
         self._retry_at = float("-inf")  # after a video write error
         self._failing = False
         self._folder_missing = False
-        self._syncer = _Syncer()
+        self._syncer = FileSyncer(SYNC_INTERVAL_S)
         self._closed = False
 
     # ------------------------------------------------------------ public

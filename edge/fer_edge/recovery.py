@@ -12,6 +12,7 @@ from pathlib import Path
 from fer_edge.diskspace import fsync_directory
 from fer_edge.events import recover_leftover_events
 from fer_edge.naming import PART_SUFFIX, make_stem
+from fer_edge.pyav import pyav
 
 log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
 
@@ -103,7 +104,7 @@ def count_video_frames(path: Path, *, decode: bool = False, end: int | None = No
     In packet mode frames are decoded only until the first one comes out, so a file that counts is one a player
     can open. ``end``: count in the first ``end`` bytes only, as if the file were cut there.
     """
-    import av
+    av = pyav()
 
     if end is not None:
         with _FilePrefix(path, end) as prefix:
@@ -146,7 +147,7 @@ def recover_partial_recordings(directory: Path) -> list[Path]:
 
 
 def _recover_part(part: Path) -> Path | None:
-    import av
+    av = pyav()
 
     target = part.with_name(part.name[: -len(".part")])
     try:

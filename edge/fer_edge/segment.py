@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import create_private, fsync_directory
+from fer_edge.diskspace import MB, check_floor, create_private, fsync_directory
 from fer_edge.errors import RecordingError
+from fer_edge.pyav import pyav
 from fer_edge.recovery import repair_fragmented_mp4
 
 log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
@@ -38,7 +39,7 @@ HARDWARE_ENCODER_DEVICE = Path("/dev/video11")
 def choose_codec(codec: str) -> str:
     """The encoder to use: for ``auto`` the Pi's hardware H.264 encoder where it exists, else libx264; otherwise
     ``codec`` if this PyAV/FFmpeg build can encode video with it, else ``mpeg4`` (logged)."""
-    import av
+    av = pyav()
 
     if codec == "auto":
         codec = "libx264"
@@ -64,7 +65,7 @@ def choose_codec(codec: str) -> str:
 def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
               fragment_seconds: float):
     """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
-    import av
+    av = pyav()
 
     gop = max(1, round(fps * fragment_seconds))
     if codec == "libx264":
@@ -95,7 +96,7 @@ def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: i
 def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
                   fragment_seconds: float) -> None:
     """Encode one grey frame into an in-memory MP4 with these settings; RecordingError if that fails."""
-    import av
+    av = pyav()
 
     try:
         container, stream = _open_mp4(io.BytesIO(), codec=codec, width=width, height=height, fps=fps, crf=crf,
@@ -131,7 +132,7 @@ class VideoSegment:
 
     def __init__(self, path: Path, stem: str, *, codec: str, width: int, height: int, fps: float, crf: int,
                  preset: str, tune: str, fragment_seconds: float):
-        import av
+        av = pyav()
 
         self.stem = stem
         self.part_path = path
@@ -172,7 +173,7 @@ class VideoSegment:
 
     def finish(self) -> Path | None:
         """Flush the encoder, close, fsync and rename to ``.mp4``; on a write error keep what is on disk."""
-        import av
+        av = pyav()
 
         error: Exception | None = None
         try:
@@ -219,3 +220,27 @@ class VideoSegment:
                         self.part_path.name, exc)
             return None
         return final
+
+
+def record_size(frame_size: tuple[int, int], record_width: int | None) -> tuple[int, int]:
+    """The video's size: the frames' own, or scaled to ``record_width`` keeping the aspect ratio; even sides
+    (yuv420p), at least 2x2. Never scaled up."""
+    width, height = frame_size
+    if record_width is not None and record_width < width:
+        width, height = record_width, round(height * record_width / width)
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
+    """What the recorder refuses at start-up, checked without recording (``fer-edge check-config``): a codec that
+    cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
+    if not recording.enabled:
+        return
+    width, height = record_size(frame_size, recording.record_width)
+    fps = min(fps, recording.record_fps or fps)
+    working_codec(recording.codec, width=width, height=height, fps=fps, crf=recording.crf, preset=recording.preset,
+                  tune=recording.tune, fragment_seconds=recording.fragment_seconds)
+    folder = Path(recording.output_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    check_floor(folder, int(recording.min_free_mb * MB))
