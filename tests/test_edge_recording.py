@@ -29,6 +29,7 @@ from fer_edge.recording import (
     count_video_frames,
     recover_partial_recordings,
 )
+from fer_edge.recovery import recover_leftovers
 from fer_edge.sources import VideoFileSource
 from fer_edge.types import Box, Face, Frame, Prediction
 
@@ -134,7 +135,7 @@ def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_pat
     events = list(read_events(tmp_path / "events.jsonl"))
     assert written <= len(events) <= written + 1  # every line written before the kill is there
 
-    Recorder(tmp_path, FPS, (W, H)).close()  # start-up recovers what the crash left
+    recover_leftovers(tmp_path)  # start-up recovers what the crash left
     [video] = tmp_path.glob("*.mp4")
     assert video.name == part.name[: -len(".part")]
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "events.jsonl").exists()
@@ -423,6 +424,8 @@ def test_a_part_with_a_torn_first_fragment_is_kept_rather_than_deleted(tmp_path)
 def test_a_garbage_events_marker_does_not_stop_the_start_and_no_event_is_lost(tmp_path, caplog):
     (tmp_path / "events.jsonl").write_text('{"t":1,"frame":0,"faces":[]}\n')
     (tmp_path / STEM_MARKER_NAME).write_bytes(b"\0" * 20)  # a power cut on FAT/exFAT
+    with caplog.at_level(logging.WARNING):
+        recover_leftovers(tmp_path)
     with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(5))
     [video] = recorder.segments
@@ -438,6 +441,8 @@ def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(
         raise ValueError("a bug in the recovery code")
 
     monkeypatch.setattr("fer_edge.recovery.recover_leftover_events", broken_recovery)
+    with caplog.at_level(logging.WARNING):
+        recover_leftovers(tmp_path)
     with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(5))
     assert "a bug in the recovery code" in caplog.text

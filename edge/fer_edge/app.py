@@ -6,6 +6,7 @@ import functools
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
@@ -15,6 +16,7 @@ from fer_edge.notify import Notifier
 from fer_edge.pipeline import Pipeline, RunStats
 from fer_edge.privacy import anonymize
 from fer_edge.recording import open_recorder
+from fer_edge.recovery import recover_leftovers
 from fer_edge.smoothing import LabelSmoother
 from fer_edge.sources import open_source
 from fer_edge.tracking import IouTracker
@@ -68,6 +70,7 @@ def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]):
     """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled), or None."""
     if not (cfg.recording.enabled or cfg.events.enabled):
         return None
+    recover_leftovers(Path(cfg.recording.output_dir))  # once, before the recorder opens its first files
     return open_recorder(cfg.recording, cfg.events, fps, frame_size)
 
 

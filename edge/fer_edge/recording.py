@@ -137,11 +137,6 @@ class Recorder:
         self._wall = wall_clock
         self._mono = monotonic_clock
 
-        try:
-            recover_partial_recordings(self.output_dir)
-        except Exception as exc:  # noqa: BLE001 - never let an old crash's leftovers stop a new recording (boot loop)
-            log.warning("recording: could not recover leftovers in %s: %s: %s", self.output_dir, type(exc).__name__,
-                        exc)
         check_floor(self.output_dir, int(min_free_mb * MB))
         newest = finished_recordings(self.output_dir)
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")

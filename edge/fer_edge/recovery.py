@@ -131,6 +131,18 @@ def _count_frames(opened_container, decode: bool) -> int:
     return packets if decoded else 0
 
 
+def recover_leftovers(directory: Path) -> None:
+    """Start-up: finish what an interrupted run left in ``directory`` (see ``recover_partial_recordings``), once,
+    before the recorder opens. A failure is logged and never stops the start: an old crash's leftovers must not
+    keep the service from recording (a boot loop)."""
+    if not directory.is_dir():
+        return
+    try:
+        recover_partial_recordings(directory)
+    except Exception as exc:  # noqa: BLE001 - whatever the leftovers hold, the new recording must start
+        log.warning("recording: could not recover leftovers in %s: %s: %s", directory, type(exc).__name__, exc)
+
+
 def recover_partial_recordings(directory: Path) -> list[Path]:
     """Finish what a crash left: ``.part`` videos become ``.mp4`` if they hold frames, ``events.jsonl`` gets its stem.
 
