@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fer_edge.diskspace import (
     FOLDER_MODE,
@@ -52,6 +53,9 @@ from fer_edge.recovery import (  # noqa: F401 - public names of the recording AP
 from fer_edge.segment import VideoSegment, check_recording, record_size, working_codec
 from fer_edge.types import Face, Frame
 
+if TYPE_CHECKING:
+    from fer_edge.config import EventsConfig, RecordingConfig
+
 __all__ = ["Recorder", "RecordingError", "check_recording", "count_video_frames", "recover_partial_recordings",
            "repair_fragmented_mp4", "scan_fragmented_mp4"]
 
@@ -60,8 +64,6 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 1.0
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0
-DEFAULT_PRESET = "ultrafast"  # measured in docs/RECORDING.md: the cheapest per frame
-DEFAULT_TUNE = "zerolatency"
 RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
 
 
@@ -82,29 +84,22 @@ class Recorder:
 
     def __init__(
         self,
-        output_dir,
+        recording: RecordingConfig,
+        events_config: EventsConfig,
         fps: float,
         frame_size: tuple[int, int],
         *,
-        segment_seconds: float = 300.0,
-        fragment_seconds: float = 1.0,
-        codec: str = "auto",
-        crf: int = 23,
-        min_free_mb: float = 500,
-        presence_triggered: bool = False,
-        pre_roll_s: float = 3.0,
-        post_roll_s: float = 3.0,
-        events: bool = True,
-        record_video: bool = True,
-        preset: str = DEFAULT_PRESET,
-        tune: str = DEFAULT_TUNE,
-        record_width: int | None = None,
-        record_fps: float | None = None,
         free_bytes: Callable[[], int] | None = None,
         disk_check_interval_s: float = 5.0,
         wall_clock: Callable[[], float] = time.time,
         monotonic_clock: Callable[[], float] = time.monotonic,
     ):
+        output_dir, record_video, events = recording.output_dir, recording.enabled, events_config.enabled
+        segment_seconds, fragment_seconds = recording.segment_seconds, recording.fragment_seconds
+        codec, crf, preset, tune = recording.codec, recording.crf, recording.preset, recording.tune
+        min_free_mb, presence_triggered = recording.min_free_mb, recording.presence_triggered
+        pre_roll_s, post_roll_s = recording.pre_roll_s, recording.post_roll_s
+        record_width, record_fps = recording.record_width, recording.record_fps
         width, height = frame_size
         if not (fps > 0 and segment_seconds > 0 and fragment_seconds > 0):
             raise RecordingError("fps, segment_seconds and fragment_seconds must be positive")
@@ -408,14 +403,10 @@ class Recorder:
                            self._events.path if self._events is not None and self._events.is_open else None)
 
 
-def open_recorder(recording, events, fps: float, frame_size: tuple[int, int], **clocks) -> Recorder:
-    """A Recorder from the ``recording`` and ``events`` config sections."""
-    return Recorder(recording.output_dir, fps, frame_size, segment_seconds=recording.segment_seconds,
-                    fragment_seconds=recording.fragment_seconds, codec=recording.codec, crf=recording.crf,
-                    min_free_mb=recording.min_free_mb, presence_triggered=recording.presence_triggered,
-                    pre_roll_s=recording.pre_roll_s, post_roll_s=recording.post_roll_s, events=events.enabled,
-                    record_video=recording.enabled, preset=recording.preset, tune=recording.tune,
-                    record_width=recording.record_width, record_fps=recording.record_fps, **clocks)
+def open_recorder(recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int],
+                  **clocks) -> Recorder:
+    """The recording sink from its two config sections (what the app wiring calls)."""
+    return Recorder(recording, events, fps, frame_size, **clocks)
 
 
 class _Paused(OSError):
