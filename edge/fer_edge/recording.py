@@ -11,8 +11,13 @@ Files in ``output_dir`` (created 0640 whatever the umask: they show faces; the f
 ``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
 ``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically; after the clock steps
 back, a new name is set a second after the newest one, so they keep recording order). Leftover ``.part`` files
-are repaired (a half-written last fragment is cut off, only once what remains is known to decode) and renamed on
-start-up; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
+are repaired at start-up by :func:`fer_edge.recovery.recover_leftovers`, which the app calls once before the
+recorder opens; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
+
+The parts: :mod:`fer_edge.segment` (the MP4 segment writer and the encoder choice), :mod:`fer_edge.framering` (the
+I420 frames, pre-roll included), :mod:`fer_edge.naming` (stems), :mod:`fer_edge.filesync` (fdatasync thread),
+:mod:`fer_edge.diskspace` (the disk floor), :mod:`fer_edge.events` (the events log). The Recorder here composes
+them: the segment clock, presence triggering, pauses and retries.
 
 Video timing follows the frames' capture timestamps (variable frame rate), so a Pi that processes fewer frames per
 second than the camera delivers still records at true speed; ``fps`` sizes buffers, GOPs and fills gaps when
