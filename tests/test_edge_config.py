@@ -32,7 +32,7 @@ def test_defaults_load_without_a_file():
     assert cfg.source.kind == "auto" and cfg.source.device == "0"
     assert cfg.smoothing.time_constant_s == 0.15 and cfg.detector.kind == "blazeface"
     assert cfg.overlay.box_color == (0, 255, 0)
-    assert cfg.recording.codec == "libx264"
+    assert cfg.recording.codec == "auto"
 
 
 def test_shipped_default_yaml_lists_every_key_with_its_default(repo_root):

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from recorder_child import draw_frame, read_index
+from recorder_child import draw_frame, read_index, recorder_for
 from videos import decode_opencv, decode_pyav
 
 from fer_edge.diskspace import MB, finished_recordings
@@ -29,6 +29,7 @@ from fer_edge.recording import (
     count_video_frames,
     recover_partial_recordings,
 )
+from fer_edge.recovery import recover_leftovers
 from fer_edge.sources import VideoFileSource
 from fer_edge.types import Box, Face, Frame, Prediction
 
@@ -73,7 +74,7 @@ def wait_for_written(proc: subprocess.Popen, count: int) -> int:
 
 def test_every_frame_is_recorded_and_decodes_with_pyav_and_opencv(tmp_path):
     width, height = 640, 360
-    with Recorder(tmp_path, FPS, (width, height)) as recorder:
+    with recorder_for(tmp_path, FPS, (width, height)) as recorder:
         feed(recorder, range(75), width=width, height=height)
     assert names(tmp_path) == sorted([recorder.segments[0].name, recorder.segments[0].stem + ".jsonl"])
     [segment] = recorder.segments
@@ -101,7 +102,7 @@ def test_every_frame_is_recorded_and_decodes_with_pyav_and_opencv(tmp_path):
 
 
 def test_segments_rotate_with_their_events_files(tmp_path):
-    with Recorder(tmp_path, FPS, (W, H), segment_seconds=1.0) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0) as recorder:
         feed(recorder, range(100))
     segments = recorder.segments
     assert len(segments) == 4
@@ -134,7 +135,7 @@ def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_pat
     events = list(read_events(tmp_path / "events.jsonl"))
     assert written <= len(events) <= written + 1  # every line written before the kill is there
 
-    Recorder(tmp_path, FPS, (W, H)).close()  # start-up recovers what the crash left
+    recover_leftovers(tmp_path)  # start-up recovers what the crash left
     [video] = tmp_path.glob("*.mp4")
     assert video.name == part.name[: -len(".part")]
     assert not list(tmp_path.glob("*.part")) and not (tmp_path / "events.jsonl").exists()
@@ -163,7 +164,7 @@ def test_sigterm_finalizes_a_complete_mp4(tmp_path):
 
 
 def test_restart_cuts_a_half_written_fragment_and_recovers_the_rest(tmp_path):
-    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(100))
     [video] = recorder.segments
     data = video.read_bytes()
@@ -179,7 +180,7 @@ def test_restart_cuts_a_half_written_fragment_and_recovers_the_rest(tmp_path):
 
 
 def test_part_without_any_fragment_is_dropped_at_restart(tmp_path, caplog):
-    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(10))
     [video] = recorder.segments
     data = video.read_bytes()
@@ -208,7 +209,7 @@ def test_names_keep_recording_order_when_the_wall_clock_steps_back(tmp_path, cap
     make_old_recording(tmp_path, "20261127-120000-0001", 1000)  # a previous run's recording
     clock = {"t": float(calendar.timegm((2026, 11, 27, 13, 0, 0)))}
     with caplog.at_level(logging.WARNING, logger="fer_edge.recording"):
-        with Recorder(tmp_path, FPS, (W, H), segment_seconds=1.0, wall_clock=lambda: clock["t"]) as recorder:
+        with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0, wall_clock=lambda: clock["t"]) as recorder:
             for i in range(120):
                 if i == 60:
                     clock["t"] -= 90 * 86400
@@ -230,7 +231,7 @@ def test_disk_floor_deletes_the_oldest_recordings_first(tmp_path):
         make_old_recording(tmp_path, stem, 3 * MB)
     (tmp_path / "notes.txt").write_text("not a recording")
     disk = FakeDisk(tmp_path, capacity=20 * MB, other_use=7 * MB)  # 4 MB free, floor 9 MB: two must go
-    with Recorder(tmp_path, FPS, (W, H), min_free_mb=9, free_bytes=disk, disk_check_interval_s=0) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H), min_free_mb=9, free_bytes=disk, disk_check_interval_s=0) as recorder:
         feed(recorder, range(20))
     remaining = names(tmp_path)
     assert "20260101-000000-0001.mp4" not in remaining and "20260101-000000-0001.jsonl" not in remaining
@@ -241,7 +242,7 @@ def test_disk_floor_deletes_the_oldest_recordings_first(tmp_path):
 
 def test_recording_pauses_without_space_and_resumes_when_it_returns(tmp_path, caplog):
     disk = FakeDisk(tmp_path, capacity=0)
-    recorder = Recorder(tmp_path, FPS, (W, H), min_free_mb=1, free_bytes=disk, disk_check_interval_s=0)
+    recorder = recorder_for(tmp_path, FPS, (W, H), min_free_mb=1, free_bytes=disk, disk_check_interval_s=0)
     with caplog.at_level(logging.WARNING, logger="fer_edge"):
         feed(recorder, range(40))
     assert recorder.paused and not recorder.recording
@@ -289,7 +290,7 @@ def test_full_disk_never_stops_the_loop_and_recording_resumes(tmp_path):
 
 def test_presence_triggered_records_episodes_with_pre_and_post_roll(tmp_path):
     present = set(range(150, 210)) | set(range(450, 480))
-    recorder = Recorder(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=1.0, post_roll_s=1.0)
+    recorder = recorder_for(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=1.0, post_roll_s=1.0)
     recording_after = []
     for i in range(600):
         recorder.write(Frame(draw_frame(i, W, H), i, i / FPS), [a_face()] if i in present else [])
@@ -310,18 +311,18 @@ def test_presence_triggered_records_episodes_with_pre_and_post_roll(tmp_path):
 
 
 def test_presence_ring_buffer_is_bounded(tmp_path, caplog):
-    recorder = Recorder(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=2.0)
+    recorder = recorder_for(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=2.0)
     assert recorder._ring.capacity <= 2 * FPS + 2
     recorder.close()
     with caplog.at_level(logging.WARNING):
-        big = Recorder(tmp_path, FPS, (1920, 1080), presence_triggered=True, pre_roll_s=10.0)
+        big = recorder_for(tmp_path, FPS, (1920, 1080), presence_triggered=True, pre_roll_s=10.0)
     assert big._ring.slots.nbytes <= MAX_PRE_ROLL_BYTES and big.pre_roll_s < 10.0
     assert "shortened" in caplog.text
     big.close()
 
 
 def test_events_only_mode_writes_no_video(tmp_path):
-    with Recorder(tmp_path, FPS, (W, H), record_video=False, segment_seconds=1.0) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H), record_video=False, segment_seconds=1.0) as recorder:
         feed(recorder, range(45))
     assert not list(tmp_path.glob("*.mp4*")) and recorder.segments == []
     events_files = sorted(tmp_path.glob("*.jsonl"))
@@ -331,7 +332,7 @@ def test_events_only_mode_writes_no_video(tmp_path):
 
 
 def test_missing_encoder_falls_back_to_mpeg4(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H), codec="no-such-encoder") as recorder:
+    with caplog.at_level(logging.WARNING), recorder_for(tmp_path, FPS, (W, H), codec="no-such-encoder") as recorder:
         feed(recorder, range(40))
     assert "falling back to mpeg4" in caplog.text
     [video] = recorder.segments
@@ -342,7 +343,7 @@ def test_missing_encoder_falls_back_to_mpeg4(tmp_path, caplog):
 
 
 def test_close_is_idempotent_and_write_after_close_fails(tmp_path):
-    recorder = Recorder(tmp_path, FPS, (W, H))
+    recorder = recorder_for(tmp_path, FPS, (W, H))
     feed(recorder, range(45))
     started = time.monotonic()
     recorder.close()
@@ -356,18 +357,18 @@ def test_close_is_idempotent_and_write_after_close_fails(tmp_path):
 
 def test_bad_arguments_are_reported(tmp_path):
     with pytest.raises(RecordingError, match="at least 2x2"):
-        Recorder(tmp_path, FPS, (1, 240))
+        recorder_for(tmp_path, FPS, (1, 240))
     with pytest.raises(RecordingError, match="positive"):
-        Recorder(tmp_path, 0, (W, H))
+        recorder_for(tmp_path, 0, (W, H))
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(RecordingError, match="cannot create"):
-        Recorder(blocker / "sub", FPS, (W, H))
+        recorder_for(blocker / "sub", FPS, (W, H))
 
 
 def test_timestamps_going_back_start_new_files(tmp_path):
     """A looping replay restarts its timestamps at 0: the recording starts a new segment instead of stalling."""
-    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         for i in range(90):
             loop_position = i % 45
             recorder.write(Frame(draw_frame(i, W, H), i, loop_position / FPS), [a_face()])
@@ -377,7 +378,7 @@ def test_timestamps_going_back_start_new_files(tmp_path):
 
 
 def test_a_damaged_part_is_kept_byte_for_byte_as_broken(tmp_path, caplog):
-    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(180))
     [video] = recorder.segments
     damaged = b"\x7f\xff\xff\xff" + video.read_bytes()[4:]  # the first box's size overwritten
@@ -409,7 +410,7 @@ def test_a_part_that_is_not_an_mp4_is_kept_byte_for_byte_as_broken(tmp_path):
 
 
 def test_a_part_with_a_torn_first_fragment_is_kept_rather_than_deleted(tmp_path):
-    with Recorder(tmp_path, FPS, (W, H)) as recorder:
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(100))
     [video] = recorder.segments
     data = video.read_bytes()
@@ -423,7 +424,9 @@ def test_a_part_with_a_torn_first_fragment_is_kept_rather_than_deleted(tmp_path)
 def test_a_garbage_events_marker_does_not_stop_the_start_and_no_event_is_lost(tmp_path, caplog):
     (tmp_path / "events.jsonl").write_text('{"t":1,"frame":0,"faces":[]}\n')
     (tmp_path / STEM_MARKER_NAME).write_bytes(b"\0" * 20)  # a power cut on FAT/exFAT
-    with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
+    with caplog.at_level(logging.WARNING):
+        recover_leftovers(tmp_path)
+    with caplog.at_level(logging.WARNING), recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(5))
     [video] = recorder.segments
     [old] = [p for p in tmp_path.glob("*.jsonl") if p.stem != video.stem]
@@ -437,8 +440,10 @@ def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(
     def broken_recovery(*args):
         raise ValueError("a bug in the recovery code")
 
-    monkeypatch.setattr("fer_edge.recording.recover_leftover_events", broken_recovery)
-    with caplog.at_level(logging.WARNING), Recorder(tmp_path, FPS, (W, H)) as recorder:
+    monkeypatch.setattr("fer_edge.recovery.recover_leftover_events", broken_recovery)
+    with caplog.at_level(logging.WARNING):
+        recover_leftovers(tmp_path)
+    with caplog.at_level(logging.WARNING), recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(5))
     assert "a bug in the recovery code" in caplog.text
     assert recorded_indices(recorder.segments) == list(range(5))
@@ -446,7 +451,8 @@ def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(
 
 def test_the_list_of_finished_segments_stays_bounded(tmp_path):
     count = RECENT_SEGMENTS + 20
-    with Recorder(tmp_path, FPS, (64, 48), segment_seconds=1 / FPS, events=False) as recorder:
+    with recorder_for(tmp_path, FPS, (64, 48), segment_seconds=1 / FPS, fragment_seconds=1 / FPS,
+                      events=False) as recorder:
         feed(recorder, range(count), width=64, height=48)  # one segment per frame
     assert len(list(tmp_path.glob("*.mp4"))) == count  # every one was recorded
     assert len(recorder._segments) == RECENT_SEGMENTS
@@ -465,7 +471,7 @@ def test_odd_sized_frames_are_recorded_without_their_last_row_and_column(tmp_pat
     source = VideoFileSource(clip)
     assert source.size == (width, height)
     output = tmp_path / "recordings"
-    with caplog.at_level(logging.INFO, logger="fer_edge"), Recorder(output, source.fps, source.size) as recorder:
+    with caplog.at_level(logging.INFO, logger="fer_edge"), recorder_for(output, source.fps, source.size) as recorder:
         while (frame := source.read()) is not None:
             recorder.write(frame, [a_face()])
     source.close()
@@ -481,3 +487,156 @@ def test_odd_sized_frames_are_recorded_without_their_last_row_and_column(tmp_pat
         assert error < 6, (index, error)
     assert len([r for r in caplog.records if "641x361" in r.getMessage()]) == 1
     assert [e["frame"] for e in read_events(output / (video.stem + ".jsonl"))] == list(range(frames))
+
+
+def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tmp_path, caplog):
+    output = tmp_path / "recordings"
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with recorder_for(output, FPS, (W, H), segment_seconds=1.0, disk_check_interval_s=0) as recorder:
+            feed(recorder, range(45))
+            shutil.rmtree(output)
+            feed(recorder, range(45, 150))
+    videos = sorted(output.glob("*.mp4"))
+    assert len(videos) >= 3
+    indices = recorded_indices(videos)
+    assert indices == list(range(indices[0], 150)) and indices[0] <= 47  # a frame or two lost at most
+    events = [e["frame"] for p in sorted(output.glob("*.jsonl")) for e in read_events(p)]
+    assert events == indices
+    remade = [r.getMessage() for r in caplog.records if "was deleted" in r.getMessage()]
+    assert len(remade) == 1 and str(output) in remade[0]
+    assert not any("MB free" in r.getMessage() for r in caplog.records)  # free space was never the problem
+
+
+def fer_edge_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fer_edge.cli", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env=child_env())
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+
+
+def test_a_disk_floor_larger_than_the_disk_is_refused_at_start(tmp_path, demo_clip):
+    total_mb = shutil.disk_usage(tmp_path).total / MB
+    with pytest.raises(RecordingError, match=r"recording.min_free_mb: \d+ MB cannot be kept free on .* holds \d+ MB"):
+        recorder_for(tmp_path, FPS, (W, H), min_free_mb=total_mb + 1)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"recording:\n  min_free_mb: {total_mb * 2:.0f}\n")
+    result = fer_edge_cli("run", "--config", str(config), "--source", str(demo_clip), "--output",
+                          str(tmp_path / "out"), "--max-frames", "5", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = error_lines(result)
+    assert line.startswith("fer-edge: error: recording.min_free_mb:"), result.stderr
+
+
+def test_the_disk_guard_deletes_nothing_when_deleting_cannot_reach_the_floor(tmp_path, caplog):
+    """Other files fill the disk: deleting every recording would still not reach the floor, so none is deleted,
+    neither the old ones nor each events file of this run as soon as it is finished."""
+    old = ["20260101-000000-0001", "20260102-000000-0001"]
+    for stem in old:
+        make_old_recording(tmp_path, stem, MB)
+    disk = FakeDisk(tmp_path, capacity=20 * MB, other_use=16 * MB)  # ~2 MB free, 2 MB deletable, floor 9 MB
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with recorder_for(tmp_path, FPS, (W, H), min_free_mb=9, segment_seconds=1.0, free_bytes=disk,
+                      disk_check_interval_s=0) as recorder:
+            feed(recorder, range(100))
+    assert all((tmp_path / f"{stem}.mp4").exists() for stem in old)
+    assert not any("deleted old recording" in r.getMessage() for r in caplog.records)
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert len(events_files) == 2 + 4
+    assert [e["frame"] for p in events_files[2:] for e in read_events(p)] == list(range(100))
+    assert len([r for r in caplog.records if "would not reach" in r.getMessage()]) == 1  # said once
+    assert recorder.paused
+
+
+def test_recordings_and_events_are_not_world_readable(tmp_path):
+    output = tmp_path / "recordings"
+    previous = os.umask(0o022)  # a shell's usual umask, outside the service
+    try:
+        with recorder_for(output, FPS, (W, H), segment_seconds=1.0) as recorder:
+            feed(recorder, range(40))
+            open_files = [output / "events.jsonl", *output.glob("*.part")]
+            modes = {p.name: p.stat().st_mode & 0o777 for p in open_files}
+    finally:
+        os.umask(previous)
+    assert len(modes) == 2 and set(modes.values()) == {0o640}, modes
+    finished = {p.name: p.stat().st_mode & 0o777 for p in output.iterdir()}
+    assert len(finished) == 4 and set(finished.values()) == {0o640}, finished
+    assert output.stat().st_mode & 0o777 == 0o750
+
+
+REFUSED_RECORDING = {
+    "audio codec": ("recording:\n  codec: aac\n", "recording.codec: aac is an audio encoder"),
+    "codec MP4 cannot hold": ("recording:\n  codec: rawvideo\n", "recording.codec: rawvideo cannot record 640x360"),
+    "huge fragment": ("recording:\n  fragment_seconds: 1.0e+9\n", "recording.fragment_seconds: expected a number <="),
+    "fragment above the segment": ("recording:\n  segment_seconds: 2\n  fragment_seconds: 5\n",
+                                   "recording.fragment_seconds: expected a number <= recording.segment_seconds (2)"),
+    "huge pre-roll": ("recording:\n  presence_triggered: true\n  pre_roll_s: 1.0e+308\n",
+                      "recording.pre_roll_s: expected a number in [0, 60]"),
+    "huge segment": ("recording:\n  segment_seconds: 1.0e+12\n", "recording.segment_seconds: expected a number <="),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_RECORDING))
+def test_check_config_refuses_the_recording_settings_run_cannot_use(case, tmp_path, demo_clip):
+    text, expected = REFUSED_RECORDING[case]
+    config = tmp_path / "config.yaml"
+    config.write_text(text + f"source:\n  path: {demo_clip}\n")
+    check = fer_edge_cli("check-config", "--quiet", "--config", str(config), cwd=tmp_path)
+    run = fer_edge_cli("run", "--config", str(config), "--output", str(tmp_path / "out"), "--max-frames", "40",
+                       cwd=tmp_path)
+    for result in (check, run):
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        [line] = error_lines(result)
+        assert line.startswith(f"fer-edge: error: {expected}"), result.stderr
+    assert not list((tmp_path / "out").glob("*.mp4"))
+
+
+def x264_settings(video: Path) -> str:
+    """The options x264 writes into the stream it encodes (an SEI message: ``cabac=0 ref=1 ...``)."""
+    data = video.read_bytes()
+    start = data.index(b"x264 - core")
+    return data[start : data.index(b"\0", start)].decode()
+
+
+@pytest.mark.parametrize(("preset", "cabac", "tune", "bframes"), [
+    ("ultrafast", "cabac=0", "zerolatency", "bframes=0"),  # zerolatency: no frame held back
+    ("veryfast", "cabac=1", "film", "bframes=3"),
+])
+def test_the_x264_preset_and_tune_are_those_configured(tmp_path, preset, cabac, tune, bframes):
+    with recorder_for(tmp_path, FPS, (W, H), codec="libx264", preset=preset, tune=tune) as recorder:
+        feed(recorder, range(40))
+    [video] = recorder.segments
+    settings = x264_settings(video).split()
+    assert cabac in settings and bframes in settings
+    assert recorded_indices([video]) == list(range(40))
+
+
+def test_auto_codec_uses_libx264_where_the_hardware_encoder_is_missing_or_broken(tmp_path, monkeypatch, caplog):
+    with recorder_for(tmp_path / "plain", FPS, (W, H)) as recorder:  # no /dev/video11 on this machine
+        feed(recorder, range(10))
+    assert "cabac=0" in x264_settings(recorder.segments[0]).split()  # the default preset: ultrafast
+    fake_device = tmp_path / "video11"
+    fake_device.touch()  # the device node is "there", but no V4L2 encoder answers behind it
+    monkeypatch.setattr("fer_edge.segment.HARDWARE_ENCODER_DEVICE", fake_device)
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with recorder_for(tmp_path / "fallback", FPS, (W, H)) as recorder:
+            feed(recorder, range(10))
+    if "h264_v4l2m2m" in av.codecs_available:
+        assert "the hardware encoder does not work here" in caplog.text
+    assert "recording: libx264, 320x240" in caplog.text
+    assert recorded_indices(recorder.segments) == list(range(10))
+
+
+def test_recording_at_a_lower_resolution_and_frame_rate_than_the_analysis(tmp_path, caplog):
+    width, height = 640, 360
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with recorder_for(tmp_path, FPS, (width, height), record_width=320, record_fps=10.0) as recorder:
+            feed(recorder, range(90), width=width, height=height)
+    [video] = recorder.segments
+    with av.open(str(video)) as container:
+        context = container.streams.video[0].codec_context
+        assert (context.width, context.height) == (320, 180)
+    assert recorded_indices([video]) == list(range(0, 90, 3))  # every third frame of 30 fps
+    assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(90))  # events: all
+    assert "recording them at 320x180" in caplog.text and "expected" not in caplog.text

@@ -16,7 +16,8 @@ from fer_edge.detector import build_detector as detector_from_config
 from fer_edge.notify import Notifier
 from fer_edge.pipeline import DetectionSchedule, Pipeline, RunStats, Smoother, Tracker
 from fer_edge.privacy import anonymize
-from fer_edge.recording import Recorder
+from fer_edge.recording import open_recorder
+from fer_edge.recovery import recover_leftovers
 from fer_edge.smoothing import LabelSmoother, NullSmoother
 from fer_edge.sources import open_source
 from fer_edge.tracking import IouTracker, NullTracker
@@ -70,22 +71,8 @@ def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]):
     """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled), or None."""
     if not (cfg.recording.enabled or cfg.events.enabled):
         return None
-    r = cfg.recording
-    return Recorder(
-        Path(r.output_dir),
-        fps,
-        frame_size,
-        segment_seconds=r.segment_seconds,
-        fragment_seconds=r.fragment_seconds,
-        codec=r.codec,
-        crf=r.crf,
-        min_free_mb=r.min_free_mb,
-        presence_triggered=r.presence_triggered,
-        pre_roll_s=r.pre_roll_s,
-        post_roll_s=r.post_roll_s,
-        events=cfg.events.enabled,
-        record_video=r.enabled,
-    )
+    recover_leftovers(Path(cfg.recording.output_dir))  # once, before the recorder opens its first files
+    return open_recorder(cfg.recording, cfg.events, fps, frame_size)
 
 
 def build_notifier(cfg: Config) -> Notifier:

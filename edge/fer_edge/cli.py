@@ -116,6 +116,7 @@ def preflight(cfg: Config) -> Path | None:
     """
     from fer_edge.app import build_classifier, build_detector
     from fer_edge.config import resolve_model_path
+    from fer_edge.recording import check_recording
     from fer_edge.sources import open_source, resolve_kind
 
     try:
@@ -128,8 +129,12 @@ def preflight(cfg: Config) -> Path | None:
     else:
         build_classifier(cfg)  # ContractError: sidecar, checksum; ModelError: unloadable, unlike its sidecar
     build_detector(cfg)
+    size, fps = (cfg.source.width, cfg.source.height), cfg.source.fps
     if resolve_kind(cfg.source) in ("file", "images"):
-        open_source(cfg.source).close()
+        source = open_source(cfg.source)
+        size, fps = source.size, source.fps
+        source.close()
+    check_recording(cfg.recording, size, fps)  # one frame encoded in memory; the disk floor against the disk
     return model
 
 

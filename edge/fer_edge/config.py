@@ -161,18 +161,60 @@ class OverlayConfig:
     thickness: int = _opt(2, _int_range(1, MAX_THICKNESS))
 
 
+def _positive_at_most(limit: float):
+    def check(value) -> str | None:
+        if value <= 0:
+            return "expected a positive number"
+        return None if value <= limit else f"expected a number <= {limit:g}"
+
+    return check
+
+
+def _at_most(limit: float):
+    def check(value) -> str | None:
+        return None if 0 <= value <= limit else f"expected a number in [0, {limit:g}]"
+
+    return check
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_TUNES = ("zerolatency", "fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim")
+
+
+def _x264_tune(value) -> str | None:
+    parts = value.split(",")
+    if all(part in X264_TUNES for part in parts) and len(set(parts)) == len(parts):
+        return None
+    return f"expected one or more of {', '.join(X264_TUNES)}, joined by commas"
+
+
+MAX_SEGMENT_S = 3600.0  # one file per hour at most: a longer one is more to lose to a damaged card
+MAX_FRAGMENT_S = 10.0  # the keyframe interval: what power loss can cost; x264 fails on absurd ones
+MAX_ROLL_S = 60.0  # pre-roll frames are held in memory
+MAX_FREE_MB = 1e9  # 1 PB: beyond any card; the file system's real size is checked at start-up
+
+
 @dataclass(frozen=True)
 class RecordingConfig:
     enabled: bool = True
     output_dir: str = "out"
-    segment_seconds: float = _opt(300.0, _positive)
-    fragment_seconds: float = _opt(1.0, _positive)
-    codec: str = "libx264"
+    segment_seconds: float = _opt(300.0, _positive_at_most(MAX_SEGMENT_S))
+    fragment_seconds: float = _opt(1.0, _positive_at_most(MAX_FRAGMENT_S))  # <= segment_seconds
+    codec: str = "auto"  # auto: the Pi's hardware H.264 encoder where it exists, else libx264; or an encoder name
+    preset: str = _opt("ultrafast", _one_of(*X264_PRESETS))  # libx264 speed/size trade-off
+    tune: str = _opt("zerolatency", _x264_tune)  # libx264; without zerolatency frames wait in the encoder
     crf: int = _opt(23, lambda v: None if 0 <= v <= 51 else "expected an integer 0-51")
-    min_free_mb: float = _opt(500.0, _non_negative)
+    min_free_mb: float = _opt(500.0, _at_most(MAX_FREE_MB))
     presence_triggered: bool = False  # record only while faces are present (plus pre/post roll)
-    pre_roll_s: float = _opt(3.0, _non_negative)
-    post_roll_s: float = _opt(3.0, _non_negative)
+    pre_roll_s: float = _opt(3.0, _at_most(MAX_ROLL_S))
+    post_roll_s: float = _opt(3.0, _at_most(MAX_ROLL_S))
+    record_width: int | None = _opt(None, _int_range(16, 7680))  # null: the camera's; else scaled down to it
+    record_fps: float | None = _opt(None, _positive_up_to(240.0))  # null: every frame; else at most this rate
+
+    def __post_init__(self):
+        if self.fragment_seconds > self.segment_seconds:
+            raise ConfigError(f"recording.fragment_seconds: expected a number <= recording.segment_seconds "
+                              f"({self.segment_seconds:g}), got {self.fragment_seconds:g}")
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,33 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from fer_edge.errors import RecordingError
+
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+FILE_MODE = 0o640  # recordings show faces: owner and group only, whatever the umask of whoever runs it
+FOLDER_MODE = 0o750
+
+
+def create_private(path: Path, *, append: bool = False) -> int:
+    """Open ``path`` for writing (truncated, or for appending), created ``FILE_MODE`` if new; returns the fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    return os.open(path, flags, FILE_MODE)
 FINISHED_RECORDING = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.(?:mp4|jsonl|mp4\.broken)$")
 
 
 def disk_free_bytes(directory: Path) -> int:
     return shutil.disk_usage(directory).free
+
+
+def check_floor(directory: Path, min_free_bytes: int) -> None:
+    """Refuse a floor the file system of ``directory`` can never meet: the guard would delete every recording,
+    each one as soon as it is finished, and still never reach it."""
+    total = shutil.disk_usage(directory).total
+    if min_free_bytes >= total:
+        raise RecordingError(f"recording.min_free_mb: {min_free_bytes / MB:.0f} MB cannot be kept free on "
+                             f"{directory}: its file system holds {total / MB:.0f} MB in all")
 
 
 def finished_recordings(directory: Path) -> list[tuple[str, list[Path]]]:
@@ -57,6 +76,7 @@ class DiskGuard:
         self._check_interval_s = check_interval_s
         self._clock = clock
         self._next_check = float("-inf")
+        self._said_unreachable = False
 
     def check_due(self) -> bool:
         now = self._clock()
@@ -73,14 +93,27 @@ class DiskGuard:
             return 0
 
     def make_room(self, keep_stems: Collection[str] = ()) -> bool:
-        """Delete oldest recordings (never those in ``keep_stems``) until the floor is met; True if it is met."""
+        """Delete oldest recordings (never those in ``keep_stems``) until the floor is met; True if it is met.
+
+        Nothing is deleted when deleting every candidate would still leave less than the floor free (other files
+        fill the disk): that would only throw recordings away, each new one as soon as it is finished.
+        """
         free = self.free_bytes()
         if free >= self.min_free_bytes:
+            self._said_unreachable = False
             return True
         try:
             candidates = [files for stem, files in finished_recordings(self.directory) if stem not in keep_stems]
         except OSError as exc:
             log.warning("cannot list %s: %s", self.directory, exc)
+            return False
+        deletable = sum(_size(path) for files in candidates for path in files)
+        if free + deletable < self.min_free_bytes:
+            if not self._said_unreachable:
+                self._said_unreachable = True
+                log.warning("disk: %.0f MB free, and deleting every old recording (%.0f MB) would not reach the "
+                            "%.0f MB floor (recording.min_free_mb); deleting none", free / MB, deletable / MB,
+                            self.min_free_bytes / MB)
             return False
         for files in candidates:
             for path in files:
@@ -98,6 +131,13 @@ class DiskGuard:
             if free >= self.min_free_bytes:
                 return True
         return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def fsync_directory(directory: Path) -> None:

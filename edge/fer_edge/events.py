@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from fer_edge.diskspace import FINISHED_RECORDING, fsync_directory
+from fer_edge.diskspace import FINISHED_RECORDING, create_private, fsync_directory
 from fer_edge.types import Face
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _write_atomically(path: Path, text: str) -> None:
     # no fsync: this runs on the frame loop, and a marker lost to power loss only costs the recovered file its name
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(create_private(tmp), "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -137,7 +137,9 @@ class EventsLog:
         self.stem = stem
         try:
             _write_atomically(self._marker, stem)
-            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+            if self.path.exists():  # reopened after a write error, which can leave part of a line behind
+                _cut_partial_last_line(self.path)
+            self._file = open(create_private(self.path, append=True), "a", encoding="utf-8", buffering=1)
         except OSError as exc:
             self._fail(exc)
 
@@ -193,6 +195,14 @@ class EventsLog:
             log.warning("events: cannot rename %s to %s: %s", self.path, target.name, exc)
             return None
         return target
+
+    def drop(self) -> None:
+        """Close without renaming (the file was deleted with its folder); the next write needs ``open`` again."""
+        self.stem = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def _fail(self, exc: OSError) -> None:
         if not self._failing:

@@ -6,12 +6,18 @@ loss leaves an unplayable file. Here the muxer writes an empty ``moov`` up front
 latency, so at any time only the frames since the last keyframe are not yet on their way to disk. A background
 thread fdatasyncs the open files every second for power loss.
 
-Files in ``output_dir``: ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
+Files in ``output_dir`` (created 0640 whatever the umask: they show faces; the folder 0750 when made here):
+``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
 ``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
 ``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically; after the clock steps
 back, a new name is set a second after the newest one, so they keep recording order). Leftover ``.part`` files
-are repaired (a half-written last fragment is cut off, only once what remains is known to decode) and renamed on
-start-up; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
+are repaired at start-up by :func:`fer_edge.recovery.recover_leftovers`, which the app calls once before the
+recorder opens; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
+
+The parts: :mod:`fer_edge.segment` (the MP4 segment writer and the encoder choice), :mod:`fer_edge.framering` (the
+I420 frames, pre-roll included), :mod:`fer_edge.naming` (stems), :mod:`fer_edge.filesync` (fdatasync thread),
+:mod:`fer_edge.diskspace` (the disk floor), :mod:`fer_edge.events` (the events log). The Recorder here composes
+them: the segment clock, presence triggering, pauses and retries.
 
 Video timing follows the frames' capture timestamps (variable frame rate), so a Pi that processes fewer frames per
 second than the camera delivers still records at true speed; ``fps`` sizes buffers, GOPs and fills gaps when
@@ -20,454 +26,53 @@ timestamps do not advance.
 
 from __future__ import annotations
 
-import calendar
 import errno
-import io
 import logging
 import math
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from fer_edge.diskspace import MB, DiskGuard, finished_recordings, fsync_directory
+from fer_edge.diskspace import (
+    FOLDER_MODE,
+    MB,
+    DiskGuard,
+    check_floor,
+    finished_recordings,
+)
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
-from fer_edge.events import EventsLog, recover_leftover_events
+from fer_edge.events import EventsLog
+from fer_edge.filesync import FileSyncer
+from fer_edge.framering import FrameRing
+from fer_edge.naming import PART_SUFFIX, make_stem, stem_time
+from fer_edge.pyav import pyav
+from fer_edge.recovery import (  # noqa: F401 - public names of the recording API
+    count_video_frames,
+    recover_partial_recordings,
+    repair_fragmented_mp4,
+    scan_fragmented_mp4,
+)
+from fer_edge.segment import VideoSegment, check_recording, record_size, working_codec
 from fer_edge.types import Face, Frame
 
-__all__ = ["Recorder", "RecordingError", "count_video_frames", "recover_partial_recordings", "repair_fragmented_mp4",
-           "scan_fragmented_mp4"]
+if TYPE_CHECKING:
+    from fer_edge.config import EventsConfig, RecordingConfig
+
+__all__ = ["Recorder", "RecordingError", "check_recording", "count_video_frames", "recover_partial_recordings",
+           "repair_fragmented_mp4", "scan_fragmented_mp4"]
 
 log = logging.getLogger(__name__)
 
-PART_SUFFIX = ".mp4.part"
-MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
-TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 allows denominators up to 65535
 SYNC_INTERVAL_S = 1.0
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0
 RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
 
 
-def stem_time(stem: str) -> float:
-    """The UTC second a stem ``YYYYmmdd-HHMMSS-NNNN`` names."""
-    return float(calendar.timegm(time.strptime(stem[:15], "%Y%m%d-%H%M%S")))
-
-
-def make_stem(directory: Path, wall_time: float, sequence: int) -> str:
-    """``YYYYmmdd-HHMMSS-NNNN`` (UTC), bumping the counter until no file in ``directory`` uses the stem."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall_time))
-    while True:
-        stem = f"{stamp}-{sequence:04d}"
-        if not any((directory / f"{stem}{suffix}").exists() for suffix in (".mp4", PART_SUFFIX, ".jsonl")):
-            return stem
-        sequence += 1
-
-
-# ---------------------------------------------------------------- crash recovery
-
-
-def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
-    """Read-only walk over the top-level boxes of a fragmented MP4: (complete fragments, end of the complete boxes,
-    file size). Everything after that end is a half-written tail, including a trailing ``moof`` without its ``mdat``.
-    """
-    size = path.stat().st_size
-    good_end = fragments = 0
-    with open(path, "rb") as f:
-        offset = 0
-        previous_type = b""
-        while offset + 8 <= size:
-            f.seek(offset)
-            header = f.read(16)
-            box_size = int.from_bytes(header[:4], "big")
-            box_type = header[4:8]
-            if box_size == 1:
-                if len(header) < 16:
-                    break
-                box_size = int.from_bytes(header[8:16], "big")
-            elif box_size == 0:
-                box_size = size - offset  # "extends to end of file"
-            if box_size < 8 or offset + box_size > size:
-                break
-            offset += box_size
-            if box_type != b"moof":  # a moof is only useful with the mdat after it
-                good_end = offset
-            if box_type == b"mdat" and previous_type == b"moof":
-                fragments += 1
-            previous_type = box_type
-    return fragments, good_end, size
-
-
-def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
-    """Cut a half-written tail off a fragmented MP4 we just wrote, so that every remaining fragment is complete.
-
-    Returns (complete fragments, bytes removed). Start-up recovery of files from earlier runs does not use this: it
-    checks that the shortened file decodes before cutting anything (see ``recover_partial_recordings``).
-    """
-    fragments, good_end, size = scan_fragmented_mp4(path)
-    _truncate(path, good_end, size)
-    return fragments, size - good_end
-
-
-def _truncate(path: Path, end: int, size: int) -> None:
-    if end < size:
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-class _FilePrefix(io.RawIOBase):
-    """The first ``end`` bytes of a file, read-only: the file as it will be once cut at ``end``, without cutting it."""
-
-    def __init__(self, path: Path, end: int):
-        super().__init__()
-        self._file = open(path, "rb")
-        self._end = end
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        count = min(len(buffer), self._end - self._file.tell())
-        return self._file.readinto(memoryview(buffer)[:count]) if count > 0 else 0
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_END:
-            offset, whence = self._end + offset, io.SEEK_SET
-        return self._file.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-def count_video_frames(path: Path, *, decode: bool = False, end: int | None = None) -> int:
-    """Number of video frames in ``path``: packets demuxed (fast), or frames decoded when ``decode`` is True.
-
-    In packet mode frames are decoded only until the first one comes out, so a file that counts is one a player
-    can open. ``end``: count in the first ``end`` bytes only, as if the file were cut there.
-    """
-    import av
-
-    if end is not None:
-        with _FilePrefix(path, end) as prefix:
-            return _count_frames(av.open(prefix, "r", format="mp4"), decode)
-    return _count_frames(av.open(str(path)), decode)
-
-
-def _count_frames(opened_container, decode: bool) -> int:
-    packets = decoded = 0
-    with opened_container as container:
-        if not container.streams.video:
-            return 0
-        stream = container.streams.video[0]
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            packets += 1
-            if decode or not decoded:
-                decoded += len(stream.decode(packet))
-        if decode or not decoded:
-            decoded += len(stream.decode(None))
-    if decode:
-        return decoded
-    return packets if decoded else 0
-
-
-def recover_partial_recordings(directory: Path) -> list[Path]:
-    """Finish what a crash left: ``.part`` videos become ``.mp4`` if they hold frames, ``events.jsonl`` gets its stem.
-
-    A half-written last fragment is cut off only after the file without it is known to decode. A ``.part`` holding
-    nothing but headers is deleted; any other that cannot be decoded is renamed ``.mp4.broken`` with every byte
-    unchanged (kept for inspection, deleted by age like any recording when disk space runs low). Returns the
-    recovered video paths.
-    """
-    recovered = [video for part in sorted(directory.glob("*" + PART_SUFFIX)) if (video := _recover_part(part))]
-    if recovered:
-        fsync_directory(directory)
-    recover_leftover_events(directory, lambda t: make_stem(directory, t, 0))
-    return recovered
-
-
-def _recover_part(part: Path) -> Path | None:
-    import av
-
-    target = part.with_name(part.name[: -len(".part")])
-    try:
-        _, end, size = scan_fragmented_mp4(part)
-        if end == 0 and size > 0:
-            return _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
-        frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
-    except (OSError, av.FFmpegError, ValueError) as exc:
-        return _keep_broken(part, target, f"cannot be read ({exc})")
-    if frames == 0 and end < size:
-        return _keep_broken(part, target, "holds no complete frame, only a partial first fragment")
-    if frames == 0:
-        log.warning("recording: %s from an interrupted run holds no complete frame (only headers); deleted", part.name)
-        part.unlink()
-        return None
-    try:
-        _truncate(part, end, size)
-    except OSError as exc:
-        return _keep_broken(part, target, f"cannot be shortened to its complete fragments ({exc})")
-    os.replace(part, target)
-    log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
-             f", cut {size - end} bytes of a partial fragment" if end < size else "")
-    return target
-
-
-def _keep_broken(part: Path, target: Path, why: str) -> None:
-    broken = target.with_name(target.name + ".broken")
-    log.warning("recording: %s from an interrupted run %s; kept unchanged as %s", part.name, why, broken.name)
-    os.replace(part, broken)
-
-
 # ---------------------------------------------------------------- building blocks
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _FrameRing:
-    """A preallocated ring of I420 (yuv420p) frames with their timestamps.
-
-    Frames are converted from BGR straight into a ring slot, which is also the encoder's input buffer: I420 is half
-    the size of BGR (pre-roll memory), the conversion is the one the encoder needs anyway, and slots are reused, so
-    the hot path allocates no frame-sized memory. Several slots keep a frame the encoder may still reference intact.
-    """
-
-    def __init__(self, capacity: int, width: int, height: int):
-        import cv2
-
-        self._cv2 = cv2
-        self.slots = np.empty((capacity, height * 3 // 2, width), np.uint8)
-        self.timestamps = [float("-inf")] * capacity
-        self.capacity = capacity
-        self._next = 0
-        self._width, self._height = width, height
-        self._resized: np.ndarray | None = None
-        self._cropping = False
-
-    def push(self, image: np.ndarray, timestamp: float) -> int:
-        cv2 = self._cv2
-        index = self._next
-        cv2.cvtColor(self._fit(image), cv2.COLOR_BGR2YUV_I420, dst=self.slots[index])
-        self.timestamps[index] = timestamp
-        self._next = (index + 1) % self.capacity
-        return index
-
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        """``image`` at the ring's size: as is, without an odd last row/column (a view), or scaled."""
-        height, width = image.shape[:2]
-        if height == self._height and width == self._width:
-            return image
-        if height - height % 2 == self._height and width - width % 2 == self._width:
-            if not self._cropping:
-                self._cropping = True
-                log.info("recording: frames are %dx%d; recording %dx%d without the last %s (yuv420p video needs an "
-                         "even width and height)", width, height, self._width, self._height,
-                         "row and column" if height % 2 and width % 2 else "row" if height % 2 else "column")
-            return image[: self._height, : self._width]
-        if self._resized is None:
-            log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", width, height, self._width,
-                        self._height)
-            self._resized = np.empty((self._height, self._width, 3), np.uint8)
-        return self._cv2.resize(image, (self._width, self._height), dst=self._resized)
-
-    def since(self, after: float, before_slot: int) -> list[int]:
-        """Slots with a timestamp > ``after``, oldest first, excluding ``before_slot`` (the newest)."""
-        order = [(self._next + k) % self.capacity for k in range(self.capacity)]
-        return [i for i in order if i != before_slot and self.timestamps[i] > after]
-
-
-class _Syncer:
-    """fdatasyncs the files being written once a second from a background thread (power-loss safety).
-
-    fsync can stall for a long time on an SD card; doing it here keeps the frame loop running meanwhile.
-    """
-
-    def __init__(self, interval_s: float = SYNC_INTERVAL_S):
-        self._interval_s = interval_s
-        self._paths: tuple[Path, ...] = ()
-        self._directories_pending: set[Path] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, *paths: Path | None) -> None:
-        with self._lock:
-            new_paths = tuple(p for p in paths if p is not None)
-            if set(new_paths) - set(self._paths):
-                self._directories_pending.update(p.parent for p in new_paths)  # new names must survive too
-            self._paths = new_paths
-        if self._thread is None and self._paths:
-            self._thread = threading.Thread(target=self._run, name="fer-edge-fsync", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=0.5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            with self._lock:
-                paths = self._paths
-                directories, self._directories_pending = self._directories_pending, set()
-            for directory in directories:
-                fsync_directory(directory)
-            for path in paths:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:
-                    continue  # renamed or removed meanwhile: the closer fsyncs it
-                try:
-                    os.fdatasync(fd)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
-
-
-def choose_codec(codec: str) -> str:
-    """``codec`` if this PyAV/FFmpeg build can encode with it, else ``mpeg4`` (logged)."""
-    import av
-
-    try:
-        av.Codec(codec, "w")
-        return codec
-    except (av.FFmpegError, ValueError) as exc:
-        log.warning("recording: encoder %s is not available (%s); falling back to mpeg4", codec, exc)
-    try:
-        av.Codec("mpeg4", "w")
-    except (av.FFmpegError, ValueError) as exc:
-        raise RecordingError(f"no usable video encoder: neither {codec} nor mpeg4 ({exc})") from None
-    return "mpeg4"
-
-
-class _VideoSegment:
-    """One ``<stem>.mp4.part`` being encoded; ``finish()`` finalizes and renames it to ``<stem>.mp4``."""
-
-    def __init__(self, path: Path, stem: str, *, codec: str, width: int, height: int, fps: float, crf: int,
-                 preset: str, fragment_seconds: float):
-        import av
-
-        self.stem = stem
-        self.part_path = path
-        self.first_ts: float | None = None
-        self.frames = 0
-        self._fps = fps
-        self._fragment_seconds = fragment_seconds
-        self._nominal_ticks = max(1, round(1 / (fps * TIME_BASE)))
-        self._last_pts = -1
-        self._last_ts = float("-inf")
-        self._last_key_ts = float("-inf")
-        self._picture_i = av.video.frame.PictureType.I
-        self._video_frame = av.VideoFrame
-        gop = max(1, round(fps * fragment_seconds))
-        if codec == "libx264":
-            # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
-            options = {"preset": preset, "tune": "zerolatency", "crf": str(crf), "forced-idr": "1",
-                       "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-        else:
-            options = {}
-        self._container = av.open(str(path), "w", format="mp4",
-                                  options={"movflags": MOVFLAGS, "flush_packets": "1"})
-        try:
-            rate = Fraction(fps).limit_denominator(1001)
-            self._stream = self._container.add_stream(codec, rate=rate, options=options)
-            self._stream.width, self._stream.height = width, height
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.time_base = TIME_BASE
-            context = self._stream.codec_context
-            context.time_base = TIME_BASE
-            context.gop_size = gop
-            if codec != "libx264":
-                context.max_b_frames = 0
-                context.bit_rate = int(width * height * fps * 0.15)
-        except BaseException:
-            self._container.close()
-            raise
-
-    def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
-        """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
-        frame = self._video_frame.from_numpy_buffer(image_i420, format="yuv420p")
-        if self.first_ts is None:
-            self.first_ts = timestamp
-        pts = round((timestamp - self.first_ts) / TIME_BASE)
-        if timestamp <= self._last_ts or pts <= self._last_pts:
-            pts = self._last_pts + self._nominal_ticks  # timestamps stalled or went back: assume the nominal rate
-        frame.pts = pts
-        frame.time_base = TIME_BASE
-        keyframe = timestamp - self._last_key_ts >= self._fragment_seconds - 0.5 / self._fps
-        if keyframe:
-            frame.pict_type = self._picture_i  # a keyframe closes the previous fragment, which then gets written
-            self._last_key_ts = timestamp
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self._last_pts, self._last_ts = pts, timestamp
-        self.frames += 1
-        return keyframe and self.frames > 1
-
-    def finish(self) -> Path | None:
-        """Flush the encoder, close, fsync and rename to ``.mp4``; on a write error keep what is on disk."""
-        import av
-
-        error: Exception | None = None
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        except (OSError, av.FFmpegError) as exc:
-            error = exc
-        try:
-            self._container.close()
-        except (OSError, av.FFmpegError) as exc:
-            error = error or exc
-        if error is not None:
-            log.warning("recording: %s could not be finalized cleanly (%s); keeping its complete fragments",
-                        self.part_path.name, error)
-        return self._publish(repair=error is not None)
-
-    def abandon(self) -> Path | None:
-        """After an encode/mux error: close whatever can be closed and keep the complete fragments."""
-        try:
-            self._container.close()
-        except Exception:  # noqa: BLE001 - the container is already broken; what matters is the file on disk
-            pass
-        return self._publish(repair=True)
-
-    def _publish(self, *, repair: bool) -> Path | None:
-        final = self.part_path.with_name(self.stem + ".mp4")
-        try:
-            fragments = repair_fragmented_mp4(self.part_path)[0] if repair else self.frames
-            if fragments == 0:
-                self.part_path.unlink(missing_ok=True)
-                return None
-            _fsync_path(self.part_path)
-            os.replace(self.part_path, final)
-            fsync_directory(final.parent)
-        except OSError as exc:
-            log.warning("recording: cannot finalize %s (%s); it will be recovered at the next start",
-                        self.part_path.name, exc)
-            return None
-        return final
 
 
 # ---------------------------------------------------------------- the sink
@@ -484,26 +89,22 @@ class Recorder:
 
     def __init__(
         self,
-        output_dir,
+        recording: RecordingConfig,
+        events_config: EventsConfig,
         fps: float,
         frame_size: tuple[int, int],
         *,
-        segment_seconds: float = 300.0,
-        fragment_seconds: float = 1.0,
-        codec: str = "libx264",
-        crf: int = 23,
-        min_free_mb: float = 500,
-        presence_triggered: bool = False,
-        pre_roll_s: float = 3.0,
-        post_roll_s: float = 3.0,
-        events: bool = True,
-        record_video: bool = True,
-        preset: str = "veryfast",
         free_bytes: Callable[[], int] | None = None,
         disk_check_interval_s: float = 5.0,
         wall_clock: Callable[[], float] = time.time,
         monotonic_clock: Callable[[], float] = time.monotonic,
     ):
+        output_dir, record_video, events = recording.output_dir, recording.enabled, events_config.enabled
+        segment_seconds, fragment_seconds = recording.segment_seconds, recording.fragment_seconds
+        codec, crf, preset, tune = recording.codec, recording.crf, recording.preset, recording.tune
+        min_free_mb, presence_triggered = recording.min_free_mb, recording.presence_triggered
+        pre_roll_s, post_roll_s = recording.pre_roll_s, recording.post_roll_s
+        record_width, record_fps = recording.record_width, recording.record_fps
         width, height = frame_size
         if not (fps > 0 and segment_seconds > 0 and fragment_seconds > 0):
             raise RecordingError("fps, segment_seconds and fragment_seconds must be positive")
@@ -513,18 +114,21 @@ class Recorder:
             raise RecordingError(f"frame size {width}x{height}: video needs at least 2x2 pixels")
         self.output_dir = Path(output_dir)
         try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise RecordingError(f"cannot create output directory {self.output_dir}: {exc}") from None
         if not os.access(self.output_dir, os.W_OK):
             raise RecordingError(f"output directory {self.output_dir} is not writable")
 
-        self.fps = float(fps)
-        self.width, self.height = width - width % 2, height - height % 2  # odd: the frames lose their last row/column
+        self.fps = float(min(fps, record_fps or fps))
+        self.width, self.height = record_size(frame_size, record_width)  # odd: the last row/column is left out
+        self._frame_interval = 1 / self.fps - 0.5 / fps if record_fps else 0.0  # frames closer are not recorded
+        self._last_taken_ts = float("-inf")
         self.segment_seconds = segment_seconds
         self.fragment_seconds = fragment_seconds
         self.crf = crf
         self.preset = preset
+        self.tune = tune
         self.presence_triggered = presence_triggered
         self.pre_roll_s = pre_roll_s
         self.post_roll_s = post_roll_s
@@ -533,29 +137,25 @@ class Recorder:
         self._wall = wall_clock
         self._mono = monotonic_clock
 
-        try:
-            recover_partial_recordings(self.output_dir)
-        except Exception as exc:  # noqa: BLE001 - never let an old crash's leftovers stop a new recording (boot loop)
-            log.warning("recording: could not recover leftovers in %s: %s: %s", self.output_dir, type(exc).__name__,
-                        exc)
+        check_floor(self.output_dir, int(min_free_mb * MB))
         newest = finished_recordings(self.output_dir)
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
 
         self.codec = codec
         self._av_error: type[Exception] = OSError
         if record_video:
-            import av
-
-            self._av_error = av.FFmpegError
-            self.codec = choose_codec(codec)
+            self._av_error = pyav().FFmpegError
+            self.codec = working_codec(codec, width=self.width, height=self.height, fps=self.fps, crf=crf,
+                                       preset=preset, tune=tune, fragment_seconds=fragment_seconds)
+            log.info("recording: %s, %dx%d at up to %g fps", self.codec, self.width, self.height, self.fps)
         self._disk = DiskGuard(self.output_dir, int(min_free_mb * MB), free_bytes=free_bytes,
                                check_interval_s=disk_check_interval_s, clock=monotonic_clock)
         self._events = EventsLog(self.output_dir) if events else None
         self._events_start_ts = 0.0
         self._sequence = 1
-        self._segment: _VideoSegment | None = None
+        self._segment: VideoSegment | None = None
         self._segments: deque[Path] = deque(maxlen=RECENT_SEGMENTS)  # bounded: a service runs for months
-        self._ring: _FrameRing | None = None
+        self._ring: FrameRing | None = None
         if record_video:
             capacity = 3  # the encoder's input buffers
             if presence_triggered:
@@ -567,14 +167,16 @@ class Recorder:
                     log.warning("recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
                                 "shortened to %.1f s", pre_roll_s, self.width, self.height,
                                 MAX_PRE_ROLL_BYTES // MB, self.pre_roll_s)
-            self._ring = _FrameRing(capacity, self.width, self.height)
+            scaled = record_width is not None and record_width < width
+            self._ring = FrameRing(capacity, self.width, self.height, scaled_from=frame_size if scaled else None)
         self._last_face_ts = float("-inf")
         self._last_encoded_ts = float("-inf")
         self._previous_ts = float("-inf")
         self._paused = False  # disk floor not met
         self._retry_at = float("-inf")  # after a video write error
         self._failing = False
-        self._syncer = _Syncer()
+        self._folder_missing = False
+        self._syncer = FileSyncer(SYNC_INTERVAL_S)
         self._closed = False
 
     # ------------------------------------------------------------ public
@@ -627,7 +229,7 @@ class Recorder:
         """Timestamps jumped back (a replayed file looped, a source restarted): start afresh from ``ts``."""
         log.info("recording: frame timestamps went back by %.1f s; starting new files", self._previous_ts - ts)
         self._finish_segment()
-        self._last_face_ts = self._last_encoded_ts = float("-inf")
+        self._last_face_ts = self._last_encoded_ts = self._last_taken_ts = float("-inf")
         if self._ring is not None:
             self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
         if self._events is not None and self._events.is_open:
@@ -637,9 +239,12 @@ class Recorder:
 
     def _write_video(self, frame: Frame, faces_present: bool) -> str | None:
         ts = frame.timestamp
-        slot = self._ring.push(frame.image, ts)
         if faces_present:
             self._last_face_ts = ts
+        if ts - self._last_taken_ts < self._frame_interval:
+            return None  # recording at a lower frame rate than the camera's
+        self._last_taken_ts = ts
+        slot = self._ring.push(frame.image, ts)
         if self._paused or self._mono() < self._retry_at:
             return None
         try:
@@ -688,9 +293,9 @@ class Recorder:
             self._pause()
             raise _Paused()
         stem = self._next_stem()
-        self._segment = _VideoSegment(
+        self._segment = VideoSegment(
             self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, width=self.width, height=self.height,
-            fps=self.fps, crf=self.crf, preset=self.preset, fragment_seconds=self.fragment_seconds)
+            fps=self.fps, crf=self.crf, preset=self.preset, tune=self.tune, fragment_seconds=self.fragment_seconds)
         self._watch_files()
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)
         return stem
@@ -746,6 +351,8 @@ class Recorder:
     # ------------------------------------------------------------ disk
 
     def _check_disk(self) -> None:
+        if not self.output_dir.is_dir():
+            self._recreate_output_dir()
         if self._disk.make_room(self._open_stems()):
             if self._paused:
                 self._paused = False
@@ -755,10 +362,30 @@ class Recorder:
         if self._events is not None:
             self._events.retry()
 
+    def _recreate_output_dir(self) -> None:
+        """The folder was deleted under us (a cleanup script, an operator): make it again and start new files."""
+        try:
+            self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            if not self._folder_missing:
+                log.warning("recording: output folder %s is gone and cannot be made again (%s); retrying",
+                            self.output_dir, exc)
+            self._folder_missing = True
+            return
+        self._folder_missing = False
+        log.warning("recording: output folder %s was deleted while recording; made it again and started new files "
+                    "(the files open when it went are lost)", self.output_dir)
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            segment.drop()
+        if self._events is not None:
+            self._events.drop()
+        self._watch_files()
+
     def _pause(self) -> None:
         self._paused = True
-        log.warning("recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete; "
-                    "video recording paused until space returns (events continue)",
+        log.warning("recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete that would "
+                    "make room; video recording paused until space returns (events continue)",
                     self._disk.free_bytes() / MB, self._disk.min_free_bytes / MB)
         self._finish_segment()
 
@@ -779,6 +406,12 @@ class Recorder:
     def _watch_files(self) -> None:
         self._syncer.watch(self._segment.part_path if self._segment is not None else None,
                            self._events.path if self._events is not None and self._events.is_open else None)
+
+
+def open_recorder(recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int],
+                  **clocks) -> Recorder:
+    """The recording sink from its two config sections (what the app wiring calls)."""
+    return Recorder(recording, events, fps, frame_size, **clocks)
 
 
 class _Paused(OSError):

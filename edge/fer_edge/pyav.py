@@ -1,0 +1,12 @@
+"""PyAV (FFmpeg), imported on first use: the one place fer_edge imports it, so a run without video never loads it."""
+
+from __future__ import annotations
+
+import functools
+
+
+@functools.cache
+def pyav():
+    import av
+
+    return av

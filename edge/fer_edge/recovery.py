@@ -1,0 +1,191 @@
+"""Crash recovery of a recording folder, run once at start-up before recording: ``.part`` videos cut at their last
+complete fragment (only once what remains is known to decode) and renamed, a leftover ``events.jsonl`` given its
+stem; a ``.part`` that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+from fer_edge.diskspace import fsync_directory
+from fer_edge.events import recover_leftover_events
+from fer_edge.naming import PART_SUFFIX, make_stem
+from fer_edge.pyav import pyav
+
+log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
+
+
+def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
+    """Read-only walk over the top-level boxes of a fragmented MP4: (complete fragments, end of the complete boxes,
+    file size). Everything after that end is a half-written tail, including a trailing ``moof`` without its ``mdat``.
+    """
+    size = path.stat().st_size
+    good_end = fragments = 0
+    with open(path, "rb") as f:
+        offset = 0
+        previous_type = b""
+        while offset + 8 <= size:
+            f.seek(offset)
+            header = f.read(16)
+            box_size = int.from_bytes(header[:4], "big")
+            box_type = header[4:8]
+            if box_size == 1:
+                if len(header) < 16:
+                    break
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:
+                box_size = size - offset  # "extends to end of file"
+            if box_size < 8 or offset + box_size > size:
+                break
+            offset += box_size
+            if box_type != b"moof":  # a moof is only useful with the mdat after it
+                good_end = offset
+            if box_type == b"mdat" and previous_type == b"moof":
+                fragments += 1
+            previous_type = box_type
+    return fragments, good_end, size
+
+
+def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
+    """Cut a half-written tail off a fragmented MP4 we just wrote, so that every remaining fragment is complete.
+
+    Returns (complete fragments, bytes removed). Start-up recovery of files from earlier runs does not use this: it
+    checks that the shortened file decodes before cutting anything (see ``recover_partial_recordings``).
+    """
+    fragments, good_end, size = scan_fragmented_mp4(path)
+    _truncate(path, good_end, size)
+    return fragments, size - good_end
+
+
+def _truncate(path: Path, end: int, size: int) -> None:
+    if end < size:
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class _FilePrefix(io.RawIOBase):
+    """The first ``end`` bytes of a file, read-only: the file as it will be once cut at ``end``, without cutting it."""
+
+    def __init__(self, path: Path, end: int):
+        super().__init__()
+        self._file = open(path, "rb")
+        self._end = end
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self._end - self._file.tell())
+        return self._file.readinto(memoryview(buffer)[:count]) if count > 0 else 0
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            offset, whence = self._end + offset, io.SEEK_SET
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def count_video_frames(path: Path, *, decode: bool = False, end: int | None = None) -> int:
+    """Number of video frames in ``path``: packets demuxed (fast), or frames decoded when ``decode`` is True.
+
+    In packet mode frames are decoded only until the first one comes out, so a file that counts is one a player
+    can open. ``end``: count in the first ``end`` bytes only, as if the file were cut there.
+    """
+    av = pyav()
+
+    if end is not None:
+        with _FilePrefix(path, end) as prefix:
+            return _count_frames(av.open(prefix, "r", format="mp4"), decode)
+    return _count_frames(av.open(str(path)), decode)
+
+
+def _count_frames(opened_container, decode: bool) -> int:
+    packets = decoded = 0
+    with opened_container as container:
+        if not container.streams.video:
+            return 0
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            packets += 1
+            if decode or not decoded:
+                decoded += len(stream.decode(packet))
+        if decode or not decoded:
+            decoded += len(stream.decode(None))
+    if decode:
+        return decoded
+    return packets if decoded else 0
+
+
+def recover_leftovers(directory: Path) -> None:
+    """Start-up: finish what an interrupted run left in ``directory`` (see ``recover_partial_recordings``), once,
+    before the recorder opens. A failure is logged and never stops the start: an old crash's leftovers must not
+    keep the service from recording (a boot loop)."""
+    if not directory.is_dir():
+        return
+    try:
+        recover_partial_recordings(directory)
+    except Exception as exc:  # noqa: BLE001 - whatever the leftovers hold, the new recording must start
+        log.warning("recording: could not recover leftovers in %s: %s: %s", directory, type(exc).__name__, exc)
+
+
+def recover_partial_recordings(directory: Path) -> list[Path]:
+    """Finish what a crash left: ``.part`` videos become ``.mp4`` if they hold frames, ``events.jsonl`` gets its stem.
+
+    A half-written last fragment is cut off only after the file without it is known to decode. A ``.part`` holding
+    nothing but headers is deleted; any other that cannot be decoded is renamed ``.mp4.broken`` with every byte
+    unchanged (kept for inspection, deleted by age like any recording when disk space runs low). Returns the
+    recovered video paths.
+    """
+    recovered = [video for part in sorted(directory.glob("*" + PART_SUFFIX)) if (video := _recover_part(part))]
+    if recovered:
+        fsync_directory(directory)
+    recover_leftover_events(directory, lambda t: make_stem(directory, t, 0))
+    return recovered
+
+
+def _recover_part(part: Path) -> Path | None:
+    av = pyav()
+
+    target = part.with_name(part.name[: -len(".part")])
+    try:
+        _, end, size = scan_fragmented_mp4(part)
+        if end == 0 and size > 0:
+            return _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
+        frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
+    except (OSError, av.FFmpegError, ValueError) as exc:
+        return _keep_broken(part, target, f"cannot be read ({exc})")
+    if frames == 0 and end < size:
+        return _keep_broken(part, target, "holds no complete frame, only a partial first fragment")
+    if frames == 0:
+        log.warning("recording: %s from an interrupted run holds no complete frame (only headers); deleted", part.name)
+        part.unlink()
+        return None
+    try:
+        _truncate(part, end, size)
+    except OSError as exc:
+        return _keep_broken(part, target, f"cannot be shortened to its complete fragments ({exc})")
+    os.replace(part, target)
+    log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
+             f", cut {size - end} bytes of a partial fragment" if end < size else "")
+    return target
+
+
+def _keep_broken(part: Path, target: Path, why: str) -> None:
+    broken = target.with_name(target.name + ".broken")
+    log.warning("recording: %s from an interrupted run %s; kept unchanged as %s", part.name, why, broken.name)
+    os.replace(part, broken)

@@ -1,0 +1,246 @@
+"""The MP4 segment writer and the choice of its encoder: one fragmented MP4 (``empty_moov``, a ``moof`` + ``mdat``
+fragment per forced keyframe) encoded from I420 frames, and a one-frame check of the encoder settings.
+
+PyAV is imported here only, lazily, so that importing the recorder costs nothing when video is off."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.diskspace import MB, check_floor, create_private, fsync_directory
+from fer_edge.errors import RecordingError
+from fer_edge.pyav import pyav
+from fer_edge.recovery import repair_fragmented_mp4
+
+log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
+
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 allows denominators up to 65535
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+HARDWARE_ENCODER = "h264_v4l2m2m"  # the Raspberry Pi 4's H.264 encoder, through V4L2
+HARDWARE_ENCODER_DEVICE = Path("/dev/video11")
+
+
+def choose_codec(codec: str) -> str:
+    """The encoder to use: for ``auto`` the Pi's hardware H.264 encoder where it exists, else libx264; otherwise
+    ``codec`` if this PyAV/FFmpeg build can encode video with it, else ``mpeg4`` (logged)."""
+    av = pyav()
+
+    if codec == "auto":
+        codec = "libx264"
+        if HARDWARE_ENCODER_DEVICE.exists() and HARDWARE_ENCODER in av.codecs_available:
+            return HARDWARE_ENCODER
+
+    try:
+        kind = av.Codec(codec, "w").type
+    except (av.FFmpegError, ValueError) as exc:
+        log.warning("recording: encoder %s is not available (%s); falling back to mpeg4", codec, exc)
+    else:
+        if kind != "video":
+            raise RecordingError(f"recording.codec: {codec} is an {kind} encoder; expected a video encoder such as "
+                                 "libx264")
+        return codec
+    try:
+        av.Codec("mpeg4", "w")
+    except (av.FFmpegError, ValueError) as exc:
+        raise RecordingError(f"no usable video encoder: neither {codec} nor mpeg4 ({exc})") from None
+    return "mpeg4"
+
+
+def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
+              fragment_seconds: float):
+    """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
+    av = pyav()
+
+    gop = max(1, round(fps * fragment_seconds))
+    if codec == "libx264":
+        # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
+        options = {"preset": preset, "tune": tune, "crf": str(crf), "forced-idr": "1",
+                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+    else:
+        options = {}
+    container = av.open(target, "w", format="mp4", options={"movflags": MOVFLAGS, "flush_packets": "1"})
+    try:
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = TIME_BASE
+        context = stream.codec_context
+        context.time_base = TIME_BASE
+        context.gop_size = gop
+        if codec != "libx264":
+            context.max_b_frames = 0
+            context.bit_rate = int(width * height * fps * 0.15)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
+                  fragment_seconds: float) -> None:
+    """Encode one grey frame into an in-memory MP4 with these settings; RecordingError if that fails."""
+    av = pyav()
+
+    try:
+        container, stream = _open_mp4(io.BytesIO(), codec=codec, width=width, height=height, fps=fps, crf=crf,
+                                      preset=preset, tune=tune, fragment_seconds=fragment_seconds)
+        with container:
+            frame = av.VideoFrame.from_numpy_buffer(np.full((height * 3 // 2, width), 128, np.uint8),
+                                                    format="yuv420p")
+            frame.pts = 0
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise RecordingError(f"recording.codec: {codec} cannot record {width}x{height} MP4 video here "
+                             f"({' '.join(str(exc).split())})") from None
+
+
+def working_codec(codec: str, **settings) -> str:
+    """The encoder ``choose_codec`` picks, checked by encoding one frame with ``settings`` (see ``check_encoder``);
+    for ``auto``, libx264 when the hardware encoder is there but does not work."""
+    chosen = choose_codec(codec)
+    try:
+        check_encoder(chosen, **settings)
+    except RecordingError as exc:
+        if not (codec == "auto" and chosen == HARDWARE_ENCODER):
+            raise
+        log.warning("recording: the hardware encoder does not work here (%s); using libx264", exc)
+        chosen = "libx264"
+        check_encoder(chosen, **settings)
+    return chosen
+
+
+class VideoSegment:
+    """One ``<stem>.mp4.part`` being encoded; ``finish()`` finalizes and renames it to ``<stem>.mp4``."""
+
+    def __init__(self, path: Path, stem: str, *, codec: str, width: int, height: int, fps: float, crf: int,
+                 preset: str, tune: str, fragment_seconds: float):
+        av = pyav()
+
+        self.stem = stem
+        self.part_path = path
+        self.first_ts: float | None = None
+        self.frames = 0
+        self._fps = fps
+        self._fragment_seconds = fragment_seconds
+        self._nominal_ticks = max(1, round(1 / (fps * TIME_BASE)))
+        self._last_pts = -1
+        self._last_ts = float("-inf")
+        self._last_key_ts = float("-inf")
+        self._picture_i = av.video.frame.PictureType.I
+        self._video_frame = av.VideoFrame
+        os.close(create_private(path))  # FFmpeg would create it 0666 less the umask; it keeps an existing mode
+        self._container, self._stream = _open_mp4(str(path), codec=codec, width=width, height=height, fps=fps,
+                                                  crf=crf, preset=preset, tune=tune,
+                                                  fragment_seconds=fragment_seconds)
+
+    def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
+        """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
+        frame = self._video_frame.from_numpy_buffer(image_i420, format="yuv420p")
+        if self.first_ts is None:
+            self.first_ts = timestamp
+        pts = round((timestamp - self.first_ts) / TIME_BASE)
+        if timestamp <= self._last_ts or pts <= self._last_pts:
+            pts = self._last_pts + self._nominal_ticks  # timestamps stalled or went back: assume the nominal rate
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        keyframe = timestamp - self._last_key_ts >= self._fragment_seconds - 0.5 / self._fps
+        if keyframe:
+            frame.pict_type = self._picture_i  # a keyframe closes the previous fragment, which then gets written
+            self._last_key_ts = timestamp
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self._last_pts, self._last_ts = pts, timestamp
+        self.frames += 1
+        return keyframe and self.frames > 1
+
+    def finish(self) -> Path | None:
+        """Flush the encoder, close, fsync and rename to ``.mp4``; on a write error keep what is on disk."""
+        av = pyav()
+
+        error: Exception | None = None
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        except (OSError, av.FFmpegError) as exc:
+            error = exc
+        try:
+            self._container.close()
+        except (OSError, av.FFmpegError) as exc:
+            error = error or exc
+        if error is not None:
+            log.warning("recording: %s could not be finalized cleanly (%s); keeping its complete fragments",
+                        self.part_path.name, error)
+        return self._publish(repair=error is not None)
+
+    def abandon(self) -> Path | None:
+        """After an encode/mux error: close whatever can be closed and keep the complete fragments."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the container is already broken; what matters is the file on disk
+            pass
+        return self._publish(repair=True)
+
+    def drop(self) -> None:
+        """Close without publishing: the file is gone (its folder was deleted)."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - writing into a deleted file; nothing on disk to save
+            pass
+
+    def _publish(self, *, repair: bool) -> Path | None:
+        final = self.part_path.with_name(self.stem + ".mp4")
+        try:
+            fragments = repair_fragmented_mp4(self.part_path)[0] if repair else self.frames
+            if fragments == 0:
+                self.part_path.unlink(missing_ok=True)
+                return None
+            _fsync_path(self.part_path)
+            os.replace(self.part_path, final)
+            fsync_directory(final.parent)
+        except OSError as exc:
+            log.warning("recording: cannot finalize %s (%s); it will be recovered at the next start",
+                        self.part_path.name, exc)
+            return None
+        return final
+
+
+def record_size(frame_size: tuple[int, int], record_width: int | None) -> tuple[int, int]:
+    """The video's size: the frames' own, or scaled to ``record_width`` keeping the aspect ratio; even sides
+    (yuv420p), at least 2x2. Never scaled up."""
+    width, height = frame_size
+    if record_width is not None and record_width < width:
+        width, height = record_width, round(height * record_width / width)
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
+    """What the recorder refuses at start-up, checked without recording (``fer-edge check-config``): a codec that
+    cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
+    if not recording.enabled:
+        return
+    width, height = record_size(frame_size, recording.record_width)
+    fps = min(fps, recording.record_fps or fps)
+    working_codec(recording.codec, width=width, height=height, fps=fps, crf=recording.crf, preset=recording.preset,
+                  tune=recording.tune, fragment_seconds=recording.fragment_seconds)
+    folder = Path(recording.output_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    check_floor(folder, int(recording.min_free_mb * MB))
