@@ -12,6 +12,7 @@ from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
 from fer_edge.config import Config, resolve_model_path
 from fer_edge.detector import HaarDetector
+from fer_edge.integrations import build_integrations
 from fer_edge.notify import Notifier
 from fer_edge.pipeline import Pipeline, RunStats
 from fer_edge.privacy import anonymize
@@ -106,7 +107,7 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         source.close()
         raise
     sinks = [s for s in (recorder, *extra_sinks) if s is not None]
-    return Pipeline(
+    pipeline = Pipeline(
         source,
         detector,
         classifier,
@@ -118,6 +119,13 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         notifier=build_notifier(cfg),
         status_interval_s=cfg.logging.status_interval_s,
     )
+    try:  # live view and MQTT (web, mqtt sections): a feed sink and the switches; nothing when both are off
+        build_integrations(cfg, pipeline, classifier=classifier, recorder=recorder,
+                           make_recorder=lambda: build_recorder(cfg, source.fps, source.size))
+    except BaseException:
+        pipeline.close()
+        raise
+    return pipeline
 
 
 def run(cfg: Config, max_frames: int | None = None, *, extra_sinks=()) -> RunStats:

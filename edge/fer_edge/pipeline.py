@@ -134,7 +134,7 @@ class Pipeline:
         return self._stop.is_set()
 
     def run(self, max_frames: int | None = None) -> RunStats:
-        stats = RunStats()
+        stats = self.stats = RunStats()  # live: read by the web server and MQTT threads
         window = _StatusWindow(time.monotonic())
         last_boxes: list[tuple[int | None, Box]] = []
         self._last_watchdog = float("-inf")
