@@ -252,3 +252,21 @@ def test_the_token_can_come_from_a_systemd_credential(tmp_path, monkeypatch):
 def start_args(config: Path, source: Path) -> list[str]:
     return [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(source),
             "--max-frames", "5", "--no-record"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"web.listen": "8080"}, "web.listen: expected host:port with a port 1-65535 (IPv6: [::1]:8080), got '8080'"),
+    ({"web.stream_fps": 0}, "web.stream_fps: expected a number in (0, 30], got 0"),
+    ({"web.colour": 1}, "web.colour: unknown key"),
+    ({"web.token": "a", "web.token_file": "/f"}, "web.token_file: set web.token or web.token_file, not both"),
+    ({"mqtt.device_id": "a/b"}, "mqtt.device_id: expected letters, digits, _ and - only, got 'a/b'"),
+    ({"mqtt.port": 70000}, "mqtt.port: expected an integer 1-65535, got 70000"),
+    ({"mqtt.password": "p", "mqtt.password_file": "/f"}, "mqtt.password_file: set mqtt.password or"),
+])
+def test_web_and_mqtt_config_errors_name_the_key(overrides, message):
+    from fer_edge.config import load_config
+    from fer_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert str(error.value).startswith(message)
