@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
+CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop waits for paho's thread
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
 NO_FACE = "none"
 
@@ -153,6 +154,7 @@ class MqttPublisher:
             client.tls_set(ca_certs=cfg.tls_ca_file)
             client.tls_insecure_set(cfg.tls_insecure)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.connect_timeout = CONNECT_TIMEOUT_S
         client.max_queued_messages_set(cfg.queue_size)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

@@ -9,6 +9,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from fer_edge.errors import FerEdgeError
+
 log = logging.getLogger(__name__)
 
 NAMES = ("recording", "privacy")
@@ -70,16 +72,10 @@ class SwitchedRecorder:
         self._recorder = recorder
         self._make_recorder = make_recorder
         self._switches = switches
-        self.segments_finished = 0  # by recorders already closed
 
     @property
     def recorder(self):
         return self._recorder
-
-    @property
-    def segments(self) -> list:
-        recorder = self._recorder
-        return list(getattr(recorder, "segments", ())) if recorder is not None else []
 
     @property
     def recording(self) -> bool:
@@ -89,7 +85,12 @@ class SwitchedRecorder:
     def write(self, frame, faces) -> None:
         if self._switches["recording"]:
             if self._recorder is None:
-                self._recorder = self._make_recorder()
+                try:
+                    self._recorder = self._make_recorder()
+                except (FerEdgeError, OSError) as exc:  # e.g. the disk went away while recording was off
+                    log.error("recording switched on, but cannot record: %s", exc)
+                    self._switches.set("recording", False)
+                    return
             self._recorder.write(frame, faces)
         elif self._recorder is not None:
             self.close()
@@ -97,5 +98,4 @@ class SwitchedRecorder:
     def close(self) -> None:
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
-            self.segments_finished += len(getattr(recorder, "segments", ()))
             recorder.close()

@@ -227,6 +227,7 @@ class WebServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle kept-alive connection is closed after this many seconds
     server_version = "fer-edge"
     sys_version = ""
     server: _Server
