@@ -218,3 +218,29 @@ def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_c
     finally:
         assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
         broker.stop()
+
+
+def test_track_changes_start_change_and_end():
+    import numpy as np
+
+    from fer_edge.live import LiveFeed
+    from fer_edge.types import Box, Face, Frame, Prediction
+
+    labels = ("happy", "sad")
+
+    def face(track: int, label: str) -> Face:
+        return Face(Box(10, 10, 50, 50), Prediction(labels, (0.9, 0.1) if label == "happy" else (0.2, 0.8)), track)
+
+    feed = LiveFeed(end_after_s=1.0)
+    image = np.zeros((4, 4, 3), np.uint8)
+    for index, (t, faces) in enumerate([(0.0, []), (0.1, [face(1, "happy")]), (0.2, [face(1, "happy")]),
+                                        (0.3, [face(1, "sad"), face(2, "happy")]), (0.9, [face(2, "happy")]),
+                                        (1.5, [face(2, "happy")]), (2.0, [])]):
+        feed.write(Frame(image, index, t), faces)
+    kinds = [(e.kind, e.track, e.label) for e in feed.events_since(0)]
+    assert kinds == [("start", 1, "happy"), ("change", 1, "sad"), ("start", 2, "happy"), ("end", 1, "sad")]
+    starts = [e for e in feed.events_since(0) if e.kind == "start"]
+    assert all(e.image is None for e in feed.events_since(0))  # frames are held by the feed, the newest few
+    assert feed.snapshot(starts[0].seq) is image
+    feed.write(Frame(image, 7, 3.5), [])  # 1.5 s after track 2 was last seen
+    assert [(e.kind, e.track) for e in feed.events_since(4)] == [("end", 2)]

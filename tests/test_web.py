@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -270,3 +271,19 @@ def test_web_and_mqtt_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert str(error.value).startswith(message)
+
+
+def test_a_viewer_that_reads_nothing_holds_up_neither_the_loop_nor_other_viewers(server):
+    port = server["port"]
+    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET /api/stream.mjpeg HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    try:
+        before = json.loads(get(port, "/api/stats")[3])
+        time.sleep(1.5)
+        after = json.loads(get(port, "/api/stats")[3])
+        assert after["viewers"] == 1
+        assert (after["frames"] - before["frames"]) / 1.5 > 20  # still the clip's 30 fps
+        test_mjpeg_stream_sends_new_jpeg_frames(server)  # a second viewer is served as usual
+    finally:
+        stalled.close()
