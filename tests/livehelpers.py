@@ -46,11 +46,11 @@ def write_config(path: Path, sections: dict) -> Path:
     return path
 
 
-def start_run(config: Path, source: Path, log: Path) -> subprocess.Popen:
+def start_run(config: Path, source: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     """``fer-edge run --config CONFIG --source SOURCE`` in the background, stderr to ``log``."""
     with open(log, "wb") as err:
         return subprocess.Popen([sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source",
-                                 str(source)], stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
+                                 str(source)], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})})
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -200,24 +202,36 @@ def test_recording_switch_finishes_the_recording_and_privacy_stops_snapshots(bro
 
 def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_clip, tmp_path):
     port = free_port()
-    process = start_run(mqtt_config(tmp_path, port), demo_clip, tmp_path / "stderr.log")
-    broker = Broker(tmp_path, port)
-    try:
-        log = tmp_path / "stderr.log"
-        deadline = time.monotonic() + 30
-        while "fps, frames" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        text = log.read_text()
-        assert "fps, frames" in text and process.poll() is None  # frames flow with no broker
-        assert text.count(f"mqtt: 127.0.0.1:{port}: broker unreachable") == 1  # one line per outage
-        broker.start()
-        listener = Listener(port)
-        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=15)
-        listener.close()
-        assert f"mqtt: connected to 127.0.0.1:{port}" in log.read_text()
-    finally:
-        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
-        broker.stop()
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # a unix socket path must stay short
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(f"{short}/notify")
+        notify.settimeout(15)
+        process = start_run(mqtt_config(tmp_path, port), demo_clip, tmp_path / "stderr.log",
+                            env={"NOTIFY_SOCKET": f"{short}/notify"})
+        broker = Broker(tmp_path, port)
+        try:
+            status = ""
+            while "fps, frames" not in status:  # systemctl status: frames flow, and the broker is missing
+                status = notify.recv(4096).decode()
+            assert status.endswith(f"; mqtt 127.0.0.1:{port} unreachable, retrying"), status
+            log = tmp_path / "stderr.log"
+            assert process.poll() is None
+            assert log.read_text().count(f"mqtt: 127.0.0.1:{port}: broker unreachable") == 1  # once per outage
+            broker.start()
+            listener = Listener(port)
+            listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=15)
+            listener.close()
+            assert f"mqtt: connected to 127.0.0.1:{port}" in log.read_text()
+            statuses = []  # one a second (older ones may still be queued), between WATCHDOG=1 pings
+            while len(statuses) < 4 and (not statuses or "mqtt" in statuses[-1]):
+                message = notify.recv(4096).decode()
+                if "fps, frames" in message:
+                    statuses.append(message)
+            assert "mqtt" not in statuses[-1], statuses
+        finally:
+            assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
+            broker.stop()
+            notify.close()
 
 
 def test_track_changes_start_change_and_end():

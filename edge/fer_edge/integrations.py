@@ -66,10 +66,28 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
                                       labels=list(getattr(classifier, "labels", ())), model=feed.info.get("model"))
             feed.extra_stats["mqtt"] = publisher.stats
             feed.consumers.append(publisher.start())
+            if pipeline.notifier is not None:
+                pipeline.notifier = BrokerStatus(pipeline.notifier, publisher)
     except BaseException:
         feed.close()
         raise
     return feed
+
+
+class BrokerStatus:
+    """The service notifier, whose status line (``systemctl status``) also says when the broker is unreachable."""
+
+    def __init__(self, notifier, publisher):
+        self._notifier = notifier
+        self._publisher = publisher
+
+    def status(self, text: str) -> None:
+        if not self._publisher.connected:
+            text += f"; mqtt {self._publisher.cfg.host}:{self._publisher.cfg.port} unreachable, retrying"
+        self._notifier.status(text)
+
+    def __getattr__(self, name):
+        return getattr(self._notifier, name)
 
 
 def _info(cfg: Config, pipeline, classifier) -> dict:
