@@ -21,6 +21,7 @@ RESTART=1
 read -r -a SSH_CMD <<< "${SSH:-ssh}"
 SSH_ARGS=()
 INSTALL_ARGS=()
+SECRETS=()  # credential-name=local-file
 
 usage() {
     cat <<EOF
@@ -33,6 +34,9 @@ usage: $0 [PI=]user@host [options] [-- install.sh options]
                         unpacks into a new folder inside it and removes only that one afterwards
   --model-only          upload only the model and swap it in (what deploy-model.sh does)
   --no-restart          leave the service running when nothing changed
+  --web-token-file F    install F as the live view's token, --mqtt-password-file F as the MQTT password:
+                        systemd credentials web-token / mqtt-password (root-only files on the Pi, never
+                        in the repository or the config; see docs/INTEGRATION.md)
 environment: PI=user@host, SSH (the ssh command, default ssh)
 EOF
 }
@@ -50,6 +54,8 @@ while [ $# -gt 0 ]; do
         --staging) STAGING="${2:?--staging needs a folder}"; shift 2 ;;
         --model-only) MODEL_ONLY=1; shift ;;
         --no-restart) RESTART=0; shift ;;
+        --web-token-file) SECRETS+=("web-token=${2:?--web-token-file needs a file}"); shift 2 ;;
+        --mqtt-password-file) SECRETS+=("mqtt-password=${2:?--mqtt-password-file needs a file}"); shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; INSTALL_ARGS=("$@"); break ;;
         -*) usage >&2; die "unknown option: $1" ;;
@@ -60,6 +66,11 @@ done
 case "$STAGING" in
     *[!A-Za-z0-9._/-]*|"") die "--staging: use letters, digits, . _ - / only" ;;
 esac
+for secret in ${SECRETS[@]+"${SECRETS[@]}"}; do
+    file="${secret#*=}"
+    [ -f "$file" ] && [ -r "$file" ] && [ -n "$(tr -d '[:space:]' < "$file")" ] \
+        || die "--${secret%%=*}-file: $file is not a readable file with a secret in it"
+done
 
 # ${a[@]+"${a[@]}"} expands an empty array under set -u, also in macOS' bash 3.2.
 remote() { "${SSH_CMD[@]}" ${SSH_ARGS[@]+"${SSH_ARGS[@]}"} "$@"; }
@@ -108,6 +119,23 @@ tar -czf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=edge/build -C 
     | remote "$TARGET" "$stage_cd; mkdir -p \"\$stage\" && mkdir \"\$upload\" &&
         { tar -xzf - -C \"\$upload\" || { rm -rf \"\$upload\"; exit 1; }; }" \
     || die "upload to $TARGET:$STAGING/$UPLOAD_NAME failed"
+
+# --- secrets: systemd credentials -------------------------------------------------------------
+# Each secret goes over ssh's stdin into the upload folder (0600, removed with it); root then installs it as
+# /etc/fer-edge/credentials/NAME (0600 root) with a drop-in fer-edge.service.d/60-credential-NAME.conf
+# (LoadCredential=), before install.sh restarts the service. fer-edge reads $CREDENTIALS_DIRECTORY/NAME;
+# the service user never reads the file itself.
+for secret in ${SECRETS[@]+"${SECRETS[@]}"}; do
+    name="${secret%%=*}" file="${secret#*=}"
+    remote "$TARGET" "$stage_cd; umask 077; cat > \"\$upload/.secret-$name\"" < "$file" \
+        || die "upload of $name to $TARGET failed"
+    dropin="/etc/systemd/system/fer-edge.service.d/60-credential-$name.conf"
+    install_cmd="\$root install -d -m 0700 /etc/fer-edge/credentials &&
+        \$root install -m 0600 -o root -g root \"\$upload/.secret-$name\" /etc/fer-edge/credentials/$name &&
+        \$root install -d -m 0755 ${dropin%/*} &&
+        printf '[Service]\\nLoadCredential=%s:%s\\n' $name /etc/fer-edge/credentials/$name | \$root tee $dropin >/dev/null &&
+        \$root systemctl daemon-reload && $install_cmd"
+done
 
 tty=()
 [ ! -t 0 ] || tty=(-t)  # sudo may ask for a password

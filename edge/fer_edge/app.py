@@ -13,6 +13,7 @@ from fer_edge.classifier import ExpressionClassifier
 from fer_edge.config import Config, resolve_model_path
 from fer_edge.detector import REGION_FACTOR
 from fer_edge.detector import build_detector as detector_from_config
+from fer_edge.integrations import build_integrations
 from fer_edge.notify import Notifier
 from fer_edge.pipeline import DetectionSchedule, Pipeline, RunStats, Smoother, Tracker
 from fer_edge.privacy import anonymize
@@ -94,7 +95,7 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         source.close()
         raise
     sinks = [s for s in (recorder, *extra_sinks) if s is not None]
-    return Pipeline(
+    pipeline = Pipeline(
         source,
         detector,
         classifier,
@@ -109,6 +110,13 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         notifier=build_notifier(cfg),
         status_interval_s=cfg.logging.status_interval_s,
     )
+    try:  # live view and MQTT (web, mqtt sections): a feed sink and the switches; nothing when both are off
+        build_integrations(cfg, pipeline, classifier=classifier, recorder=recorder,
+                           make_recorder=lambda: build_recorder(cfg, source.fps, source.size))
+    except BaseException:
+        pipeline.close()
+        raise
+    return pipeline
 
 
 def run(cfg: Config, max_frames: int | None = None, *, extra_sinks=()) -> RunStats:

@@ -266,6 +266,8 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    web: WebConfig = field(default_factory=lambda: WebConfig())
+    mqtt: MqttConfig = field(default_factory=lambda: MqttConfig())
 
     def __post_init__(self):
         if self.source.reopen_max_s < self.source.reopen_initial_s:
@@ -412,3 +414,74 @@ def resolve_model_path(configured: str | None = None) -> Path:
             return candidate
     tried = ", ".join(str(c) for c in candidates)
     raise ModelError(f"no model found (tried {tried}); set model.path or $FER_EDGE_MODEL")
+
+
+# --- live view and home automation (fer_edge.web, fer_edge.mqtt) ---------------------------------
+
+MQTT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` as (host, port); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("expected host:port with a port 1-65535 (IPv6: [::1]:8080)")
+    return host, int(port)
+
+
+def _listen_address(value) -> str | None:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _topic_id(value) -> str | None:
+    """Home Assistant's discovery ids and our topic levels: letters, digits, _ and - only."""
+    return None if value and set(value) <= MQTT_ID_CHARS else "expected letters, digits, _ and - only"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = False
+    listen: str = _opt("127.0.0.1:8080", _listen_address)  # host:port; [::1]:8080 for IPv6
+    token: str | None = None  # every request needs it; better: token_file or a systemd credential
+    token_file: str | None = None  # a file holding the token, not readable by others (chmod 600 or 640)
+    stream_fps: float = _opt(5.0, _positive_up_to(30.0))  # live view frames per second
+    stream_width: int | None = _opt(None, _int_range(64, 4096))  # null: the camera's width
+    jpeg_quality: int = _opt(75, _int_range(10, 100))
+
+    def __post_init__(self):
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError("web.token_file: set web.token or web.token_file, not both")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = _opt(1883, _int_range(1, 65535))
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None  # a file holding the password, not readable by others
+    tls: bool = False
+    tls_ca_file: str | None = None  # null: the system's CAs
+    tls_insecure: bool = False  # accept any broker certificate name (self-signed test brokers only)
+    device_id: str | None = _opt(None, _topic_id)  # null: the host name
+    topic_prefix: str = _opt("fer-edge", _topic_id)
+    discovery_prefix: str = _opt("homeassistant", _topic_id)
+    keepalive_s: int = _opt(30, _int_range(2, 3600))  # the broker says offline after 1.5x this without us
+    state_interval_s: float = _opt(2.0, _positive_up_to(3600.0))  # state on change, at most this often
+    diagnostics_interval_s: float = _opt(60.0, _positive_up_to(86400.0))  # fps and disk free
+    snapshot: bool = True  # a JPEG of the frame when a face appears (never while privacy is on)
+    snapshot_width: int = _opt(480, _int_range(64, 4096))
+    queue_size: int = _opt(200, _int_range(1, 100000))  # messages kept while the broker is slow
+
+    def __post_init__(self):
+        if self.password is not None and self.password_file is not None:
+            raise ConfigError("mqtt.password_file: set mqtt.password or mqtt.password_file, not both")
+        if self.tls_ca_file is not None and not self.tls:
+            raise ConfigError("mqtt.tls_ca_file: set mqtt.tls: true to use it")

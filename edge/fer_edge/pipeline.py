@@ -230,7 +230,7 @@ class Pipeline:
         return self._stop.is_set()
 
     def run(self, max_frames: int | None = None) -> RunStats:
-        stats = self.stats = RunStats()
+        stats = self.stats = RunStats()  # live: read by the web server and MQTT threads
         window = _StatusWindow(time.monotonic())
         self._last_watchdog = float("-inf")
         started = time.perf_counter()

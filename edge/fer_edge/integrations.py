@@ -1,0 +1,105 @@
+"""Wires the live view (``web``) and MQTT (``mqtt``) into a built pipeline; with both off it changes nothing.
+
+Both read one :class:`~fer_edge.live.LiveFeed` sink, added last so it gets the annotated frame. The privacy stage
+and the recording sink are wrapped so the ``privacy`` and ``recording`` switches (MQTT ``.../set``) apply while
+the loop runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from fer_edge.config import Config, parse_listen, resolve_model_path
+from fer_edge.errors import FerEdgeError
+from fer_edge.live import LiveFeed
+from fer_edge.privacy import anonymize
+from fer_edge.switches import SwitchedPrivacy, SwitchedRecorder, Switches
+
+log = logging.getLogger(__name__)
+
+PRIVACY_WHEN_SWITCHED_ON = "blur"  # privacy.mode off, and Home Assistant switches privacy on
+
+
+def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None, make_recorder=None) -> LiveFeed | None:
+    """Add the live feed (and its web server and MQTT publisher) to ``pipeline``; None when both are off.
+
+    ``recorder``: the recording sink already in ``pipeline.sinks`` (None: not recording), replaced by one that
+    follows the recording switch; ``make_recorder()`` builds a fresh one when recording is switched on again.
+    """
+    if not (cfg.web.enabled or cfg.mqtt.enabled):
+        return None
+    from fer_edge.web import CREDENTIAL_NAME, resolve_secret
+
+    token = resolve_secret(cfg.web.token, cfg.web.token_file, CREDENTIAL_NAME, "web.token") if cfg.web.enabled else None
+    password = (resolve_secret(cfg.mqtt.password, cfg.mqtt.password_file, "mqtt-password", "mqtt.password")
+                if cfg.mqtt.enabled else None)
+
+    switches = Switches(recording=recorder is not None, privacy=cfg.privacy.mode != "off")
+    mode = cfg.privacy.mode if cfg.privacy.mode != "off" else PRIVACY_WHEN_SWITCHED_ON
+    pipeline.privacy = SwitchedPrivacy(pipeline.privacy or functools.partial(anonymize, mode=mode), switches)
+    if recorder is not None:
+        recorder_sink = SwitchedRecorder(recorder, make_recorder, switches)
+        pipeline.sinks = [recorder_sink if sink is recorder else sink for sink in pipeline.sinks]
+    else:
+        recorder_sink = None
+        switches.listen(lambda name, on: name == "recording" and on and log.warning(
+            "recording switched on, but recording and events are off in the config: nothing to record"))
+
+    feed = LiveFeed(info=_info(cfg, pipeline, classifier), switches=switches, recorder=recorder_sink,
+                    recordings_dir=Path(cfg.recording.output_dir) if cfg.recording.enabled else None)
+    feed.watch(pipeline)
+    pipeline.sinks.append(feed)
+    try:
+        if cfg.web.enabled:
+            from fer_edge.web import WebServer
+
+            host, port = parse_listen(cfg.web.listen)
+            w = cfg.web
+            feed.consumers.append(WebServer(feed, host=host, port=port, token=token, stream_fps=w.stream_fps,
+                                            stream_width=w.stream_width, jpeg_quality=w.jpeg_quality).start())
+        if cfg.mqtt.enabled:
+            from fer_edge.mqtt import MqttPublisher
+
+            publisher = MqttPublisher(feed, switches, cfg.mqtt, password=password,
+                                      labels=list(getattr(classifier, "labels", ())), model=feed.info.get("model"))
+            feed.extra_stats["mqtt"] = publisher.stats
+            feed.consumers.append(publisher.start())
+            if pipeline.notifier is not None:
+                pipeline.notifier = BrokerStatus(pipeline.notifier, publisher)
+    except BaseException:
+        feed.close()
+        raise
+    return feed
+
+
+class BrokerStatus:
+    """The service notifier, whose status line (``systemctl status``) also says when the broker is unreachable."""
+
+    def __init__(self, notifier, publisher):
+        self._notifier = notifier
+        self._publisher = publisher
+
+    def status(self, text: str) -> None:
+        if not self._publisher.connected:
+            text += f"; mqtt {self._publisher.cfg.host}:{self._publisher.cfg.port} unreachable, retrying"
+        self._notifier.status(text)
+
+    def __getattr__(self, name):
+        return getattr(self._notifier, name)
+
+
+def _info(cfg: Config, pipeline, classifier) -> dict:
+    try:
+        model = resolve_model_path(cfg.model.path).name
+    except FerEdgeError:
+        model = None
+    sidecar = getattr(classifier, "sidecar", None)
+    return {
+        "model": model,
+        "model_variant": getattr(sidecar, "variant", None),
+        "labels": list(getattr(classifier, "labels", ())),
+        "runtime": getattr(classifier, "runtime", None),
+        "detector": type(pipeline.detector).__name__,
+    }

@@ -1,0 +1,264 @@
+"""What the loop is doing right now, for the live view and MQTT: the newest frame, its faces, face events, stats.
+
+:class:`LiveFeed` is a pipeline sink that keeps a reference to the newest annotated frame and its faces (no copy,
+no encoding: sources hand out a new image per frame, and the loop is done with it once the sinks have it) and
+turns the faces into track events (a face appears, its shown label changes, it leaves). Readers on other threads
+(web server, MQTT publisher) take what they need under a short lock and do their own encoding and I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fer_edge.diskspace import FINISHED_RECORDING
+from fer_edge.types import Face, Frame
+
+log = logging.getLogger(__name__)
+
+TRACK_END_AFTER_S = 1.5  # a track not shown for this long (source time) has ended
+EVENTS_KEPT = 200
+SNAPSHOTS_KEPT = 4  # frames held for start events' snapshots (a frame is about 1 MB)
+FPS_WINDOW_S = 10.0  # fps and per-stage ms are averaged over about this much recent time
+DISK_CHECK_INTERVAL_S = 5.0
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    """A face appeared (``start``), its shown label changed (``change``) or it left (``end``)."""
+
+    seq: int
+    kind: str
+    track: int
+    label: str | None
+    score: float | None
+    box: tuple[int, int, int, int]
+    t: float  # wall-clock seconds
+    frame: int
+    image: np.ndarray | None = None  # the annotated frame, on start (kept by LiveFeed.snapshot, not here)
+
+    def as_dict(self) -> dict:
+        return {
+            "seq": self.seq,
+            "type": self.kind,
+            "track": self.track,
+            "label": self.label,
+            "score": None if self.score is None else round(self.score, 3),
+            "box": list(self.box),
+            "t": round(self.t, 3),
+            "frame": self.frame,
+        }
+
+
+class TrackChanges:
+    """Turns each frame's tracked faces into start / change / end events."""
+
+    def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
+        self.end_after_s = end_after_s
+        self._tracks: dict[int, list] = {}  # id -> [label, last seen (source time), box, score]
+
+    def update(self, frame: Frame, faces: list[Face], wall: float, next_seq) -> list[TrackEvent]:
+        events = []
+        now = frame.timestamp
+        for face in faces:
+            if face.track_id is None:
+                continue
+            shown = face.shown
+            label, score = (shown.label, shown.score) if shown is not None else (None, None)
+            box = tuple(face.box.as_list())
+            known = self._tracks.get(face.track_id)
+            if known is None:
+                events.append(TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index,
+                                         frame.image))
+            elif known[0] != label:
+                events.append(TrackEvent(next_seq(), "change", face.track_id, label, score, box, wall, frame.index))
+            self._tracks[face.track_id] = [label, now, box, score]
+        if now < max((t[1] for t in self._tracks.values()), default=now):
+            for track in self._tracks.values():  # the source restarted its clock (a looped file)
+                track[1] = min(track[1], now)
+        for track_id, (label, seen, box, score) in list(self._tracks.items()):
+            if now - seen > self.end_after_s:
+                del self._tracks[track_id]
+                events.append(TrackEvent(next_seq(), "end", track_id, label, score, box, wall, frame.index))
+        return events
+
+
+def face_summary(face: Face) -> dict:
+    shown = face.shown
+    return {
+        "track": face.track_id,
+        "label": shown.label if shown is not None else None,
+        "score": round(shown.score, 3) if shown is not None else None,
+        "box": face.box.as_list(),
+    }
+
+
+def finished_videos(directory: Path | None) -> list[Path]:
+    """Finished recordings (``<stem>.mp4``, never a ``.part`` being written), newest first."""
+    if directory is None:
+        return []
+    try:
+        paths = [p for p in directory.iterdir() if p.suffix == ".mp4" and FINISHED_RECORDING.match(p.name)]
+    except OSError:
+        return []
+    return sorted((p for p in paths if p.is_file()), key=lambda p: p.name, reverse=True)
+
+
+class LiveFeed:
+    """Pipeline sink: the newest frame, faces and track events, and the stats readers ask for.
+
+    ``info``: fixed facts for the stats (model, runtime, detector). ``recordings_dir``: where finished recordings
+    are listed (None: recording off). ``recorder``: the recording sink, asked whether a segment is open.
+    ``switches``: the runtime switches, reported in the stats. Consumers (web server, MQTT publisher) are
+    closed with the feed.
+    """
+
+    def __init__(self, *, info: dict | None = None, recordings_dir: Path | None = None, recorder=None,
+                 switches=None, events_kept: int = EVENTS_KEPT, end_after_s: float = TRACK_END_AFTER_S):
+        self.info = dict(info or {})
+        self.recordings_dir = recordings_dir
+        self.recorder = recorder
+        self.switches = switches
+        self.consumers: list = []  # objects with close()
+        self.extra_stats: dict[str, object] = {}  # name -> callable returning a dict, e.g. mqtt's connection
+        self._pipeline = None
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._event_seq = 0
+        self._frame: Frame | None = None
+        self._faces: list[Face] = []
+        self._events: deque[TrackEvent] = deque(maxlen=events_kept)
+        self._snapshots: dict[int, np.ndarray] = {}  # start event's seq -> its frame, the newest few
+        self._tracks = TrackChanges(end_after_s)
+        self._started = time.monotonic()
+        self._first_frame_at: float | None = None
+        self._samples: deque[tuple[float, int, dict[str, float]]] = deque()
+        self._stats_lock = threading.Lock()
+        self._disk: tuple[float, int | None] = (float("-inf"), None)
+        self._closed = False
+
+    # --- the loop's side -------------------------------------------------------------------------
+
+    def watch(self, pipeline) -> None:
+        """Read the live counters of ``pipeline`` (its ``stats``, set when its run starts)."""
+        self._pipeline = pipeline
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        events = self._tracks.update(frame, faces, time.time(), self._next_event_seq)
+        with self._cond:
+            if self._first_frame_at is None:
+                self._first_frame_at = time.monotonic()
+            self._frame, self._faces = frame, faces
+            self._seq += 1
+            for event in events:
+                if event.image is not None:
+                    self._snapshots[event.seq] = event.image
+                    if len(self._snapshots) > SNAPSHOTS_KEPT:
+                        del self._snapshots[next(iter(self._snapshots))]
+                    event = dataclasses.replace(event, image=None)
+                self._events.append(event)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._cond:
+            self._cond.notify_all()
+        for consumer in reversed(self.consumers):
+            try:
+                consumer.close()
+            except Exception as exc:  # noqa: BLE001 - the others still close; the recording is not at stake
+                log.warning("closing %s failed: %s", type(consumer).__name__, exc)
+
+    def _next_event_seq(self) -> int:
+        self._event_seq += 1
+        return self._event_seq
+
+    # --- readers, any thread ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def latest(self) -> tuple[int, Frame | None, list[Face]]:
+        """(sequence number, newest frame, its faces); the number grows by one per frame."""
+        with self._cond:
+            return self._seq, self._frame, self._faces
+
+    def wait_newer(self, seq: int, timeout: float) -> int:
+        """Wait up to ``timeout`` s for a frame after ``seq``; the newest sequence number."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq != seq or self._closed, timeout)
+            return self._seq
+
+    def snapshot(self, seq: int) -> np.ndarray | None:
+        """The annotated frame of start event ``seq``, while it is among the newest few."""
+        with self._cond:
+            return self._snapshots.get(seq)
+
+    def events_since(self, seq: int = 0) -> list[TrackEvent]:
+        with self._cond:
+            return [event for event in self._events if event.seq > seq]
+
+    def disk_free_bytes(self) -> int | None:
+        checked, free = self._disk
+        now = time.monotonic()
+        if self.recordings_dir is not None and now - checked >= DISK_CHECK_INTERVAL_S:
+            try:
+                free = shutil.disk_usage(self.recordings_dir).free
+            except OSError:
+                free = None
+            self._disk = (now, free)
+        return free
+
+    def stats(self) -> dict:
+        """Counters since start, and fps and ms per stage over the last seconds."""
+        _, _, faces = self.latest()
+        run = getattr(self._pipeline, "stats", None)
+        frames = run.frames if run is not None else 0
+        stage_seconds = dict(run.stage_seconds) if run is not None else {}
+        now = time.monotonic()
+        with self._stats_lock:
+            samples = self._samples
+            if not samples or now - samples[-1][0] >= 0.5:
+                samples.append((now, frames, stage_seconds))
+            while len(samples) > 2 and now - samples[1][0] >= FPS_WINDOW_S:
+                samples.popleft()
+            then, frames_then, seconds_then = samples[0]
+        if now - then < 1.0 and self._first_frame_at is not None:  # no window yet: since the first frame
+            then, frames_then, seconds_then = self._first_frame_at, 0, {}
+        span, count = now - then, frames - frames_then
+        fps = count / span if span > 0 and count > 0 else 0.0
+        stage_ms = {name: 1000.0 * (s - seconds_then.get(name, 0.0)) / count if count else 0.0
+                    for name, s in stage_seconds.items()}
+        stage_ms["total"] = sum(stage_ms.values())
+        stats = {
+            "fps": round(fps, 2),
+            "frames": frames,
+            "frames_with_faces": run.frames_with_faces if run is not None else 0,
+            "faces_total": run.faces if run is not None else 0,
+            "faces": len(faces),
+            "current_faces": [face_summary(face) for face in faces],
+            "uptime_s": round(now - self._started, 1),
+            "ms_per_frame": {name: round(ms, 2) for name, ms in stage_ms.items()},
+            "stage_seconds": {name: round(s, 4) for name, s in stage_seconds.items()},
+            **self.info,
+            "disk_free_bytes": self.disk_free_bytes(),
+            "recording": {
+                "active": bool(getattr(self.recorder, "recording", False)),
+                "finished": len(finished_videos(self.recordings_dir)),
+            },
+            "switches": self.switches.as_dict() if self.switches is not None else {},
+        }
+        for name, provider in self.extra_stats.items():
+            stats[name] = provider()
+        return stats

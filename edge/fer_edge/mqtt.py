@@ -1,0 +1,307 @@
+"""MQTT with Home Assistant discovery: availability, state, face events, snapshots, recording/privacy switches.
+
+paho-mqtt 2.x (imported only when ``mqtt.enabled``) runs the connection on its own thread (``loop_start``) and
+reconnects with back-off; this module's publisher thread reads the :class:`LiveFeed` a few times a second and
+publishes. The frame loop never waits on either: a broker that is down only costs dropped messages.
+
+Topics, with ``base = <topic_prefix>/<device_id>``:
+
+- ``base/availability``: ``online`` (retained) once connected; ``offline`` as the last will and on a clean stop.
+- ``base/state``: retained JSON ``{"expression", "faces", "present", "score"}``; on change, at most every
+  ``state_interval_s``.
+- ``base/diagnostics``: retained JSON ``{"fps", "disk_free_mb", "frames", "uptime_s"}`` every
+  ``diagnostics_interval_s``.
+- ``base/event``: JSON per track start, label change and end (``event_type`` names which).
+- ``base/snapshot``: the JPEG of the frame where a face appeared (not while privacy is on).
+- ``base/recording/set``, ``base/privacy/set`` (``ON``/``OFF``, from Home Assistant) and their ``.../state``.
+- ``<discovery_prefix>/device/<topic_prefix>-<device_id>/config``: the retained device discovery message,
+  sent again when Home Assistant announces ``online`` on ``<discovery_prefix>/status``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import socket
+import threading
+import time
+
+from fer_edge import __version__
+from fer_edge.errors import FerEdgeError
+from fer_edge.live import LiveFeed, TrackEvent
+from fer_edge.switches import NAMES as SWITCH_NAMES
+from fer_edge.switches import Switches
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.25
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
+CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop waits for paho's thread
+CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
+NO_FACE = "none"
+
+
+def default_device_id() -> str:
+    """The host name, cut to Home Assistant's id characters."""
+    name = socket.gethostname().split(".")[0]
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
+    return cleaned or "device"
+
+
+class Topics:
+    def __init__(self, topic_prefix: str, device_id: str, discovery_prefix: str):
+        self.unique = f"{topic_prefix}-{device_id}"
+        base = f"{topic_prefix}/{device_id}"
+        self.base = base
+        self.availability = f"{base}/availability"
+        self.state = f"{base}/state"
+        self.diagnostics = f"{base}/diagnostics"
+        self.event = f"{base}/event"
+        self.snapshot = f"{base}/snapshot"
+        self.switch_set = {name: f"{base}/{name}/set" for name in SWITCH_NAMES}
+        self.switch_state = {name: f"{base}/{name}/state" for name in SWITCH_NAMES}
+        self.discovery = f"{discovery_prefix}/device/{self.unique}/config"
+        self.ha_status = f"{discovery_prefix}/status"
+
+
+def discovery_payload(topics: Topics, device_id: str, labels: list[str], model: str | None) -> dict:
+    """Home Assistant's device discovery message: the device, the origin and its components."""
+    uid = topics.unique
+
+    def component(key: str, platform_name: str, name: str, **options) -> tuple[str, dict]:
+        return f"{uid}_{key}", {"p": platform_name, "name": name, "unique_id": f"{uid}_{key}",
+                                "availability_topic": topics.availability, **options}
+
+    components = dict([
+        component("expression", "sensor", "Expression", device_class="enum", options=[*labels, NO_FACE],
+                  state_topic=topics.state, value_template="{{ value_json.expression }}",
+                  icon="mdi:emoticon-outline"),
+        component("faces", "sensor", "Faces", state_topic=topics.state, value_template="{{ value_json.faces }}",
+                  state_class="measurement", icon="mdi:account-multiple"),
+        component("face_present", "binary_sensor", "Face present", device_class="occupancy",
+                  state_topic=topics.state, value_template="{{ value_json.present }}"),
+        component("face_event", "event", "Face", event_types=["start", "change", "end"], state_topic=topics.event),
+        component("snapshot", "camera", "Last face", topic=topics.snapshot),
+        component("recording", "switch", "Recording", command_topic=topics.switch_set["recording"],
+                  state_topic=topics.switch_state["recording"], entity_category="config", icon="mdi:record-rec"),
+        component("privacy", "switch", "Privacy", command_topic=topics.switch_set["privacy"],
+                  state_topic=topics.switch_state["privacy"], entity_category="config", icon="mdi:incognito"),
+        component("fps", "sensor", "Frame rate", state_topic=topics.diagnostics, value_template="{{ value_json.fps }}",
+                  unit_of_measurement="fps", state_class="measurement", entity_category="diagnostic"),
+        component("disk_free", "sensor", "Disk free", state_topic=topics.diagnostics,
+                  value_template="{{ value_json.disk_free_mb }}", device_class="data_size",
+                  unit_of_measurement="MB", state_class="measurement", entity_category="diagnostic"),
+    ])
+    return {
+        "dev": {
+            "identifiers": [uid],
+            "name": f"fer-edge {device_id}",
+            "manufacturer": "fer-edge",
+            "model": f"expression recognition ({model})" if model else "expression recognition",
+            "sw_version": __version__,
+            "hw_version": platform.machine(),
+        },
+        "o": {"name": "fer-edge", "sw_version": __version__},
+        "cmps": components,
+    }
+
+
+def state_payload(faces) -> dict:
+    """The shown expression of the main (largest) face, the face count, and presence."""
+    main = max(faces, key=lambda face: face.box.area, default=None)
+    shown = main.shown if main is not None else None
+    return {
+        "expression": shown.label if shown is not None else NO_FACE,
+        "score": round(shown.score, 2) if shown is not None else None,
+        "faces": len(faces),
+        "present": "ON" if faces else "OFF",
+    }
+
+
+class MqttPublisher:
+    """Publishes what ``feed`` shows to a broker and applies switch commands to ``switches``."""
+
+    def __init__(self, feed: LiveFeed, switches: Switches, cfg, *, password: str | None, labels: list[str],
+                 model: str | None = None):
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError:
+            raise FerEdgeError("mqtt.enabled: paho-mqtt is not installed (pip install 'paho-mqtt>=2,<3')") from None
+        if not hasattr(mqtt, "CallbackAPIVersion"):
+            raise FerEdgeError("mqtt.enabled: paho-mqtt 2.x needed (found 1.x: pip install 'paho-mqtt>=2,<3')")
+        self._mqtt = mqtt
+        self.feed = feed
+        self.switches = switches
+        self.cfg = cfg
+        self.device_id = cfg.device_id or default_device_id()
+        self.topics = Topics(cfg.topic_prefix, self.device_id, cfg.discovery_prefix)
+        self.discovery = discovery_payload(self.topics, self.device_id, labels, model)
+        self.connected = False
+        self.disconnects = 0
+        self.dropped = 0
+        self.published = 0
+        self._outage_logged = False
+        self._stop = threading.Event()
+        self._resend = threading.Event()  # connected or Home Assistant restarted: send everything retained again
+        self._thread: threading.Thread | None = None
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.topics.unique, clean_session=True)
+        client.will_set(self.topics.availability, "offline", qos=1, retain=True)
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            client.tls_set(ca_certs=cfg.tls_ca_file)
+            client.tls_insecure_set(cfg.tls_insecure)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.connect_timeout = CONNECT_TIMEOUT_S
+        client.max_queued_messages_set(cfg.queue_size)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+        switches.listen(self._switch_changed)
+
+    # --- life cycle
+
+    def start(self) -> MqttPublisher:
+        try:
+            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        except (OSError, ValueError) as exc:
+            raise FerEdgeError(f"mqtt.host: cannot connect to {self.cfg.host}:{self.cfg.port} ({exc})") from None
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="fer-edge-mqtt", daemon=True)
+        self._thread.start()
+        log.info("mqtt: publishing as %s to %s:%d", self.topics.base, self.cfg.host, self.cfg.port)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=CLOSE_TIMEOUT_S)
+        if self.connected:
+            info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(CLOSE_TIMEOUT_S)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def stats(self) -> dict:
+        return {"connected": self.connected, "disconnects": self.disconnects, "dropped": self.dropped,
+                "published": self.published, "broker": f"{self.cfg.host}:{self.cfg.port}"}
+
+    # --- paho's thread
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._log_outage(f"broker refused the connection ({reason_code})")
+            return
+        self.connected = True
+        self._outage_logged = False
+        log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
+        client.subscribe([(topic, 1) for topic in self.topics.switch_set.values()] + [(self.topics.ha_status, 1)])
+        self._resend.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._log_outage("broker unreachable")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected:
+            self.disconnects += 1
+        self.connected = False
+        if not self._stop.is_set():
+            self._log_outage(f"connection lost ({reason_code})")
+
+    def _log_outage(self, why: str) -> None:
+        if not self._outage_logged:  # one line per outage, not one per retry
+            log.warning("mqtt: %s:%d: %s; retrying every %d-%d s, the loop goes on", self.cfg.host, self.cfg.port,
+                        why, RECONNECT_MIN_S, RECONNECT_MAX_S)
+            self._outage_logged = True
+
+    def _on_message(self, client, userdata, message) -> None:
+        payload = message.payload.decode("utf-8", "replace").strip()
+        if message.topic == self.topics.ha_status:
+            if payload == "online":
+                self._resend.set()
+            return
+        for name, topic in self.topics.switch_set.items():
+            if message.topic == topic:
+                if payload.upper() in ("ON", "OFF"):
+                    if not self.switches.set(name, payload.upper() == "ON"):
+                        self._publish_switch(name)  # unchanged: confirm the state anyway
+                else:
+                    log.warning("mqtt: %s: expected ON or OFF", topic)
+
+    # --- the publisher thread
+
+    def _publish(self, topic: str, payload, *, retain: bool = False, qos: int = 0) -> None:
+        if not self.connected:
+            self.dropped += 1
+            return
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload, separators=(",", ":"))
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
+            self.published += 1
+        else:
+            self.dropped += 1
+
+    def _publish_switch(self, name: str) -> None:
+        self._publish(self.topics.switch_state[name], "ON" if self.switches[name] else "OFF", retain=True, qos=1)
+
+    def _switch_changed(self, name: str, on: bool) -> None:
+        self._publish_switch(name)
+
+    def _run(self) -> None:
+        last_state, last_state_at, last_diag_at = None, float("-inf"), float("-inf")
+        since = 0
+        while not self._stop.wait(POLL_INTERVAL_S):
+            try:
+                if not self.connected:
+                    events = self.feed.events_since(since)  # nobody hears them: skip, don't pile up
+                    since = events[-1].seq if events else since
+                    continue
+                if self._resend.is_set():
+                    self._resend.clear()
+                    self._publish(self.topics.discovery, self.discovery, retain=True, qos=1)
+                    self._publish(self.topics.availability, "online", retain=True, qos=1)
+                    for name in SWITCH_NAMES:
+                        self._publish_switch(name)
+                    last_state, last_diag_at = None, float("-inf")
+                for event in self.feed.events_since(since):
+                    self._publish_event(event)
+                    since = event.seq
+                now = time.monotonic()
+                _, _, faces = self.feed.latest()
+                state = state_payload(faces)
+                if state != last_state and now - last_state_at >= self.cfg.state_interval_s:
+                    self._publish(self.topics.state, state, retain=True)
+                    last_state, last_state_at = state, now
+                if now - last_diag_at >= self.cfg.diagnostics_interval_s:
+                    self._publish(self.topics.diagnostics, self._diagnostics(), retain=True)
+                    last_diag_at = now
+            except Exception:  # noqa: BLE001 - a bug here must not end the publisher for the rest of the run
+                log.exception("mqtt: publishing failed")
+
+    def _publish_event(self, event: TrackEvent) -> None:
+        payload = {"event_type": event.kind, **event.as_dict()}
+        del payload["type"]
+        self._publish(self.topics.event, payload, qos=1)
+        if event.kind != "start" or not self.cfg.snapshot or self.switches["privacy"]:
+            return
+        image = self.feed.snapshot(event.seq)
+        if image is not None:
+            from fer_edge.web import encode_jpeg
+
+            jpeg = encode_jpeg(image, self.cfg.snapshot_width, 80)
+            if jpeg is not None:
+                self._publish(self.topics.snapshot, jpeg)
+
+    def _diagnostics(self) -> dict:
+        stats = self.feed.stats()
+        free = stats.get("disk_free_bytes")
+        return {"fps": stats["fps"], "disk_free_mb": None if free is None else round(free / 1048576),
+                "frames": stats["frames"], "uptime_s": round(stats["uptime_s"])}

@@ -1,0 +1,63 @@
+"""Running ``fer-edge run`` in a child process for the live view and MQTT tests, and free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def need_binary(name: str) -> str:
+    """The path of ``name``; skips loudly when it is missing (.ci/run installs it)."""
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
+    if path is None:
+        pytest.skip(f"{name} NOT INSTALLED: this test needs Debian's {name} package (apt-get install {name}; "
+                    f".ci/run installs it)")
+    return path
+
+
+def write_config(path: Path, sections: dict) -> Path:
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+def start_run(config: Path, source: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """``fer-edge run --config CONFIG --source SOURCE`` in the background, stderr to ``log``."""
+    with open(log, "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source",
+                                 str(source)], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})})
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(10)

@@ -1,0 +1,260 @@
+"""MQTT against a real mosquitto on 127.0.0.1: Home Assistant discovery, availability (also after kill -9), state,
+events with a snapshot, switches, and a broker that is down at start."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
+
+mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt missing: pip install -r requirements-edge.txt")
+
+DEVICE = "testcam"
+BASE = f"fer-edge/{DEVICE}"
+DISCOVERY = f"homeassistant/device/fer-edge-{DEVICE}/config"
+
+
+class Broker:
+    """mosquitto on a free port of 127.0.0.1, from a temporary config, no persistence."""
+
+    def __init__(self, folder, port: int | None = None):
+        self.binary = need_binary("mosquitto")
+        self.port = port or free_port()
+        self.config = folder / f"mosquitto-{self.port}.conf"
+        self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, timeout=5)
+
+
+class Listener:
+    """A paho client subscribed to everything; keeps every message in order of arrival."""
+
+    def __init__(self, port: int):
+        self.seen: list[tuple[str, bytes, bool]] = []
+        self._arrived = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe([("fer-edge/#", 1), ("homeassistant/#", 1)])
+        assert subscribed.wait(5)
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._arrived:
+            self.seen.append((message.topic, message.payload, message.retain))
+            self._arrived.notify_all()
+
+    def mark(self) -> int:
+        with self._arrived:
+            return len(self.seen)
+
+    def topics(self, after: int = 0) -> list[str]:
+        with self._arrived:
+            return [topic for topic, _, _ in self.seen[after:]]
+
+    def wait_for(self, topic: str, check=lambda payload, retain: True, timeout: float = 20.0, after: int = 0):
+        """The first message on ``topic`` since message number ``after`` that passes ``check``."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for got, payload, retain in self.seen[after:]:
+                    if got == topic and check(payload, retain):
+                        return payload
+                after = max(after, len(self.seen))
+                if not self._arrived.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    raise AssertionError(f"no matching message on {topic} within {timeout} s")
+
+    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mqtt_config(folder, port: int, **mqtt_options):
+    return write_config(folder / f"config-{port}.yaml", {
+        "source": {"realtime": True, "loop": True},
+        "recording": {"output_dir": str(folder / "out"), "segment_seconds": 2.0},
+        "logging": {"status_interval_s": 1.0},
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "device_id": DEVICE, "keepalive_s": 2,
+                 "state_interval_s": 0.5, "diagnostics_interval_s": 1.0, **mqtt_options},
+    })
+
+
+@pytest.fixture
+def broker(tmp_path):
+    broker = Broker(tmp_path).start()
+    yield broker
+    broker.stop()
+
+
+def test_discovery_state_events_switches_and_offline_after_kill_9(broker, demo_clip, tmp_path):
+    listener = Listener(broker.port)
+    process = start_run(mqtt_config(tmp_path, broker.port), demo_clip, tmp_path / "stderr.log")
+    try:
+        discovery = json.loads(listener.wait_for(DISCOVERY, lambda p, retain: True))
+        assert discovery["dev"]["identifiers"] == [f"fer-edge-{DEVICE}"] and discovery["o"]["name"] == "fer-edge"
+        platforms = {key.removeprefix(f"fer-edge-{DEVICE}_"): c["p"] for key, c in discovery["cmps"].items()}
+        assert platforms == {"expression": "sensor", "faces": "sensor", "face_present": "binary_sensor",
+                             "face_event": "event", "snapshot": "camera", "recording": "switch",
+                             "privacy": "switch", "fps": "sensor", "disk_free": "sensor"}
+        components = {key.removeprefix(f"fer-edge-{DEVICE}_"): c for key, c in discovery["cmps"].items()}
+        assert components["expression"]["device_class"] == "enum"
+        assert components["expression"]["options"] == ["angry", "disgust", "fear", "happy", "neutral", "sad",
+                                                       "surprise", "none"]
+        assert components["face_present"]["device_class"] == "occupancy"
+        assert components["fps"]["entity_category"] == "diagnostic"
+        assert all(c["availability_topic"] == f"{BASE}/availability" for c in components.values())
+        assert len({c["unique_id"] for c in components.values()}) == len(components)
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online")
+
+        # The demo's face appears about 1 s in: an event, its snapshot, and the state with it.
+        start = json.loads(listener.wait_for(f"{BASE}/event", lambda p, r: json.loads(p)["event_type"] == "start"))
+        assert start["label"] in components["expression"]["options"] and start["track"] >= 1
+        snapshot = listener.wait_for(f"{BASE}/snapshot")
+        assert snapshot[:3] == b"\xff\xd8\xff"
+        state = json.loads(listener.wait_for(f"{BASE}/state", lambda p, r: json.loads(p)["faces"] > 0))
+        assert state["present"] == "ON" and state["expression"] in components["expression"]["options"]
+        diagnostics = json.loads(listener.wait_for(f"{BASE}/diagnostics"))
+        assert diagnostics["fps"] > 0 and diagnostics["disk_free_mb"] > 0
+
+        listener.publish(f"{BASE}/privacy/set", "ON")
+        listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON")
+        listener.publish(f"{BASE}/recording/set", "OFF")
+        listener.wait_for(f"{BASE}/recording/state", lambda p, retain: p == b"OFF")
+        # Home Assistant restarted: the discovery message comes again.
+        mark = listener.mark()
+        listener.publish("homeassistant/status", "online")
+        listener.wait_for(DISCOVERY, after=mark)
+
+        mark = listener.mark()
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        killed = time.monotonic()
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"offline", timeout=10, after=mark)
+        assert time.monotonic() - killed < 6  # keepalive 2 s: the broker gives up after 3 s
+    finally:
+        stop(process)
+        listener.close()
+    # The broker keeps what a new Home Assistant would see: the device, and that it is offline.
+    late = Listener(broker.port)
+    assert json.loads(late.wait_for(DISCOVERY, lambda p, retain: retain))["cmps"]
+    late.wait_for(f"{BASE}/availability", lambda p, retain: retain and p == b"offline")
+    late.close()
+
+
+def test_recording_switch_finishes_the_recording_and_privacy_stops_snapshots(broker, demo_clip, tmp_path):
+    listener = Listener(broker.port)
+    process = start_run(mqtt_config(tmp_path, broker.port), demo_clip, tmp_path / "stderr.log")
+    out = tmp_path / "out"
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online")
+        listener.publish(f"{BASE}/privacy/set", "ON")
+        listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON")
+        mark = listener.mark()
+        listener.wait_for(f"{BASE}/event", lambda p, r: json.loads(p)["event_type"] == "start", after=mark)
+        time.sleep(0.5)
+        assert f"{BASE}/snapshot" not in listener.topics(after=mark)
+        deadline = time.monotonic() + 20
+        while not list(out.glob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(out.glob("*.part"))
+        listener.publish(f"{BASE}/recording/set", "OFF")
+        listener.wait_for(f"{BASE}/recording/state", lambda p, retain: p == b"OFF")
+        deadline = time.monotonic() + 5
+        while list(out.glob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not list(out.glob("*.part"))  # the open segment was finished
+        finished = sorted(out.glob("*.mp4"))
+        time.sleep(2.5)
+        assert sorted(out.glob("*.mp4")) == finished and not list(out.glob("*.part"))  # nothing new while off
+        listener.publish(f"{BASE}/recording/set", "ON")
+        deadline = time.monotonic() + 10
+        while not list(out.glob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(out.glob("*.part"))  # a new recording
+    finally:
+        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
+        listener.close()
+    late = Listener(broker.port)
+    late.wait_for(f"{BASE}/availability", lambda p, retain: retain and p == b"offline")  # a clean stop says so
+    late.close()
+
+
+def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_clip, tmp_path):
+    port = free_port()
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # a unix socket path must stay short
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(f"{short}/notify")
+        notify.settimeout(15)
+        process = start_run(mqtt_config(tmp_path, port), demo_clip, tmp_path / "stderr.log",
+                            env={"NOTIFY_SOCKET": f"{short}/notify"})
+        broker = Broker(tmp_path, port)
+        try:
+            status = ""
+            while "fps, frames" not in status:  # systemctl status: frames flow, and the broker is missing
+                status = notify.recv(4096).decode()
+            assert status.endswith(f"; mqtt 127.0.0.1:{port} unreachable, retrying"), status
+            log = tmp_path / "stderr.log"
+            assert process.poll() is None
+            assert log.read_text().count(f"mqtt: 127.0.0.1:{port}: broker unreachable") == 1  # once per outage
+            broker.start()
+            listener = Listener(port)
+            listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=15)
+            listener.close()
+            assert f"mqtt: connected to 127.0.0.1:{port}" in log.read_text()
+            statuses = []  # one a second (older ones may still be queued), between WATCHDOG=1 pings
+            while len(statuses) < 4 and (not statuses or "mqtt" in statuses[-1]):
+                message = notify.recv(4096).decode()
+                if "fps, frames" in message:
+                    statuses.append(message)
+            assert "mqtt" not in statuses[-1], statuses
+        finally:
+            assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
+            broker.stop()
+            notify.close()
+
+
+def test_track_changes_start_change_and_end():
+    import numpy as np
+
+    from fer_edge.live import LiveFeed
+    from fer_edge.types import Box, Face, Frame, Prediction
+
+    labels = ("happy", "sad")
+
+    def face(track: int, label: str) -> Face:
+        return Face(Box(10, 10, 50, 50), Prediction(labels, (0.9, 0.1) if label == "happy" else (0.2, 0.8)), track)
+
+    feed = LiveFeed(end_after_s=1.0)
+    image = np.zeros((4, 4, 3), np.uint8)
+    for index, (t, faces) in enumerate([(0.0, []), (0.1, [face(1, "happy")]), (0.2, [face(1, "happy")]),
+                                        (0.3, [face(1, "sad"), face(2, "happy")]), (0.9, [face(2, "happy")]),
+                                        (1.5, [face(2, "happy")]), (2.0, [])]):
+        feed.write(Frame(image, index, t), faces)
+    kinds = [(e.kind, e.track, e.label) for e in feed.events_since(0)]
+    assert kinds == [("start", 1, "happy"), ("change", 1, "sad"), ("start", 2, "happy"), ("end", 1, "sad")]
+    starts = [e for e in feed.events_since(0) if e.kind == "start"]
+    assert all(e.image is None for e in feed.events_since(0))  # frames are held by the feed, the newest few
+    assert feed.snapshot(starts[0].seq) is image
+    feed.write(Frame(image, 7, 3.5), [])  # 1.5 s after track 2 was last seen
+    assert [(e.kind, e.track) for e in feed.events_since(4)] == [("end", 2)]

@@ -1,0 +1,289 @@
+"""The live view of a running ``fer-edge run`` on the demo clip: token, stats, JPEG, MJPEG, events, recordings,
+metrics, and the page as headless Chromium renders it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
+
+TOKEN = "test-token-5b1e0c"
+
+
+@pytest.fixture(scope="module")
+def server(demo_clip, tmp_path_factory):
+    """A realtime, looping run with the live view on a free port, a token file, and 1 s recording segments."""
+    folder = tmp_path_factory.mktemp("web")
+    token_file = folder / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    config = write_config(folder / "config.yaml", {
+        "source": {"realtime": True, "loop": True},
+        "recording": {"output_dir": str(folder / "out"), "segment_seconds": 1.0},
+        "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file), "stream_fps": 10},
+    })
+    process = start_run(config, demo_clip, folder / "stderr.log")
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the first frames, and a first finished segment
+            if get(port, "/api/stats")[1] == 200 and list((folder / "out").glob("*.mp4")):
+                break
+            time.sleep(0.2)
+        yield {"port": port, "folder": folder, "process": process}
+    finally:
+        assert stop(process) == 0, (folder / "stderr.log").read_text()
+    log = (folder / "stderr.log").read_text()
+    assert TOKEN not in log and "Traceback" not in log
+
+
+def get(port: int, path: str, token: str | None = TOKEN, headers: dict | None = None):
+    """(response, status, headers, body) of one GET."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    connection.request("GET", path, headers=sent)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response, response.status, response.headers, body
+
+
+ENDPOINTS = ["/", "/api/stats", "/api/latest.jpg", "/api/events", "/api/recordings", "/metrics", "/api/stream.mjpeg"]
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
+def test_every_endpoint_needs_the_token(server, path):
+    for token in (None, "wrong-token", TOKEN[:-1]):
+        _, status, headers, _ = get(server["port"], path, token=token)
+        assert status == 401, (path, token)
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+    if path != "/api/stream.mjpeg":  # an endless stream: read in its own test
+        assert get(server["port"], path)[1] == 200
+
+
+def test_stats_report_the_running_loop(server):
+    _, status, headers, body = get(server["port"], "/api/stats")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    stats = json.loads(body)
+    assert 5 < stats["fps"] < 40  # the demo clip plays at its 30 fps (less on a busy machine)
+    assert stats["frames"] > 0 and stats["uptime_s"] > 0 and stats["frames_with_faces"] > 0
+    assert set(stats["ms_per_frame"]) >= {"read", "detect", "classify", "annotate", "record", "total"}
+    assert stats["model"] == "fer_int8.tflite" and stats["runtime"] and stats["detector"]
+    assert stats["disk_free_bytes"] > 0
+    assert stats["recording"]["active"] is True and stats["recording"]["finished"] >= 1
+    assert stats["labels"] == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    for face in stats["current_faces"]:
+        assert face["label"] in stats["labels"] and len(face["box"]) == 4
+
+
+def test_latest_jpeg_is_the_annotated_frame(server):
+    _, status, headers, body = get(server["port"], "/api/latest.jpg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert body[:3] == b"\xff\xd8\xff" and body[-2:] == b"\xff\xd9"
+    image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (360, 640, 3) and image.std() > 10
+
+
+def test_mjpeg_stream_sends_new_jpeg_frames(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=10)
+    connection.request("GET", "/api/stream.mjpeg", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    assert response.status == 200
+    content_type = response.headers["Content-Type"]
+    assert content_type.startswith("multipart/x-mixed-replace; boundary=")
+    boundary = content_type.split("boundary=")[1].encode()
+    frames, started = [], time.monotonic()
+    while len(frames) < 4:
+        assert response.fp.readline().strip() == b"--" + boundary
+        part_headers = {}
+        while (line := response.fp.readline().strip()):
+            name, _, value = line.decode().partition(":")
+            part_headers[name.lower()] = value.strip()
+        assert part_headers["content-type"] == "image/jpeg"
+        jpeg = response.fp.read(int(part_headers["content-length"]))
+        assert jpeg[:3] == b"\xff\xd8\xff" and response.fp.readline() == b"\r\n"
+        frames.append(jpeg)
+    elapsed = time.monotonic() - started
+    connection.close()
+    assert len(set(frames)) == 4  # the clip moves: each part is a new frame
+    assert 0.2 < elapsed < 3.0  # at stream_fps 10, not as fast as the loop
+
+
+def test_token_in_the_url_becomes_an_http_only_cookie(server):
+    port = server["port"]
+    response, status, headers, _ = get(port, f"/?token={TOKEN}", token=None)
+    assert status == 303 and headers["Location"] == "/"  # the token leaves the address bar
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+    session = cookie.split(";")[0]
+    _, status, _, page = get(port, "/", token=None, headers={"Cookie": session})
+    assert status == 200 and b"<img" in page and b"http" not in page.replace(b"http-equiv", b"")  # no CDN
+    assert get(port, "/api/stats", token=None, headers={"Cookie": session + "0"})[1] == 401
+    assert get(port, "/?token=wrong", token=None)[1] == 401
+
+
+def test_events_list_track_starts_and_follow_since(server):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        events = json.loads(get(server["port"], "/api/events")[3])
+        if events["events"]:
+            break
+        time.sleep(0.2)
+    assert events["events"][0]["type"] == "start" and events["events"][0]["label"]
+    assert {"seq", "type", "track", "label", "score", "box", "t", "frame"} <= set(events["events"][0])
+    last = events["last"]
+    later = json.loads(get(server["port"], f"/api/events?since={last}")[3])
+    assert all(event["seq"] > last for event in later["events"])
+    assert get(server["port"], "/api/events?since=x")[1] == 400
+
+
+def test_recordings_list_finished_videos_and_download_only_those(server):
+    out = server["folder"] / "out"
+    listing = json.loads(get(server["port"], "/api/recordings")[3])["recordings"]
+    names = [r["name"] for r in listing]
+    assert names and all(re.fullmatch(r"\d{8}-\d{6}-\d{4,}\.mp4", n) for n in names)
+    assert (out / names[-1]).is_file()
+    _, status, headers, body = get(server["port"], listing[-1]["url"])
+    assert status == 200 and headers["Content-Type"] == "video/mp4"
+    assert body == (out / names[-1]).read_bytes()
+    parts = [p.name for p in out.glob("*.part")]
+    (server["folder"] / "secret.mp4").write_bytes(b"not yours")
+    for bad in [*parts, "../secret.mp4", "..%2fsecret.mp4", "%2e%2e/secret.mp4", "../config.yaml", "events.jsonl",
+                names[-1] + "/", "/etc/passwd"]:
+        assert get(server["port"], f"/recordings/{bad}")[1] == 404, bad
+
+
+def test_metrics_are_prometheus_text(server):
+    _, status, headers, body = get(server["port"], "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in body.decode().splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            assert name.startswith("fer_edge_")
+            samples[name] = float(value)
+    assert samples["fer_edge_frames_total"] > 0 and samples["fer_edge_fps"] > 0
+    assert samples['fer_edge_stage_seconds_total{stage="detect"}'] > 0
+    assert samples["fer_edge_disk_free_bytes"] > 0 and samples["fer_edge_recording_segments"] >= 1
+    assert samples["fer_edge_recording"] == 1
+
+
+def chromium(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    binary = need_binary("chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1100,760",
+             "--virtual-time-budget=4000", *args, url],
+            capture_output=True, timeout=timeout, cwd=profile)
+
+
+def test_page_in_headless_chromium_shows_the_live_image_and_stats(server, tmp_path):
+    url = f"http://127.0.0.1:{server['port']}/?token={TOKEN}"
+    dom = chromium(url, "--dump-dom")
+    html = dom.stdout.decode()
+    assert dom.returncode == 0 and "<html" in html, dom.stderr.decode()[-2000:]
+    fps = re.search(r'id="fps">([\d.]+)<', html)
+    assert fps and float(fps.group(1)) > 5, html[:3000]
+    assert re.search(r"<td>detect</td><td class=\"n\">[\d.]+</td>", html)
+    assert re.search(r'id="live" alt="live annotated view" src="blob:', html)
+    assert re.search(r"<a href=\"/recordings/\d{8}-\d{6}-\d{4,}\.mp4\"", html)
+
+    png = tmp_path / "live-view.png"
+    shot = chromium(url, f"--screenshot={png}")
+    assert shot.returncode == 0 and png.is_file(), shot.stderr.decode()[-2000:]
+    image = cv2.imread(str(png))
+    assert image.shape[:2] == (760, 1100)
+    # The live image fills the left column's top: a camera frame, not the empty dark box or the page background.
+    view = image[60:300, 20:560]
+    assert view.std() > 25 and len(np.unique(view.reshape(-1, 3) // 32, axis=0)) > 20
+    if os.environ.get("LIVE_VIEW_SCREENSHOT"):  # docs/live-view.png is made this way
+        Path(os.environ["LIVE_VIEW_SCREENSHOT"]).write_bytes(png.read_bytes())
+
+
+def test_a_non_loopback_address_without_a_token_is_refused(demo_clip, tmp_path):
+    config = write_config(tmp_path / "c.yaml", {"web": {"enabled": True, "listen": f"0.0.0.0:{free_port()}"}})
+    result = subprocess.run(start_args(config, demo_clip), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+    assert lines == ["fer-edge: error: web.listen: 0.0.0.0 is reachable from other machines; set web.token_file "
+                     "(or web.token, or the systemd credential web-token), or listen on 127.0.0.1"]
+
+
+def test_a_token_file_readable_by_others_is_refused(demo_clip, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    config = write_config(tmp_path / "c.yaml", {"web": {"enabled": True, "listen": f"127.0.0.1:{free_port()}",
+                                                        "token_file": str(token_file)}})
+    result = subprocess.run(start_args(config, demo_clip), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"fer-edge: error: web.token_file: {token_file} is readable by others (mode 644)" in result.stderr
+    assert TOKEN not in result.stderr
+
+
+def test_the_token_can_come_from_a_systemd_credential(tmp_path, monkeypatch):
+    from fer_edge.web import resolve_secret
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert resolve_secret(None, None, "web-token", "web.token") is None
+    (tmp_path / "web-token").write_text("from-systemd\n")
+    (tmp_path / "web-token").chmod(0o640)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert resolve_secret(None, None, "web-token", "web.token") == "from-systemd"
+    assert resolve_secret("in-config", None, "web-token", "web.token") == "in-config"
+
+
+def start_args(config: Path, source: Path) -> list[str]:
+    return [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(source),
+            "--max-frames", "5", "--no-record"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"web.listen": "8080"}, "web.listen: expected host:port with a port 1-65535 (IPv6: [::1]:8080), got '8080'"),
+    ({"web.stream_fps": 0}, "web.stream_fps: expected a number in (0, 30], got 0"),
+    ({"web.colour": 1}, "web.colour: unknown key"),
+    ({"web.token": "a", "web.token_file": "/f"}, "web.token_file: set web.token or web.token_file, not both"),
+    ({"mqtt.device_id": "a/b"}, "mqtt.device_id: expected letters, digits, _ and - only, got 'a/b'"),
+    ({"mqtt.port": 70000}, "mqtt.port: expected an integer 1-65535, got 70000"),
+    ({"mqtt.password": "p", "mqtt.password_file": "/f"}, "mqtt.password_file: set mqtt.password or"),
+])
+def test_web_and_mqtt_config_errors_name_the_key(overrides, message):
+    from fer_edge.config import load_config
+    from fer_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert str(error.value).startswith(message)
+
+
+def test_a_viewer_that_reads_nothing_holds_up_neither_the_loop_nor_other_viewers(server):
+    port = server["port"]
+    stalled = socket.create_connection(("127.0.0.1", port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(f"GET /api/stream.mjpeg HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    try:
+        before = json.loads(get(port, "/api/stats")[3])
+        time.sleep(1.5)
+        after = json.loads(get(port, "/api/stats")[3])
+        assert after["viewers"] == 1
+        assert (after["frames"] - before["frames"]) / 1.5 > 10  # frames still flow (the clip plays at 30 fps)
+        test_mjpeg_stream_sends_new_jpeg_frames(server)  # a second viewer is served as usual
+    finally:
+        stalled.close()
