@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
+    check.add_argument("--model-optional", action="store_true",
+                       help="a model that is not there yet is only a warning (a config checked before its model)")
     check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
     bench = commands.add_parser("bench", help="per-stage timings on one thread")
@@ -92,7 +94,7 @@ def load(args, **extra) -> Config:
     return cfg
 
 
-def preflight(cfg: Config) -> Path | None:
+def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the checks
     ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
     (``app.build_classifier``: the sidecar and its checksum, then the model loaded in the runtime and
@@ -101,9 +103,9 @@ def preflight(cfg: Config) -> Path | None:
     and ``bench`` need no separate call: building their pipeline raises the same errors. A camera
     (picamera2, OpenCV capture) is never opened here: it may be in use by the service.
 
-    A model that is not there yet is only a warning, so a config can be checked before its model is
-    installed (deploy/install.sh --prefix does that); a model that is there must be sound. Returns the
-    model path, or None when it is missing.
+    A missing model fails as it fails ``run``; with ``model_optional`` it is only a warning, so a config
+    can be checked before its model is installed (deploy/install.sh --prefix does that); a model that is
+    there must be sound. Returns the model path, or None when it is missing.
     """
     from fer_edge.app import build_classifier, build_detector
     from fer_edge.config import resolve_model_path
@@ -114,7 +116,9 @@ def preflight(cfg: Config) -> Path | None:
         if not model.is_file():
             raise ModelError(f"model not found: {model}")
     except ModelError as exc:
-        log.warning("%s", exc)
+        if not model_optional:
+            raise
+        log.warning("%s (model not checked)", exc)
         model = None
     else:
         build_classifier(cfg)  # ContractError: sidecar, checksum; ModelError: unloadable, unlike its sidecar
@@ -154,7 +158,9 @@ def cmd_check_config(args) -> int:
     from fer_edge.config import to_yaml
 
     cfg = load(args)
-    model = preflight(cfg)
+    if args.quiet and not args.verbose:
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    model = preflight(cfg, args.model_optional)
     if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
