@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     report = commands.add_parser("report", help="summarize events.jsonl files")
-    report.add_argument("events", nargs="+", metavar="EVENTS", help="events.jsonl files or folders")
-    report.add_argument("--output", metavar="DIR", help="where to write the report")
+    from fer_edge.report import add_arguments
+
+    add_arguments(report)
     report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     return parser
 
@@ -182,7 +183,7 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from fer_edge import report
 
-    for path in report.main(args.events, args.output or "."):
+    for path in report.main(args.events, args.output):
         print(path)
     return 0
 
