@@ -355,3 +355,10 @@ def test_sigkill_loses_at_most_the_last_two_seconds(demo_clip, tmp_path):
     assert not list(output.glob("*.part"))
     recovered = output / parts[0].name.removesuffix(".part")
     assert recovered.is_file() and decoded_frames(recovered) >= processed - 2 * 30
+
+
+def test_the_run_summary_names_the_recording_it_wrote(demo_clip, tmp_path):
+    result = fer_edge("run", "--source", str(demo_clip), "--output", str(tmp_path), "--max-frames", "30")
+    assert result.returncode == 0, result.stderr
+    named = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("recording ")]
+    assert named == [str(p) for p in sorted(tmp_path.glob("*.mp4"))] and len(named) == 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pathlib
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from fer_edge.contract import ContractError
@@ -135,13 +137,15 @@ def cmd_run(args) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
     cfg = load(args)
+    started = time.time()
     stats = app.run(cfg, args.max_frames)
-    sys.stdout.write(run_summary(stats, cfg))
+    sys.stdout.write(run_summary(stats, cfg, started))
     return 0
 
 
-def run_summary(stats, cfg) -> str:
-    """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went."""
+def run_summary(stats, cfg, started: float | None = None) -> str:
+    """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went (with the
+    recordings finished since ``started``, a time.time())."""
     seen = ", ".join(f"{label} {count}" for label, count in stats.label_counts.most_common()) or "none"
     lines = [
         f"frames      {stats.frames} in {stats.elapsed:.1f} s ({stats.fps:.1f} fps)",
@@ -150,6 +154,12 @@ def run_summary(stats, cfg) -> str:
     ]
     if cfg.recording.enabled or cfg.events.enabled:
         lines.append(f"output      {os.path.abspath(cfg.recording.output_dir)}")
+    if cfg.recording.enabled and started is not None:
+        output = pathlib.Path(cfg.recording.output_dir)
+        made = sorted(p for p in output.glob("*.mp4") if p.stat().st_mtime >= started - 1) if output.is_dir() else []
+        lines += [f"recording   {p.resolve()}" for p in made[-3:]]
+        if len(made) > 3:
+            lines.append(f"            (and {len(made) - 3} earlier ones)")
     return "\n".join(lines) + "\n"
 
 
