@@ -1,6 +1,11 @@
-"""Copy the texts the README embeds from their sources (the device config, the deployment guide).
+"""Copy generated text into the docs' marked blocks: `make docs`.
 
-    python tools/sync_readme.py        # tests/test_docs.py fails when the README is out of date
+Each block ``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->`` holds a copy of one source: the device config
+reference (configs/edge-default.yaml) or a benchmark's results (bench/results-*.md, written by `make bench`
+and `make bench-edge`). Benchmarks never write the docs themselves, so a benchmark leaves `git status`
+clean; run this when their results should be published.
+
+    python tools/sync_docs.py          # rewrite the blocks; tests/test_docs.py fails when one is stale
 """
 
 from __future__ import annotations
@@ -10,18 +15,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# doc -> the blocks it holds
+BLOCKS = {
+    "README.md": ("bench:models",),
+    "MODEL_CARD.md": ("bench:models", "bench:robustness"),
+    "docs/BENCHMARKS.md": ("bench:models", "bench:robustness", "bench:edge"),
+    "docs/CONFIG.md": ("config",),
+}
 
-def sections() -> dict[str, str]:
-    config = (REPO / "configs" / "edge-default.yaml").read_text()
-    return {
-        "config": "Every key, its default and meaning (`configs/edge-default.yaml`; `fer-edge check-config` "
-        "validates a file, checks what `run` would refuse before it opens the camera (the model, loaded and "
-        "compared with its sidecar, the Haar "
-        "cascade, a video file or image folder; a model not installed yet is only a warning) and prints it resolved; "
-        "unknown keys are errors naming their path):\n\n"
-        f"```yaml\n{config}```\n",
-        "deploy": (REPO / "docs" / "DEPLOY.md").read_text(),
-    }
+
+def source(name: str, repo: Path = REPO) -> str:
+    """The text block ``name`` holds."""
+    if name == "config":
+        return f"```yaml\n{(repo / 'configs' / 'edge-default.yaml').read_text()}```\n"
+    if name.startswith("bench:"):
+        return (repo / "bench" / f"results-{name.split(':', 1)[1]}.md").read_text()
+    raise KeyError(name)
 
 
 def replace_section(document: str, begin: str, end: str, text: str) -> str:
@@ -31,15 +40,21 @@ def replace_section(document: str, begin: str, end: str, text: str) -> str:
     return f"{head}{begin}\n{text}{end}{tail}"
 
 
-def render(readme: str) -> str:
-    for name, text in sections().items():
-        readme = replace_section(readme, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", text)
-    return readme
+def render(doc: str, repo: Path = REPO) -> str:
+    """``doc`` (a path relative to the repository) as `make docs` would write it."""
+    text = (repo / doc).read_text()
+    for name in BLOCKS[doc]:
+        text = replace_section(text, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", source(name, repo))
+    return text
 
 
 def main() -> int:
-    path = REPO / "README.md"
-    path.write_text(render(path.read_text()))
+    for doc in BLOCKS:
+        path = REPO / doc
+        text = render(doc)
+        if text != path.read_text():
+            path.write_text(text)
+            print(f"updated {doc}")
     return 0
 
 
