@@ -72,7 +72,7 @@ data-check:
 	@d="$${FER2013_DIR:-../shared/fer2013}"; \
 	if [ ! -d "$$d/train" ] || [ ! -d "$$d/test" ]; then \
 	  echo "make test needs FER-2013 in the Kaggle folder layout (train/<class>/*.jpg, test/<class>/*.jpg);" >&2; \
-	  echo "not found at $$d$${FER2013_DIR:+ (FER2013_DIR)}. Point FER2013_DIR at yours:" \
+	  echo "not found at $$(realpath -m "$$d")$${FER2013_DIR:+ (FER2013_DIR)}. Point FER2013_DIR at yours:" \
 	    "FER2013_DIR=~/data/fer2013 make test; or run the device tests alone: make test-edge" >&2; \
 	  exit 2; \
 	fi
