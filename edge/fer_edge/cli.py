@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
@@ -163,6 +165,25 @@ def run_summary(stats, cfg, started: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def _runtime_info_held_back():
+    """Leave out the "INFO: ..." lines the TFLite runtime writes to file descriptor 2 from C++ (the XNNPACK
+    delegate's), which logging levels cannot reach; everything else written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(True)
+            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
+
+
 def cmd_check_config(args) -> int:
     import dataclasses
 
@@ -171,7 +192,10 @@ def cmd_check_config(args) -> int:
     cfg = load(args)
     if args.quiet and not args.verbose:
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
-    model = preflight(cfg, args.model_optional)
+        with _runtime_info_held_back():
+            model = preflight(cfg, args.model_optional)
+    else:
+        model = preflight(cfg, args.model_optional)
     if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
