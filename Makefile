@@ -24,9 +24,14 @@ TTA ?= none
 DEMO_OUT ?= out/demo
 PI ?=
 export PYTHONPATH := $(CURDIR)
+# quiet: no pip version notice, no TensorFlow C++ info/warning lines, no build-backend warnings from pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+PIP_QUIET := PYTHONWARNINGS=ignore
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test soak data-check lint train train-seed convert evaluate bench bench-edge clip deploy deploy-model clean
+.PHONY: help demo test test-edge soak data-check lint train train-seed convert evaluate bench bench-edge docs clip \
+	deploy deploy-model clean
 
 help:  ## this list
 	@echo "fer-edge: facial expression recognition trained here, run headless on a Raspberry Pi"
@@ -37,16 +42,21 @@ help:  ## this list
 
 $(TRAIN_VENV)/.installed: requirements-train.txt requirements-dev.txt edge/pyproject.toml
 	$(PYTHON) -m venv $(TRAIN_VENV)
-	$(TRAIN_VENV)/bin/pip install -q --upgrade pip
-	$(TRAIN_VENV)/bin/pip install -q -r requirements-train.txt -r requirements-dev.txt
-	$(TRAIN_VENV)/bin/pip install -q --no-deps -e ./edge
+	$(PIP_QUIET) $(TRAIN_VENV)/bin/pip install -q --upgrade pip
+	$(PIP_QUIET) $(TRAIN_VENV)/bin/pip install -q -r requirements-train.txt -r requirements-dev.txt
+	$(PIP_QUIET) $(TRAIN_VENV)/bin/pip install -q --no-deps -e ./edge
 	touch $@
 
 $(EDGE_VENV)/.installed: requirements-edge.txt edge/pyproject.toml
 	$(PYTHON) -m venv $(EDGE_VENV)
-	$(EDGE_VENV)/bin/pip install -q --upgrade pip
-	$(EDGE_VENV)/bin/pip install -q -r requirements-edge.txt
-	$(EDGE_VENV)/bin/pip install -q --no-deps -e ./edge
+	$(PIP_QUIET) $(EDGE_VENV)/bin/pip install -q --upgrade pip
+	$(PIP_QUIET) $(EDGE_VENV)/bin/pip install -q -r requirements-edge.txt
+	$(PIP_QUIET) $(EDGE_VENV)/bin/pip install -q --no-deps -e ./edge
+	touch $@
+
+# the device venv plus pytest, for make test-edge
+$(EDGE_VENV)/.tests-installed: $(EDGE_VENV)/.installed requirements-dev.txt
+	$(PIP_QUIET) $(EDGE_VENV)/bin/pip install -q "$$(grep -E '^pytest' requirements-dev.txt | cut -d' ' -f1)"
 	touch $@
 
 demo: $(EDGE_VENV)/.installed  ## run fer-edge with the shipped model on the bundled clip (MP4 + events in out/demo)
@@ -58,11 +68,15 @@ test: data-check $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed lint  ## lint,
 soak: $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed  ## long fault runs: random SIGKILLs, model replaced mid-run, soak (SOAK_KILLS, SOAK_SECONDS)
 	$(TRAIN_VENV)/bin/python -m pytest tests/test_soak.py -m soak -q -s
 
+test-edge: $(EDGE_VENV)/.tests-installed  ## the device package's tests in .venv-edge: no TensorFlow, no FER-2013 (about a minute)
+	$(EDGE_VENV)/bin/python -m pytest tests -q -m "not train and not slow"
+
 data-check:
 	@d="$${FER2013_DIR:-../shared/fer2013}"; \
 	if [ ! -d "$$d/train" ] || [ ! -d "$$d/test" ]; then \
-	  echo "make test needs FER-2013 in the Kaggle folder layout (train/<class>/*.jpg, test/<class>/*.jpg)" >&2; \
-	  echo "at ../shared/fer2013 beside this checkout, or point FER2013_DIR at yours: FER2013_DIR=~/data/fer2013 make test" >&2; \
+	  echo "make test needs FER-2013 in the Kaggle folder layout (train/<class>/*.jpg, test/<class>/*.jpg);" >&2; \
+	  echo "not found at $$(realpath -m "$$d")$${FER2013_DIR:+ (FER2013_DIR)}. Point FER2013_DIR at yours:" \
+	    "FER2013_DIR=~/data/fer2013 make test; or run the device tests alone: make test-edge" >&2; \
 	  exit 2; \
 	fi
 
@@ -86,12 +100,15 @@ evaluate: $(TRAIN_VENV)/.installed  ## (re)write the PublicTest reports of RUNS 
 	  $(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $$run; \
 	done
 
-bench: $(TRAIN_VENV)/.installed  ## the shipped models: accuracy, cost, ms per face, camera-like conditions -> bench/results-*.md
+bench: $(TRAIN_VENV)/.installed  ## the shipped models: accuracy, cost, ms per face, camera-like conditions -> bench/results-*
 	$(TRAIN_VENV)/bin/python -m bench.models
 	$(TRAIN_VENV)/bin/python -m bench.robustness
 
 bench-edge: $(TRAIN_VENV)/.installed  ## fer-edge vs the origin's loop, one core -> bench/results-edge.md
 	$(TRAIN_VENV)/bin/python -m bench.edge
+
+docs:  ## copy bench/results-*.md and the device config reference into README, MODEL_CARD.md and docs/
+	$(PYTHON) tools/sync_docs.py
 
 clip: $(TRAIN_VENV)/.installed  ## rebuild assets/demo.mp4 from FER-2013 PrivateTest faces
 	$(TRAIN_VENV)/bin/python tools/make_demo_clip.py
@@ -105,4 +122,4 @@ deploy-model:  ## swap the model on a Pi atomically and restart: make deploy-mod
 	deploy/deploy-model.sh $(PI) $(if $(MODEL),--model $(MODEL))
 
 clean:  ## remove venvs, caches and outputs (keeps runs/ and models/)
-	rm -rf $(TRAIN_VENV) $(EDGE_VENV) build out .pytest_cache .ruff_cache
+	rm -rf $(TRAIN_VENV) $(EDGE_VENV) build edge/build edge/*.egg-info out .pytest_cache .ruff_cache

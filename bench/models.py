@@ -4,7 +4,7 @@ Each ``models/*.tflite`` is fed raw uint8 48x48 FER-2013 PublicTest pixels and r
 labels, exactly as the device does; latency is one inference on one thread (median of many) with the
 LiteRT interpreter. PrivateTest is not scored here: a shipped model's number is the one its conversion
 wrote into its sidecar (the protocol scores PrivateTest once per shipped model); other models show none.
-Results go to bench/results-models.md and the README table between markers.
+Results go to bench/results-models.md (and .json); `make docs` copies the table into the docs.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import numpy as np
 
 from convert.tflite import tflite_scores
 from fer_edge.contract import read_sidecar
-from tools.sync_readme import replace_section
 from train import data
 from train.evaluate import split_metrics
 
 REPO = Path(__file__).resolve().parent.parent
-MARK_BEGIN, MARK_END = "<!-- bench:models:begin -->", "<!-- bench:models:end -->"
 
 
 def machine_description() -> str:
@@ -118,7 +116,9 @@ def bench_parser(doc: str, models_help: str | None = None) -> argparse.ArgumentP
     if models_help:
         parser.add_argument("models", nargs="*", help=models_help)
         parser.add_argument("--data", help="FER-2013 folder (default: $FER2013_DIR, then ../shared/fer2013)")
-    parser.add_argument("--no-readme", action="store_true", help="write the results files only, not the docs")
+    # benchmarks write bench/results-* only (`make docs` copies them into the docs); the flag is accepted for
+    # callers written when they also rewrote the docs
+    parser.add_argument("--no-readme", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -143,26 +143,23 @@ def main(argv=None) -> int:
             f"written into a shipped model's sidecar when it was converted (not scored here); kB of 1000 bytes; "
             f"ms/face is the interpreter's invoke alone (median of 300), the device's crop, resize and read-out "
             f"come on top (`fer-edge bench` times the whole stage).\n")
-    publish("models", text, rows, (MARK_BEGIN, MARK_END), () if args.no_readme else ("README.md", "MODEL_CARD.md"),
-            record=not args.models)
+    publish("models", text, rows, record=not args.models)
     return 0
 
 
-def publish(name: str, text: str, results, marks: tuple[str, str], docs=(), *, record: bool = True) -> None:
+def publish(name: str, text: str, results=None, *_docs, record: bool = True) -> None:
     """A benchmark's table to the console and, when it is the ``record`` (the shipped models, not models
-    named on the command line), to bench/results-<name>.md (its numbers to .json) and the section between
-    ``marks`` in each of ``docs``."""
+    named on the command line), to bench/results-<name>.md (its numbers to .json). Tracked docs are never
+    written here: ``make docs`` (tools/sync_docs.py) copies the results into them on request. Markers and
+    doc names that older callers pass after ``results`` are ignored."""
     print(text)
     if not record:
-        print(f"(models named on the command line: bench/results-{name}.* and the docs keep the shipped models' table)")
+        print(f"(models named on the command line: bench/results-{name}.* keep the shipped models' table)")
         return
     (REPO / "bench" / f"results-{name}.md").write_text(text)
     if results is not None:
         (REPO / "bench" / f"results-{name}.json").write_text(json.dumps(results, indent=2))
-    for doc in docs:
-        content = (REPO / doc).read_text()
-        if all(mark in content for mark in marks):
-            (REPO / doc).write_text(replace_section(content, *marks, text))
+    print(f"wrote bench/results-{name}.md; `make docs` copies it into the docs")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ from bench.models import REPO, bench_parser, machine_description, on_one_core, p
 from train import data
 from train.augment import add_noise, blur, jpeg, shrink
 
-MARK_BEGIN, MARK_END = "<!-- bench:robustness:begin -->", "<!-- bench:robustness:end -->"
-
 
 def _per_face(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda faces: np.stack([fn(face) for face in faces])
@@ -89,8 +87,7 @@ def main(argv=None) -> int:
     results = {shown_path(path): robustness(path, public.x, public.y) for path in paths}
     text = (f"{table(results)}\n\nPublicTest accuracy (points against clean in brackets), measured by `make bench` on "
             f"{time.strftime('%Y-%m-%d')} ({machine_description()}).\n")
-    publish("robustness", text, results, (MARK_BEGIN, MARK_END), () if args.no_readme else ("MODEL_CARD.md",),
-            record=not args.models)
+    publish("robustness", text, results, record=not args.models)
     return 0
 
 

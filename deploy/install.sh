@@ -373,7 +373,8 @@ unit_files() {
 }
 
 check_config() {
-    if ! "$VENV/bin/fer-edge" check-config --config "$CONFIG" >/dev/null; then
+    # under --prefix the config's model path is outside the scratch root: only a missing model is let pass
+    if ! "$VENV/bin/fer-edge" check-config ${ROOT:+--model-optional} --config "$CONFIG" >/dev/null; then
         rollback_model  # else the service's next start (a crash, the watchdog, a reboot) takes the new model
         die "${CONFIG#"$ROOT"} does not pass fer-edge check-config: service not (re)started"
     fi

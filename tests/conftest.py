@@ -56,3 +56,31 @@ def public_faces(fer2013_dir):
 def cache_dir(repo_root) -> Path:
     """Where the training side caches FER-2013 as arrays (build/cache, ignored by git)."""
     return repo_root / "build" / "cache"
+
+
+# --- test doors: `make test` runs everything; `make test-edge` (the device venv, no TensorFlow, no FER-2013)
+# runs -m "not train and not slow". Markers are registered in pyproject.toml.
+
+# modules that import TensorFlow/Keras (directly or through train/, convert/, bench/) or read FER-2013 throughout
+TRAIN_MODULES = {
+    "test_bench_robustness", "test_checkpoints", "test_convert_cli", "test_train_data", "test_train_distill",
+    "test_train_pipeline", "test_train_progress",
+}
+# fixtures that read FER-2013
+FER2013_FIXTURES = {"fer2013_dir", "public_faces", "cache_dir"}
+# modules whose tests take more than about ten seconds each (real venvs, servers, long recordings)
+SLOW_MODULES = {"test_deploy"}
+
+try:
+    import tensorflow  # noqa: F401  (only whether it is there)
+except ImportError:  # the device venv: these modules cannot even be collected
+    collect_ignore = [f"{name}.py" for name in sorted(TRAIN_MODULES)]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in TRAIN_MODULES or FER2013_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.train)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -22,19 +22,21 @@ def test_each_condition_keeps_the_faces_shape_and_changes_them(fer2013_dir, cach
     assert darker.mean() < 0.8 * faces.mean()
 
 
-def test_benchmarks_of_named_models_leave_the_shipped_models_record_alone(tmp_path, monkeypatch, capsys):
+def test_benchmarks_write_their_results_files_and_never_the_docs(tmp_path, monkeypatch, capsys):
+    """Named models leave the shipped models' record alone; no benchmark rewrites a tracked doc."""
     import bench.models
     from bench.models import publish
 
     monkeypatch.setattr(bench.models, "REPO", tmp_path)
     (tmp_path / "bench").mkdir()
-    (tmp_path / "DOC.md").write_text("a\n<!-- b -->\nold\n<!-- e -->\n")
-    publish("robustness", "candidate table\n", {"x": 1}, ("<!-- b -->", "<!-- e -->"), ("DOC.md",), record=False)
+    doc = tmp_path / "DOC.md"
+    doc.write_text("a\n<!-- bench:robustness:begin -->\nold\n<!-- bench:robustness:end -->\n")
+    publish("robustness", "candidate table\n", {"x": 1}, record=False)
     assert "candidate table" in capsys.readouterr().out
-    assert not list((tmp_path / "bench").iterdir()) and "old" in (tmp_path / "DOC.md").read_text()
-    publish("robustness", "shipped table\n", {"x": 1}, ("<!-- b -->", "<!-- e -->"), ("DOC.md",))
+    assert not list((tmp_path / "bench").iterdir())
+    publish("robustness", "shipped table\n", {"x": 1})
     assert (tmp_path / "bench" / "results-robustness.md").read_text() == "shipped table\n"
-    assert "shipped table" in (tmp_path / "DOC.md").read_text()
+    assert "old" in doc.read_text() and "shipped table" not in doc.read_text()
 
 
 def test_the_models_table_scores_public_test_only(fer2013_dir, cache_dir, tmp_path, monkeypatch, capsys):

@@ -100,30 +100,16 @@ def _stubbed_system(base: Path) -> tuple[dict[str, str], Path]:
     return {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "FAKE_PI_STATE": str(state)}, state
 
 
-def _apt_install(*packages: str) -> str | None:
-    """Install Debian packages (the test's own prerequisites); None when done, else why not."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "not root or no apt-get"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode == 0:
-        return None
-    subprocess.run(["apt-get", "update"], env=env, capture_output=True)
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    return None if result.returncode == 0 else result.stderr.strip().splitlines()[-1]
-
-
 def _ensure_prerequisites() -> None:
+    # the Debian packages are installed by .ci/run (or by hand), never from inside a test
     if not Path(SSHD).exists():
-        problem = _apt_install("openssh-server", "openssh-client")
-        if problem or not Path(SSHD).exists():
-            pytest.skip(f"!!! DEPLOY TEST NOT RUN: no sshd and apt-get install openssh-server failed ({problem}) !!!")
-    probe = "import ensurepip, setuptools, wheel, yaml"
-    if subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True).returncode != 0:
-        problem = _apt_install("python3-venv", "python3-setuptools", "python3-wheel", "python3-yaml")
-        if problem is not None:
-            pytest.skip(f"!!! DEPLOY TEST NOT RUN: the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, "
-                        f"wheel and yaml, and apt-get install failed ({problem}) !!!")
+        pytest.skip("!!! DEPLOY TEST NOT RUN: no sshd: apt-get install openssh-server openssh-client "
+                    "(.ci/run does) !!!")
+    check = "import ensurepip, setuptools, wheel, yaml"
+    if subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True).returncode != 0:
+        pytest.skip(f"!!! DEPLOY TEST NOT RUN: the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, wheel "
+                    "and yaml: apt-get install python3-venv python3-setuptools python3-wheel python3-yaml "
+                    "(.ci/run does) !!!")
     system_version = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True
     ).stdout.split()

@@ -220,16 +220,30 @@ def test_check_config_refuses_what_run_refuses(case, demo_clip, model_path, tmp_
     assert error_lines(check) == error_lines(run)
 
 
-def test_check_config_only_warns_about_a_model_not_installed_yet(tmp_path):
-    """deploy/install.sh --prefix checks a config before its model is there: a warning, exit 0; `run` refuses."""
+def test_check_config_fails_like_run_on_a_missing_model(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  path: {tmp_path}/none.tflite\n")
     check = fer_edge("check-config", "--config", str(config))
-    assert check.returncode == 0, check.stderr
-    assert f"WARNING fer_edge: model not found: {tmp_path}/none.tflite" in check.stderr
-    assert not error_lines(check)
     run = fer_edge("run", "--config", str(config), "--no-record", "--max-frames", "1")
-    assert run.returncode == 1 and error_lines(run) == [f"fer-edge: error: model not found: {tmp_path}/none.tflite"]
+    for result in (check, run):
+        assert result.returncode == 1
+        assert error_lines(result) == [f"fer-edge: error: model not found: {tmp_path}/none.tflite"]
+
+
+def test_check_config_only_warns_about_a_missing_model_when_told(tmp_path):
+    """deploy/install.sh --prefix checks a config before its model is there: --model-optional, a warning, exit 0."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model:\n  path: {tmp_path}/none.tflite\n")
+    check = fer_edge("check-config", "--model-optional", "--config", str(config))
+    assert check.returncode == 0, check.stderr
+    assert f"WARNING fer_edge: model not found: {tmp_path}/none.tflite (model not checked)" in check.stderr
+    assert not error_lines(check)
+
+
+def test_check_config_quiet_prints_no_info_lines(repo_root):
+    check = fer_edge("check-config", "--quiet", "--config", str(repo_root / "configs" / "edge-default.yaml"))
+    assert check.returncode == 0 and check.stdout == ""
+    assert "INFO" not in check.stderr, check.stderr  # fer-edge's own, and the runtime's XNNPACK line
 
 
 def test_unwritable_output_is_a_recording_error(demo_clip, tmp_path):
@@ -341,3 +355,10 @@ def test_sigkill_loses_at_most_the_last_two_seconds(demo_clip, tmp_path):
     assert not list(output.glob("*.part"))
     recovered = output / parts[0].name.removesuffix(".part")
     assert recovered.is_file() and decoded_frames(recovered) >= processed - 2 * 30
+
+
+def test_the_run_summary_names_the_recording_it_wrote(demo_clip, tmp_path):
+    result = fer_edge("run", "--source", str(demo_clip), "--output", str(tmp_path), "--max-frames", "30")
+    assert result.returncode == 0, result.stderr
+    named = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("recording ")]
+    assert named == [str(p) for p in sorted(tmp_path.glob("*.mp4"))] and len(named) == 1

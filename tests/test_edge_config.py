@@ -259,10 +259,12 @@ def test_resolved_yaml_loads_back_to_the_same_config(tmp_path):
 
 def test_model_lookup_order(tmp_path, monkeypatch, repo_root):
     monkeypatch.delenv("FER_EDGE_MODEL", raising=False)
+    monkeypatch.chdir(tmp_path)
     assert model_candidates("my.tflite") == [config_module.Path("my.tflite")]
     candidates = [str(p) for p in model_candidates(None)]
     assert candidates == [
         str(repo_root / "models" / "fer_int8.tflite"),
+        str(tmp_path / "models" / "fer_int8.tflite"),
         "/var/lib/fer-edge/models/current/model.tflite",
         "/usr/share/fer-edge/models/fer_int8.tflite",
     ]
@@ -274,11 +276,14 @@ def test_model_lookup_order(tmp_path, monkeypatch, repo_root):
 
 def test_no_model_anywhere_lists_the_places_tried(monkeypatch, tmp_path):
     monkeypatch.delenv("FER_EDGE_MODEL", raising=False)
-    monkeypatch.setattr(config_module, "__file__", str(tmp_path / "a" / "b" / "config.py"))
+    monkeypatch.setattr(config_module, "__file__", str(tmp_path / "checkout" / "edge" / "fer_edge" / "config.py"))
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelError) as caught:
         resolve_model_path(None)
     message = str(caught.value)
+    assert str(tmp_path / "checkout" / "models" / "fer_int8.tflite") in message
     assert str(tmp_path / "models" / "fer_int8.tflite") in message
+    assert "--model" in message
     assert "/usr/share/fer-edge/models/fer_int8.tflite" in message
     assert "/var/lib/fer-edge/models/current/model.tflite" in message
 

@@ -170,8 +170,8 @@ def test_a_folder_of_rotated_files_is_read_as_one_run(events_file, tmp_path, mon
     (folder / "events.jsonl").write_text("\n".join(lines[8:]) + "\n")
     (folder / "seg-0001.mp4").write_bytes(b"not events")
     monkeypatch.chdir(tmp_path)
-    written = report.main([folder])  # output defaults to the current directory
-    assert written[0] == Path("tracks.csv")
+    written = report.main([folder])  # output defaults to the events' folder, not the current one
+    assert written[0] == folder / "tracks.csv" and not (tmp_path / "tracks.csv").exists()
     assert read_csv(written[0]) == read_csv(report.main([events_file], tmp_path / "single")[0])
 
 
@@ -293,3 +293,22 @@ def test_command_line(events_file, tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(out / "tracks.csv"), str(out / "timeline.png")]
     assert report._cli([str(tmp_path / "nope.jsonl"), "-o", str(tmp_path)]) == 1
     assert "events file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["fer_edge.cli", "report"], ["fer_edge.report"]])
+def test_both_report_commands_write_beside_the_events_and_say_where(command, events_file, tmp_path):
+    import subprocess
+
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    (folder / "events.jsonl").write_text(events_file.read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, "-m", *command, str(folder / "events.jsonl")], cwd=elsewhere,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(folder / "tracks.csv")
+    assert (folder / "tracks.csv").is_file() and not list(elsewhere.iterdir())
+    named = subprocess.run([sys.executable, "-m", *command, str(folder), "--output", str(tmp_path / "named")],
+                           capture_output=True, text=True, timeout=60)
+    assert named.returncode == 0 and (tmp_path / "named" / "tracks.csv").is_file(), named.stderr

@@ -67,7 +67,11 @@ def test_tiny_run_writes_every_report(tiny_run):
     assert list(per_class) == list(data.CLASS_NAMES)
     assert sum(c["support"] for c in per_class.values()) == 3589
     report = (run_dir / "report_public.txt").read_text()
-    assert "macro f1" in report and "disgust" in report and report.startswith("PublicTest (3589 images)")
+    assert report.startswith("PublicTest (3589 images)") and "disgust" in report
+    macro = next(line.split() for line in report.splitlines() if line.strip().startswith("macro avg"))
+    assert float(macro[4]) == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["public"]["macro_f1"],
+                                            abs=1e-4)
+    assert int(macro[5]) == 3589
 
 
 def test_training_and_evaluation_never_load_private_test(tiny_run, tiny_run_splits):
@@ -314,3 +318,18 @@ def test_flip_tta_is_one_symmetric_model_of_twice_the_macs(tiny_run, fer2013_dir
     # candidates converted for comparison (not shipped) are scored on PublicTest only
     assert "private_accuracy" not in read_sidecar(tta.path).metrics
     assert not list((tmp_path / "tta").glob("*private*"))
+
+
+def test_split_metrics_list_every_class_in_label_order_even_one_never_seen():
+    from train.evaluate import report_text, split_metrics
+
+    y_true, y_pred = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    metrics = split_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert metrics["confusion_matrix"] == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    assert metrics["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert metrics["per_class"]["c"] == {"precision": 1.0, "recall": 0.6667, "f1": 0.8, "support": 3}
+    assert metrics["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert metrics["accuracy"] == 0.6667
+    assert metrics["macro_f1"] == round((0.5 + 2 / 3 + 0.8 + 0) / 4, 4)
+    text = report_text(y_true, y_pred, ["a", "b", "c", "d"], "title")
+    assert text.startswith("title\n") and "macro avg" in text and "weighted avg" in text

@@ -37,6 +37,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        from train.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
 
     from train.config import ConfigError, load_config
     from train.data import DataError

@@ -20,46 +20,37 @@ from train import data
 log = logging.getLogger(__name__)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
-
-
-def per_class_metrics(cm: np.ndarray, labels) -> dict:
-    tp = np.diag(cm).astype(float)
-    predicted, actual = cm.sum(0).astype(float), cm.sum(1).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {
-        name: {
-            "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4), "support": int(s)
-        }
-        for name, p, r, f, s in zip(labels, precision, recall, f1, actual)
-    }
-
-
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels) -> dict:
-    cm = confusion_matrix(y_true, y_pred, len(labels))
-    classes = per_class_metrics(cm, labels)
+    """Accuracy, macro-F1, precision/recall/F1/support per class and the confusion matrix (rows: true class,
+    columns: predicted), by scikit-learn; every class is listed, in label order, even one never predicted."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+
+    classes = list(range(len(labels)))
+    report = classification_report(y_true, y_pred, labels=classes, target_names=list(labels), output_dict=True,
+                                   zero_division=0)
+    per_class = {
+        name: {
+            "precision": round(report[name]["precision"], 4), "recall": round(report[name]["recall"], 4),
+            "f1": round(report[name]["f1-score"], 4), "support": int(report[name]["support"]),
+        }
+        for name in labels
+    }
     return {
-        "accuracy": round(float((y_true == y_pred).mean()), 4),
-        "macro_f1": round(float(np.mean([c["f1"] for c in classes.values()])), 4),
-        "per_class": classes,
-        "confusion_matrix": cm.tolist(),
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "macro_f1": round(float(report["macro avg"]["f1-score"]), 4),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
     }
 
 
-def classification_report(metrics: dict, title: str) -> str:
-    lines = [title, f"{'':>10} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
-    for name, c in metrics["per_class"].items():
-        lines.append(f"{name:>10} {c['precision']:9.4f} {c['recall']:9.4f} {c['f1']:9.4f} {c['support']:9d}")
-    total = sum(c["support"] for c in metrics["per_class"].values())
-    lines.append(f"{'accuracy':>10} {'':>9} {'':>9} {metrics['accuracy']:9.4f} {total:9d}")
-    lines.append(f"{'macro f1':>10} {'':>9} {'':>9} {metrics['macro_f1']:9.4f} {total:9d}")
-    return "\n".join(lines) + "\n"
+def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels, title: str) -> str:
+    """scikit-learn's classification report (precision, recall, F1, support; accuracy; macro and weighted
+    averages) under ``title``."""
+    from sklearn.metrics import classification_report
+
+    body = classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=list(labels),
+                                 digits=4, zero_division=0)
+    return f"{title}\n\n{body}"
 
 
 def plot_confusion(cm: np.ndarray, labels, path: Path, title: str) -> None:
@@ -117,8 +108,10 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
     labels = json.loads((run_dir / "run.json").read_text())["labels"]
     public = data.load_split(data.resolve_data_dir(data_dir), "public", cache_dir)
     scores = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
-    metrics = split_metrics(public.y, scores.argmax(1), labels)
-    (run_dir / "report_public.txt").write_text(classification_report(metrics, f"PublicTest ({len(public)} images)"))
+    predicted = scores.argmax(1)
+    metrics = split_metrics(public.y, predicted, labels)
+    (run_dir / "report_public.txt").write_text(report_text(public.y, predicted, labels,
+                                                           f"PublicTest ({len(public)} images)"))
     (run_dir / "per_class_public.json").write_text(json.dumps(metrics["per_class"], indent=2))
     plot_confusion(np.array(metrics["confusion_matrix"]), labels, run_dir / "confusion_public.png",
                    f"{run_dir.name} PublicTest")

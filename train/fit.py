@@ -25,6 +25,7 @@ from train import data
 from train.augment import augment_batch
 from train.config import ModelConfig, TrainConfig, to_dict
 from train.models import MirrorImage, build_model, count_macs, grow_from
+from train.progress import BatchProgress, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch: every model's PublicTest accuracy, and the run's ETA."""
+    """One log line per epoch: every model's PublicTest accuracy, and when the run will end."""
 
     def __init__(self, plan: EpochPlan, first_epoch: int, names: list[str]):
         super().__init__()
@@ -114,9 +115,9 @@ class EpochLog(keras.callbacks.Callback):
             for name in self.names
         )
         log.info(
-            "epoch %d/%d  acc train/PublicTest: %s  lr %.2e  %.0fs  ETA %s",
+            "epoch %d/%d  acc train/PublicTest: %s  lr %.2e  took %s  run ends in %s",
             epoch + 1, self.plan.epochs, scores, _current_learning_rate(self.model),
-            now - self.epoch_started, time.strftime("%H:%M:%S", time.gmtime(max(eta, 0))),
+            format_duration(now - self.epoch_started), format_duration(eta),
         )
 
 
@@ -402,7 +403,8 @@ def train(
 
     keras.utils.set_random_seed(cfg.seed)
     precision = cfg.precision
-    if precision != "float32" and not has_gpu():
+    on_gpu = has_gpu()
+    if precision != "float32" and not on_gpu:
         log.warning("no GPU: training in float32 (%s would be emulated on this CPU, and slower)", precision)
         precision = "float32"
     keras.mixed_precision.set_global_policy(precision)
@@ -443,6 +445,7 @@ def train(
 
     outputs = list(trainer.output)
     public_y = one_hot(public.y)
+    batches = AugmentedSequence(train_split, cfg, outputs, first_epoch)
     callbacks = [
         keras.callbacks.LearningRateScheduler(plan.learning_rate),
         BestWeights(nets, run_dirs, best_so_far),
@@ -450,10 +453,11 @@ def train(
         LastCheckpoint(main_dir / LAST, cfg.checkpoint_every, plan),
         BudgetCallback(plan, first_epoch),
         EpochLog(plan, first_epoch, list(model_cfgs)),
+        BatchProgress(plan.epochs, first_epoch, len(batches), cfg.batch_size, on_gpu, epochs_now=lambda: plan.epochs),
     ]
     if first_epoch < cfg.epochs:
         trainer.fit(
-            AugmentedSequence(train_split, cfg, outputs, first_epoch),
+            batches,
             validation_data=(public.x[..., None].astype("float32"), {name: public_y for name in outputs}),
             validation_batch_size=256,
             epochs=cfg.epochs,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import pathlib
 import sys
+import tempfile
+import time
 from typing import TYPE_CHECKING
 
 from fer_edge.contract import ContractError
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
+    check.add_argument("--model-optional", action="store_true",
+                       help="a model that is not there yet is only a warning (a config checked before its model)")
     check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
     bench = commands.add_parser("bench", help="per-stage timings on one thread")
@@ -56,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     report = commands.add_parser("report", help="summarize events.jsonl files")
-    report.add_argument("events", nargs="+", metavar="EVENTS", help="events.jsonl files or folders")
-    report.add_argument("--output", metavar="DIR", help="where to write the report")
+    from fer_edge.report import add_arguments
+
+    add_arguments(report)
     report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     return parser
 
@@ -101,7 +108,7 @@ def load(args, **extra) -> Config:
     return cfg
 
 
-def preflight(cfg: Config) -> Path | None:
+def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the checks
     ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
     (``app.build_classifier``: the sidecar and its checksum, then the model loaded in the runtime and
@@ -110,9 +117,9 @@ def preflight(cfg: Config) -> Path | None:
     and ``bench`` need no separate call: building their pipeline raises the same errors. A camera
     (picamera2, OpenCV capture) is never opened here: it may be in use by the service.
 
-    A model that is not there yet is only a warning, so a config can be checked before its model is
-    installed (deploy/install.sh --prefix does that); a model that is there must be sound. Returns the
-    model path, or None when it is missing.
+    A missing model fails as it fails ``run``; with ``model_optional`` it is only a warning, so a config
+    can be checked before its model is installed (deploy/install.sh --prefix does that); a model that is
+    there must be sound. Returns the model path, or None when it is missing.
     """
     from fer_edge.app import build_classifier, build_detector
     from fer_edge.config import resolve_model_path
@@ -124,7 +131,9 @@ def preflight(cfg: Config) -> Path | None:
         if not model.is_file():
             raise ModelError(f"model not found: {model}")
     except ModelError as exc:
-        log.warning("%s", exc)
+        if not model_optional:
+            raise
+        log.warning("%s (model not checked)", exc)
         model = None
     else:
         build_classifier(cfg)  # ContractError: sidecar, checksum; ModelError: unloadable, unlike its sidecar
@@ -144,13 +153,15 @@ def cmd_run(args) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
     cfg = load(args)
+    started = time.time()
     stats = app.run(cfg, args.max_frames)
-    sys.stdout.write(run_summary(stats, cfg))
+    sys.stdout.write(run_summary(stats, cfg, started))
     return 0
 
 
-def run_summary(stats, cfg) -> str:
-    """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went."""
+def run_summary(stats, cfg, started: float | None = None) -> str:
+    """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went (with the
+    recordings finished since ``started``, a time.time())."""
     seen = ", ".join(f"{label} {count}" for label, count in stats.label_counts.most_common()) or "none"
     lines = [
         f"frames      {stats.frames} in {stats.elapsed:.1f} s ({stats.fps:.1f} fps)",
@@ -159,7 +170,32 @@ def run_summary(stats, cfg) -> str:
     ]
     if cfg.recording.enabled or cfg.events.enabled:
         lines.append(f"output      {os.path.abspath(cfg.recording.output_dir)}")
+    if cfg.recording.enabled and started is not None:
+        output = pathlib.Path(cfg.recording.output_dir)
+        made = sorted(p for p in output.glob("*.mp4") if p.stat().st_mtime >= started - 1) if output.is_dir() else []
+        lines += [f"recording   {p.resolve()}" for p in made[-3:]]
+        if len(made) > 3:
+            lines.append(f"            (and {len(made) - 3} earlier ones)")
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _runtime_info_held_back():
+    """Leave out the "INFO: ..." lines the TFLite runtime writes to file descriptor 2 from C++ (the XNNPACK
+    delegate's), which logging levels cannot reach; everything else written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(True)
+            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
 
 
 def cmd_check_config(args) -> int:
@@ -168,7 +204,12 @@ def cmd_check_config(args) -> int:
     from fer_edge.config import to_yaml
 
     cfg = load(args)
-    model = preflight(cfg)
+    if args.quiet and not args.verbose:
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        with _runtime_info_held_back():
+            model = preflight(cfg, args.model_optional)
+    else:
+        model = preflight(cfg, args.model_optional)
     if model is not None:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(model)))
     if not args.quiet:
@@ -193,7 +234,7 @@ def cmd_bench(args) -> int:
 def cmd_report(args) -> int:
     from fer_edge import report
 
-    for path in report.main(args.events, args.output or "."):
+    for path in report.main(args.events, args.output):
         print(path)
     return 0
 

@@ -391,17 +391,24 @@ def _convert(hint, value, key_path: str):
 
 
 def model_candidates(configured: str | None = None) -> list[Path]:
-    """Where the model is looked for, in order: config, $FER_EDGE_MODEL, the repo, the installed places."""
+    """Where the model is looked for, in order: config, $FER_EDGE_MODEL, the checkout this package was
+    installed from in place (pip install -e), the current folder's models/ (a plain install run from the
+    repository), then the places deploy/install.sh and a system package use."""
     if configured:
         return [Path(configured)]
     if os.environ.get("FER_EDGE_MODEL"):
         return [Path(os.environ["FER_EDGE_MODEL"])]
-    repo_root = Path(__file__).resolve().parents[2]  # edge/fer_edge/config.py -> repo (editable install)
-    return [
-        repo_root / "models" / MODEL_FILENAME,
-        Path("/var/lib/fer-edge/models/current/model.tflite"),  # where deploy/install.sh puts it
+    package = Path(__file__).resolve().parent
+    in_checkout = package.parent.name == "edge"  # <repo>/edge/fer_edge/config.py, not site-packages
+    candidates = [package.parents[1] / "models" / MODEL_FILENAME] if in_checkout else []
+    for candidate in (
+        Path.cwd() / "models" / MODEL_FILENAME,
+        Path("/var/lib/fer-edge/models/current/model.tflite"),
         Path("/usr/share/fer-edge/models") / MODEL_FILENAME,
-    ]
+    ):
+        if candidate not in candidates:
+            candidates.append(candidate)
+    return candidates
 
 
 def resolve_model_path(configured: str | None = None) -> Path:
@@ -413,7 +420,7 @@ def resolve_model_path(configured: str | None = None) -> Path:
         if candidate.is_file():
             return candidate
     tried = ", ".join(str(c) for c in candidates)
-    raise ModelError(f"no model found (tried {tried}); set model.path or $FER_EDGE_MODEL")
+    raise ModelError(f"no model found (tried {tried}); pass --model PATH, or set model.path or $FER_EDGE_MODEL")
 
 
 # --- live view and home automation (fer_edge.web, fer_edge.mqtt) ---------------------------------

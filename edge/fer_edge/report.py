@@ -9,8 +9,8 @@ Track ids restart at 1 when the device restarts, so a track id seen in another r
 counts on across segments, starts again at 0 in time order) or again
 after more than ``TRACK_GAP_S`` seconds is another face: its rows are ``<id>#2``, ``<id>#3``, ...
 
-Run as ``fer-edge report`` or ``python -m fer_edge.report EVENTS [...] -o OUTPUT_DIR`` (files or folders of
-``*.jsonl``).
+Run as ``fer-edge report EVENTS [...] [--output DIR]`` or ``python -m fer_edge.report`` with the same arguments
+(files or folders of ``*.jsonl``); without ``--output`` the report goes beside the (first) events.
 """
 
 from __future__ import annotations
@@ -341,9 +341,9 @@ def write_timeline_png(events: Events, path: Path) -> Path | None:
 def main(paths: list[str | Path], output_dir: str | Path | None = None) -> list[Path]:
     """Write ``tracks.csv`` and (with matplotlib) ``timeline.png`` for the events in ``paths``; returns them.
 
-    ``paths`` are events files or folders of them; ``output_dir`` defaults to the current directory.
+    ``paths`` are events files or folders of them; ``output_dir`` defaults to the first one's folder.
     """
-    output = Path(output_dir if output_dir is not None else ".")
+    output = Path(output_dir) if output_dir is not None else default_output_dir(paths)
     output.mkdir(parents=True, exist_ok=True)
     events = collect_tracks(paths)
     written = [write_tracks_csv(events, output / CSV_NAME)]
@@ -354,14 +354,26 @@ def main(paths: list[str | Path], output_dir: str | Path | None = None) -> list[
     return written
 
 
+def default_output_dir(paths: list[str | Path]) -> Path:
+    """Where a report goes when no folder is named: beside the events (the first path given)."""
+    first = Path(paths[0])
+    return first if first.is_dir() else first.parent
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The report's arguments, shared by ``fer-edge report`` and ``python -m fer_edge.report``."""
+    parser.add_argument("events", nargs="+", metavar="EVENTS", help="events JSONL files or folders of them")
+    parser.add_argument("-o", "--output", metavar="DIR",
+                        help="where tracks.csv and timeline.png go (default: the folder of the first EVENTS)")
+
+
 def _cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fer_edge.report", description=__doc__.splitlines()[0])
-    parser.add_argument("events", nargs="+", help="events JSONL files or folders of them")
-    parser.add_argument("-o", "--output-dir", default=".", help="where tracks.csv and timeline.png go")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        for path in main(args.events, args.output_dir):
+        for path in main(args.events, args.output):
             print(path)
     except OSError as error:
         print(f"fer-edge report: {error}", file=sys.stderr)
