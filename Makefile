@@ -69,7 +69,7 @@ soak: $(TRAIN_VENV)/.installed $(EDGE_VENV)/.installed  ## long fault runs: rand
 	$(TRAIN_VENV)/bin/python -m pytest tests/test_soak.py -m soak -q -s
 
 test-edge: $(EDGE_VENV)/.tests-installed  ## the device package's tests in .venv-edge: no TensorFlow, no FER-2013 (about a minute)
-	$(EDGE_VENV)/bin/python -m pytest tests -q -m "not train and not slow"
+	$(EDGE_VENV)/bin/python -m pytest tests -q -m "not train and not slow and not soak"
 
 data-check:
 	@d="$${FER2013_DIR:-../shared/fer2013}"; \

@@ -7,7 +7,8 @@ at scaleFactor 1.3, ``model.predict`` on each face, no recording, no tracking): 
 ms per stage, frames with a face, faces per frame, tracks, and label flicker (the share of consecutive frame
 pairs of one track whose shown label changes).
 
-Results go to bench/results-edge.md and .json only; ``make docs`` copies the table into the docs.
+Then what one live-view viewer and an unreachable MQTT broker cost the loop (``bench/web.py``), on the first
+clip. Results go to bench/results-edge.md and .json only; ``make docs`` copies the table into the docs.
 """
 
 from __future__ import annotations
@@ -160,6 +161,17 @@ def table(results: list[dict], machine: str) -> str:
     )
 
 
+def integrations_line(clip: Path, cost: dict) -> str:
+    return (
+        f"\nLive view and MQTT on `{clip.name}` (recording on; frames per CPU second, median of {cost['rounds']}): "
+        f"{cost['fps_plain']:.0f} plain, {cost['fps_one_viewer']:.0f} with one browser on the MJPEG stream "
+        f"({100 * cost['viewer_cost']:+.1f}%; its JPEG encodes alone take {100 * cost['viewer_encode_share']:.2f}% "
+        f"of a core), {cost['fps_broker_unreachable']:.0f} with the MQTT broker unreachable "
+        f"({100 * cost['broker_unreachable_cost']:+.1f}%; MQTT's threads alone "
+        f"{100 * cost['broker_unreachable_cpu_share']:.3f}% of a core).\n"
+    )
+
+
 def main(argv=None) -> int:
     from bench.models import bench_parser, machine_description, on_one_core
 
@@ -167,6 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("clips", nargs="*", help="video files (default: the real clips, then assets/demo.mp4)")
     parser.add_argument("--frames", type=int, help="at most this many frames of each clip")
     parser.add_argument("--no-origin", action="store_true", help="leave out the origin's loop (needs TensorFlow)")
+    parser.add_argument("--no-integrations", action="store_true", help="leave out the live view and MQTT costs")
     args = parser.parse_args(argv)
     on_one_core()
     clips = [Path(c) for c in args.clips] or [*real_clips(), REPO / "assets" / "demo.mp4"]
@@ -181,10 +194,17 @@ def main(argv=None) -> int:
                             **origin_loop(clip, args.frames)})
             print(json.dumps(results[-1]), flush=True)
     text = table(results, machine_description())
+    integrations = None
+    if not args.no_integrations:
+        from bench.web import stream_cost
+
+        integrations = stream_cost(clips[0], args.frames or 600, record=True)
+        text += integrations_line(clips[0], integrations)
     print(text)
     if not args.clips:
         (REPO / "bench" / "results-edge.md").write_text(text)
-        (REPO / "bench" / "results-edge.json").write_text(json.dumps(results, indent=2) + "\n")
+        (REPO / "bench" / "results-edge.json").write_text(
+            json.dumps({"loops": results, "integrations": integrations}, indent=2) + "\n")
     return 0
 
 

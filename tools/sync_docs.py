@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # doc -> the blocks it holds
 BLOCKS = {
-    "README.md": ("bench:models",),
+    "README.md": ("bench:models", "bench:edge"),
     "MODEL_CARD.md": ("bench:models", "bench:robustness"),
     "docs/BENCHMARKS.md": ("bench:models", "bench:robustness", "bench:edge"),
     "docs/CONFIG.md": ("config",),
