@@ -80,8 +80,9 @@ data-check:
 	  exit 2; \
 	fi
 
-lint: $(TRAIN_VENV)/.installed  ## ruff
+lint: $(TRAIN_VENV)/.installed  ## ruff and mypy
 	$(TRAIN_VENV)/bin/ruff check .
+	$(TRAIN_VENV)/bin/mypy
 
 train: $(TRAIN_VENV)/.installed  ## train + evaluate (PublicTest) CONFIG into runs/<name> (resumes an interrupted run)
 	$(TRAIN_VENV)/bin/python -m train --config $(CONFIG) --resume

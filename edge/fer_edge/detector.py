@@ -63,11 +63,12 @@ class HaarDetector:
     ):
         path = find_cascade(str(cascade_path) if cascade_path else None)
         try:
-            self._cascade = cv2.CascadeClassifier(str(path))
+            cascade: cv2.CascadeClassifier | None = cv2.CascadeClassifier(str(path))
         except (cv2.error, SystemError):  # SystemError: OpenCV's binding on a malformed XML
-            self._cascade = None
-        if self._cascade is None or self._cascade.empty():
+            cascade = None
+        if cascade is None or cascade.empty():
             raise DetectorError(f"Haar cascade {path} could not be loaded (not a cascade XML file?)")
+        self._cascade = cascade
         log.debug("Haar cascade: %s", path)
         self.cascade_path = path
         self.detect_width = detect_width

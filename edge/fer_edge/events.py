@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from fer_edge.diskspace import FINISHED_RECORDING, create_private, fsync_directory
 from fer_edge.types import Face
@@ -124,7 +125,7 @@ class EventsLog:
         self.directory = directory
         self.path = directory / CURRENT_NAME
         self._marker = directory / STEM_MARKER_NAME
-        self._file = None
+        self._file: TextIO | None = None
         self.stem: str | None = None
         self._failing = False
         self.dropped_lines = 0

@@ -44,8 +44,12 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
         pipeline.sinks = [recorder_sink if sink is recorder else sink for sink in pipeline.sinks]
     else:
         recorder_sink = None
-        switches.listen(lambda name, on: name == "recording" and on and log.warning(
-            "recording switched on, but recording and events are off in the config: nothing to record"))
+
+        def warn_nothing_to_record(name: str, on: bool) -> None:
+            if name == "recording" and on:
+                log.warning("recording switched on, but recording and events are off in the config: nothing to record")
+
+        switches.listen(warn_nothing_to_record)
 
     feed = LiveFeed(info=_info(cfg, pipeline, classifier), switches=switches, recorder=recorder_sink,
                     recordings_dir=Path(cfg.recording.output_dir) if cfg.recording.enabled else None)

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class TrackChanges:
                 continue
             shown = face.shown
             label, score = (shown.label, shown.score) if shown is not None else (None, None)
-            box = tuple(face.box.as_list())
+            box = (face.box.x, face.box.y, face.box.w, face.box.h)
             known = self._tracks.get(face.track_id)
             if known is None:
                 events.append(TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index,
@@ -128,7 +129,7 @@ class LiveFeed:
         self.recorder = recorder
         self.switches = switches
         self.consumers: list = []  # objects with close()
-        self.extra_stats: dict[str, object] = {}  # name -> callable returning a dict, e.g. mqtt's connection
+        self.extra_stats: dict[str, Callable[[], dict]] = {}  # name -> its stats, e.g. mqtt's connection
         self._pipeline = None
         self._cond = threading.Condition()
         self._seq = 0

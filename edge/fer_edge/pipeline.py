@@ -44,6 +44,10 @@ class Detector(Protocol):
 
 
 class Classifier(Protocol):
+    @property
+    def runtime(self) -> str:
+        """The TFLite runtime's module name (reported by ``fer-edge bench``)."""
+
     def classify(self, image: np.ndarray, face: Detection) -> Prediction: ...
 
 
@@ -69,13 +73,16 @@ class Annotator(Protocol):
 
 
 class Notifier(Protocol):
-    def ready(self) -> None: ...
+    # The loop ignores what they return (the service notifier's says whether the message was delivered).
+    def ready(self) -> object: ...
 
-    def watchdog(self) -> None: ...
+    def watchdog(self) -> object: ...
 
-    def stopping(self) -> None: ...
+    def stopping(self) -> object: ...
 
-    def status(self, text: str) -> None: ...
+    def status(self, text: str) -> object: ...
+
+    def close(self) -> None: ...
 
 
 class Sink(Protocol):
@@ -95,6 +102,9 @@ class _NoNotifier:
         pass
 
     def status(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -365,7 +375,8 @@ class Pipeline:
             return
         self._closed = True
         first_error: BaseException | None = None
-        for closable in [*self.sinks, self.source]:
+        closables: list[Sink | Source] = [*self.sinks, self.source]
+        for closable in closables:
             try:
                 closable.close()
             except Exception as exc:  # noqa: BLE001 - keep closing the others, re-raise below

@@ -205,7 +205,7 @@ class Recorder:
             self._check_disk()
         new_stem = self._write_video(frame, bool(faces)) if self.record_video else None
         if self._events is not None:
-            self._write_events(frame, faces, new_stem)
+            self._write_events(self._events, frame, faces, new_stem)
 
     def close(self) -> None:
         """Finalize the open segment and events file (fast: flush, fsync, rename). Call it from the loop's thread."""
@@ -244,13 +244,14 @@ class Recorder:
         if ts - self._last_taken_ts < self._frame_interval:
             return None  # recording at a lower frame rate than the camera's
         self._last_taken_ts = ts
+        assert self._ring is not None  # made when recording video
         slot = self._ring.push(frame.image, ts)
         if self._paused or self._mono() < self._retry_at:
             return None
         try:
             if self.presence_triggered:
                 return self._write_presence(slot, ts, faces_present)
-            new_stem = self._start_segment() if self._segment is None or self._segment_full(ts) else None
+            new_stem = self._start_segment() if self._segment is None or self._segment_full(self._segment, ts) else None
             self._encode(slot, ts)
             return new_stem
         except _Paused:
@@ -263,28 +264,32 @@ class Recorder:
         if self._segment is None:
             if not faces_present:
                 return None
-            new_stem = self._start_segment()
+            stem = self._start_segment()
             pre_roll_from = max(ts - self.pre_roll_s - self._half_frame, self._last_encoded_ts)
+            assert self._ring is not None  # made when recording video
             for earlier in self._ring.since(pre_roll_from, slot):
                 self._encode(earlier, self._ring.timestamps[earlier])
             self._encode(slot, ts)
-            return new_stem
+            return stem
         if not faces_present and ts - self._last_face_ts > self.post_roll_s + self._half_frame:
             self._finish_segment()
             return None
-        new_stem = self._start_segment() if self._segment_full(ts) else None
+        new_stem = self._start_segment() if self._segment_full(self._segment, ts) else None
         self._encode(slot, ts)
         return new_stem
 
-    def _segment_full(self, ts: float) -> bool:
-        return ts - self._segment.first_ts >= self.segment_seconds - self._half_frame
+    def _segment_full(self, segment: VideoSegment, ts: float) -> bool:
+        # an open segment always holds a frame (a failed first encode abandons it); None would mean empty, not full
+        return segment.first_ts is not None and ts - segment.first_ts >= self.segment_seconds - self._half_frame
 
     def _encode(self, slot: int, ts: float) -> None:
-        fragment_written = self._segment.encode(self._ring.slots[slot], ts)
+        segment, ring = self._segment, self._ring
+        assert segment is not None and ring is not None  # called with a segment open, so when recording video
+        fragment_written = segment.encode(ring.slots[slot], ts)
         self._last_encoded_ts = ts
         if self._failing and fragment_written:
             self._failing = False
-            log.info("recording: writing video again (%s)", self._segment.part_path.name)
+            log.info("recording: writing video again (%s)", segment.part_path.name)
 
     def _start_segment(self) -> str:
         """Finish the open segment (if any) and open a new one; returns its stem."""
@@ -391,8 +396,7 @@ class Recorder:
 
     # ------------------------------------------------------------ events
 
-    def _write_events(self, frame: Frame, faces: list[Face], new_stem: str | None) -> None:
-        events = self._events
+    def _write_events(self, events: EventsLog, frame: Frame, faces: list[Face], new_stem: str | None) -> None:
         ts = frame.timestamp
         if new_stem is None and (
                 not events.is_open or ts - self._events_start_ts >= self.segment_seconds - self._half_frame):

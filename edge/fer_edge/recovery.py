@@ -165,12 +165,15 @@ def _recover_part(part: Path) -> Path | None:
     try:
         _, end, size = scan_fragmented_mp4(part)
         if end == 0 and size > 0:
-            return _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
+            _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
+            return None
         frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
     except (OSError, av.FFmpegError, ValueError) as exc:
-        return _keep_broken(part, target, f"cannot be read ({exc})")
+        _keep_broken(part, target, f"cannot be read ({exc})")
+        return None
     if frames == 0 and end < size:
-        return _keep_broken(part, target, "holds no complete frame, only a partial first fragment")
+        _keep_broken(part, target, "holds no complete frame, only a partial first fragment")
+        return None
     if frames == 0:
         log.warning("recording: %s from an interrupted run holds no complete frame (only headers); deleted", part.name)
         part.unlink()
@@ -178,7 +181,8 @@ def _recover_part(part: Path) -> Path | None:
     try:
         _truncate(part, end, size)
     except OSError as exc:
-        return _keep_broken(part, target, f"cannot be shortened to its complete fragments ({exc})")
+        _keep_broken(part, target, f"cannot be shortened to its complete fragments ({exc})")
+        return None
     os.replace(part, target)
     log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
              f", cut {size - end} bytes of a partial fragment" if end < size else "")

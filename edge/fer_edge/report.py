@@ -111,7 +111,7 @@ def collect_tracks(paths: list[str | Path]) -> Events:
     # Each array is dropped once used (the peak is what a Pi must hold).
     read = _read_events(paths)
     times, runs, rank_of_frame = _frames_in_time_order(read.frame_times, read.frame_indexes)
-    read.frame_times = read.frame_indexes = None
+    del read.frame_times, read.frame_indexes
     # Faces by track, then time; run and time both follow the frames' time order, so the frame's rank in it is
     # the whole key (a stable sort keeps a frame's faces in the order read).
     track_names = sorted(read.tracks, key=_track_order)
@@ -121,14 +121,14 @@ def collect_tracks(paths: list[str | Path]) -> Events:
     key = track_rank[np.frombuffer(read.face_tracks, dtype=np.int64)]
     key *= stride
     key += rank_of_frame[np.frombuffer(read.face_frames, dtype=np.int64)]
-    read.face_tracks = read.face_frames = rank_of_frame = None
+    del read.face_tracks, read.face_frames, rank_of_frame
     order = np.argsort(key, kind="stable")
     label_code = np.frombuffer(read.face_labels, dtype=np.int32)[order]
-    read.face_labels = None
+    del read.face_labels
     track_code, frame_rank = np.divmod(key[order], stride)  # track_code: the track's index in track_names
-    key = order = None
+    del key, order
     face_time, face_run = times[frame_rank], runs[frame_rank]
-    times = runs = frame_rank = None
+    del times, runs, frame_rank
 
     # A track id's observations are cut into pieces where the run changes or the id went unseen too long.
     new_track = np.ones(len(track_code), dtype=bool)
@@ -152,13 +152,13 @@ def collect_tracks(paths: list[str | Path]) -> Events:
 @dataclass(slots=True)
 class _ReadEvents:
     """What the events files hold, flat: per frame its time and index, per face its frame, track and label
-    (codes into ``tracks`` and ``labels``, in the order first seen)."""
+    (codes into ``tracks`` and ``labels``, in the order first seen). The arrays are deleted once used."""
 
-    frame_times: array | None = field(default_factory=lambda: array("d"))
-    frame_indexes: array | None = field(default_factory=lambda: array("q"))  # NO_FRAME where the event has none
-    face_frames: array | None = field(default_factory=lambda: array("q"))
-    face_tracks: array | None = field(default_factory=lambda: array("q"))
-    face_labels: array | None = field(default_factory=lambda: array("i"))
+    frame_times: array = field(default_factory=lambda: array("d"))
+    frame_indexes: array = field(default_factory=lambda: array("q"))  # NO_FRAME where the event has none
+    face_frames: array = field(default_factory=lambda: array("q"))
+    face_tracks: array = field(default_factory=lambda: array("q"))
+    face_labels: array = field(default_factory=lambda: array("i"))
     tracks: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
 
@@ -173,6 +173,7 @@ def _read_events(paths: list[str | Path]) -> _ReadEvents:
             except (ValueError, KeyError, TypeError, AttributeError):
                 skipped.append(number)
                 continue
+            assert event is not None  # _parse_event raised ValueError on None
             frame = event.get("frame")
             frame_index = len(read.frame_times)
             read.frame_times.append(t)
@@ -199,7 +200,7 @@ def _frames_in_time_order(frame_times: array, frame_indexes: array) -> tuple[np.
     seen = seen[numbered]
     runs = np.zeros(len(by_time), dtype=np.int64)
     runs[numbered] = seen < np.concatenate(([-1], seen[:-1]))
-    numbered = seen = None
+    del numbered, seen
     rank_of_frame = np.empty(len(by_time), dtype=np.int64)
     rank_of_frame[by_time] = np.arange(len(by_time))
     return np.frombuffer(frame_times, dtype=np.float64)[by_time], np.cumsum(runs, out=runs), rank_of_frame
@@ -275,8 +276,8 @@ def _label_runs(summary: TrackSummary, frame_interval: float) -> list[tuple[str,
 
 def _frame_interval(events: Events) -> float:
     """The median of the positive steps between a track's observations: the typical frame interval."""
-    steps = [np.diff(s.times) for s in events.tracks.values()]
-    steps = np.concatenate(steps) if steps else np.empty(0)
+    per_track = [np.diff(s.times) for s in events.tracks.values()]
+    steps = np.concatenate(per_track) if per_track else np.empty(0)
     steps = steps[steps > 0]
     if not len(steps):
         return 1.0 / 30

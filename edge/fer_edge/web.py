@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _authorize(self, query: dict) -> bool | None:
         """True: go on; False: 401 sent; None: redirect sent (a ?token= was swapped for the session cookie)."""
         app = self.server.app
-        if app.token is None:
+        if app.token is None or app.session is None:  # the session is None exactly when the token is
             return True
         header = self.headers.get("Authorization", "")
         if header[:7].lower() == "bearer " and hmac.compare_digest(header[7:].strip().encode(), app.token.encode()):
