@@ -80,8 +80,9 @@ data-check:
 	  exit 2; \
 	fi
 
-lint: $(TRAIN_VENV)/.installed  ## ruff and mypy
+lint: $(TRAIN_VENV)/.installed  ## ruff (lint and format) and mypy
 	$(TRAIN_VENV)/bin/ruff check .
+	$(TRAIN_VENV)/bin/ruff format --check .
 	$(TRAIN_VENV)/bin/mypy
 
 train: $(TRAIN_VENV)/.installed  ## train + evaluate (PublicTest) CONFIG into runs/<name> (resumes an interrupted run)

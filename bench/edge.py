@@ -55,8 +55,16 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
 
     sink = ListSink(keep_images=False)
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(None, {"source.path": str(clip), "source.kind": "file", "recording.output_dir": out,
-                                 "logging.status_interval_s": 3600.0, **overrides})
+        cfg = load_config(
+            None,
+            {
+                "source.path": str(clip),
+                "source.kind": "file",
+                "recording.output_dir": out,
+                "logging.status_interval_s": 3600.0,
+                **overrides,
+            },
+        )
         pipeline = app.build_pipeline(cfg, extra_sinks=[sink])
         try:
             warm_up(pipeline)
@@ -120,14 +128,30 @@ def origin_loop(clip: Path, max_frames: int | None = None) -> dict:
             cv2.rectangle(frame, (x, y - 50), (x + w, y + h + 10), (255, 0, 0), 2)
             face = np.expand_dims(np.expand_dims(cv2.resize(gray[y : y + h, x : x + w], (48, 48)), -1), 0)
             prediction = model.predict(face.astype(np.float32), verbose=0)
-            cv2.putText(frame, labels[int(np.argmax(prediction))], (x + 20, y - 60), cv2.FONT_HERSHEY_SIMPLEX, 1,
-                        (255, 255, 255), 2, cv2.LINE_AA)
+            cv2.putText(
+                frame,
+                labels[int(np.argmax(prediction))],
+                (x + 20, y - 60),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                1,
+                (255, 255, 255),
+                2,
+                cv2.LINE_AA,
+            )
         frames += 1
         with_faces += len(faces) > 0
         faces_found += len(faces)
     elapsed = time.perf_counter() - start
-    return {"frames": frames, "fps": frames / elapsed, "ms_per_frame": None, "frames_with_faces": with_faces,
-            "faces": faces_found, "tracks": None, "flicker": None, "flicker_pairs": 0}
+    return {
+        "frames": frames,
+        "fps": frames / elapsed,
+        "ms_per_frame": None,
+        "frames_with_faces": with_faces,
+        "faces": faces_found,
+        "tracks": None,
+        "flicker": None,
+        "flicker_pairs": 0,
+    }
 
 
 def variants() -> list[tuple[str, dict]]:
@@ -190,8 +214,9 @@ def main(argv=None) -> int:
             results.append({"clip": name, "loop": loop, **fer_edge_loop(clip, overrides, args.frames)})
             print(json.dumps(results[-1]), flush=True)
         if not args.no_origin:
-            results.append({"clip": name, "loop": "origin loop (Haar on the full frame, Keras)",
-                            **origin_loop(clip, args.frames)})
+            results.append(
+                {"clip": name, "loop": "origin loop (Haar on the full frame, Keras)", **origin_loop(clip, args.frames)}
+            )
             print(json.dumps(results[-1]), flush=True)
     text = table(results, machine_description())
     integrations = None
@@ -204,7 +229,8 @@ def main(argv=None) -> int:
     if not args.clips:
         (REPO / "bench" / "results-edge.md").write_text(text)
         (REPO / "bench" / "results-edge.json").write_text(
-            json.dumps({"loops": results, "integrations": integrations}, indent=2) + "\n")
+            json.dumps({"loops": results, "integrations": integrations}, indent=2) + "\n"
+        )
     return 0
 
 

@@ -76,9 +76,15 @@ def predicted_classes(model_path: Path, faces: np.ndarray) -> np.ndarray:
 
 def bench_model(model_path: Path, public: data.Split) -> dict:
     sidecar = read_sidecar(model_path)
-    row = {"model": shown_path(model_path), "run": sidecar.source.get("run", "?"),
-           "tta": sidecar.source.get("tta", "none"), "variant": sidecar.variant, "macs_m": sidecar.macs / 1e6,
-           "params_m": sidecar.params / 1e6, "size_kb": model_path.stat().st_size / 1000}
+    row = {
+        "model": shown_path(model_path),
+        "run": sidecar.source.get("run", "?"),
+        "tta": sidecar.source.get("tta", "none"),
+        "variant": sidecar.variant,
+        "macs_m": sidecar.macs / 1e6,
+        "params_m": sidecar.params / 1e6,
+        "size_kb": model_path.stat().st_size / 1000,
+    }
     metrics = split_metrics(public.y, predicted_classes(model_path, public.x), data.CLASS_NAMES)
     row["public_accuracy"], row["public_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
     row["private_accuracy"] = sidecar.metrics.get("private_accuracy")
@@ -138,11 +144,13 @@ def main(argv=None) -> int:
     public = data.load_split(root, "public", REPO / "build" / "cache")
     rows = [bench_model(p, public) for p in paths]
     machine = machine_description()
-    text = (f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
-            f"accuracy from raw uint8 pixels read through each model's JSON labels; PrivateTest is the number "
-            f"written into a shipped model's sidecar when it was converted (not scored here); kB of 1000 bytes; "
-            f"ms/face is the interpreter's invoke alone (median of 300), the device's crop, resize and read-out "
-            f"come on top (`fer-edge bench` times the whole stage).\n")
+    text = (
+        f"{table(rows)}\n\nMeasured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}, one core); "
+        f"accuracy from raw uint8 pixels read through each model's JSON labels; PrivateTest is the number "
+        f"written into a shipped model's sidecar when it was converted (not scored here); kB of 1000 bytes; "
+        f"ms/face is the interpreter's invoke alone (median of 300), the device's crop, resize and read-out "
+        f"come on top (`fer-edge bench` times the whole stage).\n"
+    )
     publish("models", text, rows, record=not args.models)
     return 0
 

@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     import av
 
     cores = sorted(os.sched_getaffinity(0))
-    print(f"{platform.machine()} {platform.processor() or _cpu_name()}, Python {platform.python_version()}, "
-          f"PyAV {av.__version__}, cores {cores}\n")
+    print(
+        f"{platform.machine()} {platform.processor() or _cpu_name()}, Python {platform.python_version()}, "
+        f"PyAV {av.__version__}, cores {cores}\n"
+    )
     print("| clip | setting | recorded size | CPU ms/frame | kB per second of video |")
     print("|---|---|---|---:|---:|")
     for clip in args.clips:
@@ -84,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             out_width = settings.get("record_width", width)
             out_height = round(height * out_width / width) // 2 * 2
             rate = settings.get("record_fps") or fps
-            print(f"| {clip.name} | {label} | {out_width}x{out_height} @ {min(rate, fps):g} | "
-                  f"{1000 * seconds / len(frames):.2f} | {size / 1000 / (len(frames) / fps):.0f} |", flush=True)
+            print(
+                f"| {clip.name} | {label} | {out_width}x{out_height} @ {min(rate, fps):g} | "
+                f"{1000 * seconds / len(frames):.2f} | {size / 1000 / (len(frames) / fps):.0f} |",
+                flush=True,
+            )
     return 0
 
 

@@ -27,20 +27,24 @@ def _per_face(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], 
 
 def _affine(scale: float, dx: float) -> Callable[[np.ndarray], np.ndarray]:
     """The face ``scale`` times its size, moved ``dx`` of its side to the right, edges replicated."""
+
     def apply(face):
         h, w = face.shape
         matrix = np.array([[scale, 0.0, (1 - scale) * (w - 1) / 2 + dx * w], [0.0, scale, (1 - scale) * (h - 1) / 2]])
         return cv2.warpAffine(face, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
     return _per_face(apply)
 
 
 def _levels(gain: float, gamma: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
     """Contrast ``gain`` around each face's mean, then a gamma curve (> 1 darkens)."""
+
     def apply(faces):
         x = faces.astype(np.float32)
         mean = x.mean(axis=(1, 2), keepdims=True)
         x = np.clip((x - mean) * gain + mean, 0, 255) / 255.0
         return np.round(255 * x**gamma).astype(np.uint8)
+
     return apply
 
 
@@ -85,8 +89,10 @@ def main(argv=None) -> int:
     paths = [Path(p) for p in args.models] or sorted((REPO / "models").glob("*.tflite"))
     public = data.load_split(data.resolve_data_dir(args.data), "public", REPO / "build" / "cache")
     results = {shown_path(path): robustness(path, public.x, public.y) for path in paths}
-    text = (f"{table(results)}\n\nPublicTest accuracy (points against clean in brackets), measured by `make bench` on "
-            f"{time.strftime('%Y-%m-%d')} ({machine_description()}).\n")
+    text = (
+        f"{table(results)}\n\nPublicTest accuracy (points against clean in brackets), measured by `make bench` on "
+        f"{time.strftime('%Y-%m-%d')} ({machine_description()}).\n"
+    )
     publish("robustness", text, results, record=not args.models)
     return 0
 

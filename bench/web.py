@@ -70,9 +70,18 @@ def _loop_fps(clip: Path, frames: int, overrides: dict, viewer: bool = False) ->
     from fer_edge.config import load_config
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(None, {"source.path": str(clip), "source.kind": "file", "source.loop": True,
-                                 "recording.output_dir": out, "model.threads": 1,
-                                 "logging.status_interval_s": 3600.0, **overrides})
+        cfg = load_config(
+            None,
+            {
+                "source.path": str(clip),
+                "source.kind": "file",
+                "source.loop": True,
+                "recording.output_dir": out,
+                "model.threads": 1,
+                "logging.status_interval_s": 3600.0,
+                **overrides,
+            },
+        )
         pipeline = app.build_pipeline(cfg)
         watcher = None
         if viewer:
@@ -144,10 +153,14 @@ def stream_cost(clip: Path, frames: int, *, record: bool = False, rounds: int = 
     base = {"recording.enabled": record, "events.enabled": record}
     variants = {
         "plain": (base, False),
-        "one_viewer": ({**base, "web.enabled": True, "web.listen": f"127.0.0.1:{_free_port()}", "web.token": TOKEN},
-                       True),
-        "broker_unreachable": ({**base, "mqtt.enabled": True, "mqtt.host": UNREACHABLE_BROKER,
-                                "mqtt.device_id": "bench"}, False),
+        "one_viewer": (
+            {**base, "web.enabled": True, "web.listen": f"127.0.0.1:{_free_port()}", "web.token": TOKEN},
+            True,
+        ),
+        "broker_unreachable": (
+            {**base, "mqtt.enabled": True, "mqtt.host": UNREACHABLE_BROKER, "mqtt.device_id": "bench"},
+            False,
+        ),
     }
     _loop_fps(clip, min(frames, 30), base)  # warm-up: file cache, first model load
     runs: dict[str, list[dict]] = {name: [] for name in variants}

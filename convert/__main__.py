@@ -16,12 +16,19 @@ def main(argv=None) -> int:
     parser.add_argument("--run", default="runs/default", help="run folder holding best.keras (default: runs/default)")
     parser.add_argument("--variants", default="float32,float16,dynamic,int8")
     parser.add_argument("--data", help="FER-2013 folder or fer2013.csv")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
-                        help="flip: average with the mirror image inside the model (twice the MACs)")
-    parser.add_argument("--ship-as", default="",
-                        help="ship the int8 model and its JSON to this file (e.g. models/fer_int8.tflite), scored on "
-                             "PrivateTest then; by default the run is a candidate: its models stay in the run "
-                             "folder, scored on PublicTest only")
+    parser.add_argument(
+        "--tta",
+        choices=("none", "flip"),
+        default="none",
+        help="flip: average with the mirror image inside the model (twice the MACs)",
+    )
+    parser.add_argument(
+        "--ship-as",
+        default="",
+        help="ship the int8 model and its JSON to this file (e.g. models/fer_int8.tflite), scored on "
+        "PrivateTest then; by default the run is a candidate: its models stay in the run "
+        "folder, scored on PublicTest only",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -29,14 +36,22 @@ def main(argv=None) -> int:
     from train.data import DataError
 
     run = Path(args.run)
-    for needed, hint in (("best.keras", "train first (make train)"),
-                         ("run.json", "written by python -m train beside best.keras")):
+    for needed, hint in (
+        ("best.keras", "train first (make train)"),
+        ("run.json", "written by python -m train beside best.keras"),
+    ):
         if not (run / needed).is_file():
             print(f"error: {run}/{needed} not found: {hint}", file=sys.stderr)
             return 2
     try:
-        convert_run(run, run / "tflite", args.variants.split(","), args.data,
-                    ship_as=Path(args.ship_as) if args.ship_as else None, tta=args.tta)
+        convert_run(
+            run,
+            run / "tflite",
+            args.variants.split(","),
+            args.data,
+            ship_as=Path(args.ship_as) if args.ship_as else None,
+            tta=args.tta,
+        )
     except (ParityError, DataError, RunError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

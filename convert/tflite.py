@@ -119,8 +119,10 @@ def tflite_scores(model_path: Path, images: np.ndarray, threads: int = 2) -> np.
 def tensor_spec(detail: dict) -> TensorSpec:
     scale, zero = detail["quantization"]
     return TensorSpec(
-        shape=tuple(int(d) for d in detail["shape"]), dtype=np.dtype(detail["dtype"]).name,
-        scale=float(scale), zero_point=int(zero),
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero),
     )
 
 
@@ -154,8 +156,9 @@ def convert_run(
         model = keras.models.load_model(run_dir / "best.keras")
     except Exception as exc:  # noqa: BLE001 - Keras raises anything from a damaged archive ("File not found" too)
         first_line = (str(exc).splitlines() or [""])[0]
-        raise RunError(f"{run_dir}/best.keras is not a model this Keras can load ({type(exc).__name__}: "
-                       f"{first_line[:160]})") from None
+        raise RunError(
+            f"{run_dir}/best.keras is not a model this Keras can load ({type(exc).__name__}: {first_line[:160]})"
+        ) from None
     if tta == "flip":
         model = with_flip_tta(model)
     elif tta != "none":
@@ -180,8 +183,11 @@ def convert_run(
         public_scores = tflite_scores(path, public.x)
         tflite_accuracy = float((public_scores.argmax(1) == public.y).mean())
         agreement = float((public_scores.argmax(1) == keras_public.argmax(1)).mean())
-        metrics = {"public_accuracy": round(tflite_accuracy, 4), "keras_public_accuracy": round(keras_accuracy, 4),
-                   "keras_agreement": round(agreement, 4)}
+        metrics = {
+            "public_accuracy": round(tflite_accuracy, 4),
+            "keras_public_accuracy": round(keras_accuracy, 4),
+            "keras_agreement": round(agreement, 4),
+        }
         parity_lost = variant == "int8" and keras_accuracy - tflite_accuracy > MAX_INT8_DROP
         scores_private = private is not None and variant == "int8" and not parity_lost
         if scores_private:
@@ -189,12 +195,21 @@ def convert_run(
             metrics.update(private_accuracy=private_report["accuracy"], private_macro_f1=private_report["macro_f1"])
             (out_dir / f"fer_{variant}_private.json").write_text(json.dumps(private_report, indent=2))
             if variant == "int8":
-                plot_confusion(np.array(private_report["confusion_matrix"]), labels,
-                               out_dir / "confusion_int8_private.png", f"{run_dir.name} int8 PrivateTest")
+                plot_confusion(
+                    np.array(private_report["confusion_matrix"]),
+                    labels,
+                    out_dir / "confusion_int8_private.png",
+                    f"{run_dir.name} int8 PrivateTest",
+                )
         log.info(
             "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f%s",
-            variant, path.stat().st_size / 1024, keras_accuracy, tflite_accuracy, tflite_accuracy - keras_accuracy,
-            agreement, f"  PrivateTest {metrics['private_accuracy']:.4f}" if scores_private else "",
+            variant,
+            path.stat().st_size / 1024,
+            keras_accuracy,
+            tflite_accuracy,
+            tflite_accuracy - keras_accuracy,
+            agreement,
+            f"  PrivateTest {metrics['private_accuracy']:.4f}" if scores_private else "",
         )
         interpreter = make_interpreter(path)
         sidecar = ModelSidecar(
@@ -207,8 +222,13 @@ def convert_run(
             macs=tflite_macs(path),
             params=int(run_info.get("params", 0)),
             metrics=metrics,
-            source={"run": run_dir.name, "model": run_info.get("model"), "backend": run_info.get("backend"),
-                    "config": run_info.get("config", str(run_dir / "config.yaml")), "tta": tta},
+            source={
+                "run": run_dir.name,
+                "model": run_info.get("model"),
+                "backend": run_info.get("backend"),
+                "config": run_info.get("config", str(run_dir / "config.yaml")),
+                "tta": tta,
+            },
         )
         write_sidecar(path, sidecar)
         results.append(VariantResult(variant, path, keras_accuracy, tflite_accuracy, agreement))

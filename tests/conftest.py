@@ -63,8 +63,13 @@ def cache_dir(repo_root) -> Path:
 
 # modules that import TensorFlow/Keras (directly or through train/, convert/, bench/) or read FER-2013 throughout
 TRAIN_MODULES = {
-    "test_bench_robustness", "test_checkpoints", "test_convert_cli", "test_train_data", "test_train_distill",
-    "test_train_pipeline", "test_train_progress",
+    "test_bench_robustness",
+    "test_checkpoints",
+    "test_convert_cli",
+    "test_train_data",
+    "test_train_distill",
+    "test_train_pipeline",
+    "test_train_progress",
 }
 # fixtures that read FER-2013
 FER2013_FIXTURES = {"fer2013_dir", "public_faces", "cache_dir"}

@@ -36,8 +36,10 @@ def need_binary(name: str) -> str:
     """The path of ``name``; skips loudly when it is missing (.ci/run installs it)."""
     path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
     if path is None:
-        pytest.skip(f"{name} NOT INSTALLED: this test needs Debian's {name} package (apt-get install {name}; "
-                    f".ci/run installs it)")
+        pytest.skip(
+            f"{name} NOT INSTALLED: this test needs Debian's {name} package (apt-get install {name}; "
+            f".ci/run installs it)"
+        )
     return path
 
 
@@ -49,8 +51,12 @@ def write_config(path: Path, sections: dict) -> Path:
 def start_run(config: Path, source: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     """``fer-edge run --config CONFIG --source SOURCE`` in the background, stderr to ``log``."""
     with open(log, "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source",
-                                 str(source)], stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, **(env or {})})
+        return subprocess.Popen(
+            [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(source)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

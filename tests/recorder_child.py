@@ -54,8 +54,9 @@ def read_index(image: np.ndarray) -> int:
 INJECTED = ("free_bytes", "disk_check_interval_s", "wall_clock", "monotonic_clock")
 
 
-def recorder_for(output_dir, fps: float, frame_size: tuple[int, int], *, events: bool = True,
-                 record_video: bool = True, **settings):
+def recorder_for(
+    output_dir, fps: float, frame_size: tuple[int, int], *, events: bool = True, record_video: bool = True, **settings
+):
     """A Recorder built the way the app builds one, from its config sections: ``settings`` are ``recording``
     keys, except the injected disk and clocks (``INJECTED``)."""
     from fer_edge.config import EventsConfig, RecordingConfig
@@ -99,8 +100,15 @@ def main() -> int:
     face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
     frames = [draw_frame(i, args.width, args.height, noise=args.noise) for i in range(30)]
     # veryfast: the full-disk test sizes its disk to this encoder's output (ultrafast makes noise ~2x larger)
-    recorder = recorder_for(args.dir, args.fps, (args.width, args.height), segment_seconds=args.segment_seconds,
-                            min_free_mb=args.min_free_mb, disk_check_interval_s=0.2, preset="veryfast")
+    recorder = recorder_for(
+        args.dir,
+        args.fps,
+        (args.width, args.height),
+        segment_seconds=args.segment_seconds,
+        min_free_mb=args.min_free_mb,
+        disk_check_interval_s=0.2,
+        preset="veryfast",
+    )
     pace_fps = args.pace_fps if args.pace_fps is not None else args.fps
     start = time.monotonic()
     written = 0

@@ -30,8 +30,15 @@ def _limit_memory() -> None:
 
 
 def fer_edge(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fer_edge.cli", *args], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, preexec_fn=_limit_memory, stdin=subprocess.DEVNULL, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        preexec_fn=_limit_memory,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
 
 
 # --- what is broken: each builder makes its files under tmp and returns the command's arguments ---------
@@ -83,9 +90,11 @@ ALIAS_BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lo
 )
 
 # The same, all inside one value: where validation quoted the value whole, the error line took all memory.
-BOMB_IN_A_VALUE = 'source:\n  path: [&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]' + "".join(
-    f", &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")
-) + "]\n"
+BOMB_IN_A_VALUE = (
+    'source:\n  path: [&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'
+    + "".join(f", &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi"))
+    + "]\n"
+)
 
 BAD_MODELS = {
     "missing": (lambda tmp: run_source(str(CLIP), "--model", str(tmp / "nowhere.tflite")), "model not found"),
@@ -97,21 +106,33 @@ BAD_MODELS = {
     "an image": (lambda tmp: check_model(_model_pair(tmp, (REPO / "docs/demo-frame.png").read_bytes())), "loadable"),
 }
 BAD_SIDECARS = {
-    "missing": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"x") and _unlink_sidecar(tmp)),
-                "sidecar not found"),
-    "of another model": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(),
-                                                             sidecar_path(FAST_MODEL).read_bytes())),
-                         "does not match its sidecar checksum"),
+    "missing": (
+        lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"x") and _unlink_sidecar(tmp)),
+        "sidecar not found",
+    ),
+    "of another model": (
+        lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), sidecar_path(FAST_MODEL).read_bytes())),
+        "does not match its sidecar checksum",
+    ),
     "not JSON": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"labels: [happy]")), "unreadable"),
     "not UTF-8": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"\xff\xfe{}")), "unreadable"),
     "a list": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"[1, 2]")), "expected a JSON object"),
     "empty object": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"{}")), "format"),
-    "six labels": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), {"labels": list("abcdef")})),
-                   "labels"),
-    "huge face margin": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), {"face_margin": 1e300})),
-                         "face_margin"),
-    "float input": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), {"input": {
-        "shape": [1, 48, 48, 1], "dtype": "float32", "scale": 0.0, "zero_point": 0}})), "disagrees with the sidecar"),
+    "six labels": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), {"labels": list("abcdef")})), "labels"),
+    "huge face margin": (
+        lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), {"face_margin": 1e300})),
+        "face_margin",
+    ),
+    "float input": (
+        lambda tmp: check_model(
+            _model_pair(
+                tmp,
+                MODEL.read_bytes(),
+                {"input": {"shape": [1, 48, 48, 1], "dtype": "float32", "scale": 0.0, "zero_point": 0}},
+            )
+        ),
+        "disagrees with the sidecar",
+    ),
     "deeply nested": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes(), b"[" * 100_000)), "unreadable"),
 }
 BAD_CONFIGS = {
@@ -152,8 +173,10 @@ BAD_SOURCES = {
     "empty folder": (lambda tmp: run_source(str(tmp)), "no images in"),
     "unplugged camera": (lambda tmp: run_source("97"), "cannot open camera 97"),
     "missing /dev/video": (lambda tmp: run_source("/dev/video97"), "cannot open camera /dev/video97"),
-    "stream nobody serves": (lambda tmp: run_source(f"rtsp://admin:s3cret@127.0.0.1:{_closed_port()}/live"),
-                             "cannot open stream rtsp://admin:***@127.0.0.1"),
+    "stream nobody serves": (
+        lambda tmp: run_source(f"rtsp://admin:s3cret@127.0.0.1:{_closed_port()}/live"),
+        "cannot open stream rtsp://admin:***@127.0.0.1",
+    ),
 }
 BAD_ARGUMENTS = {
     "max frames 0": (lambda tmp: run_source(str(CLIP), "--max-frames", "0"), "--max-frames: expected a positive"),
@@ -172,9 +195,17 @@ def _unlink_sidecar(tmp: Path) -> Path:
     return tmp / "model.tflite"
 
 
-CASES = {f"{group}: {name}": case for group, cases in (
-    ("model", BAD_MODELS), ("sidecar", BAD_SIDECARS), ("config", BAD_CONFIGS), ("source", BAD_SOURCES),
-    ("arguments", BAD_ARGUMENTS)) for name, case in cases.items()}
+CASES = {
+    f"{group}: {name}": case
+    for group, cases in (
+        ("model", BAD_MODELS),
+        ("sidecar", BAD_SIDECARS),
+        ("config", BAD_CONFIGS),
+        ("source", BAD_SOURCES),
+        ("arguments", BAD_ARGUMENTS),
+    )
+    for name, case in cases.items()
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -25,7 +25,10 @@ def test_checkpoint_is_the_original_of_the_shipped_model(repo_root, fer2013_dir,
 @pytest.mark.parametrize(
     "config",
     [
-        "train-distill.yaml", "train-fast-cpu.yaml", "train-fast-ensemble.yaml", "train-fast-grow.yaml",
+        "train-distill.yaml",
+        "train-fast-cpu.yaml",
+        "train-fast-ensemble.yaml",
+        "train-fast-grow.yaml",
         "train-fast-wide.yaml",
     ],
 )

@@ -28,8 +28,10 @@ def test_roundtrip_and_checksum(tmp_path):
     model = tmp_path / "m.tflite"
     model.write_bytes(b"not really a model, but bytes with a checksum")
     sidecar = ModelSidecar(
-        labels=("a", "b"), input=TensorSpec((1, 4, 4, 1), "uint8", 1.0, 0),
-        output=TensorSpec((1, 2), "uint8", 1 / 256, 0), sha256=file_sha256(model),
+        labels=("a", "b"),
+        input=TensorSpec((1, 4, 4, 1), "uint8", 1.0, 0),
+        output=TensorSpec((1, 2), "uint8", 1 / 256, 0),
+        sha256=file_sha256(model),
     )
     write_sidecar(model, sidecar)
     assert read_sidecar(model) == sidecar

@@ -15,8 +15,9 @@ from fer_edge.contract import read_sidecar
 
 def convert_cli(repo_root, cwd, *args):
     env = {**os.environ, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 @pytest.fixture
@@ -31,8 +32,9 @@ def fast_run(repo_root, tmp_path):
 
 
 def test_a_converted_run_is_a_candidate_unless_shipped(repo_root, fer2013_dir, fast_run, tmp_path):
-    result = convert_cli(repo_root, tmp_path, "--run", str(fast_run), "--variants", "float32",
-                         "--data", str(fer2013_dir))
+    result = convert_cli(
+        repo_root, tmp_path, "--run", str(fast_run), "--variants", "float32", "--data", str(fer2013_dir)
+    )
     assert result.returncode == 0, result.stderr
     sidecar = read_sidecar(fast_run / "tflite" / "fer_float32.tflite")
     assert sidecar.metrics["public_accuracy"] > 0.6

@@ -78,8 +78,16 @@ esac
 """
 STUBBED = ("apt-get", "systemctl", "journalctl", "useradd", "usermod", "groupadd", "getent", "chown")
 # What apt's dist-packages would not hold (the venv brings its own pip and setuptools).
-NOT_FROM_APT = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "wheel", "fer_edge", "fer-edge",
-                "__editable__")
+NOT_FROM_APT = (
+    "pip",
+    "setuptools",
+    "_distutils_hack",
+    "pkg_resources",
+    "wheel",
+    "fer_edge",
+    "fer-edge",
+    "__editable__",
+)
 
 
 def _stubbed_system(base: Path) -> tuple[dict[str, str], Path]:
@@ -103,21 +111,26 @@ def _stubbed_system(base: Path) -> tuple[dict[str, str], Path]:
 def _ensure_prerequisites() -> None:
     # the Debian packages are installed by .ci/run (or by hand), never from inside a test
     if not Path(SSHD).exists():
-        pytest.skip("!!! DEPLOY TEST NOT RUN: no sshd: apt-get install openssh-server openssh-client "
-                    "(.ci/run does) !!!")
+        pytest.skip(
+            "!!! DEPLOY TEST NOT RUN: no sshd: apt-get install openssh-server openssh-client (.ci/run does) !!!"
+        )
     check = "import ensurepip, setuptools, wheel, yaml"
     if subprocess.run([SYSTEM_PYTHON, "-c", check], capture_output=True).returncode != 0:
-        pytest.skip(f"!!! DEPLOY TEST NOT RUN: the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, wheel "
-                    "and yaml: apt-get install python3-venv python3-setuptools python3-wheel python3-yaml "
-                    "(.ci/run does) !!!")
+        pytest.skip(
+            f"!!! DEPLOY TEST NOT RUN: the stand-in Pi needs {SYSTEM_PYTHON} with venv, setuptools, wheel "
+            "and yaml: apt-get install python3-venv python3-setuptools python3-wheel python3-yaml "
+            "(.ci/run does) !!!"
+        )
     system_version = subprocess.run(
         [SYSTEM_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True
     ).stdout.split()
     edge_site = _site_packages(EDGE_VENV)
     if edge_site.parent.name != f"python{'.'.join(system_version)}":
-        pytest.skip(f"!!! DEPLOY TEST NOT RUN: .venv-edge ({edge_site.parent.name}) must be built with "
-                    f"{SYSTEM_PYTHON}'s version (Python {'.'.join(system_version)}): its packages play the Pi's apt "
-                    "dist-packages (make clean; make test PYTHON=/usr/bin/python3) !!!")
+        pytest.skip(
+            f"!!! DEPLOY TEST NOT RUN: .venv-edge ({edge_site.parent.name}) must be built with "
+            f"{SYSTEM_PYTHON}'s version (Python {'.'.join(system_version)}): its packages play the Pi's apt "
+            "dist-packages (make clean; make test PYTHON=/usr/bin/python3) !!!"
+        )
 
 
 def _site_packages(venv: Path) -> Path:
@@ -140,8 +153,13 @@ def _tree(root: Path) -> dict[str, tuple]:
             continue
         info = path.lstat()
         target = os.readlink(path) if path.is_symlink() else None
-        entries[str(path.relative_to(root))] = (stat.S_IFMT(info.st_mode), stat.S_IMODE(info.st_mode),
-                                                info.st_size, info.st_mtime_ns, target)
+        entries[str(path.relative_to(root))] = (
+            stat.S_IFMT(info.st_mode),
+            stat.S_IMODE(info.st_mode),
+            info.st_size,
+            info.st_mtime_ns,
+            target,
+        )
     return entries
 
 
@@ -163,26 +181,49 @@ class FakePi:
 
     @property
     def ssh_options(self) -> list[str]:
-        return ["--port", str(self.port), "--identity", str(self.key),
-                "--ssh-option", f"UserKnownHostsFile={self.known_hosts}",
-                "--ssh-option", "StrictHostKeyChecking=yes", "--ssh-option", "BatchMode=yes",
-                "--staging", str(self.base / "staging")]
+        return [
+            "--port",
+            str(self.port),
+            "--identity",
+            str(self.key),
+            "--ssh-option",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "--ssh-option",
+            "StrictHostKeyChecking=yes",
+            "--ssh-option",
+            "BatchMode=yes",
+            "--staging",
+            str(self.base / "staging"),
+        ]
 
     def deploy(self, *args: str, script: Path = DEPLOY, install_args: tuple[str, ...] = ()):
-        cmd = [str(script), "PI=root@127.0.0.1", *self.ssh_options, *args, "--", "--prefix", str(self.root),
-               *install_args]
+        cmd = [
+            str(script),
+            "PI=root@127.0.0.1",
+            *self.ssh_options,
+            *args,
+            "--",
+            "--prefix",
+            str(self.root),
+            *install_args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
 
     def new_calls(self) -> list[str]:
         """The stub calls since the last time this was asked."""
         lines = (self.state / "calls.log").read_text().splitlines() if (self.state / "calls.log").exists() else []
-        new, self.calls_seen = lines[self.calls_seen:], len(lines)
+        new, self.calls_seen = lines[self.calls_seen :], len(lines)
         return new
 
     def env(self) -> dict[str, str]:
         """The environment of a session on the fake Pi, for commands run without ssh."""
-        return {**os.environ, "PATH": f"{self.stubs}:{os.environ['PATH']}", "PYTHONPATH": str(self.dist_packages),
-                "PIP_NO_INDEX": "1", "FAKE_PI_STATE": str(self.state)}
+        return {
+            **os.environ,
+            "PATH": f"{self.stubs}:{os.environ['PATH']}",
+            "PYTHONPATH": str(self.dist_packages),
+            "PIP_NO_INDEX": "1",
+            "FAKE_PI_STATE": str(self.state),
+        }
 
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
@@ -216,8 +257,10 @@ def fake_pi(tmp_path_factory):
         (dist_packages / entry.name).symlink_to(entry)
 
     port = _free_port()
-    env_line = f"PATH={stubs}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin PYTHONPATH={dist_packages} " \
-               f"PIP_NO_INDEX=1 FAKE_PI_STATE={state}"
+    env_line = (
+        f"PATH={stubs}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin PYTHONPATH={dist_packages} "
+        f"PIP_NO_INDEX=1 FAKE_PI_STATE={state}"
+    )
     (base / "sshd_config").write_text(
         f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
@@ -231,9 +274,23 @@ def fake_pi(tmp_path_factory):
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(base / "sshd_config")], stderr=log)
     pi = FakePi(base, port, base / "user_key", base / "known_hosts", state, base / "root", stubs, dist_packages)
     try:
-        probe = ["ssh", "-p", str(port), "-i", str(pi.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                 "-o", f"UserKnownHostsFile={pi.known_hosts}", "-o", "StrictHostKeyChecking=yes", "root@127.0.0.1",
-                 "command -v systemctl"]
+        probe = [
+            "ssh",
+            "-p",
+            str(port),
+            "-i",
+            str(pi.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={pi.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "root@127.0.0.1",
+            "command -v systemctl",
+        ]
         for _ in range(50):
             result = subprocess.run(probe, capture_output=True, text=True, stdin=subprocess.DEVNULL)
             if result.returncode == 0 or sshd.poll() is not None:
@@ -273,15 +330,21 @@ def test_first_deploy_installs_venv_model_config_unit_and_starts(fake_pi, first_
     pip_requirements = (root / "opt/fer-edge/requirements-pi.txt").read_text()
     assert "ai-edge-litert" in pip_requirements and "opencv" not in pip_requirements  # OpenCV comes from apt
 
-    assert any(c.startswith("apt-get install") and "python3-picamera2 python3-opencv opencv-data python3-venv" in c
-               for c in calls)
+    assert any(
+        c.startswith("apt-get install") and "python3-picamera2 python3-opencv opencv-data python3-venv" in c
+        for c in calls
+    )
     assert "groupadd --system render" in calls
     useradd = [c for c in calls if c.startswith("useradd")]
     assert len(useradd) == 1 and "--system" in useradd[0] and "--groups video" in useradd[0]
     assert "chown -h fer-edge:fer-edge " + str(root / "var/lib/fer-edge/recordings") in calls
     systemctl = [c for c in calls if c.startswith("systemctl") and "--version" not in c]
-    assert systemctl[:4] == ["systemctl daemon-reload", "systemctl enable --quiet fer-edge",
-                             "systemctl is-active --quiet fer-edge", "systemctl start fer-edge"]
+    assert systemctl[:4] == [
+        "systemctl daemon-reload",
+        "systemctl enable --quiet fer-edge",
+        "systemctl is-active --quiet fer-edge",
+        "systemctl start fer-edge",
+    ]
     assert "config ok: /etc/fer-edge/config.yaml" in result.stderr  # check-config ran before the start
     assert result.stderr.index("config ok") < result.stderr.index("starting fer-edge")
     assert "systemctl status fer-edge --no-pager --lines 0" in calls
@@ -301,9 +364,15 @@ def test_installed_fer_edge_runs_the_demo_clip_without_tensorflow(fake_pi, first
     venv = fake_pi.root / "opt/fer-edge/venv"
     env = fake_pi.env()
     probe = subprocess.run(
-        [str(venv / "bin/python"), "-c",
-         "import fer_edge, importlib.util as u; print(fer_edge.__file__); print(u.find_spec('tensorflow'))"],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "import fer_edge, importlib.util as u; print(fer_edge.__file__); print(u.find_spec('tensorflow'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert probe[0].startswith(str(venv))  # the installed copy, not the checkout
     assert probe[1] == "None"
@@ -315,7 +384,10 @@ def test_installed_fer_edge_runs_the_demo_clip_without_tensorflow(fake_pi, first
     run_config.write_text(yaml.safe_dump(cfg))
     result = subprocess.run(
         [str(venv / "bin/fer-edge"), "run", "--config", str(run_config), "--source", str(CLIP), "--max-frames", "60"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     recordings = Path(cfg["recording"]["output_dir"])
@@ -477,6 +549,7 @@ def test_deploy_model_restores_the_previous_model_when_the_service_fails(fake_pi
 class ModelOnlyPi:
     """install.sh --model-only under --prefix without ssh or a venv: stubbed system commands, the config
     template, and a stub `fer-edge` whose check-config passes (only the model swap is under test)."""
+
     root: Path
     state: Path
     env: dict[str, str]
@@ -486,8 +559,13 @@ class ModelOnlyPi:
         return self.root / "var/lib/fer-edge/models"
 
     def install(self, model: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", str(INSTALL), "--prefix", str(self.root), "--model-only", "--model", str(model)],
-                              env=self.env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["bash", str(INSTALL), "--prefix", str(self.root), "--model-only", "--model", str(model)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def install_aged(self, models: list[Path]) -> list[str]:
         """Install each model in turn, then date their folders a minute apart, the first the oldest."""
@@ -533,8 +611,14 @@ def test_a_failed_model_swap_rolls_back_to_a_model_that_is_still_there(model_onl
     a, b, c, d = _small_models(tmp_path, "abcd")
     version_a = pi.install_aged([a, b, c])[0]
     if back_to_a == "by hand":  # docs/DEPLOY.md's "roll back by hand", under the prefix
-        subprocess.run(["bash", "-c", f"ln -sfn {version_a} {pi.models}/.current.tmp && "
-                                      f"mv -T {pi.models}/.current.tmp {pi.models}/current"], check=True)
+        subprocess.run(
+            [
+                "bash",
+                "-c",
+                f"ln -sfn {version_a} {pi.models}/.current.tmp && mv -T {pi.models}/.current.tmp {pi.models}/current",
+            ],
+            check=True,
+        )
     else:
         assert pi.install(a).returncode == 0
     assert (pi.models / "current").readlink() == Path(version_a)
@@ -577,8 +661,12 @@ def test_uninstall_removes_what_install_added_and_keeps_recordings(fake_pi, unin
     result, recording, calls = uninstalled
     root = fake_pi.root
     assert recording.read_bytes() == b"a finished recording"
-    for gone in ("opt/fer-edge", "etc/systemd/system/fer-edge.service", "var/lib/fer-edge/models",
-                 "etc/fer-edge/config.yaml.new"):
+    for gone in (
+        "opt/fer-edge",
+        "etc/systemd/system/fer-edge.service",
+        "var/lib/fer-edge/models",
+        "etc/fer-edge/config.yaml.new",
+    ):
         assert not (root / gone).exists(), gone
     assert (root / "etc/fer-edge/config.yaml").exists()  # edited by the operator: kept
     assert "kept your edited /etc/fer-edge/config.yaml" in result.stderr
@@ -598,8 +686,13 @@ def test_device_config_template_sets_every_key():
 
 def test_install_with_prefix_refuses_the_real_system_commands(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FAKE_PI_STATE"}
-    result = subprocess.run(["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), "--no-apt"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), "--no-apt"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "would run the real" in result.stderr and "put a stub" in result.stderr
     assert not (tmp_path / "root").exists()  # refused before writing anything
@@ -623,9 +716,22 @@ def test_backoff_drop_in_only_on_systemd_254_or_newer(fake_pi, uninstalled):
 
 def test_deploy_to_an_unreachable_pi_fails_with_ssh_s_reason(tmp_path):
     result = subprocess.run(
-        [str(DEPLOY), "PI=nobody@127.0.0.1", "--port", str(_free_port()), "--ssh-option", "BatchMode=yes",
-         "--ssh-option", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "--ssh-option", "ConnectTimeout=10"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            str(DEPLOY),
+            "PI=nobody@127.0.0.1",
+            "--port",
+            str(_free_port()),
+            "--ssh-option",
+            "BatchMode=yes",
+            "--ssh-option",
+            f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "--ssh-option",
+            "ConnectTimeout=10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode != 0
     assert "Connection refused" in result.stderr
@@ -655,8 +761,14 @@ def test_deploy_never_deletes_what_is_in_the_staging_folder(tmp_path):
     # --model-only uploads the least; install.sh --help (under a --prefix) only shows where it was run from.
     install_args = ["--", "--prefix", str(tmp_path / "root"), "--help"]
     for staging, folder, kept in ((["--staging", str(photos)], photos, "a.jpg"), ([], earlier, "notes.txt")):
-        result = subprocess.run([str(DEPLOY), "PI=pi@fake", *staging, "--model-only", *install_args], env=env,
-                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [str(DEPLOY), "PI=pi@fake", *staging, "--model-only", *install_args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert result.returncode == 0, result.stderr
         assert [p.name for p in folder.iterdir()] == [kept]  # the user's file kept, the upload folder removed
         assert f"(default: {folder}/fer-edge-upload." in result.stdout  # install.sh ran from a new folder in it
@@ -684,7 +796,8 @@ def test_runtime_choice_follows_the_python(tmp_path):
     assert {"tflite-runtime", "av"} <= results[("64", "3.9")] and "ai-edge-litert" not in results[("64", "3.9")]
     assert not any("opencv" in name for names in results.values() for name in names)  # apt's python3-opencv
     assert [n for n in results[("32", "3.13")] if n.startswith("DIE")] == [
-        "DIE no TFLite runtime wheel for 32-bit Python 3.13: install the 64-bit Raspberry Pi OS"]
+        "DIE no TFLite runtime wheel for 32-bit Python 3.13: install the 64-bit Raspberry Pi OS"
+    ]
 
 
 @pytest.mark.parametrize("link", ["recordings", "models", ""])
@@ -706,12 +819,19 @@ def test_install_never_follows_a_symbolic_link_the_service_could_have_made(model
     if link == "models":  # written by a model swap
         result = pi.install(_small_models(tmp_path, "a")[0])
     else:  # --python /bin/false: were the link followed, the install would go on and stop at the venv
-        result = subprocess.run(["bash", str(INSTALL), "--prefix", str(pi.root), "--no-apt", "--python", "/bin/false"],
-                                env=pi.env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", str(INSTALL), "--prefix", str(pi.root), "--no-apt", "--python", "/bin/false"],
+            env=pi.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert errors == [f"fer-edge install: error: /{linked.relative_to(pi.root)} is a symbolic link (to {victim}), "
-                      "not a folder: refusing to change its owner or mode as root; remove the link and install again"]
+    assert errors == [
+        f"fer-edge install: error: /{linked.relative_to(pi.root)} is a symbolic link (to {victim}), "
+        "not a folder: refusing to change its owner or mode as root; remove the link and install again"
+    ]
     assert stat.S_IMODE(victim.stat().st_mode) == 0o755
     calls_log = pi.state / "calls.log"
     calls = calls_log.read_text().splitlines() if calls_log.exists() else []

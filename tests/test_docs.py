@@ -64,8 +64,13 @@ def test_the_docs_use_no_insiders_words(repo_root):
 
 
 def test_makefile_help_is_the_default_goal(repo_root):
-    result = subprocess.run(["make", "-s", "-C", str(repo_root)], capture_output=True, text=True, timeout=30,
-                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    result = subprocess.run(
+        ["make", "-s", "-C", str(repo_root)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+    )
     assert result.returncode == 0
     for target in ("make demo", "make test ", "make test-edge", "make train", "make docs"):
         assert target in result.stdout

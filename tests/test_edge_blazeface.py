@@ -84,8 +84,12 @@ def test_decodes_faces_placed_at_known_boxes(background, short, public_faces):
         reference, (ref_side, (ref_x, ref_y)) = found[0], placements[0]
         for face, (side, (x, y)) in zip(found, placements):
             scale = side / ref_side
-            expected = Box(round(x + (reference.box.x - ref_x) * scale), round(y + (reference.box.y - ref_y) * scale),
-                           round(reference.box.w * scale), round(reference.box.h * scale))
+            expected = Box(
+                round(x + (reference.box.x - ref_x) * scale),
+                round(y + (reference.box.y - ref_y) * scale),
+                round(reference.box.w * scale),
+                round(reference.box.h * scale),
+            )
             # BlazeFace's own wobble at 28-44 px input faces is about a tenth of the side; a wrong decoding
             # (axes swapped, a wrong anchor order or scale) is off by whole sides
             (cx, cy), (ex, ey) = face.box.centre, expected.centre

@@ -82,8 +82,13 @@ def test_report_subcommand_summarizes_the_run(demo_run, tmp_path):
     events = sorted(output.glob("*.jsonl"))
     result = fer_edge("report", *map(str, events), "--output", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
-    labels_seen = [face["label"] for path in events for line in path.read_text().splitlines()
-                   for face in json.loads(line)["faces"] if face.get("label") is not None]
+    labels_seen = [
+        face["label"]
+        for path in events
+        for line in path.read_text().splitlines()
+        for face in json.loads(line)["faces"]
+        if face.get("label") is not None
+    ]
     with (tmp_path / "report" / "tracks.csv").open(newline="") as table:
         rows = list(csv.DictReader(table))
     assert rows and sum(int(row["frames"]) for row in rows) == len(labels_seen) > 0
@@ -204,10 +209,16 @@ def test_check_config_refuses_what_run_refuses(case, demo_clip, model_path, tmp_
     bad_model = bad_sidecar_model(tmp_path / "bad", model_path, edited_sidecar(model_path, face_margin=0))
     text, expected = REFUSED_CONFIGS[case]
     model_input = json.loads(model_path.with_suffix(".json").read_text())["input"]
-    odd_scale = bad_sidecar_model(tmp_path / "odd", model_path,
-                                  edited_sidecar(model_path, input={**model_input, "scale": 0.5}))
-    values = {"clip": demo_clip, "tmp": tmp_path, "bad_model": bad_model, "odd_scale": odd_scale,
-              "cut_model": cut_model(tmp_path / "cut", model_path)}
+    odd_scale = bad_sidecar_model(
+        tmp_path / "odd", model_path, edited_sidecar(model_path, input={**model_input, "scale": 0.5})
+    )
+    values = {
+        "clip": demo_clip,
+        "tmp": tmp_path,
+        "bad_model": bad_model,
+        "odd_scale": odd_scale,
+        "cut_model": cut_model(tmp_path / "cut", model_path),
+    }
     config = tmp_path / "config.yaml"
     config.write_bytes(text if isinstance(text, bytes) else text.format(**values).encode())
     check = fer_edge("check-config", "--quiet", "--config", str(config))
@@ -252,8 +263,10 @@ def test_unwritable_output_is_a_recording_error(demo_clip, tmp_path):
     result = fer_edge("run", "--source", str(demo_clip), "--output", str(blocker / "out"), "--max-frames", "5")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert error_lines(result) == [f"fer-edge: error: cannot create output directory {blocker / 'out'}: "
-                                   f"[Errno 20] Not a directory: '{blocker / 'out'}'"]
+    assert error_lines(result) == [
+        f"fer-edge: error: cannot create output directory {blocker / 'out'}: "
+        f"[Errno 20] Not a directory: '{blocker / 'out'}'"
+    ]
 
 
 def test_usage_errors_exit_2():
@@ -264,8 +277,17 @@ def test_usage_errors_exit_2():
 def start_camera_paced_run(demo_clip: Path, output: Path) -> subprocess.Popen:
     """``fer-edge run --realtime`` on the demo clip in a child process, returned once its first segment is open."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(demo_clip), "--output", str(output),
-         "--realtime"],
+        [
+            sys.executable,
+            "-m",
+            "fer_edge.cli",
+            "run",
+            "--source",
+            str(demo_clip),
+            "--output",
+            str(output),
+            "--realtime",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -339,8 +361,11 @@ def test_sigkill_loses_at_most_the_last_two_seconds(demo_clip, tmp_path):
     process = start_camera_paced_run(demo_clip, output)
     events = output / "events.jsonl"
     deadline = time.monotonic() + 60  # ~3 s of camera-paced frames, however busy the machine
-    while time.monotonic() < deadline and process.poll() is None and (
-            not events.exists() or len(events.read_bytes().splitlines()) < 90):
+    while (
+        time.monotonic() < deadline
+        and process.poll() is None
+        and (not events.exists() or len(events.read_bytes().splitlines()) < 90)
+    ):
         time.sleep(0.1)
     process.kill()
     process.communicate(timeout=30)

@@ -86,8 +86,10 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("detector:\n  scale_factor: 1.0\n", "detector.scale_factor: expected a number in [1.01, 2], got 1.0"),
         ("detector:\n  scale_factor: 1.0e+300\n", "detector.scale_factor: expected a number in [1.01, 2], got 1e+300"),
         ("detector:\n  min_face: 100000000000\n", "detector.min_face: expected an integer 8-4096, got 100000000000"),
-        ("detector:\n  min_neighbors: 100000000000\n",
-         "detector.min_neighbors: expected an integer 0-100, got 100000000000"),
+        (
+            "detector:\n  min_neighbors: 100000000000\n",
+            "detector.min_neighbors: expected an integer 0-100, got 100000000000",
+        ),
         ("detector:\n  kind: yolo\n", "detector.kind: expected one of blazeface, haar, got 'yolo'"),
         ("detector:\n  min_score: 1\n", "detector.min_score: expected a number in (0, 1), got 1"),
         ("model:\n  max_turn: 2\n", "model.max_turn: expected a number in [0, 1], got 2"),
@@ -114,7 +116,7 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("source:\n  reopen_initial_s: 1e9\n", "source.reopen_initial_s: expected a number in (0, 3600]"),
         ("source:\n  reopen_max_s: 3601\n", "source.reopen_max_s: expected a number in (0, 3600], got 3601"),
         ("source:\n  device: -1\n", "source.device: expected a camera index 0-1023 or a URL, got -1"),
-        ("source:\n  device: \"rtsp://cam\\nx\"\n", "source.device: expected a camera index, a /dev/video path"),
+        ('source:\n  device: "rtsp://cam\\nx"\n', "source.device: expected a camera index, a /dev/video path"),
         ("logging:\n  status_interval_s: 1e12\n", "logging.status_interval_s: expected a number in (0, 86400]"),
     ],
 )
@@ -141,7 +143,7 @@ def test_an_error_line_shows_a_long_value_cut_short(tmp_path):
 
 
 def test_an_error_line_never_shows_a_camera_password(tmp_path):
-    path = write(tmp_path, "source:\n  device: \"rtsp://admin:s3cret@10.0.0.2/stream\\n\"\n")
+    path = write(tmp_path, 'source:\n  device: "rtsp://admin:s3cret@10.0.0.2/stream\\n"\n')
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert "s3cret" not in str(caught.value) and "rtsp://admin:***@10.0.0.2/stream" in str(caught.value)
@@ -177,11 +179,13 @@ def test_an_alias_bomb_in_a_wrong_place_is_one_short_error_line_from_the_cli(tmp
     path = write(tmp_path, "source:\n  path: [" + ", ".join(levels) + "]\n")
     limit = "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
     code = limit + "from fer_edge.cli import main; sys.exit(main(sys.argv[1:]))"
-    result = subprocess.run([sys.executable, "-c", code, "check-config", "--config", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code, "check-config", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2, result.stderr[-500:]
-    assert result.stderr.strip().splitlines() == [f"fer-edge: error: {path}: expands to more than 10000 values "
-                                                  "(aliases nested in aliases?)"]
+    assert result.stderr.strip().splitlines() == [
+        f"fer-edge: error: {path}: expands to more than 10000 values (aliases nested in aliases?)"
+    ]
 
 
 def test_a_value_that_contains_itself_is_one_error_line(tmp_path):

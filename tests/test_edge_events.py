@@ -52,8 +52,14 @@ def test_lines_hold_boxes_tracks_labels_and_scores(tmp_path):
     assert smoothed_face["smoothed"]["happy"] == pytest.approx(0.6)
     assert raw_face["label"] == raw_face["raw_label"] == "happy" and raw_face["track"] is None
     assert "smoothed" not in raw_face
-    assert unclassified == {"box": [5, 5, 30, 30], "track": None, "label": None, "score": None, "scores": None,
-                            "raw_label": None}
+    assert unclassified == {
+        "box": [5, 5, 30, 30],
+        "track": None,
+        "label": None,
+        "score": None,
+        "scores": None,
+        "raw_label": None,
+    }
 
 
 def test_each_line_is_on_disk_as_soon_as_it_is_written(tmp_path):
@@ -144,20 +150,25 @@ def test_a_full_disk_drops_lines_with_one_warning_and_never_raises(tmp_path, cap
 MARKER_TMP = STEM_MARKER_NAME + ".tmp"
 
 
-@pytest.mark.parametrize("marker", [
-    b"\0" * 20,  # a power cut on FAT/exFAT: the size made it to disk, the data did not
-    b"\xff\xfe20261124-183000-0007",  # not UTF-8
-    b"20261124-183000-0007\0",
-    b"../../escaped",  # a path: must never move the events file out of the folder
-    b"sub/20261124-183000-0007",
-    b"..",
-    b"20261124-18",  # cut short: not a recording stem, which the disk guard would never delete
-], ids=["nul", "not-utf8", "trailing-nul", "dotdot", "separator", "parent", "truncated"])
+@pytest.mark.parametrize(
+    "marker",
+    [
+        b"\0" * 20,  # a power cut on FAT/exFAT: the size made it to disk, the data did not
+        b"\xff\xfe20261124-183000-0007",  # not UTF-8
+        b"20261124-183000-0007\0",
+        b"../../escaped",  # a path: must never move the events file out of the folder
+        b"sub/20261124-183000-0007",
+        b"..",
+        b"20261124-18",  # cut short: not a recording stem, which the disk guard would never delete
+    ],
+    ids=["nul", "not-utf8", "trailing-nul", "dotdot", "separator", "parent", "truncated"],
+)
 def test_a_garbage_marker_is_ignored_with_one_warning_and_no_event_is_lost(tmp_path, caplog, marker):
     folder = tmp_path / "recordings"
     folder.mkdir()
-    (folder / CURRENT_NAME).write_text('{"t": 1795631400.5, "frame": 0, "faces": []}\n'
-                                       '{"t": 1795631400.6, "frame": 1, "faces": []}\n')
+    (folder / CURRENT_NAME).write_text(
+        '{"t": 1795631400.5, "frame": 0, "faces": []}\n{"t": 1795631400.6, "frame": 1, "faces": []}\n'
+    )
     (folder / STEM_MARKER_NAME).write_bytes(marker)
     with caplog.at_level(logging.WARNING):
         recovered = recover_leftover_events(folder, fallback_stem=lambda t: f"from-{int(t)}")
@@ -227,8 +238,9 @@ def test_a_partial_line_left_by_a_full_disk_is_cut_before_writing_again(tmp_path
     """A write refused half-way (full disk; here a file size limit) leaves part of a line in the open file; the
     next line must not be glued to it, or both are lost."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run([sys.executable, "-c", SHORT_WRITE_RUN, str(tmp_path)], capture_output=True, text=True,
-                            timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE_RUN, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0, result.stderr
     finished = tmp_path / "20261124-183000-0001.jsonl"
     assert result.stdout.strip() == str(finished)

@@ -197,8 +197,14 @@ def test_detection_every_n_frames_with_the_tracker_carrying_boxes(demo_images, d
 def test_without_a_tracker_boxes_of_the_last_detection_are_reused(demo_images, detector, classifier):
     counting = CountingDetector(detector)
     sink = ListSink(keep_images=False)
-    Pipeline(fresh_source(demo_images[30:42]), counting, classifier, Annotator(), [sink],
-             schedule=DetectionSchedule(every_n_frames=4)).run()
+    Pipeline(
+        fresh_source(demo_images[30:42]),
+        counting,
+        classifier,
+        Annotator(),
+        [sink],
+        schedule=DetectionSchedule(every_n_frames=4),
+    ).run()
     assert counting.calls == 3
     assert [f.box for f in sink.faces[1]] == [f.box for f in sink.faces[0]]
 
@@ -271,14 +277,22 @@ def test_privacy_covers_a_face_the_detector_missed_for_one_run(demo_images, clas
             return [] if self.runs == 3 else [Detection(face)]  # the third detection run (frame 6) misses it
 
     hidden = []
-    Pipeline(ListSource([demo_images[0].copy() for _ in range(12)]), MissesOnce(), classifier, Annotator(),
-             [ListSink()], tracker=IouTracker(), schedule=DetectionSchedule(every_n_frames=3),
-             privacy=lambda image, boxes: hidden.append(boxes)).run()
+    Pipeline(
+        ListSource([demo_images[0].copy() for _ in range(12)]),
+        MissesOnce(),
+        classifier,
+        Annotator(),
+        [ListSink()],
+        tracker=IouTracker(),
+        schedule=DetectionSchedule(every_n_frames=3),
+        privacy=lambda image, boxes: hidden.append(boxes),
+    ).run()
     assert len(hidden) == 12 and all(boxes == [face] for boxes in hidden), hidden
 
 
-def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(demo_images, detector, classifier,
-                                                                             monkeypatch):
+def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(
+    demo_images, detector, classifier, monkeypatch
+):
     """A lost USB camera is a state the loop handles (the source retries), not a hang: the watchdog
     keeps being pinged and the status says what it waits for; frames count on when it is back."""
     import fer_edge.pipeline
@@ -307,13 +321,23 @@ def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(dem
             return lambda *args: self.calls.append((name, *args))
 
     notes, sink = Notes(), ListSink()
-    stats = Pipeline(CameraLostForAWhile(), detector, classifier, Annotator(), [sink], notifier=notes,
-                     status_interval_s=3600).run()
+    stats = Pipeline(
+        CameraLostForAWhile(), detector, classifier, Annotator(), [sink], notifier=notes, status_interval_s=3600
+    ).run()
     assert stats.frames == 2 and [frame.index for frame in sink.frames] == [0, 1]
     names = [call[0] for call in notes.calls]
     # frame 0; three waits (status once, then every interval); frame 1; the closing status line
-    assert names == ["ready", "watchdog", "watchdog", "status", "watchdog", "watchdog", "watchdog", "stopping",
-                     "status"]
+    assert names == [
+        "ready",
+        "watchdog",
+        "watchdog",
+        "status",
+        "watchdog",
+        "watchdog",
+        "watchdog",
+        "stopping",
+        "status",
+    ]
     assert notes.calls[3] == ("status", "waiting: camera 0 lost; next try in 4 s")
     assert "fps, frames 2, faces" in notes.calls[-1][1]
 
@@ -400,10 +424,20 @@ def test_the_schedule_scans_when_nothing_is_tracked_a_track_ended_or_on_the_time
     schedule = DetectionSchedule(every_n_frames=2, full_scan_interval_s=1.0, region_factor=2.5)
     plans = [schedule.next(t / 10, tracked) for t, tracked in enumerate([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0])]
     assert plans == [
-        "full", "carry",  # nothing tracked: scan
-        "regions", "carry", "regions", "carry", "regions", "carry", "regions", "carry",  # windows around the face
-        "full", "carry",  # 1 s since the last scan: look for new faces
-        "full", "carry",  # the track ended: scan
+        "full",
+        "carry",  # nothing tracked: scan
+        "regions",
+        "carry",
+        "regions",
+        "carry",
+        "regions",
+        "carry",
+        "regions",
+        "carry",  # windows around the face
+        "full",
+        "carry",  # 1 s since the last scan: look for new faces
+        "full",
+        "carry",  # the track ended: scan
     ]
     assert DetectionSchedule(region_factor=0.0).next(0.0, 3) == "full"  # without windows, always scan
     looped = DetectionSchedule(full_scan_interval_s=1.0, region_factor=2.5)
@@ -437,8 +471,16 @@ def test_tracked_faces_are_found_again_in_windows_around_them_on_a_real_clip():
 
     detector, sink = Recording(), ListSink(keep_images=False)
     schedule = DetectionSchedule(every_n_frames=3, full_scan_interval_s=1.0, region_factor=2.5)
-    Pipeline(ListSource(images, fps=29.97), detector, ExpressionClassifier(Path("models/fer_int8.tflite")),
-             Annotator(), [sink], tracker=IouTracker(), smoother=LabelSmoother(), schedule=schedule).run()
+    Pipeline(
+        ListSource(images, fps=29.97),
+        detector,
+        ExpressionClassifier(Path("models/fer_int8.tflite")),
+        Annotator(),
+        [sink],
+        tracker=IouTracker(),
+        smoother=LabelSmoother(),
+        schedule=schedule,
+    ).run()
     assert len(detector.calls) == 15  # every 3rd frame
     kinds = ["full" if regions is None else "regions" for regions, _ in detector.calls]
     assert kinds == ["full"] + ["regions"] * 9 + ["full"] + ["regions"] * 4  # a scan again after 1 s (frame 30)

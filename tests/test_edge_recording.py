@@ -116,8 +116,13 @@ def test_segments_rotate_with_their_events_files(tmp_path):
 
 
 def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     try:
         written = wait_for_written(proc, int(3 * FPS))
     finally:
@@ -145,8 +150,13 @@ def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_pat
 
 
 def test_sigterm_finalizes_a_complete_mp4(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     try:
         wait_for_written(proc, int(1.5 * FPS))
         proc.send_signal(signal.SIGTERM)
@@ -262,8 +272,9 @@ def test_full_disk_never_stops_the_loop_and_recording_resumes(tmp_path):
     """A real 2 MB tmpfs (mounted in a private user namespace) filled by a recording process."""
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         pytest.skip("needs unshare and mount")
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.decode().strip()}")
     mount, saved = tmp_path / "mnt", tmp_path / "saved"
@@ -275,8 +286,9 @@ def test_full_disk_never_stops_the_loop_and_recording_resumes(tmp_path):
         f"{sys.executable} {CHILD} --dir {mount} --frames 90 --fps 10 --pace-fps 60 --noise --retry-s 0.1 "
         f"--delete-at 50; rc=$?; cp -a {mount}/. {saved}/; exit $rc"
     )
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                            env=child_env(), timeout=60)
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["closed", "90"]
     assert "disk full" in result.stderr and "writing video again" in result.stderr, result.stderr
@@ -451,8 +463,9 @@ def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(
 
 def test_the_list_of_finished_segments_stays_bounded(tmp_path):
     count = RECENT_SEGMENTS + 20
-    with recorder_for(tmp_path, FPS, (64, 48), segment_seconds=1 / FPS, fragment_seconds=1 / FPS,
-                      events=False) as recorder:
+    with recorder_for(
+        tmp_path, FPS, (64, 48), segment_seconds=1 / FPS, fragment_seconds=1 / FPS, events=False
+    ) as recorder:
         feed(recorder, range(count), width=64, height=48)  # one segment per frame
     assert len(list(tmp_path.glob("*.mp4"))) == count  # every one was recorded
     assert len(recorder._segments) == RECENT_SEGMENTS
@@ -508,8 +521,14 @@ def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tm
 
 
 def fer_edge_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fer_edge.cli", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env=child_env())
+    return subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=child_env(),
+    )
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -522,8 +541,18 @@ def test_a_disk_floor_larger_than_the_disk_is_refused_at_start(tmp_path, demo_cl
         recorder_for(tmp_path, FPS, (W, H), min_free_mb=total_mb + 1)
     config = tmp_path / "config.yaml"
     config.write_text(f"recording:\n  min_free_mb: {total_mb * 2:.0f}\n")
-    result = fer_edge_cli("run", "--config", str(config), "--source", str(demo_clip), "--output",
-                          str(tmp_path / "out"), "--max-frames", "5", cwd=tmp_path)
+    result = fer_edge_cli(
+        "run",
+        "--config",
+        str(config),
+        "--source",
+        str(demo_clip),
+        "--output",
+        str(tmp_path / "out"),
+        "--max-frames",
+        "5",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = error_lines(result)
     assert line.startswith("fer-edge: error: recording.min_free_mb:"), result.stderr
@@ -537,8 +566,9 @@ def test_the_disk_guard_deletes_nothing_when_deleting_cannot_reach_the_floor(tmp
         make_old_recording(tmp_path, stem, MB)
     disk = FakeDisk(tmp_path, capacity=20 * MB, other_use=16 * MB)  # ~2 MB free, 2 MB deletable, floor 9 MB
     with caplog.at_level(logging.INFO, logger="fer_edge"):
-        with recorder_for(tmp_path, FPS, (W, H), min_free_mb=9, segment_seconds=1.0, free_bytes=disk,
-                      disk_check_interval_s=0) as recorder:
+        with recorder_for(
+            tmp_path, FPS, (W, H), min_free_mb=9, segment_seconds=1.0, free_bytes=disk, disk_check_interval_s=0
+        ) as recorder:
             feed(recorder, range(100))
     assert all((tmp_path / f"{stem}.mp4").exists() for stem in old)
     assert not any("deleted old recording" in r.getMessage() for r in caplog.records)
@@ -569,10 +599,14 @@ REFUSED_RECORDING = {
     "audio codec": ("recording:\n  codec: aac\n", "recording.codec: aac is an audio encoder"),
     "codec MP4 cannot hold": ("recording:\n  codec: rawvideo\n", "recording.codec: rawvideo cannot record 640x360"),
     "huge fragment": ("recording:\n  fragment_seconds: 1.0e+9\n", "recording.fragment_seconds: expected a number <="),
-    "fragment above the segment": ("recording:\n  segment_seconds: 2\n  fragment_seconds: 5\n",
-                                   "recording.fragment_seconds: expected a number <= recording.segment_seconds (2)"),
-    "huge pre-roll": ("recording:\n  presence_triggered: true\n  pre_roll_s: 1.0e+308\n",
-                      "recording.pre_roll_s: expected a number in [0, 60]"),
+    "fragment above the segment": (
+        "recording:\n  segment_seconds: 2\n  fragment_seconds: 5\n",
+        "recording.fragment_seconds: expected a number <= recording.segment_seconds (2)",
+    ),
+    "huge pre-roll": (
+        "recording:\n  presence_triggered: true\n  pre_roll_s: 1.0e+308\n",
+        "recording.pre_roll_s: expected a number in [0, 60]",
+    ),
     "huge segment": ("recording:\n  segment_seconds: 1.0e+12\n", "recording.segment_seconds: expected a number <="),
 }
 
@@ -583,8 +617,9 @@ def test_check_config_refuses_the_recording_settings_run_cannot_use(case, tmp_pa
     config = tmp_path / "config.yaml"
     config.write_text(text + f"source:\n  path: {demo_clip}\n")
     check = fer_edge_cli("check-config", "--quiet", "--config", str(config), cwd=tmp_path)
-    run = fer_edge_cli("run", "--config", str(config), "--output", str(tmp_path / "out"), "--max-frames", "40",
-                       cwd=tmp_path)
+    run = fer_edge_cli(
+        "run", "--config", str(config), "--output", str(tmp_path / "out"), "--max-frames", "40", cwd=tmp_path
+    )
     for result in (check, run):
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         [line] = error_lines(result)
@@ -599,10 +634,13 @@ def x264_settings(video: Path) -> str:
     return data[start : data.index(b"\0", start)].decode()
 
 
-@pytest.mark.parametrize(("preset", "cabac", "tune", "bframes"), [
-    ("ultrafast", "cabac=0", "zerolatency", "bframes=0"),  # zerolatency: no frame held back
-    ("veryfast", "cabac=1", "film", "bframes=3"),
-])
+@pytest.mark.parametrize(
+    ("preset", "cabac", "tune", "bframes"),
+    [
+        ("ultrafast", "cabac=0", "zerolatency", "bframes=0"),  # zerolatency: no frame held back
+        ("veryfast", "cabac=1", "film", "bframes=3"),
+    ],
+)
 def test_the_x264_preset_and_tune_are_those_configured(tmp_path, preset, cabac, tune, bframes):
     with recorder_for(tmp_path, FPS, (W, H), codec="libx264", preset=preset, tune=tune) as recorder:
         feed(recorder, range(40))

@@ -189,11 +189,15 @@ def test_a_quick_restart_starts_new_tracks_even_within_the_time_gap(tmp_path):
     starting again at 0 is what tells the runs apart (their files given in any order)."""
     first = tmp_path / "20261128-100000-0001.jsonl"
     second = tmp_path / "20261128-100008-0001.jsonl"
-    first.write_text("".join(json.dumps({"t": T0 + i / FPS, "frame": i, "faces": [face(1, "happy")]}) + "\n"
-                             for i in range(60)))
-    second.write_text("".join(json.dumps({"t": T0 + 60 / FPS + 2 + i / FPS, "frame": i, "faces": [face(1, "sad")]})
-                              + "\n"
-                              for i in range(30)))
+    first.write_text(
+        "".join(json.dumps({"t": T0 + i / FPS, "frame": i, "faces": [face(1, "happy")]}) + "\n" for i in range(60))
+    )
+    second.write_text(
+        "".join(
+            json.dumps({"t": T0 + 60 / FPS + 2 + i / FPS, "frame": i, "faces": [face(1, "sad")]}) + "\n"
+            for i in range(30)
+        )
+    )
     rows = read_csv(report.main([second, first], tmp_path / "out")[0])
     assert [(r["track"], r["frames"], r["dominant"]) for r in rows] == [("1", "60", "happy"), ("1#2", "30", "sad")]
 
@@ -213,8 +217,11 @@ def test_faces_without_a_label_are_left_out(tmp_path):
 def test_a_tie_goes_to_the_label_seen_first(tmp_path):
     path = tmp_path / "events.jsonl"
     labels = ["sad", "happy", "happy", "fear", "sad", "fear"]
-    path.write_text("".join(json.dumps({"t": T0 + i, "frame": i, "faces": [face(7, label)]}) + "\n"
-                            for i, label in enumerate(labels)))
+    path.write_text(
+        "".join(
+            json.dumps({"t": T0 + i, "frame": i, "faces": [face(7, label)]}) + "\n" for i, label in enumerate(labels)
+        )
+    )
     assert read_csv(report.main([path], tmp_path)[0])[0]["dominant"] == "sad"
 
 
@@ -304,11 +311,20 @@ def test_both_report_commands_write_beside_the_events_and_say_where(command, eve
     (folder / "events.jsonl").write_text(events_file.read_text())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = subprocess.run([sys.executable, "-m", *command, str(folder / "events.jsonl")], cwd=elsewhere,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", *command, str(folder / "events.jsonl")],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == str(folder / "tracks.csv")
     assert (folder / "tracks.csv").is_file() and not list(elsewhere.iterdir())
-    named = subprocess.run([sys.executable, "-m", *command, str(folder), "--output", str(tmp_path / "named")],
-                           capture_output=True, text=True, timeout=60)
+    named = subprocess.run(
+        [sys.executable, "-m", *command, str(folder), "--output", str(tmp_path / "named")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert named.returncode == 0 and (tmp_path / "named" / "tracks.csv").is_file(), named.stderr

@@ -244,8 +244,14 @@ def test_lost_camera_is_reopened_with_exponential_back_off(monkeypatch):
     reads = [source.read() for _ in range(7)]
     # 2 frames, camera lost, reopened on the 4th try (the loop hears after each failed one), 2 more
     assert [r.index if isinstance(r, Frame) else r.reason for r in reads] == [
-        0, 1, "camera 0 lost; next try in 2 s", "camera 0 lost; next try in 3 s", "camera 0 lost; next try in 3 s",
-        2, 3]
+        0,
+        1,
+        "camera 0 lost; next try in 2 s",
+        "camera 0 lost; next try in 3 s",
+        "camera 0 lost; next try in 3 s",
+        2,
+        3,
+    ]
     assert waits.waits == [1.0, 2.0, 3.0, 3.0]
     assert ScriptedCapture.outcomes == []
 
@@ -258,7 +264,13 @@ def test_a_long_back_off_hands_the_loop_a_waiting_note_every_few_seconds(monkeyp
     source._interrupted = waits = RecordedWaits()
     reads = [source.read() for _ in range(6)]
     assert [r.index if isinstance(r, Frame) else r.reason for r in reads] == [
-        0, 1, "camera 0 lost; next try in 8 s", "camera 0 lost; next try in 3 s", 2, 3]
+        0,
+        1,
+        "camera 0 lost; next try in 8 s",
+        "camera 0 lost; next try in 3 s",
+        2,
+        3,
+    ]
     assert waits.waits == [4.0, WAIT_SLICE_S, 3.0]  # the 8 s back-off in two slices
 
 
@@ -305,8 +317,9 @@ def test_an_undecodable_video_is_one_error_line_without_ffmpeg_chatter(tmp_path)
         "except SourceError as exc:\n    print(exc, file=__import__('sys').stderr)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
-    result = subprocess.run([sys.executable, "-c", probe, str(broken)], capture_output=True, text=True, env=env,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(broken)], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.stderr.splitlines() == [f"cannot open video file {broken} (not a video OpenCV can decode?)"]
 
 

@@ -25,8 +25,10 @@ RESPONSE_FRAMES = 15  # 0.5 s at the clip's 30 fps
 @pytest.fixture(scope="module")
 def tracked_run(demo_clip):
     sink = ListSink(keep_images=False)
-    cfg = load_config(None, {"source.kind": "file", "source.path": str(demo_clip), "recording.enabled": False,
-                             "events.enabled": False})
+    cfg = load_config(
+        None,
+        {"source.kind": "file", "source.path": str(demo_clip), "recording.enabled": False, "events.enabled": False},
+    )
     app.run(cfg, extra_sinks=[sink])
     return sink.faces, json.loads(demo_clip.with_suffix(".json").read_text())
 
@@ -101,8 +103,16 @@ def smile_then_shout(tmp_path_factory):
 def test_a_real_change_on_a_real_face_shows_within_half_a_second(smile_then_shout):
     folder, change = smile_then_shout
     sink = ListSink(keep_images=False)
-    cfg = load_config(None, {"source.kind": "images", "source.path": str(folder), "source.fps": 29.97,
-                             "recording.enabled": False, "events.enabled": False})
+    cfg = load_config(
+        None,
+        {
+            "source.kind": "images",
+            "source.path": str(folder),
+            "source.fps": 29.97,
+            "recording.enabled": False,
+            "events.enabled": False,
+        },
+    )
     app.run(cfg, extra_sinks=[sink])
     main = [max(faces, key=lambda f: f.box.area) if faces else None for faces in sink.faces]
     assert all(face is not None for face in main) and len({face.track_id for face in main}) == 1

@@ -163,7 +163,7 @@ def test_equal_iou_is_settled_by_centre_distance():
 
 def test_a_face_that_left_is_not_carried_but_its_id_returns_with_it():
     tracker = BoxTracker(max_missed=5)
-    (face_id, _), = tracker.update([Box(100, 100, 80, 80)])
+    ((face_id, _),) = tracker.update([Box(100, 100, 80, 80)])
     assert [i for i, _ in tracker.predict()] == [face_id]
     assert tracker.update([]) == []  # the face left the picture
     assert tracker.predict() == []  # so nothing is drawn between detections

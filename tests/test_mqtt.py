@@ -32,8 +32,9 @@ class Broker:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Broker:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_port(self.port)
         return self
 
@@ -91,13 +92,24 @@ class Listener:
 
 
 def mqtt_config(folder, port: int, **mqtt_options):
-    return write_config(folder / f"config-{port}.yaml", {
-        "source": {"realtime": True, "loop": True},
-        "recording": {"output_dir": str(folder / "out"), "segment_seconds": 2.0},
-        "logging": {"status_interval_s": 1.0},
-        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "device_id": DEVICE, "keepalive_s": 2,
-                 "state_interval_s": 0.5, "diagnostics_interval_s": 1.0, **mqtt_options},
-    })
+    return write_config(
+        folder / f"config-{port}.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 2.0},
+            "logging": {"status_interval_s": 1.0},
+            "mqtt": {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": port,
+                "device_id": DEVICE,
+                "keepalive_s": 2,
+                "state_interval_s": 0.5,
+                "diagnostics_interval_s": 1.0,
+                **mqtt_options,
+            },
+        },
+    )
 
 
 @pytest.fixture
@@ -114,13 +126,29 @@ def test_discovery_state_events_switches_and_offline_after_kill_9(broker, demo_c
         discovery = json.loads(listener.wait_for(DISCOVERY, lambda p, retain: True))
         assert discovery["dev"]["identifiers"] == [f"fer-edge-{DEVICE}"] and discovery["o"]["name"] == "fer-edge"
         platforms = {key.removeprefix(f"fer-edge-{DEVICE}_"): c["p"] for key, c in discovery["cmps"].items()}
-        assert platforms == {"expression": "sensor", "faces": "sensor", "face_present": "binary_sensor",
-                             "face_event": "event", "snapshot": "camera", "recording": "switch",
-                             "privacy": "switch", "fps": "sensor", "disk_free": "sensor"}
+        assert platforms == {
+            "expression": "sensor",
+            "faces": "sensor",
+            "face_present": "binary_sensor",
+            "face_event": "event",
+            "snapshot": "camera",
+            "recording": "switch",
+            "privacy": "switch",
+            "fps": "sensor",
+            "disk_free": "sensor",
+        }
         components = {key.removeprefix(f"fer-edge-{DEVICE}_"): c for key, c in discovery["cmps"].items()}
         assert components["expression"]["device_class"] == "enum"
-        assert components["expression"]["options"] == ["angry", "disgust", "fear", "happy", "neutral", "sad",
-                                                       "surprise", "none"]
+        assert components["expression"]["options"] == [
+            "angry",
+            "disgust",
+            "fear",
+            "happy",
+            "neutral",
+            "sad",
+            "surprise",
+            "none",
+        ]
         assert components["face_present"]["device_class"] == "occupancy"
         assert components["fps"]["entity_category"] == "diagnostic"
         assert all(c["availability_topic"] == f"{BASE}/availability" for c in components.values())
@@ -206,8 +234,9 @@ def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_c
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(f"{short}/notify")
         notify.settimeout(15)
-        process = start_run(mqtt_config(tmp_path, port), demo_clip, tmp_path / "stderr.log",
-                            env={"NOTIFY_SOCKET": f"{short}/notify"})
+        process = start_run(
+            mqtt_config(tmp_path, port), demo_clip, tmp_path / "stderr.log", env={"NOTIFY_SOCKET": f"{short}/notify"}
+        )
         broker = Broker(tmp_path, port)
         try:
             status = ""
@@ -247,9 +276,17 @@ def test_track_changes_start_change_and_end():
 
     feed = LiveFeed(end_after_s=1.0)
     image = np.zeros((4, 4, 3), np.uint8)
-    for index, (t, faces) in enumerate([(0.0, []), (0.1, [face(1, "happy")]), (0.2, [face(1, "happy")]),
-                                        (0.3, [face(1, "sad"), face(2, "happy")]), (0.9, [face(2, "happy")]),
-                                        (1.5, [face(2, "happy")]), (2.0, [])]):
+    for index, (t, faces) in enumerate(
+        [
+            (0.0, []),
+            (0.1, [face(1, "happy")]),
+            (0.2, [face(1, "happy")]),
+            (0.3, [face(1, "sad"), face(2, "happy")]),
+            (0.9, [face(2, "happy")]),
+            (1.5, [face(2, "happy")]),
+            (2.0, []),
+        ]
+    ):
         feed.write(Frame(image, index, t), faces)
     kinds = [(e.kind, e.track, e.label) for e in feed.events_since(0)]
     assert kinds == [("start", 1, "happy"), ("change", 1, "sad"), ("start", 2, "happy"), ("end", 1, "sad")]

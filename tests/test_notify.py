@@ -162,16 +162,32 @@ def _kinds(messages: list[str]) -> list[str]:
 def test_cli_run_notifies_ready_after_the_first_frame_and_pings_while_frames_flow(service_socket, tmp_path):
     # --realtime paces the clip at 30 fps, so 75 frames take about 2.5 s: long enough for several pings.
     result = subprocess.run(
-        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(CLIP), "--model", str(MODEL),
-         "--output", str(tmp_path / "rec"), "--realtime", "--max-frames", "75"],
-        env=_child_env(service_socket.address), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fer_edge.cli",
+            "run",
+            "--source",
+            str(CLIP),
+            "--model",
+            str(MODEL),
+            "--output",
+            str(tmp_path / "rec"),
+            "--realtime",
+            "--max-frames",
+            "75",
+        ],
+        env=_child_env(service_socket.address),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     kinds = _kinds(service_socket.drain())
     assert kinds.count("READY") == 1
     assert "WATCHDOG" not in kinds[: kinds.index("READY")]  # never a ping before the first frame
     assert kinds.count("WATCHDOG") >= 2
-    assert "WATCHDOG" not in kinds[kinds.index("STOPPING"):]  # a last STATUS line may follow STOPPING
+    assert "WATCHDOG" not in kinds[kinds.index("STOPPING") :]  # a last STATUS line may follow STOPPING
 
 
 def test_cli_never_reports_ready_when_no_frame_arrives(service_socket, tmp_path):
@@ -179,9 +195,24 @@ def test_cli_never_reports_ready_when_no_frame_arrives(service_socket, tmp_path)
     (tmp_path / "frames").mkdir()
     (tmp_path / "frames" / "0001.jpg").write_bytes(b"not a JPEG")
     result = subprocess.run(
-        [sys.executable, "-m", "fer_edge.cli", "run", "--source", str(tmp_path / "frames"),
-         "--model", str(MODEL), "--output", str(tmp_path / "rec"), "--max-frames", "10"],
-        env=_child_env(service_socket.address), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fer_edge.cli",
+            "run",
+            "--source",
+            str(tmp_path / "frames"),
+            "--model",
+            str(MODEL),
+            "--output",
+            str(tmp_path / "rec"),
+            "--max-frames",
+            "10",
+        ],
+        env=_child_env(service_socket.address),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -228,9 +259,22 @@ STALLING_CHILD = textwrap.dedent(
 
 def test_a_hung_source_stops_the_watchdog_pings_and_sigterm_still_exits_cleanly(service_socket, tmp_path):
     child = subprocess.Popen(
-        [sys.executable, "-c", STALLING_CHILD, "run", "--source", str(CLIP), "--model", str(MODEL),
-         "--output", str(tmp_path / "rec")],
-        env=_child_env(service_socket.address), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            STALLING_CHILD,
+            "run",
+            "--source",
+            str(CLIP),
+            "--model",
+            str(MODEL),
+            "--output",
+            str(tmp_path / "rec"),
+        ],
+        env=_child_env(service_socket.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout.readline().strip() == "STALLED", child.stderr.read() if child.poll() is not None else ""

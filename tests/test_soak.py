@@ -38,8 +38,12 @@ def _config(tmp: Path, model: Path, output: Path, *, realtime: bool, segment_s: 
 
 def _start(config: Path, log: Path, *extra: str) -> subprocess.Popen:
     with open(log, "a") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), *extra],
-                                stdout=subprocess.DEVNULL, stderr=stderr, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
@@ -88,8 +92,10 @@ def test_random_sigkills_never_touch_a_finished_recording(tmp_path):
     frames = {video.name: _decoded_frames(video) for video in videos}
     assert all(count > 0 for count in frames.values()), frames
     assert "Traceback" not in log.read_text()
-    print(f"\nSOAK kills: {kills} SIGKILLs survived, {len(videos)} recordings, {sum(frames.values())} frames, "
-          f"{len(finished)} finished before a later kill and unchanged, 0 .part and 0 .broken left")
+    print(
+        f"\nSOAK kills: {kills} SIGKILLs survived, {len(videos)} recordings, {sum(frames.values())} frames, "
+        f"{len(finished)} finished before a later kill and unchanged, 0 .part and 0 .broken left"
+    )
 
 
 def test_a_model_replaced_in_place_again_and_again_never_stops_the_run(tmp_path):
@@ -145,10 +151,12 @@ def test_a_soak_keeps_memory_and_descriptors_flat(tmp_path):
     threads = [s[3] for s in warm]
     processed = re.search(r"processed (\d+) frames .* ([\d.]+) fps", log.read_text())
     segments = len(list(output.glob("*.mp4")))
-    print(f"\nSOAK flat: {seconds:.0f} s, {processed.group(1)} frames at {processed.group(2)} fps, "
-          f"{segments} segments; RSS {rss_first} -> {rss_last} kB "
-          f"({100 * (rss_last - rss_first) / rss_first:+.1f}%), peak {max(s[1] for s in warm)} kB; "
-          f"descriptors {min(fds)}-{max(fds)}; threads {min(threads)}-{max(threads)}")
+    print(
+        f"\nSOAK flat: {seconds:.0f} s, {processed.group(1)} frames at {processed.group(2)} fps, "
+        f"{segments} segments; RSS {rss_first} -> {rss_last} kB "
+        f"({100 * (rss_last - rss_first) / rss_first:+.1f}%), peak {max(s[1] for s in warm)} kB; "
+        f"descriptors {min(fds)}-{max(fds)}; threads {min(threads)}-{max(threads)}"
+    )
     assert rss_last <= rss_first * 1.10, samples
     assert max(fds) - min(fds) <= 2, samples
     assert max(threads) - min(threads) <= 1, samples

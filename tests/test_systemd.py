@@ -113,7 +113,9 @@ def test_sandbox_exposure_stays_below_3(tmp_path):
     unit_dir = stage_unit(tmp_path)
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "security", "--offline=yes", "--threshold=50", str(unit_dir / "fer-edge.service")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     exposure = re.search(r"Overall exposure level for fer-edge.service: (\d+\.\d)", result.stdout)
@@ -166,8 +168,14 @@ def test_the_sandbox_keeps_what_the_camera_the_web_page_and_mqtt_need(unit):
     assert service["SystemCallErrorNumber"] == ["EPERM"]  # a refused call is an error, not a SIGSYS kill
     assert service["SystemCallArchitectures"] == ["native"]
     assert service["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"]
-    for key, value in (("ProtectKernelLogs", "yes"), ("ProtectProc", "invisible"), ("RemoveIPC", "yes"),
-                       ("PrivateMounts", "yes"), ("MemoryDenyWriteExecute", "yes"), ("LockPersonality", "yes")):
+    for key, value in (
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectProc", "invisible"),
+        ("RemoveIPC", "yes"),
+        ("PrivateMounts", "yes"),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("LockPersonality", "yes"),
+    ):
         assert service[key] == [value], key
     for left_out in ("PrivateNetwork", "IPAddressDeny", "PrivateUsers", "ProcSubset"):
         assert left_out not in service

@@ -14,7 +14,13 @@ from train import data
 # The per-split counts of shared/fer2013/README.md.
 README_COUNTS = {
     "train": {
-        "angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830, "surprise": 3171
+        "angry": 3995,
+        "disgust": 436,
+        "fear": 4097,
+        "happy": 7215,
+        "neutral": 4965,
+        "sad": 4830,
+        "surprise": 3171,
     },
     "public": {"angry": 467, "disgust": 56, "fear": 496, "happy": 895, "neutral": 607, "sad": 653, "surprise": 415},
     "private": {"angry": 491, "disgust": 55, "fear": 528, "happy": 879, "neutral": 626, "sad": 594, "surprise": 416},
@@ -114,7 +120,10 @@ def test_data_dir_from_env(monkeypatch, tmp_path):
 def test_train_cli_wrong_data_path_is_one_clear_line(repo_root, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "train", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path)],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -127,8 +136,14 @@ def test_training_loads_the_data_before_making_run_folders(tmp_path):
     from train.config import load_config
     from train.fit import train
 
-    cfg = load_config(None, {"data": str(tmp_path / "nowhere"), "output_dir": str(tmp_path / "runs"),
-                             "students": {"small": {"params": {"widths": [4]}}}})
+    cfg = load_config(
+        None,
+        {
+            "data": str(tmp_path / "nowhere"),
+            "output_dir": str(tmp_path / "runs"),
+            "students": {"small": {"params": {"widths": [4]}}},
+        },
+    )
     with pytest.raises(data.DataError, match="not found at"):
         train(cfg)
     assert not (tmp_path / "runs").exists()
@@ -143,8 +158,9 @@ def test_face_margin_matches_haar_on_fer2013(fer2013_dir, cache_dir):
     ratios = []
     for image in faces.x:
         big = cv2.resize(image, (192, 192), interpolation=cv2.INTER_CUBIC)
-        found = cascade.detectMultiScale(cv2.copyMakeBorder(big, 96, 96, 96, 96, cv2.BORDER_CONSTANT, value=128),
-                                         1.1, 5, minSize=(60, 60))
+        found = cascade.detectMultiScale(
+            cv2.copyMakeBorder(big, 96, 96, 96, 96, cv2.BORDER_CONSTANT, value=128), 1.1, 5, minSize=(60, 60)
+        )
         if len(found) == 1:
             ratios.append(found[0][2] / 192)
     assert len(ratios) > 150

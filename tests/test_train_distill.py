@@ -16,8 +16,14 @@ TINY_STUDENT = {"widths": [4, 8], "dense": 16, "dropout": 0.1, "bn_momentum": 0.
 
 def tiny(output_dir, **extra):
     overrides = {
-        "run_name": "big", "output_dir": str(output_dir), "epochs": 2, "limit_per_class": 60, "batch_size": 32,
-        "schedule.warmup_epochs": 0, "optimizer.learning_rate": 3e-3, "model.params": TINY_MAIN,
+        "run_name": "big",
+        "output_dir": str(output_dir),
+        "epochs": 2,
+        "limit_per_class": 60,
+        "batch_size": 32,
+        "schedule.warmup_epochs": 0,
+        "optimizer.learning_rate": 3e-3,
+        "model.params": TINY_MAIN,
         "students": {"small": {"name": "vgg_bn", "params": TINY_STUDENT}},
     }
     return load_config(None, {**overrides, **extra})
@@ -85,9 +91,7 @@ def test_frozen_teacher_starts_and_teaches_students_and_stays_frozen(online_run,
     from train.fit import build_trainer, compile_trainer, one_hot
 
     teacher_path = str(online_run.run_dir / "best.keras")
-    cfg = tiny(
-        tmp_path, **{"model.init": teacher_path, "distill.teachers": [teacher_path], "distill.weight": 0.7}
-    )
+    cfg = tiny(tmp_path, **{"model.init": teacher_path, "distill.teachers": [teacher_path], "distill.weight": 0.7})
     trainer, nets = build_trainer(cfg)
     compile_trainer(trainer, cfg)
     assert sorted(trainer.output) == ["big", "big_distill", "small", "small_distill"]
@@ -125,8 +129,10 @@ def test_time_budget_fixes_the_epoch_count_once_and_records_it(tmp_path, monkeyp
     assert plan.epochs == epoch == 27
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["epochs"] == 27
     # configs/train-default.yaml would train 100 epochs: the run's own config.yaml is the one that reproduces it
-    assert json.loads((tmp_path / "run.json").read_text()) == {"model": "vgg_bn",
-                                                               "config": str(tmp_path / "config.yaml")}
+    assert json.loads((tmp_path / "run.json").read_text()) == {
+        "model": "vgg_bn",
+        "config": str(tmp_path / "config.yaml"),
+    }
     # warm-up and the first cosine epoch do not depend on the total, so the decision changes no past step
     assert plan.learning_rate(2) == peak_before == cfg.optimizer.learning_rate
     assert plan.learning_rate(26) < 0.01 * cfg.optimizer.learning_rate
@@ -179,8 +185,7 @@ def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path
 
     monkeypatch.setattr(fit.EpochLog, "on_epoch_end", original)
     # the checkpoint replaces any starting weights, so a resume does not read model.init (here gone)
-    fit.train(tiny(tmp_path, epochs=4, checkpoint_every=2, **{"model.init": str(tmp_path / "gone.keras")}),
-              resume=True)
+    fit.train(tiny(tmp_path, epochs=4, checkpoint_every=2, **{"model.init": str(tmp_path / "gone.keras")}), resume=True)
     for run_dir in (main, student):  # the third epoch was trained again from the checkpoint, once
         assert [int(row["epoch"]) for row in fit.read_history(run_dir)] == [0, 1, 2, 3]
         assert (run_dir / "best.keras").is_file()
@@ -242,8 +247,9 @@ def test_a_restored_checkpoint_keeps_weights_optimizer_state_and_decay_exclusion
     fit.compile_trainer(restored, cfg)
     fit.restore_checkpoint(restored, tmp_path / fit.LAST)
     assert int(restored.optimizer.iterations) == int(trainer.optimizer.iterations) > 0
-    for saved, loaded in zip(trainer.optimizer.variables + trainer.weights,
-                             restored.optimizer.variables + restored.weights):
+    for saved, loaded in zip(
+        trainer.optimizer.variables + trainer.weights, restored.optimizer.variables + restored.weights
+    ):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(loaded))
     # Keras keeps these exclusions out of the saved file; a trainer loaded whole would decay them
     norm = next(layer for layer in nets["big"].layers if isinstance(layer, keras.layers.BatchNormalization))
@@ -265,8 +271,16 @@ def test_a_grown_model_starts_as_its_narrow_checkpoint_and_its_added_channels_ca
 
     init = repo_root / "checkpoints" / "fast.keras"
     narrow = keras.models.load_model(init)
-    cfg = load_config(None, {"run_name": "fast", "output_dir": str(tmp_path), "model.params": {
-        "widths": [16, 32, 72, 144], "dense": 256, "dropout": 0.3}, "model.init": str(init), "model.grow": True})
+    cfg = load_config(
+        None,
+        {
+            "run_name": "fast",
+            "output_dir": str(tmp_path),
+            "model.params": {"widths": [16, 32, 72, 144], "dense": 256, "dropout": 0.3},
+            "model.init": str(init),
+            "model.grow": True,
+        },
+    )
     _, nets = build_trainer(cfg)
     wide = nets["fast"]
     faces = data.load_split(fer2013_dir, "public", cache_dir).x[:64, ..., None].astype("float32")

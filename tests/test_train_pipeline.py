@@ -14,16 +14,32 @@ from train.config import ConfigError, load_config
 
 # PublicTest only: PrivateTest is scored by the conversion, once, for the shipped int8 model
 REPORT_FILES = (
-    "best.keras", "last.keras", "history.csv", "history.json", "learning_curves.png", "metrics.json",
-    "metrics.csv", "report_public.txt", "per_class_public.json", "confusion_public.png", "config.yaml", "run.json",
+    "best.keras",
+    "last.keras",
+    "history.csv",
+    "history.json",
+    "learning_curves.png",
+    "metrics.json",
+    "metrics.csv",
+    "report_public.txt",
+    "per_class_public.json",
+    "confusion_public.png",
+    "config.yaml",
+    "run.json",
 )
 
 
 def tiny_overrides(output_dir, epochs):
     """A few hundred images, a few epochs, a model of a few thousand weights: seconds on a CPU."""
     return {
-        "run_name": "tiny", "output_dir": str(output_dir), "epochs": epochs, "limit_per_class": 100,
-        "batch_size": 32, "schedule.warmup_epochs": 0, "schedule.name": "constant", "optimizer.learning_rate": 3e-3,
+        "run_name": "tiny",
+        "output_dir": str(output_dir),
+        "epochs": epochs,
+        "limit_per_class": 100,
+        "batch_size": 32,
+        "schedule.warmup_epochs": 0,
+        "schedule.name": "constant",
+        "optimizer.learning_rate": 3e-3,
         "model.params": {"widths": [8, 16], "dense": 32, "dropout": 0.1, "bn_momentum": 0.8},
     }
 
@@ -69,8 +85,9 @@ def test_tiny_run_writes_every_report(tiny_run):
     report = (run_dir / "report_public.txt").read_text()
     assert report.startswith("PublicTest (3589 images)") and "disgust" in report
     macro = next(line.split() for line in report.splitlines() if line.strip().startswith("macro avg"))
-    assert float(macro[4]) == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["public"]["macro_f1"],
-                                            abs=1e-4)
+    assert float(macro[4]) == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["public"]["macro_f1"], abs=1e-4
+    )
     assert int(macro[5]) == 3589
 
 
@@ -82,7 +99,9 @@ def test_training_and_evaluation_never_load_private_test(tiny_run, tiny_run_spli
     assert not list(run_dir.glob("*private*"))
     assert "private" not in summary and "private" not in json.loads((run_dir / "metrics.json").read_text())
     assert (run_dir / "metrics.csv").read_text().split() == [
-        "split,accuracy,macro_f1", f"public,{summary['public']['accuracy']},{summary['public']['macro_f1']}"]
+        "split,accuracy,macro_f1",
+        f"public,{summary['public']['accuracy']},{summary['public']['macro_f1']}",
+    ]
 
 
 def test_train_cli_evaluates_each_run_on_public_test_only_and_names_it(tiny_run, tmp_path, monkeypatch, caplog):
@@ -154,7 +173,9 @@ def test_conversion_parity_and_sidecar(tiny_run, fer2013_dir, tmp_path):
     assert 0 < sidecar.metrics["private_accuracy"] <= 1
     # PrivateTest is scored for the shipped int8 model only, not for the variants converted beside it
     assert sorted(p.name for p in (tmp_path / "tflite").glob("*private*")) == [
-        "confusion_int8_private.png", "fer_int8_private.json"]
+        "confusion_int8_private.png",
+        "fer_int8_private.json",
+    ]
     assert "private_accuracy" not in read_sidecar(tmp_path / "tflite" / "fer_float32.tflite").metrics
     # raw uint8 pixels in, scores out that sum to about one
     public = data.load_split(fer2013_dir, "public")
@@ -162,8 +183,9 @@ def test_conversion_parity_and_sidecar(tiny_run, fer2013_dir, tmp_path):
     np.testing.assert_allclose(scores.sum(1), 1.0, atol=0.03)
 
 
-def test_model_failing_int8_parity_is_neither_shipped_nor_scored_on_private(tiny_run, fer2013_dir, tmp_path,
-                                                                           monkeypatch):
+def test_model_failing_int8_parity_is_neither_shipped_nor_scored_on_private(
+    tiny_run, fer2013_dir, tmp_path, monkeypatch
+):
     import convert.tflite
     from convert.tflite import ParityError, convert_run
 
@@ -218,19 +240,33 @@ def test_config_checks_names_and_model_parameters_at_load():
         ("optimizer.name", "adamx", r"optimizer\.name: unknown 'adamx' \(choose from adamw, sgd\)"),
         ("schedule.name", "linear", r"schedule\.name: unknown 'linear' \(choose from cosine, constant\)"),
         ("model.name", "resnet", r"model\.name: unknown 'resnet' \(choose from seed, sep_bn, vgg_bn\)"),
-        ("model.params", {"widht": [8]}, r"model\.params\.widht: not a parameter of vgg_bn \(known: bn_momentum, "
-                                         r"convs_per_stage, dense, dropout, widths\)"),
+        (
+            "model.params",
+            {"widht": [8]},
+            r"model\.params\.widht: not a parameter of vgg_bn \(known: bn_momentum, "
+            r"convs_per_stage, dense, dropout, widths\)",
+        ),
         ("model.params", {"name": "x"}, r"model\.params\.name: not a parameter of vgg_bn"),  # the run names it
-        ("students", {"small": {"name": "seed", "params": {"widths": [4]}}},
-         r"students\.small\.params\.widths: not a parameter of seed \(known: none\)"),
+        (
+            "students",
+            {"small": {"name": "seed", "params": {"widths": [4]}}},
+            r"students\.small\.params\.widths: not a parameter of seed \(known: none\)",
+        ),
         ("students", {"small": {"name": "mobilenet"}}, r"students\.small\.name: unknown 'mobilenet'"),
         ("precision", "bfloat16", r"precision: unknown 'bfloat16' \(choose from float32, mixed_bfloat16"),
         ("jit_compile", "yes", r"jit_compile: expected auto, true or false, got 'yes'"),
     ):
         with pytest.raises(ConfigError, match=f"^{message}"):
             load_config(None, {key: value})
-    cfg = load_config(None, {"model.name": "sep_bn", "model.params": {"widths": [8], "convs_per_stage": 1},
-                             "optimizer.name": "sgd", "schedule.name": "constant"})
+    cfg = load_config(
+        None,
+        {
+            "model.name": "sep_bn",
+            "model.params": {"widths": [8], "convs_per_stage": 1},
+            "optimizer.name": "sgd",
+            "schedule.name": "constant",
+        },
+    )
     assert cfg.model.params == {"widths": [8], "convs_per_stage": 1}
 
 
@@ -293,8 +329,9 @@ def test_separable_model_trains_and_converts_to_int8_at_its_counted_macs(fer2013
     from train.models import count_macs
 
     overrides = tiny_overrides(tmp_path / "runs", epochs=3)
-    overrides.update({"model.name": "sep_bn", "model.params": {"widths": [8, 16], "dense": 32, "dropout": 0.1,
-                                                               "bn_momentum": 0.8}})
+    overrides.update(
+        {"model.name": "sep_bn", "model.params": {"widths": [8, 16], "dense": 32, "dropout": 0.1, "bn_momentum": 0.8}}
+    )
     run_dir = train(load_config(None, overrides))
     model = keras.models.load_model(run_dir / "best.keras")
     assert any(isinstance(layer, keras.layers.DepthwiseConv2D) for layer in model.layers)

@@ -8,10 +8,17 @@ from train import progress
 from train.progress import BatchProgress, format_duration
 
 
-@pytest.mark.parametrize("seconds, shown", [
-    (12.4, "12 s"), (250, "4 min 10 s"), (3 * 3600 + 5 * 60, "3 h 05 min"), (34 * 3600 + 20 * 60, "1 d 10 h"),
-    (25 * 3600, "1 d 1 h"), (-3, "0 s"),
-])
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [
+        (12.4, "12 s"),
+        (250, "4 min 10 s"),
+        (3 * 3600 + 5 * 60, "3 h 05 min"),
+        (34 * 3600 + 20 * 60, "1 d 10 h"),
+        (25 * 3600, "1 d 1 h"),
+        (-3, "0 s"),
+    ],
+)
 def test_durations_read_plainly_and_do_not_wrap_at_a_day(seconds, shown):
     assert format_duration(seconds) == shown
 

@@ -30,11 +30,14 @@ def server(demo_clip, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     port = free_port()
-    config = write_config(folder / "config.yaml", {
-        "source": {"realtime": True, "loop": True},
-        "recording": {"output_dir": str(folder / "out"), "segment_seconds": 1.0},
-        "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file), "stream_fps": 10},
-    })
+    config = write_config(
+        folder / "config.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 1.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file), "stream_fps": 10},
+        },
+    )
     process = start_run(config, demo_clip, folder / "stderr.log")
     try:
         wait_for_port(port, timeout=30)
@@ -111,7 +114,7 @@ def test_mjpeg_stream_sends_new_jpeg_frames(server):
     while len(frames) < 4:
         assert response.fp.readline().strip() == b"--" + boundary
         part_headers = {}
-        while (line := response.fp.readline().strip()):
+        while line := response.fp.readline().strip():
             name, _, value = line.decode().partition(":")
             part_headers[name.lower()] = value.strip()
         assert part_headers["content-type"] == "image/jpeg"
@@ -163,8 +166,16 @@ def test_recordings_list_finished_videos_and_download_only_those(server):
     assert body == (out / names[-1]).read_bytes()
     parts = [p.name for p in out.glob("*.part")]
     (server["folder"] / "secret.mp4").write_bytes(b"not yours")
-    for bad in [*parts, "../secret.mp4", "..%2fsecret.mp4", "%2e%2e/secret.mp4", "../config.yaml", "events.jsonl",
-                names[-1] + "/", "/etc/passwd"]:
+    for bad in [
+        *parts,
+        "../secret.mp4",
+        "..%2fsecret.mp4",
+        "%2e%2e/secret.mp4",
+        "../config.yaml",
+        "events.jsonl",
+        names[-1] + "/",
+        "/etc/passwd",
+    ]:
         assert get(server["port"], f"/recordings/{bad}")[1] == 404, bad
 
 
@@ -187,11 +198,27 @@ def chromium(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedP
     binary = need_binary("chromium")
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-             f"--user-data-dir={profile}", "--hide-scrollbars", "--window-size=1100,760",
-             "--virtual-time-budget=4000", *args, url],
-            capture_output=True, timeout=timeout, cwd=profile)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                "--window-size=1100,760",
+                "--virtual-time-budget=4000",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            timeout=timeout,
+            cwd=profile,
+        )
 
 
 def test_page_in_headless_chromium_shows_the_live_image_and_stats(server, tmp_path):
@@ -222,16 +249,20 @@ def test_a_non_loopback_address_without_a_token_is_refused(demo_clip, tmp_path):
     result = subprocess.run(start_args(config, demo_clip), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
-    assert lines == ["fer-edge: error: web.listen: 0.0.0.0 is reachable from other machines; set web.token_file "
-                     "(or web.token, or the systemd credential web-token), or listen on 127.0.0.1"]
+    assert lines == [
+        "fer-edge: error: web.listen: 0.0.0.0 is reachable from other machines; set web.token_file "
+        "(or web.token, or the systemd credential web-token), or listen on 127.0.0.1"
+    ]
 
 
 def test_a_token_file_readable_by_others_is_refused(demo_clip, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o644)
-    config = write_config(tmp_path / "c.yaml", {"web": {"enabled": True, "listen": f"127.0.0.1:{free_port()}",
-                                                        "token_file": str(token_file)}})
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"web": {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "token_file": str(token_file)}},
+    )
     result = subprocess.run(start_args(config, demo_clip), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"fer-edge: error: web.token_file: {token_file} is readable by others (mode 644)" in result.stderr
@@ -251,19 +282,33 @@ def test_the_token_can_come_from_a_systemd_credential(tmp_path, monkeypatch):
 
 
 def start_args(config: Path, source: Path) -> list[str]:
-    return [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(source),
-            "--max-frames", "5", "--no-record"]
+    return [
+        sys.executable,
+        "-m",
+        "fer_edge.cli",
+        "run",
+        "--config",
+        str(config),
+        "--source",
+        str(source),
+        "--max-frames",
+        "5",
+        "--no-record",
+    ]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"web.listen": "8080"}, "web.listen: expected host:port with a port 1-65535 (IPv6: [::1]:8080), got '8080'"),
-    ({"web.stream_fps": 0}, "web.stream_fps: expected a number in (0, 30], got 0"),
-    ({"web.colour": 1}, "web.colour: unknown key"),
-    ({"web.token": "a", "web.token_file": "/f"}, "web.token_file: set web.token or web.token_file, not both"),
-    ({"mqtt.device_id": "a/b"}, "mqtt.device_id: expected letters, digits, _ and - only, got 'a/b'"),
-    ({"mqtt.port": 70000}, "mqtt.port: expected an integer 1-65535, got 70000"),
-    ({"mqtt.password": "p", "mqtt.password_file": "/f"}, "mqtt.password_file: set mqtt.password or"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"web.listen": "8080"}, "web.listen: expected host:port with a port 1-65535 (IPv6: [::1]:8080), got '8080'"),
+        ({"web.stream_fps": 0}, "web.stream_fps: expected a number in (0, 30], got 0"),
+        ({"web.colour": 1}, "web.colour: unknown key"),
+        ({"web.token": "a", "web.token_file": "/f"}, "web.token_file: set web.token or web.token_file, not both"),
+        ({"mqtt.device_id": "a/b"}, "mqtt.device_id: expected letters, digits, _ and - only, got 'a/b'"),
+        ({"mqtt.port": 70000}, "mqtt.port: expected an integer 1-65535, got 70000"),
+        ({"mqtt.password": "p", "mqtt.password_file": "/f"}, "mqtt.password_file: set mqtt.password or"),
+    ],
+)
 def test_web_and_mqtt_config_errors_name_the_key(overrides, message):
     from fer_edge.config import load_config
     from fer_edge.errors import ConfigError

@@ -1,6 +1,6 @@
 """Save one annotated frame of the demo's recording as the README picture.
 
-    make demo && python tools/demo_frame.py [--frame 100] [--out docs/demo-frame.png]
+make demo && python tools/demo_frame.py [--frame 100] [--out docs/demo-frame.png]
 """
 
 from __future__ import annotations

@@ -27,11 +27,14 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation reports (PublicTest)")
     parser.add_argument(
-        "--export", action="store_true",
+        "--export",
+        action="store_true",
         help="do not train: write each run's best.keras from its best.weights.h5 (a run cut short), then evaluate",
     )
     parser.add_argument(
-        "--time-budget", type=float, metavar="SECONDS",
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
         help="train as many epochs (up to the config's) as fit in this time; the run's config.yaml records how many",
     )
     args = parser.parse_args(argv)
@@ -45,10 +48,18 @@ def main(argv=None) -> int:
     from train.config import ConfigError, load_config
     from train.data import DataError
 
-    overrides = {k: v for k, v in {
-        "data": args.data, "model.name": args.model, "epochs": args.epochs, "run_name": args.run_name,
-        "output_dir": args.output_dir, "limit_per_class": args.limit_per_class,
-    }.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "data": args.data,
+            "model.name": args.model,
+            "epochs": args.epochs,
+            "run_name": args.run_name,
+            "output_dir": args.output_dir,
+            "limit_per_class": args.limit_per_class,
+        }.items()
+        if v is not None
+    }
     if args.model:
         overrides["model.params"] = {}  # a config's parameters and students belong to its own model
         overrides["students"] = {}

@@ -44,10 +44,13 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
     mirror = np.where(rng.random(n) < 0.5, -1.0, 1.0) if cfg.flip else np.ones(n)
     cos, sin = np.cos(angles), np.sin(angles)
     # scale * rotation @ shear @ mirror, then an offset that keeps the (shifted) centre in place
-    linear = scales[:, None, None] * np.stack([
-        np.stack([cos * mirror, cos * shears - sin], axis=1),
-        np.stack([sin * mirror, sin * shears + cos], axis=1),
-    ], axis=1)
+    linear = scales[:, None, None] * np.stack(
+        [
+            np.stack([cos * mirror, cos * shears - sin], axis=1),
+            np.stack([sin * mirror, sin * shears + cos], axis=1),
+        ],
+        axis=1,
+    )
     centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])  # pixel centres: a mirror maps column i to w-1-i
     offsets = centre + shifts - linear @ centre
     matrices = np.concatenate([linear, offsets[:, :, None]], axis=2)
@@ -89,6 +92,7 @@ def degrade(out: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> No
 
 
 # The degradations one at a time, shared with bench/robustness.py, which measures what each costs.
+
 
 def blur(face: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(face, (0, 0), sigma)

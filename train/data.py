@@ -160,5 +160,6 @@ def _load_csv(path: Path) -> dict[str, Split]:
     empty = [split for split, (images, _) in rows.items() if not images]
     if empty:
         raise DataError(f"{path}: no rows for {', '.join(empty)} (Usage Training, PublicTest, PrivateTest)")
-    return {split: Split(np.stack(images), np.asarray(labels, dtype=np.int64))
-            for split, (images, labels) in rows.items()}
+    return {
+        split: Split(np.stack(images), np.asarray(labels, dtype=np.int64)) for split, (images, labels) in rows.items()
+    }

@@ -26,12 +26,15 @@ def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels) -> dict:
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
     classes = list(range(len(labels)))
-    report = classification_report(y_true, y_pred, labels=classes, target_names=list(labels), output_dict=True,
-                                   zero_division=0)
+    report = classification_report(
+        y_true, y_pred, labels=classes, target_names=list(labels), output_dict=True, zero_division=0
+    )
     per_class = {
         name: {
-            "precision": round(report[name]["precision"], 4), "recall": round(report[name]["recall"], 4),
-            "f1": round(report[name]["f1-score"], 4), "support": int(report[name]["support"]),
+            "precision": round(report[name]["precision"], 4),
+            "recall": round(report[name]["recall"], 4),
+            "f1": round(report[name]["f1-score"], 4),
+            "support": int(report[name]["support"]),
         }
         for name in labels
     }
@@ -48,8 +51,9 @@ def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels, title: str) -> s
     averages) under ``title``."""
     from sklearn.metrics import classification_report
 
-    body = classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=list(labels),
-                                 digits=4, zero_division=0)
+    body = classification_report(
+        y_true, y_pred, labels=list(range(len(labels))), target_names=list(labels), digits=4, zero_division=0
+    )
     return f"{title}\n\n{body}"
 
 
@@ -65,8 +69,15 @@ def plot_confusion(cm: np.ndarray, labels, path: Path, title: str) -> None:
         ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(labels)):
             for j in range(len(labels)):
-                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center",
-                        color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    format(values[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    color="white" if normalized[i, j] > 0.5 else "black",
+                    fontsize=8,
+                )
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("predicted")
@@ -110,11 +121,13 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
     scores = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
     predicted = scores.argmax(1)
     metrics = split_metrics(public.y, predicted, labels)
-    (run_dir / "report_public.txt").write_text(report_text(public.y, predicted, labels,
-                                                           f"PublicTest ({len(public)} images)"))
+    (run_dir / "report_public.txt").write_text(
+        report_text(public.y, predicted, labels, f"PublicTest ({len(public)} images)")
+    )
     (run_dir / "per_class_public.json").write_text(json.dumps(metrics["per_class"], indent=2))
-    plot_confusion(np.array(metrics["confusion_matrix"]), labels, run_dir / "confusion_public.png",
-                   f"{run_dir.name} PublicTest")
+    plot_confusion(
+        np.array(metrics["confusion_matrix"]), labels, run_dir / "confusion_public.png", f"{run_dir.name} PublicTest"
+    )
     log.info("%s PublicTest: accuracy %.4f, macro-F1 %.4f", run_dir.name, metrics["accuracy"], metrics["macro_f1"])
     history = read_history(run_dir)
     if history:

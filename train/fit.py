@@ -116,8 +116,12 @@ class EpochLog(keras.callbacks.Callback):
         )
         log.info(
             "epoch %d/%d  acc train/PublicTest: %s  lr %.2e  took %s  run ends in %s",
-            epoch + 1, self.plan.epochs, scores, _current_learning_rate(self.model),
-            format_duration(now - self.epoch_started), format_duration(eta),
+            epoch + 1,
+            self.plan.epochs,
+            scores,
+            _current_learning_rate(self.model),
+            format_duration(now - self.epoch_started),
+            format_duration(eta),
         )
 
 
@@ -321,9 +325,7 @@ def compile_trainer(trainer: keras.Model, cfg: TrainConfig) -> None:
     jit = cfg.jit_compile
     if jit == "auto":
         jit = keras.backend.backend() == "jax"
-    trainer.compile(
-        optimizer=make_optimizer(cfg), loss=losses, loss_weights=weights, metrics=metrics, jit_compile=jit
-    )
+    trainer.compile(optimizer=make_optimizer(cfg), loss=losses, loss_weights=weights, metrics=metrics, jit_compile=jit)
 
 
 def restore_checkpoint(trainer: keras.Model, path: Path) -> None:
@@ -423,8 +425,9 @@ def train(
         restore_checkpoint(trainer, main_dir / LAST)
         first_epoch = json.loads((main_dir / LAST_EPOCH).read_text())["epochs"]
         # best.weights.h5 may come from an epoch after the checkpoint: keep its score as the bar
-        best_so_far = {name: max((row["val_accuracy"] for row in read_history(d)), default=-1.0)
-                       for name, d in run_dirs.items()}
+        best_so_far = {
+            name: max((row["val_accuracy"] for row in read_history(d)), default=-1.0) for name, d in run_dirs.items()
+        }
         for run_dir in run_dirs.values():
             truncate_history(run_dir, first_epoch)
         log.info("resuming %s at epoch %d (best PublicTest so far %s)", main_dir, first_epoch + 1, best_so_far)
@@ -433,9 +436,14 @@ def train(
     for name, run_dir in run_dirs.items():
         net = nets[name]
         info = {
-            "labels": list(data.CLASS_NAMES), "model": model_cfgs[name].name, "macs": count_macs(net),
-            "params": int(net.count_params()), "backend": keras.backend.backend(), "data": str(root),
-            "config": config_path or str(run_dir / "config.yaml"), "precision": precision,
+            "labels": list(data.CLASS_NAMES),
+            "model": model_cfgs[name].name,
+            "macs": count_macs(net),
+            "params": int(net.count_params()),
+            "backend": keras.backend.backend(),
+            "data": str(root),
+            "config": config_path or str(run_dir / "config.yaml"),
+            "precision": precision,
         }
         if name in distilling(cfg):
             info["distilled_from"] = list(cfg.distill.teachers) or cfg.run_name

@@ -142,7 +142,7 @@ def grow_from(wide: keras.Model, narrow: keras.Model) -> None:
                 spatial = old.shape[0] // in_channels
                 old, new = old.reshape(spatial, in_channels, -1), new.reshape(spatial, shape[0] // spatial, -1)
             if old.ndim >= 2 and not isinstance(wide_layer, layers.DepthwiseConv2D):  # (..., inputs, outputs)
-                new[..., old.shape[-2]:, :] = 0.0
+                new[..., old.shape[-2] :, :] = 0.0
             new[tuple(slice(0, n) for n in old.shape)] = old
             grown.append(new.reshape(shape))
         wide_layer.set_weights(grown)

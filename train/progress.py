@@ -36,8 +36,17 @@ class BatchProgress(keras.callbacks.Callback):
     """A line every ``every_s`` seconds within an epoch (batch, images/s, the epoch's end), and after the
     first ``estimate_after`` batches past the first (which compiles), the whole run's estimate."""
 
-    def __init__(self, epochs: int, first_epoch: int, steps: int, batch_size: int, on_gpu: bool,
-                 every_s: float = 30.0, estimate_after: int = 10, epochs_now=None):
+    def __init__(
+        self,
+        epochs: int,
+        first_epoch: int,
+        steps: int,
+        batch_size: int,
+        on_gpu: bool,
+        every_s: float = 30.0,
+        estimate_after: int = 10,
+        epochs_now=None,
+    ):
         super().__init__()
         self.first, self.steps, self.batch_size, self.on_gpu = first_epoch, steps, batch_size, on_gpu
         self.every_s, self.estimate_after = every_s, estimate_after
@@ -60,8 +69,15 @@ class BatchProgress(keras.callbacks.Callback):
             self.last_line = now
             rate = done * self.batch_size / (now - self.epoch_started)
             left = (self.steps - done) * (now - self.epoch_started) / done
-            log.info("epoch %d/%d  batch %d/%d  %.0f images/s  epoch ends in %s", self.epoch + 1, self.epochs_now(),
-                     done, self.steps, rate, format_duration(left))
+            log.info(
+                "epoch %d/%d  batch %d/%d  %.0f images/s  epoch ends in %s",
+                self.epoch + 1,
+                self.epochs_now(),
+                done,
+                self.steps,
+                rate,
+                format_duration(left),
+            )
 
     def estimate(self, now: float, done: int) -> float:
         """Log and return the whole run's expected seconds from the batches timed so far."""
@@ -70,9 +86,16 @@ class BatchProgress(keras.callbacks.Callback):
         batches_left = (self.steps - done) + self.steps * (self.epochs_now() - self.epoch - 1)
         total = per_batch * batches_left
         where = "on this machine's GPU" if self.on_gpu else "on this machine (no GPU found)"
-        log.info("estimate: this run needs about %s more %s: %.2f s per batch of %d, %d batches per epoch, "
-                 "%d epochs, plus a PublicTest check per epoch", format_duration(total), where, per_batch,
-                 self.batch_size, self.steps, self.epochs_now() - self.first)
+        log.info(
+            "estimate: this run needs about %s more %s: %.2f s per batch of %d, %d batches per epoch, "
+            "%d epochs, plus a PublicTest check per epoch",
+            format_duration(total),
+            where,
+            per_batch,
+            self.batch_size,
+            self.steps,
+            self.epochs_now() - self.first,
+        )
         if not self.on_gpu and total > 4 * 3600:
             log.info("on a GPU machine: %s; a CPU-sized config: configs/train-fast-cpu.yaml", GPU_ALTERNATIVE)
         return total

@@ -63,8 +63,11 @@ def build_privacy(cfg: Config):
     r = cfg.recording
     if r.enabled and r.presence_triggered and r.pre_roll_s > 0:
         # the pre-roll is what came before the first detection: no face was found in it to anonymise
-        log.warning("privacy: the %.1f s pre-roll before a face is first detected is recorded as captured; "
-                    "set recording.pre_roll_s: 0 to record anonymised frames only", r.pre_roll_s)
+        log.warning(
+            "privacy: the %.1f s pre-roll before a face is first detected is recorded as captured; "
+            "set recording.pre_roll_s: 0 to record anonymised frames only",
+            r.pre_roll_s,
+        )
     return functools.partial(anonymize, mode=cfg.privacy.mode)
 
 
@@ -111,8 +114,13 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         status_interval_s=cfg.logging.status_interval_s,
     )
     try:  # live view and MQTT (web, mqtt sections): a feed sink and the switches; nothing when both are off
-        build_integrations(cfg, pipeline, classifier=classifier, recorder=recorder,
-                           make_recorder=lambda: build_recorder(cfg, source.fps, source.size))
+        build_integrations(
+            cfg,
+            pipeline,
+            classifier=classifier,
+            recorder=recorder,
+            make_recorder=lambda: build_recorder(cfg, source.fps, source.size),
+        )
     except BaseException:
         pipeline.close()
         raise

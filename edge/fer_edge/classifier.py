@@ -196,8 +196,9 @@ class ExpressionClassifier:
             size = (max(1, round(inside.w * scale)), max(1, round(inside.h * scale)))
             patch = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
             to_crop[:, :2] *= np.array([inside.w / size[0], inside.h / size[1]])
-        return cv2.warpAffine(patch, to_crop, (out_w, out_h), dst=self._resized, flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+        return cv2.warpAffine(
+            patch, to_crop, (out_w, out_h), dst=self._resized, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
 
     def face_crop(self, image: np.ndarray, face: Detection | Box) -> np.ndarray:
         """The input-sized grayscale crop of a face: aligned by its keypoints when it has them and ``align`` is
@@ -206,8 +207,7 @@ class ExpressionClassifier:
         if self.align and len(detection.keypoints) >= 4:
             return self.aligned_crop(image, detection.keypoints)
         crop = self.crop(image, detection.box)
-        return cv2.resize(crop, (self.input_width, self.input_height), dst=self._resized,
-                          interpolation=cv2.INTER_AREA)
+        return cv2.resize(crop, (self.input_width, self.input_height), dst=self._resized, interpolation=cv2.INTER_AREA)
 
     def classify(self, image: np.ndarray, face: Detection | Box) -> Prediction:
         """Class scores of one face of a BGR (or grayscale) frame."""

@@ -51,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
-    check.add_argument("--model-optional", action="store_true",
-                       help="a model that is not there yet is only a warning (a config checked before its model)")
+    check.add_argument(
+        "--model-optional",
+        action="store_true",
+        help="a model that is not there yet is only a warning (a config checked before its model)",
+    )
     check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
     bench = commands.add_parser("bench", help="per-stage timings on one thread")

@@ -213,8 +213,10 @@ class RecordingConfig:
 
     def __post_init__(self):
         if self.fragment_seconds > self.segment_seconds:
-            raise ConfigError(f"recording.fragment_seconds: expected a number <= recording.segment_seconds "
-                              f"({self.segment_seconds:g}), got {self.fragment_seconds:g}")
+            raise ConfigError(
+                f"recording.fragment_seconds: expected a number <= recording.segment_seconds "
+                f"({self.segment_seconds:g}), got {self.fragment_seconds:g}"
+            )
 
 
 @dataclass(frozen=True)

@@ -99,8 +99,11 @@ class HaarDetector:
         height, width = image.shape[:2]
         back = 1.0 / scale
         return [
-            Detection(Box(region.x + round(x * back), region.y + round(y * back), round(w * back), round(h * back))
-                      .clipped(width, height))
+            Detection(
+                Box(region.x + round(x * back), region.y + round(y * back), round(w * back), round(h * back)).clipped(
+                    width, height
+                )
+            )
             for x, y, w, h in found
         ]
 
@@ -193,7 +196,10 @@ class BlazeFaceDetector:
         if key not in self._plans:
             self._plans[key] = scan_plan(width, height, self.min_face)
             log.info(
-                "face detection on %dx%d frames, faces from %d px: %s", width, height, self.min_face,
+                "face detection on %dx%d frames, faces from %d px: %s",
+                width,
+                height,
+                self.min_face,
                 ", ".join(f"{len(level.regions)} x {level.model}" for level in self._plans[key]),
             )
         return self._plans[key]

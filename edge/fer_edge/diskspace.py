@@ -28,6 +28,8 @@ def create_private(path: Path, *, append: bool = False) -> int:
     """Open ``path`` for writing (truncated, or for appending), created ``FILE_MODE`` if new; returns the fd."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
     return os.open(path, flags, FILE_MODE)
+
+
 FINISHED_RECORDING = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.(?:mp4|jsonl|mp4\.broken)$")
 
 
@@ -40,8 +42,10 @@ def check_floor(directory: Path, min_free_bytes: int) -> None:
     each one as soon as it is finished, and still never reach it."""
     total = shutil.disk_usage(directory).total
     if min_free_bytes >= total:
-        raise RecordingError(f"recording.min_free_mb: {min_free_bytes / MB:.0f} MB cannot be kept free on "
-                             f"{directory}: its file system holds {total / MB:.0f} MB in all")
+        raise RecordingError(
+            f"recording.min_free_mb: {min_free_bytes / MB:.0f} MB cannot be kept free on "
+            f"{directory}: its file system holds {total / MB:.0f} MB in all"
+        )
 
 
 def finished_recordings(directory: Path) -> list[tuple[str, list[Path]]]:
@@ -111,9 +115,13 @@ class DiskGuard:
         if free + deletable < self.min_free_bytes:
             if not self._said_unreachable:
                 self._said_unreachable = True
-                log.warning("disk: %.0f MB free, and deleting every old recording (%.0f MB) would not reach the "
-                            "%.0f MB floor (recording.min_free_mb); deleting none", free / MB, deletable / MB,
-                            self.min_free_bytes / MB)
+                log.warning(
+                    "disk: %.0f MB free, and deleting every old recording (%.0f MB) would not reach the "
+                    "%.0f MB floor (recording.min_free_mb); deleting none",
+                    free / MB,
+                    deletable / MB,
+                    self.min_free_bytes / MB,
+                )
             return False
         for files in candidates:
             for path in files:
@@ -125,8 +133,12 @@ class DiskGuard:
                 except OSError as exc:
                     log.warning("cannot delete old recording %s: %s", path, exc)
                     continue
-                log.info("disk: deleted old recording %s (%.1f MB) to keep %.0f MB free",
-                         path.name, size / MB, self.min_free_bytes / MB)
+                log.info(
+                    "disk: deleted old recording %s (%.1f MB) to keep %.0f MB free",
+                    path.name,
+                    size / MB,
+                    self.min_free_bytes / MB,
+                )
             free = self.free_bytes()
             if free >= self.min_free_bytes:
                 return True

@@ -259,13 +259,18 @@ def _read_marker(marker: Path) -> str | None:
             with open(marker, "rb") as f:
                 data = f.read(MAX_MARKER_BYTES + 1)
     except OSError as exc:
-        log.warning("events: cannot read %s (%s); naming the leftover events file from its first event",
-                    marker.name, exc)
+        log.warning(
+            "events: cannot read %s (%s); naming the leftover events file from its first event", marker.name, exc
+        )
         return None
     stem = _stem_or_none(data)
     if stem is None:
-        log.warning("events: %s holds no recording stem (%s); ignored and removed, the leftover events file is "
-                    "named from its first event", marker.name, repr(data[:40]) if data is not None else "not a file")
+        log.warning(
+            "events: %s holds no recording stem (%s); ignored and removed, the leftover events file is "
+            "named from its first event",
+            marker.name,
+            repr(data[:40]) if data is not None else "not a file",
+        )
         _remove_quietly(marker)
     return stem
 

@@ -46,20 +46,33 @@ class FrameRing:
         if height - height % 2 == self._height and width - width % 2 == self._width:
             if not self._cropping:
                 self._cropping = True
-                log.info("recording: frames are %dx%d; recording %dx%d without the last %s (yuv420p video needs an "
-                         "even width and height)", width, height, self._width, self._height,
-                         "row and column" if height % 2 and width % 2 else "row" if height % 2 else "column")
+                log.info(
+                    "recording: frames are %dx%d; recording %dx%d without the last %s (yuv420p video needs an "
+                    "even width and height)",
+                    width,
+                    height,
+                    self._width,
+                    self._height,
+                    "row and column" if height % 2 and width % 2 else "row" if height % 2 else "column",
+                )
             return image[: self._height, : self._width]
         if self._resized is None:
             if (width, height) == self._scaled_from:
-                log.info("recording: frames are %dx%d; recording them at %dx%d", width, height, self._width,
-                         self._height)
+                log.info(
+                    "recording: frames are %dx%d; recording them at %dx%d", width, height, self._width, self._height
+                )
             else:
-                log.warning("recording: frames are %dx%d, expected %dx%d; scaling them", width, height, self._width,
-                            self._height)
+                log.warning(
+                    "recording: frames are %dx%d, expected %dx%d; scaling them",
+                    width,
+                    height,
+                    self._width,
+                    self._height,
+                )
             self._resized = np.empty((self._height, self._width, 3), np.uint8)
-        return self._cv2.resize(image, (self._width, self._height), dst=self._resized,
-                                interpolation=self._cv2.INTER_LINEAR)  # a quarter of INTER_AREA's cost
+        return self._cv2.resize(
+            image, (self._width, self._height), dst=self._resized, interpolation=self._cv2.INTER_LINEAR
+        )  # a quarter of INTER_AREA's cost
 
     def since(self, after: float, before_slot: int) -> list[int]:
         """Slots with a timestamp > ``after``, oldest first, excluding ``before_slot`` (the newest)."""

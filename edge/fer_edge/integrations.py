@@ -33,8 +33,11 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
     from fer_edge.web import CREDENTIAL_NAME, resolve_secret
 
     token = resolve_secret(cfg.web.token, cfg.web.token_file, CREDENTIAL_NAME, "web.token") if cfg.web.enabled else None
-    password = (resolve_secret(cfg.mqtt.password, cfg.mqtt.password_file, "mqtt-password", "mqtt.password")
-                if cfg.mqtt.enabled else None)
+    password = (
+        resolve_secret(cfg.mqtt.password, cfg.mqtt.password_file, "mqtt-password", "mqtt.password")
+        if cfg.mqtt.enabled
+        else None
+    )
 
     switches = Switches(recording=recorder is not None, privacy=cfg.privacy.mode != "off")
     mode = cfg.privacy.mode if cfg.privacy.mode != "off" else PRIVACY_WHEN_SWITCHED_ON
@@ -51,8 +54,12 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
 
         switches.listen(warn_nothing_to_record)
 
-    feed = LiveFeed(info=_info(cfg, pipeline, classifier), switches=switches, recorder=recorder_sink,
-                    recordings_dir=Path(cfg.recording.output_dir) if cfg.recording.enabled else None)
+    feed = LiveFeed(
+        info=_info(cfg, pipeline, classifier),
+        switches=switches,
+        recorder=recorder_sink,
+        recordings_dir=Path(cfg.recording.output_dir) if cfg.recording.enabled else None,
+    )
     feed.watch(pipeline)
     pipeline.sinks.append(feed)
     try:
@@ -61,13 +68,28 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
 
             host, port = parse_listen(cfg.web.listen)
             w = cfg.web
-            feed.consumers.append(WebServer(feed, host=host, port=port, token=token, stream_fps=w.stream_fps,
-                                            stream_width=w.stream_width, jpeg_quality=w.jpeg_quality).start())
+            feed.consumers.append(
+                WebServer(
+                    feed,
+                    host=host,
+                    port=port,
+                    token=token,
+                    stream_fps=w.stream_fps,
+                    stream_width=w.stream_width,
+                    jpeg_quality=w.jpeg_quality,
+                ).start()
+            )
         if cfg.mqtt.enabled:
             from fer_edge.mqtt import MqttPublisher
 
-            publisher = MqttPublisher(feed, switches, cfg.mqtt, password=password,
-                                      labels=list(getattr(classifier, "labels", ())), model=feed.info.get("model"))
+            publisher = MqttPublisher(
+                feed,
+                switches,
+                cfg.mqtt,
+                password=password,
+                labels=list(getattr(classifier, "labels", ())),
+                model=feed.info.get("model"),
+            )
             feed.extra_stats["mqtt"] = publisher.stats
             feed.consumers.append(publisher.start())
             if pipeline.notifier is not None:

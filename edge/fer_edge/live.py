@@ -77,8 +77,9 @@ class TrackChanges:
             box = (face.box.x, face.box.y, face.box.w, face.box.h)
             known = self._tracks.get(face.track_id)
             if known is None:
-                events.append(TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index,
-                                         frame.image))
+                events.append(
+                    TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index, frame.image)
+                )
             elif known[0] != label:
                 events.append(TrackEvent(next_seq(), "change", face.track_id, label, score, box, wall, frame.index))
             self._tracks[face.track_id] = [label, now, box, score]
@@ -122,8 +123,16 @@ class LiveFeed:
     closed with the feed.
     """
 
-    def __init__(self, *, info: dict | None = None, recordings_dir: Path | None = None, recorder=None,
-                 switches=None, events_kept: int = EVENTS_KEPT, end_after_s: float = TRACK_END_AFTER_S):
+    def __init__(
+        self,
+        *,
+        info: dict | None = None,
+        recordings_dir: Path | None = None,
+        recorder=None,
+        switches=None,
+        events_kept: int = EVENTS_KEPT,
+        end_after_s: float = TRACK_END_AFTER_S,
+    ):
         self.info = dict(info or {})
         self.recordings_dir = recordings_dir
         self.recorder = recorder
@@ -239,8 +248,10 @@ class LiveFeed:
             then, frames_then, seconds_then = self._first_frame_at, 0, {}
         span, count = now - then, frames - frames_then
         fps = count / span if span > 0 and count > 0 else 0.0
-        stage_ms = {name: 1000.0 * (s - seconds_then.get(name, 0.0)) / count if count else 0.0
-                    for name, s in stage_seconds.items()}
+        stage_ms = {
+            name: 1000.0 * (s - seconds_then.get(name, 0.0)) / count if count else 0.0
+            for name, s in stage_seconds.items()
+        }
         stage_ms["total"] = sum(stage_ms.values())
         stats = {
             "fps": round(fps, 2),

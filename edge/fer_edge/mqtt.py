@@ -70,29 +70,86 @@ def discovery_payload(topics: Topics, device_id: str, labels: list[str], model: 
     uid = topics.unique
 
     def component(key: str, platform_name: str, name: str, **options) -> tuple[str, dict]:
-        return f"{uid}_{key}", {"p": platform_name, "name": name, "unique_id": f"{uid}_{key}",
-                                "availability_topic": topics.availability, **options}
+        return f"{uid}_{key}", {
+            "p": platform_name,
+            "name": name,
+            "unique_id": f"{uid}_{key}",
+            "availability_topic": topics.availability,
+            **options,
+        }
 
-    components = dict([
-        component("expression", "sensor", "Expression", device_class="enum", options=[*labels, NO_FACE],
-                  state_topic=topics.state, value_template="{{ value_json.expression }}",
-                  icon="mdi:emoticon-outline"),
-        component("faces", "sensor", "Faces", state_topic=topics.state, value_template="{{ value_json.faces }}",
-                  state_class="measurement", icon="mdi:account-multiple"),
-        component("face_present", "binary_sensor", "Face present", device_class="occupancy",
-                  state_topic=topics.state, value_template="{{ value_json.present }}"),
-        component("face_event", "event", "Face", event_types=["start", "change", "end"], state_topic=topics.event),
-        component("snapshot", "camera", "Last face", topic=topics.snapshot),
-        component("recording", "switch", "Recording", command_topic=topics.switch_set["recording"],
-                  state_topic=topics.switch_state["recording"], entity_category="config", icon="mdi:record-rec"),
-        component("privacy", "switch", "Privacy", command_topic=topics.switch_set["privacy"],
-                  state_topic=topics.switch_state["privacy"], entity_category="config", icon="mdi:incognito"),
-        component("fps", "sensor", "Frame rate", state_topic=topics.diagnostics, value_template="{{ value_json.fps }}",
-                  unit_of_measurement="fps", state_class="measurement", entity_category="diagnostic"),
-        component("disk_free", "sensor", "Disk free", state_topic=topics.diagnostics,
-                  value_template="{{ value_json.disk_free_mb }}", device_class="data_size",
-                  unit_of_measurement="MB", state_class="measurement", entity_category="diagnostic"),
-    ])
+    components = dict(
+        [
+            component(
+                "expression",
+                "sensor",
+                "Expression",
+                device_class="enum",
+                options=[*labels, NO_FACE],
+                state_topic=topics.state,
+                value_template="{{ value_json.expression }}",
+                icon="mdi:emoticon-outline",
+            ),
+            component(
+                "faces",
+                "sensor",
+                "Faces",
+                state_topic=topics.state,
+                value_template="{{ value_json.faces }}",
+                state_class="measurement",
+                icon="mdi:account-multiple",
+            ),
+            component(
+                "face_present",
+                "binary_sensor",
+                "Face present",
+                device_class="occupancy",
+                state_topic=topics.state,
+                value_template="{{ value_json.present }}",
+            ),
+            component("face_event", "event", "Face", event_types=["start", "change", "end"], state_topic=topics.event),
+            component("snapshot", "camera", "Last face", topic=topics.snapshot),
+            component(
+                "recording",
+                "switch",
+                "Recording",
+                command_topic=topics.switch_set["recording"],
+                state_topic=topics.switch_state["recording"],
+                entity_category="config",
+                icon="mdi:record-rec",
+            ),
+            component(
+                "privacy",
+                "switch",
+                "Privacy",
+                command_topic=topics.switch_set["privacy"],
+                state_topic=topics.switch_state["privacy"],
+                entity_category="config",
+                icon="mdi:incognito",
+            ),
+            component(
+                "fps",
+                "sensor",
+                "Frame rate",
+                state_topic=topics.diagnostics,
+                value_template="{{ value_json.fps }}",
+                unit_of_measurement="fps",
+                state_class="measurement",
+                entity_category="diagnostic",
+            ),
+            component(
+                "disk_free",
+                "sensor",
+                "Disk free",
+                state_topic=topics.diagnostics,
+                value_template="{{ value_json.disk_free_mb }}",
+                device_class="data_size",
+                unit_of_measurement="MB",
+                state_class="measurement",
+                entity_category="diagnostic",
+            ),
+        ]
+    )
     return {
         "dev": {
             "identifiers": [uid],
@@ -122,8 +179,16 @@ def state_payload(faces) -> dict:
 class MqttPublisher:
     """Publishes what ``feed`` shows to a broker and applies switch commands to ``switches``."""
 
-    def __init__(self, feed: LiveFeed, switches: Switches, cfg, *, password: str | None, labels: list[str],
-                 model: str | None = None):
+    def __init__(
+        self,
+        feed: LiveFeed,
+        switches: Switches,
+        cfg,
+        *,
+        password: str | None,
+        labels: list[str],
+        model: str | None = None,
+    ):
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
@@ -190,8 +255,13 @@ class MqttPublisher:
         self.client.loop_stop()
 
     def stats(self) -> dict:
-        return {"connected": self.connected, "disconnects": self.disconnects, "dropped": self.dropped,
-                "published": self.published, "broker": f"{self.cfg.host}:{self.cfg.port}"}
+        return {
+            "connected": self.connected,
+            "disconnects": self.disconnects,
+            "dropped": self.dropped,
+            "published": self.published,
+            "broker": f"{self.cfg.host}:{self.cfg.port}",
+        }
 
     # --- paho's thread
 
@@ -217,8 +287,14 @@ class MqttPublisher:
 
     def _log_outage(self, why: str) -> None:
         if not self._outage_logged:  # one line per outage, not one per retry
-            log.warning("mqtt: %s:%d: %s; retrying every %d-%d s, the loop goes on", self.cfg.host, self.cfg.port,
-                        why, RECONNECT_MIN_S, RECONNECT_MAX_S)
+            log.warning(
+                "mqtt: %s:%d: %s; retrying every %d-%d s, the loop goes on",
+                self.cfg.host,
+                self.cfg.port,
+                why,
+                RECONNECT_MIN_S,
+                RECONNECT_MAX_S,
+            )
             self._outage_logged = True
 
     def _on_message(self, client, userdata, message) -> None:
@@ -303,5 +379,9 @@ class MqttPublisher:
     def _diagnostics(self) -> dict:
         stats = self.feed.stats()
         free = stats.get("disk_free_bytes")
-        return {"fps": stats["fps"], "disk_free_mb": None if free is None else round(free / 1048576),
-                "frames": stats["frames"], "uptime_s": round(stats["uptime_s"])}
+        return {
+            "fps": stats["fps"],
+            "disk_free_mb": None if free is None else round(free / 1048576),
+            "frames": stats["frames"],
+            "uptime_s": round(stats["uptime_s"]),
+        }

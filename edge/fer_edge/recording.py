@@ -61,8 +61,15 @@ from fer_edge.types import Face, Frame
 if TYPE_CHECKING:
     from fer_edge.config import EventsConfig, RecordingConfig
 
-__all__ = ["Recorder", "RecordingError", "check_recording", "count_video_frames", "recover_partial_recordings",
-           "repair_fragmented_mp4", "scan_fragmented_mp4"]
+__all__ = [
+    "Recorder",
+    "RecordingError",
+    "check_recording",
+    "count_video_frames",
+    "recover_partial_recordings",
+    "repair_fragmented_mp4",
+    "scan_fragmented_mp4",
+]
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +152,24 @@ class Recorder:
         self._av_error: type[Exception] = OSError
         if record_video:
             self._av_error = pyav().FFmpegError
-            self.codec = working_codec(codec, width=self.width, height=self.height, fps=self.fps, crf=crf,
-                                       preset=preset, tune=tune, fragment_seconds=fragment_seconds)
+            self.codec = working_codec(
+                codec,
+                width=self.width,
+                height=self.height,
+                fps=self.fps,
+                crf=crf,
+                preset=preset,
+                tune=tune,
+                fragment_seconds=fragment_seconds,
+            )
             log.info("recording: %s, %dx%d at up to %g fps", self.codec, self.width, self.height, self.fps)
-        self._disk = DiskGuard(self.output_dir, int(min_free_mb * MB), free_bytes=free_bytes,
-                               check_interval_s=disk_check_interval_s, clock=monotonic_clock)
+        self._disk = DiskGuard(
+            self.output_dir,
+            int(min_free_mb * MB),
+            free_bytes=free_bytes,
+            check_interval_s=disk_check_interval_s,
+            clock=monotonic_clock,
+        )
         self._events = EventsLog(self.output_dir) if events else None
         self._events_start_ts = 0.0
         self._sequence = 1
@@ -164,9 +184,15 @@ class Recorder:
                 if capacity * frame_bytes > MAX_PRE_ROLL_BYTES:
                     capacity = max(3, MAX_PRE_ROLL_BYTES // frame_bytes)
                     self.pre_roll_s = (capacity - 2) / self.fps
-                    log.warning("recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
-                                "shortened to %.1f s", pre_roll_s, self.width, self.height,
-                                MAX_PRE_ROLL_BYTES // MB, self.pre_roll_s)
+                    log.warning(
+                        "recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
+                        "shortened to %.1f s",
+                        pre_roll_s,
+                        self.width,
+                        self.height,
+                        MAX_PRE_ROLL_BYTES // MB,
+                        self.pre_roll_s,
+                    )
             scaled = record_width is not None and record_width < width
             self._ring = FrameRing(capacity, self.width, self.height, scaled_from=frame_size if scaled else None)
         self._last_face_ts = float("-inf")
@@ -299,8 +325,17 @@ class Recorder:
             raise _Paused()
         stem = self._next_stem()
         self._segment = VideoSegment(
-            self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, width=self.width, height=self.height,
-            fps=self.fps, crf=self.crf, preset=self.preset, tune=self.tune, fragment_seconds=self.fragment_seconds)
+            self.output_dir / f"{stem}{PART_SUFFIX}",
+            stem,
+            codec=self.codec,
+            width=self.width,
+            height=self.height,
+            fps=self.fps,
+            crf=self.crf,
+            preset=self.preset,
+            tune=self.tune,
+            fragment_seconds=self.fragment_seconds,
+        )
         self._watch_files()
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)
         return stem
@@ -310,9 +345,11 @@ class Recorder:
         if wall < self._newest_stem_time:
             # The wall clock stepped back (a Pi has no RTC; NTP steps it). The disk guard deletes by name,
             # oldest first, so names must keep recording order: name it a second after the newest instead.
-            log.warning("recording: the clock (%s UTC) is behind the newest recording's name; naming the next "
-                        "one after it to keep names in recording order (events keep the clock's time)",
-                        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(wall)))
+            log.warning(
+                "recording: the clock (%s UTC) is behind the newest recording's name; naming the next "
+                "one after it to keep names in recording order (events keep the clock's time)",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(wall)),
+            )
             wall = self._newest_stem_time + 1
         stem = make_stem(self.output_dir, wall, self._sequence)
         self._sequence = int(stem.rsplit("-", 1)[1]) + 1
@@ -346,8 +383,12 @@ class Recorder:
         disk_full = getattr(exc, "errno", None) == errno.ENOSPC
         message = "disk full" if disk_full else f"{type(exc).__name__}: {exc}"
         if not self._failing:
-            log.warning("recording: video write failed (%s); %s; retrying every %g s", message,
-                        f"kept {kept.name}" if kept else "nothing to keep", RETRY_INTERVAL_S)
+            log.warning(
+                "recording: video write failed (%s); %s; retrying every %g s",
+                message,
+                f"kept {kept.name}" if kept else "nothing to keep",
+                RETRY_INTERVAL_S,
+            )
         else:
             log.debug("recording: video write failed again (%s)", message)
         self._failing = True
@@ -373,13 +414,17 @@ class Recorder:
             self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             if not self._folder_missing:
-                log.warning("recording: output folder %s is gone and cannot be made again (%s); retrying",
-                            self.output_dir, exc)
+                log.warning(
+                    "recording: output folder %s is gone and cannot be made again (%s); retrying", self.output_dir, exc
+                )
             self._folder_missing = True
             return
         self._folder_missing = False
-        log.warning("recording: output folder %s was deleted while recording; made it again and started new files "
-                    "(the files open when it went are lost)", self.output_dir)
+        log.warning(
+            "recording: output folder %s was deleted while recording; made it again and started new files "
+            "(the files open when it went are lost)",
+            self.output_dir,
+        )
         segment, self._segment = self._segment, None
         if segment is not None:
             segment.drop()
@@ -389,9 +434,12 @@ class Recorder:
 
     def _pause(self) -> None:
         self._paused = True
-        log.warning("recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete that would "
-                    "make room; video recording paused until space returns (events continue)",
-                    self._disk.free_bytes() / MB, self._disk.min_free_bytes / MB)
+        log.warning(
+            "recording: only %.0f MB free (floor %.0f MB) and no old recording left to delete that would "
+            "make room; video recording paused until space returns (events continue)",
+            self._disk.free_bytes() / MB,
+            self._disk.min_free_bytes / MB,
+        )
         self._finish_segment()
 
     # ------------------------------------------------------------ events
@@ -399,7 +447,8 @@ class Recorder:
     def _write_events(self, events: EventsLog, frame: Frame, faces: list[Face], new_stem: str | None) -> None:
         ts = frame.timestamp
         if new_stem is None and (
-                not events.is_open or ts - self._events_start_ts >= self.segment_seconds - self._half_frame):
+            not events.is_open or ts - self._events_start_ts >= self.segment_seconds - self._half_frame
+        ):
             new_stem = self._next_stem()
         if new_stem is not None:
             events.rotate(new_stem)
@@ -408,12 +457,15 @@ class Recorder:
         events.write(self._wall(), frame.index, faces)
 
     def _watch_files(self) -> None:
-        self._syncer.watch(self._segment.part_path if self._segment is not None else None,
-                           self._events.path if self._events is not None and self._events.is_open else None)
+        self._syncer.watch(
+            self._segment.part_path if self._segment is not None else None,
+            self._events.path if self._events is not None and self._events.is_open else None,
+        )
 
 
-def open_recorder(recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int],
-                  **clocks) -> Recorder:
+def open_recorder(
+    recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int], **clocks
+) -> Recorder:
     """The recording sink from its two config sections (what the app wiring calls)."""
     return Recorder(recording, events, fps, frame_size, **clocks)
 

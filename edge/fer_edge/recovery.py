@@ -184,8 +184,12 @@ def _recover_part(part: Path) -> Path | None:
         _keep_broken(part, target, f"cannot be shortened to its complete fragments ({exc})")
         return None
     os.replace(part, target)
-    log.info("recording: recovered %s from an interrupted run (%d frames%s)", target.name, frames,
-             f", cut {size - end} bytes of a partial fragment" if end < size else "")
+    log.info(
+        "recording: recovered %s from an interrupted run (%d frames%s)",
+        target.name,
+        frames,
+        f", cut {size - end} bytes of a partial fragment" if end < size else "",
+    )
     return target
 
 

@@ -364,8 +364,12 @@ def default_output_dir(paths: list[str | Path]) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The report's arguments, shared by ``fer-edge report`` and ``python -m fer_edge.report``."""
     parser.add_argument("events", nargs="+", metavar="EVENTS", help="events JSONL files or folders of them")
-    parser.add_argument("-o", "--output", metavar="DIR",
-                        help="where tracks.csv and timeline.png go (default: the folder of the first EVENTS)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="where tracks.csv and timeline.png go (default: the folder of the first EVENTS)",
+    )
 
 
 def _cli(argv: list[str] | None = None) -> int:

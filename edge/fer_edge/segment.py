@@ -52,8 +52,9 @@ def choose_codec(codec: str) -> str:
         log.warning("recording: encoder %s is not available (%s); falling back to mpeg4", codec, exc)
     else:
         if kind != "video":
-            raise RecordingError(f"recording.codec: {codec} is an {kind} encoder; expected a video encoder such as "
-                                 "libx264")
+            raise RecordingError(
+                f"recording.codec: {codec} is an {kind} encoder; expected a video encoder such as libx264"
+            )
         return codec
     try:
         av.Codec("mpeg4", "w")
@@ -62,16 +63,31 @@ def choose_codec(codec: str) -> str:
     return "mpeg4"
 
 
-def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
-              fragment_seconds: float):
+def _open_mp4(
+    target,
+    *,
+    codec: str,
+    width: int,
+    height: int,
+    fps: float,
+    crf: int,
+    preset: str,
+    tune: str,
+    fragment_seconds: float,
+):
     """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
     av = pyav()
 
     gop = max(1, round(fps * fragment_seconds))
     if codec == "libx264":
         # zerolatency: no lookahead/B-frames, a packet out per frame in; fixed GOP without scene-cut keyframes
-        options = {"preset": preset, "tune": tune, "crf": str(crf), "forced-idr": "1",
-                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        options = {
+            "preset": preset,
+            "tune": tune,
+            "crf": str(crf),
+            "forced-idr": "1",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+        }
     else:
         options = {}
     container = av.open(target, "w", format="mp4", options={"movflags": MOVFLAGS, "flush_packets": "1"})
@@ -93,23 +109,33 @@ def _open_mp4(target, *, codec: str, width: int, height: int, fps: float, crf: i
     return container, stream
 
 
-def check_encoder(codec: str, *, width: int, height: int, fps: float, crf: int, preset: str, tune: str,
-                  fragment_seconds: float) -> None:
+def check_encoder(
+    codec: str, *, width: int, height: int, fps: float, crf: int, preset: str, tune: str, fragment_seconds: float
+) -> None:
     """Encode one grey frame into an in-memory MP4 with these settings; RecordingError if that fails."""
     av = pyav()
 
     try:
-        container, stream = _open_mp4(io.BytesIO(), codec=codec, width=width, height=height, fps=fps, crf=crf,
-                                      preset=preset, tune=tune, fragment_seconds=fragment_seconds)
+        container, stream = _open_mp4(
+            io.BytesIO(),
+            codec=codec,
+            width=width,
+            height=height,
+            fps=fps,
+            crf=crf,
+            preset=preset,
+            tune=tune,
+            fragment_seconds=fragment_seconds,
+        )
         with container:
-            frame = av.VideoFrame.from_numpy_buffer(np.full((height * 3 // 2, width), 128, np.uint8),
-                                                    format="yuv420p")
+            frame = av.VideoFrame.from_numpy_buffer(np.full((height * 3 // 2, width), 128, np.uint8), format="yuv420p")
             frame.pts = 0
             for packet in [*stream.encode(frame), *stream.encode(None)]:
                 container.mux(packet)
     except (av.FFmpegError, ValueError, OSError) as exc:
-        raise RecordingError(f"recording.codec: {codec} cannot record {width}x{height} MP4 video here "
-                             f"({' '.join(str(exc).split())})") from None
+        raise RecordingError(
+            f"recording.codec: {codec} cannot record {width}x{height} MP4 video here ({' '.join(str(exc).split())})"
+        ) from None
 
 
 def working_codec(codec: str, **settings) -> str:
@@ -130,8 +156,20 @@ def working_codec(codec: str, **settings) -> str:
 class VideoSegment:
     """One ``<stem>.mp4.part`` being encoded; ``finish()`` finalizes and renames it to ``<stem>.mp4``."""
 
-    def __init__(self, path: Path, stem: str, *, codec: str, width: int, height: int, fps: float, crf: int,
-                 preset: str, tune: str, fragment_seconds: float):
+    def __init__(
+        self,
+        path: Path,
+        stem: str,
+        *,
+        codec: str,
+        width: int,
+        height: int,
+        fps: float,
+        crf: int,
+        preset: str,
+        tune: str,
+        fragment_seconds: float,
+    ):
         av = pyav()
 
         self.stem = stem
@@ -147,9 +185,17 @@ class VideoSegment:
         self._picture_i = av.video.frame.PictureType.I
         self._video_frame = av.VideoFrame
         os.close(create_private(path))  # FFmpeg would create it 0666 less the umask; it keeps an existing mode
-        self._container, self._stream = _open_mp4(str(path), codec=codec, width=width, height=height, fps=fps,
-                                                  crf=crf, preset=preset, tune=tune,
-                                                  fragment_seconds=fragment_seconds)
+        self._container, self._stream = _open_mp4(
+            str(path),
+            codec=codec,
+            width=width,
+            height=height,
+            fps=fps,
+            crf=crf,
+            preset=preset,
+            tune=tune,
+            fragment_seconds=fragment_seconds,
+        )
 
     def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
         """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
@@ -186,8 +232,11 @@ class VideoSegment:
         except (OSError, av.FFmpegError) as exc:
             error = error or exc
         if error is not None:
-            log.warning("recording: %s could not be finalized cleanly (%s); keeping its complete fragments",
-                        self.part_path.name, error)
+            log.warning(
+                "recording: %s could not be finalized cleanly (%s); keeping its complete fragments",
+                self.part_path.name,
+                error,
+            )
         return self._publish(repair=error is not None)
 
     def abandon(self) -> Path | None:
@@ -216,8 +265,9 @@ class VideoSegment:
             os.replace(self.part_path, final)
             fsync_directory(final.parent)
         except OSError as exc:
-            log.warning("recording: cannot finalize %s (%s); it will be recovered at the next start",
-                        self.part_path.name, exc)
+            log.warning(
+                "recording: cannot finalize %s (%s); it will be recovered at the next start", self.part_path.name, exc
+            )
             return None
         return final
 
@@ -238,8 +288,16 @@ def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
         return
     width, height = record_size(frame_size, recording.record_width)
     fps = min(fps, recording.record_fps or fps)
-    working_codec(recording.codec, width=width, height=height, fps=fps, crf=recording.crf, preset=recording.preset,
-                  tune=recording.tune, fragment_seconds=recording.fragment_seconds)
+    working_codec(
+        recording.codec,
+        width=width,
+        height=height,
+        fps=fps,
+        crf=recording.crf,
+        preset=recording.preset,
+        tune=recording.tune,
+        fragment_seconds=recording.fragment_seconds,
+    )
     folder = Path(recording.output_dir).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -178,8 +178,12 @@ class VideoFileSource:
         gives; containers round that count, so a shortfall of a few frames is no damage."""
         expected = self.frame_count
         if expected is not None and self._decoded < expected - max(2, expected // 100):
-            log.warning("video file %s ended after %d of the %d frames its header announces (damaged or cut?)",
-                        self.path, self._decoded, expected)
+            log.warning(
+                "video file %s ended after %d of the %d frames its header announces (damaged or cut?)",
+                self.path,
+                self._decoded,
+                expected,
+            )
 
     def interrupt(self) -> None:
         self._interrupted.set()

@@ -136,21 +136,30 @@ def metrics_text(stats: dict, extra: dict | None = None) -> str:
     metric("faces_total", "counter", "Faces classified, summed over frames.", [({}, stats["faces_total"])])
     metric("faces", "gauge", "Faces in the newest frame.", [({}, stats["faces"])])
     metric("fps", "gauge", "Frames per second over the last seconds.", [({}, stats["fps"])])
-    metric("stage_seconds_total", "counter", "Seconds spent in each stage of the loop.",
-           [({"stage": name}, seconds) for name, seconds in stats.get("stage_seconds", {}).items()])
+    metric(
+        "stage_seconds_total",
+        "counter",
+        "Seconds spent in each stage of the loop.",
+        [({"stage": name}, seconds) for name, seconds in stats.get("stage_seconds", {}).items()],
+    )
     metric("uptime_seconds", "gauge", "Seconds since the live view started.", [({}, stats["uptime_s"])])
     metric("disk_free_bytes", "gauge", "Free space where recordings go.", [({}, stats["disk_free_bytes"])])
     metric("recording", "gauge", "1 while a recording segment is open.", [({}, int(stats["recording"]["active"]))])
-    metric("recording_segments", "gauge", "Finished recording segments on disk.",
-           [({}, stats["recording"]["finished"])])
+    metric(
+        "recording_segments", "gauge", "Finished recording segments on disk.", [({}, stats["recording"]["finished"])]
+    )
     for name, on in stats.get("switches", {}).items():
         metric(f"switch_{name}", "gauge", f"1 while the {name} switch is on.", [({}, int(on))])
     mqtt = stats.get("mqtt")
     if mqtt:
         metric("mqtt_connected", "gauge", "1 while connected to the MQTT broker.", [({}, int(mqtt["connected"]))])
         metric("mqtt_reconnects_total", "counter", "Connections to the broker lost.", [({}, mqtt["disconnects"])])
-        metric("mqtt_messages_dropped_total", "counter", "Messages not handed to the broker (offline, queue full).",
-               [({}, mqtt["dropped"])])
+        metric(
+            "mqtt_messages_dropped_total",
+            "counter",
+            "Messages not handed to the broker (offline, queue full).",
+            [({}, mqtt["dropped"])],
+        )
     for name, (kind, help_text, value) in (extra or {}).items():
         metric(name, kind, help_text, [({}, value)])
     return "\n".join(lines) + "\n"
@@ -172,11 +181,22 @@ class _Server(ThreadingHTTPServer):
 class WebServer:
     """Serves the live view from ``feed`` on ``host:port`` (its own daemon threads) until :meth:`close`."""
 
-    def __init__(self, feed: LiveFeed, *, host: str, port: int, token: str | None, stream_fps: float = 5.0,
-                 stream_width: int | None = None, jpeg_quality: int = 75):
+    def __init__(
+        self,
+        feed: LiveFeed,
+        *,
+        host: str,
+        port: int,
+        token: str | None,
+        stream_fps: float = 5.0,
+        stream_width: int | None = None,
+        jpeg_quality: int = 75,
+    ):
         if token is None and not is_loopback(host):
-            raise ConfigError(f"web.listen: {host} is reachable from other machines; set web.token_file (or "
-                              f"web.token, or the systemd credential {CREDENTIAL_NAME}), or listen on 127.0.0.1")
+            raise ConfigError(
+                f"web.listen: {host} is reachable from other machines; set web.token_file (or "
+                f"web.token, or the systemd credential {CREDENTIAL_NAME}), or listen on 127.0.0.1"
+            )
         self.feed = feed
         self.host, self.port = host, port
         self.token = token
@@ -201,8 +221,9 @@ class WebServer:
         except OSError as exc:
             raise FerEdgeError(f"web.listen: cannot listen on {self.host}:{self.port} ({exc.strerror})") from None
         self.port = self._httpd.server_address[1]  # port 0: the one the system chose
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="fer-edge-web", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="fer-edge-web", daemon=True
+        )
         self._thread.start()
         log.info("web: live view on %s%s", self.url, " (token required)" if self.token else "")
         return self
@@ -278,13 +299,21 @@ class _Handler(BaseHTTPRequestHandler):
         if given and hmac.compare_digest(given.encode(), app.token.encode()):
             url = urlsplit(self.path)
             rest = urlencode([(k, v) for k, values in query.items() if k != "token" for v in values])
-            self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", {
-                "Location": url.path + (f"?{rest}" if rest else ""),
-                "Set-Cookie": f"{COOKIE_NAME}={app.session}; HttpOnly; SameSite=Strict; Path=/",
-            })
+            self._send(
+                HTTPStatus.SEE_OTHER,
+                b"",
+                "text/plain",
+                {
+                    "Location": url.path + (f"?{rest}" if rest else ""),
+                    "Set-Cookie": f"{COOKIE_NAME}={app.session}; HttpOnly; SameSite=Strict; Path=/",
+                },
+            )
             return None
-        self._text(HTTPStatus.UNAUTHORIZED, "401 unauthorized: send Authorization: Bearer TOKEN, or open /?token=TOKEN"
-                   " once\n", {"WWW-Authenticate": 'Bearer realm="fer-edge"'})
+        self._text(
+            HTTPStatus.UNAUTHORIZED,
+            "401 unauthorized: send Authorization: Bearer TOKEN, or open /?token=TOKEN once\n",
+            {"WWW-Authenticate": 'Bearer realm="fer-edge"'},
+        )
         return False
 
     # --- routes
@@ -302,15 +331,17 @@ class _Handler(BaseHTTPRequestHandler):
             if route is not None:
                 route(self, query)
             elif url.path.startswith("/recordings/"):
-                self._download(url.path[len("/recordings/"):])
+                self._download(url.path[len("/recordings/") :])
             else:
                 self._text(HTTPStatus.NOT_FOUND, "404 not found\n")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
 
     def _page(self, query) -> None:
-        csp = ("default-src 'none'; img-src 'self' blob:; connect-src 'self'; style-src 'unsafe-inline'; "
-               "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        csp = (
+            "default-src 'none'; img-src 'self' blob:; connect-src 'self'; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
         self._send(200, self.server.app.page, "text/html; charset=utf-8", {"Content-Security-Policy": csp})
 
     def _stats(self, query) -> None:
@@ -343,8 +374,11 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 sent, jpeg = app.jpegs.latest()
                 if jpeg is not None:
-                    self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
-                                     f"\r\n\r\n".encode() + jpeg + b"\r\n")
+                    self.wfile.write(
+                        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                        + jpeg
+                        + b"\r\n"
+                    )
                     self.wfile.flush()
                 app.closing.wait(max(0.0, app.stream_period - (time.monotonic() - started)))
         finally:
@@ -366,8 +400,14 @@ class _Handler(BaseHTTPRequestHandler):
                 info = path.stat()
             except OSError:
                 continue
-            listing.append({"name": path.name, "bytes": info.st_size, "mtime": round(info.st_mtime, 1),
-                            "url": f"/recordings/{path.name}"})
+            listing.append(
+                {
+                    "name": path.name,
+                    "bytes": info.st_size,
+                    "mtime": round(info.st_mtime, 1),
+                    "url": f"/recordings/{path.name}",
+                }
+            )
         self._json({"recordings": listing})
 
     def _download(self, name: str) -> None:
@@ -396,10 +436,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _metrics(self, query) -> None:
         app = self.server.app
         stats = app.stats()
-        text = metrics_text(stats, {
-            "web_viewers": ("gauge", "Live view streams open.", app.viewers),
-            "web_jpegs_encoded_total": ("counter", "Frames encoded as JPEG for the live view.", app.jpegs.encoded),
-        })
+        text = metrics_text(
+            stats,
+            {
+                "web_viewers": ("gauge", "Live view streams open.", app.viewers),
+                "web_jpegs_encoded_total": ("counter", "Frames encoded as JPEG for the live view.", app.jpegs.encoded),
+            },
+        )
         self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
