@@ -17,80 +17,27 @@ from pathlib import Path
 
 import yaml
 
+from fer_edge.configchecks import (
+    at_most,
+    camera_device,
+    colour,
+    fraction,
+    int_range,
+    listen_address,
+    number_range,
+    one_of,
+    open_unit,
+    positive_at_most,
+    positive_up_to,
+    range,
+    topic_id,
+    unit,
+    x264_tune,
+)
 from fer_edge.errors import ConfigError, ModelError
 from fer_edge.yamlconfig import apply_overrides, read_mapping, shown
 
 MODEL_FILENAME = "fer_int8.tflite"
-
-
-# --- value checks, attached to fields through metadata -------------------------------------------
-
-
-def _positive(value) -> str | None:
-    return None if value > 0 else "expected a positive number"
-
-
-def _non_negative(value) -> str | None:
-    return None if value >= 0 else "expected a number >= 0"
-
-
-def _fraction(value) -> str | None:
-    return None if 0 < value <= 1 else "expected a number in (0, 1]"
-
-
-def _unit(value) -> str | None:
-    return None if 0 <= value < 1 else "expected a number in [0, 1)"
-
-
-def _open_unit(value) -> str | None:
-    return None if 0 < value < 1 else "expected a number in (0, 1)"
-
-
-def _number_range(low: float, high: float):
-    def check(value) -> str | None:
-        return None if low <= value <= high else f"expected a number in [{low:g}, {high:g}]"
-
-    return check
-
-
-def _positive_up_to(limit: float):
-    def check(value) -> str | None:
-        return None if 0 < value <= limit else f"expected a number in (0, {limit:g}]"
-
-    return check
-
-
-def _range(low: float, high: float):
-    def check(value) -> str | None:
-        return None if low < value <= high else f"expected a number in ({low:g}, {high:g}]"
-
-    return check
-
-
-def _int_range(low: int, high: int):
-    def check(value) -> str | None:
-        return None if low <= value <= high else f"expected an integer {low}-{high}"
-
-    return check
-
-
-def _colour(value) -> str | None:
-    return None if all(0 <= c <= 255 for c in value) else "expected three integers 0-255 (B, G, R)"
-
-
-def _one_of(*choices: str):
-    def check(value) -> str | None:
-        return None if value in choices else f"expected one of {', '.join(choices)}"
-
-    return check
-
-
-def _camera_device(value) -> str | None:
-    if isinstance(value, int):
-        return None if 0 <= value <= MAX_CAMERA_INDEX else f"expected a camera index 0-{MAX_CAMERA_INDEX} or a URL"
-    if not value.strip() or any(ord(c) < 32 for c in value):
-        return "expected a camera index, a /dev/video path or a URL on one line"
-    return None
 
 
 def _opt(default, check=None):
@@ -109,7 +56,6 @@ MAX_SIDE = 8192  # camera frame width/height in pixels (8K); larger requests onl
 MAX_FPS = 1000.0  # camera or image folder frame rate; beyond it a realtime replay's period rounds to nothing
 MAX_REOPEN_S = 3600.0  # the longest wait between attempts to reopen a lost camera
 MAX_STATUS_INTERVAL_S = 86400.0  # one status line a day at least
-MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -117,75 +63,51 @@ MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: str = _opt("auto", _one_of("auto", "picamera2", "opencv", "file", "images"))
+    kind: str = _opt("auto", one_of("auto", "picamera2", "opencv", "file", "images"))
     path: str | None = None  # video file or image folder (kind file/images/auto)
-    device: int | str = _opt("0", _camera_device)  # OpenCV capture: camera index or stream URL
-    width: int = _opt(640, _int_range(1, MAX_SIDE))
-    height: int = _opt(480, _int_range(1, MAX_SIDE))
-    fps: float = _opt(30.0, _range(0, MAX_FPS))  # camera frame rate; image folders play at this rate
+    device: int | str = _opt("0", camera_device)  # OpenCV capture: camera index or stream URL
+    width: int = _opt(640, int_range(1, MAX_SIDE))
+    height: int = _opt(480, int_range(1, MAX_SIDE))
+    fps: float = _opt(30.0, range(0, MAX_FPS))  # camera frame rate; image folders play at this rate
     realtime: bool = False  # pace files and image folders at their frame rate
     loop: bool = False  # restart files and image folders at their end
-    reopen_initial_s: float = _opt(1.0, _range(0, MAX_REOPEN_S))  # first wait before reopening a lost camera
-    reopen_max_s: float = _opt(30.0, _range(0, MAX_REOPEN_S))  # longest wait between reopen attempts
+    reopen_initial_s: float = _opt(1.0, range(0, MAX_REOPEN_S))  # first wait before reopening a lost camera
+    reopen_max_s: float = _opt(30.0, range(0, MAX_REOPEN_S))  # longest wait between reopen attempts
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     path: str | None = None  # null: $FER_EDGE_MODEL, then the shipped model (see resolve_model_path)
-    threads: int = _opt(1, _int_range(1, MAX_THREADS))
-    classify_every_s: float = _opt(0.1, _number_range(0.0, 10.0))  # classify a tracked face this often; 0: each frame
+    threads: int = _opt(1, int_range(1, MAX_THREADS))
+    classify_every_s: float = _opt(0.1, number_range(0.0, 10.0))  # classify a tracked face this often; 0: each frame
     align: bool = False  # map eyes, nose and mouth onto FER-2013's (needs keypoints; measured no better)
-    max_turn: float = _opt(0.5, _number_range(0.0, 1.0))  # faces turned further are not classified (see docs)
+    max_turn: float = _opt(0.5, number_range(0.0, 1.0))  # faces turned further are not classified (see docs)
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    kind: str = _opt("blazeface", _one_of("blazeface", "haar"))
-    min_face: int = _opt(40, _int_range(8, 4096))  # smallest face side to find, in camera-frame pixels
-    every_n_frames: int = _opt(3, _int_range(1, 100))  # look for tracked faces again every n-th frame
-    full_scan_interval_s: float = _opt(1.0, _positive_up_to(3600.0))  # whole-frame scan for new faces this often
-    min_score: float | None = _opt(None, _open_unit)  # blazeface: null = the model's own threshold
+    kind: str = _opt("blazeface", one_of("blazeface", "haar"))
+    min_face: int = _opt(40, int_range(8, 4096))  # smallest face side to find, in camera-frame pixels
+    every_n_frames: int = _opt(3, int_range(1, 100))  # look for tracked faces again every n-th frame
+    full_scan_interval_s: float = _opt(1.0, positive_up_to(3600.0))  # whole-frame scan for new faces this often
+    min_score: float | None = _opt(None, open_unit)  # blazeface: null = the model's own threshold
     cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
-    detect_width: int = _opt(320, _int_range(32, 4096))  # haar: frames are downscaled to this width
-    scale_factor: float = _opt(1.1, _number_range(1.01, 2.0))  # haar: pyramid step
-    min_neighbors: int = _opt(5, _int_range(0, 100))  # haar: higher, fewer and surer faces
+    detect_width: int = _opt(320, int_range(32, 4096))  # haar: frames are downscaled to this width
+    scale_factor: float = _opt(1.1, number_range(1.01, 2.0))  # haar: pyramid step
+    min_neighbors: int = _opt(5, int_range(0, 100))  # haar: higher, fewer and surer faces
 
 
 @dataclass(frozen=True)
 class OverlayConfig:
     enabled: bool = True
     show_score: bool = True
-    box_color: tuple[int, int, int] = _opt((0, 255, 0), _colour)  # BGR
-    text_color: tuple[int, int, int] = _opt((0, 0, 0), _colour)  # BGR
-    font_scale: float = _opt(0.6, _positive_up_to(MAX_FONT_SCALE))
-    thickness: int = _opt(2, _int_range(1, MAX_THICKNESS))
-
-
-def _positive_at_most(limit: float):
-    def check(value) -> str | None:
-        if value <= 0:
-            return "expected a positive number"
-        return None if value <= limit else f"expected a number <= {limit:g}"
-
-    return check
-
-
-def _at_most(limit: float):
-    def check(value) -> str | None:
-        return None if 0 <= value <= limit else f"expected a number in [0, {limit:g}]"
-
-    return check
+    box_color: tuple[int, int, int] = _opt((0, 255, 0), colour)  # BGR
+    text_color: tuple[int, int, int] = _opt((0, 0, 0), colour)  # BGR
+    font_scale: float = _opt(0.6, positive_up_to(MAX_FONT_SCALE))
+    thickness: int = _opt(2, int_range(1, MAX_THICKNESS))
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-X264_TUNES = ("zerolatency", "fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim")
-
-
-def _x264_tune(value) -> str | None:
-    parts = value.split(",")
-    if all(part in X264_TUNES for part in parts) and len(set(parts)) == len(parts):
-        return None
-    return f"expected one or more of {', '.join(X264_TUNES)}, joined by commas"
 
 
 MAX_SEGMENT_S = 3600.0  # one file per hour at most: a longer one is more to lose to a damaged card
@@ -198,18 +120,18 @@ MAX_FREE_MB = 1e9  # 1 PB: beyond any card; the file system's real size is check
 class RecordingConfig:
     enabled: bool = True
     output_dir: str = "out"
-    segment_seconds: float = _opt(300.0, _positive_at_most(MAX_SEGMENT_S))
-    fragment_seconds: float = _opt(1.0, _positive_at_most(MAX_FRAGMENT_S))  # <= segment_seconds
+    segment_seconds: float = _opt(300.0, positive_at_most(MAX_SEGMENT_S))
+    fragment_seconds: float = _opt(1.0, positive_at_most(MAX_FRAGMENT_S))  # <= segment_seconds
     codec: str = "auto"  # auto: the Pi's hardware H.264 encoder where it exists, else libx264; or an encoder name
-    preset: str = _opt("ultrafast", _one_of(*X264_PRESETS))  # libx264 speed/size trade-off
-    tune: str = _opt("zerolatency", _x264_tune)  # libx264; without zerolatency frames wait in the encoder
+    preset: str = _opt("ultrafast", one_of(*X264_PRESETS))  # libx264 speed/size trade-off
+    tune: str = _opt("zerolatency", x264_tune)  # libx264; without zerolatency frames wait in the encoder
     crf: int = _opt(23, lambda v: None if 0 <= v <= 51 else "expected an integer 0-51")
-    min_free_mb: float = _opt(500.0, _at_most(MAX_FREE_MB))
+    min_free_mb: float = _opt(500.0, at_most(MAX_FREE_MB))
     presence_triggered: bool = False  # record only while faces are present (plus pre/post roll)
-    pre_roll_s: float = _opt(3.0, _at_most(MAX_ROLL_S))
-    post_roll_s: float = _opt(3.0, _at_most(MAX_ROLL_S))
-    record_width: int | None = _opt(None, _int_range(16, 7680))  # null: the camera's; else scaled down to it
-    record_fps: float | None = _opt(None, _positive_up_to(240.0))  # null: every frame; else at most this rate
+    pre_roll_s: float = _opt(3.0, at_most(MAX_ROLL_S))
+    post_roll_s: float = _opt(3.0, at_most(MAX_ROLL_S))
+    record_width: int | None = _opt(None, int_range(16, 7680))  # null: the camera's; else scaled down to it
+    record_fps: float | None = _opt(None, positive_up_to(240.0))  # null: every frame; else at most this rate
 
     def __post_init__(self):
         if self.fragment_seconds > self.segment_seconds:
@@ -227,27 +149,27 @@ class EventsConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
-    iou_threshold: float = _opt(0.3, _fraction)
-    max_missed: int = _opt(10, _int_range(0, 10_000))  # detections a track may miss before it ends
+    iou_threshold: float = _opt(0.3, fraction)
+    max_missed: int = _opt(10, int_range(0, 10_000))  # detections a track may miss before it ends
 
 
 @dataclass(frozen=True)
 class SmoothingConfig:
     enabled: bool = True
-    time_constant_s: float = _opt(0.15, _number_range(0.0, 60.0))  # EMA of the scores; 0 = none
-    hysteresis: float = _opt(0.1, _unit)  # smoothed-score lead a new label needs
-    min_dwell_s: float = _opt(1.0, _number_range(0.0, 60.0))  # a shown label stays at least this long
+    time_constant_s: float = _opt(0.15, number_range(0.0, 60.0))  # EMA of the scores; 0 = none
+    hysteresis: float = _opt(0.1, unit)  # smoothed-score lead a new label needs
+    min_dwell_s: float = _opt(1.0, number_range(0.0, 60.0))  # a shown label stays at least this long
 
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    mode: str = _opt("off", _one_of("off", "blur", "pixelate"))
+    mode: str = _opt("off", one_of("off", "blur", "pixelate"))
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = _opt("INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
-    status_interval_s: float = _opt(5.0, _range(0, MAX_STATUS_INTERVAL_S))
+    level: str = _opt("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    status_interval_s: float = _opt(5.0, range(0, MAX_STATUS_INTERVAL_S))
 
 
 @dataclass(frozen=True)
@@ -427,41 +349,16 @@ def resolve_model_path(configured: str | None = None) -> Path:
 
 # --- live view and home automation (fer_edge.web, fer_edge.mqtt) ---------------------------------
 
-MQTT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` as (host, port); ValueError says what is wrong."""
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError("expected host:port with a port 1-65535 (IPv6: [::1]:8080)")
-    return host, int(port)
-
-
-def _listen_address(value) -> str | None:
-    try:
-        parse_listen(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _topic_id(value) -> str | None:
-    """Home Assistant's discovery ids and our topic levels: letters, digits, _ and - only."""
-    return None if value and set(value) <= MQTT_ID_CHARS else "expected letters, digits, _ and - only"
-
 
 @dataclass(frozen=True)
 class WebConfig:
     enabled: bool = False
-    listen: str = _opt("127.0.0.1:8080", _listen_address)  # host:port; [::1]:8080 for IPv6
+    listen: str = _opt("127.0.0.1:8080", listen_address)  # host:port; [::1]:8080 for IPv6
     token: str | None = None  # every request needs it; better: token_file or a systemd credential
     token_file: str | None = None  # a file holding the token, not readable by others (chmod 600 or 640)
-    stream_fps: float = _opt(5.0, _positive_up_to(30.0))  # live view frames per second
-    stream_width: int | None = _opt(None, _int_range(64, 4096))  # null: the camera's width
-    jpeg_quality: int = _opt(75, _int_range(10, 100))
+    stream_fps: float = _opt(5.0, positive_up_to(30.0))  # live view frames per second
+    stream_width: int | None = _opt(None, int_range(64, 4096))  # null: the camera's width
+    jpeg_quality: int = _opt(75, int_range(10, 100))
 
     def __post_init__(self):
         if self.token is not None and self.token_file is not None:
@@ -472,22 +369,22 @@ class WebConfig:
 class MqttConfig:
     enabled: bool = False
     host: str = "localhost"
-    port: int = _opt(1883, _int_range(1, 65535))
+    port: int = _opt(1883, int_range(1, 65535))
     username: str | None = None
     password: str | None = None
     password_file: str | None = None  # a file holding the password, not readable by others
     tls: bool = False
     tls_ca_file: str | None = None  # null: the system's CAs
     tls_insecure: bool = False  # accept any broker certificate name (self-signed test brokers only)
-    device_id: str | None = _opt(None, _topic_id)  # null: the host name
-    topic_prefix: str = _opt("fer-edge", _topic_id)
-    discovery_prefix: str = _opt("homeassistant", _topic_id)
-    keepalive_s: int = _opt(30, _int_range(2, 3600))  # the broker says offline after 1.5x this without us
-    state_interval_s: float = _opt(2.0, _positive_up_to(3600.0))  # state on change, at most this often
-    diagnostics_interval_s: float = _opt(60.0, _positive_up_to(86400.0))  # fps and disk free
+    device_id: str | None = _opt(None, topic_id)  # null: the host name
+    topic_prefix: str = _opt("fer-edge", topic_id)
+    discovery_prefix: str = _opt("homeassistant", topic_id)
+    keepalive_s: int = _opt(30, int_range(2, 3600))  # the broker says offline after 1.5x this without us
+    state_interval_s: float = _opt(2.0, positive_up_to(3600.0))  # state on change, at most this often
+    diagnostics_interval_s: float = _opt(60.0, positive_up_to(86400.0))  # fps and disk free
     snapshot: bool = True  # a JPEG of the frame when a face appears (never while privacy is on)
-    snapshot_width: int = _opt(480, _int_range(64, 4096))
-    queue_size: int = _opt(200, _int_range(1, 100000))  # messages kept while the broker is slow
+    snapshot_width: int = _opt(480, int_range(64, 4096))
+    queue_size: int = _opt(200, int_range(1, 100000))  # messages kept while the broker is slow
 
     def __post_init__(self):
         if self.password is not None and self.password_file is not None:

@@ -11,7 +11,8 @@ import functools
 import logging
 from pathlib import Path
 
-from fer_edge.config import Config, parse_listen, resolve_model_path
+from fer_edge.config import Config, resolve_model_path
+from fer_edge.configchecks import parse_listen
 from fer_edge.errors import FerEdgeError
 from fer_edge.live import LiveFeed
 from fer_edge.privacy import anonymize

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fer_edge.diskspace import (
     FOLDER_MODE,
@@ -79,12 +79,6 @@ RETRY_INTERVAL_S = 5.0
 RECENT_SEGMENTS = 100  # finished segments listed by Recorder.segments; the disk guard reads the folder itself
 
 
-# ---------------------------------------------------------------- building blocks
-
-
-# ---------------------------------------------------------------- the sink
-
-
 class Recorder:
     """Pipeline sink: annotated frames -> fragmented MP4 segments, face data -> events log.
 
@@ -106,20 +100,14 @@ class Recorder:
         wall_clock: Callable[[], float] = time.time,
         monotonic_clock: Callable[[], float] = time.monotonic,
     ):
-        output_dir, record_video, events = recording.output_dir, recording.enabled, events_config.enabled
-        segment_seconds, fragment_seconds = recording.segment_seconds, recording.fragment_seconds
-        codec, crf, preset, tune = recording.codec, recording.crf, recording.preset, recording.tune
-        min_free_mb, presence_triggered = recording.min_free_mb, recording.presence_triggered
-        pre_roll_s, post_roll_s = recording.pre_roll_s, recording.post_roll_s
-        record_width, record_fps = recording.record_width, recording.record_fps
+        # the config's ranges are checked where it is loaded (fer_edge.config); the frame size comes from the source
+        record_video, record_fps, min_free_mb = recording.enabled, recording.record_fps, recording.min_free_mb
         width, height = frame_size
-        if not (fps > 0 and segment_seconds > 0 and fragment_seconds > 0):
-            raise RecordingError("fps, segment_seconds and fragment_seconds must be positive")
-        if pre_roll_s < 0 or post_roll_s < 0 or min_free_mb < 0:
-            raise RecordingError("pre_roll_s, post_roll_s and min_free_mb must not be negative")
+        if not fps > 0:
+            raise RecordingError(f"fps must be positive, got {fps}")
         if record_video and (width < 2 or height < 2):
             raise RecordingError(f"frame size {width}x{height}: video needs at least 2x2 pixels")
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(recording.output_dir)
         try:
             self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
         except OSError as exc:
@@ -128,17 +116,13 @@ class Recorder:
             raise RecordingError(f"output directory {self.output_dir} is not writable")
 
         self.fps = float(min(fps, record_fps or fps))
-        self.width, self.height = record_size(frame_size, record_width)  # odd: the last row/column is left out
+        self.width, self.height = record_size(frame_size, recording.record_width)  # odd: last row/column left out
         self._frame_interval = 1 / self.fps - 0.5 / fps if record_fps else 0.0  # frames closer are not recorded
         self._last_taken_ts = float("-inf")
-        self.segment_seconds = segment_seconds
-        self.fragment_seconds = fragment_seconds
-        self.crf = crf
-        self.preset = preset
-        self.tune = tune
-        self.presence_triggered = presence_triggered
-        self.pre_roll_s = pre_roll_s
-        self.post_roll_s = post_roll_s
+        self.segment_seconds = recording.segment_seconds
+        self.presence_triggered = recording.presence_triggered
+        self.pre_roll_s = recording.pre_roll_s
+        self.post_roll_s = recording.post_roll_s
         self.record_video = record_video
         self._half_frame = 0.5 / self.fps
         self._wall = wall_clock
@@ -148,20 +132,15 @@ class Recorder:
         newest = finished_recordings(self.output_dir)
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
 
-        self.codec = codec
+        self.codec = recording.codec
+        self._encoder_settings: dict[str, Any] = dict(
+            width=self.width, height=self.height, fps=self.fps, crf=recording.crf, preset=recording.preset,
+            tune=recording.tune, fragment_seconds=recording.fragment_seconds,
+        )  # fmt: skip
         self._av_error: type[Exception] = OSError
         if record_video:
             self._av_error = pyav().FFmpegError
-            self.codec = working_codec(
-                codec,
-                width=self.width,
-                height=self.height,
-                fps=self.fps,
-                crf=crf,
-                preset=preset,
-                tune=tune,
-                fragment_seconds=fragment_seconds,
-            )
+            self.codec = working_codec(recording.codec, **self._encoder_settings)
             log.info("recording: %s, %dx%d at up to %g fps", self.codec, self.width, self.height, self.fps)
         self._disk = DiskGuard(
             self.output_dir,
@@ -170,7 +149,7 @@ class Recorder:
             check_interval_s=disk_check_interval_s,
             clock=monotonic_clock,
         )
-        self._events = EventsLog(self.output_dir) if events else None
+        self._events = EventsLog(self.output_dir) if events_config.enabled else None
         self._events_start_ts = 0.0
         self._sequence = 1
         self._segment: VideoSegment | None = None
@@ -178,22 +157,9 @@ class Recorder:
         self._ring: FrameRing | None = None
         if record_video:
             capacity = 3  # the encoder's input buffers
-            if presence_triggered:
-                frame_bytes = self.width * self.height * 3 // 2
-                capacity = math.ceil(pre_roll_s * self.fps) + 2
-                if capacity * frame_bytes > MAX_PRE_ROLL_BYTES:
-                    capacity = max(3, MAX_PRE_ROLL_BYTES // frame_bytes)
-                    self.pre_roll_s = (capacity - 2) / self.fps
-                    log.warning(
-                        "recording: a %.1f s pre-roll of %dx%d frames needs more than %d MB of memory; "
-                        "shortened to %.1f s",
-                        pre_roll_s,
-                        self.width,
-                        self.height,
-                        MAX_PRE_ROLL_BYTES // MB,
-                        self.pre_roll_s,
-                    )
-            scaled = record_width is not None and record_width < width
+            if self.presence_triggered:
+                capacity = self._pre_roll_capacity()
+            scaled = recording.record_width is not None and recording.record_width < width
             self._ring = FrameRing(capacity, self.width, self.height, scaled_from=frame_size if scaled else None)
         self._last_face_ts = float("-inf")
         self._last_encoded_ts = float("-inf")
@@ -204,6 +170,18 @@ class Recorder:
         self._folder_missing = False
         self._syncer = FileSyncer(SYNC_INTERVAL_S)
         self._closed = False
+
+    def _pre_roll_capacity(self) -> int:
+        """Frames the ring holds for the pre-roll, bounded by memory (which may shorten the pre-roll)."""
+        frame_bytes = self.width * self.height * 3 // 2
+        capacity = math.ceil(self.pre_roll_s * self.fps) + 2
+        if capacity * frame_bytes > MAX_PRE_ROLL_BYTES:
+            capacity = max(3, MAX_PRE_ROLL_BYTES // frame_bytes)
+            wanted, self.pre_roll_s = self.pre_roll_s, (capacity - 2) / self.fps
+            size, limit = f"{self.width}x{self.height}", MAX_PRE_ROLL_BYTES // MB
+            log.warning("recording: a %.1f s pre-roll of %s frames needs more than %d MB; shortened to %.1f s",
+                        wanted, size, limit, self.pre_roll_s)  # fmt: skip
+        return capacity
 
     # ------------------------------------------------------------ public
 
@@ -325,16 +303,7 @@ class Recorder:
             raise _Paused()
         stem = self._next_stem()
         self._segment = VideoSegment(
-            self.output_dir / f"{stem}{PART_SUFFIX}",
-            stem,
-            codec=self.codec,
-            width=self.width,
-            height=self.height,
-            fps=self.fps,
-            crf=self.crf,
-            preset=self.preset,
-            tune=self.tune,
-            fragment_seconds=self.fragment_seconds,
+            self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, **self._encoder_settings
         )
         self._watch_files()
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)

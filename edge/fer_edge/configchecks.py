@@ -1,0 +1,121 @@
+"""Value checks for config fields: each takes the converted value and returns None, or what was expected (the
+loader adds the key path and the value given)."""
+
+from __future__ import annotations
+
+X264_TUNES = ("zerolatency", "fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim")
+MQTT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else "expected a positive number"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else "expected a number >= 0"
+
+
+def fraction(value) -> str | None:
+    return None if 0 < value <= 1 else "expected a number in (0, 1]"
+
+
+def unit(value) -> str | None:
+    return None if 0 <= value < 1 else "expected a number in [0, 1)"
+
+
+def open_unit(value) -> str | None:
+    return None if 0 < value < 1 else "expected a number in (0, 1)"
+
+
+def number_range(low: float, high: float):
+    def check(value) -> str | None:
+        return None if low <= value <= high else f"expected a number in [{low:g}, {high:g}]"
+
+    return check
+
+
+def positive_up_to(limit: float):
+    def check(value) -> str | None:
+        return None if 0 < value <= limit else f"expected a number in (0, {limit:g}]"
+
+    return check
+
+
+def range(low: float, high: float):
+    def check(value) -> str | None:
+        return None if low < value <= high else f"expected a number in ({low:g}, {high:g}]"
+
+    return check
+
+
+def int_range(low: int, high: int):
+    def check(value) -> str | None:
+        return None if low <= value <= high else f"expected an integer {low}-{high}"
+
+    return check
+
+
+def colour(value) -> str | None:
+    return None if all(0 <= c <= 255 for c in value) else "expected three integers 0-255 (B, G, R)"
+
+
+def one_of(*choices: str):
+    def check(value) -> str | None:
+        return None if value in choices else f"expected one of {', '.join(choices)}"
+
+    return check
+
+
+def camera_device(value) -> str | None:
+    if isinstance(value, int):
+        return None if 0 <= value <= MAX_CAMERA_INDEX else f"expected a camera index 0-{MAX_CAMERA_INDEX} or a URL"
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        return "expected a camera index, a /dev/video path or a URL on one line"
+    return None
+
+
+def positive_at_most(limit: float):
+    def check(value) -> str | None:
+        if value <= 0:
+            return "expected a positive number"
+        return None if value <= limit else f"expected a number <= {limit:g}"
+
+    return check
+
+
+def at_most(limit: float):
+    def check(value) -> str | None:
+        return None if 0 <= value <= limit else f"expected a number in [0, {limit:g}]"
+
+    return check
+
+
+def x264_tune(value) -> str | None:
+    parts = value.split(",")
+    if all(part in X264_TUNES for part in parts) and len(set(parts)) == len(parts):
+        return None
+    return f"expected one or more of {', '.join(X264_TUNES)}, joined by commas"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` as (host, port); ValueError says what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("expected host:port with a port 1-65535 (IPv6: [::1]:8080)")
+    return host, int(port)
+
+
+def listen_address(value) -> str | None:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def topic_id(value) -> str | None:
+    """Home Assistant's discovery ids and our topic levels: letters, digits, _ and - only."""
+    return None if value and set(value) <= MQTT_ID_CHARS else "expected letters, digits, _ and - only"
