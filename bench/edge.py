@@ -189,9 +189,9 @@ def integrations_line(clip: Path, cost: dict) -> str:
     return (
         f"\nLive view and MQTT on `{clip.name}` (recording on; frames per CPU second, median of {cost['rounds']}): "
         f"{cost['fps_plain']:.0f} plain, {cost['fps_one_viewer']:.0f} with one browser on the MJPEG stream "
-        f"({100 * cost['viewer_cost']:+.1f}%; its JPEG encodes alone take {100 * cost['viewer_encode_share']:.2f}% "
+        f"({-100 * cost['viewer_cost']:+.1f}%; its JPEG encodes alone take {100 * cost['viewer_encode_share']:.2f}% "
         f"of a core), {cost['fps_broker_unreachable']:.0f} with the MQTT broker unreachable "
-        f"({100 * cost['broker_unreachable_cost']:+.1f}%; MQTT's threads alone "
+        f"({-100 * cost['broker_unreachable_cost']:+.1f}%; MQTT's threads alone "
         f"{100 * cost['broker_unreachable_cpu_share']:.3f}% of a core).\n"
     )
 
