@@ -48,23 +48,21 @@ def label_flicker(faces_per_frame: list[list]) -> tuple[float, int]:
     return (changes / pairs if pairs else 0.0), pairs
 
 
+def clip_config(clip: Path, output_dir: str, overrides: dict):
+    """The defaults, reading ``clip`` as fast as it decodes, recording into ``output_dir``, no status lines."""
+    from fer_edge.config import load_config
+
+    settings = {"source.path": str(clip), "source.kind": "file", "recording.output_dir": output_dir}
+    return load_config(None, {**settings, "logging.status_interval_s": 3600.0, **overrides})
+
+
 def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) -> dict:
     from fer_edge import app
-    from fer_edge.config import load_config
     from fer_edge.testing import ListSink
 
     sink = ListSink(keep_images=False)
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(
-            None,
-            {
-                "source.path": str(clip),
-                "source.kind": "file",
-                "recording.output_dir": out,
-                "logging.status_interval_s": 3600.0,
-                **overrides,
-            },
-        )
+        cfg = clip_config(clip, out, overrides)
         pipeline = app.build_pipeline(cfg, extra_sinks=[sink])
         try:
             warm_up(pipeline)

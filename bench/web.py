@@ -66,22 +66,11 @@ class _Viewer(threading.Thread):
 
 
 def _loop_fps(clip: Path, frames: int, overrides: dict, viewer: bool = False) -> dict:
+    from bench.edge import clip_config
     from fer_edge import app
-    from fer_edge.config import load_config
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(
-            None,
-            {
-                "source.path": str(clip),
-                "source.kind": "file",
-                "source.loop": True,
-                "recording.output_dir": out,
-                "model.threads": 1,
-                "logging.status_interval_s": 3600.0,
-                **overrides,
-            },
-        )
+        cfg = clip_config(clip, out, {"source.loop": True, "model.threads": 1, **overrides})
         pipeline = app.build_pipeline(cfg)
         watcher = None
         if viewer:

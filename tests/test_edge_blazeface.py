@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fer_edge.blazeface import MODELS, BlazeFaceModelRunner, anchor_centres, model_file
-from fer_edge.detector import BLAZEFACE_RANGES, BlazeFaceDetector, HaarDetector, scan_plan
+from fer_edge.detector import BlazeFaceDetector, HaarDetector, scan_plan
 from fer_edge.types import Box
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
@@ -117,7 +117,7 @@ def test_a_region_maps_back_to_frame_pixels(background, short, public_faces):
 
 
 def test_the_scan_plan_sizes_windows_by_the_smallest_face():
-    full = BLAZEFACE_RANGES["full"]
+    full = MODELS["full"]
     for width, height, min_face in ((640, 360, 40), (1920, 1080, 40), (1920, 1080, 80), (320, 240, 40)):
         levels = scan_plan(width, height, min_face)
         assert levels[-1].model == "short" and levels[-1].regions == (Box(0, 0, width, height),)

@@ -25,25 +25,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BlazeFaceModel:
-    """One BlazeFace variant: its file and the anchor grid its graph was trained with."""
+    """One BlazeFace variant: its file, the anchor grid its graph was trained with, and the face sides in input
+    pixels it finds reliably (measured on the real clips: see :func:`fer_edge.detector.scan_plan`)."""
 
     filename: str
     input_size: int
     strides: tuple[int, ...]  # one entry per anchor layer; consecutive equal strides share a grid
     anchors_per_layer: int  # anchors per cell per layer (2: the aspect ratio 1 and its interpolated scale)
     min_score: float  # MediaPipe's default threshold for this model
+    min_face: int
+    max_face: int
 
 
 MODELS = {
-    "short": BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2, 0.5),
-    "full": BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 1, 0.6),
+    "short": BlazeFaceModel("face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2, 0.5, 20, 80),
+    "full": BlazeFaceModel("face_detection_full_range.tflite", 192, (4,), 1, 0.6, 14, 64),
 }
 # BlazeFace's box is tighter than the Haar cascade's box that a model's face_margin refers to (the model contract):
 # on 1456 FER-2013 PublicTest faces its box is 40.9 of the 48 px and centred 3.0 px below the image centre, so
 # the FER crop is 1.174 of its side (= 1.04 x 1.129, the Haar margin times this) and 0.073 of it higher.
 TO_HAAR_SIDE = 1.129
 TO_HAAR_SHIFT_UP = 0.073
-KEYPOINT_NAMES = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")  # the subject's right/left
 
 
 def model_file(name: str) -> Path:
@@ -125,10 +127,6 @@ class BlazeFaceModelRunner:
         # Raw score above which sigmoid(raw) >= min_score: thresholding before the sigmoid skips most anchors.
         self._raw_threshold = float(np.log(self.min_score / (1.0 - self.min_score)))
         log.debug("BlazeFace %s model, %d anchors, min score %.2f", model, len(self._anchors), self.min_score)
-
-    @property
-    def input_size(self) -> int:
-        return self.model.input_size
 
     def detect(self, image: np.ndarray, region: Box | None = None) -> list[Detection]:
         """Faces in ``region`` of ``image`` (the whole frame by default), in frame coordinates."""

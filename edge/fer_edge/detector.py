@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_edge.blazeface import MODELS, BlazeFaceModelRunner
 from fer_edge.errors import DetectorError
 from fer_edge.types import Box, Detection
 
@@ -144,7 +145,7 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
     largest face of their level, so each such face lies whole inside one window. The whole frame at once
     (short-range, then full-range where the short one's smallest face is larger than the tiles reach) ends it.
     """
-    full, short = BLAZEFACE_RANGES["full"], BLAZEFACE_RANGES["short"]
+    full, short = MODELS["full"], MODELS["short"]
     longest = max(width, height)
     levels: list[ScanLevel] = []
     smallest = float(min_face)
@@ -166,16 +167,6 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
     return levels
 
 
-@dataclass(frozen=True)
-class FaceRange:
-    """Face sides in input pixels a BlazeFace model finds reliably (measured: see :func:`scan_plan`)."""
-
-    input_size: int
-    min_face: int
-    max_face: int
-
-
-BLAZEFACE_RANGES = {"short": FaceRange(128, 20, 80), "full": FaceRange(192, 14, 64)}
 # A tracked face is searched for again in a square window this many times its side: the face fills 1/2.5 of the
 # short-range model's input (51 px of 128, inside its 20-80 px range) and may move 0.75 of its side either way.
 REGION_FACTOR = 2.5
@@ -185,10 +176,8 @@ class BlazeFaceDetector:
     """Whole-frame scans by :func:`scan_plan`; regions around tracked faces with the short-range model."""
 
     def __init__(self, min_face: int = 40, min_score: float | None = None, threads: int = 1):
-        from fer_edge.blazeface import BlazeFaceModelRunner
-
         self.min_face = min_face
-        self._runners = {name: BlazeFaceModelRunner(name, min_score, threads=threads) for name in BLAZEFACE_RANGES}
+        self._runners = {name: BlazeFaceModelRunner(name, min_score, threads=threads) for name in MODELS}
         self._plans: dict[tuple[int, int], list[ScanLevel]] = {}
 
     def plan(self, width: int, height: int) -> list[ScanLevel]:
@@ -217,11 +206,6 @@ class BlazeFaceDetector:
             for region in regions:
                 found += runner.detect(image, region)
         return merge_overlapping(found)
-
-
-def region_around(box: Box, width: int, height: int) -> Box:
-    """The window a tracked face is searched for in: :data:`REGION_FACTOR` times its side, inside the frame."""
-    return box.square(REGION_FACTOR).clipped(width, height)
 
 
 def build_detector(cfg, threads: int = 1):

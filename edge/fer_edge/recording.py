@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fer_edge.diskspace import (
     FOLDER_MODE,
@@ -55,7 +55,7 @@ from fer_edge.recovery import (  # noqa: F401 - public names of the recording AP
     repair_fragmented_mp4,
     scan_fragmented_mp4,
 )
-from fer_edge.segment import VideoSegment, check_recording, record_size, working_codec
+from fer_edge.segment import EncoderSettings, VideoSegment, check_recording, working_codec
 from fer_edge.types import Face, Frame
 
 if TYPE_CHECKING:
@@ -115,8 +115,9 @@ class Recorder:
         if not os.access(self.output_dir, os.W_OK):
             raise RecordingError(f"output directory {self.output_dir} is not writable")
 
-        self.fps = float(min(fps, record_fps or fps))
-        self.width, self.height = record_size(frame_size, recording.record_width)  # odd: last row/column left out
+        self._encoder = EncoderSettings.for_recording(recording, frame_size, fps)
+        self.fps = self._encoder.fps
+        self.width, self.height = self._encoder.width, self._encoder.height  # odd: last row/column left out
         self._frame_interval = 1 / self.fps - 0.5 / fps if record_fps else 0.0  # frames closer are not recorded
         self._last_taken_ts = float("-inf")
         self.segment_seconds = recording.segment_seconds
@@ -133,14 +134,10 @@ class Recorder:
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
 
         self.codec = recording.codec
-        self._encoder_settings: dict[str, Any] = dict(
-            width=self.width, height=self.height, fps=self.fps, crf=recording.crf, preset=recording.preset,
-            tune=recording.tune, fragment_seconds=recording.fragment_seconds,
-        )  # fmt: skip
         self._av_error: type[Exception] = OSError
         if record_video:
             self._av_error = pyav().FFmpegError
-            self.codec = working_codec(recording.codec, **self._encoder_settings)
+            self.codec = working_codec(recording.codec, self._encoder)
             log.info("recording: %s, %dx%d at up to %g fps", self.codec, self.width, self.height, self.fps)
         self._disk = DiskGuard(
             self.output_dir,
@@ -303,7 +300,7 @@ class Recorder:
             raise _Paused()
         stem = self._next_stem()
         self._segment = VideoSegment(
-            self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, **self._encoder_settings
+            self.output_dir / f"{stem}{PART_SUFFIX}", stem, codec=self.codec, settings=self._encoder
         )
         self._watch_files()
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", self._segment.part_path.name)

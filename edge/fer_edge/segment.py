@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -63,20 +64,32 @@ def choose_codec(codec: str) -> str:
     return "mpeg4"
 
 
-def _open_mp4(
-    target,
-    *,
-    codec: str,
-    width: int,
-    height: int,
-    fps: float,
-    crf: int,
-    preset: str,
-    tune: str,
-    fragment_seconds: float,
-):
+@dataclass(frozen=True)
+class EncoderSettings:
+    """What the MP4 writer encodes with: the video's size and rate (the camera's, or smaller as the recording
+    section asks) and the recording section's encoder settings."""
+
+    width: int
+    height: int
+    fps: float
+    crf: int
+    preset: str
+    tune: str
+    fragment_seconds: float
+
+    @classmethod
+    def for_recording(cls, recording, frame_size: tuple[int, int], fps: float) -> EncoderSettings:
+        """The settings a recording section gives frames of ``frame_size`` arriving at ``fps``."""
+        width, height = record_size(frame_size, recording.record_width)
+        return cls(width, height, float(min(fps, recording.record_fps or fps)), recording.crf, recording.preset,
+                   recording.tune, recording.fragment_seconds)  # fmt: skip
+
+
+def _open_mp4(target, codec: str, settings: EncoderSettings):
     """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
     av = pyav()
+    width, height, fps, crf = settings.width, settings.height, settings.fps, settings.crf
+    preset, tune, fragment_seconds = settings.preset, settings.tune, settings.fragment_seconds
 
     gop = max(1, round(fps * fragment_seconds))
     if codec == "libx264":
@@ -109,24 +122,12 @@ def _open_mp4(
     return container, stream
 
 
-def check_encoder(
-    codec: str, *, width: int, height: int, fps: float, crf: int, preset: str, tune: str, fragment_seconds: float
-) -> None:
+def check_encoder(codec: str, settings: EncoderSettings) -> None:
     """Encode one grey frame into an in-memory MP4 with these settings; RecordingError if that fails."""
     av = pyav()
-
+    width, height = settings.width, settings.height
     try:
-        container, stream = _open_mp4(
-            io.BytesIO(),
-            codec=codec,
-            width=width,
-            height=height,
-            fps=fps,
-            crf=crf,
-            preset=preset,
-            tune=tune,
-            fragment_seconds=fragment_seconds,
-        )
+        container, stream = _open_mp4(io.BytesIO(), codec, settings)
         with container:
             frame = av.VideoFrame.from_numpy_buffer(np.full((height * 3 // 2, width), 128, np.uint8), format="yuv420p")
             frame.pts = 0
@@ -138,46 +139,34 @@ def check_encoder(
         ) from None
 
 
-def working_codec(codec: str, **settings) -> str:
+def working_codec(codec: str, settings: EncoderSettings) -> str:
     """The encoder ``choose_codec`` picks, checked by encoding one frame with ``settings`` (see ``check_encoder``);
     for ``auto``, libx264 when the hardware encoder is there but does not work."""
     chosen = choose_codec(codec)
     try:
-        check_encoder(chosen, **settings)
+        check_encoder(chosen, settings)
     except RecordingError as exc:
         if not (codec == "auto" and chosen == HARDWARE_ENCODER):
             raise
         log.warning("recording: the hardware encoder does not work here (%s); using libx264", exc)
         chosen = "libx264"
-        check_encoder(chosen, **settings)
+        check_encoder(chosen, settings)
     return chosen
 
 
 class VideoSegment:
     """One ``<stem>.mp4.part`` being encoded; ``finish()`` finalizes and renames it to ``<stem>.mp4``."""
 
-    def __init__(
-        self,
-        path: Path,
-        stem: str,
-        *,
-        codec: str,
-        width: int,
-        height: int,
-        fps: float,
-        crf: int,
-        preset: str,
-        tune: str,
-        fragment_seconds: float,
-    ):
+    def __init__(self, path: Path, stem: str, *, codec: str, settings: EncoderSettings):
         av = pyav()
+        fps = settings.fps
 
         self.stem = stem
         self.part_path = path
         self.first_ts: float | None = None
         self.frames = 0
         self._fps = fps
-        self._fragment_seconds = fragment_seconds
+        self._fragment_seconds = settings.fragment_seconds
         self._nominal_ticks = max(1, round(1 / (fps * TIME_BASE)))
         self._last_pts = -1
         self._last_ts = float("-inf")
@@ -185,17 +174,7 @@ class VideoSegment:
         self._picture_i = av.video.frame.PictureType.I
         self._video_frame = av.VideoFrame
         os.close(create_private(path))  # FFmpeg would create it 0666 less the umask; it keeps an existing mode
-        self._container, self._stream = _open_mp4(
-            str(path),
-            codec=codec,
-            width=width,
-            height=height,
-            fps=fps,
-            crf=crf,
-            preset=preset,
-            tune=tune,
-            fragment_seconds=fragment_seconds,
-        )
+        self._container, self._stream = _open_mp4(str(path), codec, settings)
 
     def encode(self, image_i420: np.ndarray, timestamp: float) -> bool:
         """Encode one frame; True when it started a new fragment, i.e. the previous one was written out."""
@@ -286,18 +265,7 @@ def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
     cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
     if not recording.enabled:
         return
-    width, height = record_size(frame_size, recording.record_width)
-    fps = min(fps, recording.record_fps or fps)
-    working_codec(
-        recording.codec,
-        width=width,
-        height=height,
-        fps=fps,
-        crf=recording.crf,
-        preset=recording.preset,
-        tune=recording.tune,
-        fragment_seconds=recording.fragment_seconds,
-    )
+    working_codec(recording.codec, EncoderSettings.for_recording(recording, frame_size, fps))
     folder = Path(recording.output_dir).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
