@@ -93,9 +93,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     if args.retry_s is not None:
-        import fer_edge.recording
+        import fer_edge.videosink
 
-        fer_edge.recording.RETRY_INTERVAL_S = args.retry_s
+        fer_edge.videosink.RETRY_INTERVAL_S = args.retry_s
     labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
     frames = [draw_frame(i, args.width, args.height, noise=args.noise) for i in range(30)]

@@ -22,8 +22,6 @@ from videos import decode_opencv, decode_pyav
 from fer_edge.diskspace import MB, finished_recordings
 from fer_edge.events import STEM_MARKER_NAME, read_events
 from fer_edge.recording import (
-    MAX_PRE_ROLL_BYTES,
-    RECENT_SEGMENTS,
     Recorder,
     RecordingError,
     count_video_frames,
@@ -32,6 +30,7 @@ from fer_edge.recording import (
 from fer_edge.recovery import recover_leftovers
 from fer_edge.sources import VideoFileSource
 from fer_edge.types import Box, Face, Frame, Prediction
+from fer_edge.videosink import MAX_PRE_ROLL_BYTES, RECENT_SEGMENTS
 
 CHILD = Path(__file__).with_name("recorder_child.py")
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -324,11 +323,11 @@ def test_presence_triggered_records_episodes_with_pre_and_post_roll(tmp_path):
 
 def test_presence_ring_buffer_is_bounded(tmp_path, caplog):
     recorder = recorder_for(tmp_path, FPS, (W, H), presence_triggered=True, pre_roll_s=2.0)
-    assert recorder._ring.capacity <= 2 * FPS + 2
+    assert recorder.video._ring.capacity <= 2 * FPS + 2
     recorder.close()
     with caplog.at_level(logging.WARNING):
         big = recorder_for(tmp_path, FPS, (1920, 1080), presence_triggered=True, pre_roll_s=10.0)
-    assert big._ring.slots.nbytes <= MAX_PRE_ROLL_BYTES and big.pre_roll_s < 10.0
+    assert big.video._ring.slots.nbytes <= MAX_PRE_ROLL_BYTES and big.video.pre_roll_s < 10.0
     assert "shortened" in caplog.text
     big.close()
 
@@ -468,7 +467,7 @@ def test_the_list_of_finished_segments_stays_bounded(tmp_path):
     ) as recorder:
         feed(recorder, range(count), width=64, height=48)  # one segment per frame
     assert len(list(tmp_path.glob("*.mp4"))) == count  # every one was recorded
-    assert len(recorder._segments) == RECENT_SEGMENTS
+    assert len(recorder.video._segments) == RECENT_SEGMENTS
     assert recorder.segments == sorted(tmp_path.glob("*.mp4"))[-RECENT_SEGMENTS:]  # the newest, oldest first
 
 

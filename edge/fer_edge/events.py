@@ -23,12 +23,14 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 from fer_edge.diskspace import FINISHED_RECORDING, create_private, fsync_directory
-from fer_edge.types import Face
+from fer_edge.segmentclock import SegmentClock
+from fer_edge.types import Face, Frame
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +217,55 @@ class EventsLog:
             except OSError:
                 pass  # the buffered tail cannot be written either
             self._file = None
+
+
+class EventsSink:
+    """The events sink: one line per frame into an :class:`EventsLog` that rotates with the segments.
+
+    When the MP4 sink has opened a segment since the last frame, the events move to a file of that stem, so a
+    video and its events share a name; without video they rotate every ``segment_seconds`` on their own.
+    """
+
+    def __init__(self, clock: SegmentClock, *, wall_clock: Callable[[], float] = time.time):
+        self._clock = clock
+        self._wall = wall_clock
+        self.log = EventsLog(clock.directory)
+        self._start_ts: float | None = None
+        self._seen_stem: str | None = None  # the clock's newest stem when this sink last looked
+
+    @property
+    def stem(self) -> str | None:
+        return self.log.stem
+
+    @property
+    def open_path(self) -> Path | None:
+        return self.log.path if self.log.is_open else None
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        ts = frame.timestamp
+        stem = None
+        if self._clock.stem != self._seen_stem:
+            stem = self._clock.stem  # a video segment started with this frame: its events go with it
+        elif not self.log.is_open or self._clock.full(self._start_ts, ts):
+            stem = self._clock.next_stem()
+        if stem is not None:
+            self._seen_stem = stem
+            self.log.rotate(stem)
+            self._start_ts = ts
+        self.log.write(self._wall(), frame.index, faces)
+
+    def close(self) -> None:
+        self.log.close()
+
+    def restart(self) -> None:
+        """Frame timestamps went back: the file rotates at the next write."""
+        self._start_ts = float("-inf")
+
+    def drop(self) -> None:
+        self.log.drop()
+
+    def disk_checked(self, has_room: bool) -> None:
+        self.log.retry()  # after a write error the disk may have room again, whatever the video floor says
 
 
 def recover_leftover_events(directory: Path, fallback_stem) -> Path | None:

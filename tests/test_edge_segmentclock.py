@@ -1,0 +1,28 @@
+"""SegmentClock: the stems the MP4 and events sinks share, and when a segment is full."""
+
+import calendar
+
+from fer_edge.segmentclock import SegmentClock
+
+NOON = calendar.timegm((2026, 12, 5, 12, 0, 0))
+
+
+def test_stems_are_unique_in_the_folder_and_follow_the_wall_clock(tmp_path):
+    (tmp_path / "20261205-120000-0001.mp4").write_bytes(b"")  # left by an earlier run
+    clock = SegmentClock(tmp_path, 60.0, 30.0, wall_clock=lambda: NOON)
+    first, second = clock.next_stem(), clock.next_stem()
+    assert (first, second) == ("20261205-120000-0002", "20261205-120000-0003")
+    assert clock.stem == second
+
+
+def test_a_clock_stepped_back_still_names_segments_after_the_newest(tmp_path):
+    (tmp_path / "20261205-120000-0001.jsonl").write_text("")
+    clock = SegmentClock(tmp_path, 60.0, 30.0, wall_clock=lambda: NOON - 3600)
+    assert clock.next_stem() > "20261205-120000-0001"
+
+
+def test_a_segment_is_full_half_a_frame_before_its_length(tmp_path):
+    clock = SegmentClock(tmp_path, 10.0, 30.0)
+    assert not clock.full(None, 100.0)  # no frame yet
+    assert not clock.full(0.0, 9.9)
+    assert clock.full(0.0, 10.0 - 1 / 60)  # the frame that would start the next segment
