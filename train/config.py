@@ -1,16 +1,15 @@
-"""Training configuration: one YAML file into frozen dataclasses, unknown keys rejected."""
+"""Training configuration: one YAML file into frozen dataclasses, built like the device's config
+(:func:`fer_edge.yamlconfig.build_dataclass`: unknown keys rejected, errors naming the key path)."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fer_edge.errors import ConfigError
-from fer_edge.yamlconfig import apply_overrides, read_mapping
+from fer_edge.yamlconfig import apply_overrides, build_dataclass, read_mapping
 from train.augment import AugmentConfig
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -95,50 +94,10 @@ class TrainConfig:
         return Path(self.output_dir) / self.run_name
 
 
-def _build(cls, raw, path: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{path + '.' if path else ''}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    values = {}
-    for key, value in raw.items():
-        hint = hints[key]
-        key_path = f"{path}.{key}" if path else key
-        if dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, value, key_path)
-        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(item := typing.get_args(hint)[1]):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key_path}: expected a mapping of names to {item.__name__}s")
-            values[key] = {str(name): _build(item, entry, f"{key_path}.{name}") for name, entry in value.items()}
-        else:
-            values[key] = _check(hint, value, key_path)
-    return cls(**values)
-
-
-def _check(hint, value, key_path):
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for kind in allowed:
-        origin = typing.get_origin(kind) or kind
-        if kind is type(None) and value is None:
-            return value
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if origin in (str, bool, dict) and isinstance(value, origin):
-            return value
-        if origin is tuple and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-    raise ConfigError(f"{key_path}: expected {hint}, got {value!r}")
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Load ``path`` (None: the defaults), apply dotted ``overrides`` (``{"model.name": ...}``), check it all."""
     raw = apply_overrides(read_mapping(path, "settings") if path is not None else {}, overrides)
-    cfg = _build(TrainConfig, raw, "")
+    cfg = build_dataclass(TrainConfig, raw)
     _validate(cfg)
     return cfg
 

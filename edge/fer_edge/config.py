@@ -8,10 +8,7 @@ Unknown keys are rejected and every error names the key path, e.g.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +32,8 @@ from fer_edge.configchecks import (
     x264_tune,
 )
 from fer_edge.errors import ConfigError, ModelError
-from fer_edge.yamlconfig import apply_overrides, read_mapping, shown
+from fer_edge.privacy import MODES as PRIVACY_MODES
+from fer_edge.yamlconfig import apply_overrides, build_dataclass, read_mapping
 
 MODEL_FILENAME = "fer_int8.tflite"
 
@@ -163,7 +161,7 @@ class SmoothingConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    mode: str = _opt("off", one_of("off", "blur", "pixelate"))
+    mode: str = _opt("off", one_of(*PRIVACY_MODES))
 
 
 @dataclass(frozen=True)
@@ -207,7 +205,7 @@ class Config:
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
     """Load ``path`` (None: built-in defaults), apply dotted ``overrides`` (``{"source.path": ...}``), validate."""
     raw = apply_overrides(read_mapping(path, "sections") if path is not None else {}, overrides)
-    return _build(Config, raw, "")
+    return build_dataclass(Config, raw, renamed=RENAMED)
 
 
 def to_dict(cfg) -> dict:
@@ -241,74 +239,6 @@ RENAMED = {
     "detector.min_size": "detector.min_face (the same pixels)",
     "smoothing.alpha": "smoothing.time_constant_s (seconds; alpha 0.3 at 30 fps was about 0.1 s)",
 }
-
-
-def _build(cls, raw, path: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {shown(raw)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            where = f"{path}.{key}" if path else str(key)
-            if RENAMED.get(where):
-                raise ConfigError(f"{where}: replaced by {RENAMED[where]}")
-            raise ConfigError(f"{where}: unknown key (known: {', '.join(fields)})")
-    values = {}
-    for key, value in raw.items():
-        key_path = f"{path}.{key}" if path else key
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, {} if value is None else value, key_path)  # `source:` alone: defaults
-            continue
-        check = fields[key].metadata.get("check")
-        if value is False and hint is str and check is not None and check("off") is None:
-            value = "off"  # YAML 1.1 reads an unquoted off as false
-        converted = _convert(hint, value, key_path)
-        if check is not None and converted is not None:
-            problem = check(converted)
-            if problem:
-                raise ConfigError(f"{key_path}: {problem}, got {shown(value)}")
-        values[key] = converted
-    return cls(**values)
-
-
-def _describe(hint) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return f"a list of {len(typing.get_args(hint))} integers"
-    return names.get(hint, str(hint))
-
-
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _convert(hint, value, key_path: str):
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for kind in allowed:
-        if kind is type(None) and value is None:
-            return None
-        if kind is bool and isinstance(value, bool):
-            return value
-        if isinstance(value, bool):
-            continue
-        if kind is float and isinstance(value, (int, float)) and _finite(value):
-            return float(value)
-        if kind is int and isinstance(value, int):
-            return value
-        if kind is str and isinstance(value, str):
-            return value
-        if typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):
-            items = typing.get_args(kind)
-            if len(value) == len(items) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                return tuple(value)
-    raise ConfigError(f"{key_path}: expected {_describe(hint)}, got {shown(value)}")
 
 
 # --- the model file ------------------------------------------------------------------------------

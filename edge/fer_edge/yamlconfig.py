@@ -1,14 +1,23 @@
-"""The YAML side of a config file, shared by the device's config (``fer_edge.config``) and the workstation's
-(``train.config``): read the top-level mapping and apply dotted overrides, one ConfigError line per problem.
-Imports YAML alone, so that a training machine needs nothing else of fer_edge.
+"""The config builder shared by the device's config (``fer_edge.config``) and the workstation's (``train.config``):
+read the top-level mapping, apply dotted overrides and build frozen dataclasses from it, rejecting unknown keys, with
+one ConfigError line per problem that names the key path. Imports YAML alone, so that a training machine needs
+nothing else of fer_edge.
+
+A dataclass field may carry a value check in its metadata (``field(metadata={"check": check})``, where
+``check(value)`` returns a message or None); checks that span fields belong in the dataclass's ``__post_init__``.
 
 A config is read as root by the installer, so what is parsed is bounded: the file's size, and the number of
 values its aliases expand to (a few hundred bytes of nested aliases otherwise expand to billions)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -130,3 +139,108 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if mark is None or not what:
         return " ".join(str(exc).split())
     return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+# --- mappings into frozen dataclasses ------------------------------------------------------------
+
+
+def build_dataclass(cls, raw, path: str = "", *, renamed: Mapping[str, str] | None = None):
+    """``cls(**raw)`` with every value converted to its field's type and checked, sections built recursively.
+
+    ``path`` is the key path of ``raw`` in the file ("" at the top); ``renamed`` maps key paths of earlier versions
+    to what replaced them, so that an upgraded config names its way forward. A section given as null (``source:``
+    alone) takes its defaults.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {shown(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            if renamed and renamed.get(where):
+                raise ConfigError(f"{where}: replaced by {renamed[where]}")
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = build_dataclass(hint, {} if value is None else value, key_path, renamed=renamed)
+            continue
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(item := typing.get_args(hint)[1]):
+            if not isinstance(value, dict):
+                what = getattr(item, "__name__", "section")
+                raise ConfigError(f"{key_path}: expected a mapping of names to {what}s, got {shown(value)}")
+            values[key] = {
+                str(name): build_dataclass(item, {} if entry is None else entry, f"{key_path}.{name}", renamed=renamed)
+                for name, entry in value.items()
+            }
+            continue
+        check = fields[key].metadata.get("check")
+        if value is False and hint is str and check is not None and check("off") is None:
+            value = "off"  # YAML 1.1 reads an unquoted off as false
+        converted = _convert(hint, value, key_path)
+        if check is not None and converted is not None:
+            problem = check(converted)
+            if problem:
+                raise ConfigError(f"{key_path}: {problem}, got {shown(value)}")
+        values[key] = converted
+    return cls(**values)
+
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _describe(hint) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "a mapping"
+    if typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return f"a list of {_describe(items[0]).split(' ', 1)[1]}s"
+        return f"a list of {len(items)} {_describe(items[0]).split(' ', 1)[1]}s"
+    return _NAMES.get(hint, str(hint))
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+_NO_MATCH = object()
+
+
+def _scalar(kind, value):
+    """``value`` as ``kind`` (bool, int, float, str, None, dict), or _NO_MATCH; true is never a number."""
+    if kind is type(None):
+        return None if value is None else _NO_MATCH
+    if kind is bool or isinstance(value, bool):
+        return value if kind is bool and isinstance(value, bool) else _NO_MATCH
+    if kind is float and isinstance(value, (int, float)) and _finite(value):
+        return float(value)
+    if kind in (int, str, dict) and isinstance(value, kind):
+        return value
+    return _NO_MATCH
+
+
+def _convert(hint, value, key_path: str):
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for kind in allowed:
+        if typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):
+            items = typing.get_args(kind)
+            if len(items) == 2 and items[1] is Ellipsis:
+                items = (items[0],) * len(value)
+            if len(value) == len(items):
+                converted = tuple(_scalar(item, v) for item, v in zip(items, value, strict=True))
+                if _NO_MATCH not in converted:
+                    return converted
+            continue
+        converted = _scalar(kind, value)
+        if converted is not _NO_MATCH:
+            return converted
+    raise ConfigError(f"{key_path}: expected {_describe(hint)}, got {shown(value)}")
