@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
 from fer_edge.types import Face
+
+if TYPE_CHECKING:
+    from fer_edge.config import OverlayConfig
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -30,7 +35,7 @@ class Annotator:
         self._text_thickness = max(1, thickness // 2)
 
     @classmethod
-    def from_config(cls, overlay) -> Annotator:
+    def from_config(cls, overlay: OverlayConfig) -> Annotator:
         return cls(
             enabled=overlay.enabled,
             show_score=overlay.show_score,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fer_edge.annotate import Annotator
 from fer_edge.classifier import ExpressionClassifier
-from fer_edge.config import Config, resolve_model_path
+from fer_edge.config import Config
 from fer_edge.detector import REGION_FACTOR
 from fer_edge.detector import build_detector as detector_from_config
 from fer_edge.integrations import build_integrations
@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def build_classifier(cfg: Config) -> ExpressionClassifier:
-    m = cfg.model
-    return ExpressionClassifier(resolve_model_path(m.path), threads=m.threads, align=m.align)
+    return ExpressionClassifier.from_config(cfg.model)
 
 
 def build_detector(cfg: Config):
@@ -44,17 +43,16 @@ def build_schedule(cfg: Config) -> DetectionSchedule:
 def build_tracker(cfg: Config) -> Tracker:
     if not cfg.tracking.enabled:
         return NullTracker()
-    return IouTracker(cfg.tracking.iou_threshold, cfg.tracking.max_missed)
+    return IouTracker.from_config(cfg.tracking)
 
 
 def build_smoother(cfg: Config) -> Smoother:
-    s = cfg.smoothing
-    if not s.enabled:
+    if not cfg.smoothing.enabled:
         return NullSmoother()
     if not cfg.tracking.enabled:
         log.warning("smoothing needs tracking (per-face state); showing raw predictions")
         return NullSmoother()
-    return LabelSmoother(s.time_constant_s, s.hysteresis, s.min_dwell_s)
+    return LabelSmoother.from_config(cfg.smoothing)
 
 
 def build_privacy(cfg: Config):

@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fer_edge.types import Prediction
+
+if TYPE_CHECKING:
+    from fer_edge.config import SmoothingConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,10 @@ class LabelSmoother:
         self.hysteresis = hysteresis
         self.min_dwell_s = min_dwell_s
         self._tracks: dict[int, _TrackState] = {}
+
+    @classmethod
+    def from_config(cls, smoothing: SmoothingConfig) -> LabelSmoother:
+        return cls(smoothing.time_constant_s, smoothing.hysteresis, smoothing.min_dwell_s)
 
     def update(self, track_id: int, prediction: Prediction, t: float) -> HeldPrediction:
         """Fold a prediction of a track made at ``t`` seconds into its state; returns the prediction to show."""

@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fer_edge.types import Box, Detection, Track
+
+if TYPE_CHECKING:
+    from fer_edge.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,10 @@ class IouTracker:
         self._tracks: dict[int, _Track] = {}
         self._next_id = 1
         self._frame = -1
+
+    @classmethod
+    def from_config(cls, tracking: TrackingConfig) -> IouTracker:
+        return cls(tracking.iou_threshold, tracking.max_missed)
 
     @property
     def active_ids(self) -> set[int]:
