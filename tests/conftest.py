@@ -71,8 +71,8 @@ TRAIN_MODULES = {
     "test_train_pipeline",
     "test_train_progress",
 }
-# fixtures that read FER-2013
-FER2013_FIXTURES = {"fer2013_dir", "public_faces", "cache_dir"}
+# fixtures that read FER-2013 or make a model with TensorFlow
+TRAIN_FIXTURES = {"fer2013_dir", "public_faces", "cache_dir", "model_failing_in_invoke"}
 # modules whose tests take more than about ten seconds each (real venvs, servers, long recordings)
 SLOW_MODULES = {"test_deploy"}
 
@@ -85,7 +85,7 @@ except ImportError:  # the device venv: these modules cannot even be collected
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
-        if module in TRAIN_MODULES or FER2013_FIXTURES & set(item.fixturenames):
+        if module in TRAIN_MODULES or TRAIN_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.train)
         if module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
