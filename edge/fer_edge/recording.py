@@ -39,6 +39,7 @@ from fer_edge.diskspace import FOLDER_MODE, MB, DiskGuard, check_floor
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
 from fer_edge.events import EventsSink
 from fer_edge.filesync import FileSyncer
+from fer_edge.pipeline import Sink
 from fer_edge.recovery import (  # noqa: F401 - public names of the recording API
     count_video_frames,
     recover_partial_recordings,
@@ -69,15 +70,13 @@ log = logging.getLogger(__name__)
 SYNC_INTERVAL_S = 1.0
 
 
-class RecordingSink(Protocol):
-    """What the Recorder asks of its MP4 and events sinks."""
+class RecordingSink(Sink, Protocol):
+    """What the Recorder asks of its MP4 and events sinks, beyond a pipeline sink's write and close."""
 
     @property
     def stem(self) -> str | None: ...  # of the file being written
     @property
     def open_path(self) -> Path | None: ...
-    def write(self, frame: Frame, faces: list[Face]) -> None: ...
-    def close(self) -> None: ...
     def restart(self) -> None: ...  # frame timestamps went back
     def drop(self) -> None: ...  # the folder was deleted under the open file
     def disk_checked(self, has_room: bool) -> None: ...
