@@ -7,17 +7,14 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from fer_edge.config import ModelConfig, resolve_model_path
 from fer_edge.contract import ContractError, ModelSidecar, read_sidecar
 from fer_edge.errors import ModelError
 from fer_edge.types import Box, Detection, Point, Prediction
-
-if TYPE_CHECKING:
-    from fer_edge.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +79,6 @@ class ExpressionClassifier:
     def from_config(cls, model: ModelConfig) -> ExpressionClassifier:
         """The classifier the ``model`` section names (its path, else the shipped model: see
         :func:`fer_edge.config.resolve_model_path`)."""
-        from fer_edge.config import resolve_model_path
-
         return cls(resolve_model_path(model.path), threads=model.threads, align=model.align)
 
     def __init__(self, model_path: str | os.PathLike, threads: int = 1, align: bool = False):

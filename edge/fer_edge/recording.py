@@ -149,8 +149,8 @@ class Recorder:
             check_interval_s=disk_check_interval_s,
             clock=monotonic_clock,
         )
-        video_fps = EncoderSettings.for_recording(recording, frame_size, fps).fps
-        self.clock = SegmentClock(self.output_dir, recording.segment_seconds, video_fps, wall_clock=wall_clock)
+        encoder = EncoderSettings.for_recording(recording, frame_size, fps)
+        self.clock = SegmentClock(self.output_dir, recording.segment_seconds, encoder.fps, wall_clock=wall_clock)
         self.events: RecordingSink = NullSink()
         if events_config.enabled:
             self.events = EventsSink(self.clock, wall_clock=wall_clock)
@@ -158,11 +158,12 @@ class Recorder:
         if recording.enabled:
             self.video = Mp4Sink(
                 recording,
+                encoder,
                 fps,
                 frame_size,
                 clock=self.clock,
                 disk=self._disk,
-                other_open_stems=self._events_stem,
+                open_stems=self._open_stems,
                 monotonic_clock=monotonic_clock,
             )
         self._previous_ts = float("-inf")
@@ -217,9 +218,6 @@ class Recorder:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def _events_stem(self) -> set[str]:
-        return {self.events.stem} if self.events.stem else set()
 
     def _open_stems(self) -> set[str]:
         """Stems of the files being written, which the disk guard must not delete."""

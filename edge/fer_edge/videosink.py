@@ -36,28 +36,30 @@ RECENT_SEGMENTS = 100  # finished segments listed by Mp4Sink.segments; the disk 
 
 
 class Mp4Sink:
-    """Fragmented MP4 segments of the frames, built from the ``recording`` section.
+    """Fragmented MP4 segments of the frames, built from the ``recording`` section and the ``encoder`` settings
+    it gives the camera's frames (arriving at ``fps``, of ``frame_size``).
 
     ``presence_triggered``: video only while faces are present, from ``pre_roll_s`` before the first face to
     ``post_roll_s`` after the last one. ``disk`` makes room before each segment opens, sparing the stems that
-    ``other_open_stems()`` names (the events file being written).
+    ``open_stems()`` names (the files being written).
     """
 
     def __init__(
         self,
         recording: RecordingConfig,
+        encoder: EncoderSettings,
         fps: float,
         frame_size: tuple[int, int],
         *,
         clock: SegmentClock,
         disk: DiskGuard,
-        other_open_stems: Callable[[], set[str]] = set,
+        open_stems: Callable[[], set[str]] = set,
         monotonic_clock: Callable[[], float] = time.monotonic,
     ):
         width, height = frame_size
         if width < 2 or height < 2:
             raise RecordingError(f"frame size {width}x{height}: video needs at least 2x2 pixels")
-        self._encoder = EncoderSettings.for_recording(recording, frame_size, fps)
+        self._encoder = encoder
         self.fps = self._encoder.fps
         self.width, self.height = self._encoder.width, self._encoder.height  # odd: last row/column left out
         self._frame_interval = 1 / self.fps - 0.5 / fps if recording.record_fps else 0.0  # closer: not recorded
@@ -66,9 +68,8 @@ class Mp4Sink:
         self.pre_roll_s = recording.pre_roll_s
         self.post_roll_s = recording.post_roll_s
         self._clock = clock
-        self._half_frame = clock.half_frame
         self._disk = disk
-        self._other_open_stems = other_open_stems
+        self._open_stems = open_stems
         self._mono = monotonic_clock
 
         self._av_error: type[Exception] = pyav().FFmpegError
@@ -177,12 +178,12 @@ class Mp4Sink:
             if not faces_present:
                 return
             self._start_segment()
-            pre_roll_from = max(ts - self.pre_roll_s - self._half_frame, self._last_encoded_ts)
+            pre_roll_from = max(ts - self.pre_roll_s - self._clock.half_frame, self._last_encoded_ts)
             for earlier in self._ring.since(pre_roll_from, slot):
                 self._encode(earlier, self._ring.timestamps[earlier])
             self._encode(slot, ts)
             return
-        if not faces_present and ts - self._last_face_ts > self.post_roll_s + self._half_frame:
+        if not faces_present and ts - self._last_face_ts > self.post_roll_s + self._clock.half_frame:
             self._finish_segment()
             return
         # an open segment always holds a frame (a failed first encode abandons it)
@@ -202,7 +203,7 @@ class Mp4Sink:
     def _start_segment(self) -> None:
         """Finish the open segment (if any) and open a new one, named by the clock."""
         self._finish_segment()
-        if not self._disk.make_room(self._other_open_stems()):
+        if not self._disk.make_room(self._open_stems()):
             self._pause()
             raise _Paused()
         stem = self._clock.next_stem()
