@@ -42,7 +42,7 @@ def load_clip(path: Path) -> tuple[list, float]:
 def record_once(frames: list, fps: float, settings: dict) -> tuple[float, int]:
     """(seconds, bytes) for recording ``frames`` once with ``settings``."""
     from fer_edge.config import EventsConfig, RecordingConfig
-    from fer_edge.recording import open_recorder
+    from fer_edge.record.recorder import open_recorder
     from fer_edge.types import Frame
 
     height, width = frames[0].shape[:2]

@@ -100,7 +100,7 @@ def _loop_fps(clip: Path, frames: int, overrides: dict, viewer: bool = False) ->
 def _jpeg_ms(clip: Path, repeats: int = 50) -> float:
     import cv2
 
-    from fer_edge.web import encode_jpeg
+    from fer_edge.serve.web import encode_jpeg
 
     capture = cv2.VideoCapture(str(clip))
     ok, image = capture.read()
@@ -115,9 +115,9 @@ def _idle_broker_cpu_share(seconds: float = 10.0) -> float:
     """CPU seconds per second that MQTT's threads (paho's loop, the publisher) take with the broker unreachable:
     the same cost as in the loop, without the loop's noise around it."""
     from fer_edge.config import load_config
-    from fer_edge.live import LiveFeed
-    from fer_edge.mqtt import MqttPublisher
-    from fer_edge.switches import Switches
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.mqtt import MqttPublisher
+    from fer_edge.serve.switches import Switches
 
     cfg = load_config(None, {"mqtt.enabled": True, "mqtt.host": UNREACHABLE_BROKER, "mqtt.device_id": "bench"})
     publisher = MqttPublisher(LiveFeed(), Switches(), cfg.mqtt, password=None, labels=["neutral"]).start()

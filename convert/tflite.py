@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.classifier import dequantize, load_interpreter_class, pixel_lut
 from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, sidecar_path, write_sidecar
+from fer_edge.runtime import dequantize, load_interpreter_class, pixel_lut
 from train import data
 from train.evaluate import plot_confusion, split_metrics
 

@@ -1,4 +1,4 @@
-"""A process that records synthetic frames with fer_edge.recording.Recorder, for the kill and full-disk tests.
+"""A process that records synthetic frames with fer_edge.record.recorder.Recorder, for the kill and full-disk tests.
 
 Every frame carries its index as a row of black/white blocks (``draw_frame`` / ``read_index``), so a test can tell
 exactly which frames a recording holds. Prints ``written N`` after each frame (N frames handed to the recorder so
@@ -60,7 +60,7 @@ def recorder_for(
     """A Recorder built the way the app builds one, from its config sections: ``settings`` are ``recording``
     keys, except the injected disk and clocks (``INJECTED``)."""
     from fer_edge.config import EventsConfig, RecordingConfig
-    from fer_edge.recording import Recorder
+    from fer_edge.record.recorder import Recorder
 
     injected = {key: settings.pop(key) for key in INJECTED if key in settings}
     recording = RecordingConfig(output_dir=str(output_dir), enabled=record_video, **settings)
@@ -93,9 +93,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     if args.retry_s is not None:
-        import fer_edge.videosink
+        import fer_edge.record.videosink
 
-        fer_edge.videosink.RETRY_INTERVAL_S = args.retry_s
+        fer_edge.record.videosink.RETRY_INTERVAL_S = args.retry_s
     labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
     frames = [draw_frame(i, args.width, args.height, noise=args.noise) for i in range(30)]

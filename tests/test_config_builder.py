@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from fer_edge.config.builder import build_dataclass
 from fer_edge.errors import ConfigError
-from fer_edge.yamlconfig import build_dataclass
 
 
 def _positive(value):
@@ -62,7 +62,7 @@ def test_a_renamed_key_names_its_replacement():
 
 
 def test_the_device_and_training_configs_share_the_builder():
-    import fer_edge.config
+    import fer_edge.config.device
     import train.config
 
-    assert fer_edge.config.build_dataclass is train.config.build_dataclass is build_dataclass
+    assert fer_edge.config.device.build_dataclass is train.config.build_dataclass is build_dataclass

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge.blazeface import MODELS, BlazeFaceModelRunner, anchor_centres, model_file
-from fer_edge.detector import BlazeFaceDetector, HaarDetector, scan_plan
 from fer_edge.types import Box
+from fer_edge.vision.blazeface import MODELS, BlazeFaceModelRunner, anchor_centres, model_file
+from fer_edge.vision.detector import BlazeFaceDetector, HaarDetector, scan_plan
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
 STREET = CLIPS / "street-1080p.mp4"

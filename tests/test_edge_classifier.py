@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge import classifier as classifier_module
-from fer_edge.classifier import ExpressionClassifier, load_interpreter_class
+import fer_edge.runtime as runtime_module
 from fer_edge.contract import ContractError, file_sha256, read_sidecar, sidecar_path
 from fer_edge.errors import ModelError
+from fer_edge.runtime import load_interpreter_class
 from fer_edge.types import Box, Prediction
+from fer_edge.vision.classifier import ExpressionClassifier
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +170,8 @@ def test_sidecar_disagreeing_with_the_input_quantization_is_a_model_error(model_
 
 
 def test_runtime_order_and_no_runtime(monkeypatch):
-    assert classifier_module.RUNTIMES == ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
-    for name in (*classifier_module.RUNTIMES, "tensorflow"):
+    assert runtime_module.RUNTIMES == ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+    for name in (*runtime_module.RUNTIMES, "tensorflow"):
         monkeypatch.setitem(sys.modules, name, None)  # import of a None entry raises ImportError
     with pytest.raises(ModelError, match="no TFLite runtime found"):
         load_interpreter_class()

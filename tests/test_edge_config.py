@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import yaml
 
-from fer_edge import classifier as classifier_module
-from fer_edge import config as config_module
-from fer_edge.annotate import Annotator
-from fer_edge.classifier import ExpressionClassifier
+import fer_edge.runtime as runtime_module
 from fer_edge.cli import main
 from fer_edge.config import Config, load_config, model_candidates, resolve_model_path, to_dict, to_yaml
+from fer_edge.config import device as config_module
 from fer_edge.errors import ConfigError, ModelError
 from fer_edge.types import Box, Face
+from fer_edge.vision.annotate import OverlayAnnotator
+from fer_edge.vision.classifier import ExpressionClassifier
 
 
 def write(tmp_path, text: str):
@@ -208,14 +208,14 @@ def test_the_largest_accepted_overlay_and_thread_values_work(tmp_path, model_pat
     """The upper bounds are usable: the annotator draws with them and the interpreter runs with 64 threads."""
     cfg = load_config(write(tmp_path, "overlay:\n  thickness: 50\n  font_scale: 10\nmodel:\n  threads: 64\n"))
     assert (cfg.overlay.thickness, cfg.overlay.font_scale, cfg.model.threads) == (50, 10.0, 64)
-    interpreter_class, runtime = classifier_module.load_interpreter_class()
+    interpreter_class, runtime = runtime_module.load_interpreter_class()
     threads_asked = []
 
     def recording_interpreter(**kwargs):
         threads_asked.append(kwargs.get("num_threads"))
         return interpreter_class(**kwargs)
 
-    monkeypatch.setattr(classifier_module, "load_interpreter_class", lambda: (recording_interpreter, runtime))
+    monkeypatch.setattr(runtime_module, "load_interpreter_class", lambda: (recording_interpreter, runtime))
     classifier = ExpressionClassifier(model_path, threads=cfg.model.threads)
     assert threads_asked == [64]
     gray = np.full((360, 640), 128, np.uint8)
@@ -223,7 +223,7 @@ def test_the_largest_accepted_overlay_and_thread_values_work(tmp_path, model_pat
     image = np.zeros((360, 640, 3), np.uint8)
     boxes = (Box(300, 100, 120, 120), Box(0, 0, 40, 40), Box(600, 320, 40, 40))  # middle, corners
     for box in boxes:
-        Annotator.from_config(cfg.overlay).draw(image, [Face(box, prediction, track_id=7)])
+        OverlayAnnotator.from_config(cfg.overlay).draw(image, [Face(box, prediction, track_id=7)])
     for box in boxes:  # each box's outline is drawn, clipped to the frame where it leaves it
         assert image[min(box.y2, 359), box.x : min(box.x2, 640)].any(), box
 
@@ -280,7 +280,9 @@ def test_model_lookup_order(tmp_path, monkeypatch, repo_root):
 
 def test_no_model_anywhere_lists_the_places_tried(monkeypatch, tmp_path):
     monkeypatch.delenv("FER_EDGE_MODEL", raising=False)
-    monkeypatch.setattr(config_module, "__file__", str(tmp_path / "checkout" / "edge" / "fer_edge" / "config.py"))
+    monkeypatch.setattr(
+        config_module, "__file__", str(tmp_path / "checkout" / "edge" / "fer_edge" / "config" / "device.py")
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelError) as caught:
         resolve_model_path(None)

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge import detector as detector_module
-from fer_edge.detector import CASCADE_FILENAME, HaarDetector, cascade_candidates, find_cascade
+import fer_edge.vision.detector as detector_module
 from fer_edge.errors import DetectorError
 from fer_edge.types import Box
+from fer_edge.vision.detector import CASCADE_FILENAME, HaarDetector, cascade_candidates, find_cascade
 
 
 @pytest.fixture(scope="module")

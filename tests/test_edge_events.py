@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fer_edge.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
+from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
 from fer_edge.types import Box, Face, Prediction
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -215,7 +215,7 @@ def test_start_up_removes_a_stale_marker_temporary_file_and_only_that(tmp_path, 
 SHORT_WRITE_RUN = """
 import resource, signal, sys
 from pathlib import Path
-from fer_edge.events import EventsLog
+from fer_edge.record.events import EventsLog
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 directory = Path(sys.argv[1])
 log = EventsLog(directory)

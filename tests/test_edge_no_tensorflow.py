@@ -21,7 +21,7 @@ CHILD = textwrap.dedent(
     import cv2
     import fer_edge
     from fer_edge import app
-    from fer_edge.classifier import ExpressionClassifier
+    from fer_edge.vision.classifier import ExpressionClassifier
     from fer_edge.config import load_config
     from fer_edge.types import Box
 

@@ -13,15 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from fer_edge.annotate import Annotator
-from fer_edge.classifier import ExpressionClassifier
-from fer_edge.detector import HaarDetector
-from fer_edge.pipeline import STAGES, DetectionSchedule, Pipeline
-from fer_edge.smoothing import LabelSmoother
-from fer_edge.sources import VideoFileSource
+from fer_edge.capture.sources import VideoFileSource
+from fer_edge.pipeline import STAGES, DetectionPlan, DetectionSchedule, Pipeline
 from fer_edge.testing import ListSink, ListSource
-from fer_edge.tracking import IouTracker
 from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting
+from fer_edge.vision.annotate import OverlayAnnotator
+from fer_edge.vision.classifier import ExpressionClassifier
+from fer_edge.vision.detector import HaarDetector
+from fer_edge.vision.smoothing import LabelSmoother
+from fer_edge.vision.tracking import IouTracker
 
 DEMO_FRAMES = 75  # frames 0-29 have no face, 30-74 one face (assets/demo.json)
 
@@ -56,7 +56,7 @@ def fresh_source(images, count=None):
 
 def test_real_stages_find_and_label_the_demo_face(demo_images, demo_truth, detector, classifier):
     sink = ListSink()
-    pipeline = Pipeline(fresh_source(demo_images), detector, classifier, Annotator(), [sink])
+    pipeline = Pipeline(fresh_source(demo_images), detector, classifier, OverlayAnnotator(), [sink])
     stats = pipeline.run()
     assert stats.frames == DEMO_FRAMES == len(sink.frames)
     assert [f.index for f in sink.frames] == list(range(DEMO_FRAMES))
@@ -82,7 +82,7 @@ def test_real_stages_find_and_label_the_demo_face(demo_images, demo_truth, detec
 def test_max_frames_stops_early_and_leaves_the_source_open(demo_images, detector, classifier):
     source = fresh_source(demo_images, 20)
     sink = ListSink(keep_images=False)
-    stats = Pipeline(source, detector, classifier, Annotator(), [sink]).run(max_frames=7)
+    stats = Pipeline(source, detector, classifier, OverlayAnnotator(), [sink]).run(max_frames=7)
     assert stats.frames == 7 and len(sink.faces) == 7
     assert source.read().index == 7
 
@@ -106,7 +106,7 @@ class StopAfter:
 
 def test_stop_ends_the_loop_after_the_current_frame(demo_images, detector, classifier):
     stopper = StopAfter(5)
-    pipeline = Pipeline(fresh_source(demo_images, 30), detector, classifier, Annotator(), [stopper])
+    pipeline = Pipeline(fresh_source(demo_images, 30), detector, classifier, OverlayAnnotator(), [stopper])
     stopper.pipeline = pipeline
     assert pipeline.run().frames == 5 and pipeline.stopping
 
@@ -131,7 +131,7 @@ def test_stop_from_another_thread(demo_images, detector, classifier):
             pass
 
     source = Endless()
-    pipeline = Pipeline(source, detector, classifier, Annotator(), [])
+    pipeline = Pipeline(source, detector, classifier, OverlayAnnotator(), [])
     results = []
     loop = threading.Thread(target=lambda: results.append(pipeline.run()), daemon=True)
     loop.start()
@@ -153,7 +153,7 @@ def test_close_closes_every_sink_and_the_source_even_when_one_fails(demo_images,
             raise OSError("disk full")
 
     source, first, failing, last = fresh_source(demo_images, 3), ListSink(), Failing(), ListSink()
-    pipeline = Pipeline(source, detector, classifier, Annotator(), [first, failing, last])
+    pipeline = Pipeline(source, detector, classifier, OverlayAnnotator(), [first, failing, last])
     pipeline.run()
     with pytest.raises(OSError, match="disk full"):
         pipeline.close()
@@ -180,7 +180,7 @@ def test_detection_every_n_frames_with_the_tracker_carrying_boxes(demo_images, d
         fresh_source(demo_images[30:]),
         counting,
         classifier,
-        Annotator(),
+        OverlayAnnotator(),
         [sink],
         tracker=IouTracker(0.3, 10),
         smoother=LabelSmoother(0.3, 0.15),
@@ -201,7 +201,7 @@ def test_without_a_tracker_boxes_of_the_last_detection_are_reused(demo_images, d
         fresh_source(demo_images[30:42]),
         counting,
         classifier,
-        Annotator(),
+        OverlayAnnotator(),
         [sink],
         schedule=DetectionSchedule(every_n_frames=4),
     ).run()
@@ -212,7 +212,7 @@ def test_without_a_tracker_boxes_of_the_last_detection_are_reused(demo_images, d
 def test_privacy_runs_before_the_overlay_and_notifier_is_told(demo_images, detector, classifier, caplog):
     order = []
 
-    class RecordingAnnotator(Annotator):
+    class RecordingAnnotator(OverlayAnnotator):
         def draw(self, image, faces):
             order.append("annotate")
             super().draw(image, faces)
@@ -281,7 +281,7 @@ def test_privacy_covers_a_face_the_detector_missed_for_one_run(demo_images, clas
         ListSource([demo_images[0].copy() for _ in range(12)]),
         MissesOnce(),
         classifier,
-        Annotator(),
+        OverlayAnnotator(),
         [ListSink()],
         tracker=IouTracker(),
         schedule=DetectionSchedule(every_n_frames=3),
@@ -322,7 +322,7 @@ def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(
 
     notes, sink = Notes(), ListSink()
     stats = Pipeline(
-        CameraLostForAWhile(), detector, classifier, Annotator(), [sink], notifier=notes, status_interval_s=3600
+        CameraLostForAWhile(), detector, classifier, OverlayAnnotator(), [sink], notifier=notes, status_interval_s=3600
     ).run()
     assert stats.frames == 2 and [frame.index for frame in sink.frames] == [0, 1]
     names = [call[0] for call in notes.calls]
@@ -350,7 +350,7 @@ def test_no_frames_means_no_ready(detector, classifier):
             return lambda *a: self.calls.append(name)
 
     notes = Notes()
-    stats = Pipeline(ListSource([]), detector, classifier, Annotator(), [], notifier=notes).run()
+    stats = Pipeline(ListSource([]), detector, classifier, OverlayAnnotator(), [], notifier=notes).run()
     assert stats.frames == 0 and notes.calls == ["stopping"]
 
 
@@ -413,16 +413,18 @@ def test_face_shown_prefers_the_smoothed_prediction():
     raw = Prediction(("a", "b"), (0.6, 0.4))
     smooth = Prediction(("a", "b"), (0.3, 0.7))
     face = Face(Box(0, 0, 10, 10), raw, 1, smooth)
-    assert Annotator().caption(face) == "#1 b 0.70"
-    assert Annotator(show_score=False).caption(Face(Box(0, 0, 10, 10), raw)) == "a"
+    assert OverlayAnnotator().caption(face) == "#1 b 0.70"
+    assert OverlayAnnotator(show_score=False).caption(Face(Box(0, 0, 10, 10), raw)) == "a"
     image = np.zeros((40, 60, 3), np.uint8)
-    Annotator().draw(image, [face])  # no room above the box: the label bar goes below
+    OverlayAnnotator().draw(image, [face])  # no room above the box: the label bar goes below
     assert image[12:30].any()
 
 
 def test_the_schedule_scans_when_nothing_is_tracked_a_track_ended_or_on_the_timer():
     schedule = DetectionSchedule(every_n_frames=2, full_scan_interval_s=1.0, region_factor=2.5)
-    plans = [schedule.next(t / 10, tracked) for t, tracked in enumerate([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0])]
+    plans = [
+        schedule.next(t / 10, tracked).value for t, tracked in enumerate([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+    ]
     assert plans == [
         "full",
         "carry",  # nothing tracked: scan
@@ -439,10 +441,12 @@ def test_the_schedule_scans_when_nothing_is_tracked_a_track_ended_or_on_the_time
         "full",
         "carry",  # the track ended: scan
     ]
-    assert DetectionSchedule(region_factor=0.0).next(0.0, 3) == "full"  # without windows, always scan
+    assert DetectionSchedule(region_factor=0.0).next(0.0, 3) == DetectionPlan.FULL  # without windows, always scan
     looped = DetectionSchedule(full_scan_interval_s=1.0, region_factor=2.5)
     looped.next(5.0, 0)
-    assert looped.next(5.2, 1) == "regions" and looped.next(0.0, 1) == "full"  # a replay that restarted
+    assert (
+        looped.next(5.2, 1) == DetectionPlan.REGIONS and looped.next(0.0, 1) == DetectionPlan.FULL
+    )  # a replay that restarted
 
 
 def test_tracked_faces_are_found_again_in_windows_around_them_on_a_real_clip():
@@ -450,7 +454,7 @@ def test_tracked_faces_are_found_again_in_windows_around_them_on_a_real_clip():
 
     import cv2
 
-    from fer_edge.detector import BlazeFaceDetector
+    from fer_edge.vision.detector import BlazeFaceDetector
 
     clip = Path(__file__).resolve().parents[2] / "shared" / "clips" / "performer-640x360.mp4"
     if not clip.is_file():
@@ -475,7 +479,7 @@ def test_tracked_faces_are_found_again_in_windows_around_them_on_a_real_clip():
         ListSource(images, fps=29.97),
         detector,
         ExpressionClassifier(Path("models/fer_int8.tflite")),
-        Annotator(),
+        OverlayAnnotator(),
         [sink],
         tracker=IouTracker(),
         smoother=LabelSmoother(),

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge.privacy import PIXELATE_BLOCKS, anonymize, covered_region
 from fer_edge.types import Box
+from fer_edge.vision.privacy import PIXELATE_BLOCKS, anonymize, covered_region
 
 FRAME_W, FRAME_H = 640, 360
 FACE_SIDE = 192  # a 48 px FER-2013 face upscaled 4x

@@ -19,18 +19,18 @@ import pytest
 from recorder_child import draw_frame, read_index, recorder_for
 from videos import decode_opencv, decode_pyav
 
-from fer_edge.diskspace import MB, finished_recordings
-from fer_edge.events import STEM_MARKER_NAME, read_events
-from fer_edge.recording import (
+from fer_edge.capture.sources import VideoFileSource
+from fer_edge.record.diskspace import MB, finished_recordings
+from fer_edge.record.events import STEM_MARKER_NAME, read_events
+from fer_edge.record.recorder import (
     Recorder,
     RecordingError,
     count_video_frames,
     recover_partial_recordings,
 )
-from fer_edge.recovery import recover_leftovers
-from fer_edge.sources import VideoFileSource
+from fer_edge.record.recovery import recover_leftovers
+from fer_edge.record.videosink import MAX_PRE_ROLL_BYTES, RECENT_SEGMENTS
 from fer_edge.types import Box, Face, Frame, Prediction
-from fer_edge.videosink import MAX_PRE_ROLL_BYTES, RECENT_SEGMENTS
 
 CHILD = Path(__file__).with_name("recorder_child.py")
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -217,7 +217,7 @@ def test_names_keep_recording_order_when_the_wall_clock_steps_back(tmp_path, cap
     jumps back 90 days mid-run (or across a restart) must not make the newest recordings look oldest."""
     make_old_recording(tmp_path, "20261127-120000-0001", 1000)  # a previous run's recording
     clock = {"t": float(calendar.timegm((2026, 11, 27, 13, 0, 0)))}
-    with caplog.at_level(logging.WARNING, logger="fer_edge.recording"):
+    with caplog.at_level(logging.WARNING, logger="fer_edge.record.recorder"):
         with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0, wall_clock=lambda: clock["t"]) as recorder:
             for i in range(120):
                 if i == 60:
@@ -451,7 +451,7 @@ def test_an_unexpected_error_while_recovering_leftovers_does_not_stop_the_start(
     def broken_recovery(*args):
         raise ValueError("a bug in the recovery code")
 
-    monkeypatch.setattr("fer_edge.recovery.recover_leftover_events", broken_recovery)
+    monkeypatch.setattr("fer_edge.record.recovery.recover_leftover_events", broken_recovery)
     with caplog.at_level(logging.WARNING):
         recover_leftovers(tmp_path)
     with caplog.at_level(logging.WARNING), recorder_for(tmp_path, FPS, (W, H)) as recorder:
@@ -655,7 +655,7 @@ def test_auto_codec_uses_libx264_where_the_hardware_encoder_is_missing_or_broken
     assert "cabac=0" in x264_settings(recorder.segments[0]).split()  # the default preset: ultrafast
     fake_device = tmp_path / "video11"
     fake_device.touch()  # the device node is "there", but no V4L2 encoder answers behind it
-    monkeypatch.setattr("fer_edge.segment.HARDWARE_ENCODER_DEVICE", fake_device)
+    monkeypatch.setattr("fer_edge.record.segment.HARDWARE_ENCODER_DEVICE", fake_device)
     with caplog.at_level(logging.INFO, logger="fer_edge"):
         with recorder_for(tmp_path / "fallback", FPS, (W, H)) as recorder:
             feed(recorder, range(10))

@@ -1,4 +1,4 @@
-"""fer_edge.report: tracks.csv and timeline.png from a hand-written events file."""
+"""fer_edge.analysis.report: tracks.csv and timeline.png from a hand-written events file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_edge import report
+from fer_edge.analysis import report
 
 try:
     import matplotlib  # noqa: F401
@@ -126,7 +126,7 @@ def test_truncated_last_line_and_garbage_are_skipped(events_file, tmp_path, capl
     with events_file.open("a", encoding="utf-8") as f:
         f.write('{"t": NaN, "frame": 21, "faces": []}\n')
         f.write('{"t": 1764000002.1, "frame": 21, "faces": [{"box": [1, 2, 3, 4], "track": 1, "lab')
-    with caplog.at_level(logging.WARNING, logger="fer_edge.report"):
+    with caplog.at_level(logging.WARNING, logger="fer_edge.analysis.report"):
         rows = read_csv(report.main([events_file], tmp_path / "cut")[0])
     assert rows == complete
     assert "skipped 2 unreadable line(s): 23, 24" in caplog.text
@@ -256,7 +256,7 @@ def test_without_matplotlib_the_csv_is_still_written(events_file, tmp_path, monk
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
-    with caplog.at_level(logging.WARNING, logger="fer_edge.report"):
+    with caplog.at_level(logging.WARNING, logger="fer_edge.analysis.report"):
         written = report.main([events_file], tmp_path)
     assert written == [tmp_path / "tracks.csv"]
     assert not (tmp_path / "timeline.png").exists()
@@ -302,7 +302,7 @@ def test_command_line(events_file, tmp_path, capsys):
     assert "events file not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["fer_edge.cli", "report"], ["fer_edge.report"]])
+@pytest.mark.parametrize("command", [["fer_edge.cli", "report"], ["fer_edge.analysis.report"]])
 def test_both_report_commands_write_beside_the_events_and_say_where(command, events_file, tmp_path):
     import subprocess
 

@@ -2,7 +2,7 @@
 
 import calendar
 
-from fer_edge.segmentclock import SegmentClock
+from fer_edge.record.clock import SegmentClock
 
 NOON = calendar.timegm((2026, 12, 5, 12, 0, 0))
 

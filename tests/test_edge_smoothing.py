@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from fer_edge.smoothing import LabelSmoother
 from fer_edge.types import Prediction
+from fer_edge.vision.smoothing import LabelSmoother
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 HAPPY, SAD, NEUTRAL = 3, 4, 6

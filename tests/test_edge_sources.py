@@ -15,9 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_edge.config import load_config
-from fer_edge.errors import SourceError
-from fer_edge.sources import (
+from fer_edge.capture.sources import (
     WAIT_SLICE_S,
     ImageFolderSource,
     OpenCvCaptureSource,
@@ -26,6 +24,8 @@ from fer_edge.sources import (
     resolve_kind,
     source_overrides,
 )
+from fer_edge.config import load_config
+from fer_edge.errors import SourceError
 from fer_edge.testing import ListSource
 from fer_edge.types import Frame, SourceWaiting
 
@@ -312,7 +312,7 @@ def test_an_undecodable_video_is_one_error_line_without_ffmpeg_chatter(tmp_path)
     broken.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(4096))
     probe = (
         "from fer_edge.errors import SourceError\n"
-        "from fer_edge.sources import VideoFileSource\n"
+        "from fer_edge.capture.sources import VideoFileSource\n"
         "try:\n    VideoFileSource(__import__('sys').argv[1])\n"
         "except SourceError as exc:\n    print(exc, file=__import__('sys').stderr)\n"
     )
@@ -376,10 +376,10 @@ def cut_clip(demo_clip, tmp_path_factory):
 
 def test_a_clip_that_ends_before_its_header_says_is_a_warning(cut_clip, caplog):
     whole, cut = cut_clip
-    with caplog.at_level("WARNING", logger="fer_edge.sources"):
+    with caplog.at_level("WARNING", logger="fer_edge.capture.sources"):
         frames = read_all(VideoFileSource(whole))
     assert len(frames) == 420 and caplog.text == ""
-    with caplog.at_level("WARNING", logger="fer_edge.sources"):
+    with caplog.at_level("WARNING", logger="fer_edge.capture.sources"):
         frames = read_all(VideoFileSource(cut))
     assert 50 < len(frames) < 400
     assert f"ended after {len(frames)} of the 420 frames its header announces (damaged or cut?)" in caplog.text

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fer_edge.tracking import IouTracker, NullTracker
 from fer_edge.types import Box, Detection
+from fer_edge.vision.tracking import IouTracker, NullTracker
 
 
 class BoxTracker:

@@ -266,7 +266,7 @@ def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_c
 def test_track_changes_start_change_and_end():
     import numpy as np
 
-    from fer_edge.live import LiveFeed
+    from fer_edge.serve.live import LiveFeed
     from fer_edge.types import Box, Face, Frame, Prediction
 
     labels = ("happy", "sad")

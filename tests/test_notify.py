@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fer_edge.notify import Notifier, watchdog_interval_s
+from fer_edge.notify import SystemdNotifier, watchdog_interval_s
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "assets" / "demo.mp4"
@@ -65,7 +65,7 @@ def service_socket(tmp_path):
 
 
 def test_each_message_arrives_as_one_datagram(notify_socket):
-    notifier = Notifier.from_env({"NOTIFY_SOCKET": notify_socket.address})
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": notify_socket.address})
     assert notifier.enabled
     assert notifier.ready()
     assert notify_socket.receive() == "READY=1"
@@ -80,22 +80,22 @@ def test_each_message_arrives_as_one_datagram(notify_socket):
 
 
 def test_without_notify_socket_everything_is_a_no_op(tmp_path):
-    notifier = Notifier.from_env({})
+    notifier = SystemdNotifier.from_env({})
     assert not notifier.enabled
     assert not any([notifier.ready(), notifier.watchdog(), notifier.status("x"), notifier.stopping()])
-    assert not Notifier.from_env({"NOTIFY_SOCKET": ""}).enabled
+    assert not SystemdNotifier.from_env({"NOTIFY_SOCKET": ""}).enabled
 
 
 def test_unsupported_address_disables_with_one_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="fer_edge.notify"):
-        notifier = Notifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"})
+        notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not notifier.enabled
     assert not notifier.ready()
     assert len(caplog.records) == 1 and "vsock:2:1234" in caplog.records[0].getMessage()
 
 
 def test_send_errors_never_raise_and_are_logged_once(tmp_path, caplog):
-    notifier = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
     with caplog.at_level(logging.DEBUG, logger="fer_edge.notify"):
         results = [notifier.ready(), notifier.watchdog(), notifier.watchdog(), notifier.stopping()]
     assert results == [False] * 4
@@ -106,7 +106,7 @@ def test_send_errors_never_raise_and_are_logged_once(tmp_path, caplog):
 
 def test_recovers_when_the_socket_comes_back(tmp_path):
     address = str(tmp_path / "notify.sock")
-    notifier = Notifier.from_env({"NOTIFY_SOCKET": address})
+    notifier = SystemdNotifier.from_env({"NOTIFY_SOCKET": address})
     assert not notifier.watchdog()  # systemd not there (yet, or being re-executed)
     listener = NotifySocket(address)
     try:
@@ -117,9 +117,9 @@ def test_recovers_when_the_socket_comes_back(tmp_path):
 
 
 def test_watchdog_meant_for_another_process_is_not_pinged(notify_socket):
-    other = Notifier.from_env({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_PID": str(os.getpid() + 1)})
+    other = SystemdNotifier.from_env({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_PID": str(os.getpid() + 1)})
     assert not other.watchdog()
-    mine = Notifier.from_env({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_PID": str(os.getpid())})
+    mine = SystemdNotifier.from_env({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_PID": str(os.getpid())})
     assert mine.watchdog()
     assert notify_socket.receive() == "WATCHDOG=1"
     assert notify_socket.drain() == []

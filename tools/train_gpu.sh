@@ -24,7 +24,7 @@ shift 2
 mkdir -p "$pack" build
 
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-# train.config reads its YAML through fer_edge.yamlconfig (which imports YAML alone); fer_edge is not installed there
+# train.config reads its YAML through fer_edge.config.builder (which imports YAML alone); fer_edge is not installed there
 export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)/edge${PYTHONPATH:+:$PYTHONPATH}"
 export KERAS_BACKEND=${KERAS_BACKEND:-jax}
 # (ALLOW_CPU=1 runs it on a CPU: a dry run of the whole script with tiny configs)

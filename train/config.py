@@ -1,5 +1,5 @@
 """Training configuration: one YAML file into frozen dataclasses, built like the device's config
-(:func:`fer_edge.yamlconfig.build_dataclass`: unknown keys rejected, errors naming the key path)."""
+(:func:`fer_edge.config.builder.build_dataclass`: unknown keys rejected, errors naming the key path)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fer_edge.config.builder import apply_overrides, build_dataclass, read_mapping
 from fer_edge.errors import ConfigError
-from fer_edge.yamlconfig import apply_overrides, build_dataclass, read_mapping
 from train.augment import AugmentConfig
 
 OPTIMIZERS = ("adamw", "sgd")

@@ -8,20 +8,20 @@ import signal
 import threading
 from pathlib import Path
 
-from fer_edge.annotate import Annotator
-from fer_edge.classifier import ExpressionClassifier
+from fer_edge.capture.sources import open_source
 from fer_edge.config import Config
-from fer_edge.detector import REGION_FACTOR
-from fer_edge.detector import build_detector as detector_from_config
-from fer_edge.integrations import build_integrations
-from fer_edge.notify import Notifier
+from fer_edge.notify import SystemdNotifier
 from fer_edge.pipeline import DetectionSchedule, Pipeline, RunStats, Smoother, Tracker
-from fer_edge.privacy import anonymize
-from fer_edge.recording import open_recorder
-from fer_edge.recovery import recover_leftovers
-from fer_edge.smoothing import LabelSmoother, NullSmoother
-from fer_edge.sources import open_source
-from fer_edge.tracking import IouTracker, NullTracker
+from fer_edge.record.recorder import open_recorder
+from fer_edge.record.recovery import recover_leftovers
+from fer_edge.serve.integrations import build_integrations
+from fer_edge.vision.annotate import OverlayAnnotator
+from fer_edge.vision.classifier import ExpressionClassifier
+from fer_edge.vision.detector import REGION_FACTOR
+from fer_edge.vision.detector import build_detector as detector_from_config
+from fer_edge.vision.privacy import anonymize
+from fer_edge.vision.smoothing import LabelSmoother, NullSmoother
+from fer_edge.vision.tracking import IouTracker, NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +77,15 @@ def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]):
     return open_recorder(cfg.recording, cfg.events, fps, frame_size)
 
 
-def build_notifier(cfg: Config) -> Notifier:
-    return Notifier.from_env(ping_watchdog=cfg.service.watchdog)
+def build_notifier(cfg: Config) -> SystemdNotifier:
+    return SystemdNotifier.from_env(ping_watchdog=cfg.service.watchdog)
 
 
 def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
     """Every stage from ``cfg``; model and detector first, so a bad model fails before the camera opens."""
     classifier = build_classifier(cfg)
     detector = build_detector(cfg)
-    annotator = Annotator.from_config(cfg.overlay)
+    annotator = OverlayAnnotator.from_config(cfg.overlay)
     tracker = build_tracker(cfg)
     smoother = build_smoother(cfg)
     privacy = build_privacy(cfg)

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     report = commands.add_parser("report", help="summarize events.jsonl files")
-    from fer_edge.report import add_arguments
+    from fer_edge.analysis.report import add_arguments
 
     add_arguments(report)
     report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
@@ -89,8 +89,8 @@ def setup_logging(verbose: bool) -> None:
 
 
 def load(args, **extra) -> Config:
+    from fer_edge.capture.sources import source_overrides
     from fer_edge.config import load_config
-    from fer_edge.sources import source_overrides
 
     overrides: dict = {}
     if getattr(args, "source", None):
@@ -125,9 +125,9 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     there must be sound. Returns the model path, or None when it is missing.
     """
     from fer_edge.app import build_classifier, build_detector
+    from fer_edge.capture.sources import open_source, resolve_kind
     from fer_edge.config import resolve_model_path
-    from fer_edge.recording import check_recording
-    from fer_edge.sources import open_source, resolve_kind
+    from fer_edge.record.recorder import check_recording
 
     try:
         model = resolve_model_path(cfg.model.path)
@@ -224,7 +224,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from fer_edge import bench
+    from fer_edge.analysis import bench
 
     if args.frames <= 0:
         raise ConfigError(f"--frames: expected a positive integer, got {args.frames}")
@@ -235,7 +235,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from fer_edge import report
+    from fer_edge.analysis import report
 
     for path in report.main(args.events, args.output):
         print(path)

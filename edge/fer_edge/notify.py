@@ -20,7 +20,7 @@ from collections.abc import Mapping
 log = logging.getLogger(__name__)
 
 
-class Notifier:
+class SystemdNotifier:
     """Speaks the sd_notify datagram protocol to ``address`` (``None``: does nothing).
 
     ``ping_watchdog=False`` (config ``service.watchdog: false``) keeps ready/status/stopping but never pings.
@@ -35,7 +35,7 @@ class Notifier:
         self._warned = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, ping_watchdog: bool = True) -> Notifier:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, ping_watchdog: bool = True) -> SystemdNotifier:
         env = os.environ if environ is None else environ
         address = env.get("NOTIFY_SOCKET") or None
         if address is not None and _socket_address(address) is None:

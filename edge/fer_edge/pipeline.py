@@ -13,13 +13,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 import numpy as np
 
-from fer_edge.smoothing import NullSmoother
-from fer_edge.tracking import NullTracker
 from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting, Track
+from fer_edge.vision.smoothing import NullSmoother
+from fer_edge.vision.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,15 @@ WATCHDOG_INTERVAL_S = 1.0
 
 class Source(Protocol):
     fps: float
-    size: tuple[int, int]
+    size: tuple[int, int]  # (width, height)
 
-    def read(self) -> Frame | SourceWaiting | None: ...
+    def read(self) -> Frame | SourceWaiting | None:
+        """The next frame; None at the end of the stream (or once interrupted); a live source that
+        lost its camera returns :class:`SourceWaiting` between retries (every few seconds)."""
 
-    def interrupt(self) -> None: ...
+    def interrupt(self) -> None:
+        """End the stream: the next read() returns None, and one waiting (for a lost camera, or
+        pacing a real-time replay) returns soon. Safe from signal handlers and other threads."""
 
     def close(self) -> None: ...
 
@@ -108,7 +113,12 @@ class _NoNotifier:
         pass
 
 
-FULL, REGIONS, CARRY = "full", "regions", "carry"
+class DetectionPlan(Enum):
+    """What detection one frame gets."""
+
+    FULL = "full"  # a whole-frame scan
+    REGIONS = "regions"  # a search in the windows around the tracked faces
+    CARRY = "carry"  # none: the tracker carries the boxes
 
 
 @dataclass
@@ -128,19 +138,19 @@ class DetectionSchedule:
     _last_scan: float = -math.inf
     _tracked: int = 0
 
-    def next(self, t: float, tracked: int) -> str:
+    def next(self, t: float, tracked: int) -> DetectionPlan:
         """The detection for the frame at ``t`` seconds, with ``tracked`` faces tracked before it."""
         frame, self._frames = self._frames, self._frames + 1
         if frame % self.every_n_frames:
-            return CARRY
+            return DetectionPlan.CARRY
         ended = tracked < self._tracked
         self._tracked = tracked
         if t < self._last_scan:  # the clock went back (a replay looped)
             self._last_scan = -math.inf
         if not tracked or ended or not self.region_factor or t - self._last_scan >= self.full_scan_interval_s:
             self._last_scan = t
-            return FULL
-        return REGIONS
+            return DetectionPlan.FULL
+        return DetectionPlan.REGIONS
 
 
 @dataclass
@@ -295,9 +305,9 @@ class Pipeline:
 
     def _detect(self, frame: Frame) -> list[Track]:
         plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids))
-        if plan == CARRY:
+        if plan == DetectionPlan.CARRY:
             return self.tracker.predict()
-        if plan == REGIONS:
+        if plan == DetectionPlan.REGIONS:
             height, width = frame.image.shape[:2]
             factor = self.schedule.region_factor
             regions = [box.square(factor).clipped(width, height) for box in self.tracker.carried()]

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import MB, check_floor, create_private, fsync_directory
 from fer_edge.errors import RecordingError
-from fer_edge.pyav import pyav
-from fer_edge.recovery import repair_fragmented_mp4
+from fer_edge.record.diskspace import MB, check_floor, create_private, fsync_directory
+from fer_edge.record.pyav import pyav
+from fer_edge.record.recovery import repair_fragmented_mp4
 
-log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
+log = logging.getLogger(__name__)
 
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 TIME_BASE = Fraction(1, 30000)  # exact for 30, 29.97, 25, 24, 15 fps; mpeg4 allows denominators up to 65535

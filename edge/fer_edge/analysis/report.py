@@ -9,7 +9,7 @@ Track ids restart at 1 when the device restarts, so a track id seen in another r
 counts on across segments, starts again at 0 in time order) or again
 after more than ``TRACK_GAP_S`` seconds is another face: its rows are ``<id>#2``, ``<id>#3``, ...
 
-Run as ``fer-edge report EVENTS [...] [--output DIR]`` or ``python -m fer_edge.report`` with the same arguments
+Run as ``fer-edge report EVENTS [...] [--output DIR]`` or ``python -m fer_edge.analysis.report`` with the same arguments
 (files or folders of ``*.jsonl``); without ``--output`` the report goes beside the (first) events.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.events import numbered_events
+from fer_edge.record.events import numbered_events
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def default_output_dir(paths: list[str | Path]) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The report's arguments, shared by ``fer-edge report`` and ``python -m fer_edge.report``."""
+    """The report's arguments, shared by ``fer-edge report`` and ``python -m fer_edge.analysis.report``."""
     parser.add_argument("events", nargs="+", metavar="EVENTS", help="events JSONL files or folders of them")
     parser.add_argument(
         "-o",
@@ -373,7 +373,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cli(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fer_edge.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fer_edge.analysis.report", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

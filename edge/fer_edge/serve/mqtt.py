@@ -29,9 +29,9 @@ import time
 
 from fer_edge import __version__
 from fer_edge.errors import FerEdgeError
-from fer_edge.live import LiveFeed, TrackEvent
-from fer_edge.switches import NAMES as SWITCH_NAMES
-from fer_edge.switches import Switches
+from fer_edge.serve.live import LiveFeed, TrackEvent
+from fer_edge.serve.switches import NAMES as SWITCH_NAMES
+from fer_edge.serve.switches import Switches
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class MqttPublisher:
             return
         image = self.feed.snapshot(event.seq)
         if image is not None:
-            from fer_edge.web import encode_jpeg
+            from fer_edge.serve.web import encode_jpeg
 
             jpeg = encode_jpeg(image, self.cfg.snapshot_width, 80)
             if jpeg is not None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_edge.classifier import load_interpreter_class
 from fer_edge.errors import DetectorError
+from fer_edge.runtime import build_interpreter
 from fer_edge.types import Box, Detection
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class BlazeFaceModel:
     """One BlazeFace variant: its file, the anchor grid its graph was trained with, and the face sides in input
-    pixels it finds reliably (measured on the real clips: see :func:`fer_edge.detector.scan_plan`)."""
+    pixels it finds reliably (measured on the real clips: see :func:`fer_edge.vision.detector.scan_plan`)."""
 
     filename: str
     input_size: int
@@ -108,12 +108,11 @@ class BlazeFaceModelRunner:
         self.min_score = self.model.min_score if min_score is None else min_score
         self.nms_iou = nms_iou
         path = model_file(model)
-        interpreter_class, _ = load_interpreter_class()
         try:
-            self._interpreter = interpreter_class(model_content=path.read_bytes(), num_threads=threads)
-            self._interpreter.allocate_tensors()
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise DetectorError(f"face detection model {path} could not be loaded: {exc}") from None
+            model_bytes = path.read_bytes()
+        except OSError as exc:
+            raise DetectorError(f"face detection model {path} could not be read: {exc}") from None
+        self._interpreter, _ = build_interpreter(model_bytes, threads, f"face detection model {path}", DetectorError)
         inp = self._interpreter.get_input_details()[0]
         outputs = sorted(self._interpreter.get_output_details(), key=lambda d: int(d["shape"][-1]), reverse=True)
         self._input_index = inp["index"]

@@ -1,7 +1,7 @@
 """The MP4 sink: annotated frames -> fragmented MP4 segments, continuously or while faces are present.
 
-It keeps the frames (pre-roll included) in a :class:`~fer_edge.framering.FrameRing`, opens and finishes
-:class:`~fer_edge.segment.VideoSegment` files named by the shared :class:`~fer_edge.segmentclock.SegmentClock`,
+It keeps the frames (pre-roll included) in a :class:`~fer_edge.record.ring.FrameRing`, opens and finishes
+:class:`~fer_edge.record.segment.VideoSegment` files named by the shared :class:`~fer_edge.record.clock.SegmentClock`,
 pauses while the disk floor cannot be met and retries after write errors. Write errors never raise out of ``write``.
 """
 
@@ -16,19 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fer_edge.diskspace import MB, DiskGuard
 from fer_edge.errors import RecordingError
-from fer_edge.framering import FrameRing
-from fer_edge.naming import PART_SUFFIX
-from fer_edge.pyav import pyav
-from fer_edge.segment import EncoderSettings, VideoSegment, working_codec
-from fer_edge.segmentclock import SegmentClock
+from fer_edge.record.clock import SegmentClock
+from fer_edge.record.diskspace import MB, DiskGuard
+from fer_edge.record.naming import PART_SUFFIX
+from fer_edge.record.pyav import pyav
+from fer_edge.record.ring import FrameRing
+from fer_edge.record.segment import EncoderSettings, VideoSegment, working_codec
 from fer_edge.types import Face, Frame
 
 if TYPE_CHECKING:
     from fer_edge.config import RecordingConfig
 
-log = logging.getLogger("fer_edge.recording")
+log = logging.getLogger(__name__)
 
 MAX_PRE_ROLL_BYTES = 256 * 1024 * 1024  # pre-roll frames are held in RAM: 3 s of 1080p30 would be ~280 MB
 RETRY_INTERVAL_S = 5.0

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
+log = logging.getLogger(__name__)
 
 
 class FrameRing:

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from fer_edge.diskspace import FINISHED_RECORDING, create_private, fsync_directory
-from fer_edge.segmentclock import SegmentClock
+from fer_edge.record.clock import SegmentClock
+from fer_edge.record.diskspace import FINISHED_RECORDING, create_private, fsync_directory
 from fer_edge.types import Face, Frame
 
 log = logging.getLogger(__name__)

@@ -8,18 +8,19 @@ thread fdatasyncs the open files every second for power loss.
 
 Files in ``output_dir`` (created 0640 whatever the umask: they show faces; the folder 0750 when made here):
 ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
-``events.jsonl`` (see :mod:`fer_edge.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
+``events.jsonl`` (see :mod:`fer_edge.record.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
 ``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically; after the clock steps
 back, a new name is set a second after the newest one, so they keep recording order). Leftover ``.part`` files
-are repaired at start-up by :func:`fer_edge.recovery.recover_leftovers`, which the app calls once before the
+are repaired at start-up by :func:`fer_edge.record.recovery.recover_leftovers`, which the app calls once before the
 recorder opens; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
 
-The parts: two sinks, :class:`~fer_edge.videosink.Mp4Sink` (presence triggering, pauses, retries; its segment
-writer and encoder choice in :mod:`fer_edge.segment`, its frames in :mod:`fer_edge.framering`) and
-:class:`~fer_edge.events.EventsSink`, or a :class:`NullSink` for a part that is off; one
-:class:`~fer_edge.segmentclock.SegmentClock` that names their segments and says when one is full;
-:mod:`fer_edge.filesync` (fdatasync thread) and :mod:`fer_edge.diskspace` (the disk floor). The Recorder here
-composes them and owns what they share: the folder, the disk floor, the sync thread and the frames' timeline.
+The parts: two sinks, :class:`~fer_edge.record.videosink.Mp4Sink` (presence triggering, pauses, retries; its segment
+writer and encoder choice in :mod:`fer_edge.record.segment`, its frames in :mod:`fer_edge.record.ring`) and
+:class:`~fer_edge.record.events.EventsSink`, or a :class:`NullSink` for a part that is off; one
+:class:`~fer_edge.record.clock.SegmentClock` that names their segments and says when one is full;
+:mod:`fer_edge.record.filesync` (fdatasync thread) and :mod:`fer_edge.record.diskspace` (the disk floor).
+The Recorder here composes them and owns what they share: the folder, the disk floor, the sync thread and the
+frames' timeline.
 
 Video timing follows the frames' capture timestamps (variable frame rate), so a Pi that processes fewer frames per
 second than the camera delivers still records at true speed; ``fps`` sizes buffers, GOPs and fills gaps when
@@ -35,21 +36,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from fer_edge.diskspace import FOLDER_MODE, MB, DiskGuard, check_floor
 from fer_edge.errors import RecordingError  # raised for bad arguments, an unusable folder, no usable encoder
-from fer_edge.events import EventsSink
-from fer_edge.filesync import FileSyncer
 from fer_edge.pipeline import Sink
-from fer_edge.recovery import (  # noqa: F401 - public names of the recording API
+from fer_edge.record.clock import SegmentClock
+from fer_edge.record.diskspace import FOLDER_MODE, MB, DiskGuard, check_floor
+from fer_edge.record.events import EventsSink
+from fer_edge.record.filesync import FileSyncer
+from fer_edge.record.recovery import (  # noqa: F401 - public names of the recording API
     count_video_frames,
     recover_partial_recordings,
     repair_fragmented_mp4,
     scan_fragmented_mp4,
 )
-from fer_edge.segment import EncoderSettings, check_recording
-from fer_edge.segmentclock import SegmentClock
+from fer_edge.record.segment import EncoderSettings, check_recording
+from fer_edge.record.videosink import Mp4Sink
 from fer_edge.types import Face, Frame
-from fer_edge.videosink import Mp4Sink
 
 if TYPE_CHECKING:
     from fer_edge.config import EventsConfig, RecordingConfig

@@ -42,7 +42,7 @@ def positive_up_to(limit: float):
     return check
 
 
-def range(low: float, high: float):
+def above_up_to(low: float, high: float):
     def check(value) -> str | None:
         return None if low < value <= high else f"expected a number in ({low:g}, {high:g}]"
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from fer_edge.configchecks import (
+from fer_edge.config.builder import apply_overrides, build_dataclass, read_mapping
+from fer_edge.config.checks import (
+    above_up_to,
     at_most,
     camera_device,
     colour,
@@ -26,14 +28,12 @@ from fer_edge.configchecks import (
     open_unit,
     positive_at_most,
     positive_up_to,
-    range,
     topic_id,
     unit,
     x264_tune,
 )
 from fer_edge.errors import ConfigError, ModelError
-from fer_edge.privacy import MODES as PRIVACY_MODES
-from fer_edge.yamlconfig import apply_overrides, build_dataclass, read_mapping
+from fer_edge.vision.privacy import MODES as PRIVACY_MODES
 
 MODEL_FILENAME = "fer_int8.tflite"
 
@@ -66,11 +66,11 @@ class SourceConfig:
     device: int | str = _opt("0", camera_device)  # OpenCV capture: camera index or stream URL
     width: int = _opt(640, int_range(1, MAX_SIDE))
     height: int = _opt(480, int_range(1, MAX_SIDE))
-    fps: float = _opt(30.0, range(0, MAX_FPS))  # camera frame rate; image folders play at this rate
+    fps: float = _opt(30.0, above_up_to(0, MAX_FPS))  # camera frame rate; image folders play at this rate
     realtime: bool = False  # pace files and image folders at their frame rate
     loop: bool = False  # restart files and image folders at their end
-    reopen_initial_s: float = _opt(1.0, range(0, MAX_REOPEN_S))  # first wait before reopening a lost camera
-    reopen_max_s: float = _opt(30.0, range(0, MAX_REOPEN_S))  # longest wait between reopen attempts
+    reopen_initial_s: float = _opt(1.0, above_up_to(0, MAX_REOPEN_S))  # first wait before reopening a lost camera
+    reopen_max_s: float = _opt(30.0, above_up_to(0, MAX_REOPEN_S))  # longest wait between reopen attempts
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,6 @@ class ModelConfig:
     path: str | None = None  # null: $FER_EDGE_MODEL, then the shipped model (see resolve_model_path)
     threads: int = _opt(1, int_range(1, MAX_THREADS))
     classify_every_s: float = _opt(0.1, number_range(0.0, 10.0))  # classify a tracked face this often; 0: each frame
-    align: bool = False  # map eyes, nose and mouth onto FER-2013's (needs keypoints; measured no better)
     max_turn: float = _opt(0.5, number_range(0.0, 1.0))  # faces turned further are not classified (see docs)
 
 
@@ -167,7 +166,7 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = _opt("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
-    status_interval_s: float = _opt(5.0, range(0, MAX_STATUS_INTERVAL_S))
+    status_interval_s: float = _opt(5.0, above_up_to(0, MAX_STATUS_INTERVAL_S))
 
 
 @dataclass(frozen=True)
@@ -238,6 +237,7 @@ def to_yaml(cfg) -> str:
 RENAMED = {
     "detector.min_size": "detector.min_face (the same pixels)",
     "smoothing.alpha": "smoothing.time_constant_s (seconds; alpha 0.3 at 30 fps was about 0.1 s)",
+    "model.align": "the box crop always (delete the line: crops aligned on keypoints measured no better)",
 }
 
 
@@ -252,8 +252,8 @@ def model_candidates(configured: str | None = None) -> list[Path]:
         return [Path(configured)]
     if os.environ.get("FER_EDGE_MODEL"):
         return [Path(os.environ["FER_EDGE_MODEL"])]
-    package = Path(__file__).resolve().parent
-    in_checkout = package.parent.name == "edge"  # <repo>/edge/fer_edge/config.py, not site-packages
+    package = Path(__file__).resolve().parents[1]
+    in_checkout = package.parent.name == "edge"  # <repo>/edge/fer_edge/config/, not site-packages
     candidates = [package.parents[1] / "models" / MODEL_FILENAME] if in_checkout else []
     for candidate in (
         Path.cwd() / "models" / MODEL_FILENAME,
@@ -277,7 +277,7 @@ def resolve_model_path(configured: str | None = None) -> Path:
     raise ModelError(f"no model found (tried {tried}); pass --model PATH, or set model.path or $FER_EDGE_MODEL")
 
 
-# --- live view and home automation (fer_edge.web, fer_edge.mqtt) ---------------------------------
+# --- live view and home automation (fer_edge.serve.web, fer_edge.serve.mqtt) ---------------------------------
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fer_edge.blazeface import MODELS, BlazeFaceModelRunner
 from fer_edge.errors import DetectorError
 from fer_edge.types import Box, Detection
+from fer_edge.vision.blazeface import MODELS, BlazeFaceModelRunner
 
 log = logging.getLogger(__name__)
 

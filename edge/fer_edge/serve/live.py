@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_edge.diskspace import FINISHED_RECORDING
+from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.types import Face, Frame
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Wires the live view (``web``) and MQTT (``mqtt``) into a built pipeline; with both off it changes nothing.
 
-Both read one :class:`~fer_edge.live.LiveFeed` sink, added last so it gets the annotated frame. The privacy stage
+Both read one :class:`~fer_edge.serve.live.LiveFeed` sink, added last so it gets the annotated frame. The privacy stage
 and the recording sink are wrapped so the ``privacy`` and ``recording`` switches (MQTT ``.../set``) apply while
 the loop runs.
 """
@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 
 from fer_edge.config import Config, resolve_model_path
-from fer_edge.configchecks import parse_listen
+from fer_edge.config.checks import parse_listen
 from fer_edge.errors import FerEdgeError
-from fer_edge.live import LiveFeed
-from fer_edge.privacy import anonymize
-from fer_edge.switches import SwitchedPrivacy, SwitchedRecorder, Switches
+from fer_edge.serve.live import LiveFeed
+from fer_edge.serve.switches import SwitchedPrivacy, SwitchedRecorder, Switches
+from fer_edge.vision.privacy import anonymize
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
     """
     if not (cfg.web.enabled or cfg.mqtt.enabled):
         return None
-    from fer_edge.web import CREDENTIAL_NAME, resolve_secret
+    from fer_edge.serve.web import CREDENTIAL_NAME, resolve_secret
 
     token = resolve_secret(cfg.web.token, cfg.web.token_file, CREDENTIAL_NAME, "web.token") if cfg.web.enabled else None
     password = (
@@ -65,7 +65,7 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
     pipeline.sinks.append(feed)
     try:
         if cfg.web.enabled:
-            from fer_edge.web import WebServer
+            from fer_edge.serve.web import WebServer
 
             host, port = parse_listen(cfg.web.listen)
             w = cfg.web
@@ -81,7 +81,7 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
                 ).start()
             )
         if cfg.mqtt.enabled:
-            from fer_edge.mqtt import MqttPublisher
+            from fer_edge.serve.mqtt import MqttPublisher
 
             publisher = MqttPublisher(
                 feed,

@@ -9,12 +9,12 @@ import logging
 import os
 from pathlib import Path
 
-from fer_edge.diskspace import fsync_directory
-from fer_edge.events import recover_leftover_events
-from fer_edge.naming import PART_SUFFIX, make_stem
-from fer_edge.pyav import pyav
+from fer_edge.record.diskspace import fsync_directory
+from fer_edge.record.events import recover_leftover_events
+from fer_edge.record.naming import PART_SUFFIX, make_stem
+from fer_edge.record.pyav import pyav
 
-log = logging.getLogger("fer_edge.recording")  # the recorder's log lines, as before the move
+log = logging.getLogger(__name__)
 
 
 def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:

@@ -11,12 +11,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
+
+if TYPE_CHECKING:
+    from fer_edge.pipeline import Source
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +27,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
 
 
-class FrameSource(Protocol):
-    fps: float
-    size: tuple[int, int]  # (width, height)
-
-    def read(self) -> Frame | SourceWaiting | None:
-        """The next frame; None at the end of the stream (or once interrupted); a live source that
-        lost its camera returns :class:`SourceWaiting` between retries (every few seconds)."""
-
-    def interrupt(self) -> None:
-        """End the stream: the next read() returns None, and one waiting (for a lost camera, or
-        pacing a real-time replay) returns soon. Safe from signal handlers and other threads."""
-
-    def close(self) -> None: ...
-
-
-def open_source(cfg) -> FrameSource:
+def open_source(cfg) -> Source:
     """Build the source described by a :class:`fer_edge.config.SourceConfig`."""
     kind = resolve_kind(cfg)
     log.debug("source kind %s", kind)

@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fer_edge.errors import ConfigError, FerEdgeError
-from fer_edge.live import LiveFeed, finished_videos
-from fer_edge.metrics import metrics_text
+from fer_edge.serve.live import LiveFeed, finished_videos
+from fer_edge.serve.metrics import metrics_text
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class WebServer:
         self.session = cookie_value(token) if token is not None else None
         self.stream_period = 1.0 / stream_fps
         self.jpegs = JpegFrames(feed, stream_width, jpeg_quality)
-        self.page = importlib.resources.files("fer_edge").joinpath("static/live.html").read_bytes()
+        self.page = importlib.resources.files("fer_edge.serve").joinpath("static/live.html").read_bytes()
         self.closing = threading.Event()
         self.viewers = 0
         self._viewers_lock = threading.Lock()

@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 
-from fer_edge.diskspace import fsync_directory
+from fer_edge.record.diskspace import fsync_directory
 
 
 class FileSyncer:

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fer_edge.diskspace import finished_recordings
-from fer_edge.naming import make_stem, stem_time
+from fer_edge.record.diskspace import finished_recordings
+from fer_edge.record.naming import make_stem, stem_time
 
-log = logging.getLogger("fer_edge.recording")
+log = logging.getLogger(__name__)
 
 
 class SegmentClock:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-class Annotator:
+class OverlayAnnotator:
     def __init__(
         self,
         *,
@@ -35,7 +35,7 @@ class Annotator:
         self._text_thickness = max(1, thickness // 2)
 
     @classmethod
-    def from_config(cls, overlay: OverlayConfig) -> Annotator:
+    def from_config(cls, overlay: OverlayConfig) -> OverlayAnnotator:
         return cls(
             enabled=overlay.enabled,
             show_score=overlay.show_score,

@@ -1,0 +1,1 @@
+"""Offline commands: the events report and per-stage timings."""

@@ -1,0 +1,1 @@
+"""Camera frames: picamera2, OpenCV capture, video files and image folders."""

@@ -1,0 +1,1 @@
+"""What leaves the device while it runs: the live view, metrics, MQTT and the switches."""

@@ -1,0 +1,1 @@
+"""What is seen in a frame: faces found, followed, read, smoothed, hidden and drawn."""
