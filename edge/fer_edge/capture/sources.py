@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
 
 if TYPE_CHECKING:
+    from fer_edge.config import SourceConfig
     from fer_edge.pipeline import Source
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
 
 
-def open_source(cfg) -> Source:
+def open_source(cfg: SourceConfig) -> Source:
     """Build the source described by a :class:`fer_edge.config.SourceConfig`."""
     kind = resolve_kind(cfg)
     log.debug("source kind %s", kind)
@@ -49,7 +50,7 @@ def open_source(cfg) -> Source:
     return VideoFileSource(cfg.path, realtime=cfg.realtime, loop=cfg.loop)
 
 
-def resolve_kind(cfg) -> str:
+def resolve_kind(cfg: SourceConfig) -> str:
     """``auto``: a folder path plays images, a file path a video; without a path the Pi camera when
     picamera2 is installed, else OpenCV capture of ``device``."""
     if cfg.kind != "auto":
@@ -72,7 +73,7 @@ def source_overrides(spec: str) -> dict:
     return {"source.kind": "file", "source.path": spec}
 
 
-def _quiet_opencv(cv2) -> None:
+def _quiet_opencv(cv2: Any) -> None:
     # OpenCV and its FFmpeg print their own lines for a missing camera or an undecodable file ("moov atom
     # not found"); we report one clear line instead. FFmpeg reads its level at the first capture
     # (OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings its messages back for debugging).
@@ -274,7 +275,7 @@ class OpenCvCaptureSource:
         self.fps = reported if reported and 0 < reported < 1000 else fps
         log.info("camera %s opened: %dx%d at %.1f fps", self.name, *self.size, self.fps)
 
-    def _open(self):
+    def _open(self) -> Any:
         cv2 = self._cv2
         capture = cv2.VideoCapture(self.device)
         if not capture.isOpened():

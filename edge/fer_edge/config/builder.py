@@ -19,6 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -78,7 +79,7 @@ def _read_bounded(path: Path) -> str:
     return data.decode("utf-8")
 
 
-def _check_expanded_size(path, root: yaml.Node) -> None:
+def _check_expanded_size(path: str | os.PathLike, root: yaml.Node) -> None:
     """Refuse a document whose aliases expand to more than MAX_CONFIG_VALUES nodes, or that contains itself.
     Each node's expanded size is computed once, so the check costs the size of the file, not of the expansion."""
     sizes: dict[int, int] = {}
@@ -111,7 +112,7 @@ def _check_expanded_size(path, root: yaml.Node) -> None:
             raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_VALUES} values (aliases nested in aliases?)")
 
 
-def shown(value) -> str:
+def shown(value: object) -> str:
     """``repr(value)`` for an error line, cut to MAX_SHOWN_CHARS, with no URL's password."""
     text = mask_credentials(repr(value))
     return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
@@ -144,7 +145,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 # --- mappings into frozen dataclasses ------------------------------------------------------------
 
 
-def build_dataclass(cls, raw, path: str = "", *, renamed: Mapping[str, str] | None = None):
+def build_dataclass(cls: Any, raw: Any, path: str = "", *, renamed: Mapping[str, str] | None = None) -> Any:
     """``cls(**raw)`` with every value converted to its field's type and checked, sections built recursively.
 
     ``path`` is the key path of ``raw`` in the file ("" at the top); ``renamed`` maps key paths of earlier versions
@@ -192,7 +193,7 @@ def build_dataclass(cls, raw, path: str = "", *, renamed: Mapping[str, str] | No
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
 
 
-def _describe(hint) -> str:
+def _describe(hint: Any) -> str:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " or ".join(_describe(h) for h in typing.get_args(hint))
     if hint is dict or typing.get_origin(hint) is dict:
@@ -205,7 +206,7 @@ def _describe(hint) -> str:
     return _NAMES.get(hint, str(hint))
 
 
-def _finite(value) -> bool:
+def _finite(value: float) -> bool:
     try:
         return math.isfinite(value)
     except OverflowError:  # an integer too large for a float
@@ -215,7 +216,7 @@ def _finite(value) -> bool:
 _NO_MATCH = object()
 
 
-def _scalar(kind, value):
+def _scalar(kind: Any, value: Any) -> Any:
     """``value`` as ``kind`` (bool, int, float, str, None, dict), or _NO_MATCH; true is never a number."""
     if kind is type(None):
         return None if value is None else _NO_MATCH
@@ -228,7 +229,7 @@ def _scalar(kind, value):
     return _NO_MATCH
 
 
-def _convert(hint, value, key_path: str):
+def _convert(hint: Any, value: Any, key_path: str) -> Any:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for kind in allowed:
         if typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):

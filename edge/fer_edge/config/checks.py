@@ -3,71 +3,76 @@ loader adds the key path and the value given)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+Check = Callable[[Any], "str | None"]
+
 X264_TUNES = ("zerolatency", "fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim")
 MQTT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
 
 
-def positive(value) -> str | None:
+def positive(value: float) -> str | None:
     return None if value > 0 else "expected a positive number"
 
 
-def non_negative(value) -> str | None:
+def non_negative(value: float) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
 
 
-def fraction(value) -> str | None:
+def fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else "expected a number in (0, 1]"
 
 
-def unit(value) -> str | None:
+def unit(value: float) -> str | None:
     return None if 0 <= value < 1 else "expected a number in [0, 1)"
 
 
-def open_unit(value) -> str | None:
+def open_unit(value: float) -> str | None:
     return None if 0 < value < 1 else "expected a number in (0, 1)"
 
 
-def number_range(low: float, high: float):
-    def check(value) -> str | None:
+def number_range(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
         return None if low <= value <= high else f"expected a number in [{low:g}, {high:g}]"
 
     return check
 
 
-def positive_up_to(limit: float):
-    def check(value) -> str | None:
+def positive_up_to(limit: float) -> Check:
+    def check(value: float) -> str | None:
         return None if 0 < value <= limit else f"expected a number in (0, {limit:g}]"
 
     return check
 
 
-def above_up_to(low: float, high: float):
-    def check(value) -> str | None:
+def above_up_to(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
         return None if low < value <= high else f"expected a number in ({low:g}, {high:g}]"
 
     return check
 
 
-def int_range(low: int, high: int):
-    def check(value) -> str | None:
+def int_range(low: int, high: int) -> Check:
+    def check(value: float) -> str | None:
         return None if low <= value <= high else f"expected an integer {low}-{high}"
 
     return check
 
 
-def colour(value) -> str | None:
+def colour(value: tuple[int, ...]) -> str | None:
     return None if all(0 <= c <= 255 for c in value) else "expected three integers 0-255 (B, G, R)"
 
 
-def one_of(*choices: str):
-    def check(value) -> str | None:
+def one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
         return None if value in choices else f"expected one of {', '.join(choices)}"
 
     return check
 
 
-def camera_device(value) -> str | None:
+def camera_device(value: int | str) -> str | None:
     if isinstance(value, int):
         return None if 0 <= value <= MAX_CAMERA_INDEX else f"expected a camera index 0-{MAX_CAMERA_INDEX} or a URL"
     if not value.strip() or any(ord(c) < 32 for c in value):
@@ -75,8 +80,8 @@ def camera_device(value) -> str | None:
     return None
 
 
-def positive_at_most(limit: float):
-    def check(value) -> str | None:
+def positive_at_most(limit: float) -> Check:
+    def check(value: float) -> str | None:
         if value <= 0:
             return "expected a positive number"
         return None if value <= limit else f"expected a number <= {limit:g}"
@@ -84,14 +89,14 @@ def positive_at_most(limit: float):
     return check
 
 
-def at_most(limit: float):
-    def check(value) -> str | None:
+def at_most(limit: float) -> Check:
+    def check(value: float) -> str | None:
         return None if 0 <= value <= limit else f"expected a number in [0, {limit:g}]"
 
     return check
 
 
-def x264_tune(value) -> str | None:
+def x264_tune(value: str) -> str | None:
     parts = value.split(",")
     if all(part in X264_TUNES for part in parts) and len(set(parts)) == len(parts):
         return None
@@ -108,7 +113,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def listen_address(value) -> str | None:
+def listen_address(value: str) -> str | None:
     try:
         parse_listen(value)
     except ValueError as exc:
@@ -116,6 +121,6 @@ def listen_address(value) -> str | None:
     return None
 
 
-def topic_id(value) -> str | None:
+def topic_id(value: str) -> str | None:
     """Home Assistant's discovery ids and our topic levels: letters, digits, _ and - only."""
     return None if value and set(value) <= MQTT_ID_CHARS else "expected letters, digits, _ and - only"

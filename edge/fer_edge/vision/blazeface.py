@@ -69,7 +69,9 @@ def anchor_centres(model: BlazeFaceModel) -> np.ndarray:
     return np.concatenate(centres).astype(np.float32)
 
 
-def weighted_nms(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray, iou_threshold: float):
+def weighted_nms(
+    boxes: np.ndarray, scores: np.ndarray, points: np.ndarray, iou_threshold: float
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
     """MediaPipe's weighted suppression: each kept detection is the score-weighted mean of the detections
     that overlap it by more than ``iou_threshold``. ``boxes`` are (N, 4) x1, y1, x2, y2."""
     order = np.argsort(-scores)
@@ -162,13 +164,13 @@ class BlazeFaceModelRunner:
         to_frame = side / scale  # [0, 1] of the input -> frame pixels, then offset by the region's corner
         offset = np.array([region.x, region.y], np.float32)
         detections = []
-        for box, score, keypoints in weighted_nms(boxes, scores, points, self.nms_iou):
+        for box, score, points_in_input in weighted_nms(boxes, scores, points, self.nms_iou):
             (x1, y1), (x2, y2) = box[:2] * to_frame + offset, box[2:] * to_frame + offset
             side = max(x2 - x1, y2 - y1) * TO_HAAR_SIDE
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 - TO_HAAR_SHIFT_UP * (y2 - y1)
             frame_box = Box(round(cx - side / 2), round(cy - side / 2), round(side), round(side)).clipped(width, height)
             if frame_box.area == 0:
                 continue
-            keypoints = tuple((float(x), float(y)) for x, y in keypoints * to_frame + offset)
+            keypoints = tuple((float(x), float(y)) for x, y in points_in_input * to_frame + offset)
             detections.append(Detection(frame_box, score, keypoints))
         return detections
