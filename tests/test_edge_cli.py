@@ -335,14 +335,17 @@ def test_no_record_writes_nothing(demo_clip, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_journald_logging_has_no_timestamps(demo_clip):
+def test_journald_logging_has_priorities_and_no_timestamps(demo_clip, tmp_path):
     plain = fer_edge("run", "--source", str(demo_clip), "--no-record", "--max-frames", "3")
     journal = fer_edge(
         "run", "--source", str(demo_clip), "--no-record", "--max-frames", "3", env={"JOURNAL_STREAM": "8:12345"}
     )
     assert plain.returncode == journal.returncode == 0
     summary = [line for line in journal.stderr.splitlines() if "processed 3 frames" in line]
-    assert summary and summary[0].startswith("INFO fer_edge.pipeline:")
+    assert summary and summary[0].startswith("<6>INFO fer_edge.pipeline:")
+    missing = fer_edge("run", "--source", str(tmp_path / "missing.mp4"), env={"JOURNAL_STREAM": "8:12345"})
+    assert missing.returncode != 0
+    assert missing.stderr.splitlines()[-1].startswith("<3>fer-edge: error: video file not found"), missing.stderr
     stamped = [line for line in plain.stderr.splitlines() if "processed 3 frames" in line]
     assert stamped and stamped[0][:2] == "20"  # 2026-...
 

@@ -79,13 +79,26 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
 
+# syslog priorities, which journald reads from a "<N>" prefix on each line (so `journalctl -p warning` works)
+SYSLOG_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+class JournalFormatter(logging.Formatter):
+    """A line for journald: its priority as a ``<N>`` prefix, no time stamp (journald stamps each line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in SYSLOG_PRIORITIES if record.levelno >= level), 7)
+        return f"<{priority}>{super().format(record)}"
+
+
 def setup_logging(verbose: bool) -> None:
-    # journald stamps each line itself; $JOURNAL_STREAM is set when stderr goes to the journal.
+    handler = logging.StreamHandler(sys.stderr)
+    # $JOURNAL_STREAM is set when stderr goes to the journal
     if os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(levelname)s %(name)s: %(message)s"
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
     else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def load(args, **extra) -> Config:
@@ -262,7 +275,8 @@ def _fail(args, exc: BaseException, code: int) -> int:
     if args.verbose:
         log.exception("%s", exc)
     message = " ".join(str(exc).split()) or type(exc).__name__
-    print(f"fer-edge: error: {message}", file=sys.stderr)
+    priority = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
+    print(f"{priority}fer-edge: error: {message}", file=sys.stderr)
     return code
 
 
