@@ -120,8 +120,8 @@ class RecordingIndex:
 
     def sync(self) -> None:
         """Make the index match the files in the folder now."""
+        open_stem = self._open_stem()  # first: a segment finished meanwhile is then among the finished ones
         finished = {stem: files for stem, files in finished_recordings(self.directory)}
-        open_stem = self._open_stem()
         rows = self.db.execute("SELECT stem, bytes, jsonl_bytes, complete FROM recordings")
         indexed = {row[0]: row[1:] for row in rows}
         for stem in indexed.keys() - finished.keys() - {open_stem}:
@@ -167,8 +167,17 @@ class RecordingIndex:
         """Read what was added to the open events file; the recording's row says it is not finished."""
         fresh = stem not in self._following
         track_log = self._following.setdefault(stem, TrackLog())
-        current = self.directory / CURRENT_NAME
-        events, counts = track_log.read(current) if current.exists() else ([], Counter())
+        events: list[TrackEvent] = []
+        counts: Counter[tuple[int, str]] = Counter()
+        try:
+            current = open(self.directory / CURRENT_NAME, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            current = None
+        if current is not None:
+            with current:
+                if self._open_stem() != stem:
+                    return  # rotated since the marker was read: this may be the next segment's file
+                events, counts = track_log.read_open(current)
         if not (fresh or events or counts):
             return
         with self.db:

@@ -16,6 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from fer_edge.record.diskspace import create_private
 from fer_edge.record.pyav import pyav
@@ -83,8 +84,12 @@ class TrackLog:
     def read(self, path: Path) -> tuple[list[TrackEvent], Counter[tuple[int, str]]]:
         """Events and ``(minute, label) -> face-frames`` in the lines added to ``path`` since the last read."""
         with open(path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
+            return self.read_open(f)
+
+    def read_open(self, f: BinaryIO) -> tuple[list[TrackEvent], Counter[tuple[int, str]]]:
+        """:meth:`read` from a file already open (for reading), from this log's offset."""
+        f.seek(self.offset)
+        data = f.read()
         complete = data.rfind(b"\n") + 1  # a line still being written waits for the next read
         self.offset += complete
         events: list[TrackEvent] = []
