@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "index.sqlite3"
 THUMBS_DIR = ".thumbs"
+RESCAN_S = 60.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -102,6 +105,9 @@ class RecordingIndex:
         self.path = directory / DB_NAME
         self.thumbs = directory / THUMBS_DIR
         self._following: dict[str, TrackLog] = {}  # stems whose events file this process reads as it grows
+        self._scanned: tuple[int, str | None] | None = None  # (folder mtime, open stem) at the last scan
+        self._scanned_at = -math.inf
+        self._finished: set[str] = set()
         try:
             self.db = connect(self.path)
         except sqlite3.DatabaseError as exc:  # not a database (a torn copy, a stray file): rebuild it from the files
@@ -119,13 +125,33 @@ class RecordingIndex:
     # --- keeping up with the files ------------------------------------------------------------------
 
     def sync(self) -> None:
-        """Make the index match the files in the folder now."""
+        """Make the index match the files in the folder now.
+
+        The finished recordings are looked at again when the folder changed (a file made, renamed or deleted
+        changes its modification time; appending to the open events file does not), when another segment
+        opened, and once a minute; otherwise a sync costs a stat and the read of what was appended.
+        """
         open_stem = self._open_stem()  # first: a segment finished meanwhile is then among the finished ones
+        stamp = (self.directory.stat().st_mtime_ns, open_stem)
+        # coarse timestamps (FAT keeps 2 s) can hide a change: a new open segment or a minute also rescan
+        if stamp != self._scanned or time.monotonic() - self._scanned_at > RESCAN_S:
+            self._scanned = stamp if self._scan(open_stem) else None
+            self._scanned_at = time.monotonic()
+        if open_stem is not None and open_stem not in self._finished:
+            try:
+                self._follow(open_stem)
+            except OSError as exc:
+                log.debug("index: skipped the open %s for now (%s)", open_stem, exc)
+
+    def _scan(self, open_stem: str | None) -> bool:
+        """Index the finished recordings that changed, forget the ones gone; False if one must be tried again."""
         finished = {stem: files for stem, files in finished_recordings(self.directory)}
+        self._finished = set(finished)
         rows = self.db.execute("SELECT stem, bytes, jsonl_bytes, complete FROM recordings")
         indexed = {row[0]: row[1:] for row in rows}
         for stem in indexed.keys() - finished.keys() - {open_stem}:
             self.forget(stem)
+        complete = True
         for stem, paths in finished.items():
             names = {p.name for p in paths}
             files = _Files(
@@ -142,11 +168,8 @@ class RecordingIndex:
                 self._finish(stem, files, signature)
             except OSError as exc:  # deleted while being read
                 log.debug("index: skipped %s for now (%s)", stem, exc)
-        if open_stem is not None and open_stem not in finished:
-            try:
-                self._follow(open_stem)
-            except OSError as exc:
-                log.debug("index: skipped the open %s for now (%s)", open_stem, exc)
+                complete = False
+        return complete
 
     def forget(self, stem: str) -> None:
         """Drop ``stem``'s rows and thumbnail (its files are gone)."""
@@ -197,7 +220,7 @@ class RecordingIndex:
         if files.events is not None:
             events, counts = track_log.read(files.events)
         events += track_log.finish()
-        video = probe_video(files.video) if files.video is not None else None
+        video = self._probe(files.video) if files.video is not None else None
         thumbnail = False
         if files.video is not None:
             thumbnail = self._thumbnail(stem, files.video, track_log.most_faces_offset)
@@ -207,6 +230,15 @@ class RecordingIndex:
             self._add(stem, events, counts)
             name = files.video.name if files.video is not None else None
             self._put_recording(stem, name, track_log, video, signature, complete=True, thumbnail=thumbnail)
+
+    def _probe(self, video: Path) -> VideoInfo | None:
+        try:
+            return probe_video(video)
+        except OSError:
+            raise  # gone meanwhile: the next scan tries again
+        except Exception as exc:  # noqa: BLE001 - a video FFmpeg cannot read is still listed, from its events
+            log.warning("index: cannot read %s (%s); listed from its events only", video.name, exc)
+            return None
 
     def _thumbnail(self, stem: str, video: Path, offset_s: float | None) -> bool:
         try:
