@@ -200,3 +200,39 @@ def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
     index.close()
     assert not (out / ".thumbs" / f"{gone}.jpg").exists()
     assert_index_matches_files(out)
+
+
+def face_sharpness(thumbnail: Path, jsonl: Path) -> list[float]:
+    """Laplacian variance inside each face of the thumbnail's frame (the first with the most faces)."""
+    import cv2
+
+    lines = lines_of(jsonl)
+    most = max(len(line["faces"]) for line in lines)
+    image = cv2.imread(str(thumbnail), cv2.IMREAD_GRAYSCALE)
+    scale = image.shape[1] / 640  # the demo clip is 640 px wide
+    found = []
+    for face in next(line for line in lines if len(line["faces"]) == most)["faces"]:
+        x, y, w, h = (round(v * scale) for v in face["box"])
+        inner = image[y + h // 5 : y + h - h // 5, x + w // 5 : x + w - w // 5]  # inside the drawn box and label
+        found.append(float(cv2.Laplacian(inner, cv2.CV_64F).var()))
+    return found
+
+
+def test_thumbnails_come_from_the_recording_so_privacy_blurs_them(recorded, demo_clip, tmp_path):
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"recording": {"output_dir": str(tmp_path / "out"), "segment_seconds": 2.0}, "privacy": {"mode": "blur"}},
+    )
+    run_to_end(config, demo_clip, tmp_path / "stderr.log")
+    plain = sorted(recorded.glob("*.jsonl"))
+    blurred = sorted((tmp_path / "out").glob("*.jsonl"))
+    assert len(plain) == len(blurred)
+    compared = 0
+    for clear, hidden in zip(plain, blurred):  # the same stretch of the clip, with and without privacy
+        sharp = face_sharpness(recorded / ".thumbs" / f"{clear.stem}.jpg", clear)
+        soft = face_sharpness(tmp_path / "out" / ".thumbs" / f"{hidden.stem}.jpg", hidden)
+        if not sharp:
+            continue
+        compared += 1
+        assert max(soft) < 0.1 * min(sharp), (clear.name, sharp, soft)
+    assert compared >= 3
