@@ -21,7 +21,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,18 +124,19 @@ class RecordingIndex:
 
     # --- keeping up with the files ------------------------------------------------------------------
 
-    def sync(self) -> None:
+    def sync(self, keep_going: Callable[[], bool] = lambda: True) -> None:
         """Make the index match the files in the folder now.
 
         The finished recordings are looked at again when the folder changed (a file made, renamed or deleted
         changes its modification time; appending to the open events file does not), when another segment
         opened, and once a minute; otherwise a sync costs a stat and the read of what was appended.
+        ``keep_going`` is asked between recordings: a rebuild stops early when it says no, to go on next time.
         """
         open_stem = self._open_stem()  # first: a segment finished meanwhile is then among the finished ones
         stamp = (self.directory.stat().st_mtime_ns, open_stem)
         # coarse timestamps (FAT keeps 2 s) can hide a change: a new open segment or a minute also rescan
         if stamp != self._scanned or time.monotonic() - self._scanned_at > RESCAN_S:
-            self._scanned = stamp if self._scan(open_stem) else None
+            self._scanned = stamp if self._scan(open_stem, keep_going) else None
             self._scanned_at = time.monotonic()
         if open_stem is not None and open_stem not in self._finished:
             try:
@@ -143,7 +144,7 @@ class RecordingIndex:
             except OSError as exc:
                 log.debug("index: skipped the open %s for now (%s)", open_stem, exc)
 
-    def _scan(self, open_stem: str | None) -> bool:
+    def _scan(self, open_stem: str | None, keep_going: Callable[[], bool]) -> bool:
         """Index the finished recordings that changed, forget the ones gone; False if one must be tried again."""
         finished = {stem: files for stem, files in finished_recordings(self.directory)}
         self._finished = set(finished)
@@ -152,7 +153,9 @@ class RecordingIndex:
         for stem in indexed.keys() - finished.keys() - {open_stem}:
             self.forget(stem)
         complete = True
-        for stem, paths in finished.items():
+        for stem, paths in reversed(finished.items()):  # newest first: what a rebuild should show first
+            if not keep_going():
+                return False
             names = {p.name for p in paths}
             files = _Files(
                 self.directory / f"{stem}.mp4" if f"{stem}.mp4" in names else None,

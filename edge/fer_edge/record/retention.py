@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 DAY_S = 86400.0
 SYNC_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 3600.0
+FINAL_SYNC_S = 5.0  # what is left is indexed at the next start
 
 
 class Retention:
@@ -120,7 +121,7 @@ class Housekeeper:
             self._thread.join(30.0)
 
     def _run(self) -> None:
-        index = self._attempt(lambda: RecordingIndex(self.directory))
+        index = self._attempt("opening the index", lambda: RecordingIndex(self.directory))
         if not isinstance(index, RecordingIndex):
             return
         retention = Retention(self.directory, self.max_age_days, index)
@@ -128,22 +129,23 @@ class Housekeeper:
         try:
             while True:
                 if time.monotonic() >= next_retention:
-                    self._attempt(retention.check)
+                    self._attempt("retention", retention.check)
                     next_retention = time.monotonic() + self.retention_interval_s
-                self._attempt(index.sync)
+                self._attempt("indexing", lambda: index.sync(lambda: not self._stop.is_set()))
                 if self._stop.wait(self.sync_interval_s):
                     break
-            self._attempt(index.sync)  # the sinks before it are closed: the last segment is finished now
+            # the sinks before it are closed, so the last segment is finished now; a stop waits for it a little
+            until = time.monotonic() + FINAL_SYNC_S
+            self._attempt("indexing", lambda: index.sync(lambda: time.monotonic() < until))
         finally:
             index.close()
 
-    def _attempt(self, work: Callable) -> object:
+    def _attempt(self, what: str, work: Callable[[], object]) -> object:
         try:
             result = work()
         except Exception as exc:  # noqa: BLE001 - the index is derived and rebuilt; it must never stop recording
             if not self._failing:
-                name = getattr(work, "__name__", "work")
-                log.warning("index: %s failed (%s: %s); retrying", name, type(exc).__name__, exc)
+                log.warning("index: %s failed (%s: %s); retrying", what, type(exc).__name__, exc)
             self._failing = True
             return None
         if self._failing:
