@@ -254,3 +254,31 @@ def test_the_page_lists_recordings_with_thumbnails_timelines_and_the_chart(serve
         small = cv2.cvtColor(cv2.resize(image, (900, 600), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
         palette = Image.fromarray(small).quantize(colors=64, method=Image.Quantize.MEDIANCUT)
         palette.save(Path(os.environ["REVIEW_SCREENSHOT"]), optimize=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-0", (0, 0)),
+        ("bytes=10-", (10, 99)),
+        ("bytes=-1", (99, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=100-", "416"),
+        ("bytes=-0", "416"),
+        ("bytes=5-1", None),  # not a valid range: the whole file
+        ("bytes=0-1,5-6", None),  # several ranges: the whole file
+        ("items=0-1", None),
+        ("bytes=+1-2", None),
+        ("bytes=-", None),
+    ],
+)
+def test_byte_ranges_are_read_as_http_says(header, expected):
+    from fer_edge.serve.review import UNSATISFIABLE, parse_range
+
+    found = parse_range(header, 100)
+    if expected == "416":
+        assert found is UNSATISFIABLE
+    else:
+        assert (found if found is None else (found.start, found.end)) == expected
