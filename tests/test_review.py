@@ -115,6 +115,7 @@ def test_recordings_carry_start_duration_frames_faces_and_a_thumbnail(server):
     assert names == sorted(names, reverse=True)  # newest first
     rec = indexed(server)
     assert ISO.match(rec["start"]) and rec["faces"] >= 1
+    assert rec["url"] == f"/recordings/{rec['name']}" and rec["bytes"] > 0 and rec["mtime"] > 0
     with av.open(str(server["out"] / rec["name"])) as container:
         stream = container.streams.video[0]
         frames = sum(1 for packet in container.demux(stream) if packet.size)

@@ -174,7 +174,7 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     listing = []
     for path, stem, start, row in chosen:
         try:
-            size = path.stat().st_size
+            info = path.stat()
         except OSError:
             continue
         listing.append(
@@ -186,7 +186,8 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
                 "frames": row[3] if row is not None else None,
                 "faces": row[4] if row is not None else None,
                 "thumbnail": f"/thumbnails/{stem}.jpg" if row is not None and row[5] else None,
-                "bytes": size,
+                "bytes": info.st_size,
+                "mtime": round(info.st_mtime, 1),
                 "labels": labels.get(stem, {}),
             }
         )
