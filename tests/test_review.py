@@ -181,6 +181,8 @@ def test_summary_counts_the_faces_shown_per_expression(server):
     assert day["bucket_s"] == 3600 and len(day["buckets"]) in (24, 25) and day["labels"]
     assert fetch(server, "/api/summary?bucket_s=61")[1] == 400
     assert fetch(server, "/api/summary?from=soon")[1] == 400
+    assert fetch(server, "/api/summary?from=nan")[1] == 400
+    assert fetch(server, "/api/events?to=inf")[1] == 400
 
 
 @pytest.mark.parametrize("path", ["/review", "/api/summary", "/api/recordings", "/thumbnails/x.jpg"])

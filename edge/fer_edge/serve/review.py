@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import math
 import os
 import re
 import sqlite3
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -92,9 +94,13 @@ def _time(query: dict[str, list[str]], name: str, default: float) -> float:
     if text is None:
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise BadQuery(f"{name}: expected a time, got {text[:40]!r}")
+        return value
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
@@ -140,6 +146,9 @@ def _answer(handler: Handler, build: Any, query: dict[str, list[str]]) -> None:
         handler._json(build(handler, query))
     except BadQuery as exc:
         handler._text(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+    except sqlite3.Error as exc:  # the index is being rebuilt or the disk is failing: try again later
+        log.warning("review: index not readable (%s)", exc)
+        handler._text(HTTPStatus.SERVICE_UNAVAILABLE, "503 the index cannot be read now\n", {"Retry-After": "5"})
 
 
 def recordings(handler: Handler, query: dict[str, list[str]]) -> None:
@@ -253,8 +262,6 @@ def summary(handler: Handler, query: dict[str, list[str]]) -> None:
 
 
 def _summary(handler: Handler, query: dict[str, list[str]]) -> dict:
-    import time
-
     bucket = _int(query, "bucket_s", 3600, 60, 366 * 86400)
     if bucket % 60:
         raise BadQuery(f"bucket_s: expected a whole number of minutes in seconds, got {bucket}")
