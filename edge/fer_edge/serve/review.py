@@ -24,6 +24,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
+from fer_edge.record.events import CURRENT_NAME
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
 from fer_edge.record.naming import stem_time
 from fer_edge.serve.live import finished_videos
@@ -141,6 +142,12 @@ def _index(handler: Handler) -> sqlite3.Connection | None:
     return db
 
 
+def _has_events_files(directory: Path | None) -> bool:
+    if directory is None:
+        return False
+    return (directory / CURRENT_NAME).exists() or next(directory.glob("*.jsonl"), None) is not None
+
+
 def _answer(handler: Handler, build: Any, query: dict[str, list[str]]) -> None:
     try:
         handler._json(build(handler, query))
@@ -210,8 +217,8 @@ def events(handler: Handler, query: dict[str, list[str]]) -> None:
 def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
     since = _int(query, "since", 0, -(2**62), 2**62)
     limit = _int(query, "limit", EVENTS_LIMIT, 1, MAX_EVENTS)
-    db = _index(handler)
-    if db is None:  # nothing indexed: what the live feed holds
+    db = _index(handler) if _has_events_files(_directory(handler)) else None
+    if db is None:  # no index, or no events logged (events.enabled off): what the live feed holds
         live = [event.as_dict() for event in handler.server.app.feed.events_since(since)][-limit:]
         return {"events": live, "last": live[-1]["seq"] if live else since}
     where: list[str] = ["e.id > ?"]
