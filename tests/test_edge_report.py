@@ -328,3 +328,44 @@ def test_both_report_commands_write_beside_the_events_and_say_where(command, eve
         timeout=60,
     )
     assert named.returncode == 0 and (tmp_path / "named" / "tracks.csv").is_file(), named.stderr
+
+
+def test_a_file_run_is_reported_on_the_frames_own_timeline(demo_clip, tmp_path):
+    """The demo clip runs faster than real time here: its timeline is the clip's, not the processing time."""
+    import subprocess
+
+    out = tmp_path / "out"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"recording:\n  output_dir: {out}\n  segment_seconds: 2.0\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(demo_clip)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for path in sorted(out.glob("*.jsonl")) for line in path.read_text().splitlines()]
+    seen = [line for line in lines if line["faces"]]
+    clip_span = seen[-1]["ts"] - seen[0]["ts"]
+    processing_span = seen[-1]["t"] - seen[0]["t"]
+    assert clip_span > 10 and processing_span < clip_span - 1  # else this machine cannot show the difference
+    rows = read_csv(report.main([out], tmp_path / "report")[0])
+    first = min(datetime.fromisoformat(row["start"]) for row in rows)
+    last = max(datetime.fromisoformat(row["end"]) for row in rows)
+    assert (last - first).total_seconds() == pytest.approx(clip_span, abs=0.05)
+    assert sum(int(row["frames"]) for row in rows) == sum(len(line["faces"]) for line in seen)
+
+
+@pytest.mark.parametrize("command", [["fer_edge.cli", "report"], ["fer_edge.analysis.report"]])
+def test_a_video_given_as_events_is_refused_and_nothing_is_touched(command, demo_clip, events_file, tmp_path):
+    import shutil
+    import subprocess
+
+    earlier = report.main([events_file], tmp_path)  # a report already there
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in earlier}
+    video = shutil.copy(demo_clip, tmp_path / "20261206-140427-0001.mp4")
+    result = subprocess.run([sys.executable, "-m", *command, str(video)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and "is not an events file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in earlier} == before

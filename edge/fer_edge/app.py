@@ -14,6 +14,7 @@ from fer_edge.notify import SystemdNotifier
 from fer_edge.pipeline import DetectionSchedule, Pipeline, RunStats, Smoother, Tracker
 from fer_edge.record.recorder import open_recorder
 from fer_edge.record.recovery import recover_leftovers
+from fer_edge.record.retention import start_housekeeping
 from fer_edge.serve.integrations import build_integrations
 from fer_edge.vision.annotate import OverlayAnnotator
 from fer_edge.vision.classifier import ExpressionClassifier
@@ -96,6 +97,7 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         source.close()
         raise
     sinks = [s for s in (recorder, *extra_sinks) if s is not None]
+    sinks += start_housekeeping(cfg)  # review index and retention; closed after the recorder
     pipeline = Pipeline(
         source,
         detector,

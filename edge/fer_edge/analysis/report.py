@@ -1,9 +1,11 @@
 """Summarise events JSONL files: ``tracks.csv`` (one row per track) and ``timeline.png`` (labels over time).
 
-Each events line is one frame: ``{"t": unix_time, "frame": index, "faces": [{"box": [x, y, w, h],
+Each events line is one frame: ``{"t": unix_time, "ts": frame_time, "frame": index, "faces": [{"box": [x, y, w, h],
 "track": id or null, "label": str, "score": float, "scores": {label: score}}, ...]}``. Blank lines and lines
 that do not parse (the last line of a file cut short by power loss) are skipped with a warning. Labels come from
-the data. Faces without a track id are summarised together as track ``untracked``.
+the data. Faces without a track id are summarised together as track ``untracked``. Times follow the frames' own
+timestamps (see :class:`FrameClock`). A file none of whose lines is an events line is refused before anything is
+written.
 
 Track ids restart at 1 when the device restarts, so a track id seen in another run (the frame index, which
 counts on across segments, starts again at 0 in time order) or again
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_edge.errors import FerEdgeError
 from fer_edge.record.events import numbered_events
 
 log = logging.getLogger(__name__)
@@ -163,10 +166,37 @@ class _ReadEvents:
     labels: dict[str, int] = field(default_factory=dict)
 
 
+class NotEventsError(FerEdgeError):
+    """A file given as events holds no events line at all (a video, say)."""
+
+
+class FrameClock:
+    """A frame's time: the wall clock of a run's first line, moved on by the frames' own timestamps (``ts``).
+
+    The wall clock ``t`` says when a line was written, which on a file run is processing time (a 9 s clip can
+    pass in under a second); ``ts`` is when the frame was captured, or where it lies in the file. Lines without
+    ``ts`` keep ``t``; a ``ts`` that goes back (a looped file, a restarted camera) starts again from that line.
+    """
+
+    def __init__(self) -> None:
+        self._anchor: tuple[float, float] | None = None  # (t, ts) of the line the clock counts from
+        self._last_ts = -math.inf
+
+    def time(self, t: float, ts: object) -> float:
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+            return t
+        if self._anchor is None or ts < self._last_ts - 1.0:
+            self._anchor = (t, float(ts))
+        self._last_ts = float(ts)
+        return self._anchor[0] + (float(ts) - self._anchor[1])
+
+
 def _read_events(paths: list[str | Path]) -> _ReadEvents:
     read = _ReadEvents()
+    clock = FrameClock()  # one for all files: a run's segments continue one timeline
     for path in events_files(paths):
         skipped = []
+        before = len(read.frame_times)
         for number, event in numbered_events(path):
             try:
                 t, faces = _parse_event(event)
@@ -174,6 +204,7 @@ def _read_events(paths: list[str | Path]) -> _ReadEvents:
                 skipped.append(number)
                 continue
             assert event is not None  # _parse_event raised ValueError on None
+            t = clock.time(t, event.get("ts"))
             frame = event.get("frame")
             frame_index = len(read.frame_times)
             read.frame_times.append(t)
@@ -184,6 +215,8 @@ def _read_events(paths: list[str | Path]) -> _ReadEvents:
                 read.face_frames.append(frame_index)
                 read.face_tracks.append(read.tracks.setdefault(track, len(read.tracks)))
                 read.face_labels.append(read.labels.setdefault(label, len(read.labels)))
+        if skipped and len(read.frame_times) == before:
+            raise NotEventsError(f"{path} is not an events file: none of its lines is an events line; nothing written")
         if skipped:
             log.warning("%s: skipped %d unreadable line(s): %s", path, len(skipped), _line_list(skipped))
     return read
@@ -345,8 +378,8 @@ def main(paths: list[str | Path], output_dir: str | Path | None = None) -> list[
     ``paths`` are events files or folders of them; ``output_dir`` defaults to the first one's folder.
     """
     output = Path(output_dir) if output_dir is not None else default_output_dir(paths)
+    events = collect_tracks(paths)  # first: input that is not events leaves the output as it was
     output.mkdir(parents=True, exist_ok=True)
-    events = collect_tracks(paths)
     written = [write_tracks_csv(events, output / CSV_NAME)]
     timeline = write_timeline_png(events, output / TIMELINE_NAME)
     if timeline is not None:
@@ -380,7 +413,7 @@ def _cli(argv: list[str] | None = None) -> int:
     try:
         for path in main(args.events, args.output):
             print(path)
-    except OSError as error:
+    except (OSError, FerEdgeError) as error:
         print(f"fer-edge report: {error}", file=sys.stderr)
         return 1
     return 0

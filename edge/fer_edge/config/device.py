@@ -111,6 +111,7 @@ MAX_SEGMENT_S = 3600.0  # one file per hour at most: a longer one is more to los
 MAX_FRAGMENT_S = 10.0  # the keyframe interval: what power loss can cost; x264 fails on absurd ones
 MAX_ROLL_S = 60.0  # pre-roll frames are held in memory
 MAX_FREE_MB = 1e9  # 1 PB: beyond any card; the file system's real size is checked at start-up
+MAX_AGE_DAYS = 3650.0  # ten years; null keeps recordings until the disk floor deletes them
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class RecordingConfig:
     tune: str = _opt("zerolatency", x264_tune)  # libx264; without zerolatency frames wait in the encoder
     crf: int = _opt(23, lambda v: None if 0 <= v <= 51 else "expected an integer 0-51")
     min_free_mb: float = _opt(500.0, at_most(MAX_FREE_MB))
+    max_age_days: float | None = _opt(7.0, positive_up_to(MAX_AGE_DAYS))  # null: kept until the disk floor
     presence_triggered: bool = False  # record only while faces are present (plus pre/post roll)
     pre_roll_s: float = _opt(3.0, at_most(MAX_ROLL_S))
     post_roll_s: float = _opt(3.0, at_most(MAX_ROLL_S))

@@ -9,10 +9,12 @@ time of the first event instead.
 
 Line format::
 
-    {"t": 1795631400.123, "frame": 42, "faces": [{"box": [x, y, w, h], "track": 3, "label": "happy", "score": 0.91,
-      "scores": {"angry": 0.01, ...}, "raw_label": "happy", "smoothed": {"angry": 0.02, ...}}]}
+    {"t": 1795631400.123, "ts": 12.345, "frame": 42, "faces": [{"box": [x, y, w, h], "track": 3, "label": "happy",
+      "score": 0.91, "scores": {"angry": 0.01, ...}, "raw_label": "happy", "smoothed": {"angry": 0.02, ...}}]}
 
-``label``/``score`` are what was shown (smoothed when available), ``scores``/``raw_label`` the model's raw output,
+``t`` is the wall clock when the line was written, ``ts`` the frame's own timestamp (capture time; a file's
+presentation time), which the video's timeline follows. ``label``/``score`` are what was shown (smoothed when
+available), ``scores``/``raw_label`` the model's raw output,
 ``smoothed`` is present only when the face has a smoothed prediction.
 """
 
@@ -55,10 +57,10 @@ def face_record(face: Face) -> dict:
     return record
 
 
-def event_line(t: float, frame_index: int, faces: list[Face]) -> str:
-    return json.dumps(
-        {"t": round(t, 3), "frame": frame_index, "faces": [face_record(f) for f in faces]}, separators=(",", ":")
-    )
+def event_line(t: float, frame_index: int, faces: list[Face], ts: float | None = None) -> str:
+    line: dict = {"t": round(t, 3)} if ts is None else {"t": round(t, 3), "ts": round(ts, 3)}
+    line["frame"] = frame_index
+    return json.dumps({**line, "faces": [face_record(f) for f in faces]}, separators=(",", ":"))
 
 
 def numbered_events(path: str | os.PathLike) -> Iterator[tuple[int, dict | None]]:
@@ -146,12 +148,12 @@ class EventsLog:
         except OSError as exc:
             self._fail(exc)
 
-    def write(self, t: float, frame_index: int, faces: list[Face]) -> None:
+    def write(self, t: float, frame_index: int, faces: list[Face], ts: float | None = None) -> None:
         if self._file is None:
             self.dropped_lines += 1
             return
         try:
-            self._file.write(event_line(t, frame_index, faces) + "\n")
+            self._file.write(event_line(t, frame_index, faces, ts) + "\n")
         except OSError as exc:
             self.dropped_lines += 1
             self._fail(exc)
@@ -252,7 +254,7 @@ class EventsSink:
             self._seen_stem = stem
             self.log.rotate(stem)
             self._start_ts = ts
-        self.log.write(self._wall(), frame.index, faces)
+        self.log.write(self._wall(), frame.index, faces, ts)
 
     def close(self) -> None:
         self.log.close()

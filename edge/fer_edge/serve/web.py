@@ -1,8 +1,8 @@
 """The live view: a small HTTP server on its own threads, reading the newest frame from a :class:`LiveFeed`.
 
 Endpoints (all behind the token when one is set): ``/`` the page, ``/api/stats``, ``/api/latest.jpg``,
-``/api/stream.mjpeg``, ``/api/events?since=SEQ``, ``/api/recordings``, ``/recordings/NAME`` (download),
-``/metrics`` (Prometheus text). JPEGs are encoded only when asked for, from the newest frame, once per frame
+``/api/stream.mjpeg``, ``/metrics`` (Prometheus text); the review page and its APIs, recordings and thumbnails
+are :mod:`fer_edge.serve.review`'s. JPEGs are encoded only when asked for, from the newest frame, once per frame
 whatever the number of viewers; a slow viewer skips frames, nothing queues for it.
 """
 
@@ -25,7 +25,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from fer_edge.errors import ConfigError, FerEdgeError
-from fer_edge.serve.live import LiveFeed, finished_videos
+from fer_edge.serve import review
+from fer_edge.serve.live import LiveFeed
 from fer_edge.serve.metrics import metrics_text
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,9 @@ class _Handler(BaseHTTPRequestHandler):
             if route is not None:
                 route(self, query)
             elif url.path.startswith("/recordings/"):
-                self._download(url.path[len("/recordings/") :])
+                review.recording_file(self, url.path[len("/recordings/") :], query)
+            elif url.path.startswith("/thumbnails/"):
+                review.thumbnail(self, url.path[len("/thumbnails/") :], query)
             else:
                 self._text(HTTPStatus.NOT_FOUND, "404 not found\n")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -336,55 +339,6 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             app.add_viewer(-1)
 
-    def _events(self, query) -> None:
-        try:
-            since = int(query.get("since", ["0"])[0])
-        except ValueError:
-            self._text(HTTPStatus.BAD_REQUEST, "since: expected an event number\n")
-            return
-        events = [event.as_dict() for event in self.server.app.feed.events_since(since)]
-        self._json({"events": events, "last": events[-1]["seq"] if events else since})
-
-    def _recordings(self, query) -> None:
-        listing = []
-        for path in finished_videos(self.server.app.feed.recordings_dir):
-            try:
-                info = path.stat()
-            except OSError:
-                continue
-            listing.append(
-                {
-                    "name": path.name,
-                    "bytes": info.st_size,
-                    "mtime": round(info.st_mtime, 1),
-                    "url": f"/recordings/{path.name}",
-                }
-            )
-        self._json({"recordings": listing})
-
-    def _download(self, name: str) -> None:
-        # Only a name that is in the listing right now: no path is ever built from the request.
-        match = [p for p in finished_videos(self.server.app.feed.recordings_dir) if p.name == name]
-        if not match:
-            self._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
-            return
-        try:
-            handle = match[0].open("rb")
-        except OSError:
-            self._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
-            return
-        with handle:
-            size = os.fstat(handle.fileno()).st_size
-            self.send_response(200)
-            self.send_header("Content-Type", "video/mp4")
-            self.send_header("Content-Length", str(size))
-            self.send_header("Content-Disposition", f'attachment; filename="{name}"')
-            self.end_headers()
-            if self.command != "HEAD":
-                self.connection.settimeout(SEND_TIMEOUT_S)
-                while chunk := handle.read(256 * 1024):
-                    self.wfile.write(chunk)
-
     def _metrics(self, query) -> None:
         app = self.server.app
         stats = app.stats()
@@ -404,7 +358,9 @@ ROUTES = {
     "/api/stats": _Handler._stats,
     "/api/latest.jpg": _Handler._latest,
     "/api/stream.mjpeg": _Handler._stream,
-    "/api/events": _Handler._events,
-    "/api/recordings": _Handler._recordings,
+    "/api/events": review.events,
+    "/api/recordings": review.recordings,
+    "/api/summary": review.summary,
+    "/review": review.page,
     "/metrics": _Handler._metrics,
 }

@@ -1,0 +1,161 @@
+"""Retention: recordings older than ``recording.max_age_days`` are deleted, with their events, thumbnail and index
+rows, and the thread that keeps the review index up to date and runs the retention check.
+
+A recording's age is the time its name gives (UTC, when it started) and the time its files were last written; both
+must be older than the limit, so a recording is never deleted while it could still be growing, and a clock that was
+wrong for a while (a Pi without its network time yet) does not delete fresh files. The open segment is never
+deleted. The disk floor (:mod:`fer_edge.record.diskspace`) still deletes the oldest recordings first when space
+runs short, whatever their age.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fer_edge.record.diskspace import finished_recordings
+from fer_edge.record.index import RecordingIndex, open_stems
+from fer_edge.record.naming import stem_time
+from fer_edge.types import Face, Frame
+
+if TYPE_CHECKING:
+    from fer_edge.config import Config
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+SYNC_INTERVAL_S = 1.0
+RETENTION_INTERVAL_S = 3600.0
+FINAL_SYNC_S = 5.0  # what is left is indexed at the next start
+
+
+class Retention:
+    """Deletes the recordings in ``directory`` older than ``max_age_days`` (None: none), oldest first."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_age_days: float | None,
+        index: RecordingIndex | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.directory = directory
+        self.max_age_days = max_age_days
+        self.index = index
+        self._wall = wall_clock
+
+    def check(self) -> list[str]:
+        """Delete what is too old now; the stems deleted."""
+        if self.max_age_days is None:
+            return []
+        cutoff = self._wall() - self.max_age_days * DAY_S
+        keep = set(open_stems(self.directory))
+        deleted = []
+        for stem, files in finished_recordings(self.directory):
+            if stem_time(stem) >= cutoff:
+                break  # names sort by time: the rest are younger
+            if stem in keep or not _all_older(files, cutoff):
+                continue
+            for path in files:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("retention: cannot delete %s (%s)", path, exc)
+            if self.index is not None:
+                self.index.forget(stem)
+            deleted.append(stem)
+        if deleted:
+            log.info(
+                "retention: deleted %d recording(s) older than %g days, %s to %s",
+                len(deleted),
+                self.max_age_days,
+                deleted[0],
+                deleted[-1],
+            )
+        return deleted
+
+
+def _all_older(files: list[Path], cutoff: float) -> bool:
+    try:
+        return all(path.stat().st_mtime < cutoff for path in files)
+    except OSError:
+        return False
+
+
+class Housekeeper:
+    """A thread that follows the recordings into the review index (every ``sync_interval_s``) and applies retention
+    (at start, then every ``retention_interval_s``). It sits among the pipeline's sinks so that it is closed with
+    them, after the recorder: its last sync sees the final segment."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_age_days: float | None,
+        *,
+        sync_interval_s: float = SYNC_INTERVAL_S,
+        retention_interval_s: float = RETENTION_INTERVAL_S,
+    ):
+        self.directory = directory
+        self.max_age_days = max_age_days
+        self.sync_interval_s = sync_interval_s
+        self.retention_interval_s = retention_interval_s
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="fer-edge-index", daemon=True)
+
+    def start(self) -> Housekeeper:
+        self._thread.start()
+        return self
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        pass  # the files are its input, not the frames
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30.0)
+
+    def _run(self) -> None:
+        index = self._attempt("opening the index", lambda: RecordingIndex(self.directory))
+        if not isinstance(index, RecordingIndex):
+            return
+        retention = Retention(self.directory, self.max_age_days, index)
+        next_retention = 0.0
+        try:
+            while True:
+                if time.monotonic() >= next_retention:
+                    self._attempt("retention", retention.check)
+                    next_retention = time.monotonic() + self.retention_interval_s
+                self._attempt("indexing", lambda: index.sync(lambda: not self._stop.is_set()))
+                if self._stop.wait(self.sync_interval_s):
+                    break
+            # the sinks before it are closed, so the last segment is finished now; a stop waits for it a little
+            until = time.monotonic() + FINAL_SYNC_S
+            self._attempt("indexing", lambda: index.sync(lambda: time.monotonic() < until))
+        finally:
+            index.close()
+
+    def _attempt(self, what: str, work: Callable[[], object]) -> object:
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 - the index is derived and rebuilt; it must never stop recording
+            if not self._failing:
+                log.warning("index: %s failed (%s: %s); retrying", what, type(exc).__name__, exc)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("index: working again")
+        self._failing = False
+        return result
+
+
+def start_housekeeping(cfg: Config) -> list[Housekeeper]:
+    """The index and retention thread for the recordings folder, started; none when nothing is recorded."""
+    if not (cfg.recording.enabled or cfg.events.enabled):
+        return []
+    return [Housekeeper(Path(cfg.recording.output_dir), cfg.recording.max_age_days).start()]

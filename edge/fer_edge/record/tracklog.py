@@ -1,0 +1,212 @@
+"""What the review index reads from one recording: track events and per-minute counts from its events file,
+duration and frames from its MP4, and a thumbnail cut from the MP4.
+
+The events file holds one line per frame (see :mod:`fer_edge.record.events`); :class:`TrackLog` follows it as it
+grows, reading complete lines only, and turns the faces into track events: a track appears (``start``), its shown
+label changes (``change``), it is not seen for :data:`TRACK_END_AFTER_S` or its file ends (``end``). Offsets into
+the video are the frames' own timestamps less the first one's: the MP4's timeline starts at its first frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from fer_edge.record.diskspace import create_private
+from fer_edge.record.pyav import pyav
+
+log = logging.getLogger(__name__)
+
+TRACK_END_AFTER_S = 1.5  # a track not seen for this long (frame time) has ended, as in the live view
+THUMB_WIDTH = 320
+THUMB_QUALITY = 80
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    """One track event as the index stores it: wall time ``t``, ``offset_s`` into its recording's video."""
+
+    kind: str  # start, change or end
+    track: int
+    label: str | None
+    score: float | None
+    box: tuple[int, ...]
+    t: float
+    frame: int
+    offset_s: float
+
+
+@dataclass
+class _Track:
+    label: str | None
+    score: float | None
+    box: tuple[int, ...]
+    t: float
+    ts: float
+    frame: int
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    duration_s: float
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class TrackLog:
+    """Follows one events file from byte ``offset``: new complete lines become track events and minute counts."""
+
+    def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
+        self.end_after_s = end_after_s
+        self.offset = 0
+        self.lines = 0
+        self.first_t: float | None = None
+        self.first_ts: float | None = None
+        self.last_t: float | None = None
+        self.last_offset = 0.0
+        self.tracks_seen: set[int] = set()
+        self.most_faces = 0
+        self.most_faces_offset: float | None = None
+        self._tracks: dict[int, _Track] = {}
+        self._last_ts = float("-inf")
+
+    def read(self, path: Path) -> tuple[list[TrackEvent], Counter[tuple[int, str]]]:
+        """Events and ``(minute, label) -> face-frames`` in the lines added to ``path`` since the last read."""
+        with open(path, "rb") as f:
+            return self.read_open(f)
+
+    def read_open(self, f: BinaryIO) -> tuple[list[TrackEvent], Counter[tuple[int, str]]]:
+        """:meth:`read` from a file already open (for reading), from this log's offset."""
+        f.seek(self.offset)
+        data = f.read()
+        complete = data.rfind(b"\n") + 1  # a line still being written waits for the next read
+        self.offset += complete
+        events: list[TrackEvent] = []
+        counts: Counter[tuple[int, str]] = Counter()
+        for raw in data[:complete].splitlines():
+            try:
+                line = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(line, dict):
+                self._line(line, events, counts)
+        return events, counts
+
+    def finish(self) -> list[TrackEvent]:
+        """The file is finished: every track still open ends where it was last seen."""
+        ended = [self._end(track_id, track) for track_id, track in self._tracks.items()]
+        self._tracks.clear()
+        return ended
+
+    def faces(self) -> int:
+        """Faces in the recording: its tracks, or the most faces in one frame when tracking is off."""
+        return max(len(self.tracks_seen), self.most_faces if not self.tracks_seen else 0)
+
+    def _offset(self, ts: float) -> float:
+        return max(0.0, ts - (self.first_ts if self.first_ts is not None else ts))
+
+    def _end(self, track_id: int, track: _Track) -> TrackEvent:
+        return TrackEvent(
+            "end", track_id, track.label, track.score, track.box, track.t, track.frame, self._offset(track.ts)
+        )
+
+    def _line(self, line: dict, events: list[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
+        t = _number(line.get("t"))
+        if t is None:
+            return
+        ts = _number(line.get("ts"))
+        ts = t if ts is None else ts  # files written before frame timestamps were logged
+        ts = max(ts, self._last_ts)
+        self._last_ts = ts
+        if self.first_t is None:
+            self.first_t, self.first_ts = t, ts
+        self.last_t, self.lines = t, self.lines + 1
+        offset = self.last_offset = self._offset(ts)
+        frame_number = line.get("frame")
+        frame = frame_number if isinstance(frame_number, int) else -1
+        faces = [face for face in line.get("faces") or [] if isinstance(face, dict)]
+        if len(faces) > self.most_faces:
+            self.most_faces, self.most_faces_offset = len(faces), offset
+        minute = int(t // 60) * 60
+        for face in faces:
+            label = face.get("label") if isinstance(face.get("label"), str) else None
+            if label is not None:
+                counts[(minute, label)] += 1
+            track_id = face.get("track")
+            if not isinstance(track_id, int) or isinstance(track_id, bool):
+                continue
+            score = _number(face.get("score"))
+            box = tuple(v for v in face.get("box") or [] if isinstance(v, int))
+            known = self._tracks.get(track_id)
+            if known is None or known.label != label:
+                kind = "start" if known is None else "change"
+                events.append(TrackEvent(kind, track_id, label, score, box, t, frame, offset))
+            self._tracks[track_id] = _Track(label, score, box, t, ts, frame)
+            self.tracks_seen.add(track_id)
+        for track_id, track in list(self._tracks.items()):
+            if ts - track.ts > self.end_after_s:
+                del self._tracks[track_id]
+                events.append(self._end(track_id, track))
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Frames and duration of an MP4's video, from its packets (nothing decoded)."""
+    av = pyav()
+    frames, first, end = 0, None, 0.0
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            return VideoInfo(0, 0.0)
+        stream = container.streams.video[0]
+        base = float(stream.time_base)
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            frames += 1
+            start = packet.pts * base
+            first = start if first is None else min(first, start)
+            end = max(end, start + (packet.duration or 0) * base)
+    return VideoInfo(frames, round(max(0.0, end - (first or 0.0)), 3))
+
+
+def write_thumbnail(video: Path, offset_s: float, target: Path) -> bool:
+    """A JPEG of the frame at ``offset_s`` in ``video`` (already anonymised when privacy is on) at ``target``."""
+    import cv2
+
+    av = pyav()
+    image = None
+    with av.open(str(video)) as container:
+        if not container.streams.video:
+            return False
+        stream = container.streams.video[0]
+        base = float(stream.time_base)
+        if offset_s > 0:
+            container.seek(int(offset_s / base), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            image = frame.to_ndarray(format="bgr24")
+            if frame.pts is None or frame.pts * base >= offset_s - 1e-3:
+                break
+    if image is None:
+        return False
+    height, width = image.shape[:2]
+    if width > THUMB_WIDTH:
+        size = (THUMB_WIDTH, max(1, round(height * THUMB_WIDTH / width)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
+    if not ok:
+        return False
+    tmp = target.with_name(target.name + ".tmp")
+    with open(create_private(tmp), "wb") as f:
+        f.write(data.tobytes())
+    os.replace(tmp, target)
+    return True

@@ -1,0 +1,407 @@
+"""The review side of the web server: the review page, the recordings, events and summary APIs read from the
+review index (:mod:`fer_edge.record.index`), recordings served for playback with HTTP byte ranges, thumbnails.
+
+``/review`` the page; ``/api/recordings?page=&per_page=&label=&day=YYYY-MM-DD`` (newest first);
+``/api/events?since=ID&recording=NAME&label=&from=&to=&limit=``; ``/api/summary?from=&to=&bucket_s=`` (faces shown
+per expression per bucket); ``/recordings/NAME`` (inline, ranges; ``?download=1`` as an attachment);
+``/thumbnails/STEM.jpg``. Times go out as ISO 8601 with the device's UTC offset; ``from``/``to`` take ISO 8601 or
+Unix seconds. Without an index (recording off, or before its first sync) events come from the live feed.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import math
+import os
+import re
+import sqlite3
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Protocol
+
+from fer_edge.record.events import CURRENT_NAME
+from fer_edge.record.index import DB_NAME, THUMBS_DIR
+from fer_edge.record.naming import stem_time
+from fer_edge.serve.live import finished_videos
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 10.0
+CHUNK = 256 * 1024
+PER_PAGE, MAX_PER_PAGE = 20, 200
+EVENTS_LIMIT, MAX_EVENTS = 200, 5000
+MAX_BUCKETS = 2000
+THUMBNAIL = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.jpg$")
+PAGE_CSP = (
+    "default-src 'none'; img-src 'self'; media-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class Handler(Protocol):
+    """What these routes use of the web server's request handler."""
+
+    command: str
+    headers: Any
+    wfile: Any
+    connection: Any
+    server: Any
+
+    def send_response(self, code: int, message: str | None = None) -> None: ...
+    def send_header(self, keyword: str, value: str) -> None: ...
+    def end_headers(self) -> None: ...
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None: ...
+    def _json(self, value: object, status: int = 200) -> None: ...
+    def _text(self, status: int, text: str, headers: dict | None = None) -> None: ...
+
+
+class BadQuery(ValueError):
+    """A query parameter that cannot be used; its message names it."""
+
+
+# --- parameters and times --------------------------------------------------------------------------
+
+
+def iso(t: float) -> str:
+    """Unix time ``t`` as ISO 8601 in the device's local time, with its UTC offset."""
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="milliseconds")
+
+
+def _param(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values and values[0] != "" else None
+
+
+def _int(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    text = _param(query, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadQuery(f"{name}: expected an integer, got {text[:40]!r}") from None
+    if not low <= value <= high:
+        raise BadQuery(f"{name}: expected an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def _time(query: dict[str, list[str]], name: str, default: float) -> float:
+    text = _param(query, name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise BadQuery(f"{name}: expected a time, got {text[:40]!r}")
+        return value
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise BadQuery(f"{name}: expected ISO 8601 or Unix seconds, got {text[:40]!r}") from None
+    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+
+
+def _day(query: dict[str, list[str]]) -> tuple[float, float] | None:
+    text = _param(query, "day")
+    if text is None:
+        return None
+    try:
+        day = datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise BadQuery(f"day: expected YYYY-MM-DD, got {text[:40]!r}") from None
+    return day.astimezone().timestamp(), (day + timedelta(days=1)).astimezone().timestamp()
+
+
+# --- the index ---------------------------------------------------------------------------------------
+
+
+def _directory(handler: Handler) -> Path | None:
+    directory = handler.server.app.feed.recordings_dir
+    return Path(directory) if directory is not None else None
+
+
+def _index(handler: Handler) -> sqlite3.Connection | None:
+    """A read-only connection to the review index; None when there is none yet."""
+    directory = _directory(handler)
+    if directory is None or not (directory / DB_NAME).is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{directory / DB_NAME}?mode=ro", uri=True, timeout=5.0)
+        db.execute("SELECT 1 FROM recordings LIMIT 1")
+    except sqlite3.Error as exc:
+        log.debug("review: index not readable (%s)", exc)
+        return None
+    return db
+
+
+def _has_events_files(directory: Path | None) -> bool:
+    if directory is None:
+        return False
+    return (directory / CURRENT_NAME).exists() or next(directory.glob("*.jsonl"), None) is not None
+
+
+def _answer(handler: Handler, build: Any, query: dict[str, list[str]]) -> None:
+    try:
+        handler._json(build(handler, query))
+    except BadQuery as exc:
+        handler._text(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+    except sqlite3.Error as exc:  # the index is being rebuilt or the disk is failing: try again later
+        log.warning("review: index not readable (%s)", exc)
+        handler._text(HTTPStatus.SERVICE_UNAVAILABLE, "503 the index cannot be read now\n", {"Retry-After": "5"})
+
+
+def recordings(handler: Handler, query: dict[str, list[str]]) -> None:
+    _answer(handler, _recordings, query)
+
+
+def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
+    page = _int(query, "page", 1, 1, 1_000_000)
+    per_page = _int(query, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
+    label, day = _param(query, "label"), _day(query)
+    rows: dict[str, tuple] = {}
+    labels: dict[str, dict[str, int]] = defaultdict(dict)
+    db = _index(handler)
+    if db is not None:
+        with db:
+            for row in db.execute("SELECT stem, start, duration_s, frames, faces, thumbnail FROM recordings"):
+                rows[row[0]] = row
+            for stem, name, count in db.execute("SELECT stem, label, SUM(count) FROM minutes GROUP BY stem, label"):
+                labels[stem][name] = count
+        db.close()
+    items = []
+    for path in finished_videos(_directory(handler)):  # newest first
+        stem = path.name[: -len(".mp4")]
+        row = rows.get(stem)
+        start = row[1] if row is not None else stem_time(stem)
+        if label is not None and label not in labels.get(stem, {}):
+            continue
+        if day is not None and not day[0] <= start < day[1]:
+            continue
+        items.append((path, stem, start, row))
+    chosen = items[(page - 1) * per_page : page * per_page]
+    listing = []
+    for path, stem, start, row in chosen:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        listing.append(
+            {
+                "name": path.name,
+                "url": f"/recordings/{path.name}",
+                "start": iso(start),
+                "duration_s": row[2] if row is not None else None,
+                "frames": row[3] if row is not None else None,
+                "faces": row[4] if row is not None else None,
+                "thumbnail": f"/thumbnails/{stem}.jpg" if row is not None and row[5] else None,
+                "bytes": info.st_size,
+                "mtime": round(info.st_mtime, 1),
+                "labels": labels.get(stem, {}),
+            }
+        )
+    return {"recordings": listing, "page": page, "per_page": per_page, "total": len(items)}
+
+
+def events(handler: Handler, query: dict[str, list[str]]) -> None:
+    _answer(handler, _events, query)
+
+
+def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
+    since = _int(query, "since", 0, -(2**62), 2**62)
+    limit = _int(query, "limit", EVENTS_LIMIT, 1, MAX_EVENTS)
+    db = _index(handler) if _has_events_files(_directory(handler)) else None
+    if db is None:  # no index, or no events logged (events.enabled off): what the live feed holds
+        live = [event.as_dict() for event in handler.server.app.feed.events_since(since)][-limit:]
+        return {"events": live, "last": live[-1]["seq"] if live else since}
+    where: list[str] = ["e.id > ?"]
+    values: list[object] = [since]
+    recording = _param(query, "recording")
+    if recording is not None:
+        where.append("r.video = ?")
+        values.append(recording)
+    if (label := _param(query, "label")) is not None:
+        where.append("e.label = ?")
+        values.append(label)
+    if "from" in query or "to" in query:
+        where.append("e.t >= ? AND e.t < ?")
+        values += [_time(query, "from", 0.0), _time(query, "to", float("inf"))]
+    order = "ASC" if recording is not None else "DESC"  # a recording's from its start; otherwise the newest
+    sql = (
+        "SELECT e.id, e.kind, e.t, e.track, e.label, e.score, e.box, e.frame, r.video, e.offset_s "
+        "FROM events e LEFT JOIN recordings r ON r.stem = e.stem "
+        f"WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?"
+    )
+    with db:
+        rows = db.execute(sql, [*values, limit]).fetchall()
+    db.close()
+    if order == "DESC":
+        rows.reverse()
+    found = [
+        {
+            "seq": seq,
+            "type": kind,
+            "event": kind,
+            "time": iso(t),
+            "t": t,
+            "track": track,
+            "label": label,
+            "score": score,
+            "box": [int(v) for v in box.split(",") if v],
+            "frame": frame,
+            "recording": video,
+            "offset_s": offset,
+        }
+        for seq, kind, t, track, label, score, box, frame, video, offset in rows
+    ]
+    return {"events": found, "last": max([since, *(e["seq"] for e in found)])}
+
+
+def summary(handler: Handler, query: dict[str, list[str]]) -> None:
+    _answer(handler, _summary, query)
+
+
+def _summary(handler: Handler, query: dict[str, list[str]]) -> dict:
+    bucket = _int(query, "bucket_s", 3600, 60, 366 * 86400)
+    if bucket % 60:
+        raise BadQuery(f"bucket_s: expected a whole number of minutes in seconds, got {bucket}")
+    to = _time(query, "to", time.time())
+    start = _time(query, "from", to - 86400.0) // 60 * 60
+    count = max(0, int(-(-(to - start) // bucket)))
+    if count > MAX_BUCKETS:
+        raise BadQuery(f"bucket_s: {count} buckets from 'from' to 'to'; at most {MAX_BUCKETS}")
+    buckets: list[dict[str, int]] = [{} for _ in range(count)]
+    db = _index(handler)
+    if db is not None:
+        with db:
+            rows = db.execute(
+                "SELECT CAST((minute - ?) / ? AS INTEGER), label, SUM(count) FROM minutes "
+                "WHERE minute >= ? AND minute < ? GROUP BY 1, 2",
+                (start, bucket, start, to),
+            ).fetchall()
+        db.close()
+        for slot, label, n in rows:
+            if 0 <= slot < count:
+                buckets[slot][label] = n
+    return {
+        "from": iso(start),
+        "to": iso(to),
+        "bucket_s": bucket,
+        "unit": "faces shown per frame, summed",
+        "labels": sorted({label for counts in buckets for label in counts}),
+        "buckets": [{"start": iso(start + i * bucket), "counts": counts} for i, counts in enumerate(buckets)],
+    }
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Bytes ``start`` to ``end`` inclusive, as HTTP counts them."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+UNSATISFIABLE = ByteRange(0, -1)
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The one byte range ``header`` asks for in a file of ``size`` bytes; None: send the whole file (no header,
+    one this server does not handle, several ranges); :data:`UNSATISFIABLE` when it lies past the end."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or "," in spec or not dash:
+        return None
+    if not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+        return None
+    if first == "":  # the last N bytes
+        n = int(last)
+        return ByteRange(max(0, size - n), size - 1) if n > 0 and size > 0 else UNSATISFIABLE
+    start, end = int(first), int(last) if last else size - 1
+    if start >= size:
+        return UNSATISFIABLE
+    if end < start:
+        return None
+    return ByteRange(start, min(end, size - 1))
+
+
+def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> None:
+    # Only a name that is in the listing right now: no path is ever built from the request.
+    match = [p for p in finished_videos(_directory(handler)) if p.name == name]
+    try:
+        opened = match[0].open("rb") if match else None
+    except OSError:
+        opened = None
+    if opened is None:
+        handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
+        return
+    disposition = "attachment" if _param(query, "download") == "1" else "inline"
+    with opened as f:
+        size = os.fstat(f.fileno()).st_size
+        wanted = parse_range(handler.headers.get("Range"), size)
+        common = {
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'{disposition}; filename="{name}"',
+            "Cache-Control": "private, no-cache",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if wanted is UNSATISFIABLE:
+            refused = {"Accept-Ranges": "bytes", "Content-Range": f"bytes */{size}"}
+            handler._send(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, b"", "video/mp4", refused)
+            return
+        part = wanted or ByteRange(0, size - 1)
+        handler.send_response(HTTPStatus.PARTIAL_CONTENT if wanted else HTTPStatus.OK)
+        handler.send_header("Content-Type", "video/mp4")
+        handler.send_header("Content-Length", str(max(0, part.length)))
+        if wanted:
+            handler.send_header("Content-Range", f"bytes {part.start}-{part.end}/{size}")
+        for key, value in common.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if handler.command == "HEAD":
+            return
+        handler.connection.settimeout(SEND_TIMEOUT_S)
+        f.seek(part.start)
+        left = part.length
+        while left > 0 and (chunk := f.read(min(CHUNK, left))):
+            handler.wfile.write(chunk)
+            left -= len(chunk)
+
+
+def thumbnail(handler: Handler, name: str, query: dict[str, list[str]]) -> None:
+    directory = _directory(handler)
+    match = THUMBNAIL.fullmatch(name)
+    data = None
+    if directory is not None and match is not None:
+        try:
+            data = (directory / THUMBS_DIR / f"{match['stem']}.jpg").read_bytes()
+        except OSError:
+            data = None
+    if data is None:
+        handler._text(HTTPStatus.NOT_FOUND, "404 no such thumbnail\n")
+    else:
+        handler._send(200, data, "image/jpeg")
+
+
+_PAGE: dict[str, bytes] = {}
+
+
+def page(handler: Handler, query: dict[str, list[str]]) -> None:
+    if "html" not in _PAGE:
+        _PAGE["html"] = importlib.resources.files("fer_edge.serve").joinpath("static/review.html").read_bytes()
+    handler._send(200, _PAGE["html"], "text/html; charset=utf-8", {"Content-Security-Policy": PAGE_CSP})

@@ -1,0 +1,238 @@
+"""The review index (index.sqlite3 beside the recordings) matches the files: after a run, after SIGKILL and a
+restart, when it is unreadable, and when it followed a segment while it was being written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import av
+import pytest
+from livehelpers import start_run, stop, write_config
+
+from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
+from fer_edge.record.index import DB_NAME, RecordingIndex
+
+END_AFTER_S = 1.5
+
+
+def run_to_end(config: Path, source: Path, log: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(source)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
+        env=os.environ,
+        timeout=120,
+    )
+    assert result.returncode == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def recorded(demo_clip, tmp_path_factory) -> Path:
+    """The demo clip run through ``fer-edge run`` into 2 s segments: a folder of finished recordings and its index."""
+    folder = tmp_path_factory.mktemp("indexed")
+    config = write_config(
+        folder / "config.yaml", {"recording": {"output_dir": str(folder / "out"), "segment_seconds": 2.0}}
+    )
+    run_to_end(config, demo_clip, folder / "stderr.log")
+    return folder / "out"
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def expected_events(lines: list[dict]) -> Counter:
+    """Track starts, label changes and ends as the events file shows them, in frames."""
+    found: Counter = Counter()
+    tracks: dict[int, tuple] = {}
+    for line in lines:
+        for face in line["faces"]:
+            if face["track"] is None:
+                continue
+            known = tracks.get(face["track"])
+            if known is None or known[0] != face["label"]:
+                found["start" if known is None else "change", face["track"], face["label"], line["frame"]] += 1
+            tracks[face["track"]] = (face["label"], line["ts"], line["frame"])
+        for track, (label, seen, frame) in list(tracks.items()):
+            if line["ts"] - seen > END_AFTER_S:
+                del tracks[track]
+                found["end", track, label, frame] += 1
+    for track, (label, _, frame) in tracks.items():
+        found["end", track, label, frame] += 1
+    return found
+
+
+def video_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for packet in container.demux(container.streams.video[0]) if packet.size)
+
+
+def assert_index_matches_files(out: Path) -> int:
+    """Every recording in ``out`` is indexed as its files are now, and nothing else; the number of recordings."""
+    db = sqlite3.connect(out / DB_NAME)
+    stems = {p.name.split(".")[0] for p in out.iterdir() if p.suffix in (".mp4", ".jsonl") and p.name[0].isdigit()}
+    rows = {row[0]: row[1:] for row in db.execute("SELECT stem, bytes, jsonl_bytes, frames, complete FROM recordings")}
+    assert set(rows) == stems
+    for stem in sorted(stems):
+        mp4, jsonl = out / f"{stem}.mp4", out / f"{stem}.jsonl"
+        lines = lines_of(jsonl)
+        if mp4.exists():
+            assert rows[stem] == (mp4.stat().st_size, jsonl.stat().st_size, video_frames(mp4), 1), stem
+            assert (out / ".thumbs" / f"{stem}.jpg").is_file()
+        else:  # killed before its first fragment: the video is gone, its events stay
+            assert rows[stem] == (None, jsonl.stat().st_size, len(lines), 1), stem
+        events = Counter(db.execute("SELECT kind, track, label, frame FROM events WHERE stem = ?", (stem,)).fetchall())
+        assert events == expected_events(lines), stem
+        faces = Counter(face["label"] for line in lines for face in line["faces"] if face["label"])
+        counted = dict(db.execute("SELECT label, SUM(count) FROM minutes WHERE stem = ? GROUP BY label", (stem,)))
+        assert counted == dict(faces), stem
+    orphans = db.execute("SELECT COUNT(*) FROM events WHERE stem NOT IN (SELECT stem FROM recordings)").fetchone()
+    assert orphans == (0,)
+    db.close()
+    return len(stems)
+
+
+def test_a_run_leaves_an_index_of_every_recording_with_its_track_events(recorded):
+    assert assert_index_matches_files(recorded) >= 4
+    db = sqlite3.connect(recorded / DB_NAME)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    kinds = {kind for (kind,) in db.execute("SELECT kind FROM events")}
+    assert kinds == {"start", "change", "end"}
+
+
+def test_sigkill_while_recording_then_a_restart_leaves_the_index_matching_the_files(demo_clip, tmp_path):
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"source": {"realtime": True, "loop": True}, "recording": {"output_dir": str(out), "segment_seconds": 1.0}},
+    )
+    process = start_run(config, demo_clip, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(out.glob("*.mp4"))) < 4:
+            time.sleep(0.1)
+        time.sleep(0.45)  # mid-segment, mid-sync
+    finally:
+        stop(process, signal.SIGKILL)
+    before = {p.name for p in out.glob("*.mp4")}
+    assert len(before) >= 4 and (out / CURRENT_NAME).exists()  # it died with a segment open
+
+    process = start_run(config, demo_clip, tmp_path / "second.log")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(set(p.name for p in out.glob("*.mp4")) - before) < 2:
+            time.sleep(0.1)
+    finally:
+        assert stop(process) == 0, (tmp_path / "second.log").read_text()
+    assert "Traceback" not in (tmp_path / "second.log").read_text()
+    assert assert_index_matches_files(out) >= len(before) + 2
+    db = sqlite3.connect(out / DB_NAME)
+    indexed = {video for (video,) in db.execute("SELECT video FROM recordings")}
+    assert before <= indexed  # what was recorded before the kill is still there, events and all
+
+
+def test_an_unreadable_index_is_rebuilt_from_the_files(recorded, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(recorded, out)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{out / DB_NAME}{suffix}").unlink(missing_ok=True)
+    (out / DB_NAME).write_bytes(b"this is not a database" * 100)
+    shutil.rmtree(out / ".thumbs")
+    index = RecordingIndex(out)
+    index.sync()
+    index.close()
+    assert_index_matches_files(out)
+
+
+def test_following_a_segment_as_it_is_written_gives_the_same_index_as_reading_it_finished(recorded, tmp_path):
+    stem = sorted(p.stem for p in recorded.glob("*.jsonl"))[1]
+    data = (recorded / f"{stem}.jsonl").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / STEM_MARKER_NAME).write_text(stem)
+    index = RecordingIndex(out)
+    cut = data.index(b"\n", len(data) // 2) + 1
+    (out / CURRENT_NAME).write_bytes(data[: cut + 40])  # half the lines and part of the next
+    index.sync()
+    open_rows = index.db.execute("SELECT complete, video FROM recordings").fetchall()
+    assert open_rows == [(0, f"{stem}.mp4")]
+    early = index.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    assert early >= 1
+    (out / CURRENT_NAME).write_bytes(data)  # the rest, then finished as the recorder does
+    shutil.copy(recorded / f"{stem}.mp4", out / f"{stem}.mp4")
+    os.replace(out / CURRENT_NAME, out / f"{stem}.jsonl")
+    (out / STEM_MARKER_NAME).unlink()
+    index.sync()
+    followed = index.db.execute("SELECT id, kind, track, label, frame, offset_s FROM events ORDER BY id").fetchall()
+    index.close()
+    assert followed[early - 1][0] == early  # rows from the open file kept their ids
+    assert_index_matches_files(out)
+    offsets = [row[5] for row in followed]
+    assert offsets and max(offsets) <= 2.0 + 1e-3
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    for name in (f"{stem}.mp4", f"{stem}.jsonl"):
+        shutil.copy(out / name, fresh_dir / name)
+    fresh = RecordingIndex(fresh_dir)
+    fresh.sync()
+    again = fresh.db.execute("SELECT id, kind, track, label, frame, offset_s FROM events ORDER BY id").fetchall()
+    fresh.close()
+    assert Counter(row[1:] for row in followed) == Counter(row[1:] for row in again)
+
+
+def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(recorded, out)
+    gone = sorted(p.stem for p in out.glob("*.mp4"))[0]
+    for path in out.glob(f"{gone}.*"):
+        path.unlink()  # as the disk floor does
+    index = RecordingIndex(out)
+    index.sync()
+    index.close()
+    assert not (out / ".thumbs" / f"{gone}.jpg").exists()
+    assert_index_matches_files(out)
+
+
+def face_sharpness(thumbnail: Path, jsonl: Path) -> list[float]:
+    """Laplacian variance inside each face of the thumbnail's frame (the first with the most faces)."""
+    import cv2
+
+    lines = lines_of(jsonl)
+    most = max(len(line["faces"]) for line in lines)
+    image = cv2.imread(str(thumbnail), cv2.IMREAD_GRAYSCALE)
+    scale = image.shape[1] / 640  # the demo clip is 640 px wide
+    found = []
+    for face in next(line for line in lines if len(line["faces"]) == most)["faces"]:
+        x, y, w, h = (round(v * scale) for v in face["box"])
+        inner = image[y + h // 5 : y + h - h // 5, x + w // 5 : x + w - w // 5]  # inside the drawn box and label
+        found.append(float(cv2.Laplacian(inner, cv2.CV_64F).var()))
+    return found
+
+
+def test_thumbnails_come_from_the_recording_so_privacy_blurs_them(recorded, demo_clip, tmp_path):
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"recording": {"output_dir": str(tmp_path / "out"), "segment_seconds": 2.0}, "privacy": {"mode": "blur"}},
+    )
+    run_to_end(config, demo_clip, tmp_path / "stderr.log")
+    plain = sorted(recorded.glob("*.jsonl"))
+    blurred = sorted((tmp_path / "out").glob("*.jsonl"))
+    assert len(plain) == len(blurred)
+    compared = 0
+    for clear, hidden in zip(plain, blurred):  # the same stretch of the clip, with and without privacy
+        sharp = face_sharpness(recorded / ".thumbs" / f"{clear.stem}.jpg", clear)
+        soft = face_sharpness(tmp_path / "out" / ".thumbs" / f"{hidden.stem}.jpg", hidden)
+        if not sharp:
+            continue
+        compared += 1
+        assert max(soft) < 0.1 * min(sharp), (clear.name, sharp, soft)
+    assert compared >= 3

@@ -1,0 +1,142 @@
+"""recording.max_age_days: recordings older than that go with their events, thumbnails and index rows; nothing
+younger is touched, nor the segment being written; at start-up of a run too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from livehelpers import write_config
+
+from fer_edge.config import load_config
+from fer_edge.errors import ConfigError
+from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
+from fer_edge.record.index import DB_NAME, RecordingIndex
+from fer_edge.record.retention import Retention
+
+DAY = 86400.0
+
+
+def run_to_end(config: Path, source: Path, log: Path) -> None:
+    with open(log, "wb") as err:
+        result = subprocess.run(
+            [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config), "--source", str(source)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            timeout=120,
+        )
+    assert result.returncode == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def recorded(demo_clip, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("retention")
+    config = write_config(
+        folder / "config.yaml", {"recording": {"output_dir": str(folder / "out"), "segment_seconds": 3.0}}
+    )
+    run_to_end(config, demo_clip, folder / "stderr.log")
+    return folder / "out"
+
+
+def stem_days_ago(days: float, n: int = 1) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() - days * DAY)) + f"-{n:04d}"
+
+
+def place(recorded: Path, out: Path, stem: str, *, mtime_days_ago: float, source: int = 0) -> None:
+    """A real recording (video and events) under ``stem``, its files last written ``mtime_days_ago``."""
+    original = sorted(p.stem for p in recorded.glob("*.mp4"))[source]
+    for suffix in (".mp4", ".jsonl"):
+        target = out / f"{stem}{suffix}"
+        shutil.copy(recorded / f"{original}{suffix}", target)
+        moment = time.time() - mtime_days_ago * DAY
+        os.utime(target, (moment, moment))
+
+
+def rows(out: Path) -> dict[str, int]:
+    db = sqlite3.connect(out / DB_NAME)
+    found = {
+        stem: db.execute("SELECT COUNT(*) FROM events WHERE stem = ?", (stem,)).fetchone()[0]
+        + db.execute("SELECT COUNT(*) FROM minutes WHERE stem = ?", (stem,)).fetchone()[0]
+        for (stem,) in db.execute("SELECT stem FROM recordings")
+    }
+    db.close()
+    return found
+
+
+def test_one_check_deletes_what_is_older_and_nothing_else(recorded, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    old = [stem_days_ago(30, 1), stem_days_ago(9, 2)]
+    young = stem_days_ago(6, 3)
+    renamed_late = stem_days_ago(20, 4)  # named long ago, yet written this week: a clock that was wrong
+    for stem in old:
+        place(recorded, out, stem, mtime_days_ago=9)
+    place(recorded, out, young, mtime_days_ago=6)
+    place(recorded, out, renamed_late, mtime_days_ago=1)
+    open_stem = stem_days_ago(12, 5)  # the segment being written, with an old name
+    shutil.copy(recorded / sorted(p.name for p in recorded.glob("*.mp4"))[1], out / f"{open_stem}.mp4.part")
+    shutil.copy(recorded / sorted(p.name for p in recorded.glob("*.jsonl"))[1], out / CURRENT_NAME)
+    (out / STEM_MARKER_NAME).write_text(open_stem)
+    for path in (out / f"{open_stem}.mp4.part", out / CURRENT_NAME):
+        os.utime(path, (time.time() - 12 * DAY,) * 2)
+    index = RecordingIndex(out)
+    index.sync()
+    assert set(rows(out)) == {*old, young, renamed_late, open_stem} and all(rows(out).values())
+    assert all((out / ".thumbs" / f"{stem}.jpg").is_file() for stem in old)
+
+    deleted = Retention(out, 7.0, index).check()
+    index.close()
+
+    assert deleted == sorted(old)  # oldest first
+    for stem in old:
+        assert not list(out.glob(f"{stem}*")) and not (out / ".thumbs" / f"{stem}.jpg").exists()
+    assert set(rows(out)) == {young, renamed_late, open_stem}
+    for stem in (young, renamed_late):
+        assert (out / f"{stem}.mp4").is_file() and (out / f"{stem}.jsonl").is_file()
+        assert (out / ".thumbs" / f"{stem}.jpg").is_file() and rows(out)[stem] > 0
+    assert (out / f"{open_stem}.mp4.part").is_file() and (out / CURRENT_NAME).is_file()
+
+
+def test_without_an_age_limit_nothing_is_deleted(recorded, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    place(recorded, out, stem_days_ago(400), mtime_days_ago=400)
+    assert Retention(out, None).check() == []
+    assert len(list(out.iterdir())) == 2
+
+
+def test_a_run_applies_retention_at_start(recorded, demo_clip, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    old, young = stem_days_ago(3, 1), stem_days_ago(1, 2)
+    place(recorded, out, old, mtime_days_ago=3)
+    place(recorded, out, young, mtime_days_ago=1)
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"recording": {"output_dir": str(out), "segment_seconds": 3.0, "max_age_days": 2}},
+    )
+    run_to_end(config, demo_clip, tmp_path / "stderr.log")
+    assert not list(out.glob(f"{old}*")) and (out / f"{young}.mp4").is_file()
+    indexed = rows(out)
+    assert old not in indexed and young in indexed and len(indexed) >= 4  # and this run's own recordings
+    assert "retention: deleted 1 recording(s) older than 2 days" in (tmp_path / "stderr.log").read_text()
+
+
+RANGE = r"a number in \(0, 3650\]"
+
+
+@pytest.mark.parametrize(("value", "message"), [(0, RANGE), (-1, RANGE), (5000, RANGE), ("week", "a number or null")])
+def test_a_bad_age_limit_is_refused_naming_the_key(value, message):
+    with pytest.raises(ConfigError, match=rf"^recording\.max_age_days: expected {message}"):
+        load_config(overrides={"recording.max_age_days": value})
+
+
+def test_the_default_keeps_a_week_and_null_keeps_everything():
+    assert load_config().recording.max_age_days == 7.0
+    assert load_config(overrides={"recording.max_age_days": None}).recording.max_age_days is None

@@ -1,0 +1,287 @@
+"""The review side of a running ``fer-edge run`` on the demo clip: recordings served for playback with byte ranges,
+the recordings, events and summary APIs from the index, thumbnails, and the review page in headless Chromium."""
+
+from __future__ import annotations
+
+import calendar
+import http.client
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
+
+TOKEN = "review-token-0c41d9"
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
+
+
+@pytest.fixture(scope="module")
+def server(demo_clip, tmp_path_factory):
+    """A realtime, looping run with the live view, a token and 2 s segments; at least three finished ones."""
+    folder = tmp_path_factory.mktemp("review")
+    token_file = folder / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    config = write_config(
+        folder / "config.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 2.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+        },
+    )
+    process = start_run(config, demo_clip, folder / "stderr.log")
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listing = json.loads(get(port, "/api/recordings", TOKEN)[3])["recordings"]
+            if len([r for r in listing if r["thumbnail"]]) >= 3:
+                break
+            time.sleep(0.3)
+        yield {"port": port, "out": folder / "out", "process": process}
+    finally:
+        assert stop(process) == 0, (folder / "stderr.log").read_text()
+    assert "Traceback" not in (folder / "stderr.log").read_text()
+
+
+def get(port: int, path: str, token: str | None = TOKEN, headers: dict | None = None):
+    """(response, status, headers, body) of one GET."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    connection.request("GET", path, headers=sent)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response, response.status, response.headers, body
+
+
+def fetch(server, path: str, headers: dict | None = None):
+    return get(server["port"], path, TOKEN, headers)
+
+
+def recordings(server) -> list[dict]:
+    return json.loads(fetch(server, "/api/recordings?per_page=200")[3])["recordings"]
+
+
+def indexed(server) -> dict:
+    """The oldest recording that is fully indexed (has a thumbnail)."""
+    return [r for r in recordings(server) if r["thumbnail"]][-1]
+
+
+def test_a_range_request_gets_exactly_those_bytes(server):
+    rec = indexed(server)
+    data = (server["out"] / rec["name"]).read_bytes()
+    _, status, headers, body = fetch(server, rec["url"], {"Range": "bytes=100-1099"})
+    assert status == 206 and body == data[100:1100]
+    assert headers["Content-Range"] == f"bytes 100-1099/{len(data)}" and headers["Content-Length"] == "1000"
+    assert headers["Accept-Ranges"] == "bytes" and headers["Content-Type"] == "video/mp4"
+    _, status, headers, body = fetch(server, rec["url"], {"Range": "bytes=-500"})
+    assert status == 206 and body == data[-500:]
+    _, status, headers, body = fetch(server, rec["url"], {"Range": f"bytes={len(data) - 10}-"})
+    assert status == 206 and body == data[-10:]
+    _, status, headers, body = fetch(server, rec["url"], {"Range": f"bytes=0-{len(data) + 999}"})
+    assert status == 206 and body == data and headers["Content-Range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
+
+
+def test_a_range_past_the_end_is_416_and_the_whole_file_plays_inline(server):
+    rec = indexed(server)
+    data = (server["out"] / rec["name"]).read_bytes()
+    _, status, headers, body = fetch(server, rec["url"], {"Range": f"bytes={len(data)}-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(data)}" and body == b""
+    _, status, headers, body = fetch(server, rec["url"])
+    assert status == 200 and body == data and headers["Accept-Ranges"] == "bytes"
+    assert headers["Content-Disposition"] == f'inline; filename="{rec["name"]}"'
+    _, status, headers, _ = fetch(server, rec["url"] + "?download=1")
+    assert status == 200 and headers["Content-Disposition"].startswith("attachment")
+    assert fetch(server, "/recordings/../" + rec["name"])[1] == 404
+
+
+def test_recordings_carry_start_duration_frames_faces_and_a_thumbnail(server):
+    listing = recordings(server)
+    names = [r["name"] for r in listing]
+    assert names == sorted(names, reverse=True)  # newest first
+    rec = indexed(server)
+    assert ISO.match(rec["start"]) and rec["faces"] >= 1
+    assert rec["url"] == f"/recordings/{rec['name']}" and rec["bytes"] > 0 and rec["mtime"] > 0
+    with av.open(str(server["out"] / rec["name"])) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for packet in container.demux(stream) if packet.size)
+        duration = float(stream.duration * stream.time_base) if stream.duration else None
+    assert rec["frames"] == frames
+    assert rec["duration_s"] == pytest.approx(2.0, abs=0.1)
+    if duration is not None:
+        assert rec["duration_s"] == pytest.approx(duration, abs=0.1)
+    stem_utc = calendar.timegm(time.strptime(rec["name"][:15], "%Y%m%d-%H%M%S"))
+    assert abs(datetime.fromisoformat(rec["start"]).timestamp() - stem_utc) < 2  # the name's UTC, with an offset
+    _, status, headers, jpeg = fetch(server, rec["thumbnail"])
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and image.shape[1] == 320
+    assert fetch(server, "/thumbnails/../index.sqlite3")[1] == 404
+    page = json.loads(fetch(server, "/api/recordings?per_page=2&page=2")[3])
+    assert page["recordings"] and [r["name"] for r in page["recordings"]] == names[2:4]
+
+
+def test_recordings_filter_by_expression_and_day(server):
+    listing = recordings(server)
+    label = next(iter(indexed(server)["labels"]))
+    chosen = json.loads(fetch(server, f"/api/recordings?per_page=200&label={label}")[3])["recordings"]
+    assert chosen and all(label in r["labels"] for r in chosen)
+    assert len(chosen) == len([r for r in listing if label in r["labels"]])
+    day = datetime.fromisoformat(listing[0]["start"]).astimezone().strftime("%Y-%m-%d")
+    assert json.loads(fetch(server, f"/api/recordings?day={day}")[3])["total"] >= len(listing)
+    assert json.loads(fetch(server, "/api/recordings?day=2001-01-01")[3])["recordings"] == []
+    assert fetch(server, "/api/recordings?day=yesterday")[1] == 400
+
+
+def test_events_say_which_recording_holds_them_and_where(server):
+    rec = indexed(server)
+    found = json.loads(fetch(server, f"/api/events?recording={rec['name']}")[3])["events"]
+    assert found[0]["event"] == "start" and found[-1]["event"] == "end"
+    lines = [json.loads(line) for line in (server["out"] / (rec["name"][:-4] + ".jsonl")).read_text().splitlines()]
+    first_ts = lines[0]["ts"]
+    by_frame = {line["frame"]: line for line in lines}
+    for event in found:
+        assert {"time", "track", "event", "label", "recording", "offset_s"} <= set(event)
+        assert ISO.match(event["time"]) and event["recording"] == rec["name"]
+        line = by_frame[event["frame"]]  # the frame the event happened at, and its offset in the video
+        assert event["offset_s"] == pytest.approx(line["ts"] - first_ts, abs=0.002)
+        assert any(face["track"] == event["track"] and face["label"] == event["label"] for face in line["faces"])
+        assert 0 <= event["offset_s"] <= rec["duration_s"]
+    newest = json.loads(fetch(server, "/api/events?limit=5")[3])["events"]
+    assert len(newest) == 5 and [e["seq"] for e in newest] == sorted(e["seq"] for e in newest)
+
+
+def test_summary_counts_the_faces_shown_per_expression(server):
+    rec = indexed(server)
+    lines = [json.loads(line) for line in (server["out"] / (rec["name"][:-4] + ".jsonl")).read_text().splitlines()]
+    start = int(lines[0]["t"] // 60 * 60)
+    later = json.loads(fetch(server, f"/api/summary?from={start}&to={start + 60}&bucket_s=60")[3])
+    assert len(later["buckets"]) == 1 and ISO.match(later["buckets"][0]["start"])
+    mine = {}
+    for line in lines:
+        if start <= line["t"] < start + 60:
+            for face in line["faces"]:
+                mine[face["label"]] = mine.get(face["label"], 0) + 1
+    counts = later["buckets"][0]["counts"]
+    assert all(counts.get(label, 0) >= n for label, n in mine.items())  # others in the same minute add to it
+    day = json.loads(fetch(server, "/api/summary")[3])
+    assert day["bucket_s"] == 3600 and len(day["buckets"]) in (24, 25) and day["labels"]
+    assert fetch(server, "/api/summary?bucket_s=61")[1] == 400
+    assert fetch(server, "/api/summary?from=soon")[1] == 400
+    assert fetch(server, "/api/summary?from=nan")[1] == 400
+    assert fetch(server, "/api/events?to=inf")[1] == 400
+
+
+@pytest.mark.parametrize("path", ["/review", "/api/summary", "/api/recordings", "/thumbnails/x.jpg"])
+def test_the_review_needs_the_token(server, path):
+    assert get(server["port"], path, token=None)[1] == 401
+
+
+def chromium(url: str, *args: str, budget_ms: int = 6000) -> subprocess.CompletedProcess:
+    binary = need_binary("chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                "--window-size=1200,800",
+                f"--virtual-time-budget={budget_ms}",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            timeout=90,
+            cwd=profile,
+        )
+
+
+def test_the_page_plays_a_recording_from_an_events_moment(server):
+    """Debian's Chromium decodes H.264: the recording itself plays, from an event's offset."""
+    rec = indexed(server)
+    found = json.loads(fetch(server, f"/api/events?recording={rec['name']}")[3])["events"]
+    moment = max(found, key=lambda e: e["offset_s"] if e["offset_s"] < rec["duration_s"] - 0.5 else -1)
+    url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play={rec['name']}&t={moment['offset_s']}"
+    dom = chromium(url, "--dump-dom")
+    html = dom.stdout.decode()
+    assert dom.returncode == 0 and "<html" in html, dom.stderr.decode()[-2000:]
+    state = re.search(r'<output id="state" data-recording="([^"]*)" data-seeked="([\d.]*)" data-time="([\d.]+)"', html)
+    assert state and state.group(1) == rec["name"], html[:3000]
+    assert state.group(2) and abs(float(state.group(2)) - moment["offset_s"]) < 1.0  # the seek lands on the moment
+    assert float(state.group(3)) > float(state.group(2)) + 0.2  # and it plays on from there
+
+
+def test_the_page_lists_recordings_with_thumbnails_timelines_and_the_chart(server, tmp_path):
+    url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}"
+    before = len(recordings(server))
+    html = chromium(url, "--dump-dom", budget_ms=4000).stdout.decode()
+    shown = int(re.search(r'id="recordings" data-count="(\d+)"', html).group(1))
+    assert min(10, before) <= shown <= min(10, len(recordings(server)))  # recording goes on meanwhile
+    assert len(re.findall(r'class="thumb" alt="thumbnail" src="/thumbnails/[\d-]+\.jpg" data-ok="1"', html)) >= 3
+    strips = [int(n) for n in re.findall(r'class="timeline" height="12" width="\d+" data-segments="(\d+)"', html)]
+    assert len(strips) >= 3 and all(n >= 1 for n in strips[1:4])
+    assert int(re.search(r'id="chart"[^>]* data-bars="(\d+)"', html).group(1)) >= 1
+
+    png = tmp_path / "review.png"
+    rec = indexed(server)
+    shot = chromium(f"{url}#play={rec['name']}&t=1", f"--screenshot={png}", budget_ms=3000)
+    assert shot.returncode == 0 and png.is_file(), shot.stderr.decode()[-2000:]
+    image = cv2.imread(str(png))
+    player = image[95:430, 30:630]  # the video shows a frame, not the empty black box
+    assert player.std() > 20
+    if os.environ.get("REVIEW_SCREENSHOT"):  # docs/review-page.png is made this way, in 64 colours to stay small
+        from PIL import Image
+
+        small = cv2.cvtColor(cv2.resize(image, (900, 600), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        palette = Image.fromarray(small).quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+        palette.save(Path(os.environ["REVIEW_SCREENSHOT"]), optimize=True)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-0", (0, 0)),
+        ("bytes=10-", (10, 99)),
+        ("bytes=-1", (99, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=90-500", (90, 99)),
+        ("bytes=100-", "416"),
+        ("bytes=-0", "416"),
+        ("bytes=5-1", None),  # not a valid range: the whole file
+        ("bytes=0-1,5-6", None),  # several ranges: the whole file
+        ("items=0-1", None),
+        ("bytes=+1-2", None),
+        ("bytes=-", None),
+    ],
+)
+def test_byte_ranges_are_read_as_http_says(header, expected):
+    from fer_edge.serve.review import UNSATISFIABLE, parse_range
+
+    found = parse_range(header, 100)
+    if expected == "416":
+        assert found is UNSATISFIABLE
+    else:
+        assert (found if found is None else (found.start, found.end)) == expected
