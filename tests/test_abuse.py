@@ -5,12 +5,15 @@ a model replaced mid-run, a soak) is tests/test_soak.py, `make soak`."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import resource
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +223,183 @@ def test_bad_input_is_one_error_line(tmp_path, case):
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert len(errors[0]) < 400, errors[0]
     assert "s3cret" not in result.stderr + result.stdout
+
+
+# --- the live view and MQTT against abuse: a running `fer-edge run`, clients on loopback ----------------------
+
+TOKEN = "abuse-token-7c3f9e1a"
+
+
+def _status(pid: int) -> tuple[int, int]:
+    """(RSS in MB, threads) of a running process."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) // 1024, int(status["Threads"])
+
+
+def _peak_mb(pid: int) -> int:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["VmHWM"].split()[0]) // 1024
+
+
+@pytest.fixture(scope="module")
+def live(demo_clip, tmp_path_factory):
+    """A realtime, looping run with recording (1 s segments) and the live view behind a token file."""
+    from livehelpers import free_port, start_run, stop, wait_for_port, write_config
+
+    folder = tmp_path_factory.mktemp("abuse-web")
+    token_file = _write(folder / "token", TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    config = write_config(
+        folder / "config.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 1.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+        },
+    )
+    process = start_run(config, demo_clip, folder / "stderr.log")
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list((folder / "out").glob("*.mp4")):
+            time.sleep(0.2)
+        yield {"port": port, "folder": folder, "pid": process.pid}
+    finally:
+        assert stop(process) == 0, (folder / "stderr.log").read_text()[-3000:]
+    log = (folder / "stderr.log").read_text()
+    assert TOKEN not in log and "Traceback" not in log, log[-3000:]
+
+
+def _stats(port: int) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/api/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status == 200, body
+    return json.loads(body)
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """The status line and headers the server answers to ``data`` (up to its close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    return answer
+
+
+def test_a_malformed_request_gets_a_400_and_logs_one_line(live):
+    port, log = live["port"], live["folder"] / "stderr.log"
+    for _ in range(200):
+        assert _raw(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    tls_hello = bytes.fromhex("16030100a5010000a10303") + bytes(32)  # what a browser opening https:// sends first
+    assert _raw(port, tls_hello).startswith(b"HTTP/1.1 400 ")
+    time.sleep(0.5)
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if "400" in line]) <= 2, lines[-20:]
+    assert "Traceback" not in log.read_text()
+
+
+def test_header_floods_before_the_token_cost_little_memory(live):
+    """60 connections each sending 99 headers of 64 KB, never finishing: the standard library's limits held
+    ~6 MB per connection; the front drops each after a few KB."""
+    port, pid = live["port"], live["pid"]
+    header = b"X-Fill: " + b"a" * (64 * 1024 - 10) + b"\r\n"
+
+    done = threading.Event()
+    sent = threading.Semaphore(0)
+
+    def flood() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                try:
+                    sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: pi\r\n")
+                    for _ in range(99):
+                        sock.sendall(header)
+                finally:
+                    sent.release()
+                done.wait(60)  # held open, never finished
+        except OSError:
+            pass  # closed by the server: what should happen
+
+    threads = [threading.Thread(target=flood) for _ in range(60)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in threads:
+            assert sent.acquire(timeout=60)
+        time.sleep(1.0)
+        rss, _ = _status(pid)
+        assert rss < 250, f"RSS {rss} MB with the header floods held open"
+        assert _stats(port)["frames"] > 0  # an authenticated client is answered meanwhile
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(60)
+    assert _stats(port)["web"]["too_large"] >= 60
+
+
+def test_a_thousand_idle_connections_hold_no_threads_and_lock_nobody_out(live):
+    port, pid = live["port"], live["pid"]
+    before = _stats(port)
+    idle = []
+    try:
+        for _ in range(1200):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                break  # the backlog is full: refused, as it should be
+        time.sleep(1.0)
+        _, threads = _status(pid)
+        assert threads <= 100, f"{threads} threads with {len(idle)} idle connections"
+        during = _stats(port)  # a real client still gets through: the longest-waiting idle connection made room
+        assert during["web"]["connections"] <= 128
+        assert during["web"]["evicted"] + during["web"]["refused"] > 0
+        assert during["frames"] > before["frames"] and during["recording"]["active"]
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_client_dripping_bytes_is_dropped_at_the_request_deadline(live):
+    with socket.create_connection(("127.0.0.1", live["port"]), timeout=5) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the server closed it: a send fails (the old timeout restarted per byte)
+            while time.monotonic() - started < 30:
+                sock.sendall(b"X")
+                time.sleep(0.5)
+        assert time.monotonic() - started < 20
+
+
+def test_live_streams_are_capped(live):
+    port = live["port"]
+    request = f"GET /api/stream.mjpeg HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    streams = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(request)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            streams.append(sock)
+        assert _raw(port, request).startswith(b"HTTP/1.1 503 ")
+        assert _stats(port)["viewers"] == 4  # and the other requests are still answered
+    finally:
+        for sock in streams:
+            sock.close()
+
+
+def test_a_link_in_the_output_folder_is_neither_listed_nor_served(live):
+    port, out = live["port"], live["folder"] / "out"
+    secret = _write(live["folder"] / "secret.txt", "not a recording\n")
+    (out / "29991231-235959-0001.mp4").symlink_to(secret)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/api/recordings", headers={"Authorization": f"Bearer {TOKEN}"})
+    names = [item["name"] for item in json.loads(connection.getresponse().read())["recordings"]]
+    assert names and "29991231-235959-0001.mp4" not in names
+    connection.request("GET", "/recordings/29991231-235959-0001.mp4", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    assert response.status == 404 and b"not a recording" not in response.read()
+    connection.close()

@@ -301,7 +301,15 @@ def start_args(config: Path, source: Path) -> list[str]:
     "overrides, message",
     [
         ({"web.listen": "8080"}, "web.listen: expected host:port with a port 1-65535 (IPv6: [::1]:8080), got '8080'"),
-        ({"web.stream_fps": 0}, "web.stream_fps: expected a number in (0, 30], got 0"),
+        ({"web.stream_fps": 0}, "web.stream_fps: expected a number in [0.1, 30], got 0"),
+        ({"web.stream_fps": 1e-300}, "web.stream_fps: expected a number in [0.1, 30], got 1e-300"),
+        ({"web.token": ""}, "web.token: expected at least 16 characters, got 0"),
+        ({"web.token": "short-secret"}, "web.token: expected at least 16 characters, got 12"),
+        ({"mqtt.host": ""}, "mqtt.host: expected a host name"),
+        ({"mqtt.host": "mqtt://user:pw@broker"}, "mqtt.host: expected a host name or address, not a URL"),
+        ({"mqtt.host": "a" * 64 + ".lan"}, "mqtt.host: expected a host name (labels of 1-63"),
+        ({"mqtt.device_id": "d" * 70_000}, "mqtt.device_id: expected at most 64 characters"),
+        ({"mqtt.username": ""}, "mqtt.username: expected 1-256 characters"),
         ({"web.colour": 1}, "web.colour: unknown key"),
         ({"web.token": "a", "web.token_file": "/f"}, "web.token_file: set web.token or web.token_file, not both"),
         ({"mqtt.device_id": "a/b"}, "mqtt.device_id: expected letters, digits, _ and - only, got 'a/b'"),
@@ -316,6 +324,7 @@ def test_web_and_mqtt_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert str(error.value).startswith(message)
+    assert "pw@" not in str(error.value) and "short-secret" not in str(error.value)
 
 
 def test_a_viewer_that_reads_nothing_holds_up_neither_the_loop_nor_other_viewers(server):
