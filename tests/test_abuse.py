@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import random
 import resource
 import socket
@@ -403,3 +404,139 @@ def test_a_link_in_the_output_folder_is_neither_listed_nor_served(live):
     response = connection.getresponse()
     assert response.status == 404 and b"not a recording" not in response.read()
     connection.close()
+
+
+# --- live view and MQTT configs: check-config refuses what run refuses, through the same checks -----------------
+
+
+def _serve_config(tmp: Path, web: dict | None = None, mqtt: dict | None = None, **sections: dict) -> Path:
+    raw: dict = {**sections}
+    if web is not None:
+        raw["web"] = {"enabled": True, **web}
+    if mqtt is not None:
+        raw["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": _closed_port(), **mqtt}
+    return _write(tmp / "serve.yaml", json.dumps(raw))  # JSON is YAML
+
+
+def _secret(tmp: Path, name: str, data: bytes | None, mode: int = 0o600) -> str:
+    path = tmp / name
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    path.chmod(mode)
+    return str(path)
+
+
+def _fifo(tmp: Path, name: str) -> str:
+    os.mkfifo(tmp / name, 0o600)
+    return str(tmp / name)
+
+
+GOOD = b"a-real-token-of-32-characters-ok\n"
+SERVE_CONFIGS = {
+    "token empty": (lambda tmp: _serve_config(tmp, {"token": ""}), "web.token: expected at least 16 characters"),
+    "token short": (lambda tmp: _serve_config(tmp, {"token": "hunter2"}), "web.token: expected at least 16"),
+    "0.0.0.0 no token": (lambda tmp: _serve_config(tmp, {"listen": "0.0.0.0:8089"}), "web.listen: 0.0.0.0 is"),
+    "[::] no token": (lambda tmp: _serve_config(tmp, {"listen": "[::]:8089"}), "web.listen: :: is reachable"),
+    "127.1 no token": (lambda tmp: _serve_config(tmp, {"listen": "127.1:8089"}), "web.listen: 127.1 is reachable"),
+    "mapped no token": (
+        lambda tmp: _serve_config(tmp, {"listen": "[::ffff:127.0.0.1]:8089"}),
+        "web.listen: ::ffff:127.0.0.1 is reachable",
+    ),
+    "token file missing": (
+        lambda tmp: _serve_config(tmp, {"token_file": str(tmp / "nowhere")}),
+        "web.token_file: cannot read",
+    ),
+    "token file 0644": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", GOOD, 0o644)}),
+        "is readable by others (mode 644)",
+    ),
+    "token file empty": (lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"\n")}), "is empty"),
+    "token file binary": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"\xff\xfe\x00abc")}),
+        "web.token_file: ",
+    ),
+    "token file short": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"abc\n")}),
+        "web.token: the token in web.token_file: expected at least 16 characters, got 3",
+    ),
+    "token file a folder": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", None, 0o700)}),
+        "web.token_file: ",
+    ),
+    "token file a FIFO": (
+        lambda tmp: _serve_config(tmp, {"token_file": _fifo(tmp, "t")}),
+        "web.token_file: ",
+    ),
+    "token file 200 MB": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"a" * 200_000_000)}),
+        "is larger than 4096 bytes",
+    ),
+    "mqtt host empty": (lambda tmp: _serve_config(tmp, mqtt={"host": ""}), "mqtt.host: expected a host name"),
+    "mqtt host a URL": (
+        lambda tmp: _serve_config(tmp, mqtt={"host": "mqtt://user:s3cret@broker"}),
+        "mqtt.host: expected a host name or address, not a URL",
+    ),
+    "mqtt label of 64": (lambda tmp: _serve_config(tmp, mqtt={"host": "h" * 64 + ".lan"}), "mqtt.host: expected"),
+    "password, no user": (lambda tmp: _serve_config(tmp, mqtt={"password": "s3cret"}), "mqtt.username: a password"),
+    "password file 0644": (
+        lambda tmp: _serve_config(tmp, mqtt={"username": "u", "password_file": _secret(tmp, "p", b"s3cret", 0o644)}),
+        "mqtt.password_file: ",
+    ),
+    "password file a FIFO": (
+        lambda tmp: _serve_config(tmp, mqtt={"username": "u", "password_file": _fifo(tmp, "p")}),
+        "mqtt.password_file: ",
+    ),
+    "tls_ca_file missing": (
+        lambda tmp: _serve_config(tmp, mqtt={"tls": True, "tls_ca_file": str(tmp / "nowhere.pem")}),
+        "mqtt.tls_ca_file: cannot read",
+    ),
+    "tls_ca_file a FIFO": (
+        lambda tmp: _serve_config(tmp, mqtt={"tls": True, "tls_ca_file": _fifo(tmp, "ca.pem")}),
+        "mqtt.tls_ca_file: ",
+    ),
+    "device id of 70000": (lambda tmp: _serve_config(tmp, mqtt={"device_id": "d" * 70_000}), "mqtt.device_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(SERVE_CONFIGS))
+def test_check_config_refuses_the_live_view_and_mqtt_configs_that_run_refuses(tmp_path, case):
+    build, expected = SERVE_CONFIGS[case]
+    config = build(tmp_path)
+    lines = []
+    for command in (["check-config", "--quiet"], ["run", "--source", str(CLIP), "--max-frames", "1", "--no-record"]):
+        result = fer_edge(*command, "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+        assert "s3cret" not in result.stderr and "a-real-token" not in result.stderr
+        lines.append(errors[0])
+    assert lines[0] == lines[1]  # one check, one message
+
+
+def test_check_config_refuses_an_output_folder_that_cannot_take_files(tmp_path):
+    blocker = _write(tmp_path / "a-file", "not a folder\n")
+    config = _write(tmp_path / "c.yaml", f"recording:\n  output_dir: {blocker}/out\n")
+    result = fer_edge("check-config", "--quiet", "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"fer-edge: error: recording.output_dir: {blocker} is not a folder" in result.stderr
+
+
+def test_a_fifo_as_a_secret_file_is_refused_at_once(tmp_path):
+    from fer_edge.config.preflight import read_secret_file
+    from fer_edge.errors import ConfigError
+
+    fifo = Path(_fifo(tmp_path, "token"))
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            read_secret_file(fifo, "web.token_file")
+        except ConfigError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(1.0)  # a blocking open of a FIFO with no writer never returns
+    assert outcome == [f"web.token_file: {fifo} is not a regular file"]

@@ -341,3 +341,21 @@ def test_a_viewer_that_reads_nothing_holds_up_neither_the_loop_nor_other_viewers
         test_mjpeg_stream_sends_new_jpeg_frames(server)  # a second viewer is served as usual
     finally:
         stalled.close()
+
+
+def test_the_jpeg_cache_never_goes_back_to_an_older_frame(demo_clip):
+    from fer_edge.serve.web import JpegFrames
+    from fer_edge.testing import ScriptedFeed
+    from fer_edge.types import Frame
+
+    capture = cv2.VideoCapture(str(demo_clip))
+    images = [capture.read()[1] for _ in range(3)]
+    capture.release()
+    newer, older = Frame(images[2], 2, 2 / 30), Frame(images[0], 0, 0.0)
+    jpegs = JpegFrames(ScriptedFeed([(7, newer), (6, older), (7, newer)]), None, 75)  # type: ignore[arg-type]
+    seq, jpeg = jpegs.latest()
+    assert seq == 7 and jpeg is not None
+    assert jpegs.latest() == (7, jpeg)  # frame 6 came late: still frame 7, not encoded again
+    assert jpegs.latest() == (7, jpeg) and jpegs.encoded == 1
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(decoded.astype(int) - images[2].astype(int)).mean() < 3
