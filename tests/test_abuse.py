@@ -540,3 +540,48 @@ def test_a_fifo_as_a_secret_file_is_refused_at_once(tmp_path):
     reader.start()
     reader.join(1.0)  # a blocking open of a FIFO with no writer never returns
     assert outcome == [f"web.token_file: {fifo} is not a regular file"]
+
+
+def test_at_the_descriptor_limit_connections_are_refused_and_recording_goes_on(demo_clip, tmp_path):
+    """Under `ulimit -n 128`, 300 idle connections: the connection cap shrinks to fit, so the recording's new
+    segments still get their files (the old server took every descriptor and the segments failed)."""
+    from livehelpers import free_port, stop, wait_for_port, write_config
+
+    port = free_port()
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(out), "segment_seconds": 1.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token": TOKEN},
+        },
+    )
+    with open(tmp_path / "stderr.log", "wb") as err:
+        process = subprocess.Popen(
+            ["prlimit", "--nofile=128", sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config)]
+            + ["--source", str(demo_clip)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    idle = []
+    try:
+        wait_for_port(port, timeout=30)
+        for _ in range(300):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                break
+        time.sleep(1.0)
+        before = set(out.glob("*.mp4"))
+        time.sleep(3.0)
+        assert len(set(out.glob("*.mp4")) - before) >= 2  # 1 s segments kept finishing
+        stats = _stats(port)
+        assert stats["web"]["connections"] <= 32 and stats["recording"]["active"]
+    finally:
+        for sock in idle:
+            sock.close()
+        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    log = (tmp_path / "stderr.log").read_text()
+    assert "Traceback" not in log and "Too many open files" not in log, log[-3000:]
+    assert "at most 32 connections" in log

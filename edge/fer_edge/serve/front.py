@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import queue
+import resource
 import selectors
 import socket
 import threading
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 SELECT_INTERVAL_S = 0.2
 ACCEPT_PAUSE_S = 0.5  # out of file descriptors: stop accepting this long, instead of spinning on the error
 READ_CHUNK = 4096
+FDS_KEPT_FREE = 96  # descriptors left to the rest of the service (measured: about 40 in use with web and MQTT)
+MIN_CONNECTIONS = 4
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,17 @@ class _Connection:
     deadline: float
     waiting_since: float
     buffer: bytearray = field(default_factory=bytearray)
+
+
+def connection_cap(configured: int) -> int:
+    """``web.max_connections``, lowered where the process's descriptor limit would run out before it: the
+    recording, the camera and the broker keep ``FDS_KEPT_FREE`` descriptors whatever the clients do."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - FDS_KEPT_FREE >= configured:
+        return configured
+    cap = max(MIN_CONNECTIONS, soft - FDS_KEPT_FREE)
+    log.warning("web: %d open files allowed (ulimit -n); at most %d connections, not %d", soft, cap, configured)
+    return cap
 
 
 # (socket, client address, the request line and headers, bytes after them) -> keep the connection open

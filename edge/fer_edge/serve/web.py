@@ -29,7 +29,7 @@ import numpy as np
 
 from fer_edge.config.preflight import CREDENTIAL_NAME, check_listen, is_loopback, read_secret_file, resolve_secret
 from fer_edge.errors import ConfigError, FerEdgeError
-from fer_edge.serve.front import HttpFront, Limits
+from fer_edge.serve.front import HttpFront, Limits, connection_cap
 from fer_edge.serve.live import LiveFeed, finished_videos
 from fer_edge.serve.metrics import metrics_text
 from fer_edge.serve.ratelog import RateLimitedLog
@@ -128,9 +128,10 @@ class WebServer:
         self.session = cookie_value(token) if token is not None else None
         self.stream_period = 1.0 / stream_fps
         self.max_viewers = max_viewers
+        connections = connection_cap(max_connections)
         self.limits = Limits(
-            max_connections=max_connections,
-            max_per_address=max(2, max_connections // 4),
+            max_connections=connections,
+            max_per_address=max(2, connections // 4),
             workers=max_viewers + SPARE_WORKERS,
         )
         self.jpegs = JpegFrames(feed, stream_width, jpeg_quality)
