@@ -192,6 +192,8 @@ def test_metrics_are_prometheus_text(server):
     assert samples['fer_edge_stage_seconds_total{stage="detect"}'] > 0
     assert samples["fer_edge_disk_free_bytes"] > 0 and samples["fer_edge_recording_segments"] >= 1
     assert samples["fer_edge_recording"] == 1
+    assert samples["fer_edge_web_requests_total"] >= 1 and samples["fer_edge_web_connections"] >= 1
+    assert 'fer_edge_web_connections_closed_total{reason="refused"}' in samples
 
 
 def chromium(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
