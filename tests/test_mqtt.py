@@ -4,6 +4,7 @@ events with a snapshot, switches, and a broker that is down at start."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -421,3 +422,53 @@ def test_a_topic_that_is_not_utf8_does_not_end_the_client(demo_clip, tmp_path):
     finally:
         assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
         hostile.close()
+
+
+def _certificate(folder, name: str, *, issuer: tuple | None = None) -> tuple:
+    """(certificate, key) files: a self-signed CA when ``issuer`` is None, else a 127.0.0.1 server cert by it."""
+    key, cert = folder / f"{name}.key", folder / f"{name}.crt"
+    openssl = need_binary("openssl")
+    subprocess.run([openssl, "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    if issuer is None:
+        args = ["req", "-x509", "-new", "-key", str(key), "-subj", f"/CN={name}", "-days", "2", "-out", str(cert)]
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+    else:
+        csr = folder / f"{name}.csr"
+        subprocess.run(
+            [openssl, "req", "-new", "-key", str(key), "-subj", "/CN=127.0.0.1", "-out", str(csr)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [openssl, "x509", "-req", "-in", str(csr), "-CA", str(issuer[0]), "-CAkey", str(issuer[1])]
+            + ["-CAcreateserial", "-days", "2", "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+    return cert, key
+
+
+def test_a_tls_failure_is_logged_as_one_and_says_why(demo_clip, tmp_path):
+    ca = _certificate(tmp_path, "ca")
+    other_ca = _certificate(tmp_path, "other-ca")
+    server = _certificate(tmp_path, "server", issuer=ca)
+    broker = Broker(tmp_path)
+    broker.config.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"cafile {ca[0]}\ncertfile {server[0]}\nkeyfile {server[1]}\n"
+        + ("user root\n" if os.geteuid() == 0 else "")  # else it drops to a user who cannot read them
+    )
+    broker.start()
+    config = mqtt_config(tmp_path, broker.port, tls=True, tls_ca_file=str(other_ca[0]))
+    process = start_run(config, demo_clip, tmp_path / "stderr.log")
+    log = tmp_path / "stderr.log"
+    try:
+        deadline = time.monotonic() + 20
+        while "mqtt: 127.0.0.1" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert f"mqtt: 127.0.0.1:{broker.port}: TLS handshake failed: CERTIFICATE_VERIFY_FAILED" in text, text
+        assert "broker unreachable" not in text
+    finally:
+        assert stop(process) == 0, log.read_text()
+        broker.stop()

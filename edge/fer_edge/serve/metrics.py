@@ -61,4 +61,3 @@ def metrics_text(stats: dict[str, Any], extra: dict[str, tuple[str, str, Any]] |
     for name, (kind, help_text, value) in (extra or {}).items():
         metric(name, kind, help_text, [({}, value)])
     return "\n".join(lines) + "\n"
-

@@ -25,8 +25,10 @@ import json
 import logging
 import platform
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fer_edge import __version__
@@ -230,6 +232,8 @@ class MqttPublisher:
         client.suppress_exceptions = True  # a failing callback must not end paho's network thread
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        self._last_error = ""
+        client.reconnect = self._remember_failure(client.reconnect)  # type: ignore[method-assign] # paho drops why
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -294,8 +298,21 @@ class MqttPublisher:
         client.subscribe([(topic, 1) for topic in self.topics.switch_set.values()] + [(self.topics.ha_status, 1)])
         self._resend.set()
 
+    def _remember_failure(self, reconnect: Callable[[], Any]) -> Callable[[], Any]:
+        def remembering() -> Any:
+            try:
+                return reconnect()
+            except ssl.SSLError as exc:
+                self._last_error = f"TLS handshake failed: {exc.reason or exc}"
+                raise
+            except OSError as exc:
+                self._last_error = f"broker unreachable ({exc.strerror or exc})"
+                raise
+
+        return remembering
+
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._log_outage("broker unreachable")
+        self._log_outage(self._last_error or "broker unreachable")
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if self.connected:
