@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fer_edge import __version__
 from fer_edge.errors import FerEdgeError
@@ -37,6 +37,9 @@ from fer_edge.serve.live import LiveFeed, TrackEvent
 from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.serve.switches import Switches
+
+if TYPE_CHECKING:
+    from fer_edge.config.device import MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +192,12 @@ class MqttPublisher:
         self,
         feed: LiveFeed,
         switches: Switches,
-        cfg,
+        cfg: MqttConfig,
         *,
         password: str | None,
         labels: list[str],
         model: str | None = None,
-    ):
+    ) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
