@@ -1,16 +1,22 @@
 """Faults and abuse, the fast part: bad models, sidecars, configs, sources and arguments, each given to the
 real `fer-edge` command in a process of its own. Each must end in one `fer-edge: error:` line and a non-zero
-exit: no traceback, no hang (a timeout), no runaway memory (an address-space limit). The long part (kills,
-a model replaced mid-run, a soak) is tests/test_soak.py, `make soak`."""
+exit: no traceback, no hang (a timeout), no runaway memory (an address-space limit). Then hostile clients of a
+running live view (bounded memory, threads and descriptors), and the live view and MQTT configs that
+`check-config` must refuse as `run` does. The long part (kills, a model replaced mid-run, a soak) is
+tests/test_soak.py, `make soak`."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import random
 import resource
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +226,368 @@ def test_bad_input_is_one_error_line(tmp_path, case):
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
     assert len(errors[0]) < 400, errors[0]
     assert "s3cret" not in result.stderr + result.stdout
+
+
+# --- the live view and MQTT against abuse: a running `fer-edge run`, clients on loopback ----------------------
+
+TOKEN = "abuse-token-7c3f9e1a"
+
+
+def _status(pid: int) -> tuple[int, int]:
+    """(RSS in MB, threads) of a running process."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["VmRSS"].split()[0]) // 1024, int(status["Threads"])
+
+
+def _peak_mb(pid: int) -> int:
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(status["VmHWM"].split()[0]) // 1024
+
+
+@pytest.fixture(scope="module")
+def live(demo_clip, tmp_path_factory):
+    """A realtime, looping run with recording (1 s segments) and the live view behind a token file."""
+    from livehelpers import free_port, start_run, stop, wait_for_port, write_config
+
+    folder = tmp_path_factory.mktemp("abuse-web")
+    token_file = _write(folder / "token", TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    config = write_config(
+        folder / "config.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 1.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+        },
+    )
+    process = start_run(config, demo_clip, folder / "stderr.log")
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list((folder / "out").glob("*.mp4")):
+            time.sleep(0.2)
+        yield {"port": port, "folder": folder, "pid": process.pid}
+    finally:
+        assert stop(process) == 0, (folder / "stderr.log").read_text()[-3000:]
+    log = (folder / "stderr.log").read_text()
+    assert TOKEN not in log and "Traceback" not in log, log[-3000:]
+
+
+def _stats(port: int) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/api/stats", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status == 200, body
+    return json.loads(body)
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """The status line and headers the server answers to ``data`` (up to its close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    return answer
+
+
+def test_a_malformed_request_gets_a_400_and_logs_one_line(live):
+    port, log = live["port"], live["folder"] / "stderr.log"
+    for _ in range(200):
+        assert _raw(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    tls_hello = bytes.fromhex("16030100a5010000a10303") + bytes(32)  # what a browser opening https:// sends first
+    assert _raw(port, tls_hello).startswith(b"HTTP/1.1 400 ")
+    time.sleep(0.5)
+    lines = log.read_text().splitlines()
+    assert len([line for line in lines if "400" in line]) <= 2, lines[-20:]
+    assert "Traceback" not in log.read_text()
+
+
+def test_header_floods_before_the_token_cost_little_memory(live):
+    """60 connections each sending 99 headers of 64 KB, never finishing: the standard library's limits held
+    ~6 MB per connection; the front drops each after a few KB."""
+    port, pid = live["port"], live["pid"]
+    header = b"X-Fill: " + b"a" * (64 * 1024 - 10) + b"\r\n"
+
+    done = threading.Event()
+    sent = threading.Semaphore(0)
+
+    def flood() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                try:
+                    sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: pi\r\n")
+                    for _ in range(99):
+                        sock.sendall(header)
+                finally:
+                    sent.release()
+                done.wait(60)  # held open, never finished
+        except OSError:
+            pass  # closed by the server: what should happen
+
+    threads = [threading.Thread(target=flood) for _ in range(60)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in threads:
+            assert sent.acquire(timeout=60)
+        time.sleep(1.0)
+        rss, _ = _status(pid)
+        assert rss < 250, f"RSS {rss} MB with the header floods held open"
+        assert _stats(port)["frames"] > 0  # an authenticated client is answered meanwhile
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(60)
+    assert _stats(port)["web"]["too_large"] >= 60
+
+
+def test_a_thousand_idle_connections_hold_no_threads_and_lock_nobody_out(live):
+    port, pid = live["port"], live["pid"]
+    before = _stats(port)
+    idle = []
+    try:
+        for _ in range(1200):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                break  # the backlog is full: refused, as it should be
+        time.sleep(1.0)
+        _, threads = _status(pid)
+        assert threads <= 100, f"{threads} threads with {len(idle)} idle connections"
+        during = _stats(port)  # a real client still gets through: the longest-waiting idle connection made room
+        assert during["web"]["connections"] <= 128
+        assert during["web"]["evicted"] + during["web"]["refused"] > 0
+        assert during["frames"] > before["frames"] and during["recording"]["active"]
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_client_dripping_bytes_is_dropped_at_the_request_deadline(live):
+    with socket.create_connection(("127.0.0.1", live["port"]), timeout=5) as sock:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the server closed it: a send fails (the old timeout restarted per byte)
+            while time.monotonic() - started < 30:
+                sock.sendall(b"X")
+                time.sleep(0.5)
+        assert time.monotonic() - started < 20
+
+
+def test_live_streams_are_capped(live):
+    port = live["port"]
+    request = f"GET /api/stream.mjpeg HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    streams = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(request)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            streams.append(sock)
+        assert _raw(port, request).startswith(b"HTTP/1.1 503 ")
+        assert _stats(port)["viewers"] == 4  # and the other requests are still answered
+    finally:
+        for sock in streams:
+            sock.close()
+
+
+def test_a_link_in_the_output_folder_is_neither_listed_nor_served(live):
+    port, out = live["port"], live["folder"] / "out"
+    secret = _write(live["folder"] / "secret.txt", "not a recording\n")
+    (out / "29991231-235959-0001.mp4").symlink_to(secret)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/api/recordings", headers={"Authorization": f"Bearer {TOKEN}"})
+    names = [item["name"] for item in json.loads(connection.getresponse().read())["recordings"]]
+    assert names and "29991231-235959-0001.mp4" not in names
+    connection.request("GET", "/recordings/29991231-235959-0001.mp4", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    assert response.status == 404 and b"not a recording" not in response.read()
+    connection.close()
+
+
+# --- live view and MQTT configs: check-config refuses what run refuses, through the same checks -----------------
+
+
+def _serve_config(tmp: Path, web: dict | None = None, mqtt: dict | None = None, **sections: dict) -> Path:
+    raw: dict = {**sections}
+    if web is not None:
+        raw["web"] = {"enabled": True, **web}
+    if mqtt is not None:
+        raw["mqtt"] = {"enabled": True, "host": "127.0.0.1", "port": _closed_port(), **mqtt}
+    return _write(tmp / "serve.yaml", json.dumps(raw))  # JSON is YAML
+
+
+def _secret(tmp: Path, name: str, data: bytes | int | None, mode: int = 0o600) -> str:
+    """A secret file holding ``data``, or that many bytes (sparse), or a folder (None)."""
+    path = tmp / name
+    if data is None:
+        path.mkdir()
+    elif isinstance(data, int):
+        path.write_bytes(b"a")
+        os.truncate(path, data)
+    else:
+        path.write_bytes(data)
+    path.chmod(mode)
+    return str(path)
+
+
+def _fifo(tmp: Path, name: str) -> str:
+    os.mkfifo(tmp / name, 0o600)
+    return str(tmp / name)
+
+
+GOOD = b"a-real-token-of-32-characters-ok\n"
+SERVE_CONFIGS = {
+    "token empty": (lambda tmp: _serve_config(tmp, {"token": ""}), "web.token: expected at least 16 characters"),
+    "token short": (lambda tmp: _serve_config(tmp, {"token": "hunter2"}), "web.token: expected at least 16"),
+    "0.0.0.0 no token": (lambda tmp: _serve_config(tmp, {"listen": "0.0.0.0:8089"}), "web.listen: 0.0.0.0 is"),
+    "[::] no token": (lambda tmp: _serve_config(tmp, {"listen": "[::]:8089"}), "web.listen: :: is reachable"),
+    "127.1 no token": (lambda tmp: _serve_config(tmp, {"listen": "127.1:8089"}), "web.listen: 127.1 is reachable"),
+    "mapped no token": (
+        lambda tmp: _serve_config(tmp, {"listen": "[::ffff:127.0.0.1]:8089"}),
+        "web.listen: ::ffff:127.0.0.1 is reachable",
+    ),
+    "token file missing": (
+        lambda tmp: _serve_config(tmp, {"token_file": str(tmp / "nowhere")}),
+        "web.token_file: cannot read",
+    ),
+    "token file 0644": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", GOOD, 0o644)}),
+        "is readable by others (mode 644)",
+    ),
+    "token file empty": (lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"\n")}), "is empty"),
+    "token file binary": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"\xff\xfe\x00abc")}),
+        "web.token_file: ",
+    ),
+    "token file short": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"abc\n")}),
+        "web.token: the token in web.token_file: expected at least 16 characters, got 3",
+    ),
+    "token file a folder": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", None, 0o700)}),
+        "web.token_file: ",
+    ),
+    "token file a FIFO": (
+        lambda tmp: _serve_config(tmp, {"token_file": _fifo(tmp, "t")}),
+        "web.token_file: ",
+    ),
+    "token file 200 MB": (
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", 200_000_000)}),
+        "is larger than 4096 bytes",
+    ),
+    "mqtt host empty": (lambda tmp: _serve_config(tmp, mqtt={"host": ""}), "mqtt.host: expected a host name"),
+    "mqtt host a URL": (
+        lambda tmp: _serve_config(tmp, mqtt={"host": "mqtt://user:s3cret@broker"}),
+        "mqtt.host: expected a host name or address, not a URL",
+    ),
+    "mqtt label of 64": (lambda tmp: _serve_config(tmp, mqtt={"host": "h" * 64 + ".lan"}), "mqtt.host: expected"),
+    "password, no user": (lambda tmp: _serve_config(tmp, mqtt={"password": "s3cret"}), "mqtt.username: a password"),
+    "password file 0644": (
+        lambda tmp: _serve_config(tmp, mqtt={"username": "u", "password_file": _secret(tmp, "p", b"s3cret", 0o644)}),
+        "mqtt.password_file: ",
+    ),
+    "password file a FIFO": (
+        lambda tmp: _serve_config(tmp, mqtt={"username": "u", "password_file": _fifo(tmp, "p")}),
+        "mqtt.password_file: ",
+    ),
+    "tls_ca_file missing": (
+        lambda tmp: _serve_config(tmp, mqtt={"tls": True, "tls_ca_file": str(tmp / "nowhere.pem")}),
+        "mqtt.tls_ca_file: cannot read",
+    ),
+    "tls_ca_file a FIFO": (
+        lambda tmp: _serve_config(tmp, mqtt={"tls": True, "tls_ca_file": _fifo(tmp, "ca.pem")}),
+        "mqtt.tls_ca_file: ",
+    ),
+    "device id of 70000": (lambda tmp: _serve_config(tmp, mqtt={"device_id": "d" * 70_000}), "mqtt.device_id"),
+}
+
+
+@pytest.mark.parametrize("case", list(SERVE_CONFIGS))
+def test_check_config_refuses_the_live_view_and_mqtt_configs_that_run_refuses(tmp_path, case):
+    build, expected = SERVE_CONFIGS[case]
+    config = build(tmp_path)
+    lines = []
+    for command in (["check-config", "--quiet"], ["run", "--source", str(CLIP), "--max-frames", "1", "--no-record"]):
+        result = fer_edge(*command, "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+        assert "s3cret" not in result.stderr and "a-real-token" not in result.stderr
+        lines.append(errors[0])
+    assert lines[0] == lines[1]  # one check, one message
+
+
+def test_check_config_refuses_an_output_folder_that_cannot_take_files(tmp_path):
+    blocker = _write(tmp_path / "a-file", "not a folder\n")
+    config = _write(tmp_path / "c.yaml", f"recording:\n  output_dir: {blocker}/out\n")
+    result = fer_edge("check-config", "--quiet", "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"fer-edge: error: recording.output_dir: {blocker} is not a folder" in result.stderr
+
+
+def test_a_fifo_as_a_secret_file_is_refused_at_once(tmp_path):
+    from fer_edge.config.preflight import read_secret_file
+    from fer_edge.errors import ConfigError
+
+    fifo = Path(_fifo(tmp_path, "token"))
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            read_secret_file(fifo, "web.token_file")
+        except ConfigError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(1.0)  # a blocking open of a FIFO with no writer never returns
+    assert outcome == [f"web.token_file: {fifo} is not a regular file"]
+
+
+def test_at_the_descriptor_limit_connections_are_refused_and_recording_goes_on(demo_clip, tmp_path):
+    """Under `ulimit -n 128`, 300 idle connections: the connection cap shrinks to fit, so the recording's new
+    segments still get their files (the old server took every descriptor and the segments failed)."""
+    from livehelpers import free_port, stop, wait_for_port, write_config
+
+    port = free_port()
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(out), "segment_seconds": 1.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token": TOKEN},
+        },
+    )
+    with open(tmp_path / "stderr.log", "wb") as err:
+        process = subprocess.Popen(
+            ["prlimit", "--nofile=128", sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config)]
+            + ["--source", str(demo_clip)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    idle = []
+    try:
+        wait_for_port(port, timeout=30)
+        for _ in range(300):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                break
+        time.sleep(1.0)
+        before = set(out.glob("*.mp4"))
+        time.sleep(3.0)
+        assert len(set(out.glob("*.mp4")) - before) >= 2  # 1 s segments kept finishing
+        stats = _stats(port)
+        assert stats["web"]["connections"] <= 32 and stats["recording"]["active"]
+    finally:
+        for sock in idle:
+            sock.close()
+        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()[-3000:]
+    log = (tmp_path / "stderr.log").read_text()
+    assert "Traceback" not in log and "Too many open files" not in log, log[-3000:]
+    assert "at most 32 connections" in log

@@ -251,6 +251,14 @@ def test_check_config_only_warns_about_a_missing_model_when_told(tmp_path):
     assert not error_lines(check)
 
 
+def test_check_config_takes_the_model_as_run_does(repo_root, tmp_path):
+    """Its own error says "pass --model PATH": argparse took --model as an abbreviation of --model-optional."""
+    model = repo_root / "models" / "fer_fast_int8.tflite"
+    check = fer_edge("check-config", "--model", str(model))
+    assert check.returncode == 0, check.stderr
+    assert f"path: {model}" in check.stdout
+
+
 def test_check_config_quiet_prints_no_info_lines(repo_root):
     check = fer_edge("check-config", "--quiet", "--config", str(repo_root / "configs" / "edge-default.yaml"))
     assert check.returncode == 0 and check.stdout == ""

@@ -4,6 +4,7 @@ events with a snapshot, switches, and a broker that is down at start."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -295,3 +296,213 @@ def test_track_changes_start_change_and_end():
     assert feed.snapshot(starts[0].seq) is image
     feed.write(Frame(image, 7, 3.5), [])  # 1.5 s after track 2 was last seen
     assert [(e.kind, e.track) for e in feed.events_since(4)] == [("end", 2)]
+
+
+def _peak_rss_mb(pid: int) -> int:
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines())
+    return int(status["VmHWM"].split()[0]) // 1024
+
+
+def test_a_retained_off_does_not_override_the_config_at_start(broker, demo_clip, tmp_path):
+    listener = Listener(broker.port)
+    listener.publish(f"{BASE}/recording/set", "OFF", retain=True)  # left behind by an old Home Assistant
+    process = start_run(mqtt_config(tmp_path, broker.port), demo_clip, tmp_path / "stderr.log")
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online")
+        time.sleep(2.5)  # the retained OFF arrived 40 ms in
+        assert listener.wait_for(f"{BASE}/recording/state", timeout=5) == b"ON"
+        assert f"{BASE}/recording/state" not in [t for t, p, _ in listener.seen if p == b"OFF"]
+        assert list((tmp_path / "out").glob("*.mp4"))  # recording went on: finished 2 s segments
+        assert "ignored a retained command" in (tmp_path / "stderr.log").read_text()
+    finally:
+        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
+        listener.close()
+
+
+def test_huge_and_garbage_commands_cost_little_and_log_little(broker, demo_clip, tmp_path):
+    listener = Listener(broker.port)
+    process = start_run(mqtt_config(tmp_path, broker.port), demo_clip, tmp_path / "stderr.log")
+    log = tmp_path / "stderr.log"
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online")
+        time.sleep(1.0)
+        listener.client.publish(f"{BASE}/recording/set", b"OFF" + b" " * 20_000_000, qos=1).wait_for_publish(30)
+        for number in range(5000):
+            listener.client.publish(f"{BASE}/privacy/set", f"MAYBE {number}", qos=0)
+        listener.publish(f"{BASE}/privacy/set", "ON")  # after all that, a real command still works
+        listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON", timeout=30)
+        peak = _peak_rss_mb(process.pid)
+        assert peak < 250, f"peak RSS {peak} MB"
+        assert listener.wait_for(f"{BASE}/recording/state", timeout=5) == b"ON"  # the 20 MB OFF was no command
+        warnings = [line for line in log.read_text().splitlines() if "WARNING" in line and "mqtt" in line]
+        assert len(warnings) <= 3, warnings
+    finally:
+        assert stop(process) == 0, log.read_text()
+        listener.close()
+
+
+class HostileBroker:
+    """Enough of an MQTT 3.1.1 broker to accept one client, then send what a test says (no real broker sends a
+    topic that is not UTF-8); collects the topics and payloads the client publishes."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.published: list[tuple[bytes, bytes]] = []
+        self.ready = threading.Event()
+        self.conn: socket.socket | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _read_packet(self, conn: socket.socket) -> tuple[int, bytes]:
+        head = conn.recv(1)
+        if not head:
+            raise ConnectionError
+        length, shift = 0, 0
+        while True:
+            byte = conn.recv(1)[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        body = b""
+        while len(body) < length:
+            body += conn.recv(length - len(body))
+        return head[0], body
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        self.conn = conn
+        try:
+            while True:
+                kind, body = self._read_packet(conn)
+                if kind >> 4 == 1:  # CONNECT
+                    conn.sendall(b"\x20\x02\x00\x00")
+                elif kind >> 4 == 8:  # SUBSCRIBE: grant QoS 1 to each filter
+                    count = body[2:].count(b"\x01")
+                    conn.sendall(bytes([0x90, 2 + count]) + body[:2] + b"\x01" * count)
+                    self.ready.set()
+                elif kind >> 4 == 3:  # PUBLISH
+                    size = int.from_bytes(body[:2], "big")
+                    topic, rest = body[2 : 2 + size], body[2 + size :]
+                    if (kind >> 1) & 3:
+                        conn.sendall(b"\x40\x02" + rest[:2])
+                        rest = rest[2:]
+                    self.published.append((topic, rest))
+                elif kind >> 4 == 12:  # PINGREQ
+                    conn.sendall(b"\xd0\x00")
+        except (OSError, IndexError):
+            pass
+
+    def send_publish(self, topic: bytes, payload: bytes) -> None:
+        body = len(topic).to_bytes(2, "big") + topic + payload
+        assert self.conn is not None and len(body) < 128
+        self.conn.sendall(bytes([0x30, len(body)]) + body)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.server.close()
+
+
+def test_a_topic_that_is_not_utf8_does_not_end_the_client(demo_clip, tmp_path):
+    hostile = HostileBroker()
+    process = start_run(mqtt_config(tmp_path, hostile.port), demo_clip, tmp_path / "stderr.log")
+    try:
+        assert hostile.ready.wait(30)
+        time.sleep(0.5)
+        hostile.send_publish(f"{BASE}/".encode() + b"\xff\xfe/set", b"ON")
+        time.sleep(0.5)
+        hostile.send_publish(f"{BASE}/recording/set".encode(), b"OFF")  # heard only by a client still running
+        deadline = time.monotonic() + 10
+        while (f"{BASE}/recording/state".encode(), b"OFF") not in hostile.published and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (f"{BASE}/recording/state".encode(), b"OFF") in hostile.published
+        assert "topic is not UTF-8" in (tmp_path / "stderr.log").read_text()
+    finally:
+        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
+        hostile.close()
+
+
+def _certificate(folder, name: str, *, issuer: tuple | None = None) -> tuple:
+    """(certificate, key) files: a self-signed CA when ``issuer`` is None, else a 127.0.0.1 server cert by it."""
+    key, cert = folder / f"{name}.key", folder / f"{name}.crt"
+    openssl = need_binary("openssl")
+    subprocess.run([openssl, "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    if issuer is None:
+        args = ["req", "-x509", "-new", "-key", str(key), "-subj", f"/CN={name}", "-days", "2", "-out", str(cert)]
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+    else:
+        csr = folder / f"{name}.csr"
+        subprocess.run(
+            [openssl, "req", "-new", "-key", str(key), "-subj", "/CN=127.0.0.1", "-out", str(csr)],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [openssl, "x509", "-req", "-in", str(csr), "-CA", str(issuer[0]), "-CAkey", str(issuer[1])]
+            + ["-CAcreateserial", "-days", "2", "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+    return cert, key
+
+
+def test_a_tls_failure_is_logged_as_one_and_says_why(demo_clip, tmp_path):
+    ca = _certificate(tmp_path, "ca")
+    other_ca = _certificate(tmp_path, "other-ca")
+    server = _certificate(tmp_path, "server", issuer=ca)
+    broker = Broker(tmp_path)
+    broker.config.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"cafile {ca[0]}\ncertfile {server[0]}\nkeyfile {server[1]}\n"
+        + ("user root\n" if os.geteuid() == 0 else "")  # else it drops to a user who cannot read them
+    )
+    broker.start()
+    config = mqtt_config(tmp_path, broker.port, tls=True, tls_ca_file=str(other_ca[0]))
+    process = start_run(config, demo_clip, tmp_path / "stderr.log")
+    log = tmp_path / "stderr.log"
+    try:
+        deadline = time.monotonic() + 20
+        while "mqtt: 127.0.0.1" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert f"mqtt: 127.0.0.1:{broker.port}: TLS handshake failed: CERTIFICATE_VERIFY_FAILED" in text, text
+        assert "broker unreachable" not in text
+    finally:
+        assert stop(process) == 0, log.read_text()
+        broker.stop()
+
+
+def test_a_stop_does_not_wait_for_a_dns_lookup_of_the_broker(monkeypatch):
+    """SIGTERM waited 9.3 s for the broker's name against a DNS server that never answers."""
+    from fer_edge.config.device import MqttConfig
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.mqtt import MqttPublisher
+    from fer_edge.serve.switches import Switches
+
+    answer = threading.Event()
+    asked = threading.Event()
+    real = socket.getaddrinfo
+
+    def silent_dns(host, *args, **kwargs):
+        if host == "broker.example":
+            asked.set()
+            answer.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", silent_dns)
+    feed = LiveFeed()
+    publisher = MqttPublisher(
+        feed, Switches(), MqttConfig(enabled=True, host="broker.example"), password=None, labels=[]
+    )
+    publisher.start()
+    try:
+        assert asked.wait(10)
+        closing = threading.Thread(target=publisher.close, daemon=True)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive()
+    finally:
+        answer.set()

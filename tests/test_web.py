@@ -180,18 +180,25 @@ def test_recordings_list_finished_videos_and_download_only_those(server):
 
 
 def test_metrics_are_prometheus_text(server):
-    _, status, headers, body = get(server["port"], "/metrics")
-    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    samples = {}
-    for line in body.decode().splitlines():
-        if not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            assert name.startswith("fer_edge_")
-            samples[name] = float(value)
+    deadline = time.monotonic() + 10
+    while True:  # 1 s segments: between one segment's close and the next one's open, none is being written
+        _, status, headers, body = get(server["port"], "/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        samples = {}
+        for line in body.decode().splitlines():
+            if not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                assert name.startswith("fer_edge_")
+                samples[name] = float(value)
+        if samples["fer_edge_recording"] == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert samples["fer_edge_frames_total"] > 0 and samples["fer_edge_fps"] > 0
     assert samples['fer_edge_stage_seconds_total{stage="detect"}'] > 0
     assert samples["fer_edge_disk_free_bytes"] > 0 and samples["fer_edge_recording_segments"] >= 1
     assert samples["fer_edge_recording"] == 1
+    assert samples["fer_edge_web_requests_total"] >= 1 and samples["fer_edge_web_connections"] >= 1
+    assert 'fer_edge_web_connections_closed_total{reason="refused"}' in samples
 
 
 def chromium(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -301,7 +308,15 @@ def start_args(config: Path, source: Path) -> list[str]:
     "overrides, message",
     [
         ({"web.listen": "8080"}, "web.listen: expected host:port with a port 1-65535 (IPv6: [::1]:8080), got '8080'"),
-        ({"web.stream_fps": 0}, "web.stream_fps: expected a number in (0, 30], got 0"),
+        ({"web.stream_fps": 0}, "web.stream_fps: expected a number in [0.1, 30], got 0"),
+        ({"web.stream_fps": 1e-300}, "web.stream_fps: expected a number in [0.1, 30], got 1e-300"),
+        ({"web.token": ""}, "web.token: expected at least 16 characters, got 0"),
+        ({"web.token": "short-secret"}, "web.token: expected at least 16 characters, got 12"),
+        ({"mqtt.host": ""}, "mqtt.host: expected a host name"),
+        ({"mqtt.host": "mqtt://user:pw@broker"}, "mqtt.host: expected a host name or address, not a URL"),
+        ({"mqtt.host": "a" * 64 + ".lan"}, "mqtt.host: expected a host name (labels of 1-63"),
+        ({"mqtt.device_id": "d" * 70_000}, "mqtt.device_id: expected at most 64 characters"),
+        ({"mqtt.username": ""}, "mqtt.username: expected 1-256 characters"),
         ({"web.colour": 1}, "web.colour: unknown key"),
         ({"web.token": "a", "web.token_file": "/f"}, "web.token_file: set web.token or web.token_file, not both"),
         ({"mqtt.device_id": "a/b"}, "mqtt.device_id: expected letters, digits, _ and - only, got 'a/b'"),
@@ -316,6 +331,7 @@ def test_web_and_mqtt_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert str(error.value).startswith(message)
+    assert "pw@" not in str(error.value) and "short-secret" not in str(error.value)
 
 
 def test_a_viewer_that_reads_nothing_holds_up_neither_the_loop_nor_other_viewers(server):
@@ -332,3 +348,40 @@ def test_a_viewer_that_reads_nothing_holds_up_neither_the_loop_nor_other_viewers
         test_mjpeg_stream_sends_new_jpeg_frames(server)  # a second viewer is served as usual
     finally:
         stalled.close()
+
+
+def test_the_jpeg_cache_never_goes_back_to_an_older_frame(demo_clip):
+    from fer_edge.serve.web import JpegFrames
+    from fer_edge.testing import ScriptedFeed
+    from fer_edge.types import Frame
+
+    capture = cv2.VideoCapture(str(demo_clip))
+    images = [capture.read()[1] for _ in range(3)]
+    capture.release()
+    newer, older = Frame(images[2], 2, 2 / 30), Frame(images[0], 0, 0.0)
+    jpegs = JpegFrames(ScriptedFeed([(7, newer), (6, older), (7, newer)]), None, 75)  # type: ignore[arg-type]
+    seq, jpeg = jpegs.latest()
+    assert seq == 7 and jpeg is not None
+    assert jpegs.latest() == (7, jpeg)  # frame 6 came late: still frame 7, not encoded again
+    assert jpegs.latest() == (7, jpeg) and jpegs.encoded == 1
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert np.abs(decoded.astype(int) - images[2].astype(int)).mean() < 3
+
+
+def test_stats_list_the_recordings_folder_again_only_when_it_changed(tmp_path, monkeypatch):
+    """Three open pages polling /api/stats on a folder of 20,000 recordings cost the loop 20%: one listing each."""
+    from fer_edge.serve import live
+
+    listings = []
+    real = live.finished_videos
+    monkeypatch.setattr(live, "finished_videos", lambda folder: listings.append(folder) or real(folder))
+    (tmp_path / "20260101-000000-0001.mp4").write_bytes(b"a finished recording")
+    old = time.time() - 10
+    os.utime(tmp_path, (old, old))
+    feed = live.LiveFeed(recordings_dir=tmp_path)
+    assert [feed.stats()["recording"]["finished"] for _ in range(5)] == [1] * 5
+    assert len(listings) == 1
+    (tmp_path / "20260101-000005-0002.mp4").write_bytes(b"another")
+    assert feed.stats()["recording"]["finished"] == 2  # a change is seen at once
+    (tmp_path / "20260101-000010-0003.mp4.part").write_bytes(b"being written")
+    assert feed.stats()["recording"]["finished"] == 2

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "source); print the config resolved, as YAML",
     )
     check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
+    check.add_argument("--model", metavar="PATH", help="TFLite model with its .json sidecar (as `run --model`)")
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
     check.add_argument(
         "--model-optional",
@@ -125,8 +126,9 @@ def load(args, **extra) -> Config:
 
 
 def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
-    """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the checks
-    ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
+    """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the live view's
+    and MQTT's (``config.preflight.serve_secrets``, as ``run`` calls it), a recordings folder that takes files,
+    then the checks ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
     (``app.build_classifier``: the sidecar and its checksum, then the model loaded in the runtime and
     compared with the sidecar, some 30 ms), the Haar cascade (``app.build_detector``: found and loaded, a
     few ms), and a video file or image folder source (``open_source``, opened and closed again). ``run``
@@ -140,7 +142,11 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     from fer_edge.app import build_classifier, build_detector
     from fer_edge.capture.sources import open_source, resolve_kind
     from fer_edge.config import resolve_model_path
+    from fer_edge.config.preflight import check_output_folder, serve_secrets
     from fer_edge.record.recorder import check_recording
+
+    serve_secrets(cfg)  # listen rules, token and password files, TLS files: run's own checks
+    check_output_folder(cfg.recording, cfg.events.enabled)
 
     try:
         model = resolve_model_path(cfg.model.path)

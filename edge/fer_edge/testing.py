@@ -58,3 +58,15 @@ class ListSink:
 
     def close(self) -> None:
         self.closed = True
+
+
+class ScriptedFeed:
+    """A live feed whose ``latest()`` hands out the given (sequence number, frame) pairs in turn, in any order: a
+    reader that took a frame just before another reader took a newer one."""
+
+    def __init__(self, frames: Iterable[tuple[int, Frame]]) -> None:
+        self._frames = list(frames)
+
+    def latest(self) -> tuple[int, Frame | None, list[Face]]:
+        seq, frame = self._frames.pop(0)
+        return seq, frame, []

@@ -3,6 +3,7 @@ loader adds the key path and the value given)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ Check = Callable[[Any], "str | None"]
 
 X264_TUNES = ("zerolatency", "fastdecode", "film", "animation", "grain", "stillimage", "psnr", "ssim")
 MQTT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+MAX_TOPIC_ID_CHARS = 64
 MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
 
 
@@ -122,5 +124,32 @@ def listen_address(value: str) -> str | None:
 
 
 def topic_id(value: str) -> str | None:
-    """Home Assistant's discovery ids and our topic levels: letters, digits, _ and - only."""
-    return None if value and set(value) <= MQTT_ID_CHARS else "expected letters, digits, _ and - only"
+    """Home Assistant's discovery ids and our topic levels: letters, digits, _ and - only, and short enough
+    that every topic built from them stays far below MQTT's 65,535 bytes."""
+    if not value or not set(value) <= MQTT_ID_CHARS:
+        return "expected letters, digits, _ and - only"
+    return None if len(value) <= MAX_TOPIC_ID_CHARS else f"expected at most {MAX_TOPIC_ID_CHARS} characters"
+
+
+def mqtt_host(value: str) -> str | None:
+    """A host name (labels of 1-63 letters, digits, - and _) or an IP address; a URL is refused."""
+    if "://" in value or "@" in value:
+        return "expected a host name or address, not a URL (put the port in mqtt.port, the user in mqtt.username)"
+    text = value
+    try:
+        ipaddress.ip_address(text)
+        return None
+    except ValueError:
+        pass
+    labels = text.rstrip(".").split(".")
+    if not text or len(text) > 253 or not all(labels) or any(len(label) > 63 for label in labels):
+        return "expected a host name (labels of 1-63 characters, 253 in all) or an IP address"
+    if not all(c.isascii() and (c.isalnum() or c in "-_") for label in labels for c in label):
+        return "expected a host name of letters, digits, - and _, or an IP address"
+    return None
+
+
+def mqtt_username(value: str) -> str | None:
+    if not value or len(value) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "expected 1-256 characters, no control characters"
+    return None

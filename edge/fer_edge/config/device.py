@@ -23,6 +23,8 @@ from fer_edge.config.checks import (
     fraction,
     int_range,
     listen_address,
+    mqtt_host,
+    mqtt_username,
     number_range,
     one_of,
     open_unit,
@@ -32,6 +34,7 @@ from fer_edge.config.checks import (
     unit,
     x264_tune,
 )
+from fer_edge.config.preflight import token_problem
 from fer_edge.errors import ConfigError, ModelError
 from fer_edge.vision.privacy import MODES as PRIVACY_MODES
 
@@ -286,23 +289,29 @@ def resolve_model_path(configured: str | None = None) -> Path:
 class WebConfig:
     enabled: bool = False
     listen: str = _opt("127.0.0.1:8080", listen_address)  # host:port; [::1]:8080 for IPv6
-    token: str | None = None  # every request needs it; better: token_file or a systemd credential
+    token: str | None = None  # every request needs it (16 characters at least); better: token_file or a credential
     token_file: str | None = None  # a file holding the token, not readable by others (chmod 600 or 640)
-    stream_fps: float = _opt(5.0, positive_up_to(30.0))  # live view frames per second
+    stream_fps: float = _opt(5.0, number_range(0.1, 30.0))  # live view frames per second
     stream_width: int | None = _opt(None, int_range(64, 4096))  # null: the camera's width
     jpeg_quality: int = _opt(75, int_range(10, 100))
+    max_connections: int = _opt(128, int_range(4, 1000))  # open at once; the longest-waiting idle one makes room
+    max_viewers: int = _opt(4, int_range(1, 32))  # live streams open at once; more get 503
 
     def __post_init__(self):
         if self.token is not None and self.token_file is not None:
             raise ConfigError("web.token_file: set web.token or web.token_file, not both")
+        if self.token is not None:
+            problem = token_problem(self.token)
+            if problem is not None:  # the message never shows the token
+                raise ConfigError(f"web.token: {problem}")
 
 
 @dataclass(frozen=True)
 class MqttConfig:
     enabled: bool = False
-    host: str = "localhost"
+    host: str = _opt("localhost", mqtt_host)  # a name or an address, not a URL
     port: int = _opt(1883, int_range(1, 65535))
-    username: str | None = None
+    username: str | None = _opt(None, mqtt_username)
     password: str | None = None
     password_file: str | None = None  # a file holding the password, not readable by others
     tls: bool = False

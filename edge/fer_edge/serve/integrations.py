@@ -7,6 +7,7 @@ the loop runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -31,14 +32,9 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
     """
     if not (cfg.web.enabled or cfg.mqtt.enabled):
         return None
-    from fer_edge.serve.web import CREDENTIAL_NAME, resolve_secret
+    from fer_edge.config.preflight import serve_secrets
 
-    token = resolve_secret(cfg.web.token, cfg.web.token_file, CREDENTIAL_NAME, "web.token") if cfg.web.enabled else None
-    password = (
-        resolve_secret(cfg.mqtt.password, cfg.mqtt.password_file, "mqtt-password", "mqtt.password")
-        if cfg.mqtt.enabled
-        else None
-    )
+    token, password = dataclasses.astuple(serve_secrets(cfg))  # the same checks as check-config
 
     switches = Switches(recording=recorder is not None, privacy=cfg.privacy.mode != "off")
     mode = cfg.privacy.mode if cfg.privacy.mode != "off" else PRIVACY_WHEN_SWITCHED_ON
@@ -78,6 +74,8 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
                     stream_fps=w.stream_fps,
                     stream_width=w.stream_width,
                     jpeg_quality=w.jpeg_quality,
+                    max_connections=w.max_connections,
+                    max_viewers=w.max_viewers,
                 ).start()
             )
         if cfg.mqtt.enabled:

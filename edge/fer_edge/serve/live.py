@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import threading
 import time
@@ -30,6 +31,7 @@ EVENTS_KEPT = 200
 SNAPSHOTS_KEPT = 4  # frames held for start events' snapshots (a frame is about 1 MB)
 FPS_WINDOW_S = 10.0  # fps and per-stage ms are averaged over about this much recent time
 DISK_CHECK_INTERVAL_S = 5.0
+MTIME_SETTLED_S = 1.0  # a folder's mtime this old is past the file system's timestamp granularity
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,27 @@ def face_summary(face: Face) -> dict:
 
 
 def finished_videos(directory: Path | None) -> list[Path]:
-    """Finished recordings (``<stem>.mp4``, never a ``.part`` being written), newest first."""
+    """Finished recordings (``<stem>.mp4``, never a ``.part`` being written), newest first; regular files only,
+    never a link (a link named like a recording could point anywhere)."""
     if directory is None:
         return []
     try:
-        paths = [p for p in directory.iterdir() if p.suffix == ".mp4" and FINISHED_RECORDING.match(p.name)]
+        with os.scandir(directory) as entries:
+            paths = [
+                Path(entry.path)
+                for entry in entries
+                if FINISHED_RECORDING.match(entry.name) and entry.name.endswith(".mp4") and _regular(entry)
+            ]
     except OSError:
         return []
-    return sorted((p for p in paths if p.is_file()), key=lambda p: p.name, reverse=True)
+    return sorted(paths, key=lambda p: p.name, reverse=True)
+
+
+def _regular(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 class LiveFeed:
@@ -153,6 +168,7 @@ class LiveFeed:
         self._samples: deque[tuple[float, int, dict[str, float]]] = deque()
         self._stats_lock = threading.Lock()
         self._disk: tuple[float, int | None] = (float("-inf"), None)
+        self._finished: tuple[int, int] = (-1, 0)  # (the folder's mtime, its finished recordings)
         self._closed = False
 
     # --- the loop's side -------------------------------------------------------------------------
@@ -230,6 +246,22 @@ class LiveFeed:
             self._disk = (now, free)
         return free
 
+    def finished_count(self) -> int:
+        """Finished recordings, counted again only when the folder changed (a stat per reader, not a listing)."""
+        if self.recordings_dir is None:
+            return 0
+        try:
+            changed = os.stat(self.recordings_dir).st_mtime_ns
+        except OSError:
+            return 0
+        seen, count = self._finished
+        if changed != seen:
+            count = len(finished_videos(self.recordings_dir))
+            # A change within the file system's clock tick of the listing would leave the mtime as it was:
+            # a listing that close to the last change is not kept.
+            self._finished = (changed, count) if time.time() - changed / 1e9 > MTIME_SETTLED_S else (-1, count)
+        return count
+
     def stats(self) -> dict:
         """Counters since start, and fps and ms per stage over the last seconds."""
         _, _, faces = self.latest()
@@ -267,7 +299,7 @@ class LiveFeed:
             "disk_free_bytes": self.disk_free_bytes(),
             "recording": {
                 "active": bool(getattr(self.recorder, "recording", False)),
-                "finished": len(finished_videos(self.recordings_dir)),
+                "finished": self.finished_count(),
             },
             "switches": self.switches.as_dict() if self.switches is not None else {},
         }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 
-def metrics_text(stats: dict, extra: dict | None = None) -> str:
-    lines = []
 
-    def metric(name: str, kind: str, help_text: str, samples) -> None:
+def metrics_text(stats: dict[str, Any], extra: dict[str, tuple[str, str, Any]] | None = None) -> str:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]]) -> None:
         lines.append(f"# HELP fer_edge_{name} {help_text}")
         lines.append(f"# TYPE fer_edge_{name} {kind}")
         for labels, value in samples:
@@ -44,9 +46,18 @@ def metrics_text(stats: dict, extra: dict | None = None) -> str:
             "Messages not handed to the broker (offline, queue full).",
             [({}, mqtt["dropped"])],
         )
+    web = stats.get("web")
+    if web:
+        metric("web_connections", "gauge", "Live view connections open.", [({}, web["connections"])])
+        metric("web_requests_total", "counter", "Complete requests handed to a worker.", [({}, web["requests"])])
+        metric(
+            "web_connections_closed_total",
+            "counter",
+            "Connections the server closed before a complete request, by reason.",
+            [({"reason": reason}, web[reason]) for reason in ("refused", "evicted", "timed_out", "too_large")],
+        )
+    if mqtt:
+        metric("mqtt_messages_ignored_total", "counter", "Messages from the broker ignored.", [({}, mqtt["ignored"])])
     for name, (kind, help_text, value) in (extra or {}).items():
         metric(name, kind, help_text, [({}, value)])
     return "\n".join(lines) + "\n"
-
-
-# --- the server ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 - ``base/event``: JSON per track start, label change and end (``event_type`` names which).
 - ``base/snapshot``: the JPEG of the frame where a face appeared (not while privacy is on).
 - ``base/recording/set``, ``base/privacy/set`` (``ON``/``OFF``, from Home Assistant) and their ``.../state``.
+  Retained commands are ignored (the config decides the start state), and so are payloads over a few bytes.
 - ``<discovery_prefix>/device/<topic_prefix>-<device_id>/config``: the retained device discovery message,
   sent again when Home Assistant announces ``online`` on ``<discovery_prefix>/status``.
 """
@@ -24,14 +25,21 @@ import json
 import logging
 import platform
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fer_edge import __version__
 from fer_edge.errors import FerEdgeError
 from fer_edge.serve.live import LiveFeed, TrackEvent
+from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.serve.switches import Switches
+
+if TYPE_CHECKING:
+    from fer_edge.config.device import MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
 CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop waits for paho's thread
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
 NO_FACE = "none"
+MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything larger is not a command
 
 
 def default_device_id() -> str:
@@ -183,12 +192,12 @@ class MqttPublisher:
         self,
         feed: LiveFeed,
         switches: Switches,
-        cfg,
+        cfg: MqttConfig,
         *,
         password: str | None,
         labels: list[str],
         model: str | None = None,
-    ):
+    ) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
@@ -203,9 +212,11 @@ class MqttPublisher:
         self.topics = Topics(cfg.topic_prefix, self.device_id, cfg.discovery_prefix)
         self.discovery = discovery_payload(self.topics, self.device_id, labels, model)
         self.connected = False
-        self.disconnects = 0
-        self.dropped = 0
-        self.published = 0
+        self._counts = {"disconnects": 0, "dropped": 0, "published": 0, "ignored": 0}
+        self._counts_lock = threading.Lock()  # paho's thread, the publisher and readers of the stats
+        self._warn = RateLimitedLog(log)
+        self._switches_due: set[str] = set()  # switch states to publish, from the publisher thread only
+        self._switches_lock = threading.Lock()
         self._outage_logged = False
         self._stop = threading.Event()
         self._resend = threading.Event()  # connected or Home Assistant restarted: send everything retained again
@@ -221,8 +232,11 @@ class MqttPublisher:
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.connect_timeout = CONNECT_TIMEOUT_S
         client.max_queued_messages_set(cfg.queue_size)
+        client.suppress_exceptions = True  # a failing callback must not end paho's network thread
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        self._last_error = ""
+        client.reconnect = self._remember_failure(client.reconnect)  # type: ignore[method-assign] # paho drops why
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -251,21 +265,33 @@ class MqttPublisher:
                 info.wait_for_publish(CLOSE_TIMEOUT_S)
             except (RuntimeError, ValueError):
                 pass
+        # paho's thread may sit in a DNS lookup that never answers: the stop waits for it only so long.
+        stopper = threading.Thread(target=self._stop_client, name="fer-edge-mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(CLOSE_TIMEOUT_S)
+
+    def _stop_client(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self._counts[name] += 1
+
     def stats(self) -> dict:
-        return {
-            "connected": self.connected,
-            "disconnects": self.disconnects,
-            "dropped": self.dropped,
-            "published": self.published,
-            "broker": f"{self.cfg.host}:{self.cfg.port}",
-        }
+        with self._counts_lock:
+            counts = dict(self._counts)
+        return {"connected": self.connected, **counts, "broker": f"{self.cfg.host}:{self.cfg.port}"}
 
     # --- paho's thread
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        try:
+            self._connected(client, reason_code)
+        except Exception:  # noqa: BLE001 - logged; paho's thread must go on
+            log.exception("mqtt: handling the connection failed")
+
+    def _connected(self, client: Any, reason_code: Any) -> None:
         if reason_code.is_failure:
             self._log_outage(f"broker refused the connection ({reason_code})")
             return
@@ -275,12 +301,25 @@ class MqttPublisher:
         client.subscribe([(topic, 1) for topic in self.topics.switch_set.values()] + [(self.topics.ha_status, 1)])
         self._resend.set()
 
-    def _on_connect_fail(self, client, userdata) -> None:
-        self._log_outage("broker unreachable")
+    def _remember_failure(self, reconnect: Callable[[], Any]) -> Callable[[], Any]:
+        def remembering() -> Any:
+            try:
+                return reconnect()
+            except ssl.SSLError as exc:
+                self._last_error = f"TLS handshake failed: {exc.reason or exc}"
+                raise
+            except OSError as exc:
+                self._last_error = f"broker unreachable ({exc.strerror or exc})"
+                raise
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        return remembering
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._log_outage(self._last_error or "broker unreachable")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if self.connected:
-            self.disconnects += 1
+            self._count("disconnects")
         self.connected = False
         if not self._stop.is_set():
             self._log_outage(f"connection lost ({reason_code})")
@@ -297,45 +336,83 @@ class MqttPublisher:
             )
             self._outage_logged = True
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            self._command(message)
+        except Exception as exc:  # noqa: BLE001 - a hostile or broken broker must not end paho's thread
+            self._count("ignored")
+            self._warn.warning("callback", "mqtt: a message could not be handled (%s: %s)", type(exc).__name__, exc)
+
+    def _command(self, message: Any) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            self._count("ignored")
+            self._warn.warning("topic", "mqtt: ignored a message whose topic is not UTF-8")
+            return
+        if len(message.payload) > MAX_COMMAND_BYTES:  # measured before any decoding or copying
+            self._count("ignored")
+            self._warn.warning(
+                "size", "mqtt: %s: ignored a %d-byte payload (not a command)", topic, len(message.payload)
+            )
+            return
         payload = message.payload.decode("utf-8", "replace").strip()
-        if message.topic == self.topics.ha_status:
+        if topic == self.topics.ha_status:
             if payload == "online":
                 self._resend.set()
             return
-        for name, topic in self.topics.switch_set.items():
-            if message.topic == topic:
-                if payload.upper() in ("ON", "OFF"):
-                    if not self.switches.set(name, payload.upper() == "ON"):
-                        self._publish_switch(name)  # unchanged: confirm the state anyway
-                else:
-                    log.warning("mqtt: %s: expected ON or OFF", topic)
+        for name, switch_topic in self.topics.switch_set.items():
+            if topic != switch_topic:
+                continue
+            if message.retain:  # an old command kept by the broker: the config decides how the run starts
+                self._count("ignored")
+                self._warn.warning("retained", "mqtt: %s: ignored a retained command (clear it on the broker)", topic)
+            elif payload.upper() in ("ON", "OFF"):
+                if not self.switches.set(name, payload.upper() == "ON"):
+                    self._switch_due(name)  # unchanged: confirm the state anyway
+            else:
+                self._count("ignored")
+                self._warn.warning("payload", "mqtt: %s: expected ON or OFF", topic)
 
     # --- the publisher thread
 
-    def _publish(self, topic: str, payload, *, retain: bool = False, qos: int = 0) -> None:
+    def _publish(self, topic: str, payload: Any, *, retain: bool = False, qos: int = 0) -> None:
         if not self.connected:
-            self.dropped += 1
+            self._count("dropped")
             return
         if isinstance(payload, (dict, list)):
             payload = json.dumps(payload, separators=(",", ":"))
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == self._mqtt.MQTT_ERR_SUCCESS:
-            self.published += 1
-        else:
-            self.dropped += 1
+        self._count("published" if info.rc == self._mqtt.MQTT_ERR_SUCCESS else "dropped")
 
     def _publish_switch(self, name: str) -> None:
         self._publish(self.topics.switch_state[name], "ON" if self.switches[name] else "OFF", retain=True, qos=1)
 
     def _switch_changed(self, name: str, on: bool) -> None:
-        self._publish_switch(name)
+        self._switch_due(name)  # maybe on the loop's thread (a recorder that failed): only noted here
+
+    def _switch_due(self, name: str) -> None:
+        with self._switches_lock:
+            self._switches_due.add(name)
+
+    def _publish_switches_due(self) -> None:
+        with self._switches_lock:
+            due, self._switches_due = self._switches_due, set()
+        for name in sorted(due):
+            self._publish_switch(name)
+
+    def _keep_network_thread(self) -> None:
+        """Start paho's network thread again if something it did not catch ended it."""
+        if getattr(self.client, "_thread", True) is None and not self._stop.is_set():
+            log.warning("mqtt: the network thread ended; starting it again")
+            self.client.loop_start()
 
     def _run(self) -> None:
         last_state, last_state_at, last_diag_at = None, float("-inf"), float("-inf")
         since = 0
         while not self._stop.wait(POLL_INTERVAL_S):
             try:
+                self._keep_network_thread()
                 if not self.connected:
                     events = self.feed.events_since(since)  # nobody hears them: skip, don't pile up
                     since = events[-1].seq if events else since
@@ -345,8 +422,9 @@ class MqttPublisher:
                     self._publish(self.topics.discovery, self.discovery, retain=True, qos=1)
                     self._publish(self.topics.availability, "online", retain=True, qos=1)
                     for name in SWITCH_NAMES:
-                        self._publish_switch(name)
+                        self._switch_due(name)
                     last_state, last_diag_at = None, float("-inf")
+                self._publish_switches_due()
                 for event in self.feed.events_since(since):
                     self._publish_event(event)
                     since = event.seq

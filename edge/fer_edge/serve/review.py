@@ -16,13 +16,14 @@ import math
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from fer_edge.record.events import CURRENT_NAME
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0
 CHUNK = 256 * 1024
+MAX_THUMBNAIL_BYTES = 1_000_000  # a thumbnail is a few kB; never read an odd file whole
 PER_PAGE, MAX_PER_PAGE = 20, 200
 EVENTS_LIMIT, MAX_EVENTS = 200, 5000
 MAX_BUCKETS = 2000
@@ -50,7 +52,7 @@ class Handler(Protocol):
     headers: Any
     wfile: Any
     connection: Any
-    server: Any
+    app: Any
 
     def send_response(self, code: int, message: str | None = None) -> None: ...
     def send_header(self, keyword: str, value: str) -> None: ...
@@ -124,7 +126,7 @@ def _day(query: dict[str, list[str]]) -> tuple[float, float] | None:
 
 
 def _directory(handler: Handler) -> Path | None:
-    directory = handler.server.app.feed.recordings_dir
+    directory = handler.app.feed.recordings_dir
     return Path(directory) if directory is not None else None
 
 
@@ -219,7 +221,7 @@ def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
     limit = _int(query, "limit", EVENTS_LIMIT, 1, MAX_EVENTS)
     db = _index(handler) if _has_events_files(_directory(handler)) else None
     if db is None:  # no index, or no events logged (events.enabled off): what the live feed holds
-        live = [event.as_dict() for event in handler.server.app.feed.events_since(since)][-limit:]
+        live = [event.as_dict() for event in handler.app.feed.events_since(since)][-limit:]
         return {"events": live, "last": live[-1]["seq"] if live else since}
     where: list[str] = ["e.id > ?"]
     values: list[object] = [since]
@@ -340,13 +342,23 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
+def _open_regular(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading if it is a regular file, never through a link (one could have replaced the
+    file since it was listed); None otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return open(fd, "rb")
+
+
 def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> None:
     # Only a name that is in the listing right now: no path is ever built from the request.
     match = [p for p in finished_videos(_directory(handler)) if p.name == name]
-    try:
-        opened = match[0].open("rb") if match else None
-    except OSError:
-        opened = None
+    opened = _open_regular(match[0]) if match else None
     if opened is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
         return
@@ -388,10 +400,10 @@ def thumbnail(handler: Handler, name: str, query: dict[str, list[str]]) -> None:
     match = THUMBNAIL.fullmatch(name)
     data = None
     if directory is not None and match is not None:
-        try:
-            data = (directory / THUMBS_DIR / f"{match['stem']}.jpg").read_bytes()
-        except OSError:
-            data = None
+        opened = _open_regular(directory / THUMBS_DIR / f"{match['stem']}.jpg")
+        if opened is not None:
+            with opened as f:
+                data = f.read(MAX_THUMBNAIL_BYTES)
     if data is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such thumbnail\n")
     else:

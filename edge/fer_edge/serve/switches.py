@@ -87,7 +87,7 @@ class SwitchedRecorder:
             if self._recorder is None:
                 try:
                     self._recorder = self._make_recorder()
-                except (FerEdgeError, OSError) as exc:  # e.g. the disk went away while recording was off
+                except (FerEdgeError, OSError, RuntimeError) as exc:  # the disk went away; no thread to be had
                     log.error("recording switched on, but cannot record: %s", exc)
                     self._switches.set("recording", False)
                     return

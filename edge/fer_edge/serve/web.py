@@ -4,6 +4,10 @@ Endpoints (all behind the token when one is set): ``/`` the page, ``/api/stats``
 ``/api/stream.mjpeg``, ``/metrics`` (Prometheus text); the review page and its APIs, recordings and thumbnails
 are :mod:`fer_edge.serve.review`'s. JPEGs are encoded only when asked for, from the newest frame, once per frame
 whatever the number of viewers; a slow viewer skips frames, nothing queues for it.
+
+Connections are held and requests read by :class:`~fer_edge.serve.front.HttpFront`, within fixed bounds; each
+complete request is answered here on one of a fixed pool of threads, the token checked first. Live streams hold
+their thread while they last, so there are at most ``max_viewers`` of them.
 """
 
 from __future__ import annotations
@@ -12,70 +16,35 @@ import hashlib
 import hmac
 import http.cookies
 import importlib.resources
-import ipaddress
+import io
 import json
 import logging
-import os
 import socket
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import numpy as np
+
+from fer_edge.config.preflight import CREDENTIAL_NAME, check_listen, is_loopback, read_secret_file, resolve_secret
 from fer_edge.errors import ConfigError, FerEdgeError
 from fer_edge.serve import review
+from fer_edge.serve.front import HttpFront, Limits, connection_cap
 from fer_edge.serve.live import LiveFeed
 from fer_edge.serve.metrics import metrics_text
+from fer_edge.serve.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CREDENTIAL_NAME", "JpegFrames", "WebServer", "is_loopback", "read_secret_file", "resolve_secret"]
 
 COOKIE_NAME = "fer_edge_session"
 BOUNDARY = "fer-edge-frame"
 SEND_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is dropped
-CREDENTIAL_NAME = "web-token"  # systemd LoadCredential= name, read from $CREDENTIALS_DIRECTORY
-
-
-# --- the token ---------------------------------------------------------------------------------
-
-
-def read_secret_file(path: Path, key: str) -> str:
-    """The first line of a secret file that only its owner (and group) can read; ConfigError otherwise."""
-    try:
-        mode = path.stat().st_mode
-        if mode & 0o007:
-            raise ConfigError(f"{key}: {path} is readable by others (mode {mode & 0o777:o}); chmod 600 or 640 it")
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text") from None
-    secret = text.strip()
-    if not secret:
-        raise ConfigError(f"{key}: {path} is empty")
-    return secret
-
-
-def resolve_secret(value: str | None, file: str | None, credential: str, key: str) -> str | None:
-    """The secret from config, else its file, else the systemd credential ``credential``; None if none."""
-    if value is not None:
-        return value
-    if file is not None:
-        return read_secret_file(Path(file), f"{key}_file")
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if directory and (Path(directory) / credential).is_file():
-        return read_secret_file(Path(directory) / credential, f"{key} (systemd credential {credential})")
-    return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+SPARE_WORKERS = 4  # threads for requests beyond the live streams, which hold theirs while they last
 
 
 def cookie_value(token: str) -> str:
@@ -87,9 +56,10 @@ def cookie_value(token: str) -> str:
 
 
 class JpegFrames:
-    """The newest frame as JPEG, encoded at most once per frame (shared by every viewer)."""
+    """The newest frame as JPEG, encoded at most once per frame (shared by every viewer); never goes back to an
+    older frame, whatever order the viewers' threads come in."""
 
-    def __init__(self, feed: LiveFeed, width: int | None, quality: int):
+    def __init__(self, feed: LiveFeed, width: int | None, quality: int) -> None:
         self.feed = feed
         self.width = width
         self.quality = quality
@@ -99,16 +69,17 @@ class JpegFrames:
         self.encoded = 0
 
     def latest(self) -> tuple[int, bytes | None]:
-        seq, frame, _ = self.feed.latest()
         with self._lock:
-            if seq != self._seq and frame is not None:
-                self._jpeg = encode_jpeg(frame.image, self.width, self.quality)
-                self._seq = seq
-                self.encoded += 1
+            seq, frame, _ = self.feed.latest()
+            if seq > self._seq and frame is not None:
+                jpeg = encode_jpeg(frame.image, self.width, self.quality)
+                if jpeg is not None:
+                    self._jpeg, self._seq = jpeg, seq
+                    self.encoded += 1
             return self._seq, self._jpeg
 
 
-def encode_jpeg(image, width: int | None, quality: int) -> bytes | None:
+def encode_jpeg(image: np.ndarray, width: int | None, quality: int) -> bytes | None:
     import cv2
 
     height, full_width = image.shape[:2]
@@ -118,17 +89,21 @@ def encode_jpeg(image, width: int | None, quality: int) -> bytes | None:
     return data.tobytes() if ok else None
 
 
-# --- Prometheus text -------------------------------------------------------------------------------
+# --- the server ------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Writer(io.BufferedIOBase):
+    """The socket as the handler's ``wfile``: every write is sent whole, at once."""
 
-    def __init__(self, address, handler, app: WebServer):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.app = app
-        super().__init__(address, handler)
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        return len(data)
 
 
 class WebServer:
@@ -144,24 +119,31 @@ class WebServer:
         stream_fps: float = 5.0,
         stream_width: int | None = None,
         jpeg_quality: int = 75,
-    ):
-        if token is None and not is_loopback(host):
-            raise ConfigError(
-                f"web.listen: {host} is reachable from other machines; set web.token_file (or "
-                f"web.token, or the systemd credential {CREDENTIAL_NAME}), or listen on 127.0.0.1"
-            )
+        max_connections: int = 128,
+        max_viewers: int = 4,
+    ) -> None:
+        check_listen(host, token)
+        if token is not None and not token:
+            raise ConfigError("web.token: expected a token, got an empty one")
         self.feed = feed
         self.host, self.port = host, port
         self.token = token
         self.session = cookie_value(token) if token is not None else None
         self.stream_period = 1.0 / stream_fps
+        self.max_viewers = max_viewers
+        connections = connection_cap(max_connections)
+        self.limits = Limits(
+            max_connections=connections,
+            max_per_address=max(2, connections // 4),
+            workers=max_viewers + SPARE_WORKERS,
+        )
         self.jpegs = JpegFrames(feed, stream_width, jpeg_quality)
         self.page = importlib.resources.files("fer_edge.serve").joinpath("static/live.html").read_bytes()
         self.closing = threading.Event()
         self.viewers = 0
+        self.warn = RateLimitedLog(log)
         self._viewers_lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._front: HttpFront | None = None
 
     @property
     def url(self) -> str:
@@ -170,49 +152,89 @@ class WebServer:
 
     def start(self) -> WebServer:
         try:
-            self._httpd = _Server((self.host, self.port), _Handler, self)
+            self._front = HttpFront((self.host, self.port), self._answer, self.limits)
         except OSError as exc:
             raise FerEdgeError(f"web.listen: cannot listen on {self.host}:{self.port} ({exc.strerror})") from None
-        self.port = self._httpd.server_address[1]  # port 0: the one the system chose
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="fer-edge-web", daemon=True
-        )
-        self._thread.start()
+        self.port = self._front.address[1]  # port 0: the one the system chose
+        try:
+            self._front.start()
+        except RuntimeError as exc:  # no thread to be had: a process limit
+            self._front.close()
+            raise FerEdgeError(f"web: cannot start the live view's threads ({exc})") from None
         log.info("web: live view on %s%s", self.url, " (token required)" if self.token else "")
         return self
 
     def close(self) -> None:
         self.closing.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        if self._front is not None:
+            self._front.close()
+            self._front = None
+
+    def _answer(self, sock: socket.socket, client: tuple[str, int], head: bytes) -> bool:
+        sock.settimeout(SEND_TIMEOUT_S)
+        handler = _Handler(self, sock, client, head)
+        return not handler.close_connection
 
     def stats(self) -> dict:
         stats = self.feed.stats()
         stats["viewers"] = self.viewers
         stats["stream_fps"] = round(1.0 / self.stream_period, 2)
+        front = self._front
+        if front is not None:
+            stats["web"] = {"connections": front.open_connections, **front.counters.as_dict()}
         return stats
 
-    def add_viewer(self, delta: int) -> None:
+    def add_viewer(self) -> bool:
+        """One more live stream, if fewer than ``max_viewers`` are open."""
         with self._viewers_lock:
-            self.viewers += delta
+            if self.viewers >= self.max_viewers:
+                return False
+            self.viewers += 1
+            return True
+
+    def remove_viewer(self) -> None:
+        with self._viewers_lock:
+            self.viewers -= 1
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Answers one request whose line and headers the front has read already (``head``)."""
+
     protocol_version = "HTTP/1.1"
-    timeout = 60  # an idle kept-alive connection is closed after this many seconds
+    default_request_version = "HTTP/1.0"  # a malformed request line still gets a status line: 400, not bare HTML
     server_version = "fer-edge"
     sys_version = ""
-    server: _Server
+
+    def __init__(self, app: WebServer, sock: socket.socket, client: tuple[str, int], head: bytes) -> None:
+        # Not BaseRequestHandler's: no socketserver, and the request is in memory already.
+        self.app = app
+        self.request = self.connection = sock
+        self.client_address = client
+        self.rfile = io.BytesIO(head)
+        self.wfile = _Writer(sock)
+        self.close_connection = True
+        try:
+            self.handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
 
     # --- plumbing
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         # The query may hold ?token=: log the path only, and only when debugging.
-        log.debug("web: %s %s %s", self.address_string(), self.command, urlsplit(self.path).path)
+        path = urlsplit(getattr(self, "path", "")).path
+        log.debug("web: %s %s %s", self.address_string(), getattr(self, "command", None), path)
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        # One line per malformed request, at most one a minute per kind; the request line itself may hold a token.
+        code = args[0] if args and isinstance(args[0], int) else 0
+        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "error"
+        self.app.warn.warning(f"http {code}", "web: %s: %d %s", self.client_address[0], code, phrase)
+
+    def address_string(self) -> str:
+        return str(self.client_address[0])
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -225,21 +247,26 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, value, status: int = 200) -> None:
+    def _json(self, value: object, status: int = 200) -> None:
         self._send(status, json.dumps(value, separators=(",", ":")).encode(), "application/json")
 
-    def _text(self, status: int, text: str, headers: dict | None = None) -> None:
+    def _text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, text.encode(), "text/plain; charset=utf-8", headers)
 
     # --- the token
 
-    def _authorize(self, query: dict) -> bool | None:
+    def _authorize(self, query: dict[str, list[str]]) -> bool | None:
         """True: go on; False: 401 sent; None: redirect sent (a ?token= was swapped for the session cookie)."""
-        app = self.server.app
+        app = self.app
         if app.token is None or app.session is None:  # the session is None exactly when the token is
             return True
         header = self.headers.get("Authorization", "")
-        if header[:7].lower() == "bearer " and hmac.compare_digest(header[7:].strip().encode(), app.token.encode()):
+        given_header = header[7:].strip()
+        if (
+            header[:7].lower() == "bearer "
+            and given_header
+            and hmac.compare_digest(given_header.encode(), app.token.encode())
+        ):
             return True
         cookies = http.cookies.SimpleCookie()
         try:
@@ -271,10 +298,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routes
 
-    def do_HEAD(self):  # noqa: N802 - http.server's naming
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
         self.do_GET()
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         try:
@@ -292,25 +319,35 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
 
-    def _page(self, query) -> None:
+    def _page(self, query: dict[str, list[str]]) -> None:
         csp = (
             "default-src 'none'; img-src 'self' blob:; connect-src 'self'; style-src 'unsafe-inline'; "
             "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
-        self._send(200, self.server.app.page, "text/html; charset=utf-8", {"Content-Security-Policy": csp})
+        self._send(200, self.app.page, "text/html; charset=utf-8", {"Content-Security-Policy": csp})
 
-    def _stats(self, query) -> None:
-        self._json(self.server.app.stats())
+    def _stats(self, query: dict[str, list[str]]) -> None:
+        self._json(self.app.stats())
 
-    def _latest(self, query) -> None:
-        _, jpeg = self.server.app.jpegs.latest()
+    def _latest(self, query: dict[str, list[str]]) -> None:
+        _, jpeg = self.app.jpegs.latest()
         if jpeg is None:
             self._text(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet\n", {"Retry-After": "1"})
         else:
             self._send(200, jpeg, "image/jpeg")
 
-    def _stream(self, query) -> None:
-        app = self.server.app
+    def _stream(self, query: dict[str, list[str]]) -> None:
+        app = self.app
+        if not app.add_viewer():
+            self._text(HTTPStatus.SERVICE_UNAVAILABLE, "too many live streams open\n", {"Retry-After": "10"})
+            return
+        try:
+            self._stream_frames()
+        finally:
+            app.remove_viewer()
+
+    def _stream_frames(self) -> None:
+        app = self.app
         self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
@@ -319,28 +356,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        self.connection.settimeout(SEND_TIMEOUT_S)
-        app.add_viewer(1)
-        try:
-            sent = -1
-            while not app.closing.is_set() and not app.feed.closed:
-                started = time.monotonic()
-                if app.feed.wait_newer(sent, app.stream_period * 4) == sent:
-                    continue
-                sent, jpeg = app.jpegs.latest()
-                if jpeg is not None:
-                    self.wfile.write(
-                        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                        + jpeg
-                        + b"\r\n"
-                    )
-                    self.wfile.flush()
-                app.closing.wait(max(0.0, app.stream_period - (time.monotonic() - started)))
-        finally:
-            app.add_viewer(-1)
+        sent = -1
+        while not app.closing.is_set() and not app.feed.closed:
+            started = time.monotonic()
+            if app.feed.wait_newer(sent, app.stream_period * 4) == sent:
+                continue
+            sent, jpeg = app.jpegs.latest()
+            if jpeg is not None:
+                self.wfile.write(
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg
+                    + b"\r\n"
+                )
+            app.closing.wait(max(0.0, app.stream_period - (time.monotonic() - started)))
 
-    def _metrics(self, query) -> None:
-        app = self.server.app
+    def _metrics(self, query: dict[str, list[str]]) -> None:
+        app = self.app
         stats = app.stats()
         text = metrics_text(
             stats,
