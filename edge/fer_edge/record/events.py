@@ -12,7 +12,8 @@ Line format::
     {"t": 1795631400.123, "frame": 42, "faces": [{"box": [x, y, w, h], "track": 3, "label": "happy", "score": 0.91,
       "scores": {"angry": 0.01, ...}, "raw_label": "happy", "smoothed": {"angry": 0.02, ...}}]}
 
-``label``/``score`` are what was shown (smoothed when available), ``scores``/``raw_label`` the model's raw output,
+``label``/``score`` are what was shown (smoothed when available; ``label`` is ``?`` for a face shown as unsure,
+its calibrated score below ``model.unsure_below``), ``scores``/``raw_label`` the model's calibrated output,
 ``smoothed`` is present only when the face has a smoothed prediction.
 """
 
@@ -45,7 +46,7 @@ def face_record(face: Face) -> dict:
     record = {
         "box": face.box.as_list(),
         "track": face.track_id,
-        "label": shown.label if shown else None,
+        "label": shown.shown_label if shown else None,
         "score": round(shown.score, 4) if shown else None,
         "scores": face.prediction.as_dict() if face.prediction else None,
         "raw_label": face.prediction.label if face.prediction else None,
