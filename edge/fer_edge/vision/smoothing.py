@@ -34,10 +34,15 @@ class HeldPrediction(Prediction):
     """
 
     held: int = 0
+    held_unsure: bool = False
 
     @property
     def index(self) -> int:
         return self.held
+
+    @property
+    def unsure(self) -> bool:
+        return self.held_unsure
 
 
 @dataclass(slots=True)
@@ -47,6 +52,7 @@ class _TrackState:
     held: int
     updated_at: float  # seconds: the last update
     held_since: float  # seconds: when the shown label last switched (or the track started)
+    unsure: bool  # shown as "?": the held class's smoothed score fell below the floor
 
 
 class LabelSmoother:
@@ -62,7 +68,7 @@ class LabelSmoother:
 
     def __init__(
         self,
-        time_constant_s: float = 0.15,
+        time_constant_s: float = 0.2,
         hysteresis: float = 0.1,
         min_dwell_s: float = 1.0,
         decisive: float = 0.5,
@@ -83,7 +89,7 @@ class LabelSmoother:
         state = self._tracks.get(track_id)
         if state is None or state.labels != prediction.labels:
             top = int(np.argmax(scores))
-            state = _TrackState(prediction.labels, scores.copy(), top, t, t)
+            state = _TrackState(prediction.labels, scores.copy(), top, t, t, bool(scores[top] < prediction.floor))
             self._tracks[track_id] = state
         else:
             elapsed = max(0.0, t - state.updated_at)
@@ -99,8 +105,19 @@ class LabelSmoother:
                 log.debug("track %d: %s -> %s", track_id, state.labels[state.held], state.labels[top])
                 state.held = top
                 state.held_since = t
+                state.unsure = bool(state.scores[top] < prediction.floor)
+            elif (state.scores[state.held] < prediction.floor) != state.unsure and (
+                t - state.held_since >= self.min_dwell_s or state.scores[state.held] >= self.decisive
+            ):
+                # "?" and back is a change of the shown label too: it dwells like one
+                state.unsure = not state.unsure
+                state.held_since = t
         return HeldPrediction(
-            state.labels, tuple(float(s) for s in state.scores), floor=prediction.floor, held=state.held
+            state.labels,
+            tuple(float(s) for s in state.scores),
+            floor=prediction.floor,
+            held=state.held,
+            held_unsure=state.unsure,
         )
 
     def forget(self, active_ids: set[int]) -> None:
