@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +101,7 @@ _CPP_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
 
 
 @contextlib.contextmanager
-def _without_cpp_notices():
+def _without_cpp_notices() -> Iterator[None]:
     """Hold back what is written to file descriptor 2 and replay it without TensorFlow's C++ notices."""
     from train.quiet import NOTICES
 
@@ -166,7 +167,9 @@ def mirrored_scores(model_path: Path, images: np.ndarray) -> tuple[np.ndarray, n
     return single, (single + mirror) / 2
 
 
-def calibration_metrics(prefix: str, single: np.ndarray, mirrored: np.ndarray, y: np.ndarray, cal: Calibration):
+def calibration_metrics(
+    prefix: str, single: np.ndarray, mirrored: np.ndarray, y: np.ndarray, cal: Calibration
+) -> dict[str, float]:
     """Accuracy and top-1 ECE of both modes, before and after calibration, as sidecar metrics."""
     calibrated = temperature_scale(single, cal.temperature)
     calibrated_mirror = temperature_scale(mirrored, cal.temperature_mirror)
@@ -390,7 +393,9 @@ def ship(model_path: Path, target: Path) -> None:
     log.info("shipped %s -> %s (and its %s)", model_path, target, target.with_suffix(".json").name)
 
 
-def recalibrate(model_path: Path, data_dir=None, cache_dir="build/cache", private: bool = False) -> ModelSidecar:
+def recalibrate(
+    model_path: Path, data_dir: str | None = None, cache_dir: str = "build/cache", private: bool = False
+) -> ModelSidecar:
     """Fit the temperatures of an already converted model on PublicTest and rewrite its sidecar (the model
     itself is not touched); with ``private``, also score the shipped numbers on PrivateTest (once per model)."""
     sidecar = read_sidecar(model_path)

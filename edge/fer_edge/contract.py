@@ -11,8 +11,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 FORMAT = "fer-edge-model/1"
 INPUT_RANK = 4  # [1, H, W, 1]: one grayscale face crop
@@ -146,7 +148,7 @@ class _Malformed(Exception):
     """One bad field: ``malformed sidecar: KEY: PROBLEM, got VALUE`` (``KEY: missing`` when absent, and
     ``KEY: PROBLEM`` when ``value`` is not given but ``problem`` says it all); read_sidecar adds the path."""
 
-    def __init__(self, key: str, problem: str | None, value=_MISSING):
+    def __init__(self, key: str, problem: str | None, value: Any = _MISSING) -> None:
         if problem is None:
             text = "missing"
         elif value is _MISSING:
@@ -156,7 +158,7 @@ class _Malformed(Exception):
         super().__init__(f"malformed sidecar: {key}: {text}")
 
 
-def _shown(value, limit: int = 60) -> str:
+def _shown(value: Any, limit: int = 60) -> str:
     """A value as it reads in the JSON file, shortened to one short line."""
     try:
         text = json.dumps(value, allow_nan=True)
@@ -165,7 +167,9 @@ def _shown(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _field(raw: dict, key: str, check, problem: str, default=_MISSING, where: str = ""):
+def _field(
+    raw: dict, key: str, check: Callable[[Any], bool], problem: str, default: Any = _MISSING, where: str = ""
+) -> Any:
     name = f"{where}{key}"
     if key not in raw:
         if default is _MISSING:
@@ -177,35 +181,35 @@ def _field(raw: dict, key: str, check, problem: str, default=_MISSING, where: st
     return value
 
 
-def _is_int(value) -> bool:
+def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_count(value) -> bool:
+def _is_count(value: Any) -> bool:
     return _is_int(value) and value >= 0
 
 
-def _is_name(value) -> bool:
+def _is_name(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _is_object(value) -> bool:
+def _is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
-def _is_sha256(value) -> bool:
+def _is_sha256(value: Any) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
-def _is_face_margin(value) -> bool:
+def _is_face_margin(value: Any) -> bool:
     return _is_number(value) and FACE_MARGIN_RANGE[0] <= value <= FACE_MARGIN_RANGE[1]
 
 
-def _is_temperature(value) -> bool:
+def _is_temperature(value: Any) -> bool:
     return _is_number(value) and TEMPERATURE_RANGE[0] <= value <= TEMPERATURE_RANGE[1]
 
 
