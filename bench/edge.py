@@ -191,7 +191,7 @@ def variants() -> list[tuple[str, dict]]:
     ]
 
 
-def table(results: list[dict], machine: str) -> str:
+def table(results: list[dict], machine: str, load: float | None = None) -> str:
     lines = [
         "| clip | loop | fps | ms/frame: read / detect / classify / annotate / record | frames with a face "
         "| faces per frame | tracks | label flicker | contradiction | unsure |",
@@ -212,7 +212,10 @@ def table(results: list[dict], machine: str) -> str:
     return (
         "\n".join(lines)
         + f"\n\nMeasured by `make bench-edge` on {time.strftime('%Y-%m-%d')} ({machine}, pinned to one core, "
-        "one interpreter thread). Real clips first; `demo.mp4` is synthetic.\n"
+        "one interpreter thread"
+        + ("" if load is None else f"; load average {load:.1f} on {os.cpu_count()} cores at the start")
+        + "). Real clips first; `demo.mp4` is synthetic. Timings are wall time: compare rows of one run only; "
+        "flicker, contradiction and unsure do not depend on the machine's load.\n"
     )
 
 
@@ -237,6 +240,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-integrations", action="store_true", help="leave out the live view and MQTT costs")
     args = parser.parse_args(argv)
     on_one_core()
+    load = os.getloadavg()[0]  # other work on the machine slows every row alike
     clips = [Path(c) for c in args.clips] or [*real_clips(), REPO / "assets" / "demo.mp4"]
     results = []
     for clip in clips:
@@ -249,7 +253,7 @@ def main(argv=None) -> int:
                 {"clip": name, "loop": "origin loop (Haar on the full frame, Keras)", **origin_loop(clip, args.frames)}
             )
             print(json.dumps(results[-1]), flush=True)
-    text = table(results, machine_description())
+    text = table(results, machine_description(), load)
     integrations = None
     if not args.no_integrations:
         from bench.web import stream_cost
