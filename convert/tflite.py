@@ -324,6 +324,7 @@ def convert_run(
                     out_dir / "confusion_int8_private.png",
                     f"{run_dir.name} int8 PrivateTest",
                 )
+            log.info("wrote the PrivateTest report to %s", out_dir / f"fer_{variant}_private.json")
         log.info(
             "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f%s",
             variant,

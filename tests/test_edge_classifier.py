@@ -16,6 +16,7 @@ import pytest
 import fer_edge.runtime as runtime_module
 from fer_edge.contract import ContractError, file_sha256, read_sidecar, sidecar_path
 from fer_edge.errors import ModelError
+from fer_edge.record.events import face_record
 from fer_edge.runtime import load_interpreter_class
 from fer_edge.types import Box, Face, Prediction
 from fer_edge.vision.annotate import OverlayAnnotator
@@ -359,7 +360,10 @@ def test_a_face_below_the_unsure_floor_is_shown_as_unsure(model_path):
     classifier = ExpressionClassifier(model_path, unsure_below=0.99)
     prediction = classifier.classify(np.full((48, 48), 128, np.uint8), Box(0, 0, 48, 48))
     assert prediction.unsure and prediction.shown_label == "?"
-    assert OverlayAnnotator().caption(Face(Box(0, 0, 48, 48), prediction, track_id=3)) == "#3 ?"
+    face = Face(Box(0, 0, 48, 48), prediction, track_id=3)
+    assert OverlayAnnotator().caption(face) == "#3 ?"
+    record = face_record(face)  # the events log counts it as unsure, its calibrated scores kept
+    assert record["label"] == "?" and record["score"] < 0.99 and set(record["scores"]) == set(classifier.labels)
     assert ExpressionClassifier(model_path).classify(
         np.full((48, 48), 128, np.uint8), Box(0, 0, 48, 48)
     ).shown_label in (classifier.labels)
