@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,42 +90,56 @@ def convert_model(model, variant: str, calibration: data.Split) -> bytes:
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     # Keras' SavedModel export prints every traced tensor to stdout; keep it out of the user's log.
-    with contextlib.redirect_stdout(io.StringIO()) as export_log, _without_cpp_notices():
-        model_bytes = converter.convert()
+    with (
+        contextlib.redirect_stdout(io.StringIO()) as export_log,
+        _without_cpp_notices(1),
+        _without_cpp_notices(2),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        tf_log = logging.getLogger("tensorflow")
+        level, tf_log.level = tf_log.level, logging.WARNING  # "Assets written to ..." for each export
+        try:
+            model_bytes = converter.convert()
+        finally:
+            tf_log.setLevel(level)
     log.debug("SavedModel export: %s", export_log.getvalue())
     return model_bytes
 
 
-# The converter's C++ side logs to file descriptor 2 directly (absl/glog lines such as "W0000 00:00:... "),
-# past Python's logging and TF_CPP_MIN_LOG_LEVEL.
-_CPP_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")
+# The converter's and the interpreter's C++ sides write to file descriptors 1 and 2 directly (absl/glog lines
+# such as "W0000 00:00:... ", the quantizer's settings, the XNNPACK notice), past Python's logging and
+# TF_CPP_MIN_LOG_LEVEL.
+_CPP_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d|^fully_quantize: |^INFO: Created TensorFlow Lite XNNPACK delegate")
 
 
 @contextlib.contextmanager
-def _without_cpp_notices() -> Iterator[None]:
-    """Hold back what is written to file descriptor 2 and replay it without TensorFlow's C++ notices."""
+def _without_cpp_notices(fd: int) -> Iterator[None]:
+    """Hold back what is written to file descriptor ``fd`` and replay it without TensorFlow's C++ notices."""
     from train.quiet import NOTICES
 
-    sys.stderr.flush()
-    saved = os.dup(2)
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.flush()
+    saved = os.dup(fd)
     with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
+        os.dup2(held.fileno(), fd)
         try:
             yield
         finally:
-            os.dup2(saved, 2)
+            os.dup2(saved, fd)
             os.close(saved)
             held.seek(0)
             for line in held.read().decode(errors="replace").splitlines():
                 if not (NOTICES.search(line) or _CPP_LINE.match(line)):
-                    print(line, file=sys.stderr)
+                    print(line, file=stream)
 
 
 def make_interpreter(model_path: Path, threads: int = 1):
     """An interpreter from the runtime the device would pick (LiteRT first)."""
     interpreter_class, _ = load_interpreter_class()
-    interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
-    interpreter.allocate_tensors()
+    with _without_cpp_notices(2):
+        interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
+        interpreter.allocate_tensors()
     return interpreter
 
 
