@@ -4,8 +4,10 @@ Every clip in ``../shared/clips/`` (or $FER_EDGE_CLIPS), then ``assets/demo.mp4`
 moving on a flat background, where a detector is cheaper than on any real picture). For each clip, fer-edge
 with its defaults and with the origin's Haar detector, and the origin's own loop (Haar on the full-size frame
 at scaleFactor 1.3, ``model.predict`` on each face, no recording, no tracking): frames per second end to end,
-ms per stage, frames with a face, faces per frame, tracks, and label flicker (the share of consecutive frame
-pairs of one track whose shown label changes).
+ms per stage, frames with a face, faces per frame, tracks, label flicker (the share of consecutive frame
+pairs of one track whose shown label changes), its counter-metric label contradiction (the share of smoothed
+face-frames whose smoothed scores put 0.5 or more on one class while another label, or "?", is shown) and the
+share of face-frames shown as unsure.
 
 Then what one live-view viewer and an unreachable MQTT broker cost the loop (``bench/web.py``), on the first
 clip. Results go to bench/results-edge.md and .json only; ``make docs`` copies the table into the docs.
@@ -39,13 +41,34 @@ def label_flicker(faces_per_frame: list[list]) -> tuple[float, int]:
         for face in faces:
             if face.track_id is None:
                 continue
-            label = face.shown.label if face.shown is not None else None
+            label = face.shown.shown_label if face.shown is not None else None
             current[face.track_id] = label
             if face.track_id in previous and label is not None and previous[face.track_id] is not None:
                 pairs += 1
                 changes += label != previous[face.track_id]
         previous = current
     return (changes / pairs if pairs else 0.0), pairs
+
+
+def label_contradiction(faces_per_frame: list[list]) -> tuple[float, int]:
+    """Share of face-frames with smoothed scores whose top smoothed class has 0.5 or more while another label
+    (or "?") is shown, and the number of such face-frames: what flicker can be bought with."""
+    counted = contradicted = 0
+    for faces in faces_per_frame:
+        for face in faces:
+            if face.smoothed is None:
+                continue
+            counted += 1
+            scores = face.smoothed.scores
+            top = max(range(len(scores)), key=scores.__getitem__)
+            contradicted += scores[top] >= 0.5 and face.shown.shown_label != face.smoothed.labels[top]
+    return (contradicted / counted if counted else 0.0), counted
+
+
+def unsure_share(faces_per_frame: list[list]) -> float:
+    """Share of the faces with a shown prediction that were shown as unsure."""
+    shown = [face.shown for faces in faces_per_frame for face in faces if face.shown is not None]
+    return sum(p.unsure for p in shown) / len(shown) if shown else 0.0
 
 
 def clip_config(clip: Path, output_dir: str, overrides: dict):
@@ -71,6 +94,7 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
             pipeline.close()
             pipeline.notifier.close()
     flicker, pairs = label_flicker(sink.faces)
+    contradiction, smoothed_faces = label_contradiction(sink.faces)
     tracks = {face.track_id for faces in sink.faces for face in faces if face.track_id is not None}
     return {
         "frames": stats.frames,
@@ -81,6 +105,9 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
         "tracks": len(tracks),
         "flicker": flicker,
         "flicker_pairs": pairs,
+        "contradiction": contradiction,
+        "smoothed_faces": smoothed_faces,
+        "unsure": unsure_share(sink.faces),
     }
 
 
@@ -149,6 +176,9 @@ def origin_loop(clip: Path, max_frames: int | None = None) -> dict:
         "tracks": None,
         "flicker": None,
         "flicker_pairs": 0,
+        "contradiction": None,
+        "smoothed_faces": 0,
+        "unsure": None,
     }
 
 
@@ -157,29 +187,35 @@ def variants() -> list[tuple[str, dict]]:
         ("fer-edge defaults (BlazeFace)", {}),
         ("fer-edge, Haar detector", {"detector.kind": "haar"}),
         ("fer-edge defaults, no recording", {"recording.enabled": False}),
+        ("fer-edge defaults, single pass (no mirror)", {"model.mirror": False}),
     ]
 
 
-def table(results: list[dict], machine: str) -> str:
+def table(results: list[dict], machine: str, load: float | None = None) -> str:
     lines = [
         "| clip | loop | fps | ms/frame: read / detect / classify / annotate / record | frames with a face "
-        "| faces per frame | tracks | label flicker |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| faces per frame | tracks | label flicker | contradiction | unsure |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ms = r["ms_per_frame"]
         stages = " / ".join(f"{ms[name]:.1f}" for name in STAGE_NAMES) if ms else "—"
         flicker = f"{100 * r['flicker']:.1f}%" if r["flicker"] is not None and r["flicker_pairs"] else "—"
         tracks = "—" if r["tracks"] is None else str(r["tracks"])
+        contradiction = f"{100 * r['contradiction']:.1f}%" if r.get("smoothed_faces") else "—"
+        unsure = f"{100 * r['unsure']:.1f}%" if r.get("unsure") is not None else "—"
         lines.append(
             f"| {r['clip']} | {r['loop']} | {r['fps']:.0f} | {stages} "
             f"| {r['frames_with_faces']}/{r['frames']} ({100 * r['frames_with_faces'] / max(1, r['frames']):.0f}%) "
-            f"| {r['faces'] / max(1, r['frames']):.2f} | {tracks} | {flicker} |"
+            f"| {r['faces'] / max(1, r['frames']):.2f} | {tracks} | {flicker} | {contradiction} | {unsure} |"
         )
     return (
         "\n".join(lines)
         + f"\n\nMeasured by `make bench-edge` on {time.strftime('%Y-%m-%d')} ({machine}, pinned to one core, "
-        "one interpreter thread). Real clips first; `demo.mp4` is synthetic.\n"
+        "one interpreter thread"
+        + ("" if load is None else f"; load average {load:.1f} on {os.cpu_count()} cores at the start")
+        + "). Real clips first; `demo.mp4` is synthetic. Timings are wall time: compare rows of one run only; "
+        "flicker, contradiction and unsure do not depend on the machine's load.\n"
     )
 
 
@@ -204,6 +240,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-integrations", action="store_true", help="leave out the live view and MQTT costs")
     args = parser.parse_args(argv)
     on_one_core()
+    load = os.getloadavg()[0]  # other work on the machine slows every row alike
     clips = [Path(c) for c in args.clips] or [*real_clips(), REPO / "assets" / "demo.mp4"]
     results = []
     for clip in clips:
@@ -216,7 +253,7 @@ def main(argv=None) -> int:
                 {"clip": name, "loop": "origin loop (Haar on the full frame, Keras)", **origin_loop(clip, args.frames)}
             )
             print(json.dumps(results[-1]), flush=True)
-    text = table(results, machine_description())
+    text = table(results, machine_description(), load)
     integrations = None
     if not args.no_integrations:
         from bench.web import stream_cost

@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
     parser.add_argument("--run", default="runs/default", help="run folder holding best.keras (default: runs/default)")
     parser.add_argument("--variants", default="float32,float16,dynamic,int8")
@@ -29,12 +29,41 @@ def main(argv=None) -> int:
         "PrivateTest then; by default the run is a candidate: its models stay in the run "
         "folder, scored on PublicTest only",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="ship even a model from an unfinished run or one scoring lower on PublicTest than the shipped one",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        metavar="MODEL",
+        help="do not convert: fit the temperatures of these converted .tflite files on PublicTest and rewrite "
+        "their sidecars (the models stay as they are)",
+    )
+    parser.add_argument(
+        "--score-private",
+        action="store_true",
+        help="with --calibrate: also score PrivateTest (once per shipped model, never to tune on)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from convert.tflite import ParityError, RunError, convert_run
+    from train.quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    from convert.tflite import ParityError, RunError, ShipError, convert_run, recalibrate
+    from fer_edge.contract import ContractError
     from train.data import DataError
 
+    if args.calibrate:
+        try:
+            for model in args.calibrate:
+                recalibrate(Path(model), args.data, private=args.score_private)
+        except (ContractError, DataError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     run = Path(args.run)
     for needed, hint in (
         ("best.keras", "train first (make train)"),
@@ -51,8 +80,9 @@ def main(argv=None) -> int:
             args.data,
             ship_as=Path(args.ship_as) if args.ship_as else None,
             tta=args.tta,
+            force=args.force,
         )
-    except (ParityError, DataError, RunError, ValueError) as exc:
+    except (ParityError, DataError, RunError, ShipError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

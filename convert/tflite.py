@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
 import os
+import re
 import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fer_edge.contract import ModelSidecar, TensorSpec, file_sha256, sidecar_path, write_sidecar
+from fer_edge.contract import (
+    Calibration,
+    ContractError,
+    ModelSidecar,
+    TensorSpec,
+    file_sha256,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 from fer_edge.runtime import dequantize, load_interpreter_class, pixel_lut
+from fer_edge.vision.calibration import expected_calibration_error, fit_temperature, temperature_scale
 from train import data
 from train.evaluate import plot_confusion, split_metrics
 
@@ -35,6 +51,10 @@ class ParityError(Exception):
 
 class RunError(Exception):
     """A run folder whose model or record cannot be read."""
+
+
+class ShipError(Exception):
+    """A model that must not replace the shipped one without being told to (``--force``)."""
 
 
 @dataclass(frozen=True)
@@ -70,17 +90,56 @@ def convert_model(model, variant: str, calibration: data.Split) -> bytes:
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     # Keras' SavedModel export prints every traced tensor to stdout; keep it out of the user's log.
-    with contextlib.redirect_stdout(io.StringIO()) as export_log:
-        model_bytes = converter.convert()
+    with (
+        contextlib.redirect_stdout(io.StringIO()) as export_log,
+        _without_cpp_notices(1),
+        _without_cpp_notices(2),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+        tf_log = logging.getLogger("tensorflow")
+        level, tf_log.level = tf_log.level, logging.WARNING  # "Assets written to ..." for each export
+        try:
+            model_bytes = converter.convert()
+        finally:
+            tf_log.setLevel(level)
     log.debug("SavedModel export: %s", export_log.getvalue())
     return model_bytes
+
+
+# The converter's and the interpreter's C++ sides write to file descriptors 1 and 2 directly (absl/glog lines
+# such as "W0000 00:00:... ", the quantizer's settings, the XNNPACK notice), past Python's logging and
+# TF_CPP_MIN_LOG_LEVEL.
+_CPP_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d|^fully_quantize: |^INFO: Created TensorFlow Lite XNNPACK delegate")
+
+
+@contextlib.contextmanager
+def _without_cpp_notices(fd: int) -> Iterator[None]:
+    """Hold back what is written to file descriptor ``fd`` and replay it without TensorFlow's C++ notices."""
+    from train.quiet import NOTICES
+
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines():
+                if not (NOTICES.search(line) or _CPP_LINE.match(line)):
+                    print(line, file=stream)
 
 
 def make_interpreter(model_path: Path, threads: int = 1):
     """An interpreter from the runtime the device would pick (LiteRT first)."""
     interpreter_class, _ = load_interpreter_class()
-    interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
-    interpreter.allocate_tensors()
+    with _without_cpp_notices(2):
+        interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
+        interpreter.allocate_tensors()
     return interpreter
 
 
@@ -116,6 +175,72 @@ def tflite_scores(model_path: Path, images: np.ndarray, threads: int = 2) -> np.
     return scores
 
 
+def mirrored_scores(model_path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of each face alone and the mean with its mirror image's, fed the way the device feeds them."""
+    single = tflite_scores(model_path, images)
+    mirror = tflite_scores(model_path, np.ascontiguousarray(images[:, :, ::-1]))
+    return single, (single + mirror) / 2
+
+
+def calibration_metrics(
+    prefix: str, single: np.ndarray, mirrored: np.ndarray, y: np.ndarray, cal: Calibration
+) -> dict[str, float]:
+    """Accuracy and top-1 ECE of both modes, before and after calibration, as sidecar metrics."""
+    calibrated = temperature_scale(single, cal.temperature)
+    calibrated_mirror = temperature_scale(mirrored, cal.temperature_mirror)
+    wrong = calibrated_mirror.argmax(1) != y
+    return {
+        f"{prefix}_mirror_accuracy": round(float((mirrored.argmax(1) == y).mean()), 4),
+        f"{prefix}_ece": round(expected_calibration_error(single, y), 4),
+        f"{prefix}_ece_calibrated": round(expected_calibration_error(calibrated, y), 4),
+        f"{prefix}_mirror_ece": round(expected_calibration_error(mirrored, y), 4),
+        f"{prefix}_mirror_ece_calibrated": round(expected_calibration_error(calibrated_mirror, y), 4),
+        f"{prefix}_mirror_wrong_confidence": round(float(calibrated_mirror.max(1)[wrong].mean()), 4),
+    }
+
+
+def fit_calibration(model_path: Path, public: data.Split) -> tuple[Calibration, dict]:
+    """Temperatures for the single and the mirrored pass, fitted on all of PublicTest, and their metrics."""
+    single, mirrored = mirrored_scores(model_path, public.x)
+    cal = Calibration(fit_temperature(single, public.y), fit_temperature(mirrored, public.y))
+    return cal, calibration_metrics("public", single, mirrored, public.y, cal)
+
+
+def private_calibration_metrics(model_path: Path, private: data.Split, cal: Calibration) -> dict:
+    """The shipped numbers: scored once, when a model ships, with temperatures fitted on PublicTest."""
+    single, mirrored = mirrored_scores(model_path, private.x)
+    return calibration_metrics("private", single, mirrored, private.y, cal)
+
+
+def unfinished(run_dir: Path) -> str | None:
+    """Why ``run_dir`` looks like a run that stopped before its last epoch, or None when it finished."""
+    import yaml
+
+    from train.fit import read_history
+
+    try:
+        planned = int(yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"])
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return f"{run_dir}/config.yaml does not say how many epochs the run was to train"
+    trained = len(read_history(run_dir))
+    if trained < planned:
+        return f"{run_dir} trained {trained} of its {planned} epochs"
+    return None
+
+
+def ship_refusal(candidate_public: float, target: Path) -> str | None:
+    """Why a model scoring ``candidate_public`` on PublicTest must not replace ``target``, or None."""
+    if not target.exists():
+        return None
+    try:
+        shipped = read_sidecar(target, verify_checksum=False).metrics.get("public_accuracy")
+    except ContractError:
+        return None  # nothing usable to protect
+    if isinstance(shipped, (int, float)) and candidate_public < shipped:
+        return f"it scores {100 * candidate_public:.2f}% on PublicTest, the shipped {target} {100 * shipped:.2f}%"
+    return None
+
+
 def tensor_spec(detail: dict) -> TensorSpec:
     scale, zero = detail["quantization"]
     return TensorSpec(
@@ -134,6 +259,7 @@ def convert_run(
     cache_dir="build/cache",
     ship_as: Path | None = None,
     tta: str = "none",
+    force: bool = False,
 ) -> list[VariantResult]:
     """Convert ``run_dir/best.keras`` to each variant in ``out_dir``; optionally copy the int8 one to ``ship_as``.
 
@@ -142,12 +268,18 @@ def convert_run(
     other variants and a model that fails parity never see it.
 
     ``tta="flip"`` converts the model averaged with its mirror-image pass (see ``with_flip_tta``).
+
+    Each variant's sidecar gets temperatures fitted on PublicTest. Unless ``force``, a run that stopped before
+    its last epoch, or an int8 model scoring lower on PublicTest than the one at ``ship_as``, is not shipped
+    (:class:`ShipError`; the candidate stays in ``out_dir``).
     """
     import keras
 
     from train.models import with_flip_tta
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if ship_as is not None and "int8" in variants and not force and (reason := unfinished(run_dir)):
+        raise ShipError(f"not shipping to {ship_as}: {reason} (FORCE=1, or --force, ships it anyway)")
     try:
         run_info = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as exc:
@@ -189,8 +321,14 @@ def convert_run(
             "keras_agreement": round(agreement, 4),
         }
         parity_lost = variant == "int8" and keras_accuracy - tflite_accuracy > MAX_INT8_DROP
-        scores_private = private is not None and variant == "int8" and not parity_lost
+        calibration, calibration_public = fit_calibration(path, public)
+        metrics.update(calibration_public)
+        refusal = None
+        if ship_as is not None and variant == "int8" and not parity_lost and not force:
+            refusal = ship_refusal(tflite_accuracy, Path(ship_as))
+        scores_private = private is not None and variant == "int8" and not parity_lost and refusal is None
         if scores_private:
+            metrics.update(private_calibration_metrics(path, private, calibration))
             private_report = split_metrics(private.y, tflite_scores(path, private.x).argmax(1), labels)
             metrics.update(private_accuracy=private_report["accuracy"], private_macro_f1=private_report["macro_f1"])
             (out_dir / f"fer_{variant}_private.json").write_text(json.dumps(private_report, indent=2))
@@ -201,6 +339,7 @@ def convert_run(
                     out_dir / "confusion_int8_private.png",
                     f"{run_dir.name} int8 PrivateTest",
                 )
+            log.info("wrote the PrivateTest report to %s", out_dir / f"fer_{variant}_private.json")
         log.info(
             "%-8s %7.1f kB  PublicTest keras %.4f tflite %.4f (delta %+.4f)  top-1 agreement %.4f%s",
             variant,
@@ -229,8 +368,16 @@ def convert_run(
                 "config": run_info.get("config", str(run_dir / "config.yaml")),
                 "tta": tta,
             },
+            calibration=calibration,
         )
         write_sidecar(path, sidecar)
+        log.info(
+            "wrote %s and %s (temperature %g, mirrored %g)",
+            path,
+            sidecar_path(path).name,
+            calibration.temperature,
+            calibration.temperature_mirror,
+        )
         results.append(VariantResult(variant, path, keras_accuracy, tflite_accuracy, agreement))
         if parity_lost:
             # renamed, so that nothing (make deploy-model, a glob) mistakes it for a usable model
@@ -241,6 +388,11 @@ def convert_run(
                 f"int8 model loses {100 * (keras_accuracy - tflite_accuracy):.2f} points on PublicTest "
                 f"(keras {keras_accuracy:.4f}, int8 {tflite_accuracy:.4f}); limit is {100 * MAX_INT8_DROP:.0f}; "
                 f"kept as {rejected} for inspection"
+            )
+        if refusal is not None:
+            raise ShipError(
+                f"not shipping {path} to {ship_as}: {refusal} (FORCE=1, or --force, ships it anyway); "
+                f"the candidate stays in {out_dir}"
             )
     if ship_as is not None and "int8" in variants:
         ship(out_dir / "fer_int8.tflite", Path(ship_as))
@@ -254,4 +406,27 @@ def ship(model_path: Path, target: Path) -> None:
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
-    log.info("shipped %s -> %s", model_path, target)
+    log.info("shipped %s -> %s (and its %s)", model_path, target, target.with_suffix(".json").name)
+
+
+def recalibrate(
+    model_path: Path, data_dir: str | None = None, cache_dir: str = "build/cache", private: bool = False
+) -> ModelSidecar:
+    """Fit the temperatures of an already converted model on PublicTest and rewrite its sidecar (the model
+    itself is not touched); with ``private``, also score the shipped numbers on PrivateTest (once per model)."""
+    sidecar = read_sidecar(model_path)
+    root = data.resolve_data_dir(data_dir)
+    calibration, metrics = fit_calibration(model_path, data.load_split(root, "public", cache_dir))
+    if private:
+        split = data.load_split(root, "private", cache_dir)
+        metrics.update(private_calibration_metrics(model_path, split, calibration))
+    updated = dataclasses.replace(sidecar, metrics={**sidecar.metrics, **metrics}, calibration=calibration)
+    write_sidecar(model_path, updated)
+    log.info(
+        "calibrated %s: temperature %g, mirrored %g; wrote %s",
+        model_path,
+        calibration.temperature,
+        calibration.temperature_mirror,
+        sidecar_path(model_path),
+    )
+    return updated

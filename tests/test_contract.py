@@ -91,6 +91,31 @@ def _set_in(section, key, value):
     ],
 )
 def test_bad_sidecars_are_refused_naming_the_file_and_field(tmp_path, edit, message):
+    _refused(tmp_path, edit, message)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set_in("calibration", "temperature", 0), "calibration.temperature: expected a number in [0.05, 20], got 0"),
+        (_set_in("calibration", "temperature", -1.2), "calibration.temperature: expected a number in [0.05, 20]"),
+        (_set_in("calibration", "temperature", float("inf")), "calibration.temperature: expected a number in"),
+        (
+            _set_in("calibration", "temperature", "1.1"),
+            'calibration.temperature: expected a number in [0.05, 20], got "1.1"',
+        ),
+        (_set_in("calibration", "temperature_mirror", 1e6), "calibration.temperature_mirror: expected a number"),
+        (_set_in("calibration", "temperature_mirror", None), "calibration.temperature_mirror: expected a number"),
+        (lambda d: d["calibration"].pop("temperature_mirror"), "calibration.temperature_mirror: missing"),
+        (_set_in("calibration", "bias", 0.1), "calibration.bias: unknown key"),
+        (_set("calibration", 1.05), "calibration: expected a JSON object, got 1.05"),
+    ],
+)
+def test_a_bad_calibration_is_refused_naming_the_field(tmp_path, edit, message):
+    _refused(tmp_path, edit, message)
+
+
+def _refused(tmp_path, edit, message):
     model = shipped_copy(tmp_path, edit)
     with pytest.raises(ContractError, match=re.escape(message)) as caught:
         read_sidecar(model)
@@ -104,6 +129,20 @@ def test_a_sidecar_that_is_not_a_json_object_is_refused(tmp_path, text):
     with pytest.raises(ContractError) as caught:
         read_sidecar(model)
     assert str(caught.value) == f"{model.with_suffix('.json')}: malformed sidecar: expected a JSON object, got {text}"
+
+
+@pytest.mark.parametrize("model", ["fer_int8.tflite", "fer_fast_int8.tflite"])
+def test_shipped_models_are_calibrated_for_both_modes(model):
+    calibration = read_sidecar(REPO / "models" / model).calibration
+    assert calibration is not None
+    assert 0.5 < calibration.temperature < 2 and 0.5 < calibration.temperature_mirror < 2
+    assert calibration.for_mode(mirror=True) == calibration.temperature_mirror
+
+
+def test_a_sidecar_without_calibration_is_still_read(tmp_path):
+    sidecar = read_sidecar(shipped_copy(tmp_path, lambda d: d.pop("calibration")))
+    assert sidecar.calibration is None
+    assert "calibration" not in json.loads(sidecar.to_json())
 
 
 @pytest.mark.parametrize("margin", [0.25, 1, 4])

@@ -14,7 +14,9 @@ from fer_edge.contract import read_sidecar
 
 
 def convert_cli(repo_root, cwd, *args):
-    env = {**os.environ, "PYTHONPATH": str(repo_root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # this checkout's fer_edge, not whichever one the venv has installed
+    path = os.pathsep.join((str(repo_root / "edge"), str(repo_root)))
+    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run(
         [sys.executable, "-m", "convert", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
     )
@@ -54,3 +56,51 @@ def test_a_damaged_run_folder_is_one_error_line(repo_root, fast_run, tmp_path, d
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(fast_run) in errors[0], result.stderr
     assert ("run.json" if damage == "no run.json" else "best.keras") in errors[0]
+
+
+def finished_after(run, trained: int, planned: int = 12) -> None:
+    """The run's record of how many epochs it was to train and how many it did."""
+    (run / "config.yaml").write_text(f"epochs: {planned}\n")
+    rows = "".join(f"{epoch},0.5,0.6\n" for epoch in range(trained))
+    (run / "history.csv").write_text("epoch,accuracy,val_accuracy\n" + rows)
+
+
+def shipped_copy(repo_root, tmp_path, name):
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    for suffix in (".tflite", ".json"):
+        shutil.copyfile(repo_root / "models" / f"{name}{suffix}", models / f"fer_fast_int8{suffix}")
+    return models / "fer_fast_int8.tflite"
+
+
+def test_a_run_stopped_early_does_not_replace_the_shipped_model(repo_root, fast_run, tmp_path):
+    finished_after(fast_run, trained=5)
+    target = shipped_copy(repo_root, tmp_path, "fer_fast_int8")
+    before = {p.name: p.read_bytes() for p in target.parent.iterdir()}
+    result = convert_cli(repo_root, tmp_path, "--run", str(fast_run), "--variants", "int8", "--ship-as", str(target))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "trained 5 of its 12 epochs" in errors[0] and "FORCE=1" in errors[0], result.stderr
+    assert {p.name: p.read_bytes() for p in target.parent.iterdir()} == before
+
+
+def test_a_model_scoring_lower_on_public_test_is_not_shipped(repo_root, fer2013_dir, fast_run, tmp_path):
+    # The fast run shipped over the default model's file: it scores lower on PublicTest, so it stays a candidate.
+    finished_after(fast_run, trained=12)
+    target = shipped_copy(repo_root, tmp_path, "fer_int8")
+    before = target.read_bytes(), target.with_suffix(".json").read_bytes()
+    result = convert_cli(
+        repo_root, tmp_path, "--run", str(fast_run), "--variants", "int8", "--ship-as", str(target),
+        "--data", str(fer2013_dir),
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "scores 68." in errors[0] and "70.66%" in errors[0], result.stderr
+    assert (target.read_bytes(), target.with_suffix(".json").read_bytes()) == before
+    candidate = fast_run / "tflite" / "fer_int8.tflite"
+    assert f"wrote {candidate}" in result.stderr  # where the candidate went
+    sidecar = read_sidecar(candidate)
+    assert sidecar.calibration is not None and "private_accuracy" not in sidecar.metrics  # PrivateTest unseen
+    # the converter's C++ start-up and log lines stay out of the output
+    for noise in ("oneDNN", "cuda", "absl::InitializeLog", "W0000", "I0000", "fully_quantize", "XNNPACK", "Warning"):
+        assert noise not in result.stderr, result.stderr

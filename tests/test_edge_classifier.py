@@ -16,8 +16,11 @@ import pytest
 import fer_edge.runtime as runtime_module
 from fer_edge.contract import ContractError, file_sha256, read_sidecar, sidecar_path
 from fer_edge.errors import ModelError
+from fer_edge.record.events import face_record
 from fer_edge.runtime import load_interpreter_class
-from fer_edge.types import Box, Prediction
+from fer_edge.types import Box, Face, Prediction
+from fer_edge.vision.annotate import OverlayAnnotator
+from fer_edge.vision.calibration import expected_calibration_error, fit_temperature, temperature_scale
 from fer_edge.vision.classifier import ExpressionClassifier
 
 
@@ -306,3 +309,61 @@ def test_a_model_overwritten_in_place_during_a_run_does_not_stop_it(model_copy, 
     assert process.returncode == 0, log.read_text()[-2000:]
     faces = int(out.split("faces")[1].split()[0])
     assert faces > 50, out
+
+
+# --- calibration and the mirrored pass ------------------------------------------------------------------------
+
+
+def test_the_mirrored_pass_is_the_mean_of_the_face_and_its_mirror_image(model_path, public_faces):
+    single = ExpressionClassifier(model_path, mirror=False)
+    mirrored = ExpressionClassifier(model_path, mirror=True)
+    calibration = read_sidecar(model_path).calibration
+    assert calibration is not None and mirrored.temperature == calibration.temperature_mirror
+    for path, _ in public_faces(5, seed=4):
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        box = Box(0, 0, 48, 48)
+        crop = single.face_crop(gray, box).copy()
+        mean = (single.model_scores(crop) + single.model_scores(np.ascontiguousarray(crop[:, ::-1]))) / 2
+        expected = temperature_scale(mean, calibration.temperature_mirror)
+        assert mirrored.classify(gray, box).scores == pytest.approx(tuple(expected), abs=1e-6)
+        alone = temperature_scale(single.model_scores(crop), calibration.temperature)
+        assert single.classify(gray, box).scores == pytest.approx(tuple(alone), abs=1e-6)
+
+
+def test_calibration_lowers_the_calibration_error_on_held_back_faces(model_path, fer2013_dir):
+    # Fit on one half of PublicTest, judge on the other: the temperature must carry to faces it never saw.
+    files = sorted((fer2013_dir / "test").glob("*/PublicTest_*.jpg"))
+    order = np.random.default_rng(0).permutation(len(files))
+    classifier = ExpressionClassifier(model_path)
+    labels = np.array([classifier.labels.index(files[i].parent.name) for i in order])
+    scores = np.array(
+        [classifier.model_scores(cv2.imread(str(files[i]), cv2.IMREAD_GRAYSCALE)) for i in order], np.float64
+    )
+    half = len(files) // 2
+    temperature = fit_temperature(scores[:half], labels[:half])
+    before = expected_calibration_error(scores[half:], labels[half:])
+    after = expected_calibration_error(temperature_scale(scores[half:], temperature), labels[half:])
+    assert after < before - 0.005, (temperature, before, after)
+
+
+def test_a_sidecar_without_calibration_shows_the_model_scores_and_says_so(model_copy, caplog):
+    raw = json.loads(sidecar_path(model_copy).read_text())
+    del raw["calibration"]
+    sidecar_path(model_copy).write_text(json.dumps(raw))
+    with caplog.at_level("WARNING"):
+        classifier = ExpressionClassifier(model_copy, mirror=True)
+    assert classifier.temperature == 1.0
+    assert any("no calibration" in record.getMessage() for record in caplog.records)
+
+
+def test_a_face_below_the_unsure_floor_is_shown_as_unsure(model_path):
+    classifier = ExpressionClassifier(model_path, unsure_below=0.99)
+    prediction = classifier.classify(np.full((48, 48), 128, np.uint8), Box(0, 0, 48, 48))
+    assert prediction.unsure and prediction.shown_label == "?"
+    face = Face(Box(0, 0, 48, 48), prediction, track_id=3)
+    assert OverlayAnnotator().caption(face) == "#3 ?"
+    record = face_record(face)  # the events log counts it as unsure, its calibrated scores kept
+    assert record["label"] == "?" and record["score"] < 0.99 and set(record["scores"]) == set(classifier.labels)
+    assert ExpressionClassifier(model_path).classify(
+        np.full((48, 48), 128, np.uint8), Box(0, 0, 48, 48)
+    ).shown_label in (classifier.labels)

@@ -30,7 +30,7 @@ def test_defaults_load_without_a_file():
     cfg = load_config(None)
     assert cfg == Config()
     assert cfg.source.kind == "auto" and cfg.source.device == "0"
-    assert cfg.smoothing.time_constant_s == 0.15 and cfg.detector.kind == "blazeface"
+    assert cfg.smoothing.time_constant_s == 0.2 and cfg.detector.kind == "blazeface"
     assert cfg.overlay.box_color == (0, 255, 0)
     assert cfg.recording.codec == "auto"
 

@@ -11,8 +11,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 FORMAT = "fer-edge-model/1"
 INPUT_RANK = 4  # [1, H, W, 1]: one grayscale face crop
@@ -21,6 +23,9 @@ OUTPUT_RANK = 2  # [1, classes]
 # [0.25, 4] the crop is not a face crop any more, and near 0 it rounds to an empty crop at run time.
 FACE_MARGIN_RANGE = (0.25, 4.0)
 FACE_MARGIN_PROBLEM = f"expected a number in [{FACE_MARGIN_RANGE[0]}, {FACE_MARGIN_RANGE[1]:g}]"
+# A calibration temperature outside it collapses the scores onto one class or flattens them to uniform.
+TEMPERATURE_RANGE = (0.05, 20.0)
+TEMPERATURE_PROBLEM = f"expected a number in [{TEMPERATURE_RANGE[0]}, {TEMPERATURE_RANGE[1]:g}]"
 
 
 class ContractError(Exception):
@@ -33,6 +38,18 @@ class TensorSpec:
     dtype: str  # numpy dtype name: uint8, int8, float32
     scale: float = 0.0  # 0.0: not quantized
     zero_point: int = 0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperatures fitted on PublicTest: ``p = softmax(log(p_model) / T)``; ``temperature_mirror`` is for the
+    mean of a face's and its mirror image's scores."""
+
+    temperature: float = 1.0
+    temperature_mirror: float = 1.0
+
+    def for_mode(self, mirror: bool) -> float:
+        return self.temperature_mirror if mirror else self.temperature
 
 
 @dataclass(frozen=True)
@@ -50,9 +67,13 @@ class ModelSidecar:
     metrics: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # run folder, config, training backend
     format: str = FORMAT
+    calibration: Calibration | None = None  # None: a sidecar written before calibration (scores used as they are)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        raw = asdict(self)
+        if self.calibration is None:
+            del raw["calibration"]
+        return json.dumps(raw, indent=2) + "\n"
 
 
 def sidecar_path(model_path: str | os.PathLike) -> Path:
@@ -107,6 +128,7 @@ def read_sidecar(model_path: str | os.PathLike, verify_checksum: bool = True) ->
             params=_field(raw, "params", _is_count, "expected an integer >= 0", 0),
             metrics=dict(_field(raw, "metrics", _is_object, "expected a JSON object", {})),
             source=dict(_field(raw, "source", _is_object, "expected a JSON object", {})),
+            calibration=_calibration(raw),
         )
     except _Malformed as exc:
         raise ContractError(f"{path}: {exc}") from None
@@ -126,7 +148,7 @@ class _Malformed(Exception):
     """One bad field: ``malformed sidecar: KEY: PROBLEM, got VALUE`` (``KEY: missing`` when absent, and
     ``KEY: PROBLEM`` when ``value`` is not given but ``problem`` says it all); read_sidecar adds the path."""
 
-    def __init__(self, key: str, problem: str | None, value=_MISSING):
+    def __init__(self, key: str, problem: str | None, value: Any = _MISSING) -> None:
         if problem is None:
             text = "missing"
         elif value is _MISSING:
@@ -136,7 +158,7 @@ class _Malformed(Exception):
         super().__init__(f"malformed sidecar: {key}: {text}")
 
 
-def _shown(value, limit: int = 60) -> str:
+def _shown(value: Any, limit: int = 60) -> str:
     """A value as it reads in the JSON file, shortened to one short line."""
     try:
         text = json.dumps(value, allow_nan=True)
@@ -145,7 +167,9 @@ def _shown(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _field(raw: dict, key: str, check, problem: str, default=_MISSING, where: str = ""):
+def _field(
+    raw: dict, key: str, check: Callable[[Any], bool], problem: str, default: Any = _MISSING, where: str = ""
+) -> Any:
     name = f"{where}{key}"
     if key not in raw:
         if default is _MISSING:
@@ -157,32 +181,51 @@ def _field(raw: dict, key: str, check, problem: str, default=_MISSING, where: st
     return value
 
 
-def _is_int(value) -> bool:
+def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_count(value) -> bool:
+def _is_count(value: Any) -> bool:
     return _is_int(value) and value >= 0
 
 
-def _is_name(value) -> bool:
+def _is_name(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _is_object(value) -> bool:
+def _is_object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
-def _is_sha256(value) -> bool:
+def _is_sha256(value: Any) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
-def _is_face_margin(value) -> bool:
+def _is_face_margin(value: Any) -> bool:
     return _is_number(value) and FACE_MARGIN_RANGE[0] <= value <= FACE_MARGIN_RANGE[1]
+
+
+def _is_temperature(value: Any) -> bool:
+    return _is_number(value) and TEMPERATURE_RANGE[0] <= value <= TEMPERATURE_RANGE[1]
+
+
+def _calibration(raw: dict) -> Calibration | None:
+    section = _field(raw, "calibration", _is_object, "expected a JSON object", None)
+    if section is None:
+        return None
+    unknown = sorted(set(section) - {"temperature", "temperature_mirror"})
+    if unknown:
+        raise _Malformed(f"calibration.{unknown[0]}", "unknown key (temperature, temperature_mirror)")
+    return Calibration(
+        *(
+            float(_field(section, key, _is_temperature, TEMPERATURE_PROBLEM, where="calibration."))
+            for key in ("temperature", "temperature_mirror")
+        )
+    )
 
 
 def _labels(raw: dict, classes: int) -> tuple[str, ...]:

@@ -105,12 +105,17 @@ class Track:
         return self.detection.box
 
 
+UNSURE_LABEL = "?"  # shown instead of a label whose calibrated score is below the model's unsure_below
+
+
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """Class scores of one face, in the model's label order (labels come from the sidecar)."""
+    """Class scores of one face, in the model's label order (labels come from the sidecar); ``floor`` is the
+    score below which the face is shown as unsure."""
 
     labels: tuple[str, ...]
     scores: tuple[float, ...]
+    floor: float = 0.0
 
     @property
     def index(self) -> int:
@@ -123,6 +128,15 @@ class Prediction:
     @property
     def score(self) -> float:
         return float(self.scores[self.index])
+
+    @property
+    def unsure(self) -> bool:
+        return self.score < self.floor
+
+    @property
+    def shown_label(self) -> str:
+        """The label as shown: ``?`` when unsure."""
+        return UNSURE_LABEL if self.unsure else self.label
 
     def as_dict(self) -> dict[str, float]:
         return {name: round(float(s), 4) for name, s in zip(self.labels, self.scores)}

@@ -3,9 +3,9 @@
 Each events line is one frame: ``{"t": unix_time, "ts": frame_time, "frame": index, "faces": [{"box": [x, y, w, h],
 "track": id or null, "label": str, "score": float, "scores": {label: score}}, ...]}``. Blank lines and lines
 that do not parse (the last line of a file cut short by power loss) are skipped with a warning. Labels come from
-the data. Faces without a track id are summarised together as track ``untracked``. Times follow the frames' own
-timestamps (see :class:`FrameClock`). A file none of whose lines is an events line is refused before anything is
-written.
+the data; a face shown as unsure has the label ``?`` and is counted in its own ``share_?`` column. Faces without a
+track id are summarised together as track ``untracked``. Times follow the frames' own timestamps (see
+:class:`FrameClock`). A file none of whose lines is an events line is refused before anything is written.
 
 Track ids restart at 1 when the device restarts, so a track id seen in another run (the frame index, which
 counts on across segments, starts again at 0 in time order) or again

@@ -82,6 +82,8 @@ class ModelConfig:
     threads: int = _opt(1, int_range(1, MAX_THREADS))
     classify_every_s: float = _opt(0.1, number_range(0.0, 10.0))  # classify a tracked face this often; 0: each frame
     max_turn: float = _opt(0.5, number_range(0.0, 1.0))  # faces turned further are not classified (see docs)
+    mirror: bool = True  # average the scores of the face and its mirror image (two passes per face)
+    unsure_below: float = _opt(0.4, unit)  # calibrated score under which a face is shown as unsure ("?")
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,10 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class SmoothingConfig:
     enabled: bool = True
-    time_constant_s: float = _opt(0.15, number_range(0.0, 60.0))  # EMA of the scores; 0 = none
+    time_constant_s: float = _opt(0.2, number_range(0.0, 60.0))  # EMA of the scores; 0 = none
     hysteresis: float = _opt(0.1, unit)  # smoothed-score lead a new label needs
     min_dwell_s: float = _opt(1.0, number_range(0.0, 60.0))  # a shown label stays at least this long
+    decisive: float = _opt(0.5, number_range(0.0, 1.0))  # a class this sure (smoothed) is shown at once
 
 
 @dataclass(frozen=True)

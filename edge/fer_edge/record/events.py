@@ -14,7 +14,8 @@ Line format::
 
 ``t`` is the wall clock when the line was written, ``ts`` the frame's own timestamp (capture time; a file's
 presentation time), which the video's timeline follows. ``label``/``score`` are what was shown (smoothed when
-available), ``scores``/``raw_label`` the model's raw output,
+available; ``label`` is ``?`` for a face shown as unsure, its calibrated score below ``model.unsure_below``),
+``scores``/``raw_label`` the model's calibrated output,
 ``smoothed`` is present only when the face has a smoothed prediction.
 """
 
@@ -47,7 +48,7 @@ def face_record(face: Face) -> dict:
     record = {
         "box": face.box.as_list(),
         "track": face.track_id,
-        "label": shown.label if shown else None,
+        "label": shown.shown_label if shown else None,
         "score": round(shown.score, 4) if shown else None,
         "scores": face.prediction.as_dict() if face.prediction else None,
         "raw_label": face.prediction.label if face.prediction else None,

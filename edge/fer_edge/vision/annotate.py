@@ -51,8 +51,8 @@ class OverlayAnnotator:
             parts.append(f"#{face.track_id}")
         shown = face.shown
         if shown is not None:
-            parts.append(shown.label)
-            if self.show_score:
+            parts.append(shown.shown_label)
+            if self.show_score and not shown.unsure:
                 parts.append(f"{shown.score:.2f}")
         return " ".join(parts)
 

@@ -1,4 +1,9 @@
-"""Expression classification with a TFLite model and its sidecar (labels, input spec, face margin)."""
+"""Expression classification with a TFLite model and its sidecar (labels, input spec, face margin, calibration).
+
+Scores are calibrated with the sidecar's temperature (``fer_edge.vision.calibration``), so that a shown 0.87 is
+right about 87% of the time on FER-2013's held-out faces; with ``mirror`` the scores of the face and its mirror
+image are averaged first, and the temperature fitted on such averages applies.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from fer_edge.contract import ContractError, ModelSidecar, read_sidecar
 from fer_edge.errors import ModelError
 from fer_edge.runtime import build_interpreter, dequantize, first_line, pixel_lut
 from fer_edge.types import Box, Detection, Prediction
+from fer_edge.vision.calibration import temperature_scale
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +32,24 @@ class ExpressionClassifier:
     def from_config(cls, model: ModelConfig) -> ExpressionClassifier:
         """The classifier the ``model`` section names (its path, else the shipped model: see
         :func:`fer_edge.config.resolve_model_path`)."""
-        return cls(resolve_model_path(model.path), threads=model.threads)
+        return cls(
+            resolve_model_path(model.path), threads=model.threads, mirror=model.mirror, unsure_below=model.unsure_below
+        )
 
-    def __init__(self, model_path: str | os.PathLike, threads: int = 1):
+    def __init__(
+        self, model_path: str | os.PathLike, threads: int = 1, mirror: bool = False, unsure_below: float = 0.0
+    ) -> None:
         model_path = Path(model_path)
         self.sidecar: ModelSidecar = read_sidecar(model_path)  # ContractError: missing/inconsistent/checksum
         self.labels = self.sidecar.labels
         self.face_margin = self.sidecar.face_margin
+        self.mirror = mirror
+        self.unsure_below = unsure_below
+        if self.sidecar.calibration is None:
+            self.temperature = 1.0
+            log.warning("%s: its sidecar has no calibration: scores are shown uncalibrated", model_path)
+        else:
+            self.temperature = self.sidecar.calibration.for_mode(mirror)
         try:
             model_bytes = model_path.read_bytes()
         except OSError as exc:
@@ -41,12 +58,14 @@ class ExpressionClassifier:
             raise ModelError(f"{model_path}: changed while it was loaded (sha256 no longer matches its sidecar)")
         self._interpreter, self.runtime = build_interpreter(model_bytes, threads, str(model_path))
         log.info(
-            "model %s (%s, %s) on %s, %d thread(s)",
+            "model %s (%s, %s) on %s, %d thread(s), %s, temperature %g",
             model_path,
             self.sidecar.variant,
             ", ".join(self.labels),
             self.runtime,
             threads,
+            "mirrored pass" if mirror else "single pass",
+            self.temperature,
         )
 
         inp = self._interpreter.get_input_details()[0]
@@ -58,6 +77,7 @@ class ExpressionClassifier:
         self._input = np.zeros(inp["shape"], inp["dtype"])
         self._input_plane = self._input.reshape(self.input_height, self.input_width)
         self._resized = np.empty((self.input_height, self.input_width), np.uint8)
+        self._mirrored = np.empty((self.input_height, self.input_width), np.uint8)
         self._pixel_lut = pixel_lut(inp)
         self._output_detail = out
         self._run_once(model_path)
@@ -121,13 +141,22 @@ class ExpressionClassifier:
         crop = self.crop(image, box)
         return cv2.resize(crop, (self.input_width, self.input_height), dst=self._resized, interpolation=cv2.INTER_AREA)
 
-    def classify(self, image: np.ndarray, face: Detection | Box) -> Prediction:
-        """Class scores of one face of a BGR (or grayscale) frame."""
-        np.take(self._pixel_lut, self.face_crop(image, face), out=self._input_plane)
+    def model_scores(self, crop: np.ndarray) -> np.ndarray:
+        """The model's own (uncalibrated) scores for one input-sized grayscale crop: one pass."""
+        np.take(self._pixel_lut, crop, out=self._input_plane)
         self._interpreter.set_tensor(self._input_index, self._input)
         self._interpreter.invoke()
-        scores = dequantize(self._interpreter.get_tensor(self._output_index)[0], self._output_detail)
-        return Prediction(self.labels, tuple(scores.tolist()))
+        scores: np.ndarray = dequantize(self._interpreter.get_tensor(self._output_index)[0], self._output_detail)
+        return np.asarray(scores, np.float64)
+
+    def classify(self, image: np.ndarray, face: Detection | Box) -> Prediction:
+        """Calibrated class scores of one face of a BGR (or grayscale) frame."""
+        crop = self.face_crop(image, face)
+        scores = self.model_scores(crop)
+        if self.mirror:
+            scores = (scores + self.model_scores(cv2.flip(crop, 1, dst=self._mirrored))) / 2
+        calibrated = temperature_scale(scores, self.temperature)
+        return Prediction(self.labels, tuple(calibrated.tolist()), floor=self.unsure_below)
 
 
 def _gray(patch: np.ndarray) -> np.ndarray:
