@@ -10,7 +10,8 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fer_edge.contract import ContractError
 from fer_edge.errors import ConfigError, FerEdgeError, ModelError, mask_credentials
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from fer_edge.config import Config
+    from fer_edge.pipeline import RunStats
 
 log = logging.getLogger("fer_edge")
 
@@ -27,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors end in the same `fer-edge: error:` line as every other failure (argparse names the
     subcommand, `fer-edge run: error:`); the subcommands' parsers are of this class too."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"fer-edge: error: {' '.join(message.split())}\n")
 
@@ -102,7 +104,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-def load(args, **extra) -> Config:
+def load(args: argparse.Namespace, **extra: Any) -> Config:
     from fer_edge.capture.sources import source_overrides
     from fer_edge.config import load_config
 
@@ -169,7 +171,7 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     return model
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from fer_edge import app
 
     if args.max_frames is not None and args.max_frames <= 0:
@@ -181,7 +183,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def run_summary(stats, cfg, started: float | None = None) -> str:
+def run_summary(stats: RunStats, cfg: Config, started: float | None = None) -> str:
     """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went (with the
     recordings finished since ``started``, a time.time())."""
     seen = ", ".join(f"{label} {count}" for label, count in stats.label_counts.most_common()) or "none"
@@ -202,7 +204,7 @@ def run_summary(stats, cfg, started: float | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _runtime_info_held_back():
+def _runtime_info_held_back() -> Iterator[None]:
     """Leave out the "INFO: ..." lines the TFLite runtime writes to file descriptor 2 from C++ (the XNNPACK
     delegate's), which logging levels cannot reach; everything else written meanwhile is passed on."""
     sys.stderr.flush()
@@ -220,7 +222,7 @@ def _runtime_info_held_back():
             sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
 
 
-def cmd_check_config(args) -> int:
+def cmd_check_config(args: argparse.Namespace) -> int:
     import dataclasses
 
     from fer_edge.config import to_yaml
@@ -242,7 +244,7 @@ def cmd_check_config(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from fer_edge.analysis import bench
 
     if args.frames <= 0:
@@ -253,7 +255,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from fer_edge.analysis import report
 
     for path in report.main(args.events, args.output):
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _fail(args, exc: BaseException, code: int) -> int:
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
     if args.verbose:
         log.exception("%s", exc)
     message = " ".join(str(exc).split()) or type(exc).__name__

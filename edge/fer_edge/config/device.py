@@ -11,11 +11,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fer_edge.config.builder import apply_overrides, build_dataclass, read_mapping
 from fer_edge.config.checks import (
+    Check,
     above_up_to,
     at_most,
     camera_device,
@@ -41,7 +43,7 @@ from fer_edge.vision.privacy import MODES as PRIVACY_MODES
 MODEL_FILENAME = "fer_int8.tflite"
 
 
-def _opt(default, check=None):
+def _opt(default: Any, check: Check | None = None) -> Any:
     """A field with a default and an optional value check (``check(value) -> message | None``)."""
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
@@ -137,7 +139,7 @@ class RecordingConfig:
     record_width: int | None = _opt(None, int_range(16, 7680))  # null: the camera's; else scaled down to it
     record_fps: float | None = _opt(None, positive_up_to(240.0))  # null: every frame; else at most this rate
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.fragment_seconds > self.segment_seconds:
             raise ConfigError(
                 f"recording.fragment_seconds: expected a number <= recording.segment_seconds "
@@ -198,7 +200,7 @@ class Config:
     web: WebConfig = field(default_factory=lambda: WebConfig())
     mqtt: MqttConfig = field(default_factory=lambda: MqttConfig())
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.source.reopen_max_s < self.source.reopen_initial_s:
             raise ConfigError(
                 f"source.reopen_max_s: expected a number >= source.reopen_initial_s "
@@ -215,10 +217,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     return build_dataclass(Config, raw, renamed=RENAMED)
 
 
-def to_dict(cfg) -> dict:
+def to_dict(cfg: Any) -> dict:
     """Plain dicts and lists, for YAML output."""
 
-    def plain(value):
+    def plain(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
@@ -237,7 +239,7 @@ _Dumper.add_representer(
 )
 
 
-def to_yaml(cfg) -> str:
+def to_yaml(cfg: Any) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
@@ -300,7 +302,7 @@ class WebConfig:
     max_connections: int = _opt(128, int_range(4, 1000))  # open at once; the longest-waiting idle one makes room
     max_viewers: int = _opt(4, int_range(1, 32))  # live streams open at once; more get 503
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.token is not None and self.token_file is not None:
             raise ConfigError("web.token_file: set web.token or web.token_file, not both")
         if self.token is not None:
@@ -330,7 +332,7 @@ class MqttConfig:
     snapshot_width: int = _opt(480, int_range(64, 4096))
     queue_size: int = _opt(200, int_range(1, 100000))  # messages kept while the broker is slow
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.password is not None and self.password_file is not None:
             raise ConfigError("mqtt.password_file: set mqtt.password or mqtt.password_file, not both")
         if self.tls_ca_file is not None and not self.tls:
