@@ -5,7 +5,8 @@ moving on a flat background, where a detector is cheaper than on any real pictur
 with its defaults and with the origin's Haar detector, and the origin's own loop (Haar on the full-size frame
 at scaleFactor 1.3, ``model.predict`` on each face, no recording, no tracking): frames per second end to end,
 ms per stage, frames with a face, faces per frame, tracks, and label flicker (the share of consecutive frame
-pairs of one track whose shown label changes).
+pairs of one track whose shown label changes), and with privacy on the share of faces an independent reference
+detector finds that still reach the sinks sharp (``bench/privacy.py``).
 
 Then what one live-view viewer and an unreachable MQTT broker cost the loop (``bench/web.py``), on the first
 clip. Results go to bench/results-edge.md and .json only; ``make docs`` copies the table into the docs.
@@ -157,24 +158,27 @@ def variants() -> list[tuple[str, dict]]:
         ("fer-edge defaults (BlazeFace)", {}),
         ("fer-edge, Haar detector", {"detector.kind": "haar"}),
         ("fer-edge defaults, no recording", {"recording.enabled": False}),
+        ("fer-edge defaults, privacy blur", {"privacy.mode": "blur"}),
     ]
 
 
 def table(results: list[dict], machine: str) -> str:
     lines = [
         "| clip | loop | fps | ms/frame: read / detect / classify / annotate / record | frames with a face "
-        "| faces per frame | tracks | label flicker |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| faces per frame | tracks | label flicker | privacy leak |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ms = r["ms_per_frame"]
         stages = " / ".join(f"{ms[name]:.1f}" for name in STAGE_NAMES) if ms else "—"
         flicker = f"{100 * r['flicker']:.1f}%" if r["flicker"] is not None and r["flicker_pairs"] else "—"
         tracks = "—" if r["tracks"] is None else str(r["tracks"])
+        leak = r.get("privacy_leak")
+        leak_text = "—" if leak is None else f"{100 * leak['leak']:.1f}% of {leak['faces']}"
         lines.append(
             f"| {r['clip']} | {r['loop']} | {r['fps']:.0f} | {stages} "
             f"| {r['frames_with_faces']}/{r['frames']} ({100 * r['frames_with_faces'] / max(1, r['frames']):.0f}%) "
-            f"| {r['faces'] / max(1, r['frames']):.2f} | {tracks} | {flicker} |"
+            f"| {r['faces'] / max(1, r['frames']):.2f} | {tracks} | {flicker} | {leak_text} |"
         )
     return (
         "\n".join(lines)
@@ -210,6 +214,10 @@ def main(argv=None) -> int:
         name = f"`{clip.name}`" + (" (synthetic)" if clip.name == "demo.mp4" else "")
         for loop, overrides in variants():
             results.append({"clip": name, "loop": loop, **fer_edge_loop(clip, overrides, args.frames)})
+            if overrides.get("privacy.mode", "off") != "off":
+                from bench.privacy import measure
+
+                results[-1]["privacy_leak"] = measure(clip, overrides)
             print(json.dumps(results[-1]), flush=True)
         if not args.no_origin:
             results.append(
