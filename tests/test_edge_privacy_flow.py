@@ -188,3 +188,16 @@ def test_the_pre_roll_of_a_presence_triggered_recording_is_anonymized(performer,
     assert kept_detail(recorded[0], empty) > 0.5  # the codec keeps a sharp picture sharp
     kept = [kept_detail(recorded[i], captured[i]) for i in range(WALK_IN_AT, len(captured))]
     assert max(kept) < KEPT_DETAIL, [round(k, 2) for k in kept]
+
+
+def test_the_live_view_gets_the_walker_blurred(performer, walker, classifier):
+    from fer_edge.serve.live import LiveFeed
+
+    cfg = load_config(None, {"privacy.mode": "blur"})
+    captured = with_walker(performer, walker)
+    feed = LiveFeed()
+    last = WALK_IN_AT + 2  # a detection frame that searches only around the performer, 0.4 s after the last scan
+    pipeline_for(cfg, captured, classifier, [feed], app.build_privacy(cfg)).run(max_frames=last + 1)
+    _, frame, _ = feed.latest()
+    assert frame is not None and frame.index == last
+    assert kept_detail(frame.image, captured[last]) < KEPT_DETAIL
