@@ -66,13 +66,11 @@ class Tracker(Protocol):
 
     def carried(self) -> list[Box]: ...
 
-    def reset(self) -> None:
-        """End every track at once (a scene cut): the next faces get new ids."""
+    def reset(self) -> None: ...  # end every track at once (a scene cut); the next faces get new ids
 
 
 class CutDetector(Protocol):
-    def cut(self, image: np.ndarray) -> bool:
-        """Whether ``image`` shows another shot than the frame before it."""
+    def cut(self, image: np.ndarray) -> bool: ...  # whether the image shows another shot than the frame before
 
 
 class Smoother(Protocol):
@@ -137,8 +135,7 @@ class DetectionSchedule:
     Every ``every_n_frames``-th frame detects; it scans the whole frame when no face is tracked, when a track
     ended since the last detection, or when the last scan is ``full_scan_interval_s`` old (new faces); else it
     searches windows of ``region_factor`` times each tracked face's side. ``region_factor=0`` always scans.
-    Every frame is scanned whole while privacy is on (a face that walks in between scans would be recorded
-    unblurred) and on a scene cut (the tracked faces are gone, the new ones anywhere).
+    Every frame is scanned whole while privacy is on (a face walking in between scans would be recorded sharp).
     """
 
     every_n_frames: int = 1
@@ -149,12 +146,10 @@ class DetectionSchedule:
     _tracked: int = 0
 
     def next(self, t: float, tracked: int, *, privacy: bool = False, cut: bool = False) -> DetectionPlan:
-        """The detection for the frame at ``t`` seconds, with ``tracked`` faces tracked before it; ``privacy``:
-        faces are anonymized on this frame; ``cut``: the frame starts a new shot."""
+        """The detection for the frame at ``t`` s, ``tracked`` faces before it; ``privacy`` on; ``cut``: a new shot."""
         frame, self._frames = self._frames, self._frames + 1
         if privacy or cut:
-            self._tracked = tracked
-            self._last_scan = t
+            self._tracked, self._last_scan = tracked, t
             return DetectionPlan.FULL
         if frame % self.every_n_frames:
             return DetectionPlan.CARRY
@@ -215,10 +210,9 @@ class Pipeline:
     them (:class:`DetectionSchedule`). Each tracked face is classified at most every ``classify_every_s``
     seconds of frame time and shows its latest result in between; a face turned further than ``max_turn``
     (its detector gives keypoints) is not classified and keeps its last shown label. ``privacy(image, boxes)``
-    anonymizes faces in place before overlays are drawn and before any sink sees the frame; while it is on (a
-    privacy stage with an ``active`` attribute, the runtime switch, is on while that is true) every frame gets a
-    whole-frame scan. ``cuts`` spots scene cuts: every track and its smoothing ends there, and the frame is
-    scanned whole, so no track id spans a cut.
+    anonymizes faces in place before overlays and sinks; while it is on (one with an ``active`` attribute, the
+    runtime switch, while that is true) every frame gets a whole-frame scan. At a scene cut (``cuts``) every
+    track and its smoothing ends and the frame is scanned whole: no track id spans a cut.
 
     Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.
     """
@@ -329,9 +323,8 @@ class Pipeline:
         return stats
 
     def _detect(self, frame: Frame) -> list[Track]:
-        cut = self.cuts is not None and self.cuts.cut(frame.image)
-        if cut:
-            self._end_tracks(frame)
+        if cut := (self.cuts is not None and self.cuts.cut(frame.image)):
+            self._end_tracks()
         plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids), privacy=self.privacy_on, cut=cut)
         if plan == DetectionPlan.CARRY:
             return self.tracker.predict()
@@ -342,9 +335,8 @@ class Pipeline:
             return self.tracker.update(self.detector.detect(frame.image, regions))
         return self.tracker.update(self.detector.detect(frame.image))
 
-    def _end_tracks(self, frame: Frame) -> None:
+    def _end_tracks(self) -> None:
         """A scene cut: the faces before it are gone, their labels and smoothing must not pass to new faces."""
-        log.debug("scene cut at frame %d: %d tracks end", frame.index, len(self.tracker.active_ids))
         self.tracker.reset()
         self.smoother.forget(set())
         self._classified.clear()
