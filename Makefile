@@ -33,7 +33,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PIP_QUIET := PYTHONWARNINGS=ignore
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-edge soak data-check lint train train-seed convert evaluate bench bench-edge docs clip \
+.PHONY: help demo test test-edge soak data-check lint train train-seed convert evaluate bench bench-edge bench-privacy docs clip \
 	deploy deploy-model clean
 
 help:  ## this list
@@ -111,6 +111,9 @@ bench: $(TRAIN_VENV)/.installed  ## the shipped models: accuracy, cost, ms per f
 
 bench-edge: $(TRAIN_VENV)/.installed  ## fer-edge vs the origin's loop, one core -> bench/results-edge.md
 	$(TRAIN_VENV)/bin/python -m bench.edge
+
+bench-privacy: $(TRAIN_VENV)/.installed  ## faces privacy lets through sharp on real clips, one core -> bench/results-privacy.md
+	$(TRAIN_VENV)/bin/python -m bench.privacy
 
 docs:  ## copy bench/results-*.md and the device config reference into README, MODEL_CARD.md and docs/
 	$(PYTHON) tools/sync_docs.py

@@ -7,7 +7,8 @@ at scaleFactor 1.3, ``model.predict`` on each face, no recording, no tracking): 
 ms per stage, frames with a face, faces per frame, tracks, label flicker (the share of consecutive frame
 pairs of one track whose shown label changes), its counter-metric label contradiction (the share of smoothed
 face-frames whose smoothed scores put 0.5 or more on one class while another label, or "?", is shown) and the
-share of face-frames shown as unsure.
+share of face-frames shown as unsure; and with privacy on the share of faces an independent reference detector
+finds that still reach the sinks sharp (``bench/privacy.py``).
 
 Then what one live-view viewer and an unreachable MQTT broker cost the loop (``bench/web.py``), on the first
 clip. Results go to bench/results-edge.md and .json only; ``make docs`` copies the table into the docs.
@@ -188,14 +189,15 @@ def variants() -> list[tuple[str, dict]]:
         ("fer-edge, Haar detector", {"detector.kind": "haar"}),
         ("fer-edge defaults, no recording", {"recording.enabled": False}),
         ("fer-edge defaults, single pass (no mirror)", {"model.mirror": False}),
+        ("fer-edge defaults, privacy blur", {"privacy.mode": "blur"}),
     ]
 
 
 def table(results: list[dict], machine: str, load: float | None = None) -> str:
     lines = [
         "| clip | loop | fps | ms/frame: read / detect / classify / annotate / record | frames with a face "
-        "| faces per frame | tracks | label flicker | contradiction | unsure |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| faces per frame | tracks | label flicker | contradiction | unsure | privacy leak |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         ms = r["ms_per_frame"]
@@ -204,10 +206,13 @@ def table(results: list[dict], machine: str, load: float | None = None) -> str:
         tracks = "—" if r["tracks"] is None else str(r["tracks"])
         contradiction = f"{100 * r['contradiction']:.1f}%" if r.get("smoothed_faces") else "—"
         unsure = f"{100 * r['unsure']:.1f}%" if r.get("unsure") is not None else "—"
+        leak = r.get("privacy_leak")
+        leak_text = "—" if leak is None else f"{100 * leak['leak']:.1f}% of {leak['faces']}"
         lines.append(
             f"| {r['clip']} | {r['loop']} | {r['fps']:.0f} | {stages} "
             f"| {r['frames_with_faces']}/{r['frames']} ({100 * r['frames_with_faces'] / max(1, r['frames']):.0f}%) "
-            f"| {r['faces'] / max(1, r['frames']):.2f} | {tracks} | {flicker} | {contradiction} | {unsure} |"
+            f"| {r['faces'] / max(1, r['frames']):.2f} | {tracks} | {flicker} | {contradiction} | {unsure} "
+            f"| {leak_text} |"
         )
     return (
         "\n".join(lines)
@@ -247,6 +252,10 @@ def main(argv=None) -> int:
         name = f"`{clip.name}`" + (" (synthetic)" if clip.name == "demo.mp4" else "")
         for loop, overrides in variants():
             results.append({"clip": name, "loop": loop, **fer_edge_loop(clip, overrides, args.frames)})
+            if overrides.get("privacy.mode", "off") != "off":
+                from bench.privacy import measure
+
+                results[-1]["privacy_leak"] = measure(clip, overrides)
             print(json.dumps(results[-1]), flush=True)
         if not args.no_origin:
             results.append(

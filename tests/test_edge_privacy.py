@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import cv2
@@ -143,16 +142,3 @@ def test_several_faces_and_off_mode(scenes):
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="privacy mode"):
         anonymize(np.zeros((10, 10, 3), np.uint8), [], "smudge")
-
-
-def test_privacy_with_a_pre_roll_says_that_the_pre_roll_is_not_anonymised(caplog):
-    from fer_edge.app import build_privacy
-    from fer_edge.config import load_config
-
-    triggered = {"privacy.mode": "blur", "recording.presence_triggered": True}
-    with caplog.at_level(logging.WARNING, logger="fer_edge.app"):
-        assert build_privacy(load_config(None, triggered)) is not None
-        assert build_privacy(load_config(None, {**triggered, "recording.pre_roll_s": 0.0})) is not None
-        assert build_privacy(load_config(None, {"privacy.mode": "blur"})) is not None  # records everything
-    warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "3.0 s pre-roll" in warnings[0] and "recording.pre_roll_s: 0" in warnings[0]

@@ -188,3 +188,12 @@ def test_without_tracking_detections_stand_alone_and_are_carried_unchanged():
     assert [(t.track_id, t.box, t.detected) for t in tracker.update([detection])] == [(None, detection.box, True)]
     assert [(t.track_id, t.box, t.detected) for t in tracker.predict()] == [(None, detection.box, False)]
     assert tracker.active_ids == set() and tracker.carried() == []
+
+
+def test_reset_ends_every_track_and_the_next_faces_get_new_ids():
+    tracker = BoxTracker()
+    before = ids(tracker.update([Box(100, 100, 50, 50), Box(300, 100, 50, 50)]))
+    tracker.inner.reset()
+    assert tracker.active_ids == set() and tracker.carried() == [] and tracker.predict() == []
+    after = ids(tracker.update([Box(100, 100, 50, 50), Box(300, 100, 50, 50)]))  # the same places, new faces
+    assert not set(before) & set(after)

@@ -18,6 +18,7 @@ from fer_edge.record.retention import start_housekeeping
 from fer_edge.serve.integrations import build_integrations
 from fer_edge.vision.annotate import OverlayAnnotator
 from fer_edge.vision.classifier import ExpressionClassifier
+from fer_edge.vision.cuts import SceneCutDetector
 from fer_edge.vision.detector import REGION_FACTOR
 from fer_edge.vision.detector import build_detector as detector_from_config
 from fer_edge.vision.privacy import anonymize
@@ -59,14 +60,6 @@ def build_smoother(cfg: Config) -> Smoother:
 def build_privacy(cfg: Config):
     if cfg.privacy.mode == "off":
         return None
-    r = cfg.recording
-    if r.enabled and r.presence_triggered and r.pre_roll_s > 0:
-        # the pre-roll is what came before the first detection: no face was found in it to anonymise
-        log.warning(
-            "privacy: the %.1f s pre-roll before a face is first detected is recorded as captured; "
-            "set recording.pre_roll_s: 0 to record anonymised frames only",
-            r.pre_roll_s,
-        )
     return functools.partial(anonymize, mode=cfg.privacy.mode)
 
 
@@ -110,6 +103,7 @@ def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
         classify_every_s=cfg.model.classify_every_s,
         max_turn=cfg.model.max_turn,
         privacy=privacy,
+        cuts=SceneCutDetector(),
         notifier=build_notifier(cfg),
         status_interval_s=cfg.logging.status_interval_s,
     )

@@ -66,6 +66,12 @@ class Tracker(Protocol):
 
     def carried(self) -> list[Box]: ...
 
+    def reset(self) -> None: ...  # end every track at once (a scene cut); the next faces get new ids
+
+
+class CutDetector(Protocol):
+    def cut(self, image: np.ndarray) -> bool: ...  # whether the image shows another shot than the frame before
+
 
 class Smoother(Protocol):
     def update(self, track_id: int, prediction: Prediction, t: float) -> Prediction | None: ...
@@ -129,6 +135,7 @@ class DetectionSchedule:
     Every ``every_n_frames``-th frame detects; it scans the whole frame when no face is tracked, when a track
     ended since the last detection, or when the last scan is ``full_scan_interval_s`` old (new faces); else it
     searches windows of ``region_factor`` times each tracked face's side. ``region_factor=0`` always scans.
+    Every frame is scanned whole while privacy is on (a face walking in between scans would be recorded sharp).
     """
 
     every_n_frames: int = 1
@@ -138,9 +145,12 @@ class DetectionSchedule:
     _last_scan: float = -math.inf
     _tracked: int = 0
 
-    def next(self, t: float, tracked: int) -> DetectionPlan:
-        """The detection for the frame at ``t`` seconds, with ``tracked`` faces tracked before it."""
+    def next(self, t: float, tracked: int, *, privacy: bool = False, cut: bool = False) -> DetectionPlan:
+        """The detection for the frame at ``t`` s, ``tracked`` faces before it; ``privacy`` on; ``cut``: a new shot."""
         frame, self._frames = self._frames, self._frames + 1
+        if privacy or cut:
+            self._tracked, self._last_scan = tracked, t
+            return DetectionPlan.FULL
         if frame % self.every_n_frames:
             return DetectionPlan.CARRY
         ended = tracked < self._tracked
@@ -200,7 +210,9 @@ class Pipeline:
     them (:class:`DetectionSchedule`). Each tracked face is classified at most every ``classify_every_s``
     seconds of frame time and shows its latest result in between; a face turned further than ``max_turn``
     (its detector gives keypoints) is not classified and keeps its last shown label. ``privacy(image, boxes)``
-    anonymizes faces in place before overlays are drawn.
+    anonymizes faces in place before overlays and sinks; while it is on (one with an ``active`` attribute, the
+    runtime switch, while that is true) every frame gets a whole-frame scan. At a scene cut (``cuts``) every
+    track and its smoothing ends and the frame is scanned whole: no track id spans a cut.
 
     Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.
     """
@@ -219,6 +231,7 @@ class Pipeline:
         classify_every_s: float = 0.0,
         max_turn: float = 1.0,
         privacy: Callable[[np.ndarray, list[Box]], None] | None = None,
+        cuts: CutDetector | None = None,
         notifier: Notifier | None = None,
         status_interval_s: float = 5.0,
     ):
@@ -233,6 +246,7 @@ class Pipeline:
         self.classify_every_s = classify_every_s
         self.max_turn = max_turn
         self.privacy = privacy
+        self.cuts = cuts
         self.notifier: Notifier = notifier or _NoNotifier()
         self.status_interval_s = status_interval_s
         self.stats = RunStats()
@@ -244,6 +258,11 @@ class Pipeline:
         """Ask the loop to end after the current frame; safe from signal handlers and other threads."""
         self._stop.set()
         self.source.interrupt()  # a source waiting for a lost camera, or pacing a replay, stops waiting
+
+    @property
+    def privacy_on(self) -> bool:
+        """Whether this frame's faces get anonymized (read per frame: a runtime switch counts at once)."""
+        return self.privacy is not None and bool(getattr(self.privacy, "active", True))
 
     @property
     def stopping(self) -> bool:
@@ -304,7 +323,9 @@ class Pipeline:
         return stats
 
     def _detect(self, frame: Frame) -> list[Track]:
-        plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids))
+        if cut := (self.cuts is not None and self.cuts.cut(frame.image)):
+            self._end_tracks()
+        plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids), privacy=self.privacy_on, cut=cut)
         if plan == DetectionPlan.CARRY:
             return self.tracker.predict()
         if plan == DetectionPlan.REGIONS:
@@ -313,6 +334,12 @@ class Pipeline:
             regions = [box.square(factor).clipped(width, height) for box in self.tracker.carried()]
             return self.tracker.update(self.detector.detect(frame.image, regions))
         return self.tracker.update(self.detector.detect(frame.image))
+
+    def _end_tracks(self) -> None:
+        """A scene cut: the faces before it are gone, their labels and smoothing must not pass to new faces."""
+        self.tracker.reset()
+        self.smoother.forget(set())
+        self._classified.clear()
 
     def _anonymize(self, image: np.ndarray, faces: list[Face]) -> None:
         """Every face that may be in the picture: the ones shown, and the tracks the detector missed on its

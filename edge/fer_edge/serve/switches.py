@@ -59,6 +59,10 @@ class SwitchedPrivacy:
         self._anonymize = anonymize
         self._switches = switches
 
+    @property
+    def active(self) -> bool:
+        return self._switches["privacy"]
+
     def __call__(self, image, boxes) -> None:
         if self._switches["privacy"]:
             self._anonymize(image, boxes)

@@ -138,6 +138,12 @@ class IouTracker:
         frame = max(self._frame, 0)
         return [track.box_at(frame) for _, track in sorted(self._tracks.items())]
 
+    def reset(self) -> None:
+        """End every track now (a scene cut); ids keep counting up, so no id names two faces."""
+        if self._tracks:
+            log.debug("tracks %s end at a scene cut", sorted(self._tracks))
+        self._tracks.clear()
+
     def _match(self, predicted: dict[int, Box], boxes: list[Box]) -> dict[int, int]:
         """Detection index -> track id: greedy by IoU (ties by centre distance), then by centre distance."""
         pairs = []
@@ -184,3 +190,6 @@ class NullTracker:
 
     def carried(self) -> list[Box]:
         return []
+
+    def reset(self) -> None:
+        self._last = []
