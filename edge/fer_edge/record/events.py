@@ -241,7 +241,8 @@ class EventsSink:
     def open_path(self) -> Path | None:
         return self.log.path if self.log.is_open else None
 
-    def write(self, frame: Frame, faces: list[Face]) -> None:
+    def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
+        """One line for ``frame``, stamped ``wall`` (when it was handed to the recorder; default now)."""
         ts = frame.timestamp
         stem = None
         if self._clock.stem != self._seen_stem:
@@ -252,7 +253,7 @@ class EventsSink:
             self._seen_stem = stem
             self.log.rotate(stem)
             self._start_ts = ts
-        self.log.write(self._wall(), frame.index, faces)
+        self.log.write(self._wall() if wall is None else wall, frame.index, faces)
 
     def close(self) -> None:
         self.log.close()

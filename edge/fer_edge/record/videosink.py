@@ -147,7 +147,7 @@ class Mp4Sink:
             self._failed(exc)
 
     def close(self) -> None:
-        """Finalize the open segment (fast: flush, fsync, rename). Call it from the loop's thread."""
+        """Finalize the open segment (flush, fsync, rename), on the thread that writes."""
         self._finish_segment()
 
     # ------------------------------------------------------------ what the recorder tells it
@@ -163,6 +163,10 @@ class Mp4Sink:
         segment, self._segment = self._segment, None
         if segment is not None:
             segment.drop()
+
+    def discard_preroll(self) -> None:
+        """Forget the frames held for a pre-roll: none of them is encoded from now on (an open segment goes on)."""
+        self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
 
     def disk_checked(self, has_room: bool) -> None:
         if has_room and self._paused:
