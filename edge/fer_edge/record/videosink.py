@@ -213,6 +213,7 @@ class Mp4Sink:
         stem = self._clock.next_stem()
         path = self._clock.directory / f"{stem}{PART_SUFFIX}"
         self._segment = VideoSegment(path, stem, codec=self.codec, settings=self._encoder)
+        self._clock.video_stem = stem  # its events go to a file of this stem; a stem that failed to open has none
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", path.name)
 
     def _finish_segment(self) -> None:
