@@ -112,7 +112,8 @@ def main() -> int:
         disk_check_interval_s=0.2,
         preset="veryfast",
     )
-    recorder = RecorderThread(core, queue_capacity((args.width, args.height), args.fps))
+    # every frame handed over is recorded, as behind a file source: what the tests check is what survives a crash
+    recorder = RecorderThread(core, queue_capacity((args.width, args.height), args.fps), drop_when_full=False)
     pace_fps = args.pace_fps if args.pace_fps is not None else args.fps
     start = time.monotonic()
     written = 0

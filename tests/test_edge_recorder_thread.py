@@ -133,6 +133,23 @@ def test_a_full_queue_drops_the_oldest_frames_and_counts_them(tmp_path, caplog):
     assert core.closed
 
 
+def test_behind_a_file_source_a_full_queue_waits_instead_of_dropping():
+    core = GatedRecorder()
+    recorder = RecorderThread(core, capacity=2, drop_when_full=False)
+    recorder.write(frame(0), [])
+    assert core.entered.wait(10)
+    recorder.write(frame(1), [])
+    recorder.write(frame(2), [])
+    loop = threading.Thread(target=recorder.write, args=(frame(3), []))
+    loop.start()
+    loop.join(0.3)
+    assert loop.is_alive()  # waiting for room
+    core.gate.set()
+    loop.join(10)
+    recorder.close()
+    assert core.calls == [0, 1, 2, 3] and recorder.dropped == 0
+
+
 class _NoFaces:
     def detect(self, image, regions=None):
         return []

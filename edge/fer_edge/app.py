@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_edge.capture.sources import open_source
+from fer_edge.capture.sources import open_source, resolve_kind
 from fer_edge.config import Config
 from fer_edge.notify import SystemdNotifier
 from fer_edge.pipeline import DetectionSchedule, Detector, Pipeline, RunStats, Sink, Smoother, Source, Tracker
@@ -33,6 +33,7 @@ from fer_edge.vision.tracking import IouTracker, NullTracker
 
 log = logging.getLogger(__name__)
 
+LIVE_KINDS = ("picamera2", "opencv")  # sources whose frames come at the camera's pace, whether read or not
 PRIVACY_WHEN_SWITCHED_ON = "blur"  # privacy.mode off, and Home Assistant switches privacy on
 Privacy = Callable[[np.ndarray, list[Box]], None]
 
@@ -100,11 +101,13 @@ def build_privacy(cfg: Config, switches: Switches | None = None) -> Privacy | No
 def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]) -> RecorderThread | None:
     """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled) written on a thread
     of their own, or None. Leftovers of an earlier run are repaired first, and the encoder is probed, here at
-    start-up: switching recording on later only resumes."""
+    start-up: switching recording on later only resumes. Behind a camera or a replay paced in real time it drops
+    frames when it falls behind; behind a file read as fast as it decodes, the loop waits for it instead."""
     if not (cfg.recording.enabled or cfg.events.enabled):
         return None
     recover_leftovers(Path(cfg.recording.output_dir))  # once, before the recorder opens its first files
-    return start_recorder(cfg.recording, cfg.events, fps, frame_size)
+    live = cfg.source.realtime or resolve_kind(cfg.source) in LIVE_KINDS
+    return start_recorder(cfg.recording, cfg.events, fps, frame_size, live=live)
 
 
 def build_notifier(cfg: Config) -> SystemdNotifier:

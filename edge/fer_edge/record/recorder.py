@@ -295,7 +295,9 @@ def open_recorder(
 
 
 def start_recorder(
-    recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int]
+    recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int], *, live: bool = True
 ) -> RecorderThread:
-    """The recording sink the app runs: a :class:`Recorder` on its own thread, fed through a bounded queue."""
-    return RecorderThread(Recorder(recording, events, fps, frame_size), queue_capacity(frame_size, fps))
+    """The recording sink the app runs: a :class:`Recorder` on its own thread, fed through a bounded queue that
+    drops the oldest frame when the recorder falls behind a ``live`` source, and otherwise waits for room."""
+    core = Recorder(recording, events, fps, frame_size)
+    return RecorderThread(core, queue_capacity(frame_size, fps), drop_when_full=live)

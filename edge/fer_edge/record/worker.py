@@ -8,8 +8,10 @@ second core the recording runs beside the loop instead of inside it, and a pre-r
 encoded at once when the first face appears) no longer stalls the loop.
 
 The queue holds at most ``capacity`` frames (about two seconds, less for large frames: they are BGR images). When
-the recorder falls that far behind, the oldest queued frame is dropped, video and events line alike, and counted
-(:attr:`RecorderThread.dropped`); the status line and the live stats report the count.
+the recorder falls that far behind a live source (a camera, a replay paced in real time), the oldest queued frame
+is dropped, video and events line alike, and counted (:attr:`RecorderThread.dropped`); the status line and the
+live stats report the count. A file read as fast as it decodes has nobody to fall behind: there ``write`` waits
+for room instead (``drop_when_full=False``), so every frame is recorded.
 
 Frames are handed over, not copied: sources hand out a new image per frame and the loop is done writing into it
 (privacy, overlays) before the sinks get it, so the recorder thread may read it later. (A 1080p copy would cost
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -41,6 +44,7 @@ QUEUE_SECONDS = 2.0  # how far the recorder may fall behind before frames are dr
 MAX_QUEUE_BYTES = 128 * 1024 * 1024  # queued frames are BGR: 2 s of 1080p30 would be ~370 MB
 MIN_QUEUE_FRAMES = 4
 STOP_BUDGET_S = 10.0  # to drain the queue and finalize on stop; systemd's TimeoutStopSec is 15 s
+RECORDER_NICENESS = 5  # the queue absorbs the recorder's delays; the loop's are the camera falling behind
 
 
 class RecordingCore(Protocol):
@@ -92,6 +96,7 @@ class RecorderThread:
         recorder: RecordingCore,
         capacity: int,
         *,
+        drop_when_full: bool = True,
         stop_budget_s: float = STOP_BUDGET_S,
         wall_clock: Callable[[], float] = time.time,
     ):
@@ -99,6 +104,7 @@ class RecorderThread:
             raise RecordingError(f"queue capacity must be at least 1, got {capacity}")
         self.recorder = recorder
         self.capacity = capacity
+        self.drop_when_full = drop_when_full
         self._stop_budget_s = stop_budget_s
         self._wall = wall_clock
         self._queue: deque[_Item | _Command] = deque()
@@ -106,6 +112,7 @@ class RecorderThread:
         self._cond = threading.Condition()
         self._closing = False
         self._closed = False
+        self._finished = False  # the recorder thread ended
         self._error: BaseException | None = None  # raised on the recorder thread
         self._error_raised = False  # by write() on the loop already
         self.dropped = 0  # frames dropped because the queue was full
@@ -148,10 +155,16 @@ class RecorderThread:
         item = _Item(frame, faces, self._wall())
         with self._cond:
             if self._frames_queued >= self.capacity:
-                self._drop_oldest()
+                if self.drop_when_full:
+                    self._drop_oldest()
+                else:
+                    self._cond.wait_for(lambda: self._frames_queued < self.capacity or self._finished)
+                    if self._error is not None:
+                        self._error_raised = True
+                        raise self._error
             self._queue.append(item)
             self._frames_queued += 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def set_video(self, on: bool) -> None:
         """Video recording on or off (events go on); applied on the recorder thread, in frame order."""
@@ -169,7 +182,7 @@ class RecorderThread:
         self._closed = True
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join(self._stop_budget_s)
         if self._thread.is_alive():
             log.error(
@@ -195,7 +208,7 @@ class RecorderThread:
             if self._closing:
                 return
             self._queue.append(_Command(apply))
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _drop_oldest(self) -> None:
         """Called under the lock with the queue full: drop the oldest frame (commands stay)."""
@@ -220,9 +233,11 @@ class RecorderThread:
             entry = self._queue.popleft()
             if isinstance(entry, _Item):
                 self._frames_queued -= 1
+                self._cond.notify_all()  # a write waiting for room
             return entry
 
     def _run(self) -> None:
+        _lower_priority(RECORDER_NICENESS)  # this thread's and the encoder threads it starts
         try:
             while (entry := self._next()) is not None:
                 if isinstance(entry, _Command):
@@ -243,3 +258,14 @@ class RecorderThread:
             with self._cond:
                 self._queue.clear()
                 self._frames_queued = 0
+                self._finished = True
+                self._cond.notify_all()
+
+
+def _lower_priority(niceness: int) -> None:
+    """Make the calling thread (a Linux task of its own) ``niceness`` nicer; threads it starts inherit that."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+    except (OSError, AttributeError):  # not Linux, or not allowed: the same priority as the loop, as before
+        log.debug("recording: cannot lower the recorder thread's priority", exc_info=True)
