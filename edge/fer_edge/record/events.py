@@ -293,7 +293,7 @@ class EventsSink:
         self.log.retry()  # after a write error the disk may have room again, whatever the video floor says
 
 
-def recover_leftover_events(directory: Path, fallback_stem) -> Path | None:
+def recover_leftover_events(directory: Path, fallback_stem: Callable[[float], str]) -> Path | None:
     """Give a leftover ``events.jsonl`` (from a crash) its ``<stem>.jsonl`` name; returns the new path.
 
     The stem comes from the marker file written when the events file was opened; ``fallback_stem(t)`` makes one from
@@ -361,12 +361,12 @@ def _stem_or_none(data: bytes | None) -> str | None:
     return stem if FINISHED_RECORDING.fullmatch(stem + ".jsonl") else None
 
 
-def _fallback_stem(current: Path, fallback_stem) -> str:
+def _fallback_stem(current: Path, fallback_stem: Callable[[float], str]) -> str:
     first_t = next((e["t"] for e in read_events(current) if _plausible_time(e.get("t"))), None)
     return fallback_stem(first_t if first_t is not None else current.stat().st_mtime)
 
 
-def _plausible_time(t) -> bool:
+def _plausible_time(t: object) -> bool:
     """A Unix time ``time.gmtime`` accepts (a corrupt line can hold 1e300 or NaN)."""
     return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 <= t < 1e11
 

@@ -104,7 +104,7 @@ class Mp4Sink:
     def segments(self) -> list[Path]:
         """The last ``RECENT_SEGMENTS`` finished segment files, oldest first (deleted ones for disk space are left
         out). Only for inspection: the disk guard finds old recordings by listing the folder."""
-        return [p for p in self._segments if p.exists()]
+        return [p for p in list(self._segments) if p.exists()]  # a copy: the recorder thread appends meanwhile
 
     @property
     def paused(self) -> bool:
@@ -259,5 +259,5 @@ class Mp4Sink:
 class _Paused(OSError):
     """Internal: the disk floor cannot be met, so no segment was opened (already logged)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(errno.ENOSPC, "disk floor not met")

@@ -14,8 +14,8 @@ live stats report the count. A file read as fast as it decodes has nobody to fal
 for room instead (``drop_when_full=False``), so every frame is recorded.
 
 Frames are handed over, not copied: sources hand out a new image per frame and the loop is done writing into it
-(privacy, overlays) before the sinks get it, so the recorder thread may read it later. (A 1080p copy would cost
-the loop about a millisecond per frame here, several on a Pi.)
+(privacy, overlays) before the sinks get it, so the recorder thread may read it later. (A copy of a 1080p frame
+measured 0.2 ms on a 2-core x86 workstation, 0.08 ms at 720p; a Pi 4's memory is several times slower.)
 
 An exception on the recorder thread that the recorder does not handle itself (it handles full disks and write
 errors: logged once, retried) ends recording; the loop's next ``write`` raises it, so the run ends with the same
