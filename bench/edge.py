@@ -11,7 +11,10 @@ share of face-frames shown as unsure; and with privacy on the share of faces an 
 finds that still reach the sinks sharp (``bench/privacy.py``).
 
 Then what one live-view viewer and an unreachable MQTT broker cost the loop (``bench/web.py``), on the first
-clip. Results go to bench/results-edge.md and .json only; ``make docs`` copies the table into the docs.
+clip; and what recording costs the loop (``bench/recording.py``): how far it falls behind a camera-paced 720p
+clip when the first face starts a recording with a 3 s pre-roll, and its fps with recording on one core and on
+two, with the frames the recorder dropped. Results go to bench/results-edge.md and .json only; ``make docs``
+copies the table into the docs.
 """
 
 from __future__ import annotations
@@ -235,6 +238,36 @@ def integrations_line(clip: Path, cost: dict) -> str:
     )
 
 
+def recording_line(costs: dict) -> str:
+    late, one, two = costs["lateness"], costs["one_core"], costs["two_cores"]
+    return (
+        f"\nRecording on its own thread: the loop fell {late['lateness_at_first_face_s']:.3f} s further behind the "
+        f"camera at the first face of `{late['clip']}` (paced, presence-triggered, 3 s pre-roll; longest loop frame "
+        f"{late['longest_frame_after_face_s']:.3f} s, median before {late['median_frame_before_face_s']:.3f} s). "
+        f"`{one['clip']}` with recording: {one['fps']:.0f} fps on one core ({one['dropped']} of {one['frames']} "
+        f"frames dropped by the recorder), {two['fps']:.0f} on two ({two['dropped']} dropped), "
+        f"{two['fps'] / one['fps']:.2f}x; load average {costs['load_average']:.1f} during the run.\n"
+    )
+
+
+def recording_costs(clips: list[Path], work: Path) -> dict | None:
+    """Lateness at the first face (``performer-640x360.mp4`` made 720p) and fps on one and two cores
+    (``street-1080p.mp4``); None without those clips or without two cores to run on."""
+    from bench.recording import first_face_lateness, fps_on_cores, paced_clip
+
+    by_name = {clip.name: clip for clip in clips}
+    performer, street = by_name.get("performer-640x360.mp4"), by_name.get("street-1080p.mp4")
+    cores = sorted(os.sched_getaffinity(0))
+    if performer is None or street is None or len(cores) < 2:
+        return None
+    return {
+        "lateness": first_face_lateness(paced_clip(performer, work)),
+        "one_core": fps_on_cores(street, set(cores[:1])),
+        "two_cores": fps_on_cores(street, set(cores[:2])),
+        "load_average": os.getloadavg()[0],
+    }
+
+
 def main(argv=None) -> int:
     from bench.models import bench_parser, machine_description, on_one_core
 
@@ -243,7 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, help="at most this many frames of each clip")
     parser.add_argument("--no-origin", action="store_true", help="leave out the origin's loop (needs TensorFlow)")
     parser.add_argument("--no-integrations", action="store_true", help="leave out the live view and MQTT costs")
+    parser.add_argument("--no-recording", action="store_true", help="leave out the recording costs")
     args = parser.parse_args(argv)
+    all_cores = sorted(os.sched_getaffinity(0))
     on_one_core()
     load = os.getloadavg()[0]  # other work on the machine slows every row alike
     clips = [Path(c) for c in args.clips] or [*real_clips(), REPO / "assets" / "demo.mp4"]
@@ -269,11 +304,18 @@ def main(argv=None) -> int:
 
         integrations = stream_cost(clips[0], args.frames or 600, record=True)
         text += integrations_line(clips[0], integrations)
+    recording = None
+    if not args.no_recording:
+        with tempfile.TemporaryDirectory() as work:
+            os.sched_setaffinity(0, set(all_cores[:2]))  # two cores: the loop's and the recorder's
+            recording = recording_costs(clips, Path(work))
+        if recording is not None:
+            text += recording_line(recording)
     print(text)
     if not args.clips:
         (REPO / "bench" / "results-edge.md").write_text(text)
         (REPO / "bench" / "results-edge.json").write_text(
-            json.dumps({"loops": results, "integrations": integrations}, indent=2) + "\n"
+            json.dumps({"loops": results, "integrations": integrations, "recording": recording}, indent=2) + "\n"
         )
     return 0
 

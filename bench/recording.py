@@ -7,6 +7,14 @@ timed from the first ``write`` to the end of ``close``, so the BGR -> I420 conve
 and the MP4 writes are all counted. Time is the process's CPU time (all its threads: x264 runs its own), which a
 busy machine disturbs far less than wall-clock time; the best of ``--repeats`` passes is kept. Prints a Markdown
 table.
+
+What recording costs the device loop (``bench/edge.py`` puts these in its results):
+
+- :func:`first_face_lateness`: how far the loop falls behind a camera-paced 720p clip when the first face starts a
+  presence-triggered recording with a 3 s pre-roll (:func:`paced_clip` builds the clip: a few seconds without a
+  face, then ``performer-640x360.mp4`` upscaled);
+- :func:`fps_on_cores`: the loop's frames per second with recording on, in a process pinned to the given cores,
+  with the frames the recorder dropped beside it (dropping frames would be a way to go faster).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import platform
 import sys
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 
 SETTINGS = (  # (label, recording settings); scaled ones only where the clip is wider than the scale
@@ -58,12 +67,129 @@ def record_once(frames: list, fps: float, settings: dict) -> tuple[float, int]:
     return elapsed, size
 
 
+NO_FACE_S = 4.0  # before the performer: longer than the pre-roll, so all of it is there when the face appears
+
+
+def paced_clip(source: Path, folder: Path, size: tuple[int, int] = (1280, 720)) -> Path:
+    """``source`` scaled to ``size``, after ``NO_FACE_S`` of its first frame blurred beyond any face detector (an
+    out-of-focus camera), as an H.264 MP4 in ``folder``."""
+    import av
+    import cv2
+
+    frames, fps = load_clip(source)
+    target = folder / f"{source.stem}-{size[0]}x{size[1]}.mp4"
+    blurred = cv2.GaussianBlur(cv2.resize(frames[0], size), (0, 0), 25)
+    with av.open(str(target), "w") as container:
+        rate = Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream("libx264", rate=rate, options={"crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        images = [blurred] * round(NO_FACE_S * fps) + [
+            cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames
+        ]
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return target
+
+
+class _DoneTimes:
+    """A sink after the recorder: when each frame's sinks were done, and whether it had a face."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, float, bool]] = []
+
+    def write(self, frame, faces) -> None:
+        self.rows.append((frame.index, time.monotonic(), bool(faces)))
+
+    def close(self) -> None:
+        pass
+
+
+def first_face_lateness(clip: Path, overrides: dict | None = None) -> dict:
+    """How far the loop falls behind the camera's schedule (frame ``i`` due at ``start + i / fps``, ``start`` from
+    the most punctual frame) in the second after the first face, beyond where it was just before it; and the
+    longest loop frame there next to the median one before (on a machine too busy to keep up with the camera,
+    the loop is behind already and falls further behind at its own rate)."""
+    import statistics
+
+    from bench.edge import clip_config, warm_up
+    from fer_edge import app
+
+    settings = {"source.realtime": True, "recording.presence_triggered": True, "recording.pre_roll_s": 3.0}
+    sink = _DoneTimes()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = clip_config(clip, out, {**settings, **(overrides or {})})
+        pipeline = app.build_pipeline(cfg, extra_sinks=[sink])
+        try:
+            warm_up(pipeline)
+            pipeline.run()
+        finally:
+            pipeline.close()
+            pipeline.notifier.close()
+        period = 1.0 / pipeline.source.fps
+    start = min(done - index * period for index, done, _ in sink.rows)
+    late = [done - (start + index * period) for index, done, _ in sink.rows]
+    intervals = [b[1] - a[1] for a, b in zip(sink.rows, sink.rows[1:])]
+    first = next(i for i, (_, _, face) in enumerate(sink.rows) if face)
+    window = slice(first, first + round(1.0 / period))
+    return {
+        "clip": clip.name,
+        "frames": len(late),
+        "first_face_frame": sink.rows[first][0],
+        # how much further behind the loop fell within a second of the first face than it was just before it
+        "lateness_at_first_face_s": max(late[window]) - late[max(0, first - 1)],
+        "longest_frame_after_face_s": max(intervals[max(0, first - 1) : window.stop]),
+        "median_frame_before_face_s": statistics.median(intervals[: max(1, first - 1)]),
+        "behind_before_face_s": late[max(0, first - 1)],
+    }
+
+
+def fps_on_cores(clip: Path, cores: set[int], frames: int = 300) -> dict:
+    """The loop's fps with the defaults (recording on) over ``frames`` of ``clip`` played in a loop, in a fresh
+    process pinned to ``cores``; the frames the recorder dropped beside it."""
+    import json
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "bench.recording", "--loop", str(clip), "--frames", str(frames)]
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=repo, preexec_fn=lambda: os.sched_setaffinity(0, cores), check=True
+    )
+    return {"cores": sorted(cores), **json.loads(result.stdout.splitlines()[-1])}
+
+
+def _loop(clip: Path, frames: int) -> dict:
+    from bench.edge import clip_config, warm_up
+    from fer_edge import app
+
+    with tempfile.TemporaryDirectory() as out:
+        pipeline = app.build_pipeline(clip_config(clip, out, {"source.loop": True}))
+        try:
+            warm_up(pipeline)
+            stats = pipeline.run(frames)
+        finally:
+            pipeline.close()
+            pipeline.notifier.close()
+    dropped = sum(getattr(sink, "dropped", 0) for sink in pipeline.sinks)
+    return {"clip": clip.name, "frames": stats.frames, "fps": stats.fps, "dropped": dropped}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("clips", nargs="+", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loop", action="store_true", help="print the device loop's fps on one clip, as JSON")
+    parser.add_argument("--frames", type=int, default=300, help="with --loop: this many frames")
     args = parser.parse_args(argv)
+    import json
     import os
+
+    if args.loop:
+        print(json.dumps(_loop(args.clips[0], args.frames)))
+        return 0
 
     import av
 

@@ -1,8 +1,9 @@
 """A process that records synthetic frames with fer_edge.record.recorder.Recorder, for the kill and full-disk tests.
 
 Every frame carries its index as a row of black/white blocks (``draw_frame`` / ``read_index``), so a test can tell
-exactly which frames a recording holds. Prints ``written N`` after each frame (N frames handed to the recorder so
-far), ``closed N`` after a clean close. SIGTERM stops the loop and closes the recorder, exit status 0.
+exactly which frames a recording holds. The recorder runs on its thread, as in the app. Prints ``written N`` after
+each frame (N frames the recorder thread has written so far), ``closed N`` after a clean close (N frames handed
+over). SIGTERM stops the loop and closes the recorder, exit status 0.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def main() -> int:
     face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
     frames = [draw_frame(i, args.width, args.height, noise=args.noise) for i in range(30)]
     # veryfast: the full-disk test sizes its disk to this encoder's output (ultrafast makes noise ~2x larger)
-    recorder = recorder_for(
+    from fer_edge.record.worker import RecorderThread, queue_capacity
+
+    core = recorder_for(
         args.dir,
         args.fps,
         (args.width, args.height),
@@ -109,6 +112,8 @@ def main() -> int:
         disk_check_interval_s=0.2,
         preset="veryfast",
     )
+    # every frame handed over is recorded, as behind a file source: what the tests check is what survives a crash
+    recorder = RecorderThread(core, queue_capacity((args.width, args.height), args.fps), drop_when_full=False)
     pace_fps = args.pace_fps if args.pace_fps is not None else args.fps
     start = time.monotonic()
     written = 0
@@ -120,7 +125,7 @@ def main() -> int:
         image = frames[written % 30] if args.noise else draw_frame(written, args.width, args.height)
         recorder.write(Frame(image, written, written / args.fps), [face])
         written += 1
-        print(f"written {written}", flush=True)
+        print(f"written {recorder.handled}", flush=True)
         if args.delete_at is not None and written == args.delete_at:
             (args.dir / "filler").unlink()
     recorder.close()

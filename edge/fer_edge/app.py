@@ -6,16 +6,24 @@ import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fer_edge.capture.sources import open_source
+import numpy as np
+
+from fer_edge.capture.sources import open_source, resolve_kind
 from fer_edge.config import Config
 from fer_edge.notify import SystemdNotifier
-from fer_edge.pipeline import DetectionSchedule, Pipeline, RunStats, Smoother, Tracker
-from fer_edge.record.recorder import open_recorder
+from fer_edge.pipeline import DetectionSchedule, Detector, Pipeline, RunStats, Sink, Smoother, Source, Tracker
+from fer_edge.record.recorder import RecorderThread, start_recorder
 from fer_edge.record.recovery import recover_leftovers
 from fer_edge.record.retention import start_housekeeping
 from fer_edge.serve.integrations import build_integrations
+from fer_edge.serve.live import LiveFeed
+from fer_edge.serve.switches import SwitchedPrivacy, SwitchedRecorder, Switches
+from fer_edge.types import Box
 from fer_edge.vision.annotate import OverlayAnnotator
 from fer_edge.vision.classifier import ExpressionClassifier
 from fer_edge.vision.cuts import SceneCutDetector
@@ -27,12 +35,16 @@ from fer_edge.vision.tracking import IouTracker, NullTracker
 
 log = logging.getLogger(__name__)
 
+LIVE_KINDS = ("picamera2", "opencv")  # sources whose frames come at the camera's pace, whether read or not
+PRIVACY_WHEN_SWITCHED_ON = "blur"  # privacy.mode off, and Home Assistant switches privacy on
+Privacy = Callable[[np.ndarray, list[Box]], None]
+
 
 def build_classifier(cfg: Config) -> ExpressionClassifier:
     return ExpressionClassifier.from_config(cfg.model)
 
 
-def build_detector(cfg: Config):
+def build_detector(cfg: Config) -> Detector:
     return detector_from_config(cfg.detector, threads=cfg.model.threads)
 
 
@@ -57,71 +69,128 @@ def build_smoother(cfg: Config) -> Smoother:
     return LabelSmoother.from_config(cfg.smoothing)
 
 
-def build_privacy(cfg: Config):
+def build_switches(cfg: Config) -> Switches | None:
+    """The runtime switches Home Assistant and the live view see; None when both are off (nothing can flip them).
+
+    ``recording`` switches the video only (the events log goes on) and stays off when the config records no video.
+    """
+    if not (cfg.web.enabled or cfg.mqtt.enabled):
+        return None
+    unavailable = {}
+    if not cfg.recording.enabled:
+        unavailable["recording"] = "video recording is off in the config (recording.enabled: false)"
+    return Switches(recording=cfg.recording.enabled, privacy=cfg.privacy.mode != "off", unavailable=unavailable)
+
+
+def build_privacy(cfg: Config, switches: Switches | None = None) -> Privacy | None:
+    """The privacy stage: the configured mode, following the ``privacy`` switch when there are switches."""
+    if switches is not None:
+        mode = cfg.privacy.mode if cfg.privacy.mode != "off" else PRIVACY_WHEN_SWITCHED_ON
+        return SwitchedPrivacy(functools.partial(anonymize, mode=mode), switches)
     if cfg.privacy.mode == "off":
         return None
     return functools.partial(anonymize, mode=cfg.privacy.mode)
 
 
-def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]):
-    """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled), or None."""
+def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]) -> RecorderThread | None:
+    """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled) written on a thread
+    of their own, or None. Leftovers of an earlier run are repaired first, and the encoder is probed, here at
+    start-up: switching recording on later only resumes. Behind a camera or a replay paced in real time it drops
+    frames when it falls behind; behind a file read as fast as it decodes, the loop waits for it instead."""
     if not (cfg.recording.enabled or cfg.events.enabled):
         return None
     recover_leftovers(Path(cfg.recording.output_dir))  # once, before the recorder opens its first files
-    return open_recorder(cfg.recording, cfg.events, fps, frame_size)
+    live = cfg.source.realtime or resolve_kind(cfg.source) in LIVE_KINDS
+    return start_recorder(cfg.recording, cfg.events, fps, frame_size, live=live)
 
 
 def build_notifier(cfg: Config) -> SystemdNotifier:
     return SystemdNotifier.from_env(ping_watchdog=cfg.service.watchdog)
 
 
-def build_pipeline(cfg: Config, *, extra_sinks=()) -> Pipeline:
-    """Every stage from ``cfg``; model and detector first, so a bad model fails before the camera opens."""
+@dataclass(frozen=True)
+class Device:
+    """What runs: the loop with its source, stages and sinks, and the parts other threads reach (None when off)."""
+
+    pipeline: Pipeline
+    recorder: RecorderThread | None  # also in pipeline.sinks, behind the switches when there are switches
+    feed: LiveFeed | None  # the last sink, read by the web server and the MQTT publisher
+    switches: Switches | None
+
+
+def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
+    """Every part from ``cfg``, wired once; model and detector first, so a bad model fails before the camera opens.
+
+    Sinks, in order: the recorder (annotated, anonymized frames), ``extra_sinks``, the live feed.
+    """
     classifier = build_classifier(cfg)
     detector = build_detector(cfg)
     annotator = OverlayAnnotator.from_config(cfg.overlay)
     tracker = build_tracker(cfg)
     smoother = build_smoother(cfg)
-    privacy = build_privacy(cfg)
+    switches = build_switches(cfg)
+    privacy = build_privacy(cfg, switches)
     source = open_source(cfg.source)
+    opened: list[Sink | Source] = [source]
+    pipeline: Pipeline | None = None
+
+    def run_stats() -> RunStats | None:
+        return pipeline.stats if pipeline is not None else None
+
     try:
         recorder = build_recorder(cfg, source.fps, source.size)
-    except BaseException:
-        source.close()
-        raise
-    sinks = [s for s in (recorder, *extra_sinks) if s is not None]
-    sinks += start_housekeeping(cfg)  # review index and retention; closed after the recorder
-    pipeline = Pipeline(
-        source,
-        detector,
-        classifier,
-        annotator,
-        sinks,
-        tracker=tracker,
-        smoother=smoother,
-        schedule=build_schedule(cfg),
-        classify_every_s=cfg.model.classify_every_s,
-        max_turn=cfg.model.max_turn,
-        privacy=privacy,
-        cuts=SceneCutDetector(),
-        notifier=build_notifier(cfg),
-        status_interval_s=cfg.logging.status_interval_s,
-    )
-    try:  # live view and MQTT (web, mqtt sections): a feed sink and the switches; nothing when both are off
-        build_integrations(
+        if recorder is not None:
+            opened.append(recorder)
+        integrations = build_integrations(
             cfg,
-            pipeline,
+            switches,
+            build_notifier(cfg),
+            run_stats=run_stats,
             classifier=classifier,
+            detector_name=type(detector).__name__,
             recorder=recorder,
-            make_recorder=lambda: build_recorder(cfg, source.fps, source.size),
+        )
+        if integrations.feed is not None:
+            opened.append(integrations.feed)
+        housekeeping = start_housekeeping(cfg)  # review index and retention; closed after the recorder
+        opened.extend(housekeeping)
+        record_sink: Sink | None = recorder
+        if recorder is not None and switches is not None:
+            record_sink = SwitchedRecorder(recorder, switches)
+        sinks = [s for s in (record_sink, *extra_sinks, integrations.feed, *housekeeping) if s is not None]
+        pipeline = Pipeline(
+            source,
+            detector,
+            classifier,
+            annotator,
+            sinks,
+            tracker=tracker,
+            smoother=smoother,
+            schedule=build_schedule(cfg),
+            classify_every_s=cfg.model.classify_every_s,
+            max_turn=cfg.model.max_turn,
+            privacy=privacy,
+            cuts=SceneCutDetector(),
+            notifier=integrations.notifier,
+            status_interval_s=cfg.logging.status_interval_s,
+            status_extra=recorder.status if recorder is not None else None,
         )
     except BaseException:
-        pipeline.close()
+        for part in reversed(opened):
+            try:
+                part.close()
+            except Exception as exc:  # noqa: BLE001 - the error that stopped the build is the one to report
+                log.warning("closing %s failed: %s", type(part).__name__, exc)
         raise
-    return pipeline
+    return Device(pipeline, recorder, integrations.feed, switches)
 
 
-def run(cfg: Config, max_frames: int | None = None, *, extra_sinks=()) -> RunStats:
+def build_pipeline(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Pipeline:
+    """The loop of :func:`build_device`, for callers that need nothing else (benchmarks, tools)."""
+    return build_device(cfg, extra_sinks=extra_sinks).pipeline
+
+
+def run(cfg: Config, max_frames: int | None = None, *, extra_sinks: Sequence[Sink] = ()) -> RunStats:
     """Build, run until the source ends / ``max_frames`` / SIGTERM or SIGINT, and close everything."""
     pipeline = build_pipeline(cfg, extra_sinks=extra_sinks)
     previous = _install_stop_handlers(pipeline)
@@ -135,20 +204,20 @@ def run(cfg: Config, max_frames: int | None = None, *, extra_sinks=()) -> RunSta
             pipeline.notifier.close()
 
 
-def _install_stop_handlers(pipeline: Pipeline) -> dict:
+def _install_stop_handlers(pipeline: Pipeline) -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
 
-    def handle(signum, _frame):
+    def handle(signum: int, _frame: object) -> None:
         log.info("%s received, stopping", signal.Signals(signum).name)
         pipeline.stop()
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         previous[signum] = signal.signal(signum, handle)
     return previous
 
 
-def _restore_handlers(previous: dict) -> None:
+def _restore_handlers(previous: dict[int, Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)

@@ -234,6 +234,7 @@ class Pipeline:
         cuts: CutDetector | None = None,
         notifier: Notifier | None = None,
         status_interval_s: float = 5.0,
+        status_extra: Callable[[], str | None] | None = None,
     ):
         self.source = source
         self.detector = detector
@@ -249,6 +250,7 @@ class Pipeline:
         self.cuts = cuts
         self.notifier: Notifier = notifier or _NoNotifier()
         self.status_interval_s = status_interval_s
+        self.status_extra = status_extra  # a sink's own news for the status line (e.g. frames it dropped)
         self.stats = RunStats()
         self._classified: dict[int, _Classified] = {}
         self._stop = threading.Event()
@@ -403,6 +405,9 @@ class Pipeline:
         return window
 
     def _report(self, line: str) -> None:
+        extra = self.status_extra() if self.status_extra is not None else None
+        if extra:
+            line = f"{line}; {extra}"
         log.info("%s", line)
         self.notifier.status(line)
 

@@ -1,11 +1,13 @@
-"""Test fakes: a source that plays a list of frames and a sink that keeps what it is given.
+"""Test fakes: a source that plays a list of frames, a sink that keeps what it is given, a recorder that waits.
 
 Not used by the device itself; tests, benchmarks and tools wire them into a real :class:`~fer_edge.pipeline.Pipeline`.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
@@ -70,3 +72,32 @@ class ScriptedFeed:
     def latest(self) -> tuple[int, Frame | None, list[Face]]:
         seq, frame = self._frames.pop(0)
         return seq, frame, []
+
+
+class GatedRecorder:
+    """A recorder core (what :class:`~fer_edge.record.worker.RecorderThread` drives) whose ``write`` waits for
+    ``gate`` to open: the test fake for a recorder busy encoding. Keeps the indices of the frames it got and
+    the commands it was given, in order."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()  # set when a write starts waiting at the gate
+        self.calls: list[int | str] = []  # frame indices, and "video on", "video off", "discard pre-roll"
+        self.recording = False
+        self.paused = False
+        self.segments: list[Path] = []
+        self.closed = False
+
+    def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
+        self.entered.set()
+        self.gate.wait()
+        self.calls.append(frame.index)
+
+    def set_video(self, on: bool) -> None:
+        self.calls.append(f"video {'on' if on else 'off'}")
+
+    def discard_preroll(self) -> None:
+        self.calls.append("discard pre-roll")
+
+    def close(self) -> None:
+        self.closed = True

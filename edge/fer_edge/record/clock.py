@@ -32,6 +32,7 @@ class SegmentClock:
         newest = finished_recordings(directory)
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
         self.stem: str | None = None  # the newest stem handed out
+        self.video_stem: str | None = None  # the stem of the newest video segment that opened (set by its sink)
 
     def full(self, start_ts: float | None, ts: float) -> bool:
         """Whether a segment whose first frame was at ``start_ts`` (None: no frame yet) is full at ``ts``."""

@@ -123,7 +123,10 @@ class EventsLog:
     """Writes ``events.jsonl`` line by line and renames it to ``<stem>.jsonl`` on rotation.
 
     A write error (full disk) never raises: the line is dropped, one warning is logged, and ``retry()`` (called by the
-    recorder every few seconds) reopens the file in append mode.
+    recorder every few seconds) reopens the file in append mode. A finished file holds whole lines only, and one
+    that holds none is removed rather than kept empty. The current file is always named after the stem of the lines
+    in it (the marker's): when its rename fails (a read-only file system), it keeps that stem, and no line of
+    another stem is added until it has been renamed.
     """
 
     def __init__(self, directory: Path):
@@ -131,7 +134,9 @@ class EventsLog:
         self.path = directory / CURRENT_NAME
         self._marker = directory / STEM_MARKER_NAME
         self._file: TextIO | None = None
-        self.stem: str | None = None
+        self.stem: str | None = None  # the stem new lines belong to
+        self._file_stem: str | None = None  # the stem of the lines in events.jsonl (the marker's)
+        self._write_failed = False  # since the current file was started: it may end in part of a line
         self._failing = False
         self.dropped_lines = 0
 
@@ -142,7 +147,10 @@ class EventsLog:
     def open(self, stem: str) -> None:
         self.stem = stem
         try:
+            if self._file_stem not in (None, stem):
+                self._finish_file()  # left by a rename that failed: its lines must keep their own stem
             _write_atomically(self._marker, stem)
+            self._file_stem = stem
             if self.path.exists():  # reopened after a write error, which can leave part of a line behind
                 _cut_partial_last_line(self.path)
             self._file = open(create_private(self.path, append=True), "a", encoding="utf-8", buffering=1)
@@ -157,6 +165,7 @@ class EventsLog:
             self._file.write(event_line(t, frame_index, faces, ts) + "\n")
         except OSError as exc:
             self.dropped_lines += 1
+            self._write_failed = True
             self._fail(exc)
             return
         if self._failing:
@@ -178,37 +187,53 @@ class EventsLog:
         """Close and rename the current file to ``<stem>.jsonl``; returns the finished path (None if nothing)."""
         if self.stem is None:
             return None
-        stem, self.stem = self.stem, None
+        self.stem = None
         if self._file is not None:
             try:
                 self._file.flush()
                 os.fsync(self._file.fileno())
             except OSError as exc:
+                self._write_failed = True
                 log.warning("events: cannot flush %s: %s", self.path, exc)
             try:
                 self._file.close()
             except OSError:
-                pass
+                self._write_failed = True
             self._file = None
-        if not self.path.exists():
-            return None
-        target = _unique_path(self.directory / f"{stem}.jsonl")
         try:
-            os.replace(self.path, target)
-            self._marker.unlink(missing_ok=True)
-            fsync_directory(self.directory)
+            return self._finish_file()
         except OSError as exc:
-            log.warning("events: cannot rename %s to %s: %s", self.path, target.name, exc)
+            log.warning("events: cannot finish %s as %s.jsonl (%s); kept as it is", self.path, self._file_stem, exc)
             return None
-        return target
 
     def drop(self) -> None:
         """Close without renaming (the file was deleted with its folder); the next write needs ``open`` again."""
-        self.stem = None
+        self.stem = self._file_stem = None
+        self._write_failed = False
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+    def _finish_file(self) -> Path | None:
+        """Rename the closed ``events.jsonl`` to its stem, whole lines only; remove it if it holds none."""
+        stem = self._file_stem
+        if stem is None or not self.path.exists():
+            self._file_stem = None
+            return None
+        if self._write_failed:
+            _cut_partial_last_line(self.path)
+        if self.path.stat().st_size == 0:
+            self.path.unlink()
+            target = None
+        else:
+            target = _unique_path(self.directory / f"{stem}.jsonl")
+            os.replace(self.path, target)
+        self._file_stem = None
+        self._write_failed = False
+        self._marker.unlink(missing_ok=True)
+        fsync_directory(self.directory)
+        return target
 
     def _fail(self, exc: OSError) -> None:
         if not self._failing:
@@ -234,7 +259,7 @@ class EventsSink:
         self._wall = wall_clock
         self.log = EventsLog(clock.directory)
         self._start_ts: float | None = None
-        self._seen_stem: str | None = None  # the clock's newest stem when this sink last looked
+        self._seen_video_stem: str | None = None  # the newest video segment's stem when this sink last looked
 
     @property
     def stem(self) -> str | None:
@@ -244,18 +269,18 @@ class EventsSink:
     def open_path(self) -> Path | None:
         return self.log.path if self.log.is_open else None
 
-    def write(self, frame: Frame, faces: list[Face]) -> None:
+    def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
+        """One line for ``frame``, stamped ``wall`` (when it was handed to the recorder; default now)."""
         ts = frame.timestamp
         stem = None
-        if self._clock.stem != self._seen_stem:
-            stem = self._clock.stem  # a video segment started with this frame: its events go with it
+        if self._clock.video_stem != self._seen_video_stem:
+            stem = self._seen_video_stem = self._clock.video_stem  # a video segment opened with this frame
         elif not self.log.is_open or self._clock.full(self._start_ts, ts):
             stem = self._clock.next_stem()
         if stem is not None:
-            self._seen_stem = stem
             self.log.rotate(stem)
             self._start_ts = ts
-        self.log.write(self._wall(), frame.index, faces, ts)
+        self.log.write(self._wall() if wall is None else wall, frame.index, faces, ts)
 
     def close(self) -> None:
         self.log.close()
@@ -271,7 +296,7 @@ class EventsSink:
         self.log.retry()  # after a write error the disk may have room again, whatever the video floor says
 
 
-def recover_leftover_events(directory: Path, fallback_stem) -> Path | None:
+def recover_leftover_events(directory: Path, fallback_stem: Callable[[float], str]) -> Path | None:
     """Give a leftover ``events.jsonl`` (from a crash) its ``<stem>.jsonl`` name; returns the new path.
 
     The stem comes from the marker file written when the events file was opened; ``fallback_stem(t)`` makes one from
@@ -339,12 +364,12 @@ def _stem_or_none(data: bytes | None) -> str | None:
     return stem if FINISHED_RECORDING.fullmatch(stem + ".jsonl") else None
 
 
-def _fallback_stem(current: Path, fallback_stem) -> str:
+def _fallback_stem(current: Path, fallback_stem: Callable[[float], str]) -> str:
     first_t = next((e["t"] for e in read_events(current) if _plausible_time(e.get("t"))), None)
     return fallback_stem(first_t if first_t is not None else current.stat().st_mtime)
 
 
-def _plausible_time(t) -> bool:
+def _plausible_time(t: object) -> bool:
     """A Unix time ``time.gmtime`` accepts (a corrupt line can hold 1e300 or NaN)."""
     return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 <= t < 1e11
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 
 @functools.cache
-def pyav():
+def pyav() -> Any:
     import av
 
     return av

@@ -20,7 +20,8 @@ writer and encoder choice in :mod:`fer_edge.record.segment`, its frames in :mod:
 :class:`~fer_edge.record.clock.SegmentClock` that names their segments and says when one is full;
 :mod:`fer_edge.record.filesync` (fdatasync thread) and :mod:`fer_edge.record.diskspace` (the disk floor).
 The Recorder here composes them and owns what they share: the folder, the disk floor, the sync thread and the
-frames' timeline.
+frames' timeline. The app runs it on a thread of its own (:mod:`fer_edge.record.worker`): the frame loop only
+queues frames, and every encode, write, fsync and rotation happens on the recorder thread.
 
 Video timing follows the frames' capture timestamps (variable frame rate), so a Pi that processes fewer frames per
 second than the camera delivers still records at true speed; ``fps`` sizes buffers, GOPs and fills gaps when
@@ -50,6 +51,7 @@ from fer_edge.record.recovery import (  # noqa: F401 - public names of the recor
 )
 from fer_edge.record.segment import EncoderSettings, check_recording
 from fer_edge.record.videosink import Mp4Sink
+from fer_edge.record.worker import RecorderThread, queue_capacity
 from fer_edge.types import Face, Frame
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NullSink",
     "Recorder",
+    "RecorderThread",
     "RecordingError",
     "check_recording",
     "count_video_frames",
@@ -78,6 +81,7 @@ class RecordingSink(Sink, Protocol):
     def stem(self) -> str | None: ...  # of the file being written
     @property
     def open_path(self) -> Path | None: ...
+    def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None: ...
     def restart(self) -> None: ...  # frame timestamps went back
     def drop(self) -> None: ...  # the folder was deleted under the open file
     def disk_checked(self, has_room: bool) -> None: ...
@@ -95,10 +99,13 @@ class NullSink:
     def segments(self) -> list[Path]:
         return []
 
-    def write(self, frame: Frame, faces: list[Face]) -> None:
+    def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
         pass
 
     def close(self) -> None:
+        pass
+
+    def discard_preroll(self) -> None:
         pass
 
     def restart(self) -> None:
@@ -167,6 +174,7 @@ class Recorder:
                 open_stems=self._open_stems,
                 monotonic_clock=monotonic_clock,
             )
+        self._video_on = True
         self._previous_ts = float("-inf")
         self._folder_missing = False
         self._syncer = FileSyncer(SYNC_INTERVAL_S)
@@ -186,7 +194,26 @@ class Recorder:
     def recording(self) -> bool:
         return self.video.recording
 
-    def write(self, frame: Frame, faces: list[Face]) -> None:
+    @property
+    def video_on(self) -> bool:
+        """Whether video is being recorded: enabled in the config and not switched off."""
+        return self._video_on and isinstance(self.video, Mp4Sink)
+
+    def set_video(self, on: bool) -> None:
+        """Switch video recording on or off while the events log goes on; off finishes the open segment."""
+        if on == self._video_on:
+            return
+        self._video_on = on
+        if not on:
+            self.video.close()
+        self._watch_files()
+
+    def discard_preroll(self) -> None:
+        """Forget the frames held for the pre-roll (privacy went on: they were captured without it)."""
+        self.video.discard_preroll()
+
+    def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
+        """Record one frame; ``wall``: the wall-clock time it was handed over (default: now), for its events."""
         if self._closed:
             raise RecordingError("write() after close()")
         if frame.timestamp < self._previous_ts - 1.0:
@@ -199,12 +226,13 @@ class Recorder:
         self._previous_ts = frame.timestamp
         if self._disk.check_due():
             self._check_disk()
-        self.video.write(frame, faces)  # first: a segment it opens names this frame's events file
-        self.events.write(frame, faces)
+        if self._video_on:
+            self.video.write(frame, faces)  # first: a segment it opens names this frame's events file
+        self.events.write(frame, faces, wall)
         self._watch_files()
 
     def close(self) -> None:
-        """Finalize the open segment and events file (fast: flush, fsync, rename). Call it from the loop's thread."""
+        """Finalize the open segment and events file (flush, fsync, rename), on the thread that writes."""
         if self._closed:
             return
         self._closed = True
@@ -217,7 +245,7 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def _open_stems(self) -> set[str]:
@@ -260,7 +288,16 @@ class Recorder:
 
 
 def open_recorder(
-    recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int], **clocks
+    recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int]
 ) -> Recorder:
-    """The recording sink from its two config sections (what the app wiring calls)."""
-    return Recorder(recording, events, fps, frame_size, **clocks)
+    """The recorder from its two config sections, to run on the loop's thread (benchmarks, tools)."""
+    return Recorder(recording, events, fps, frame_size)
+
+
+def start_recorder(
+    recording: RecordingConfig, events: EventsConfig, fps: float, frame_size: tuple[int, int], *, live: bool = True
+) -> RecorderThread:
+    """The recording sink the app runs: a :class:`Recorder` on its own thread, fed through a bounded queue that
+    drops the oldest frame when the recorder falls behind a ``live`` source, and otherwise waits for room."""
+    core = Recorder(recording, events, fps, frame_size)
+    return RecorderThread(core, queue_capacity(frame_size, fps), drop_when_full=live)

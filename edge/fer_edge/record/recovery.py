@@ -8,6 +8,7 @@ import io
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fer_edge.record.diskspace import fsync_directory
 from fer_edge.record.events import recover_leftover_events
@@ -81,7 +82,7 @@ class _FilePrefix(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         count = min(len(buffer), self._end - self._file.tell())
         return self._file.readinto(memoryview(buffer)[:count]) if count > 0 else 0
 
@@ -112,7 +113,7 @@ def count_video_frames(path: Path, *, decode: bool = False, end: int | None = No
     return _count_frames(av.open(str(path)), decode)
 
 
-def _count_frames(opened_container, decode: bool) -> int:
+def _count_frames(opened_container: Any, decode: bool) -> int:
     packets = decoded = 0
     with opened_container as container:
         if not container.streams.video:

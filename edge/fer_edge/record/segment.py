@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from fer_edge.errors import RecordingError
 from fer_edge.record.diskspace import MB, check_floor, create_private, fsync_directory
 from fer_edge.record.pyav import pyav
 from fer_edge.record.recovery import repair_fragmented_mp4
+
+if TYPE_CHECKING:
+    from fer_edge.config import RecordingConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +82,14 @@ class EncoderSettings:
     fragment_seconds: float
 
     @classmethod
-    def for_recording(cls, recording, frame_size: tuple[int, int], fps: float) -> EncoderSettings:
+    def for_recording(cls, recording: RecordingConfig, frame_size: tuple[int, int], fps: float) -> EncoderSettings:
         """The settings a recording section gives frames of ``frame_size`` arriving at ``fps``."""
         width, height = record_size(frame_size, recording.record_width)
         return cls(width, height, float(min(fps, recording.record_fps or fps)), recording.crf, recording.preset,
                    recording.tune, recording.fragment_seconds)  # fmt: skip
 
 
-def _open_mp4(target, codec: str, settings: EncoderSettings):
+def _open_mp4(target: str | io.BytesIO, codec: str, settings: EncoderSettings) -> tuple[Any, Any]:
     """A fragmented MP4 container on ``target`` (a path or a binary file object) and its video stream."""
     av = pyav()
     width, height, fps, crf = settings.width, settings.height, settings.fps, settings.crf
@@ -260,7 +264,7 @@ def record_size(frame_size: tuple[int, int], record_width: int | None) -> tuple[
     return max(2, width - width % 2), max(2, height - height % 2)
 
 
-def check_recording(recording, frame_size: tuple[int, int], fps: float) -> None:
+def check_recording(recording: RecordingConfig, frame_size: tuple[int, int], fps: float) -> None:
     """What the recorder refuses at start-up, checked without recording (``fer-edge check-config``): a codec that
     cannot write MP4 video here, and a disk floor larger than the file system that will hold the recordings."""
     if not recording.enabled:

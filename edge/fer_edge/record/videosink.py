@@ -104,7 +104,7 @@ class Mp4Sink:
     def segments(self) -> list[Path]:
         """The last ``RECENT_SEGMENTS`` finished segment files, oldest first (deleted ones for disk space are left
         out). Only for inspection: the disk guard finds old recordings by listing the folder."""
-        return [p for p in self._segments if p.exists()]
+        return [p for p in list(self._segments) if p.exists()]  # a copy: the recorder thread appends meanwhile
 
     @property
     def paused(self) -> bool:
@@ -147,7 +147,7 @@ class Mp4Sink:
             self._failed(exc)
 
     def close(self) -> None:
-        """Finalize the open segment (fast: flush, fsync, rename). Call it from the loop's thread."""
+        """Finalize the open segment (flush, fsync, rename), on the thread that writes."""
         self._finish_segment()
 
     # ------------------------------------------------------------ what the recorder tells it
@@ -163,6 +163,10 @@ class Mp4Sink:
         segment, self._segment = self._segment, None
         if segment is not None:
             segment.drop()
+
+    def discard_preroll(self) -> None:
+        """Forget the frames held for a pre-roll: none of them is encoded from now on (an open segment goes on)."""
+        self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
 
     def disk_checked(self, has_room: bool) -> None:
         if has_room and self._paused:
@@ -209,6 +213,7 @@ class Mp4Sink:
         stem = self._clock.next_stem()
         path = self._clock.directory / f"{stem}{PART_SUFFIX}"
         self._segment = VideoSegment(path, stem, codec=self.codec, settings=self._encoder)
+        self._clock.video_stem = stem  # its events go to a file of this stem; a stem that failed to open has none
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", path.name)
 
     def _finish_segment(self) -> None:
@@ -254,5 +259,5 @@ class Mp4Sink:
 class _Paused(OSError):
     """Internal: the disk floor cannot be met, so no segment was opened (already logged)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(errno.ENOSPC, "disk floor not met")

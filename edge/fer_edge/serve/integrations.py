@@ -1,64 +1,64 @@
-"""Wires the live view (``web``) and MQTT (``mqtt``) into a built pipeline; with both off it changes nothing.
+"""The live view (``web``) and MQTT (``mqtt``): the live feed sink, its web server and MQTT publisher, built from
+the parts :func:`fer_edge.app.build_device` made; with both off there is nothing to build.
 
-Both read one :class:`~fer_edge.serve.live.LiveFeed` sink, added last so it gets the annotated frame. The privacy stage
-and the recording sink are wrapped so the ``privacy`` and ``recording`` switches (MQTT ``.../set``) apply while
-the loop runs.
+Both read one :class:`~fer_edge.serve.live.LiveFeed` sink, which the app adds last so it gets the annotated frame.
+The ``privacy`` and ``recording`` switches (MQTT ``.../set``) are built by the app before the stages that follow them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fer_edge.config import Config, resolve_model_path
 from fer_edge.config.checks import parse_listen
 from fer_edge.errors import FerEdgeError
-from fer_edge.serve.live import LiveFeed
-from fer_edge.serve.switches import SwitchedPrivacy, SwitchedRecorder, Switches
-from fer_edge.vision.privacy import anonymize
+from fer_edge.pipeline import Classifier, Notifier, RunStats
+from fer_edge.serve.live import LiveFeed, RecorderState
+from fer_edge.serve.switches import Switches
+
+if TYPE_CHECKING:
+    from fer_edge.serve.mqtt import MqttPublisher
 
 log = logging.getLogger(__name__)
 
-PRIVACY_WHEN_SWITCHED_ON = "blur"  # privacy.mode off, and Home Assistant switches privacy on
+
+@dataclass(frozen=True)
+class Integrations:
+    """The live feed (a sink, None when web and MQTT are off) and the notifier the loop reports to."""
+
+    feed: LiveFeed | None
+    notifier: Notifier
 
 
-def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None, make_recorder=None) -> LiveFeed | None:
-    """Add the live feed (and its web server and MQTT publisher) to ``pipeline``; None when both are off.
-
-    ``recorder``: the recording sink already in ``pipeline.sinks`` (None: not recording), replaced by one that
-    follows the recording switch; ``make_recorder()`` builds a fresh one when recording is switched on again.
-    """
+def build_integrations(
+    cfg: Config,
+    switches: Switches | None,
+    notifier: Notifier,
+    *,
+    run_stats: Callable[[], RunStats | None],
+    classifier: Classifier,
+    detector_name: str,
+    recorder: RecorderState | None,
+) -> Integrations:
+    """The live feed with its web server and MQTT publisher started, as ``cfg`` asks; ``notifier`` unchanged and no
+    feed when both are off. ``run_stats()`` gives the loop's live counters; ``recorder``: the recording sink."""
     if not (cfg.web.enabled or cfg.mqtt.enabled):
-        return None
+        return Integrations(None, notifier)
     from fer_edge.config.preflight import serve_secrets
 
     token, password = dataclasses.astuple(serve_secrets(cfg))  # the same checks as check-config
-
-    switches = Switches(recording=recorder is not None, privacy=cfg.privacy.mode != "off")
-    mode = cfg.privacy.mode if cfg.privacy.mode != "off" else PRIVACY_WHEN_SWITCHED_ON
-    pipeline.privacy = SwitchedPrivacy(pipeline.privacy or functools.partial(anonymize, mode=mode), switches)
-    if recorder is not None:
-        recorder_sink = SwitchedRecorder(recorder, make_recorder, switches)
-        pipeline.sinks = [recorder_sink if sink is recorder else sink for sink in pipeline.sinks]
-    else:
-        recorder_sink = None
-
-        def warn_nothing_to_record(name: str, on: bool) -> None:
-            if name == "recording" and on:
-                log.warning("recording switched on, but recording and events are off in the config: nothing to record")
-
-        switches.listen(warn_nothing_to_record)
-
     feed = LiveFeed(
-        info=_info(cfg, pipeline, classifier),
+        info=_info(cfg, classifier, detector_name),
         switches=switches,
-        recorder=recorder_sink,
+        recorder=recorder,
         recordings_dir=Path(cfg.recording.output_dir) if cfg.recording.enabled else None,
+        run_stats=run_stats,
     )
-    feed.watch(pipeline)
-    pipeline.sinks.append(feed)
     try:
         if cfg.web.enabled:
             from fer_edge.serve.web import WebServer
@@ -83,7 +83,7 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
 
             publisher = MqttPublisher(
                 feed,
-                switches,
+                switches if switches is not None else Switches(),
                 cfg.mqtt,
                 password=password,
                 labels=list(getattr(classifier, "labels", ())),
@@ -91,31 +91,39 @@ def build_integrations(cfg: Config, pipeline, *, classifier=None, recorder=None,
             )
             feed.extra_stats["mqtt"] = publisher.stats
             feed.consumers.append(publisher.start())
-            if pipeline.notifier is not None:
-                pipeline.notifier = BrokerStatus(pipeline.notifier, publisher)
+            notifier = BrokerStatus(notifier, publisher)
     except BaseException:
         feed.close()
         raise
-    return feed
+    return Integrations(feed, notifier)
 
 
 class BrokerStatus:
     """The service notifier, whose status line (``systemctl status``) also says when the broker is unreachable."""
 
-    def __init__(self, notifier, publisher):
+    def __init__(self, notifier: Notifier, publisher: MqttPublisher):
         self._notifier = notifier
         self._publisher = publisher
 
-    def status(self, text: str) -> None:
+    def ready(self) -> object:
+        return self._notifier.ready()
+
+    def watchdog(self) -> object:
+        return self._notifier.watchdog()
+
+    def stopping(self) -> object:
+        return self._notifier.stopping()
+
+    def status(self, text: str) -> object:
         if not self._publisher.connected:
             text += f"; mqtt {self._publisher.cfg.host}:{self._publisher.cfg.port} unreachable, retrying"
-        self._notifier.status(text)
+        return self._notifier.status(text)
 
-    def __getattr__(self, name):
-        return getattr(self._notifier, name)
+    def close(self) -> None:
+        self._notifier.close()
 
 
-def _info(cfg: Config, pipeline, classifier) -> dict:
+def _info(cfg: Config, classifier: Classifier, detector_name: str) -> dict:
     try:
         model = resolve_model_path(cfg.model.path).name
     except FerEdgeError:
@@ -126,5 +134,5 @@ def _info(cfg: Config, pipeline, classifier) -> dict:
         "model_variant": getattr(sidecar, "variant", None),
         "labels": list(getattr(classifier, "labels", ())),
         "runtime": getattr(classifier, "runtime", None),
-        "detector": type(pipeline.detector).__name__,
+        "detector": detector_name,
     }

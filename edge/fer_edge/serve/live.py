@@ -18,11 +18,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.types import Face, Frame
+
+if TYPE_CHECKING:
+    from fer_edge.pipeline import RunStats
+    from fer_edge.serve.switches import Switches
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +134,26 @@ def _regular(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+class RecorderState(Protocol):
+    """What the stats read of the recording sink (:class:`~fer_edge.record.worker.RecorderThread`)."""
+
+    @property
+    def recording(self) -> bool: ...  # a video segment is open
+    @property
+    def dropped(self) -> int: ...  # frames dropped because the recorder fell behind
+
+
+def _no_run() -> RunStats | None:
+    return None
+
+
 class LiveFeed:
     """Pipeline sink: the newest frame, faces and track events, and the stats readers ask for.
 
     ``info``: fixed facts for the stats (model, runtime, detector). ``recordings_dir``: where finished recordings
-    are listed (None: recording off). ``recorder``: the recording sink, asked whether a segment is open.
-    ``switches``: the runtime switches, reported in the stats. Consumers (web server, MQTT publisher) are
+    are listed (None: recording off). ``recorder``: the recording sink, asked whether a segment is open and how
+    many frames it dropped. ``switches``: the runtime switches, reported in the stats. ``run_stats()``: the
+    loop's live counters (None before it runs). Consumers (web server, MQTT publisher) are
     closed with the feed.
     """
 
@@ -143,8 +162,9 @@ class LiveFeed:
         *,
         info: dict | None = None,
         recordings_dir: Path | None = None,
-        recorder=None,
-        switches=None,
+        recorder: RecorderState | None = None,
+        switches: Switches | None = None,
+        run_stats: Callable[[], RunStats | None] | None = None,
         events_kept: int = EVENTS_KEPT,
         end_after_s: float = TRACK_END_AFTER_S,
     ):
@@ -154,7 +174,7 @@ class LiveFeed:
         self.switches = switches
         self.consumers: list = []  # objects with close()
         self.extra_stats: dict[str, Callable[[], dict]] = {}  # name -> its stats, e.g. mqtt's connection
-        self._pipeline = None
+        self._run_stats = run_stats or _no_run
         self._cond = threading.Condition()
         self._seq = 0
         self._event_seq = 0
@@ -172,10 +192,6 @@ class LiveFeed:
         self._closed = False
 
     # --- the loop's side -------------------------------------------------------------------------
-
-    def watch(self, pipeline) -> None:
-        """Read the live counters of ``pipeline`` (its ``stats``, set when its run starts)."""
-        self._pipeline = pipeline
 
     def write(self, frame: Frame, faces: list[Face]) -> None:
         events = self._tracks.update(frame, faces, time.time(), self._next_event_seq)
@@ -265,7 +281,7 @@ class LiveFeed:
     def stats(self) -> dict:
         """Counters since start, and fps and ms per stage over the last seconds."""
         _, _, faces = self.latest()
-        run = getattr(self._pipeline, "stats", None)
+        run = self._run_stats()
         frames = run.frames if run is not None else 0
         stage_seconds = dict(run.stage_seconds) if run is not None else {}
         now = time.monotonic()
@@ -298,8 +314,9 @@ class LiveFeed:
             **self.info,
             "disk_free_bytes": self.disk_free_bytes(),
             "recording": {
-                "active": bool(getattr(self.recorder, "recording", False)),
+                "active": self.recorder is not None and self.recorder.recording,
                 "finished": self.finished_count(),
+                "dropped_frames": self.recorder.dropped if self.recorder is not None else 0,
             },
             "switches": self.switches.as_dict() if self.switches is not None else {},
         }

@@ -34,6 +34,8 @@ def metrics_text(stats: dict[str, Any], extra: dict[str, tuple[str, str, Any]] |
     metric(
         "recording_segments", "gauge", "Finished recording segments on disk.", [({}, stats["recording"]["finished"])]
     )
+    dropped = stats["recording"].get("dropped_frames", 0)
+    metric("recording_dropped_frames_total", "counter", "Frames the recorder fell behind on.", [({}, dropped)])
     for name, on in stats.get("switches", {}).items():
         metric(f"switch_{name}", "gauge", f"1 while the {name} switch is on.", [({}, int(on))])
     mqtt = stats.get("mqtt")
