@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements-pi.lock"
 EDGE = REPO / "requirements-edge.txt"
 CONSTRAINTS = REPO / "deploy" / "pi-constraints.txt"
-# 64-bit Raspberry Pi OS Bookworm: CPython 3.11, glibc 2.36 (pi-check's userland reports both)
-PLATFORM = ("--python-platform", "aarch64-manylinux_2_36", "--python-version", "3.11")
+# 64-bit Raspberry Pi OS Bookworm: CPython 3.11.2, glibc 2.36 (the userland of make pi-check reports both)
+PLATFORM = ("--python-platform", "aarch64-manylinux_2_36", "--python-version", "3.11.2")
 UV = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 needs_uv = pytest.mark.skipif(UV is None, reason="uv missing: it is in requirements-dev.txt (make test installs it)")
 
@@ -71,7 +71,7 @@ def test_the_lock_satisfies_requirements_edge_txt(lock):
 
 def test_numpy_is_held_at_bookworms_and_opencv_is_a_numpy_1_wheel(lock):
     held = {canonicalize_name(r.name): str(r.specifier) for r in requirements(CONSTRAINTS)}
-    assert held == {"numpy": "==1.24.2"}
+    assert held["numpy"] == "==1.24.2"
     assert lock["numpy"][0] == "1.24.2"
     major, minor = (int(part) for part in lock["opencv-python-headless"][0].split(".")[:2])
     assert (major, minor) < (4, 12)  # 4.12 on need NumPy 2
