@@ -110,6 +110,7 @@ DROPIN="$DROPIN_DIR/50-backoff.conf"
 STAMP="$OPT/.python-packages.sha256"
 TEMPLATE_UNIT="$UNIT_DIR/$SERVICE@.service"
 SLICE_UNIT="$UNIT_DIR/$SERVICE.slice"
+TEMPLATE_DROPIN="$UNIT_DIR/$SERVICE@.service.d/50-backoff.conf"
 # the lock's platform: 64-bit ARM, CPython 3.11 (Raspberry Pi OS Bookworm), NumPy held at apt's 1.24.2
 LOCK_PLATFORM="aarch64 3.11"
 MODEL="${MODEL:-$SRC/models/fer_int8.tflite}"
@@ -223,8 +224,8 @@ service_user() {
     fi
 }
 
-# The pip requirements for this Pi: requirements-edge.txt without OpenCV (apt's python3-opencv through
-# --system-site-packages) and with the TFLite runtime that has a wheel for this Python.
+# The pip requirements where there is no lock for this Python: requirements-edge.txt, with the TFLite
+# runtime that has a wheel for it.
 pi_requirements() {
     local bits version runtime
     read -r bits version < <("$VENV/bin/python" -c \
@@ -478,13 +479,16 @@ unit_files() {
         install_file "$SRC/systemd/$SERVICE@.service" "$TEMPLATE_UNIT" 0644
         install_file "$SRC/systemd/$SERVICE.slice" "$SLICE_UNIT" 0644
     fi
-    if version_ge "$(systemd_version)" "$BACKOFF_MIN_SYSTEMD"; then
-        install_file "$SRC/systemd/$SERVICE-backoff.conf" "$DROPIN" 0644
-    elif [ -e "$DROPIN" ]; then
-        rm -f "$DROPIN"
-        rmdir "$DROPIN_DIR" 2>/dev/null || true
-        CHANGED=1
-    fi
+    local dropin
+    for dropin in "$DROPIN" "$TEMPLATE_DROPIN"; do  # the plain service and every camera instance
+        if version_ge "$(systemd_version)" "$BACKOFF_MIN_SYSTEMD"; then
+            install_file "$SRC/systemd/$SERVICE-backoff.conf" "$dropin" 0644
+        elif [ -e "$dropin" ]; then
+            rm -f "$dropin"
+            rmdir "$(dirname "$dropin")" 2>/dev/null || true
+            CHANGED=1
+        fi
+    done
     if [ -f "$SRC/docs/DEPLOY.md" ]; then
         install_file "$SRC/docs/DEPLOY.md" "$OPT/DEPLOY.md" 0644
     fi
@@ -563,8 +567,8 @@ do_uninstall() {
         if [ "$instance" = config ] || [ ! -e "$TEMPLATE_UNIT" ]; then continue; fi
         systemctl disable --now --quiet "$SERVICE@$instance" || true
     done
-    rm -f "$UNIT" "$DROPIN" "$TEMPLATE_UNIT" "$SLICE_UNIT"
-    rmdir "$DROPIN_DIR" 2>/dev/null || true
+    rm -f "$UNIT" "$DROPIN" "$TEMPLATE_UNIT" "$TEMPLATE_DROPIN" "$SLICE_UNIT"
+    rmdir "$DROPIN_DIR" "$(dirname "$TEMPLATE_DROPIN")" 2>/dev/null || true
     systemctl daemon-reload
     if [ -f "$CONFIG" ] && [ -f "$OPT/config.yaml.dist" ] && cmp -s "$CONFIG" "$OPT/config.yaml.dist"; then
         rm -f "$CONFIG"

@@ -705,11 +705,13 @@ def test_backoff_drop_in_only_on_systemd_254_or_newer(fake_pi, uninstalled):
         result = fake_pi.deploy()
         assert result.returncode == 0, result.stderr
         dropin = fake_pi.root / "etc/systemd/system/fer-edge.service.d/50-backoff.conf"
+        template_dropin = fake_pi.root / "etc/systemd/system/fer-edge@.service.d/50-backoff.conf"
         assert dropin.read_text() == (REPO / "systemd/fer-edge-backoff.conf").read_text()
+        assert template_dropin.read_text() == dropin.read_text()  # the camera instances back off alike
         (fake_pi.state / "systemd-version").write_text("252\n")
         result = fake_pi.deploy()
         assert result.returncode == 0, result.stderr
-        assert not dropin.exists()  # e.g. a card moved back to an older OS
+        assert not dropin.exists() and not template_dropin.exists()  # e.g. a card moved back to an older OS
     finally:
         (fake_pi.state / "systemd-version").write_text("252\n")
         fake_pi.new_calls()
