@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("infer")
     p.add_argument("--faces", type=Path, required=True)
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="one per --model")
     p.add_argument("--threads", type=int, default=2)
     p = sub.add_parser("compare")
     p.add_argument("reference", type=Path)
@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "faces":
         faces(args.fer, args.count, args.out)
     elif args.command == "infer":
-        infer(args.faces, args.model, args.out, args.threads)
+        if len(args.model) != len(args.out):
+            parser.error("one --out per --model")
+        for model, out in zip(args.model, args.out):  # one process: start-up is slow under emulation
+            infer(args.faces, model, out, args.threads)
     else:
         print(json.dumps(compare(args.reference, args.candidate)))
     return 0
