@@ -65,7 +65,7 @@ tar -cf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=edge/build edge
 # the plain service, then a camera instance (the packages are in place by then: only its config and unit)
 inside bash /root/fer-edge-release/deploy/install.sh --src /root/fer-edge-release --userland 2> "$WORK/install.log" \
     || { tail -n 30 "$WORK/install.log" >&2; die "install.sh --userland failed (above)"; }
-inside bash /root/fer-edge-release/deploy/install.sh --src /root/fer-edge-release --userland \
+inside bash /root/fer-edge-release/deploy/install.sh --src /root/fer-edge-release --userland --no-apt \
     --instance pi-check --camera 1 --web-port 8081 --device-id pi-check-cam 2>> "$WORK/install.log" \
     || { tail -n 30 "$WORK/install.log" >&2; die "install.sh --userland --instance failed (above)"; }
 grep -q 'require-hashes' "$WORK/install.log" || grep -q 'python packages unchanged' "$WORK/install.log" \
