@@ -21,7 +21,7 @@ CLIP="${PI_CLIP:-$(realpath -m "$REPO/../shared/clips/performer-640x360.mp4")}"
 FER="${FER2013_DIR:-$REPO/../shared/fer2013}"
 HOST_PYTHON="${PI_HOST_PYTHON:-$REPO/.venv-edge/bin/python}"  # the x86 reference: numpy, OpenCV, a TFLite runtime
 export PI_USERLAND="${PI_USERLAND:-/var/cache/fer-edge-pi/bookworm-arm64}"
-export PI_BOARD="${PI_BOARD:-pi5}"  # the core qemu emulates: pi5 (Cortex-A76) or pi4 (Cortex-A72, ~4x slower here)
+export PI_BOARD="${PI_BOARD:-pi5}"  # the core qemu emulates: pi5 (Cortex-A76) or pi4 (Cortex-A72)
 OUT_MD="$REPO/bench/results-pi.md"
 OUT_JSON="$REPO/bench/results-pi.json"
 

@@ -24,7 +24,7 @@ die() { printf 'pi-userland: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'pi-userland: %s\n' "$*" >&2; }
 
 # the board whose core qemu emulates and whose /proc/cpuinfo the userland shows: pi5 (Cortex-A76, with the
-# dot-product instructions the int8 kernels use: about 4x faster under qemu) or pi4 (Cortex-A72, without)
+# dot-product instructions the int8 kernels use) or pi4 (Cortex-A72, without them)
 BOARD="${PI_BOARD:-pi5}"
 case "$BOARD" in
     pi5) export QEMU_CPU=cortex-a76 ;;
