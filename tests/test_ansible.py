@@ -224,7 +224,8 @@ def _inventory(pis: list[StandInPi], user_key: Path, known_hosts: Path, broken: 
                 "fer_edge_become": False,
                 "fer_edge_health_delay": 1,
                 "fer_edge_health_retries": 8,
-                "fer_edge_web_token": "a-token-from-the-vault",
+                "fer_edge_web_token": "a-token-from-the-vault",  # a vault-encrypted string in real use
+                "fer_edge_mqtt_password_file": str(user_key.parent / "mqtt-password"),
             },
             "hosts": hosts,
         }
@@ -275,6 +276,7 @@ def rollout(tmp_path_factory):
     work = tmp_path_factory.mktemp("ansible")
     user_key = work / "user_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(user_key)], check=True)
+    (work / "mqtt-password").write_text("a-password-from-a-file")
     pis = [
         _stand_in_pi(work / "pi-a", "pi-a", "127.0.0.2", user_key),
         _stand_in_pi(work / "pi-b", "pi-b", "127.0.0.3", user_key),
@@ -324,8 +326,11 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
         assert f"systemctl restart {unit}" in calls or f"systemctl start {unit}" in calls
         credential = pi.root / "etc/fer-edge/credentials/web-token"
         assert credential.read_text() == "a-token-from-the-vault" and oct(credential.stat().st_mode)[-3:] == "600"
-        dropin = pi.root / "etc/systemd/system/fer-edge.service.d/60-credential-web-token.conf"
-        assert "LoadCredential=web-token:/etc/fer-edge/credentials/web-token" in dropin.read_text()
+        assert (pi.root / "etc/fer-edge/credentials/mqtt-password").read_text() == "a-password-from-a-file"
+        for unit in ("fer-edge.service", "fer-edge@.service"):
+            dropin = pi.root / f"etc/systemd/system/{unit}.d/60-credential-web-token.conf"
+            assert "LoadCredential=web-token:/etc/fer-edge/credentials/web-token" in dropin.read_text()
+        assert "a-token-from-the-vault" not in first_rollout.stdout  # no_log: secrets stay out of the output
     # install.sh's own lines (-v): each config passed check-config before its restart
     for config, unit in (("config.yaml", "fer-edge"), ("cam1.yaml", "fer-edge@cam1")):
         out = first_rollout.stdout
