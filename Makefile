@@ -26,6 +26,12 @@ TTA ?= none
 FORCE ?=
 DEMO_OUT ?= out/demo
 PI ?=
+# requirements-pi.lock: requirements-edge.txt resolved for the Pi (64-bit Raspberry Pi OS Bookworm: CPython
+# 3.11.2 on aarch64, glibc 2.36) with NumPy held at apt's 1.24.2, every file hashed
+UV ?= $(TRAIN_VENV)/bin/uv
+PI_LOCK_COMMAND := $(UV) pip compile requirements-edge.txt -c deploy/pi-constraints.txt \
+	--python-platform aarch64-manylinux_2_36 --python-version 3.11.2 --only-binary :all: --generate-hashes \
+	--custom-compile-command "make pi-lock" -o requirements-pi.lock
 export PYTHONPATH := $(CURDIR)
 # quiet: no pip version notice, no TensorFlow C++ info/warning lines, no build-backend warnings from pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -33,8 +39,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PIP_QUIET := PYTHONWARNINGS=ignore
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-edge soak data-check lint train train-seed convert evaluate bench bench-edge bench-privacy docs clip \
-	deploy deploy-model clean
+.PHONY: help demo test test-edge soak data-check lint train train-seed convert evaluate bench bench-edge bench-privacy \
+	docs clip deploy deploy-model pi-lock pi-check clean
 
 help:  ## this list
 	@echo "fer-edge: facial expression recognition trained here, run headless on a Raspberry Pi"
@@ -128,6 +134,12 @@ deploy:  ## install/upgrade on a Pi over ssh: make deploy PI=user@host
 deploy-model:  ## swap the model on a Pi atomically and restart: make deploy-model PI=user@host [MODEL=path.tflite]
 	@test -n "$(PI)" || { echo "usage: make deploy-model PI=user@host" >&2; exit 2; }
 	deploy/deploy-model.sh $(PI) $(if $(MODEL),--model $(MODEL))
+
+pi-lock: $(TRAIN_VENV)/.installed  ## re-resolve requirements-pi.lock (uv; NumPy held at Bookworm's 1.24.2)
+	$(PI_LOCK_COMMAND)
+
+pi-check: $(EDGE_VENV)/.installed  ## the device side in an arm64 Bookworm userland (qemu; root): install, run, parity -> bench/results-pi.md
+	bench/pi_check.sh
 
 clean:  ## remove venvs, caches and outputs (keeps runs/ and models/)
 	rm -rf $(TRAIN_VENV) $(EDGE_VENV) build edge/build edge/*.egg-info out .pytest_cache .ruff_cache

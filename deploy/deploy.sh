@@ -5,7 +5,7 @@
 #   deploy/deploy.sh PI=pi@10.0.0.7 --port 2222 --identity ~/.ssh/pi_ed25519
 #   deploy/deploy.sh PI=pi@pi --model models/fer_float16.tflite -- --no-apt
 #
-# Copies edge/, requirements-edge.txt, deploy/, systemd/, docs/DEPLOY.md and the model with its JSON to
+# Copies edge/, requirements-edge.txt, requirements-pi.lock, deploy/, systemd/, docs/DEPLOY.md and the model with its JSON to
 # a new folder inside the staging folder on the Pi (tar over ssh: nothing but ssh needed on either
 # side), runs `sudo deploy/install.sh --restart` there and removes that new folder (nothing else in the
 # staging folder is touched), then prints `systemctl status` and the last journal lines.
@@ -92,7 +92,7 @@ MODEL_NAME="$(basename "$MODEL")"
 
 payload=(deploy/install.sh)
 if [ "$MODEL_ONLY" = 0 ]; then
-    payload+=(edge requirements-edge.txt deploy systemd)
+    payload+=(edge requirements-edge.txt requirements-pi.lock deploy systemd)
     [ ! -f "$REPO/docs/DEPLOY.md" ] || payload+=(docs/DEPLOY.md)
 fi
 for path in "${payload[@]}"; do

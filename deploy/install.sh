@@ -2,12 +2,16 @@
 # Install or update fer-edge on a Raspberry Pi, as root:  sudo deploy/install.sh
 #
 # Idempotent: a second run with the same files changes nothing and leaves a running service alone.
-#   apt: python3-picamera2 python3-opencv opencv-data python3-venv (+ setuptools, wheel, yaml)
-#   /opt/fer-edge/venv            venv with --system-site-packages (OpenCV, NumPy, picamera2 from apt)
+#   apt: python3-picamera2 python3-numpy opencv-data python3-venv (+ setuptools, wheel, yaml)
+#   /opt/fer-edge/venv            venv with --system-site-packages (NumPy and picamera2 from apt); on
+#                                 64-bit Python 3.11 (Bookworm) every other package from requirements-pi.lock,
+#                                 pip --require-hashes: every Pi gets the same versions
 #   /var/lib/fer-edge/models      <sha256[:12]>/model.tflite + model.json, `current` -> the active one
 #   /var/lib/fer-edge/recordings  recordings and events.jsonl (kept by --uninstall)
 #   /etc/fer-edge/config.yaml     written once, never overwritten (a newer template: config.yaml.new)
 #   /etc/systemd/system/fer-edge.service (+ fer-edge.service.d/50-backoff.conf on systemd >= 254)
+#   --instance NAME: /etc/fer-edge/NAME.yaml, fer-edge@.service, fer-edge.slice; runs fer-edge@NAME
+#                    (one per camera; the plain fer-edge service is left as it is)
 #
 # Test seams: --prefix DIR installs under DIR instead of /; apt-get, systemctl, useradd, usermod,
 # groupadd, getent and chown are looked up on PATH, so a test puts logging stubs first. With --prefix,
@@ -22,6 +26,12 @@ PYTHON=/usr/bin/python3
 MODEL=
 MODE=install
 USE_APT=1
+USERLAND=0
+INSTANCE=
+CAMERA=
+WEB_PORT=
+DEVICE_ID=
+MANAGED_CONFIG=
 FORCE_RESTART=0
 KEEP_MODELS=3
 BACKOFF_MIN_SYSTEMD=254
@@ -35,6 +45,15 @@ usage: sudo $0 [options]
   --restart        restart the service even when nothing changed
   --no-apt         do not install the apt packages (they are already there, or managed elsewhere)
   --python FILE    the system Python the venv is built on (default: $PYTHON)
+  --userland       a userland without systemd as PID 1 and without the Raspberry Pi archive (make pi-check):
+                   no python3-picamera2, units installed but not started
+  --instance NAME  set up the camera instance NAME (letters, digits, -, _): /etc/fer-edge/NAME.yaml from the
+                   template (written once), recordings in /var/lib/fer-edge/NAME, unit fer-edge@NAME
+  --camera DEV     with --instance: source.device (USB index or stream URL; default: the template's)
+  --web-port N     with --instance: the live view on 127.0.0.1:N (web.enabled)
+  --device-id ID   with --instance: mqtt.device_id (default: HOSTNAME-NAME)
+  --config FILE    install FILE as the config (config.yaml, or NAME.yaml with --instance), replacing the one
+                   there: for a config managed elsewhere (deploy/ansible); still checked before any restart
   --prefix DIR     install under DIR instead of / (tests; system commands must be stubs on PATH)
   --uninstall      remove what install added; keeps recordings, the fer-edge user and an edited config
 EOF
@@ -51,6 +70,13 @@ while [ $# -gt 0 ]; do
         --restart) FORCE_RESTART=1; shift ;;
         --no-apt) USE_APT=0; shift ;;
         --python) PYTHON="${2:?--python needs a file}"; shift 2 ;;
+        --userland) USERLAND=1; shift ;;
+        --instance) INSTANCE="${2:?--instance needs a name}"; shift 2 ;;
+        --camera) CAMERA="${2:?--camera needs a device}"; shift 2 ;;
+        --web-port) WEB_PORT="${2:?--web-port needs a number}"; shift 2 ;;
+        --device-id) DEVICE_ID="${2:?--device-id needs a name}"; shift 2 ;;
+        --config) MANAGED_CONFIG="$(realpath "${2:?--config needs a file}")"; shift 2
+            [ -f "$MANAGED_CONFIG" ] || die "--config: $MANAGED_CONFIG is not a file" ;;
         --prefix) ROOT="${2:?--prefix needs a folder}"; shift 2 ;;
         --uninstall) MODE=uninstall; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -59,10 +85,21 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT="${ROOT%/}"  # "" for /, so "$ROOT/opt" is "/opt"
+if [ -n "$INSTANCE" ]; then
+    case "$INSTANCE" in
+        *[!A-Za-z0-9_-]*|-*|config|models|recordings|credentials) die "--instance $INSTANCE: use letters, digits, - and _" \
+            "(not config, models, recordings or credentials)" ;;
+    esac
+    case "$WEB_PORT" in ""|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9]) ;;
+        *) die "--web-port $WEB_PORT: a port number" ;; esac
+elif [ -n "$CAMERA$WEB_PORT$DEVICE_ID" ]; then
+    die "--camera, --web-port and --device-id set up an instance: add --instance NAME"
+fi
 OPT="$ROOT/opt/fer-edge"
 VENV="$OPT/venv"
 ETC="$ROOT/etc/fer-edge"
-CONFIG="$ETC/config.yaml"
+CONFIG="$ETC/${INSTANCE:-config}.yaml"
+RUN_UNIT="$SERVICE${INSTANCE:+@$INSTANCE}"  # what is started: the plain service or one camera's instance
 STATE="$ROOT/var/lib/fer-edge"
 MODELS="$STATE/models"
 RECORDINGS="$STATE/recordings"
@@ -71,6 +108,11 @@ UNIT="$UNIT_DIR/$SERVICE.service"
 DROPIN_DIR="$UNIT_DIR/$SERVICE.service.d"
 DROPIN="$DROPIN_DIR/50-backoff.conf"
 STAMP="$OPT/.python-packages.sha256"
+TEMPLATE_UNIT="$UNIT_DIR/$SERVICE@.service"
+SLICE_UNIT="$UNIT_DIR/$SERVICE.slice"
+TEMPLATE_DROPIN="$UNIT_DIR/$SERVICE@.service.d/50-backoff.conf"
+# the lock's platform: 64-bit ARM, CPython 3.11 (Raspberry Pi OS Bookworm), NumPy held at apt's 1.24.2
+LOCK_PLATFORM="aarch64 3.11"
 MODEL="${MODEL:-$SRC/models/fer_int8.tflite}"
 CHANGED=0
 WORK="$(mktemp -d)"
@@ -143,15 +185,17 @@ file_sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 systemd_version() { systemctl --version | awk 'NR == 1 { print $2 }'; }
 
-service_active() { systemctl is-active --quiet "$SERVICE"; }
+service_active() { systemctl is-active --quiet "$RUN_UNIT"; }
 
 # --- steps -------------------------------------------------------------------------------------
 
+# No python3-opencv: 162 packages (~448 MB on a Lite image) for OpenCV 4.6, below the 4.8 the package
+# needs; the headless wheel in the lock (4.11, the last built for NumPy 1.x) replaces it. opencv-data
+# stays: the Haar cascades for detector.kind haar.
 apt_packages() {
-    local packages=(python3-picamera2 python3-opencv opencv-data python3-venv python3-setuptools python3-wheel
-        python3-yaml)
-    if [ "$(python_bits)" = 32 ]; then
-        packages+=(python3-av)  # PyPI has no 32-bit ARM wheels of PyAV
+    local packages=(python3-numpy opencv-data python3-venv python3-setuptools python3-wheel python3-yaml)
+    if [ "$USERLAND" = 0 ]; then
+        packages=(python3-picamera2 "${packages[@]}")  # only in the Raspberry Pi archive
     fi
     if [ "$USE_APT" = 0 ]; then
         say "skipping apt (--no-apt): needs ${packages[*]}"
@@ -164,8 +208,6 @@ apt_packages() {
         apt-get install -y --no-install-recommends "${packages[@]}"
     fi
 }
-
-python_bits() { "$PYTHON" -c 'import struct; print(struct.calcsize("P") * 8)'; }
 
 service_user() {
     if ! getent group render >/dev/null; then
@@ -182,16 +224,20 @@ service_user() {
     fi
 }
 
-# The pip requirements for this Pi: requirements-edge.txt without OpenCV (apt's python3-opencv through
-# --system-site-packages) and with the TFLite runtime that has a wheel for this Python.
+# The pip requirements where there is no lock for this Python: requirements-edge.txt, with the TFLite
+# runtime that has a wheel for it.
 pi_requirements() {
     local bits version runtime
     read -r bits version < <("$VENV/bin/python" -c \
         'import struct, sys; print(struct.calcsize("P") * 8, "%d.%d" % sys.version_info[:2])')
-    if [ "$bits" = 64 ] && version_ge "$version" 3.10; then
+    if [ "$bits" != 64 ]; then
+        # docs/DEPLOY.md: no OpenCV, NumPy or LiteRT wheels for 32-bit ARM on PyPI, apt's OpenCV is 4.6
+        die "32-bit Python is not supported (no OpenCV, NumPy or LiteRT wheels for it): install the 64-bit" \
+            "Raspberry Pi OS"
+    elif version_ge "$version" 3.10; then
         runtime=ai-edge-litert
     elif version_ge 3.11 "$version"; then
-        runtime=tflite-runtime  # 32-bit, or Python < 3.10: LiteRT has no wheel, tflite-runtime ends at 3.11
+        runtime=tflite-runtime  # Python < 3.10: LiteRT has no wheel, tflite-runtime ends at 3.11
     else
         die "no TFLite runtime wheel for $bits-bit Python $version: install the 64-bit Raspberry Pi OS"
     fi
@@ -202,9 +248,8 @@ pi_requirements() {
         [ -n "$line" ] || continue
         name="$(echo "$line" | sed -E 's/[ <>=!~;\[].*//' | tr 'A-Z_' 'a-z-')"
         case "$name" in
-            opencv-*|tensorflow|tensorflow-*|tflite-runtime) continue ;;
+            tensorflow|tensorflow-*|tflite-runtime) continue ;;
             ai-edge-litert) [ "$runtime" = ai-edge-litert ] || continue ;;
-            av) [ "$bits" = 64 ] || continue ;;  # apt's python3-av on 32-bit
         esac
         echo "$line"
     done < "$SRC/requirements-edge.txt"
@@ -217,13 +262,27 @@ pi_requirements() {
 
 version_ge() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1)" = "$2" ]; }
 
-# NumPy stays at the system's version: apt's OpenCV and picamera2 are built against it.
+# NumPy stays at the system's version: picamera2 is built against it; OpenCV wheels from 4.12 on need
+# NumPy 2.
 pi_constraints() {
     local numpy
     if numpy="$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null)"; then
         echo "numpy==$numpy"
     else
         echo "numpy<2"  # tflite-runtime crashes under NumPy 2
+        numpy=1
+    fi
+    if ! version_ge "$numpy" 2; then
+        echo "opencv-python-headless<4.12"
+    fi
+}
+
+# The lock when this Python is its platform; else nothing (requirements-edge.txt is resolved on the day).
+pi_lock() {
+    local platform
+    platform="$("$VENV/bin/python" -c 'import platform, sys; print(platform.machine(), "%d.%d" % sys.version_info[:2])')"
+    if [ -f "$SRC/requirements-pi.lock" ] && [ "$platform" = "$LOCK_PLATFORM" ]; then
+        echo "$SRC/requirements-pi.lock"
     fi
 }
 
@@ -240,10 +299,16 @@ python_env() {
         CHANGED=1
         say "created ${VENV#"$ROOT"} (--system-site-packages)"
     fi
-    local work="$WORK/python"
+    local work="$WORK/python" lock
     mkdir "$work"
-    pi_requirements > "$work/requirements-pi.txt"
-    pi_constraints > "$work/constraints.txt"
+    lock="$(pi_lock)"
+    if [ -n "$lock" ]; then
+        cp "$lock" "$work/requirements-pi.txt"
+        : > "$work/constraints.txt"
+    else
+        pi_requirements > "$work/requirements-pi.txt"
+        pi_constraints > "$work/constraints.txt"
+    fi
     # The package is built from a copy: pip's in-tree build would leave build/ and egg-info in SRC.
     mkdir "$work/src"
     (cd "$SRC" && tar --exclude=__pycache__ --exclude='*.egg-info' --exclude=build -cf - edge) | tar -xf - -C "$work/src"
@@ -254,11 +319,21 @@ python_env() {
         say "python packages unchanged"
         return 0
     fi
-    say "pip: $(paste -sd ' ' "$work/requirements-pi.txt"), constraints: $(paste -sd ' ' "$work/constraints.txt")"
     export PIP_DISABLE_PIP_VERSION_CHECK=1
-    "$VENV/bin/python" -m pip install --quiet -r "$work/requirements-pi.txt" -c "$work/constraints.txt"
-    # No build isolation: setuptools/wheel come from apt, so a release installs without PyPI.
-    "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$work/constraints.txt" "$work/src/edge"
+    if [ -n "$lock" ]; then
+        say "pip: ${lock#"$SRC/"} (--require-hashes; NumPy $("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)' \
+            2>/dev/null || echo 'from the lock'))"
+        "$VENV/bin/python" -m pip install --quiet --require-hashes --only-binary=:all: -r "$work/requirements-pi.txt"
+        # the package's own dependency (PyYAML) is in the lock: nothing unpinned comes in with it
+        "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation "$work/src/edge"
+    else
+        say "no lock for $("$VENV/bin/python" -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])'):" \
+            "pip resolves requirements-edge.txt today: $(paste -sd ' ' "$work/requirements-pi.txt"), constraints:" \
+            "$(paste -sd ' ' "$work/constraints.txt")"
+        "$VENV/bin/python" -m pip install --quiet -r "$work/requirements-pi.txt" -c "$work/constraints.txt"
+        # No build isolation: setuptools/wheel come from apt, so a release installs without PyPI.
+        "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$work/constraints.txt" "$work/src/edge"
+    fi
     install -m 0644 "$work/requirements-pi.txt" "$OPT/requirements-pi.txt"
     install -m 0644 "$work/constraints.txt" "$OPT/constraints.txt"
     echo "$stamp" > "$STAMP"
@@ -336,17 +411,21 @@ rollback_model() {
 start_failed() {
     if [ -n "$MODEL_SWITCHED_FROM" ] && [ "$MODEL_SWITCHED_FROM" != none ]; then
         rollback_model
-        systemctl restart "$SERVICE" || true
-        die "$SERVICE did not start$1 (journalctl -u $SERVICE): previous model restored"
+        systemctl restart "$RUN_UNIT" || true
+        die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT): previous model restored"
     fi
-    die "$SERVICE did not start$1 (journalctl -u $SERVICE)"
+    die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT)"
 }
 
 # The config may hold a camera URL with its password: readable by root and the service's group only.
 config_file() {
     local template="$SRC/deploy/config.yaml"
     install_file "$template" "$OPT/config.yaml.dist" 0644
-    if [ ! -f "$CONFIG" ]; then
+    if [ -n "$MANAGED_CONFIG" ]; then
+        install_file "$MANAGED_CONFIG" "$CONFIG" 0640
+    elif [ -n "$INSTANCE" ]; then
+        instance_config "$template"
+    elif [ ! -f "$CONFIG" ]; then
         install_file "$template" "$CONFIG" 0640
     elif cmp -s "$template" "$CONFIG"; then
         rm -f "$CONFIG.new"
@@ -358,15 +437,58 @@ config_file() {
     chown "root:$SERVICE_USER" "$CONFIG"
 }
 
+# instance_config TEMPLATE: /etc/fer-edge/NAME.yaml from the template, written once (never overwritten):
+# its own recording folder (the unit lets it write there only), camera, web port and MQTT device id.
+instance_config() {
+    [ -f "$CONFIG" ] && { say "kept your ${CONFIG#"$ROOT"}"; return 0; }
+    local device_id="${DEVICE_ID:-$(hostname)-$INSTANCE}"
+    "$VENV/bin/python" - "$1" "$CONFIG.tmp.$$" "$INSTANCE" "$CAMERA" "$WEB_PORT" "$device_id" <<'PYTHON' \
+        || die "could not write ${CONFIG#"$ROOT"} from $1"
+import json, re, sys
+template, out, instance, camera, port, device_id = sys.argv[1:]
+settings = {("recording", "output_dir"): f"/var/lib/fer-edge/{instance}", ("mqtt", "device_id"): device_id}
+if camera:
+    settings["source", "device"] = camera
+if port:
+    settings["web", "enabled"] = True
+    settings["web", "listen"] = f"127.0.0.1:{port}"
+lines, section, done = [], None, set()
+for line in open(template, encoding="utf-8"):
+    top = re.match(r"^(\w+):", line)
+    section = top.group(1) if top else section
+    key = re.match(r"^  (\w+):(\s*)(\S.*?)?(\s+#.*)?$", line.rstrip("\n"))
+    if key and (section, key.group(1)) in settings:
+        value = json.dumps(settings[section, key.group(1)])
+        line = f"  {key.group(1)}: {value}{key.group(4) or ''}\n"
+        done.add((section, key.group(1)))
+    lines.append(line)
+missing = set(settings) - done
+if missing:
+    sys.exit(f"not in the template: {sorted('.'.join(k) for k in missing)}")
+open(out, "w", encoding="utf-8").writelines(lines)
+PYTHON
+    chmod 0640 "$CONFIG.tmp.$$"
+    mv -f "$CONFIG.tmp.$$" "$CONFIG"
+    CHANGED=1
+    say "installed ${CONFIG#"$ROOT"} (camera ${CAMERA:-of the template}, device id $device_id${WEB_PORT:+, web port $WEB_PORT})"
+}
+
 unit_files() {
     install_file "$SRC/systemd/$SERVICE.service" "$UNIT" 0644
-    if version_ge "$(systemd_version)" "$BACKOFF_MIN_SYSTEMD"; then
-        install_file "$SRC/systemd/$SERVICE-backoff.conf" "$DROPIN" 0644
-    elif [ -e "$DROPIN" ]; then
-        rm -f "$DROPIN"
-        rmdir "$DROPIN_DIR" 2>/dev/null || true
-        CHANGED=1
+    if [ -f "$SRC/systemd/$SERVICE@.service" ]; then
+        install_file "$SRC/systemd/$SERVICE@.service" "$TEMPLATE_UNIT" 0644
+        install_file "$SRC/systemd/$SERVICE.slice" "$SLICE_UNIT" 0644
     fi
+    local dropin
+    for dropin in "$DROPIN" "$TEMPLATE_DROPIN"; do  # the plain service and every camera instance
+        if version_ge "$(systemd_version)" "$BACKOFF_MIN_SYSTEMD"; then
+            install_file "$SRC/systemd/$SERVICE-backoff.conf" "$dropin" 0644
+        elif [ -e "$dropin" ]; then
+            rm -f "$dropin"
+            rmdir "$(dirname "$dropin")" 2>/dev/null || true
+            CHANGED=1
+        fi
+    done
     if [ -f "$SRC/docs/DEPLOY.md" ]; then
         install_file "$SRC/docs/DEPLOY.md" "$OPT/DEPLOY.md" 0644
     fi
@@ -384,16 +506,21 @@ check_config() {
 # Start, or restart when something changed; systemctl waits for READY=1 (Type=notify).
 # Returns non-zero when systemd could not start it (callers run it under `if`, where set -e is off).
 start_service() {
+    if [ "$USERLAND" = 1 ]; then
+        systemctl enable --quiet "$RUN_UNIT" || return 1  # offline: the [Install] links only
+        say "no systemd as PID 1 (--userland): $RUN_UNIT enabled, not started"
+        return 0
+    fi
     systemctl daemon-reload || return 1
-    systemctl enable --quiet "$SERVICE" || return 1
+    systemctl enable --quiet "$RUN_UNIT" || return 1
     if ! service_active; then
-        say "starting $SERVICE"
-        systemctl start "$SERVICE" || return 1
+        say "starting $RUN_UNIT"
+        systemctl start "$RUN_UNIT" || return 1
     elif [ "$CHANGED" = 1 ] || [ "$FORCE_RESTART" = 1 ]; then
-        say "restarting $SERVICE"
-        systemctl restart "$SERVICE" || return 1
+        say "restarting $RUN_UNIT"
+        systemctl restart "$RUN_UNIT" || return 1
     else
-        say "nothing changed; $SERVICE keeps running"
+        say "nothing changed; $RUN_UNIT keeps running"
     fi
 }
 
@@ -425,8 +552,8 @@ do_model_only() {
         say "model already active; nothing to do"
         return 0
     fi
-    say "restarting $SERVICE with the new model"
-    systemctl restart "$SERVICE" || start_failed " with the new model"
+    say "restarting $RUN_UNIT with the new model"
+    systemctl restart "$RUN_UNIT" || start_failed " with the new model"
     prune_models  # only now that the service runs with the new model: the rollback target was kept
 }
 
@@ -434,8 +561,14 @@ do_uninstall() {
     if [ -e "$UNIT" ]; then
         systemctl disable --now --quiet "$SERVICE" || true
     fi
-    rm -f "$UNIT" "$DROPIN"
-    rmdir "$DROPIN_DIR" 2>/dev/null || true
+    local instance
+    for instance in "$ETC"/*.yaml; do  # the camera instances (their configs are kept)
+        instance="$(basename "$instance" .yaml)"
+        if [ "$instance" = config ] || [ ! -e "$TEMPLATE_UNIT" ]; then continue; fi
+        systemctl disable --now --quiet "$SERVICE@$instance" || true
+    done
+    rm -f "$UNIT" "$DROPIN" "$TEMPLATE_UNIT" "$TEMPLATE_DROPIN" "$SLICE_UNIT"
+    rmdir "$DROPIN_DIR" "$(dirname "$TEMPLATE_DROPIN")" 2>/dev/null || true
     systemctl daemon-reload
     if [ -f "$CONFIG" ] && [ -f "$OPT/config.yaml.dist" ] && cmp -s "$CONFIG" "$OPT/config.yaml.dist"; then
         rm -f "$CONFIG"
