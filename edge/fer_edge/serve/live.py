@@ -73,7 +73,7 @@ class TrackChanges:
         self.end_after_s = end_after_s
         self._tracks: dict[int, list] = {}  # id -> [label, last seen (source time), box, score]
 
-    def update(self, frame: Frame, faces: list[Face], wall: float, next_seq) -> list[TrackEvent]:
+    def update(self, frame: Frame, faces: list[Face], wall: float, next_seq: Callable[[], int]) -> list[TrackEvent]:
         events = []
         now = frame.timestamp
         for face in faces:
