@@ -186,7 +186,7 @@ def test_metrics_are_prometheus_text(server):
     for line in body.decode().splitlines():
         if not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
-            assert name.startswith("fer_edge_")
+            assert name.startswith(("fer_edge_", "process_"))
             samples[name] = float(value)
     assert samples["fer_edge_frames_total"] > 0 and samples["fer_edge_fps"] > 0
     assert samples['fer_edge_stage_seconds_total{stage="detect"}'] > 0
