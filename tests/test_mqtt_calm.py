@@ -59,6 +59,12 @@ def test_performer_clip_is_calm_labelled_and_sends_distinct_retained_snapshots(b
     assert len({e["seq"] for e in events}) == len(events)
     assert snapshots and len({p for p, _ in snapshots}) == len(snapshots)
     assert all(p[:3] == b"\xff\xd8\xff" for p, _ in snapshots)
+    diagnostics = [json.loads(p) for t, p, _ in listener.seen if t == f"{BASE}/diagnostics"]
+    rates = [d["fps"] for d in diagnostics]
+    assert rates[0] is None  # no reading before a full window
+    assert rates[-1] is not None and all(r <= 29.97 * 1.05 for r in rates if r is not None), rates
+    present = [json.loads(p)["present"] for t, p, _ in listener.seen if t == f"{BASE}/state"]
+    assert sum(a != b for a, b in zip(present, present[1:])) <= 1, present  # no flapping
     late = Listener(broker.port)  # Home Assistant restarted: the camera still has the last face
     assert late.wait_for(f"{BASE}/snapshot", lambda p, retain: retain) == snapshots[-1][0]
     late.close()
