@@ -1,7 +1,9 @@
 """Faults and abuse, the fast part: bad models, sidecars, configs, sources and arguments, each given to the
 real `fer-edge` command in a process of its own. Each must end in one `fer-edge: error:` line and a non-zero
-exit: no traceback, no hang (a timeout), no runaway memory (an address-space limit). The long part (kills,
-a model replaced mid-run, a soak) is tests/test_soak.py, `make soak`."""
+exit: no traceback, no hang (a timeout), no runaway memory (an address-space limit). Then hostile clients of a
+running live view (bounded memory, threads and descriptors), and the live view and MQTT configs that
+`check-config` must refuse as `run` does. The long part (kills, a model replaced mid-run, a soak) is
+tests/test_soak.py, `make soak`."""
 
 from __future__ import annotations
 
@@ -418,10 +420,14 @@ def _serve_config(tmp: Path, web: dict | None = None, mqtt: dict | None = None, 
     return _write(tmp / "serve.yaml", json.dumps(raw))  # JSON is YAML
 
 
-def _secret(tmp: Path, name: str, data: bytes | None, mode: int = 0o600) -> str:
+def _secret(tmp: Path, name: str, data: bytes | int | None, mode: int = 0o600) -> str:
+    """A secret file holding ``data``, or that many bytes (sparse), or a folder (None)."""
     path = tmp / name
     if data is None:
         path.mkdir()
+    elif isinstance(data, int):
+        path.write_bytes(b"a")
+        os.truncate(path, data)
     else:
         path.write_bytes(data)
     path.chmod(mode)
@@ -470,7 +476,7 @@ SERVE_CONFIGS = {
         "web.token_file: ",
     ),
     "token file 200 MB": (
-        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", b"a" * 200_000_000)}),
+        lambda tmp: _serve_config(tmp, {"token_file": _secret(tmp, "t", 200_000_000)}),
         "is larger than 4096 bytes",
     ),
     "mqtt host empty": (lambda tmp: _serve_config(tmp, mqtt={"host": ""}), "mqtt.host: expected a host name"),

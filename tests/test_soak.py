@@ -160,3 +160,82 @@ def test_a_soak_keeps_memory_and_descriptors_flat(tmp_path):
     assert rss_last <= rss_first * 1.10, samples
     assert max(fds) - min(fds) <= 2, samples
     assert max(threads) - min(threads) <= 1, samples
+
+
+def test_a_live_view_soak_under_abuse_keeps_memory_threads_and_frames_flat(tmp_path, demo_clip):
+    """The live view with a viewer, and rounds of abuse (200 idle connections, 20 header floods held open, 50
+    malformed requests) for SOAK_SECONDS / 2: memory stays flat (before: ~150 MB higher after each flood), the
+    thread count bounded (before: one per connection) and the clip plays at its 30 fps throughout."""
+    import socket
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from livehelpers import free_port, wait_for_port
+
+    seconds = float(os.environ.get("SOAK_SECONDS", "180")) / 2
+    token = "soak-token-0123456789abcdef"
+    port = free_port()
+    config = _config(tmp_path, MODEL, tmp_path / "out", realtime=True, segment_s=5.0)
+    with open(config, "a") as text:
+        text.write(f"web:\n  enabled: true\n  listen: 127.0.0.1:{port}\n  token: {token}\n")
+    log = tmp_path / "stderr.log"
+    process = _start(config, log)
+    wait_for_port(port, timeout=30)
+    viewer = socket.create_connection(("127.0.0.1", port), timeout=10)
+    viewer.sendall(f"GET /api/stream.mjpeg HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    stop = threading.Event()
+
+    def watch() -> None:
+        try:
+            while not stop.is_set() and viewer.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    header = b"X-Fill: " + b"a" * 65526 + b"\r\n"
+
+    def abuse_round() -> None:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+        floods = []
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            try:
+                sock.sendall(b"GET / HTTP/1.1\r\n" + header * 20)
+            except OSError:
+                pass
+            floods.append(sock)
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GARBAGE\r\n\r\n")
+                sock.recv(100)
+        time.sleep(1.0)
+        for sock in idle + floods:
+            sock.close()
+
+    samples = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            abuse_round()
+            time.sleep(2)
+            assert process.poll() is None, log.read_text()[-3000:]
+            samples.append((time.monotonic() - started, *_sample(process.pid)))
+    finally:
+        stop.set()
+        viewer.close()
+        code = _stop(process)
+    assert code == 0, log.read_text()[-3000:]
+    warm = [s for s in samples if s[0] >= seconds / 4]
+    rss_first, rss_last = warm[0][1], warm[-1][1]
+    threads = [s[3] for s in samples]
+    fps = [float(f) for f in re.findall(r"([\d.]+) fps, frames", log.read_text())[2:]]
+    print(
+        f"\nSOAK live view: {seconds:.0f} s, {len(samples)} abuse rounds; RSS {rss_first} -> {rss_last} kB "
+        f"({100 * (rss_last - rss_first) / rss_first:+.1f}%), peak {max(s[1] for s in samples)} kB; "
+        f"threads {min(threads)}-{max(threads)}; fps {min(fps):.1f}-{max(fps):.1f}"
+    )
+    assert rss_last <= rss_first * 1.10 and max(s[1] for s in samples) < 250 * 1024, samples
+    assert max(threads) <= 40, samples
+    assert min(fps) >= 25, fps
+    assert "Traceback" not in log.read_text()

@@ -131,7 +131,7 @@ def mqtt_host(value: str) -> str | None:
     """A host name (labels of 1-63 letters, digits, - and _) or an IP address; a URL is refused."""
     if "://" in value or "@" in value:
         return "expected a host name or address, not a URL (put the port in mqtt.port, the user in mqtt.username)"
-    text = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    text = value
     try:
         ipaddress.ip_address(text)
         return None

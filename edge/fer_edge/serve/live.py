@@ -31,6 +31,7 @@ EVENTS_KEPT = 200
 SNAPSHOTS_KEPT = 4  # frames held for start events' snapshots (a frame is about 1 MB)
 FPS_WINDOW_S = 10.0  # fps and per-stage ms are averaged over about this much recent time
 DISK_CHECK_INTERVAL_S = 5.0
+MTIME_SETTLED_S = 1.0  # a folder's mtime this old is past the file system's timestamp granularity
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,9 @@ class LiveFeed:
         seen, count = self._finished
         if changed != seen:
             count = len(finished_videos(self.recordings_dir))
-            self._finished = (changed, count)
+            # A change within the file system's clock tick of the listing would leave the mtime as it was:
+            # a listing that close to the last change is not kept.
+            self._finished = (changed, count) if time.time() - changed / 1e9 > MTIME_SETTLED_S else (-1, count)
         return count
 
     def stats(self) -> dict:

@@ -32,9 +32,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fer_edge.config.device import MqttConfig
 from fer_edge.errors import FerEdgeError
 from fer_edge.serve.homeassistant import (
     DeviceId,
@@ -52,6 +51,9 @@ from fer_edge.serve.live import FPS_WINDOW_S, LiveFeed
 from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.serve.switches import Switches
+
+if TYPE_CHECKING:
+    from fer_edge.config.device import MqttConfig
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,10 @@ Endpoints (all behind the token when one is set): ``/`` the page, ``/api/stats``
 ``/api/stream.mjpeg``, ``/api/events?since=SEQ``, ``/api/recordings``, ``/recordings/NAME`` (download),
 ``/metrics`` (Prometheus text). JPEGs are encoded only when asked for, from the newest frame, once per frame
 whatever the number of viewers; a slow viewer skips frames, nothing queues for it.
+
+Connections are held and requests read by :class:`~fer_edge.serve.front.HttpFront`, within fixed bounds; each
+complete request is answered here on one of a fixed pool of threads, the token checked first. Live streams hold
+their thread while they last, so there are at most ``max_viewers`` of them.
 """
 
 from __future__ import annotations
