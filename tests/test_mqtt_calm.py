@@ -12,7 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from livehelpers import start_run, stop
+import yaml
+from livehelpers import free_port, start_run, stop, write_config
 from test_mqtt import BASE, DEVICE, DISCOVERY, Broker, Listener, mqtt_config
 
 PERFORMER = Path(os.environ.get("FER_EDGE_CLIPS") or Path(__file__).resolve().parents[2] / "shared" / "clips") / (
@@ -71,9 +72,15 @@ def test_performer_clip_is_calm_labelled_and_sends_distinct_retained_snapshots(b
 
 
 def test_privacy_on_replaces_the_retained_snapshot_at_once(broker, demo_clip, tmp_path):
+    config = mqtt_config(tmp_path, broker.port)
+    web_port = free_port()
+    sections = yaml.safe_load(config.read_text())
+    write_config(config, {**sections, "web": {"enabled": True, "listen": f"127.0.0.1:{web_port}"}})
     listener = Listener(broker.port)
-    process = start_run(mqtt_config(tmp_path, broker.port), demo_clip, tmp_path / "stderr.log")
+    process = start_run(config, demo_clip, tmp_path / "stderr.log")
     try:
+        discovery = json.loads(listener.wait_for(DISCOVERY))
+        assert discovery["dev"]["configuration_url"] == f"http://127.0.0.1:{web_port}/"  # Home Assistant links it
         face = listener.wait_for(f"{BASE}/snapshot")
         listener.publish(f"{BASE}/privacy/set", "ON")
         listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON")
