@@ -129,5 +129,6 @@ def test_discovery_links_the_live_view_and_says_what_is_being_written():
     assert cmps["fer-edge-kitchen_disk_free"]["unit_of_measurement"] == "MiB"
     recording = cmps["fer-edge-kitchen_recording_active"]
     assert recording["p"] == "binary_sensor" and recording["state_topic"] == "fer-edge/kitchen/recording/active"
-    assert cmps["fer-edge-kitchen_snapshot"]["p"] == "image"  # its state is the newest image's time
+    assert cmps["fer-edge-kitchen_last_face"]["p"] == "image"  # its state is the newest image's time
+    assert cmps["fer-edge-kitchen_snapshot"] == {"p": "camera"}  # the camera it replaces goes
     assert "configuration_url" not in discovery_payload(topics, "kitchen", list(LABELS), None)["dev"]

@@ -132,7 +132,8 @@ def test_discovery_state_events_switches_and_offline_after_kill_9(broker, demo_c
             "faces": "sensor",
             "face_present": "binary_sensor",
             "face_event": "event",
-            "snapshot": "image",
+            "snapshot": "camera",  # only its platform: the camera that "last_face" replaces is removed
+            "last_face": "image",
             "recording_active": "binary_sensor",
             "recording": "switch",
             "privacy": "switch",
@@ -153,6 +154,7 @@ def test_discovery_state_events_switches_and_offline_after_kill_9(broker, demo_c
         ]
         assert components["face_present"]["device_class"] == "occupancy"
         assert components["fps"]["entity_category"] == "diagnostic"
+        assert components.pop("snapshot") == {"p": "camera"}
         assert all(c["availability_topic"] == f"{BASE}/availability" for c in components.values())
         assert len({c["unique_id"] for c in components.values()}) == len(components)
         listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online")

@@ -305,7 +305,7 @@ def discovery_payload(
             ),
             component("face_event", "event", "Face", event_types=["start", "change", "end"], state_topic=topics.event),
             # An image entity, not a camera: its state is the time of the newest image, so automations trigger on it.
-            component("snapshot", "image", "Last face", image_topic=topics.snapshot, content_type="image/jpeg"),
+            component("last_face", "image", "Last face", image_topic=topics.snapshot, content_type="image/jpeg"),
             component(
                 "recording_active",
                 "binary_sensor",
@@ -355,6 +355,8 @@ def discovery_payload(
             ),
         ]
     )
+    # The camera this image replaces: a component sent with its platform only is removed from the device.
+    components[f"{uid}_snapshot"] = {"p": "camera"}
     device: dict[str, Any] = {
         "identifiers": [uid],
         "name": f"fer-edge {device_id}",
