@@ -188,7 +188,7 @@ def test_metrics_are_prometheus_text(server):
         for line in body.decode().splitlines():
             if not line.startswith("#"):
                 name, value = line.rsplit(" ", 1)
-                assert name.startswith("fer_edge_")
+                assert name.startswith(("fer_edge_", "process_"))
                 samples[name] = float(value)
         if samples["fer_edge_recording"] == 1 or time.monotonic() > deadline:
             break

@@ -322,7 +322,7 @@ class MqttConfig:
     tls: bool = False
     tls_ca_file: str | None = None  # null: the system's CAs
     tls_insecure: bool = False  # accept any broker certificate name (self-signed test brokers only)
-    device_id: str | None = _opt(None, topic_id)  # null: the host name
+    device_id: str | None = _opt(None, topic_id)  # null: the host name (with the machine id if a default name)
     topic_prefix: str = _opt("fer-edge", topic_id)
     discovery_prefix: str = _opt("homeassistant", topic_id)
     keepalive_s: int = _opt(30, int_range(2, 3600))  # the broker says offline after 1.5x this without us
@@ -330,6 +330,12 @@ class MqttConfig:
     diagnostics_interval_s: float = _opt(60.0, positive_up_to(86400.0))  # fps and disk free
     snapshot: bool = True  # a JPEG of the frame when a face appears (never while privacy is on)
     snapshot_width: int = _opt(480, int_range(64, 4096))
+    snapshot_interval_s: float = _opt(10.0, positive_up_to(86400.0))  # one snapshot per burst of faces
+    event_min_track_s: float = _opt(1.0, number_range(0.0, 60.0))  # a face tracked this long makes a start event
+    event_change_hold_s: float = _opt(1.0, number_range(0.0, 60.0))  # a new label held this long makes a change
+    event_cooldown_s: float = _opt(2.0, number_range(0.0, 3600.0))  # at least this long between two events
+    presence_off_delay_s: float = _opt(5.0, number_range(0.0, 3600.0))  # presence off this long after the last face
+    birth_grace_s: float = _opt(3.0, number_range(0.0, 60.0))  # no events sooner after discovery, unless HA says online
     queue_size: int = _opt(200, int_range(1, 100000))  # messages kept while the broker is slow
 
     def __post_init__(self) -> None:

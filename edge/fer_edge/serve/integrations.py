@@ -79,6 +79,7 @@ def build_integrations(
                 ).start()
             )
         if cfg.mqtt.enabled:
+            from fer_edge.serve.homeassistant import live_view_url
             from fer_edge.serve.mqtt import MqttPublisher
 
             publisher = MqttPublisher(
@@ -88,6 +89,7 @@ def build_integrations(
                 password=password,
                 labels=list(getattr(classifier, "labels", ())),
                 model=feed.info.get("model"),
+                configuration_url=live_view_url(cfg.web.listen) if cfg.web.enabled else None,
             )
             feed.extra_stats["mqtt"] = publisher.stats
             feed.consumers.append(publisher.start())

@@ -80,7 +80,7 @@ class TrackChanges:
             if face.track_id is None:
                 continue
             shown = face.shown
-            label, score = (shown.label, shown.score) if shown is not None else (None, None)
+            label, score = (shown.shown_label, shown.score) if shown is not None else (None, None)
             box = (face.box.x, face.box.y, face.box.w, face.box.h)
             known = self._tracks.get(face.track_id)
             if known is None:
@@ -104,7 +104,7 @@ def face_summary(face: Face) -> dict:
     shown = face.shown
     return {
         "track": face.track_id,
-        "label": shown.label if shown is not None else None,
+        "label": shown.shown_label if shown is not None else None,
         "score": round(shown.score, 3) if shown is not None else None,
         "box": face.box.as_list(),
     }

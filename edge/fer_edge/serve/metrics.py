@@ -1,21 +1,71 @@
-"""The loop's counters and gauges in Prometheus' text exposition format (``GET /metrics``)."""
+"""The loop's counters and gauges in Prometheus' text exposition format (``GET /metrics``).
+
+Integers are written whole and floats in their shortest exact form: a counter past a million frames keeps its
+last digit. Also the process's own ``process_*`` metrics and ``fer_edge_build_info``.
+"""
 
 from __future__ import annotations
 
+import math
+import platform
 from typing import Any
+
+from fer_edge import __version__
+from fer_edge.serve.procstats import process_stats
+
+PROCESS_METRICS = {  # name -> (type, help)
+    "cpu_seconds_total": ("counter", "User and system CPU time spent in seconds."),
+    "resident_memory_bytes": ("gauge", "Resident memory size in bytes."),
+    "virtual_memory_bytes": ("gauge", "Virtual memory size in bytes."),
+    "open_fds": ("gauge", "Number of open file descriptors."),
+    "max_fds": ("gauge", "Maximum number of open file descriptors."),
+    "start_time_seconds": ("gauge", "Start time of the process since unix epoch in seconds."),
+}
+
+
+def sample_value(value: Any) -> str:
+    """``value`` exactly: integers whole, floats in the shortest form that reads back the same."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    number = float(value)
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "+Inf" if number > 0 else "-Inf"
+    return repr(number)
+
+
+def _label_value(text: Any) -> str:
+    return str(text).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def metrics_text(stats: dict[str, Any], extra: dict[str, tuple[str, str, Any]] | None = None) -> str:
     lines: list[str] = []
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]]) -> None:
-        lines.append(f"# HELP fer_edge_{name} {help_text}")
-        lines.append(f"# TYPE fer_edge_{name} {kind}")
+    def metric(
+        name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]], prefix: str = "fer_edge_"
+    ) -> None:
+        lines.append(f"# HELP {prefix}{name} {help_text}")
+        lines.append(f"# TYPE {prefix}{name} {kind}")
         for labels, value in samples:
             if value is None:
                 continue
-            label_text = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-            lines.append(f"fer_edge_{name}{label_text} {float(value):g}")
+            label_text = "{" + ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items()) + "}" if labels else ""
+            lines.append(f"{prefix}{name}{label_text} {sample_value(value)}")
+
+    build = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "model": stats.get("model") or "",
+        "runtime": stats.get("runtime") or "",
+    }
+    metric("build_info", "gauge", "Always 1; the labels say what runs.", [(build, 1)])
+    for name, value in process_stats().items():
+        kind, help_text = PROCESS_METRICS[name]
+        metric(name, kind, help_text, [({}, value)], prefix="process_")
 
     metric("frames_total", "counter", "Frames processed.", [({}, stats["frames"])])
     metric("frames_with_faces_total", "counter", "Frames with at least one face.", [({}, stats["frames_with_faces"])])
@@ -60,6 +110,13 @@ def metrics_text(stats: dict[str, Any], extra: dict[str, tuple[str, str, Any]] |
         )
     if mqtt:
         metric("mqtt_messages_ignored_total", "counter", "Messages from the broker ignored.", [({}, mqtt["ignored"])])
+        metric("mqtt_track_events_seen_total", "counter", "Track events the loop saw.", [({}, mqtt.get("events_seen"))])
+        metric(
+            "mqtt_track_events_sent_total",
+            "counter",
+            "Face events sent to Home Assistant (after the hold, label and cooldown rules).",
+            [({}, mqtt.get("events_sent"))],
+        )
     for name, (kind, help_text, value) in (extra or {}).items():
         metric(name, kind, help_text, [({}, value)])
     return "\n".join(lines) + "\n"

@@ -9,10 +9,14 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 - ``base/availability``: ``online`` (retained) once connected; ``offline`` as the last will and on a clean stop.
 - ``base/state``: retained JSON ``{"expression", "faces", "present", "score"}``; on change, at most every
   ``state_interval_s``.
-- ``base/diagnostics``: retained JSON ``{"fps", "disk_free_mb", "frames", "uptime_s"}`` every
+- ``base/diagnostics``: retained JSON ``{"fps", "disk_free_mib", "frames", "uptime_s"}`` every
   ``diagnostics_interval_s``.
-- ``base/event``: JSON per track start, label change and end (``event_type`` names which).
-- ``base/snapshot``: the JPEG of the frame where a face appeared (not while privacy is on).
+- ``base/event``: JSON per track start, label change and end (``event_type`` names which), as
+  :class:`~fer_edge.serve.homeassistant.EventPolicy` lets them through, once Home Assistant has the discovery.
+- ``base/snapshot``: retained JPEG of the frame when a face appeared, at most one per burst; a blank one as soon
+  as privacy is on.
+- ``base/recording/active``: retained ``ON`` while video is being written.
+- ``base/instance``: each process says hello here, so two devices with one id notice each other.
 - ``base/recording/set``, ``base/privacy/set`` (``ON``/``OFF``, from Home Assistant) and their ``.../state``.
   Retained commands are ignored (the config decides the start state), and so are payloads over a few bytes.
 - ``<discovery_prefix>/device/<topic_prefix>-<device_id>/config``: the retained device discovery message,
@@ -23,17 +27,27 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
-import socket
+import secrets
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fer_edge import __version__
 from fer_edge.errors import FerEdgeError
-from fer_edge.serve.live import LiveFeed, TrackEvent
+from fer_edge.serve.homeassistant import (
+    DeviceId,
+    DiscoveryGate,
+    EventPolicy,
+    EventTimes,
+    HaEvent,
+    PresenceHold,
+    SnapshotPolicy,
+    default_device_id,
+    discovery_payload,
+    state_payload,
+)
+from fer_edge.serve.live import FPS_WINDOW_S, LiveFeed
 from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.serve.switches import Switches
@@ -47,19 +61,11 @@ POLL_INTERVAL_S = 0.25
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
 CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop waits for paho's thread
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
-NO_FACE = "none"
 MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything larger is not a command
 
 
-def default_device_id() -> str:
-    """The host name, cut to Home Assistant's id characters."""
-    name = socket.gethostname().split(".")[0]
-    cleaned = "".join(c if c.isalnum() or c in "_-" else "-" for c in name)
-    return cleaned or "device"
-
-
 class Topics:
-    def __init__(self, topic_prefix: str, device_id: str, discovery_prefix: str):
+    def __init__(self, topic_prefix: str, device_id: str, discovery_prefix: str) -> None:
         self.unique = f"{topic_prefix}-{device_id}"
         base = f"{topic_prefix}/{device_id}"
         self.base = base
@@ -70,119 +76,10 @@ class Topics:
         self.snapshot = f"{base}/snapshot"
         self.switch_set = {name: f"{base}/{name}/set" for name in SWITCH_NAMES}
         self.switch_state = {name: f"{base}/{name}/state" for name in SWITCH_NAMES}
+        self.recording_active = f"{base}/recording/active"
+        self.instance = f"{base}/instance"
         self.discovery = f"{discovery_prefix}/device/{self.unique}/config"
         self.ha_status = f"{discovery_prefix}/status"
-
-
-def discovery_payload(topics: Topics, device_id: str, labels: list[str], model: str | None) -> dict:
-    """Home Assistant's device discovery message: the device, the origin and its components."""
-    uid = topics.unique
-
-    def component(key: str, platform_name: str, name: str, **options) -> tuple[str, dict]:
-        return f"{uid}_{key}", {
-            "p": platform_name,
-            "name": name,
-            "unique_id": f"{uid}_{key}",
-            "availability_topic": topics.availability,
-            **options,
-        }
-
-    components = dict(
-        [
-            component(
-                "expression",
-                "sensor",
-                "Expression",
-                device_class="enum",
-                options=[*labels, NO_FACE],
-                state_topic=topics.state,
-                value_template="{{ value_json.expression }}",
-                icon="mdi:emoticon-outline",
-            ),
-            component(
-                "faces",
-                "sensor",
-                "Faces",
-                state_topic=topics.state,
-                value_template="{{ value_json.faces }}",
-                state_class="measurement",
-                icon="mdi:account-multiple",
-            ),
-            component(
-                "face_present",
-                "binary_sensor",
-                "Face present",
-                device_class="occupancy",
-                state_topic=topics.state,
-                value_template="{{ value_json.present }}",
-            ),
-            component("face_event", "event", "Face", event_types=["start", "change", "end"], state_topic=topics.event),
-            component("snapshot", "camera", "Last face", topic=topics.snapshot),
-            component(
-                "recording",
-                "switch",
-                "Recording",
-                command_topic=topics.switch_set["recording"],
-                state_topic=topics.switch_state["recording"],
-                entity_category="config",
-                icon="mdi:record-rec",
-            ),
-            component(
-                "privacy",
-                "switch",
-                "Privacy",
-                command_topic=topics.switch_set["privacy"],
-                state_topic=topics.switch_state["privacy"],
-                entity_category="config",
-                icon="mdi:incognito",
-            ),
-            component(
-                "fps",
-                "sensor",
-                "Frame rate",
-                state_topic=topics.diagnostics,
-                value_template="{{ value_json.fps }}",
-                unit_of_measurement="fps",
-                state_class="measurement",
-                entity_category="diagnostic",
-            ),
-            component(
-                "disk_free",
-                "sensor",
-                "Disk free",
-                state_topic=topics.diagnostics,
-                value_template="{{ value_json.disk_free_mb }}",
-                device_class="data_size",
-                unit_of_measurement="MB",
-                state_class="measurement",
-                entity_category="diagnostic",
-            ),
-        ]
-    )
-    return {
-        "dev": {
-            "identifiers": [uid],
-            "name": f"fer-edge {device_id}",
-            "manufacturer": "fer-edge",
-            "model": f"expression recognition ({model})" if model else "expression recognition",
-            "sw_version": __version__,
-            "hw_version": platform.machine(),
-        },
-        "o": {"name": "fer-edge", "sw_version": __version__},
-        "cmps": components,
-    }
-
-
-def state_payload(faces) -> dict:
-    """The shown expression of the main (largest) face, the face count, and presence."""
-    main = max(faces, key=lambda face: face.box.area, default=None)
-    shown = main.shown if main is not None else None
-    return {
-        "expression": shown.label if shown is not None else NO_FACE,
-        "score": round(shown.score, 2) if shown is not None else None,
-        "faces": len(faces),
-        "present": "ON" if faces else "OFF",
-    }
 
 
 class MqttPublisher:
@@ -197,6 +94,7 @@ class MqttPublisher:
         password: str | None,
         labels: list[str],
         model: str | None = None,
+        configuration_url: str | None = None,
     ) -> None:
         try:
             import paho.mqtt.client as mqtt
@@ -208,9 +106,18 @@ class MqttPublisher:
         self.feed = feed
         self.switches = switches
         self.cfg = cfg
-        self.device_id = cfg.device_id or default_device_id()
+        device = DeviceId(cfg.device_id, "mqtt.device_id") if cfg.device_id else default_device_id()
+        log.info("mqtt: device id %s (%s)", device.value, device.why)
+        self.device_id = device.value
         self.topics = Topics(cfg.topic_prefix, self.device_id, cfg.discovery_prefix)
-        self.discovery = discovery_payload(self.topics, self.device_id, labels, model)
+        self.discovery = discovery_payload(self.topics, self.device_id, labels, model, configuration_url)
+        self.instance = secrets.token_hex(4)  # this process: a second device with our id says another
+        self.events = EventPolicy(EventTimes(cfg.event_min_track_s, cfg.event_change_hold_s, cfg.event_cooldown_s))
+        self.snapshots = SnapshotPolicy(cfg.snapshot_interval_s)
+        self.presence = PresenceHold(cfg.presence_off_delay_s)
+        self.gate = DiscoveryGate(cfg.birth_grace_s)
+        self._privacy_due = threading.Event()
+        self._first_frames_at: float | None = None
         self.connected = False
         self._counts = {"disconnects": 0, "dropped": 0, "published": 0, "ignored": 0}
         self._counts_lock = threading.Lock()  # paho's thread, the publisher and readers of the stats
@@ -222,7 +129,9 @@ class MqttPublisher:
         self._resend = threading.Event()  # connected or Home Assistant restarted: send everything retained again
         self._thread: threading.Thread | None = None
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.topics.unique, clean_session=True)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.topics.unique}-{self.instance}", clean_session=True
+        )
         client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, password)
@@ -281,7 +190,14 @@ class MqttPublisher:
     def stats(self) -> dict:
         with self._counts_lock:
             counts = dict(self._counts)
-        return {"connected": self.connected, **counts, "broker": f"{self.cfg.host}:{self.cfg.port}"}
+        return {
+            "connected": self.connected,
+            **counts,
+            "events_seen": self.events.seen,
+            "events_sent": self.events.sent,
+            "snapshots_skipped": self.snapshots.skipped,
+            "broker": f"{self.cfg.host}:{self.cfg.port}",
+        }
 
     # --- paho's thread
 
@@ -298,7 +214,8 @@ class MqttPublisher:
         self.connected = True
         self._outage_logged = False
         log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
-        client.subscribe([(topic, 1) for topic in self.topics.switch_set.values()] + [(self.topics.ha_status, 1)])
+        topics = [*self.topics.switch_set.values(), self.topics.ha_status, self.topics.instance]
+        client.subscribe([(topic, 1) for topic in topics])
         self._resend.set()
 
     def _remember_failure(self, reconnect: Callable[[], Any]) -> Callable[[], Any]:
@@ -321,6 +238,7 @@ class MqttPublisher:
         if self.connected:
             self._count("disconnects")
         self.connected = False
+        self.gate.disconnected()
         if not self._stop.is_set():
             self._log_outage(f"connection lost ({reason_code})")
 
@@ -359,7 +277,11 @@ class MqttPublisher:
         payload = message.payload.decode("utf-8", "replace").strip()
         if topic == self.topics.ha_status:
             if payload == "online":
+                self.gate.birth()
                 self._resend.set()
+            return
+        if topic == self.topics.instance:
+            self._other_instance(payload)
             return
         for name, switch_topic in self.topics.switch_set.items():
             if topic != switch_topic:
@@ -390,6 +312,22 @@ class MqttPublisher:
 
     def _switch_changed(self, name: str, on: bool) -> None:
         self._switch_due(name)  # maybe on the loop's thread (a recorder that failed): only noted here
+        if name == "privacy" and on:
+            self._privacy_due.set()
+
+    def _other_instance(self, payload: str) -> None:
+        kind, _, instance = payload.partition(":")
+        if instance == self.instance or kind not in ("hello", "here"):
+            return
+        self._warn.warning(
+            "duplicate",
+            "mqtt: another device publishes as %s too (instance %s, this is %s): give each its own mqtt.device_id",
+            self.topics.base,
+            instance,
+            self.instance,
+        )
+        if kind == "hello":  # it just connected: tell it too, once
+            self._publish(self.topics.instance, f"here:{self.instance}", qos=1)
 
     def _switch_due(self, name: str) -> None:
         with self._switches_lock:
@@ -409,57 +347,87 @@ class MqttPublisher:
 
     def _run(self) -> None:
         last_state, last_state_at, last_diag_at = None, float("-inf"), float("-inf")
+        last_active: bool | None = None
         since = 0
         while not self._stop.wait(POLL_INTERVAL_S):
             try:
                 self._keep_network_thread()
+                for event in self.feed.events_since(since):  # even offline: the policy knows which tracks live
+                    self.events.add(event)
+                    since = event.seq
                 if not self.connected:
-                    events = self.feed.events_since(since)  # nobody hears them: skip, don't pile up
-                    since = events[-1].seq if events else since
                     continue
+                now = time.monotonic()
                 if self._resend.is_set():
                     self._resend.clear()
                     self._publish(self.topics.discovery, self.discovery, retain=True, qos=1)
+                    self.gate.discovery_sent(now)
                     self._publish(self.topics.availability, "online", retain=True, qos=1)
+                    self._publish(self.topics.instance, f"hello:{self.instance}", qos=1)
                     for name in SWITCH_NAMES:
                         self._switch_due(name)
-                    last_state, last_diag_at = None, float("-inf")
+                    if self.switches["privacy"]:
+                        self._privacy_due.set()  # a snapshot kept from before may show a face
+                    last_state, last_diag_at, last_active = None, float("-inf"), None
                 self._publish_switches_due()
-                for event in self.feed.events_since(since):
-                    self._publish_event(event)
-                    since = event.seq
-                now = time.monotonic()
+                if self._privacy_due.is_set():
+                    self._privacy_due.clear()
+                    self._publish_privacy_snapshot()
+                active = bool(getattr(self.feed.recorder, "recording", False))
+                if active != last_active:
+                    self._publish(self.topics.recording_active, "ON" if active else "OFF", retain=True, qos=1)
+                    last_active = active
+                if self.gate.open(now):
+                    due = self.events.due(time.time())
+                    if due is not None:
+                        self._publish_event(due, now)
                 _, _, faces = self.feed.latest()
-                state = state_payload(faces)
+                state = state_payload(faces, self.presence.present(len(faces), now))
                 if state != last_state and now - last_state_at >= self.cfg.state_interval_s:
                     self._publish(self.topics.state, state, retain=True)
                     last_state, last_state_at = state, now
                 if now - last_diag_at >= self.cfg.diagnostics_interval_s:
-                    self._publish(self.topics.diagnostics, self._diagnostics(), retain=True)
+                    self._publish(self.topics.diagnostics, self._diagnostics(now), retain=True)
                     last_diag_at = now
             except Exception:  # noqa: BLE001 - a bug here must not end the publisher for the rest of the run
                 log.exception("mqtt: publishing failed")
 
-    def _publish_event(self, event: TrackEvent) -> None:
-        payload = {"event_type": event.kind, **event.as_dict()}
-        del payload["type"]
-        self._publish(self.topics.event, payload, qos=1)
+    def _publish_event(self, event: HaEvent, now: float) -> None:
+        self._publish(self.topics.event, event.payload(), qos=1)
         if event.kind != "start" or not self.cfg.snapshot or self.switches["privacy"]:
             return
-        image = self.feed.snapshot(event.seq)
-        if image is not None:
-            from fer_edge.serve.web import encode_jpeg
+        if not self.snapshots.wants(now):
+            return
+        _, frame, _ = self.feed.latest()  # the face has been there a while: the newest frame shows it labelled
+        if frame is None:
+            return
+        from fer_edge.serve.web import encode_jpeg
 
-            jpeg = encode_jpeg(image, self.cfg.snapshot_width, 80)
-            if jpeg is not None:
-                self._publish(self.topics.snapshot, jpeg)
+        jpeg = encode_jpeg(frame.image, self.cfg.snapshot_width, 80)
+        if jpeg is not None and self.snapshots.accept(jpeg, now):
+            self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
 
-    def _diagnostics(self) -> dict:
+    def _publish_privacy_snapshot(self) -> None:
+        """A blank snapshot in place of the retained one, which may show a face."""
+        import numpy as np
+
+        from fer_edge.serve.web import encode_jpeg
+
+        width = self.cfg.snapshot_width
+        jpeg = encode_jpeg(np.zeros((width * 9 // 16, width, 3), np.uint8), None, 80)
+        if jpeg is not None:
+            self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
+            self.snapshots.replaced(jpeg)
+
+    def _diagnostics(self, now: float) -> dict[str, Any]:
         stats = self.feed.stats()
         free = stats.get("disk_free_bytes")
+        if self._first_frames_at is None and stats["frames"]:
+            self._first_frames_at = now
+        window_full = self._first_frames_at is not None and now - self._first_frames_at >= FPS_WINDOW_S
         return {
-            "fps": stats["fps"],
-            "disk_free_mb": None if free is None else round(free / 1048576),
+            "fps": stats["fps"] if window_full else None,  # a partial window overstates the start-up burst
+            "disk_free_mib": None if free is None else free // 1048576,
             "frames": stats["frames"],
             "uptime_s": round(stats["uptime_s"]),
         }
