@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fer_edge.capture.prefetch import Prefetcher
 from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
 
@@ -104,7 +105,11 @@ class _Pacer:
 
 
 class VideoFileSource:
-    """A video file through OpenCV; timestamps are ``index / fps`` unless paced in real time."""
+    """A video file through OpenCV; timestamps are ``index / fps`` unless paced in real time.
+
+    Frames are decoded a few ahead on a thread of their own (:class:`~fer_edge.capture.prefetch.Prefetcher`);
+    pacing, indices and timestamps stay with :meth:`read`, on the consumer's side.
+    """
 
     def __init__(self, path: str | os.PathLike, *, realtime: bool = False, loop: bool = False):
         import cv2
@@ -134,11 +139,17 @@ class VideoFileSource:
         self._decoded = 1  # frames decoded in this pass through the file
         count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if count and 0 < count < 2**31 else None  # from the header
+        self._ahead: Prefetcher[np.ndarray] = Prefetcher(self._decode_next, name="fer-edge-decode-file")
 
     def read(self) -> Frame | None:
         if self._interrupted.is_set():
             return None
-        image = self._next_image()
+        image: np.ndarray | None
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+            self._ahead.start()  # the second frame decodes while the loop works on the first
+        else:
+            image = self._ahead.get()
         if image is None:
             return None
         index = self._index
@@ -146,10 +157,8 @@ class VideoFileSource:
         timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
         return None if self._interrupted.is_set() else Frame(image, index, timestamp)
 
-    def _next_image(self) -> np.ndarray | None:
-        if self._pending is not None:
-            image, self._pending = self._pending, None
-            return image
+    def _decode_next(self) -> np.ndarray | None:
+        """The next image of the file (from the start again when looping); None at its end. On the decode thread."""
         ok, image = self._capture.read()
         if ok:
             self._decoded += 1
@@ -176,9 +185,12 @@ class VideoFileSource:
 
     def interrupt(self) -> None:
         self._interrupted.set()
+        self._ahead.stop()
 
     def close(self) -> None:
-        self._capture.release()
+        self._interrupted.set()
+        if self._ahead.close():
+            self._capture.release()  # not under a decode still in progress: the thread owns the capture until it ends
 
 
 class ImageFolderSource:
