@@ -122,3 +122,48 @@ def test_close_while_decoding_ahead_leaves_no_thread(demo_clip):
     source.close()  # the decoder waits for room in a full queue: close wakes and joins it
     assert decode_threads() == []
     assert source.read() is None
+
+
+class EndlessCapture:
+    """Stands in for cv2.VideoCapture of a camera: frame n is a flat grey of level n; counts its reads."""
+
+    def __init__(self, device: object) -> None:
+        self.reads = 0
+        self.progress = threading.Condition()
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return {cv2.CAP_PROP_FRAME_WIDTH: 32, cv2.CAP_PROP_FRAME_HEIGHT: 24, cv2.CAP_PROP_FPS: 15.0}.get(prop, 0.0)
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        with self.progress:
+            image = np.full((24, 32, 3), self.reads % 256, np.uint8)
+            self.reads += 1
+            self.progress.notify_all()
+        return True, image
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_camera_is_read_ahead_in_order_and_close_ends_the_reader(monkeypatch):
+    from fer_edge.capture.sources import LIVE_DEPTH, OpenCvCaptureSource
+
+    monkeypatch.setattr(cv2, "VideoCapture", EndlessCapture)
+    source = OpenCvCaptureSource(0, 32, 24, 15)
+    capture = source._capture
+    first = source.read()
+    assert first is not None and first.index == 0 and first.image[0, 0, 0] == 0
+    with capture.progress:  # the next frames are read while the loop works on the first
+        assert capture.progress.wait_for(lambda: capture.reads >= 1 + LIVE_DEPTH, WAIT_S)
+    frames = [source.read() for _ in range(5)]
+    assert [(f.index, int(f.image[0, 0, 0])) for f in frames] == [(i, i) for i in range(1, 6)]
+    assert first.timestamp < frames[0].timestamp  # stamped when read, in order
+    source.close()
+    assert decode_threads() == []
+    assert source.read() is None
