@@ -15,6 +15,13 @@ What recording costs the device loop (``bench/edge.py`` puts these in its result
   face, then ``performer-640x360.mp4`` upscaled);
 - :func:`fps_on_cores`: the loop's frames per second with recording on, in a process pinned to the given cores,
   with the frames the recorder dropped beside it (dropping frames would be a way to go faster).
+
+Comparing two versions of ``fer_edge`` on a shared, busy machine (``--compare OLD_EDGE_DIR``, e.g. an export of
+``main``'s ``edge/`` folder): :func:`device_loop` in fresh processes, old and new interleaved round by round with
+the load average beside each run; writes bench/results-recording.md and .json.
+
+    .venv-train/bin/python -m bench.recording --compare /tmp/old/edge --rounds 3 \
+        ../shared/clips/performer-640x360.mp4 ../shared/clips/street-1080p.mp4
 """
 
 from __future__ import annotations
@@ -174,7 +181,90 @@ def _loop(clip: Path, frames: int) -> dict:
             pipeline.close()
             pipeline.notifier.close()
     dropped = sum(getattr(sink, "dropped", 0) for sink in pipeline.sinks)
-    return {"clip": clip.name, "frames": stats.frames, "fps": stats.fps, "dropped": dropped}
+    return {
+        "clip": clip.name,
+        "frames": stats.frames,
+        "fps": stats.fps,
+        "dropped": dropped,
+        "ms_per_frame": {k: round(v, 2) for k, v in stats.stage_ms.items()},
+    }
+
+
+def device_loop(performer: Path, street: Path, work: Path) -> dict:
+    """What recording costs the loop, in this process's ``fer_edge``: lateness at the first face (720p, camera-paced,
+    presence-triggered, 3 s pre-roll), ``street`` on one core and on two, ``performer`` on one core."""
+    import os
+
+    clip720 = work / f"{performer.stem}-1280x720.mp4"
+    if not clip720.exists():
+        paced_clip(performer, work)
+    cores = sorted(os.sched_getaffinity(0))
+    one, two = set(cores[:1]), set(cores[:2])
+    street_one, street_two = fps_on_cores(street, one), fps_on_cores(street, two)
+    return {
+        "lateness": first_face_lateness(clip720),
+        # the same without recording: what the loop's own work at the first face (its detection) costs
+        "lateness_recording_off": first_face_lateness(clip720, {"recording.enabled": False}),
+        "street_one_core": street_one,
+        "street_two_cores": street_two,
+        "speedup_two_cores": street_two["fps"] / street_one["fps"],
+        "performer_one_core": fps_on_cores(performer, one, frames=600),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def compare(old_edge: Path, performer: Path, street: Path, rounds: int) -> list[dict]:
+    """:func:`device_loop` for ``old_edge``'s ``fer_edge`` and this tree's, interleaved; the order alternates."""
+    import json
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    trees = {"old": old_edge.resolve(), "new": repo / "edge"}
+    runs = []
+    with tempfile.TemporaryDirectory() as work:
+        for round_ in range(rounds):
+            for name in ("old", "new") if round_ % 2 == 0 else ("new", "old"):
+                env = {**os.environ, "PYTHONPATH": f"{trees[name]}{os.pathsep}{repo}"}
+                command = [sys.executable, "-m", "bench.recording", "--device-loop", work, str(performer), str(street)]
+                load = os.getloadavg()[0]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=repo, env=env, check=True)
+                run = {"round": round_, "tree": name, "load_before": load, **json.loads(done.stdout.splitlines()[-1])}
+                print(json.dumps(run), flush=True)
+                runs.append(run)
+    return runs
+
+
+def compare_markdown(runs: list[dict]) -> str:
+    import statistics
+
+    lines = [
+        "| round | tree | load (1 min) | street 1 core fps | street 2 cores fps | speedup | dropped (1/2 cores) | "
+        "late at first face s | same, recording off | longest frame after face s | performer 1 core fps |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['round']} | {r['tree']} | {r['load_before']:.1f}-{r['load_average']:.1f} | "
+            f"{r['street_one_core']['fps']:.1f} | {r['street_two_cores']['fps']:.1f} | {r['speedup_two_cores']:.2f} | "
+            f"{r['street_one_core']['dropped']}/{r['street_two_cores']['dropped']} | "
+            f"{r['lateness']['lateness_at_first_face_s']:.3f} | "
+            f"{r['lateness_recording_off']['lateness_at_first_face_s']:.3f} | "
+            f"{r['lateness']['longest_frame_after_face_s']:.3f} | "
+            f"{r['performer_one_core']['fps']:.0f} |"
+        )
+    lines += ["", "Medians:", ""]
+    for tree in ("old", "new"):
+        mine = [r for r in runs if r["tree"] == tree]
+        if mine:
+            lines.append(
+                f"- {tree}: speedup {statistics.median(r['speedup_two_cores'] for r in mine):.2f}x, "
+                f"lateness {statistics.median(r['lateness']['lateness_at_first_face_s'] for r in mine):.3f} s "
+                f"({statistics.median(r['lateness_recording_off']['lateness_at_first_face_s'] for r in mine):.3f} s "
+                "with recording off), "
+                f"performer one core {statistics.median(r['performer_one_core']['fps'] for r in mine):.0f} fps"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,12 +273,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop", action="store_true", help="print the device loop's fps on one clip, as JSON")
     parser.add_argument("--frames", type=int, default=300, help="with --loop: this many frames")
+    parser.add_argument("--device-loop", type=Path, metavar="WORK", help="print device_loop(performer, street) as JSON")
+    parser.add_argument("--compare", type=Path, metavar="OLD_EDGE", help="interleave old and new device loops")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: rounds of old and new")
     args = parser.parse_args(argv)
     import json
     import os
 
     if args.loop:
         print(json.dumps(_loop(args.clips[0], args.frames)))
+        return 0
+    if args.device_loop:
+        print(json.dumps(device_loop(args.clips[0], args.clips[1], args.device_loop)))
+        return 0
+    if args.compare:
+        runs = compare(args.compare, args.clips[0], args.clips[1], args.rounds)
+        header = f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}\n\n"
+        text = header + compare_markdown(runs)
+        bench = Path(__file__).resolve().parent
+        (bench / "results-recording.md").write_text(text)
+        (bench / "results-recording.json").write_text(json.dumps(runs, indent=2) + "\n")
+        print(text)
         return 0
 
     import av

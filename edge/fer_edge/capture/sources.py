@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fer_edge.capture.prefetch import Prefetcher
 from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+LIVE_DEPTH = 2  # camera frames read ahead: one decodes while the loop works, without adding much latency
 WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
 
 
@@ -104,7 +106,11 @@ class _Pacer:
 
 
 class VideoFileSource:
-    """A video file through OpenCV; timestamps are ``index / fps`` unless paced in real time."""
+    """A video file through OpenCV; timestamps are ``index / fps`` unless paced in real time.
+
+    Frames are decoded a few ahead on a thread of their own (:class:`~fer_edge.capture.prefetch.Prefetcher`);
+    pacing, indices and timestamps stay with :meth:`read`, on the consumer's side.
+    """
 
     def __init__(self, path: str | os.PathLike, *, realtime: bool = False, loop: bool = False):
         import cv2
@@ -134,11 +140,17 @@ class VideoFileSource:
         self._decoded = 1  # frames decoded in this pass through the file
         count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if count and 0 < count < 2**31 else None  # from the header
+        self._ahead: Prefetcher[np.ndarray] = Prefetcher(self._decode_next, name="fer-edge-decode-file")
 
     def read(self) -> Frame | None:
         if self._interrupted.is_set():
             return None
-        image = self._next_image()
+        image: np.ndarray | None
+        if self._pending is not None:
+            image, self._pending = self._pending, None
+            self._ahead.start()  # the second frame decodes while the loop works on the first
+        else:
+            image = self._ahead.get()
         if image is None:
             return None
         index = self._index
@@ -146,10 +158,8 @@ class VideoFileSource:
         timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
         return None if self._interrupted.is_set() else Frame(image, index, timestamp)
 
-    def _next_image(self) -> np.ndarray | None:
-        if self._pending is not None:
-            image, self._pending = self._pending, None
-            return image
+    def _decode_next(self) -> np.ndarray | None:
+        """The next image of the file (from the start again when looping); None at its end. On the decode thread."""
         ok, image = self._capture.read()
         if ok:
             self._decoded += 1
@@ -176,9 +186,12 @@ class VideoFileSource:
 
     def interrupt(self) -> None:
         self._interrupted.set()
+        self._ahead.stop()
 
     def close(self) -> None:
-        self._capture.release()
+        self._interrupted.set()
+        if self._ahead.close():
+            self._capture.release()  # not under a decode still in progress: the thread owns the capture until it ends
 
 
 class ImageFolderSource:
@@ -238,7 +251,8 @@ class ImageFolderSource:
 class OpenCvCaptureSource:
     """A USB camera (index) or stream (URL) through OpenCV. A camera that disappears is reopened with
     exponential back-off; while it waits, :meth:`read` returns a :class:`SourceWaiting` at least every
-    :data:`WAIT_SLICE_S`, so the loop stays alive for systemd; :meth:`interrupt` ends a wait."""
+    :data:`WAIT_SLICE_S`, so the loop stays alive for systemd; :meth:`interrupt` ends a wait. Frames are read
+    (decoded) up to :data:`LIVE_DEPTH` ahead on a thread of their own, stamped when they were read."""
 
     def __init__(
         self,
@@ -262,6 +276,7 @@ class OpenCvCaptureSource:
         self._interrupted = threading.Event()
         self._index = 0
         self._delay = self._wait_left = 0.0  # back-off while the camera is lost
+        self._ahead: Prefetcher[tuple[np.ndarray, float]] | None = None  # reads the open capture ahead
         self._capture = self._open()
         if self._capture is None:
             is_camera = isinstance(self.device, int) or str(self.device).startswith("/dev/")
@@ -294,18 +309,35 @@ class OpenCvCaptureSource:
                 if waiting is not None or self._capture is None:
                     return waiting  # still waiting, or None: interrupted
                 continue
-            ok, image = self._capture.read()
-            if ok:
+            if self._ahead is None:
+                self._ahead = Prefetcher(self._grab, depth=LIVE_DEPTH, name="fer-edge-decode-camera")
+            grabbed = self._ahead.get()
+            if grabbed is not None:
+                image, timestamp = grabbed
                 if (image.shape[1], image.shape[0]) != self.size:
                     image = self._cv2.resize(image, self.size, interpolation=self._cv2.INTER_AREA)
                 index = self._index
                 self._index += 1
-                return Frame(image, index, time.monotonic())
+                return Frame(image, index, timestamp)
+            if self._interrupted.is_set():
+                break
             log.warning("camera %s stopped delivering frames; reopening", self.name)
-            self._capture.release()
-            self._capture = None
+            self._release()
             self._delay = self._wait_left = self.reopen_initial_s
         return None
+
+    def _grab(self) -> tuple[np.ndarray, float] | None:
+        """The next image and when it was captured; None once the camera stops delivering. On the decode thread."""
+        ok, image = self._capture.read()
+        return (image, time.monotonic()) if ok else None
+
+    def _release(self) -> None:
+        """Stop decoding ahead, then release the capture (unless a read on it is still in progress)."""
+        ahead, self._ahead = self._ahead, None
+        joined = ahead.close() if ahead is not None else True
+        if self._capture is not None and joined:
+            self._capture.release()
+        self._capture = None
 
     def _reopen_step(self) -> SourceWaiting | None:
         """Wait one slice of the back-off, then try to reopen; None once the camera is back (or on interrupt)."""
@@ -327,12 +359,12 @@ class OpenCvCaptureSource:
 
     def interrupt(self) -> None:
         self._interrupted.set()
+        if self._ahead is not None:
+            self._ahead.stop()
 
     def close(self) -> None:
         self._interrupted.set()
-        if self._capture is not None:
-            self._capture.release()
-            self._capture = None
+        self._release()
 
 
 class Picamera2Source:
