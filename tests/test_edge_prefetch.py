@@ -10,6 +10,7 @@ import pytest
 
 from fer_edge.capture.prefetch import DEPTH
 from fer_edge.capture.sources import VideoFileSource
+from fer_edge.types import Frame
 from tests.videos import decode_opencv
 
 WAIT_S = 10.0  # a generous bound for the decode thread to get somewhere; never a speed check
@@ -124,6 +125,10 @@ def test_close_while_decoding_ahead_leaves_no_thread(demo_clip):
     assert source.read() is None
 
 
+def frame_number(frame: Frame) -> int:
+    return int(frame.image[0, 0, 0]) + 256 * int(frame.image[0, 0, 1])
+
+
 class EndlessCapture:
     """Stands in for cv2.VideoCapture of a camera: frame n is a flat grey of level n; counts its reads."""
 
@@ -143,6 +148,7 @@ class EndlessCapture:
     def read(self) -> tuple[bool, np.ndarray]:
         with self.progress:
             image = np.full((24, 32, 3), self.reads % 256, np.uint8)
+            image[..., 1] = self.reads // 256 % 256  # frame numbers past 255
             self.reads += 1
             self.progress.notify_all()
         return True, image
@@ -151,18 +157,25 @@ class EndlessCapture:
         pass
 
 
-def test_a_camera_is_read_ahead_in_order_and_close_ends_the_reader(monkeypatch):
+def test_a_camera_is_read_ahead_the_loop_gets_the_newest_frame_and_close_ends_the_reader(monkeypatch):
     from fer_edge.capture.sources import LIVE_DEPTH, OpenCvCaptureSource
 
     monkeypatch.setattr(cv2, "VideoCapture", EndlessCapture)
     source = OpenCvCaptureSource(0, 32, 24, 15)
     capture = source._capture
     first = source.read()
-    assert first is not None and first.index == 0 and first.image[0, 0, 0] == 0
-    with capture.progress:  # the next frames are read while the loop works on the first
-        assert capture.progress.wait_for(lambda: capture.reads >= 1 + LIVE_DEPTH, WAIT_S)
+    assert first is not None and first.index == 0
+    start = frame_number(first)
+    with capture.progress:  # the camera is read on while the loop works on the first frame
+        assert capture.progress.wait_for(lambda: capture.reads >= start + 12, WAIT_S)
+        read_by_then = capture.reads
     frames = [source.read() for _ in range(5)]
-    assert [(f.index, int(f.image[0, 0, 0])) for f in frames] == [(i, i) for i in range(1, 6)]
+    assert [f.index for f in frames] == [1, 2, 3, 4, 5]
+    levels = [frame_number(f) for f in frames]
+    # among the newest frames read, not the one after the first: the loop is handed no stale backlog
+    assert levels[0] >= read_by_then - 1 - LIVE_DEPTH, (start, read_by_then, levels)
+    assert levels == sorted(set(levels)), levels  # in the camera's order, none twice
+    assert source._ahead.dropped >= 12 - 1 - LIVE_DEPTH
     assert first.timestamp < frames[0].timestamp  # stamped when read, in order
     source.close()
     assert decode_threads() == []

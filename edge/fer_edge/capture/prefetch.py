@@ -3,7 +3,9 @@
 OpenCV's and FFmpeg's decoders release the GIL, so on a second core the next frame decodes while the loop detects,
 classifies and annotates the current one. The queue is small (a few frames: 1080p BGR images are 6 MB each) and
 the thread waits for room, so nothing is skipped: the consumer gets every item in order, then the end (``None``),
-or the exception the producer raised, at the place it was raised.
+or the exception the producer raised, at the place it was raised. A live source (``keep_newest``) never waits:
+when the loop falls behind, the oldest frame waiting is dropped (and counted), so the loop always gets the
+freshest frames the camera has, as picamera2 hands out its latest.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ class Prefetcher(Generic[T]):
     decoder that is not thread-safe). The thread starts at the first :meth:`get`.
     """
 
-    def __init__(self, produce: Callable[[], T | None], *, depth: int = DEPTH, name: str = "fer-edge-decode") -> None:
+    def __init__(
+        self,
+        produce: Callable[[], T | None],
+        *,
+        depth: int = DEPTH,
+        name: str = "fer-edge-decode",
+        keep_newest: bool = False,
+    ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self._produce = produce
@@ -46,6 +55,8 @@ class Prefetcher(Generic[T]):
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self.keep_newest = keep_newest
+        self.dropped = 0  # items dropped for newer ones (keep_newest)
 
     @property
     def ready(self) -> int:
@@ -103,7 +114,7 @@ class Prefetcher(Generic[T]):
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: len(self._items) < self.depth or self._stopped)
+                self._cond.wait_for(lambda: self.keep_newest or len(self._items) < self.depth or self._stopped)
                 if self._stopped:
                     return
             try:
@@ -119,5 +130,8 @@ class Prefetcher(Generic[T]):
     def _put(self, item: T | _End) -> None:
         with self._cond:
             if not self._stopped:
+                if self.keep_newest and len(self._items) >= self.depth and not isinstance(item, _End):
+                    self._items.popleft()
+                    self.dropped += 1
                 self._items.append(item)
                 self._cond.notify_all()

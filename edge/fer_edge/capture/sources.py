@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-LIVE_DEPTH = 2  # camera frames read ahead: one decodes while the loop works, without adding much latency
+LIVE_DEPTH = 2  # camera frames held for the loop: the newest two (one decodes while the loop works); older dropped
 WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
 
 
@@ -310,7 +310,7 @@ class OpenCvCaptureSource:
                     return waiting  # still waiting, or None: interrupted
                 continue
             if self._ahead is None:
-                self._ahead = Prefetcher(self._grab, depth=LIVE_DEPTH, name="fer-edge-decode-camera")
+                self._ahead = Prefetcher(self._grab, depth=LIVE_DEPTH, name="fer-edge-decode-camera", keep_newest=True)
             grabbed = self._ahead.get()
             if grabbed is not None:
                 image, timestamp = grabbed
