@@ -18,8 +18,7 @@ from fer_edge.vision.detector import BlazeFaceDetector
 from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule
 
 SIDE = 130  # the walker's crop, its face about 70 px
-HALF_OUT = 55  # px of the crop beyond the right edge: half of the face is outside
-MOSTLY_OUT = 60
+MOSTLY_OUT = 58  # px of the crop beyond the right edge: BlazeFace scores what is left of the face 0.3-0.45
 
 
 @pytest.fixture(scope="module")
@@ -58,22 +57,12 @@ def kept(sink: ListSink, captured: list[np.ndarray], box: Box) -> list[float]:
     return [laplacian_energy(out.image, box) / laplacian_energy(inp, box) for out, inp in zip(sink.frames, captured)]
 
 
-def test_a_face_half_out_of_the_frame_is_blurred_on_every_frame(frames, crop, classifier):
-    captured, visible = at_right_edge(frames, crop, HALF_OUT)
-    sure = [any(d.box.iou(visible) > 0 for d in BlazeFaceDetector(min_face=40).detect(image)) for image in captured]
-    assert not all(sure)  # at the model's threshold it is lost on some frames
-    cfg = load_config(None, {"privacy.mode": "blur", "overlay.enabled": False})
-    sink = ListSink()
-    pipeline_for(cfg, captured, classifier, [sink], app.build_privacy(cfg)).run()
-    assert max(kept(sink, captured, visible)) < KEPT_DETAIL, [round(k, 2) for k in kept(sink, captured, visible)]
-
-
-def test_an_unsure_face_is_blurred_but_neither_tracked_nor_classified(frames, crop, classifier):
+def test_a_face_half_out_of_the_frame_is_blurred_but_neither_tracked_nor_classified(frames, crop, classifier):
     captured, visible = at_right_edge(frames, crop, MOSTLY_OUT)
-    cfg = load_config(None, {"privacy.mode": "blur", "overlay.enabled": False, "detector.privacy_min_score": 0.1})
+    cfg = load_config(None, {"privacy.mode": "blur", "overlay.enabled": False})
     detector = app.build_detector(cfg)
     assert isinstance(detector, BlazeFaceDetector)
-    assert not [d for d in detector.detect(captured[0]) if d.box.iou(visible) > 0]
+    assert not [d for d in detector.detect(captured[0]) if d.box.iou(visible) > 0]  # below the model's threshold
     assert [box for box in detector.privacy_scan(captured[0]).unsure if box.iou(visible) > 0]
     sink = ListSink()
     pipeline_for(cfg, captured, classifier, [sink], app.build_privacy(cfg)).run()
