@@ -170,7 +170,8 @@ class Pipeline:
     seconds of frame time and shows its latest result in between; a face turned further than ``max_turn``
     (its detector gives keypoints) is not classified and keeps its last shown label. ``privacy(image, boxes)``
     anonymizes faces in place before overlays and sinks; while it is on (one with an ``active`` attribute, the
-    runtime switch, while that is true) every frame gets a whole-frame scan. At a scene cut (``cuts``) every
+    runtime switch, while that is true) every frame is looked at whole (a scan or the detector's cheap sweep),
+    and faces too unsure to track are anonymized too. At a scene cut (``cuts``) every
     track and its smoothing ends and the frame is scanned whole: no track id spans a cut.
 
     Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.

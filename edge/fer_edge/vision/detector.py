@@ -172,6 +172,9 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
 # A tracked face is searched for again in a square window this many times its side: the face fills 1/2.5 of the
 # short-range model's input (51 px of 128, inside its 20-80 px range) and may move 0.75 of its side either way.
 REGION_FACTOR = 2.5
+# A privacy sweep skips the window of a tracked face this much larger than the smallest face its whole-frame
+# pass finds (the track's box is last frame's; the margin is for a face moving away).
+SWEEP_MARGIN = 1.5
 
 
 class BlazeFaceDetector:
@@ -232,6 +235,9 @@ class BlazeFaceDetector:
         else:
             if sweep:
                 jobs = self._sweep(width, height, len(tiles))
+                # the whole-frame pass finds faces this large itself; their windows would find them again
+                found_whole = SWEEP_MARGIN * max(width, height) * MODELS["full"].min_face / MODELS["full"].input_size
+                regions = [region for region in regions if min(region.w, region.h) < REGION_FACTOR * found_whole]
             jobs += [("short", region, None) for region in regions]
         sure: list[Detection] = []
         unsure: list[Detection] = []
