@@ -197,8 +197,10 @@ class BlazeFaceDetector:
         self.min_face = min_face
         self.sweep_tiles = sweep_tiles
         self._sure = {name: MODELS[name].min_score if min_score is None else min_score for name in MODELS}
-        lowest = {name: min(sure, privacy_score or sure) for name, sure in self._sure.items()}
-        self._runners = {name: BlazeFaceModelRunner(name, lowest[name], threads=threads) for name in MODELS}
+        self._runners = {
+            name: BlazeFaceModelRunner(name, sure, threads=threads, unsure_score=privacy_score)
+            for name, sure in self._sure.items()
+        }
         self._plans: dict[tuple[int, int], list[ScanLevel]] = {}
         self._next_tile = 0
         self._held: dict[int, list[Detection]] = {}  # unsure faces each tile found when last looked at
