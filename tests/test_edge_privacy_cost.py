@@ -59,7 +59,7 @@ def kept(sink: ListSink, captured: list[np.ndarray], box: Box) -> list[float]:
 
 def test_a_face_half_out_of_the_frame_is_blurred_but_neither_tracked_nor_classified(frames, crop, classifier):
     captured, visible = at_right_edge(frames, crop, MOSTLY_OUT)
-    cfg = load_config(None, {"privacy.mode": "blur", "overlay.enabled": False})
+    cfg = load_config(None, {"privacy.mode": "blur", "overlay.enabled": False, "detector.privacy_min_score": 0.2})
     detector = app.build_detector(cfg)
     assert isinstance(detector, BlazeFaceDetector)
     assert not [d for d in detector.detect(captured[0]) if d.box.iou(visible) > 0]  # below the model's threshold
@@ -74,7 +74,7 @@ def test_a_face_half_out_of_the_frame_is_blurred_but_neither_tracked_nor_classif
 
 def test_privacy_sweeps_the_frame_between_whole_frame_scans(frames, classifier, monkeypatch):
     frames = [cv2.resize(frame, (1280, 720), interpolation=cv2.INTER_CUBIC) for frame in frames]
-    cfg = load_config(None, {"privacy.mode": "blur"})
+    cfg = load_config(None, {"privacy.mode": "blur", "detector.sweep_tiles": 1})
     detector = app.build_detector(cfg)
     assert isinstance(detector, BlazeFaceDetector)
     inferences: list[int] = []

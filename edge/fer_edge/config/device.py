@@ -96,9 +96,9 @@ class DetectorConfig:
     full_scan_interval_s: float = _opt(1.0, positive_up_to(3600.0))  # whole-frame scan for new faces this often
     min_score: float | None = _opt(None, open_unit)  # blazeface: null = the model's own threshold
     # blazeface, privacy on: faces down to this score are blurred (not tracked or classified); null: min_score
-    privacy_min_score: float | None = _opt(0.2, open_unit)
-    # blazeface, privacy on: tiles of the whole-frame scan looked at per frame between scans, in turn
-    sweep_tiles: int = _opt(1, int_range(0, 100))
+    privacy_min_score: float | None = _opt(None, open_unit)
+    # blazeface, privacy on: a cheap sweep between scans with this many tiles in turn; null: scan every frame
+    sweep_tiles: int | None = _opt(None, int_range(0, 100))
     cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
     detect_width: int = _opt(320, int_range(32, 4096))  # haar: frames are downscaled to this width
     scale_factor: float = _opt(1.1, number_range(1.01, 2.0))  # haar: pyramid step

@@ -183,7 +183,8 @@ class BlazeFaceDetector:
     While privacy is on (:meth:`privacy_scan`) faces down to ``privacy_score`` count too: a blurred collar costs
     little, a sharp face is a leak; they are blurred but neither tracked nor classified. Between whole-frame
     scans a sweep looks at the whole frame cheaply: the untiled levels (the whole frame at once, one inference
-    per model), ``sweep_tiles`` of the tiles in turn, and the windows around the tracked faces.
+    per model), ``sweep_tiles`` of the tiles in turn, and the windows around the tracked faces (None: no sweep,
+    a whole-frame scan every frame).
     """
 
     def __init__(
@@ -192,7 +193,7 @@ class BlazeFaceDetector:
         min_score: float | None = None,
         threads: int = 1,
         privacy_score: float | None = None,
-        sweep_tiles: int = 1,
+        sweep_tiles: int | None = None,
     ):
         self.min_face = min_face
         self.sweep_tiles = sweep_tiles
@@ -229,7 +230,7 @@ class BlazeFaceDetector:
         height, width = image.shape[:2]
         tiles = self._tiles(width, height)
         jobs: list[tuple[str, Box, int | None]] = []  # model, region, tile index
-        if regions is None:
+        if regions is None or (sweep and self.sweep_tiles is None):
             jobs = [(model, region, index) for index, (model, region) in enumerate(tiles)]
             jobs += [
                 (level.model, level.regions[0], None) for level in self.plan(width, height) if len(level.regions) == 1
@@ -270,7 +271,7 @@ class BlazeFaceDetector:
             (level.model, level.regions[0], None) for level in levels if len(level.regions) == 1
         ]
         all_tiles = self._tiles(width, height)
-        for _ in range(min(self.sweep_tiles, tiles)):
+        for _ in range(min(self.sweep_tiles or 0, tiles)):
             self._next_tile %= tiles
             jobs.append((*all_tiles[self._next_tile], self._next_tile))
             self._next_tile += 1
