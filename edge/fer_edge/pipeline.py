@@ -7,18 +7,17 @@ TFLite runtime and no camera library, so the loop is testable with fakes.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Protocol
 
 import numpy as np
 
 from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting, Track
+from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule, FaceScan
 from fer_edge.vision.smoothing import NullSmoother
 from fer_edge.vision.tracking import NullTracker
 
@@ -45,7 +44,11 @@ class Source(Protocol):
 
 class Detector(Protocol):
     def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
-        """Faces in the whole frame (``regions=None``) or only inside ``regions``."""
+        """Faces in the whole frame (``regions=None``) or only inside ``regions``.
+
+        A detector may also have ``privacy_scan(image, regions=None) -> FaceScan``, used while privacy is on: a
+        whole-frame scan (``regions=None``) or a cheap sweep of the whole frame plus ``regions``, which also
+        reports the faces too unsure to track. Without it every privacy frame gets a whole-frame scan."""
 
 
 class Classifier(Protocol):
@@ -119,50 +122,6 @@ class _NoNotifier:
         pass
 
 
-class DetectionPlan(Enum):
-    """What detection one frame gets."""
-
-    FULL = "full"  # a whole-frame scan
-    REGIONS = "regions"  # a search in the windows around the tracked faces
-    CARRY = "carry"  # none: the tracker carries the boxes
-
-
-@dataclass
-class DetectionSchedule:
-    """Which detection a frame gets: a whole-frame scan, a search in the windows around the tracked faces, or
-    none (the tracker carries the boxes).
-
-    Every ``every_n_frames``-th frame detects; it scans the whole frame when no face is tracked, when a track
-    ended since the last detection, or when the last scan is ``full_scan_interval_s`` old (new faces); else it
-    searches windows of ``region_factor`` times each tracked face's side. ``region_factor=0`` always scans.
-    Every frame is scanned whole while privacy is on (a face walking in between scans would be recorded sharp).
-    """
-
-    every_n_frames: int = 1
-    full_scan_interval_s: float = 1.0
-    region_factor: float = 0.0
-    _frames: int = 0
-    _last_scan: float = -math.inf
-    _tracked: int = 0
-
-    def next(self, t: float, tracked: int, *, privacy: bool = False, cut: bool = False) -> DetectionPlan:
-        """The detection for the frame at ``t`` s, ``tracked`` faces before it; ``privacy`` on; ``cut``: a new shot."""
-        frame, self._frames = self._frames, self._frames + 1
-        if privacy or cut:
-            self._tracked, self._last_scan = tracked, t
-            return DetectionPlan.FULL
-        if frame % self.every_n_frames:
-            return DetectionPlan.CARRY
-        ended = tracked < self._tracked
-        self._tracked = tracked
-        if t < self._last_scan:  # the clock went back (a replay looped)
-            self._last_scan = -math.inf
-        if not tracked or ended or not self.region_factor or t - self._last_scan >= self.full_scan_interval_s:
-            self._last_scan = t
-            return DetectionPlan.FULL
-        return DetectionPlan.REGIONS
-
-
 @dataclass
 class _Classified:
     t: float
@@ -211,7 +170,8 @@ class Pipeline:
     seconds of frame time and shows its latest result in between; a face turned further than ``max_turn``
     (its detector gives keypoints) is not classified and keeps its last shown label. ``privacy(image, boxes)``
     anonymizes faces in place before overlays and sinks; while it is on (one with an ``active`` attribute, the
-    runtime switch, while that is true) every frame gets a whole-frame scan. At a scene cut (``cuts``) every
+    runtime switch, while that is true) every frame is looked at whole (a scan or the detector's cheap sweep),
+    and faces too unsure to track are anonymized too. At a scene cut (``cuts``) every
     track and its smoothing ends and the frame is scanned whole: no track id spans a cut.
 
     Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.
@@ -253,6 +213,7 @@ class Pipeline:
         self.status_extra = status_extra  # a sink's own news for the status line (e.g. frames it dropped)
         self.stats = RunStats()
         self._classified: dict[int, _Classified] = {}
+        self._unsure: list[Box] = []  # this frame's faces too unsure to track, blurred while privacy is on
         self._stop = threading.Event()
         self._closed = False
 
@@ -328,14 +289,22 @@ class Pipeline:
         if cut := (self.cuts is not None and self.cuts.cut(frame.image)):
             self._end_tracks()
         plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids), privacy=self.privacy_on, cut=cut)
+        self._unsure = []
         if plan == DetectionPlan.CARRY:
             return self.tracker.predict()
-        if plan == DetectionPlan.REGIONS:
+        regions = None
+        if plan in (DetectionPlan.REGIONS, DetectionPlan.SWEEP):
             height, width = frame.image.shape[:2]
-            factor = self.schedule.region_factor
+            factor = max(1.0, self.schedule.region_factor)  # no windows without tracking: nothing is carried
             regions = [box.square(factor).clipped(width, height) for box in self.tracker.carried()]
+        scan = getattr(self.detector, "privacy_scan", None) if self.privacy_on else None
+        if scan is not None and plan != DetectionPlan.REGIONS:
+            found: FaceScan = scan(frame.image, regions if plan == DetectionPlan.SWEEP else None)
+            self._unsure = found.unsure
+            return self.tracker.update(found.faces)
+        if plan == DetectionPlan.REGIONS:
             return self.tracker.update(self.detector.detect(frame.image, regions))
-        return self.tracker.update(self.detector.detect(frame.image))
+        return self.tracker.update(self.detector.detect(frame.image))  # a detector without a cheap sweep scans
 
     def _end_tracks(self) -> None:
         """A scene cut: the faces before it are gone, their labels and smoothing must not pass to new faces."""
@@ -346,7 +315,7 @@ class Pipeline:
     def _anonymize(self, image: np.ndarray, faces: list[Face]) -> None:
         """Every face that may be in the picture: the ones shown, and the tracks the detector missed on its
         last run but that are still alive (a face the detector lost for a frame is still there)."""
-        boxes = [face.box for face in faces] + self.tracker.carried()
+        boxes = [face.box for face in faces] + self.tracker.carried() + self._unsure
         if boxes and self.privacy is not None:
             self.privacy(image, list(dict.fromkeys(boxes)))
 

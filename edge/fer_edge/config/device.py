@@ -95,6 +95,10 @@ class DetectorConfig:
     every_n_frames: int = _opt(3, int_range(1, 100))  # look for tracked faces again every n-th frame
     full_scan_interval_s: float = _opt(1.0, positive_up_to(3600.0))  # whole-frame scan for new faces this often
     min_score: float | None = _opt(None, open_unit)  # blazeface: null = the model's own threshold
+    # blazeface, privacy on: faces down to this score are blurred (not tracked or classified); null: min_score
+    privacy_min_score: float | None = _opt(None, open_unit)
+    # blazeface, privacy on: a cheap sweep between scans with this many tiles in turn; null: scan every frame
+    sweep_tiles: int | None = _opt(None, int_range(0, 100))
     cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
     detect_width: int = _opt(320, int_range(32, 4096))  # haar: frames are downscaled to this width
     scale_factor: float = _opt(1.1, number_range(1.01, 2.0))  # haar: pyramid step

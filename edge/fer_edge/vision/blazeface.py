@@ -103,7 +103,16 @@ def weighted_nms(
 class BlazeFaceModelRunner:
     """One BlazeFace model: faces with keypoints in a region of a BGR frame, in frame pixels."""
 
-    def __init__(self, model: str = "short", min_score: float | None = None, nms_iou: float = 0.3, threads: int = 1):
+    def __init__(
+        self,
+        model: str = "short",
+        min_score: float | None = None,
+        nms_iou: float = 0.3,
+        threads: int = 1,
+        unsure_score: float | None = None,
+    ):
+        """``unsure_score`` below ``min_score``: faces down to it come too, suppressed apart from the sure ones
+        (weighted suppression would pull a sure face's box towards the unsure guesses around it)."""
         if model not in MODELS:
             raise DetectorError(f"unknown BlazeFace model {model!r} (known: {', '.join(MODELS)})")
         self.model = MODELS[model]
@@ -126,7 +135,8 @@ class BlazeFaceModelRunner:
         self._input = np.zeros((1, side, side, 3), np.float32)
         self._canvas = np.zeros((side, side, 3), np.uint8)
         # Raw score above which sigmoid(raw) >= min_score: thresholding before the sigmoid skips most anchors.
-        self._raw_threshold = float(np.log(self.min_score / (1.0 - self.min_score)))
+        lowest = self.min_score if unsure_score is None else min(unsure_score, self.min_score)
+        self._raw_threshold = float(np.log(lowest / (1.0 - lowest)))
         log.debug("BlazeFace %s model, %d anchors, min score %.2f", model, len(self._anchors), self.min_score)
 
     def detect(self, image: np.ndarray, region: Box | None = None) -> list[Detection]:
@@ -164,7 +174,11 @@ class BlazeFaceModelRunner:
         to_frame = side / scale  # [0, 1] of the input -> frame pixels, then offset by the region's corner
         offset = np.array([region.x, region.y], np.float32)
         detections = []
-        for box, score, points_in_input in weighted_nms(boxes, scores, points, self.nms_iou):
+        sure = scores >= self.min_score
+        kept = weighted_nms(boxes[sure], scores[sure], points[sure], self.nms_iou)
+        if not sure.all():
+            kept += weighted_nms(boxes[~sure], scores[~sure], points[~sure], self.nms_iou)
+        for box, score, points_in_input in kept:
             (x1, y1), (x2, y2) = box[:2] * to_frame + offset, box[2:] * to_frame + offset
             side = max(x2 - x1, y2 - y1) * TO_HAAR_SIDE
             cx, cy = (x1 + x2) / 2, (y1 + y2) / 2 - TO_HAAR_SHIFT_UP * (y2 - y1)

@@ -19,9 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer_edge.config.device import DetectorConfig
 from fer_edge.errors import DetectorError
 from fer_edge.types import Box, Detection
 from fer_edge.vision.blazeface import MODELS, BlazeFaceModelRunner
+from fer_edge.vision.schedule import FaceScan
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +172,40 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
 # A tracked face is searched for again in a square window this many times its side: the face fills 1/2.5 of the
 # short-range model's input (51 px of 128, inside its 20-80 px range) and may move 0.75 of its side either way.
 REGION_FACTOR = 2.5
+# A privacy sweep skips the window of a tracked face this much larger than the smallest face its whole-frame
+# pass finds (the track's box is last frame's; the margin is for a face moving away).
+SWEEP_MARGIN = 1.5
 
 
 class BlazeFaceDetector:
-    """Whole-frame scans by :func:`scan_plan`; regions around tracked faces with the short-range model."""
+    """Whole-frame scans by :func:`scan_plan`; regions around tracked faces with the short-range model.
 
-    def __init__(self, min_face: int = 40, min_score: float | None = None, threads: int = 1):
+    While privacy is on (:meth:`privacy_scan`) faces down to ``privacy_score`` count too: a blurred collar costs
+    little, a sharp face is a leak; they are blurred but neither tracked nor classified. Between whole-frame
+    scans a sweep looks at the whole frame cheaply: the untiled levels (the whole frame at once, one inference
+    per model), ``sweep_tiles`` of the tiles in turn, and the windows around the tracked faces (None: no sweep,
+    a whole-frame scan every frame).
+    """
+
+    def __init__(
+        self,
+        min_face: int = 40,
+        min_score: float | None = None,
+        threads: int = 1,
+        privacy_score: float | None = None,
+        sweep_tiles: int | None = None,
+    ):
         self.min_face = min_face
-        self._runners = {name: BlazeFaceModelRunner(name, min_score, threads=threads) for name in MODELS}
+        self.sweep_tiles = sweep_tiles
+        self._sure = {name: MODELS[name].min_score if min_score is None else min_score for name in MODELS}
+        self._runners = {
+            name: BlazeFaceModelRunner(name, sure, threads=threads, unsure_score=privacy_score)
+            for name, sure in self._sure.items()
+        }
         self._plans: dict[tuple[int, int], list[ScanLevel]] = {}
+        self._next_tile = 0
+        self._held: dict[int, list[Detection]] = {}  # unsure faces each tile found when last looked at
+        self._held_size = (0, 0)
 
     def plan(self, width: int, height: int) -> list[ScanLevel]:
         key = (width, height)
@@ -194,22 +221,65 @@ class BlazeFaceDetector:
         return self._plans[key]
 
     def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
+        return self.privacy_scan(image, regions, sweep=False).faces
+
+    def privacy_scan(self, image: np.ndarray, regions: list[Box] | None = None, *, sweep: bool = True) -> FaceScan:
+        """A whole-frame scan (``regions=None``), else the windows ``regions``, after a sweep if ``sweep``; the
+        faces at the model's threshold, and the less sure ones down to ``privacy_score``. Unsure faces are not
+        tracked: one a tile found stays in the answer until that tile is looked at again."""
         height, width = image.shape[:2]
-        found: list[Detection] = []
-        if regions is None:
-            for level in self.plan(width, height):
-                runner = self._runners[level.model]
-                for region in level.regions:
-                    found += runner.detect(image, region)
+        tiles = self._tiles(width, height)
+        jobs: list[tuple[str, Box, int | None]] = []  # model, region, tile index
+        if regions is None or (sweep and self.sweep_tiles is None):
+            jobs = [(model, region, index) for index, (model, region) in enumerate(tiles)]
+            jobs += [
+                (level.model, level.regions[0], None) for level in self.plan(width, height) if len(level.regions) == 1
+            ]
         else:
-            runner = self._runners["short"]
-            for region in regions:
-                found += runner.detect(image, region)
-        return merge_overlapping(found)
+            if sweep:
+                jobs = self._sweep(width, height, len(tiles))
+                # the whole-frame pass finds faces this large itself; their windows would find them again
+                found_whole = SWEEP_MARGIN * max(width, height) * MODELS["full"].min_face / MODELS["full"].input_size
+                regions = [region for region in regions if min(region.w, region.h) < REGION_FACTOR * found_whole]
+            jobs += [("short", region, None) for region in regions]
+        sure: list[Detection] = []
+        unsure: list[Detection] = []
+        for model, region, index in jobs:
+            if index is not None:
+                self._held[index] = []
+            for detection in self._runners[model].detect(image, region):
+                if detection.score >= self._sure[model]:
+                    sure.append(detection)
+                elif index is not None:
+                    self._held[index].append(detection)
+                else:
+                    unsure.append(detection)
+        faces = merge_overlapping(sure)
+        unsure += [detection for held in self._held.values() for detection in held]
+        others = [d.box for d in merge_overlapping(unsure) if all(d.box.iou(f.box) <= 0.3 for f in faces)]
+        return FaceScan(faces, others)
+
+    def _tiles(self, width: int, height: int) -> list[tuple[str, Box]]:
+        if (width, height) != self._held_size:
+            self._held_size, self._held, self._next_tile = (width, height), {}, 0
+        levels = self.plan(width, height)
+        return [(level.model, region) for level in levels if len(level.regions) > 1 for region in level.regions]
+
+    def _sweep(self, width: int, height: int, tiles: int) -> list[tuple[str, Box, int | None]]:
+        levels = self.plan(width, height)
+        jobs: list[tuple[str, Box, int | None]] = [
+            (level.model, level.regions[0], None) for level in levels if len(level.regions) == 1
+        ]
+        all_tiles = self._tiles(width, height)
+        for _ in range(min(self.sweep_tiles or 0, tiles)):
+            self._next_tile %= tiles
+            jobs.append((*all_tiles[self._next_tile], self._next_tile))
+            self._next_tile += 1
+        return jobs
 
 
-def build_detector(cfg, threads: int = 1):
-    """The detector ``cfg`` (a :class:`fer_edge.config.DetectorConfig`) names."""
+def build_detector(cfg: DetectorConfig, threads: int = 1) -> HaarDetector | BlazeFaceDetector:
+    """The detector ``cfg`` names."""
     if cfg.kind == "haar":
         return HaarDetector(cfg.cascade, cfg.detect_width, cfg.scale_factor, cfg.min_neighbors, cfg.min_face)
-    return BlazeFaceDetector(cfg.min_face, cfg.min_score, threads=threads)
+    return BlazeFaceDetector(cfg.min_face, cfg.min_score, threads, cfg.privacy_min_score, cfg.sweep_tiles)
