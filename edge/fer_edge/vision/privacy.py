@@ -8,6 +8,7 @@ blocks for pixelate).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -59,13 +60,13 @@ def _coarse_size(w: int, h: int, cells: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _pixelated(cv2, pixels: np.ndarray) -> np.ndarray:
+def _pixelated(cv2: Any, pixels: np.ndarray) -> np.ndarray:
     h, w = pixels.shape[:2]
     coarse = cv2.resize(pixels, _coarse_size(w, h, PIXELATE_BLOCKS), interpolation=cv2.INTER_AREA)
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def _blurred(cv2, pixels: np.ndarray) -> np.ndarray:
+def _blurred(cv2: Any, pixels: np.ndarray) -> np.ndarray:
     h, w = pixels.shape[:2]
     small = cv2.resize(pixels, _coarse_size(w, h, BLUR_GRID), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigmaX=BLUR_SIGMA, borderType=cv2.BORDER_REPLICATE)
