@@ -240,10 +240,10 @@ def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_c
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(f"{short}/notify")
         notify.settimeout(15)
+        broker = Broker(tmp_path, port)  # before the run: where mosquitto is missing this skips, leaving nothing
         process = start_run(
             mqtt_config(tmp_path, port), demo_clip, tmp_path / "stderr.log", env={"NOTIFY_SOCKET": f"{short}/notify"}
         )
-        broker = Broker(tmp_path, port)
         try:
             status = ""
             while "fps, frames" not in status:  # systemctl status: frames flow, and the broker is missing
