@@ -347,7 +347,7 @@ def test_huge_and_garbage_commands_cost_little_and_log_little(broker, demo_clip,
 
 
 class HostileBroker:
-    """Enough of an MQTT 3.1.1 broker to accept one client, then send what a test says (no real broker sends a
+    """Enough of an MQTT 5 broker to accept one client, then send what a test says (no real broker sends a
     topic that is not UTF-8); collects the topics and payloads the client publishes."""
 
     def __init__(self) -> None:
@@ -382,10 +382,10 @@ class HostileBroker:
             while True:
                 kind, body = self._read_packet(conn)
                 if kind >> 4 == 1:  # CONNECT
-                    conn.sendall(b"\x20\x02\x00\x00")
+                    conn.sendall(b"\x20\x03\x00\x00\x00")  # MQTT 5 CONNACK: no properties
                 elif kind >> 4 == 8:  # SUBSCRIBE: grant QoS 1 to each filter
                     count = body[2:].count(b"\x01")
-                    conn.sendall(bytes([0x90, 2 + count]) + body[:2] + b"\x01" * count)
+                    conn.sendall(bytes([0x90, 3 + count]) + body[:2] + b"\x00" + b"\x01" * count)
                     self.ready.set()
                 elif kind >> 4 == 3:  # PUBLISH
                     size = int.from_bytes(body[:2], "big")
@@ -393,6 +393,7 @@ class HostileBroker:
                     if (kind >> 1) & 3:
                         conn.sendall(b"\x40\x02" + rest[:2])
                         rest = rest[2:]
+                    rest = rest[1 + rest[0] :]  # MQTT 5: the properties (short here), then the payload
                     self.published.append((topic, rest))
                 elif kind >> 4 == 12:  # PINGREQ
                     conn.sendall(b"\xd0\x00")
@@ -400,7 +401,7 @@ class HostileBroker:
             pass
 
     def send_publish(self, topic: bytes, payload: bytes) -> None:
-        body = len(topic).to_bytes(2, "big") + topic + payload
+        body = len(topic).to_bytes(2, "big") + topic + b"\x00" + payload  # no properties
         assert self.conn is not None and len(body) < 128
         self.conn.sendall(bytes([0x30, len(body)]) + body)
 

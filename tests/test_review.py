@@ -45,10 +45,10 @@ def server(demo_clip, tmp_path_factory):
         wait_for_port(port, timeout=30)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            listing = json.loads(get(port, "/api/recordings", TOKEN)[3])["recordings"]
-            if len([r for r in listing if r["thumbnail"]]) >= 3:
+            _, status, _, body = get(port, "/api/recordings", TOKEN)
+            if status == 200 and len([r for r in json.loads(body)["recordings"] if r["thumbnail"]]) >= 3:
                 break
-            time.sleep(0.3)
+            time.sleep(0.3)  # 503 while the index is first built: the answer says to try again
         yield {"port": port, "out": folder / "out", "process": process}
     finally:
         assert stop(process) == 0, (folder / "stderr.log").read_text()

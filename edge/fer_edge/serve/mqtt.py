@@ -62,6 +62,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
 CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop waits for paho's thread
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
 MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything larger is not a command
+MAX_PACKET_BYTES = 64 * 1024  # what the broker may send us: commands and Home Assistant's birth message
 
 
 class Topics:
@@ -129,8 +130,10 @@ class MqttPublisher:
         self._resend = threading.Event()  # connected or Home Assistant restarted: send everything retained again
         self._thread: threading.Thread | None = None
 
+        # MQTT 5, so that the broker is told the largest packet this client takes (MAX_PACKET_BYTES) and never
+        # sends a bigger one: a huge message on a command topic then costs nothing here, not even reading it.
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.topics.unique}-{self.instance}", clean_session=True
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.topics.unique}-{self.instance}", protocol=mqtt.MQTTv5
         )
         client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         if cfg.username is not None:
@@ -155,7 +158,14 @@ class MqttPublisher:
 
     def start(self) -> MqttPublisher:
         try:
-            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            limits = Properties(PacketTypes.CONNECT)
+            limits.MaximumPacketSize = MAX_PACKET_BYTES
+            self.client.connect_async(
+                self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, clean_start=True, properties=limits
+            )
         except (OSError, ValueError) as exc:
             raise FerEdgeError(f"mqtt.host: cannot connect to {self.cfg.host}:{self.cfg.port} ({exc})") from None
         self.client.loop_start()
