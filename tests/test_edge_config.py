@@ -328,3 +328,14 @@ def test_a_key_of_an_earlier_version_names_its_replacement(tmp_path):
         load_config(write(tmp_path, "detector:\n  min_size: 40\n"))
     with pytest.raises(ConfigError, match=r"^smoothing.alpha: replaced by smoothing.time_constant_s \(seconds"):
         load_config(write(tmp_path, "smoothing:\n  alpha: 0.3\n"))
+
+
+def test_an_upgraded_device_keeps_starting_with_a_retired_key_at_its_old_default(tmp_path, caplog):
+    """Earlier templates wrote ``model.align: false``, which is now the only behaviour: it is dropped with a
+    warning; asking for aligned crops, which are gone, is refused naming the key."""
+    with caplog.at_level("WARNING", logger="fer_edge.config.device"):
+        cfg = load_config(write(tmp_path, "model:\n  align: false\n  threads: 2\n"))
+    assert cfg.model.threads == 2
+    assert "model.align: no longer used" in caplog.text
+    with pytest.raises(ConfigError, match=r"^model\.align: replaced by the box crop always"):
+        load_config(write(tmp_path, "model:\n  align: true\n"))

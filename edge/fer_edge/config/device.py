@@ -8,6 +8,7 @@ Unknown keys are rejected and every error names the key path, e.g.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from fer_edge.config.checks import (
 from fer_edge.config.preflight import token_problem
 from fer_edge.errors import ConfigError, ModelError
 from fer_edge.vision.privacy import MODES as PRIVACY_MODES
+
+log = logging.getLogger(__name__)
 
 MODEL_FILENAME = "fer_int8.tflite"
 
@@ -218,7 +221,19 @@ class Config:
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
     """Load ``path`` (None: built-in defaults), apply dotted ``overrides`` (``{"source.path": ...}``), validate."""
     raw = apply_overrides(read_mapping(path, "sections") if path is not None else {}, overrides)
+    _drop_retired(raw)
     return build_dataclass(Config, raw, renamed=RENAMED)
+
+
+def _drop_retired(raw: dict) -> None:
+    """Keys an earlier version's template wrote with what is now the only behaviour: dropped with a warning, so
+    that an upgraded device keeps starting with the config it has (any other value is refused by RENAMED)."""
+    for dotted, value in RETIRED.items():
+        section, key = dotted.split(".")
+        entries = raw.get(section)
+        if isinstance(entries, dict) and key in entries and entries[key] is value:
+            del entries[key]
+            log.warning("%s: no longer used (it was %s, as now always); delete the line", dotted, value)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -246,6 +261,9 @@ _Dumper.add_representer(
 def to_yaml(cfg: Any) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
+
+# Keys of earlier versions whose value then is the only behaviour now (deploy/config.yaml wrote them)
+RETIRED = {"model.align": False}
 
 # Keys of earlier versions, and what to write instead: an upgraded device's config names its way forward.
 RENAMED = {
