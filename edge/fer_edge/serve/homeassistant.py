@@ -93,30 +93,10 @@ class _Track:
     ended: bool = False
 
 
-@dataclass(frozen=True)
-class HaEvent:
-    """One event for Home Assistant's event entity."""
-
-    kind: str  # start, change, end
-    track: int
-    label: str | None
-    score: float | None
-    box: tuple[int, int, int, int]
-    frame: int
-    t: float  # when it was sent (wall clock)
-    seq: int
-
-    def payload(self) -> dict:
-        return {
-            "event_type": self.kind,
-            "seq": self.seq,
-            "track": self.track,
-            "label": self.label,
-            "score": None if self.score is None else round(self.score, 3),
-            "box": list(self.box),
-            "t": round(self.t, 3),
-            "frame": self.frame,
-        }
+def event_payload(event: TrackEvent) -> dict:
+    """A track event as Home Assistant's event entity takes it: the API's fields, its ``type`` as ``event_type``."""
+    fields = event.as_dict()
+    return {"event_type": fields.pop("type"), **fields}
 
 
 @dataclass
@@ -153,7 +133,7 @@ class EventPolicy:
     def sent(self) -> int:
         return self._seq
 
-    def due(self, now: float) -> HaEvent | None:
+    def due(self, now: float) -> TrackEvent | None:
         """The one event to send at ``now`` (wall clock), or None; each track's oldest due item first."""
         if now - self._last_sent < self.times.cooldown_s:
             return None
@@ -168,7 +148,7 @@ class EventPolicy:
                 track.published = label = track.label
             self._seq += 1
             self._last_sent = now
-            return HaEvent(kind, track_id, label, track.score, track.box, track.frame, now, self._seq)
+            return TrackEvent(self._seq, kind, track_id, label, track.score, track.box, now, track.frame)
         return None
 
     def _kind_due(self, track: _Track, now: float) -> str | None:

@@ -40,14 +40,14 @@ from fer_edge.serve.homeassistant import (
     DiscoveryGate,
     EventPolicy,
     EventTimes,
-    HaEvent,
     PresenceHold,
     SnapshotPolicy,
     default_device_id,
     discovery_payload,
+    event_payload,
     state_payload,
 )
-from fer_edge.serve.live import FPS_WINDOW_S, LiveFeed
+from fer_edge.serve.live import FPS_WINDOW_S, LiveFeed, TrackEvent
 from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.serve.switches import Switches
@@ -402,8 +402,8 @@ class MqttPublisher:
             except Exception:  # noqa: BLE001 - a bug here must not end the publisher for the rest of the run
                 log.exception("mqtt: publishing failed")
 
-    def _publish_event(self, event: HaEvent, now: float) -> None:
-        self._publish(self.topics.event, event.payload(), qos=1)
+    def _publish_event(self, event: TrackEvent, now: float) -> None:
+        self._publish(self.topics.event, event_payload(event), qos=1)
         if event.kind != "start" or not self.cfg.snapshot or self.switches["privacy"]:
             return
         if not self.snapshots.wants(now):
