@@ -296,9 +296,6 @@ def test_track_changes_start_change_and_end():
         feed.write(Frame(image, index, t), faces)
     kinds = [(e.kind, e.track, e.label) for e in feed.events_since(0)]
     assert kinds == [("start", 1, "happy"), ("change", 1, "sad"), ("start", 2, "happy"), ("end", 1, "sad")]
-    starts = [e for e in feed.events_since(0) if e.kind == "start"]
-    assert all(e.image is None for e in feed.events_since(0))  # frames are held by the feed, the newest few
-    assert feed.snapshot(starts[0].seq) is image
     feed.write(Frame(image, 7, 3.5), [])  # 1.5 s after track 2 was last seen
     assert [(e.kind, e.track) for e in feed.events_since(4)] == [("end", 2)]
 

@@ -8,7 +8,6 @@ turns the faces into track events (a face appears, its shown label changes, it l
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -19,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
 
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.types import Face, Frame
@@ -33,7 +30,6 @@ log = logging.getLogger(__name__)
 
 TRACK_END_AFTER_S = 1.5  # a track not shown for this long (source time) has ended
 EVENTS_KEPT = 200
-SNAPSHOTS_KEPT = 4  # frames held for start events' snapshots (a frame is about 1 MB)
 FPS_WINDOW_S = 10.0  # fps and per-stage ms are averaged over about this much recent time
 DISK_CHECK_INTERVAL_S = 5.0
 MTIME_SETTLED_S = 1.0  # a folder's mtime this old is past the file system's timestamp granularity
@@ -51,7 +47,6 @@ class TrackEvent:
     box: tuple[int, int, int, int]
     t: float  # wall-clock seconds
     frame: int
-    image: np.ndarray | None = None  # the annotated frame, on start (kept by LiveFeed.snapshot, not here)
 
     def as_dict(self) -> dict:
         return {
@@ -84,9 +79,7 @@ class TrackChanges:
             box = (face.box.x, face.box.y, face.box.w, face.box.h)
             known = self._tracks.get(face.track_id)
             if known is None:
-                events.append(
-                    TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index, frame.image)
-                )
+                events.append(TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index))
             elif known[0] != label:
                 events.append(TrackEvent(next_seq(), "change", face.track_id, label, score, box, wall, frame.index))
             self._tracks[face.track_id] = [label, now, box, score]
@@ -181,7 +174,6 @@ class LiveFeed:
         self._frame: Frame | None = None
         self._faces: list[Face] = []
         self._events: deque[TrackEvent] = deque(maxlen=events_kept)
-        self._snapshots: dict[int, np.ndarray] = {}  # start event's seq -> its frame, the newest few
         self._tracks = TrackChanges(end_after_s)
         self._started = time.monotonic()
         self._first_frame_at: float | None = None
@@ -200,13 +192,7 @@ class LiveFeed:
                 self._first_frame_at = time.monotonic()
             self._frame, self._faces = frame, faces
             self._seq += 1
-            for event in events:
-                if event.image is not None:
-                    self._snapshots[event.seq] = event.image
-                    if len(self._snapshots) > SNAPSHOTS_KEPT:
-                        del self._snapshots[next(iter(self._snapshots))]
-                    event = dataclasses.replace(event, image=None)
-                self._events.append(event)
+            self._events.extend(events)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -241,11 +227,6 @@ class LiveFeed:
         with self._cond:
             self._cond.wait_for(lambda: self._seq != seq or self._closed, timeout)
             return self._seq
-
-    def snapshot(self, seq: int) -> np.ndarray | None:
-        """The annotated frame of start event ``seq``, while it is among the newest few."""
-        with self._cond:
-            return self._snapshots.get(seq)
 
     def events_since(self, seq: int = 0) -> list[TrackEvent]:
         with self._cond:
