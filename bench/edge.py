@@ -210,7 +210,11 @@ def table(results: list[dict], machine: str, load: float | None = None) -> str:
         contradiction = f"{100 * r['contradiction']:.1f}%" if r.get("smoothed_faces") else "—"
         unsure = f"{100 * r['unsure']:.1f}%" if r.get("unsure") is not None else "—"
         leak = r.get("privacy_leak")
-        leak_text = "—" if leak is None else f"{100 * leak['leak']:.1f}% of {leak['faces']}"
+        leak_text = (  # beside it what blurring costs: blurring the whole frame would leak nothing
+            "—"
+            if leak is None
+            else f"{100 * leak['leak']:.1f}% of {leak['faces']}, {100 * leak['blurred_share']:.0f}% of frame blurred"
+        )
         lines.append(
             f"| {r['clip']} | {r['loop']} | {r['fps']:.0f} | {stages} "
             f"| {r['frames_with_faces']}/{r['frames']} ({100 * r['frames_with_faces'] / max(1, r['frames']):.0f}%) "
@@ -242,7 +246,8 @@ def recording_line(costs: dict) -> str:
     late, one, two = costs["lateness"], costs["one_core"], costs["two_cores"]
     return (
         f"\nRecording on its own thread: the loop fell {late['lateness_at_first_face_s']:.3f} s further behind the "
-        f"camera at the first face of `{late['clip']}` (paced, presence-triggered, 3 s pre-roll; longest loop frame "
+        f"camera at the first face of `{late['clip']}` (paced, presence-triggered, 3 s pre-roll; "
+        f"{late.get('dropped', '?')} frames dropped by the recorder; longest loop frame "
         f"{late['longest_frame_after_face_s']:.3f} s, median before {late['median_frame_before_face_s']:.3f} s). "
         f"`{one['clip']}` with recording: {one['fps']:.0f} fps on one core ({one['dropped']} of {one['frames']} "
         f"frames dropped by the recorder), {two['fps']:.0f} on two ({two['dropped']} dropped), "

@@ -136,6 +136,7 @@ def first_face_lateness(clip: Path, overrides: dict | None = None) -> dict:
             pipeline.close()
             pipeline.notifier.close()
         period = 1.0 / pipeline.source.fps
+        dropped = sum(getattr(s, "dropped", 0) for s in pipeline.sinks)  # a loop kept punctual by dropping
     start = min(done - index * period for index, done, _ in sink.rows)
     late = [done - (start + index * period) for index, done, _ in sink.rows]
     intervals = [b[1] - a[1] for a, b in zip(sink.rows, sink.rows[1:])]
@@ -150,6 +151,7 @@ def first_face_lateness(clip: Path, overrides: dict | None = None) -> dict:
         "longest_frame_after_face_s": max(intervals[max(0, first - 1) : window.stop]),
         "median_frame_before_face_s": statistics.median(intervals[: max(1, first - 1)]),
         "behind_before_face_s": late[max(0, first - 1)],
+        "dropped": dropped,
     }
 
 
@@ -240,7 +242,7 @@ def compare_markdown(runs: list[dict]) -> str:
 
     lines = [
         "| round | tree | load (1 min) | street 1 core fps | street 2 cores fps | speedup | dropped (1/2 cores) | "
-        "late at first face s | same, recording off | longest frame after face s | performer 1 core fps |",
+        "late at first face s (dropped) | same, recording off | longest frame after face s | performer 1 core fps |",
         "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in runs:
@@ -248,7 +250,7 @@ def compare_markdown(runs: list[dict]) -> str:
             f"| {r['round']} | {r['tree']} | {r['load_before']:.1f}-{r['load_average']:.1f} | "
             f"{r['street_one_core']['fps']:.1f} | {r['street_two_cores']['fps']:.1f} | {r['speedup_two_cores']:.2f} | "
             f"{r['street_one_core']['dropped']}/{r['street_two_cores']['dropped']} | "
-            f"{r['lateness']['lateness_at_first_face_s']:.3f} | "
+            f"{r['lateness']['lateness_at_first_face_s']:.3f} ({r['lateness'].get('dropped', '?')}) | "
             f"{r['lateness_recording_off']['lateness_at_first_face_s']:.3f} | "
             f"{r['lateness']['longest_frame_after_face_s']:.3f} | "
             f"{r['performer_one_core']['fps']:.0f} |"
