@@ -25,6 +25,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.events import CURRENT_NAME
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
 from fer_edge.record.naming import stem_time
@@ -32,7 +33,6 @@ from fer_edge.serve.live import finished_videos
 
 log = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 10.0
 CHUNK = 256 * 1024
 MAX_THUMBNAIL_BYTES = 1_000_000  # a thumbnail is a few kB; never read an odd file whole
 PER_PAGE, MAX_PER_PAGE = 20, 200
@@ -356,9 +356,11 @@ def _open_regular(path: Path) -> BinaryIO | None:
 
 
 def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> None:
-    # Only a name that is in the listing right now: no path is ever built from the request.
-    match = [p for p in finished_videos(_directory(handler)) if p.name == name]
-    opened = _open_regular(match[0]) if match else None
+    # Only a recording's own name (no separator can pass the pattern), opened as a regular file, never a link:
+    # what the listing shows, without listing the folder for every range a playing video asks for.
+    directory = _directory(handler)
+    named = directory is not None and name.endswith(".mp4") and FINISHED_RECORDING.fullmatch(name) is not None
+    opened = _open_regular(directory / name) if named and directory is not None else None
     if opened is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
         return
@@ -387,7 +389,6 @@ def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> 
         handler.end_headers()
         if handler.command == "HEAD":
             return
-        handler.connection.settimeout(SEND_TIMEOUT_S)
         f.seek(part.start)
         left = part.length
         while left > 0 and (chunk := f.read(min(CHUNK, left))):
