@@ -186,6 +186,10 @@ class RecordingIndex:
             self.db.execute(f"DELETE FROM {table} WHERE stem = ?", (stem,))  # noqa: S608 - fixed table names
 
     def _open_stem(self) -> str | None:
+        """The open events file's stem (from its marker, no listing); else the newest ``.part`` video's."""
+        marked = marker_stem(self.directory)
+        if marked is not None:
+            return marked
         stems = open_stems(self.directory)
         return stems[0] if stems else None
 
@@ -288,15 +292,22 @@ class RecordingIndex:
 
 def open_stems(directory: Path) -> list[str]:
     """Stems of the recording being written, the events file's (from its marker) first, then ``.part`` videos'."""
-    stems: list[str] = []
-    if (directory / CURRENT_NAME).exists():
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            stem = (directory / STEM_MARKER_NAME).read_text(encoding="utf-8").strip()
-            if _is_stem(stem):
-                stems.append(stem)
+    marked = marker_stem(directory)
+    stems = [marked] if marked is not None else []
     parts = sorted(p.name[: -len(PART_SUFFIX)] for p in directory.glob(f"*{PART_SUFFIX}"))
     stems += [stem for stem in reversed(parts) if _is_stem(stem) and stem not in stems]
     return stems
+
+
+def marker_stem(directory: Path) -> str | None:
+    """The stem the open events file's marker names, while there is an open events file."""
+    if not (directory / CURRENT_NAME).exists():
+        return None
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        stem = (directory / STEM_MARKER_NAME).read_text(encoding="utf-8").strip()
+        if _is_stem(stem):
+            return stem
+    return None
 
 
 def _is_stem(text: str) -> bool:
