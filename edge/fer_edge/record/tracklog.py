@@ -23,7 +23,7 @@ from fer_edge.record.pyav import pyav
 
 log = logging.getLogger(__name__)
 
-TRACK_END_AFTER_S = 1.5  # a track not seen for this long (frame time) has ended, as in the live view
+TRACK_END_AFTER_S = 1.5  # a track not seen for this long (frame time) has ended: here and in the live view
 THUMB_WIDTH = 320
 THUMB_QUALITY = 80
 

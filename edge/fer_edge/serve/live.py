@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from fer_edge.record.diskspace import FINISHED_RECORDING
+from fer_edge.record.tracklog import TRACK_END_AFTER_S
 from fer_edge.types import Face, Frame
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRACK_END_AFTER_S = 1.5  # a track not shown for this long (source time) has ended
 EVENTS_KEPT = 200
 FPS_WINDOW_S = 10.0  # fps and per-stage ms are averaged over about this much recent time
 DISK_CHECK_INTERVAL_S = 5.0
