@@ -58,16 +58,6 @@ class Prefetcher(Generic[T]):
         self.keep_newest = keep_newest
         self.dropped = 0  # items dropped for newer ones (keep_newest)
 
-    @property
-    def ready(self) -> int:
-        """Items decoded and waiting for :meth:`get`."""
-        with self._cond:
-            return sum(1 for item in self._items if not isinstance(item, _End))
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> None:
         """Start decoding ahead (the first :meth:`get` does this too)."""
         with self._cond:

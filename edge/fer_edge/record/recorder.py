@@ -194,11 +194,6 @@ class Recorder:
     def recording(self) -> bool:
         return self.video.recording
 
-    @property
-    def video_on(self) -> bool:
-        """Whether video is being recorded: enabled in the config and not switched off."""
-        return self._video_on and isinstance(self.video, Mp4Sink)
-
     def set_video(self, on: bool) -> None:
         """Switch video recording on or off while the events log goes on; off finishes the open segment."""
         if on == self._video_on:

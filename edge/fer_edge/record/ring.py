@@ -30,6 +30,10 @@ class FrameRing:
         self._cropping = False
         self._scaled_from = scaled_from  # frames of this size are scaled down on purpose (a smaller recording)
 
+    def forget(self) -> None:
+        """Hold no frame any more (the slots stay allocated for the next ones)."""
+        self.timestamps[:] = [float("-inf")] * self.capacity
+
     def push(self, image: np.ndarray, timestamp: float) -> int:
         cv2 = self._cv2
         index = self._next

@@ -73,7 +73,6 @@ class TrackLog:
         self.lines = 0
         self.first_t: float | None = None
         self.first_ts: float | None = None
-        self.last_t: float | None = None
         self.last_offset = 0.0
         self.tracks_seen: set[int] = set()
         self.most_faces = 0
@@ -131,7 +130,7 @@ class TrackLog:
         self._last_ts = ts
         if self.first_t is None:
             self.first_t, self.first_ts = t, ts
-        self.last_t, self.lines = t, self.lines + 1
+        self.lines += 1
         offset = self.last_offset = self._offset(ts)
         frame_number = line.get("frame")
         frame = frame_number if isinstance(frame_number, int) else -1

@@ -156,7 +156,7 @@ class Mp4Sink:
         """Frame timestamps went back: finish the open segment and forget the old timeline."""
         self._finish_segment()
         self._last_face_ts = self._last_encoded_ts = self._last_taken_ts = float("-inf")
-        self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
+        self._ring.forget()
 
     def drop(self) -> None:
         """The folder was deleted under the open segment: forget it; the next frame starts a new one."""
@@ -166,7 +166,7 @@ class Mp4Sink:
 
     def discard_preroll(self) -> None:
         """Forget the frames held for a pre-roll: none of them is encoded from now on (an open segment goes on)."""
-        self._ring.timestamps[:] = [float("-inf")] * self._ring.capacity
+        self._ring.forget()
 
     def disk_checked(self, has_room: bool) -> None:
         if has_room and self._paused:

@@ -146,10 +146,14 @@ class RecorderThread:
 
     # ------------------------------------------------------------ sink, on the loop's thread
 
-    def write(self, frame: Frame, faces: list[Face]) -> None:
+    def _raise_pending(self) -> None:
+        """Raise, on the loop's thread, what failed on the recorder thread (once it is raised, close() does not)."""
         if self._error is not None:
             self._error_raised = True
             raise self._error
+
+    def write(self, frame: Frame, faces: list[Face]) -> None:
+        self._raise_pending()
         if self._closing:
             raise RecordingError("write() after close()")
         item = _Item(frame, faces, self._wall())
@@ -159,9 +163,7 @@ class RecorderThread:
                     self._drop_oldest()
                 else:
                     self._cond.wait_for(lambda: self._frames_queued < self.capacity or self._finished)
-                    if self._error is not None:
-                        self._error_raised = True
-                        raise self._error
+                    self._raise_pending()
             self._queue.append(item)
             self._frames_queued += 1
             self._cond.notify_all()
@@ -193,9 +195,8 @@ class RecorderThread:
             )
         if self.dropped:
             log.info("recording: %d frames were dropped because the recorder fell behind", self.dropped)
-        if self._error is not None and not self._error_raised:
-            self._error_raised = True
-            raise self._error  # failed while draining, or while finalizing: the loop's close reports it
+        if not self._error_raised:
+            self._raise_pending()  # failed while draining, or while finalizing: the loop's close reports it
 
     def __enter__(self) -> RecorderThread:
         return self
