@@ -277,7 +277,7 @@ def test_a_token_file_readable_by_others_is_refused(demo_clip, tmp_path):
 
 
 def test_the_token_can_come_from_a_systemd_credential(tmp_path, monkeypatch):
-    from fer_edge.serve.web import resolve_secret
+    from fer_edge.config.preflight import resolve_secret
 
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert resolve_secret(None, None, "web-token", "web.token") is None

@@ -7,7 +7,6 @@ The ``privacy`` and ``recording`` switches (MQTT ``.../set``) are built by the a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ def build_integrations(
         return Integrations(None, notifier)
     from fer_edge.config.preflight import serve_secrets
 
-    token, password = dataclasses.astuple(serve_secrets(cfg))  # the same checks as check-config
+    secrets = serve_secrets(cfg)  # the same checks as check-config
     feed = LiveFeed(
         info=_info(cfg, classifier, detector_name),
         switches=switches,
@@ -70,7 +69,7 @@ def build_integrations(
                     feed,
                     host=host,
                     port=port,
-                    token=token,
+                    token=secrets.token,
                     stream_fps=w.stream_fps,
                     stream_width=w.stream_width,
                     jpeg_quality=w.jpeg_quality,
@@ -86,8 +85,8 @@ def build_integrations(
                 feed,
                 switches if switches is not None else Switches(),
                 cfg.mqtt,
-                password=password,
-                labels=list(getattr(classifier, "labels", ())),
+                password=secrets.password,
+                labels=feed.info["labels"],
                 model=feed.info.get("model"),
                 configuration_url=live_view_url(cfg.web.listen) if cfg.web.enabled else None,
             )

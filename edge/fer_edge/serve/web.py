@@ -29,8 +29,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 
-from fer_edge.config.preflight import CREDENTIAL_NAME, check_listen, is_loopback, read_secret_file, resolve_secret
-from fer_edge.errors import ConfigError, FerEdgeError
+from fer_edge.errors import FerEdgeError
 from fer_edge.serve import review
 from fer_edge.serve.front import HttpFront, Limits, connection_cap
 from fer_edge.serve.live import LiveFeed
@@ -39,7 +38,7 @@ from fer_edge.serve.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CREDENTIAL_NAME", "JpegFrames", "WebServer", "is_loopback", "read_secret_file", "resolve_secret"]
+__all__ = ["JpegFrames", "WebServer"]
 
 COOKIE_NAME = "fer_edge_session"
 BOUNDARY = "fer-edge-frame"
@@ -122,9 +121,7 @@ class WebServer:
         max_connections: int = 128,
         max_viewers: int = 4,
     ) -> None:
-        check_listen(host, token)
-        if token is not None and not token:
-            raise ConfigError("web.token: expected a token, got an empty one")
+        # host and token passed the pre-start checks (config.preflight), which check-config runs too
         self.feed = feed
         self.host, self.port = host, port
         self.token = token
