@@ -175,9 +175,13 @@ def tflite_scores(model_path: Path, images: np.ndarray, threads: int = 2) -> np.
     return scores
 
 
-def mirrored_scores(model_path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of each face alone and the mean with its mirror image's, fed the way the device feeds them."""
-    single = tflite_scores(model_path, images)
+def mirrored_scores(
+    model_path: Path, images: np.ndarray, single: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of each face alone (``single`` when the caller has them) and the mean with its mirror image's, fed
+    the way the device feeds them."""
+    if single is None:
+        single = tflite_scores(model_path, images)
     mirror = tflite_scores(model_path, np.ascontiguousarray(images[:, :, ::-1]))
     return single, (single + mirror) / 2
 
@@ -199,16 +203,18 @@ def calibration_metrics(
     }
 
 
-def fit_calibration(model_path: Path, public: data.Split) -> tuple[Calibration, dict]:
+def fit_calibration(model_path: Path, public: data.Split, single: np.ndarray | None = None) -> tuple[Calibration, dict]:
     """Temperatures for the single and the mirrored pass, fitted on all of PublicTest, and their metrics."""
-    single, mirrored = mirrored_scores(model_path, public.x)
+    single, mirrored = mirrored_scores(model_path, public.x, single)
     cal = Calibration(fit_temperature(single, public.y), fit_temperature(mirrored, public.y))
     return cal, calibration_metrics("public", single, mirrored, public.y, cal)
 
 
-def private_calibration_metrics(model_path: Path, private: data.Split, cal: Calibration) -> dict:
+def private_calibration_metrics(
+    model_path: Path, private: data.Split, cal: Calibration, single: np.ndarray | None = None
+) -> dict:
     """The shipped numbers: scored once, when a model ships, with temperatures fitted on PublicTest."""
-    single, mirrored = mirrored_scores(model_path, private.x)
+    single, mirrored = mirrored_scores(model_path, private.x, single)
     return calibration_metrics("private", single, mirrored, private.y, cal)
 
 
@@ -321,15 +327,16 @@ def convert_run(
             "keras_agreement": round(agreement, 4),
         }
         parity_lost = variant == "int8" and keras_accuracy - tflite_accuracy > MAX_INT8_DROP
-        calibration, calibration_public = fit_calibration(path, public)
+        calibration, calibration_public = fit_calibration(path, public, public_scores)
         metrics.update(calibration_public)
         refusal = None
         if ship_as is not None and variant == "int8" and not parity_lost and not force:
             refusal = ship_refusal(tflite_accuracy, Path(ship_as))
         scores_private = private is not None and variant == "int8" and not parity_lost and refusal is None
         if scores_private:
-            metrics.update(private_calibration_metrics(path, private, calibration))
-            private_report = split_metrics(private.y, tflite_scores(path, private.x).argmax(1), labels)
+            private_scores = tflite_scores(path, private.x)
+            metrics.update(private_calibration_metrics(path, private, calibration, private_scores))
+            private_report = split_metrics(private.y, private_scores.argmax(1), labels)
             metrics.update(private_accuracy=private_report["accuracy"], private_macro_f1=private_report["macro_f1"])
             (out_dir / f"fer_{variant}_private.json").write_text(json.dumps(private_report, indent=2))
             if variant == "int8":
