@@ -176,6 +176,7 @@ def test_a_camera_is_read_ahead_the_loop_gets_the_newest_frame_and_close_ends_th
     assert levels[0] >= read_by_then - 1 - LIVE_DEPTH, (start, read_by_then, levels)
     assert levels == sorted(set(levels)), levels  # in the camera's order, none twice
     assert source._ahead.dropped >= 12 - 1 - LIVE_DEPTH
+    assert source.status() == f"camera frames skipped {source._ahead.dropped} (loop behind the camera)"
     assert first.timestamp < frames[0].timestamp  # stamped when read, in order
     source.close()
     assert decode_threads() == []

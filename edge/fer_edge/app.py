@@ -173,7 +173,7 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
             cuts=SceneCutDetector(),
             notifier=integrations.notifier,
             status_interval_s=cfg.logging.status_interval_s,
-            status_extra=recorder.status if recorder is not None else None,
+            status_extra=functools.partial(status_news, source, recorder),
         )
     except BaseException:
         for part in reversed(opened):
@@ -183,6 +183,13 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
                 log.warning("closing %s failed: %s", type(part).__name__, exc)
         raise
     return Device(pipeline, recorder, integrations.feed, switches)
+
+
+def status_news(*parts: object) -> str | None:
+    """What the parts that can drop frames (a camera reader, the recorder) have to say on the status line: frames
+    skipped are the price of keeping up, so they stand beside the fps."""
+    news = [text for part in parts if (text := getattr(part, "status", lambda: None)())]
+    return "; ".join(news) or None
 
 
 def build_pipeline(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Pipeline:

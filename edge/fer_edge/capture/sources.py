@@ -277,6 +277,7 @@ class OpenCvCaptureSource:
         self._index = 0
         self._delay = self._wait_left = 0.0  # back-off while the camera is lost
         self._ahead: Prefetcher[tuple[np.ndarray, float]] | None = None  # reads the open capture ahead
+        self._dropped = 0  # frames skipped by the readers of earlier openings
         self._capture = self._open()
         if self._capture is None:
             is_camera = isinstance(self.device, int) or str(self.device).startswith("/dev/")
@@ -301,6 +302,11 @@ class OpenCvCaptureSource:
         capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         capture.set(cv2.CAP_PROP_FPS, fps)
         return capture
+
+    def status(self) -> str | None:
+        """For the status line: the camera frames skipped for newer ones, once there are any."""
+        dropped = self._dropped + (self._ahead.dropped if self._ahead is not None else 0)
+        return f"camera frames skipped {dropped} (loop behind the camera)" if dropped else None
 
     def read(self) -> Frame | SourceWaiting | None:
         while not self._interrupted.is_set():
@@ -335,6 +341,7 @@ class OpenCvCaptureSource:
         """Stop decoding ahead, then release the capture (unless a read on it is still in progress)."""
         ahead, self._ahead = self._ahead, None
         joined = ahead.close() if ahead is not None else True
+        self._dropped += ahead.dropped if ahead is not None else 0
         if self._capture is not None and joined:
             self._capture.release()
         self._capture = None
