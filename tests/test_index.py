@@ -236,3 +236,55 @@ def test_thumbnails_come_from_the_recording_so_privacy_blurs_them(recorded, demo
         compared += 1
         assert max(soft) < 0.1 * min(sharp), (clear.name, sharp, soft)
     assert compared >= 3
+
+
+def test_a_pre_roll_is_in_the_offsets_so_a_moment_plays_where_it_happened(demo_clip, tmp_path):
+    import cv2
+    import numpy as np
+
+    # 1.5 s of an empty grey picture, then the demo clip's first 2 s: a presence-triggered recording whose 1 s
+    # pre-roll comes before the first events line of its file
+    capture = cv2.VideoCapture(str(demo_clip))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    faces = []
+    while len(faces) < round(2 * fps):
+        ok, frame = capture.read()
+        assert ok
+        faces.append(frame)
+    capture.release()
+    grey = np.full_like(faces[0], 128)
+    clip = tmp_path / "walk-in.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mpeg4", rate=round(fps))
+        stream.width, stream.height = grey.shape[1], grey.shape[0]
+        for image in [grey] * round(1.5 * fps) + faces:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        container.mux(stream.encode())
+    out = tmp_path / "out"
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"recording": {"output_dir": str(out), "presence_triggered": True, "pre_roll_s": 1.0}},
+    )
+    run_to_end(config, clip, tmp_path / "stderr.log")
+
+    assert_index_matches_files(out)
+    (video,) = out.glob("*.mp4")
+    stem = video.stem  # the grey's own events file has no video
+    db = sqlite3.connect(out / DB_NAME)
+    (start,) = db.execute("SELECT start FROM recordings WHERE stem = ?", (stem,)).fetchone()
+    first = db.execute(
+        "SELECT t, offset_s, frame FROM events WHERE stem = ? AND kind = 'start' ORDER BY offset_s LIMIT 1", (stem,)
+    ).fetchone()
+    db.close()
+    line = lines_of(out / f"{stem}.jsonl")[0]
+    assert line["video_ts"] < line["ts"]
+    assert abs(first[1] - 1.0) <= 1.5 / fps  # the moment is a pre-roll into the video, not at its start
+    assert abs(start - (first[0] - first[1])) < 0.01  # the recording starts with its pre-roll
+    with av.open(str(out / f"{stem}.mp4")) as container:
+        recorded = [f.to_ndarray(format="gray") for f in container.decode(video=0)]
+    # at offset_s the video shows the frame of that moment (overlays and two codecs apart), not one around it
+    shown = recorded[round(first[1] * fps)].astype(float)
+    moment = first[2] - round(1.5 * fps)
+    nearby = range(max(0, moment - 8), min(len(faces), moment + 9))
+    differences = {i: np.abs(shown - cv2.cvtColor(faces[i], cv2.COLOR_BGR2GRAY)).mean() for i in nearby}
+    assert abs(min(differences, key=differences.__getitem__) - moment) <= 1, differences

@@ -33,6 +33,7 @@ class SegmentClock:
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
         self.stem: str | None = None  # the newest stem handed out
         self.video_stem: str | None = None  # the stem of the newest video segment that opened (set by its sink)
+        self.video_start_ts: float | None = None  # the timestamp of that segment's first frame (its pre-roll's)
 
     def full(self, start_ts: float | None, ts: float) -> bool:
         """Whether a segment whose first frame was at ``start_ts`` (None: no frame yet) is full at ``ts``."""

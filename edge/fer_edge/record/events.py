@@ -16,7 +16,9 @@ Line format::
 presentation time), which the video's timeline follows. ``label``/``score`` are what was shown (smoothed when
 available; ``label`` is ``?`` for a face shown as unsure, its calibrated score below ``model.unsure_below``),
 ``scores``/``raw_label`` the model's calibrated output,
-``smoothed`` is present only when the face has a smoothed prediction.
+``smoothed`` is present only when the face has a smoothed prediction. The first line of a file that belongs to a
+video segment also has ``video_ts``, the timestamp of the segment's first frame: with a pre-roll the video starts
+before its first events line, and a moment's place in the video is ``ts - video_ts``.
 """
 
 from __future__ import annotations
@@ -58,10 +60,17 @@ def face_record(face: Face) -> dict:
     return record
 
 
-def event_line(t: float, frame_index: int, faces: list[Face], ts: float | None = None) -> str:
-    line: dict = {"t": round(t, 3)} if ts is None else {"t": round(t, 3), "ts": round(ts, 3)}
+def event_line(
+    t: float, frame_index: int, faces: list[Face], ts: float | None = None, video_ts: float | None = None
+) -> str:
+    line: dict = {"t": round(t, 3)}
+    if ts is not None:
+        line["ts"] = round(ts, 3)
+    if video_ts is not None:
+        line["video_ts"] = round(video_ts, 3)
     line["frame"] = frame_index
-    return json.dumps({**line, "faces": [face_record(f) for f in faces]}, separators=(",", ":"))
+    line["faces"] = [face_record(f) for f in faces]
+    return json.dumps(line, separators=(",", ":"))
 
 
 def numbered_events(path: str | os.PathLike) -> Iterator[tuple[int, dict | None]]:
@@ -157,12 +166,14 @@ class EventsLog:
         except OSError as exc:
             self._fail(exc)
 
-    def write(self, t: float, frame_index: int, faces: list[Face], ts: float | None = None) -> None:
+    def write(
+        self, t: float, frame_index: int, faces: list[Face], ts: float | None = None, video_ts: float | None = None
+    ) -> None:
         if self._file is None:
             self.dropped_lines += 1
             return
         try:
-            self._file.write(event_line(t, frame_index, faces, ts) + "\n")
+            self._file.write(event_line(t, frame_index, faces, ts, video_ts) + "\n")
         except OSError as exc:
             self.dropped_lines += 1
             self._write_failed = True
@@ -272,15 +283,16 @@ class EventsSink:
     def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
         """One line for ``frame``, stamped ``wall`` (when it was handed to the recorder; default now)."""
         ts = frame.timestamp
-        stem = None
+        stem = video_ts = None
         if self._clock.video_stem != self._seen_video_stem:
             stem = self._seen_video_stem = self._clock.video_stem  # a video segment opened with this frame
+            video_ts = self._clock.video_start_ts
         elif not self.log.is_open or self._clock.full(self._start_ts, ts):
             stem = self._clock.next_stem()
         if stem is not None:
             self.log.rotate(stem)
             self._start_ts = ts
-        self.log.write(self._wall() if wall is None else wall, frame.index, faces, ts)
+        self.log.write(self._wall() if wall is None else wall, frame.index, faces, ts, video_ts)
 
     def close(self) -> None:
         self.log.close()

@@ -129,7 +129,10 @@ class TrackLog:
         ts = max(ts, self._last_ts)
         self._last_ts = ts
         if self.first_t is None:
-            self.first_t, self.first_ts = t, ts
+            # the video's first frame: with a pre-roll it came before this line, and the recording starts there
+            video_ts = _number(line.get("video_ts"))
+            self.first_ts = ts if video_ts is None else min(ts, video_ts)
+            self.first_t = t - (ts - self.first_ts)
         self.lines += 1
         offset = self.last_offset = self._offset(ts)
         frame_number = line.get("frame")

@@ -139,7 +139,7 @@ class Mp4Sink:
                 self._write_presence(slot, ts, faces_present)
                 return
             if self._segment is None or self._clock.full(self._segment.first_ts, ts):
-                self._start_segment()
+                self._start_segment(ts)
             self._encode(slot, ts)
         except _Paused:
             return
@@ -181,9 +181,10 @@ class Mp4Sink:
         if self._segment is None:
             if not faces_present:
                 return
-            self._start_segment()
             pre_roll_from = max(ts - self.pre_roll_s - self._clock.half_frame, self._last_encoded_ts)
-            for earlier in self._ring.since(pre_roll_from, slot):
+            pre_roll = list(self._ring.since(pre_roll_from, slot))
+            self._start_segment(self._ring.timestamps[pre_roll[0]] if pre_roll else ts)
+            for earlier in pre_roll:
                 self._encode(earlier, self._ring.timestamps[earlier])
             self._encode(slot, ts)
             return
@@ -192,7 +193,7 @@ class Mp4Sink:
             return
         # an open segment always holds a frame (a failed first encode abandons it)
         if self._clock.full(self._segment.first_ts, ts):
-            self._start_segment()
+            self._start_segment(ts)
         self._encode(slot, ts)
 
     def _encode(self, slot: int, ts: float) -> None:
@@ -204,8 +205,9 @@ class Mp4Sink:
             self._failing = False
             log.info("recording: writing video again (%s)", segment.part_path.name)
 
-    def _start_segment(self) -> None:
-        """Finish the open segment (if any) and open a new one, named by the clock."""
+    def _start_segment(self, first_ts: float) -> None:
+        """Finish the open segment (if any) and open a new one, named by the clock, whose first frame is at
+        ``first_ts``."""
         self._finish_segment()
         if not self._disk.make_room(self._open_stems()):
             self._pause()
@@ -214,6 +216,7 @@ class Mp4Sink:
         path = self._clock.directory / f"{stem}{PART_SUFFIX}"
         self._segment = VideoSegment(path, stem, codec=self.codec, settings=self._encoder)
         self._clock.video_stem = stem  # its events go to a file of this stem; a stem that failed to open has none
+        self._clock.video_start_ts = first_ts
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", path.name)
 
     def _finish_segment(self) -> None:
