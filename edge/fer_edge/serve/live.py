@@ -160,6 +160,7 @@ class LiveFeed:
         run_stats: Callable[[], RunStats | None] | None = None,
         events_kept: int = EVENTS_KEPT,
         end_after_s: float = TRACK_END_AFTER_S,
+        monotonic_clock: Callable[[], float] = time.monotonic,
     ):
         self.info = dict(info or {})
         self.recordings_dir = recordings_dir
@@ -175,7 +176,8 @@ class LiveFeed:
         self._faces: list[Face] = []
         self._events: deque[TrackEvent] = deque(maxlen=events_kept)
         self._tracks = TrackChanges(end_after_s)
-        self._started = time.monotonic()
+        self._clock = monotonic_clock
+        self._started = monotonic_clock()
         self._first_frame_at: float | None = None
         self._samples: deque[tuple[float, int, dict[str, float]]] = deque()
         self._stats_lock = threading.Lock()
@@ -189,7 +191,7 @@ class LiveFeed:
         events = self._tracks.update(frame, faces, time.time(), self._next_event_seq)
         with self._cond:
             if self._first_frame_at is None:
-                self._first_frame_at = time.monotonic()
+                self._first_frame_at = self._clock()
             self._frame, self._faces = frame, faces
             self._seq += 1
             self._events.extend(events)
@@ -260,12 +262,13 @@ class LiveFeed:
         return count
 
     def stats(self) -> dict:
-        """Counters since start, and fps and ms per stage over the last seconds."""
+        """Counters since start, and fps and ms per stage over the last seconds; fps is None until the frames
+        span a whole window (a part of one would show the start-up burst of a camera's buffered frames)."""
         _, _, faces = self.latest()
         run = self._run_stats()
         frames = run.frames if run is not None else 0
         stage_seconds = dict(run.stage_seconds) if run is not None else {}
-        now = time.monotonic()
+        now = self._clock()
         with self._stats_lock:
             samples = self._samples
             if not samples or now - samples[-1][0] >= 0.5:
@@ -277,13 +280,14 @@ class LiveFeed:
             then, frames_then, seconds_then = self._first_frame_at, 0, {}
         span, count = now - then, frames - frames_then
         fps = count / span if span > 0 and count > 0 else 0.0
+        window_full = self._first_frame_at is not None and now - self._first_frame_at >= FPS_WINDOW_S
         stage_ms = {
             name: 1000.0 * (s - seconds_then.get(name, 0.0)) / count if count else 0.0
             for name, s in stage_seconds.items()
         }
         stage_ms["total"] = sum(stage_ms.values())
         stats = {
-            "fps": round(fps, 2),
+            "fps": round(fps, 2) if window_full else None,
             "frames": frames,
             "frames_with_faces": run.frames_with_faces if run is not None else 0,
             "faces_total": run.faces if run is not None else 0,

@@ -47,7 +47,7 @@ from fer_edge.serve.homeassistant import (
     event_payload,
     state_payload,
 )
-from fer_edge.serve.live import FPS_WINDOW_S, LiveFeed, TrackEvent
+from fer_edge.serve.live import LiveFeed, TrackEvent
 from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.serve.switches import Switches
@@ -118,7 +118,6 @@ class MqttPublisher:
         self.presence = PresenceHold(cfg.presence_off_delay_s)
         self.gate = DiscoveryGate(cfg.birth_grace_s)
         self._privacy_due = threading.Event()
-        self._first_frames_at: float | None = None
         self.connected = False
         self._counts = {"disconnects": 0, "dropped": 0, "published": 0, "ignored": 0}
         self._counts_lock = threading.Lock()  # paho's thread, the publisher and readers of the stats
@@ -397,7 +396,7 @@ class MqttPublisher:
                     self._publish(self.topics.state, state, retain=True)
                     last_state, last_state_at = state, now
                 if now - last_diag_at >= self.cfg.diagnostics_interval_s:
-                    self._publish(self.topics.diagnostics, self._diagnostics(now), retain=True)
+                    self._publish(self.topics.diagnostics, self._diagnostics(), retain=True)
                     last_diag_at = now
             except Exception:  # noqa: BLE001 - a bug here must not end the publisher for the rest of the run
                 log.exception("mqtt: publishing failed")
@@ -429,14 +428,11 @@ class MqttPublisher:
             self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
             self.snapshots.replaced(jpeg)
 
-    def _diagnostics(self, now: float) -> dict[str, Any]:
+    def _diagnostics(self) -> dict[str, Any]:
         stats = self.feed.stats()
         free = stats.get("disk_free_bytes")
-        if self._first_frames_at is None and stats["frames"]:
-            self._first_frames_at = now
-        window_full = self._first_frames_at is not None and now - self._first_frames_at >= FPS_WINDOW_S
         return {
-            "fps": stats["fps"] if window_full else None,  # a partial window overstates the start-up burst
+            "fps": stats["fps"],  # None until a whole window has passed
             "disk_free_mib": None if free is None else free // 1048576,
             "frames": stats["frames"],
             "uptime_s": round(stats["uptime_s"]),
