@@ -184,7 +184,7 @@ def measure(clip: Path, overrides: dict) -> dict:
     """Leaked reference faces with ``overrides`` on the defaults (privacy blur, no overlays, no recording)."""
     from bench.edge import clip_config, warm_up
     from fer_edge import app
-    from fer_edge.vision.privacy import covered_region
+    from fer_edge.vision.privacy import covered_regions
 
     with tempfile.TemporaryDirectory() as out:
         settings = {"privacy.mode": "blur", "overlay.enabled": False, "recording.enabled": False, **overrides}
@@ -197,8 +197,7 @@ def measure(clip: Path, overrides: dict) -> dict:
 
         def counted(image: np.ndarray, boxes: list) -> None:
             mask = np.zeros((height, width), bool)
-            for box in boxes:
-                region = covered_region(box, width, height)
+            for region in covered_regions(boxes, width, height):
                 mask[region.y : region.y2, region.x : region.x2] = True
             sink.blurred_area += float(mask.mean())
             blur(image, boxes)

@@ -35,8 +35,33 @@ def covered_region(box: Box, width: int, height: int) -> Box:
     return Box(round(cx - w / 2), round(cy - h / 2), round(w), round(h)).clipped(width, height)
 
 
+def covered_regions(boxes: list[Box], width: int, height: int) -> list[Box]:
+    """The parts of the frame ``anonymize`` overwrites: each box's :func:`covered_region`, and regions that overlap
+    joined into one (their bounding box), until none overlap."""
+    regions = [covered_region(box, width, height) for box in boxes]
+    joined = True
+    while joined:
+        joined = False
+        apart: list[Box] = []
+        for region in regions:
+            for i, other in enumerate(apart):
+                if region.x < other.x2 and other.x < region.x2 and region.y < other.y2 and other.y < region.y2:
+                    x, y = min(region.x, other.x), min(region.y, other.y)
+                    apart[i] = Box(x, y, max(region.x2, other.x2) - x, max(region.y2, other.y2) - y)
+                    joined = True
+                    break
+            else:
+                apart.append(region)
+        regions = apart
+    return regions
+
+
 def anonymize(image: np.ndarray, boxes: list[Box], mode: str) -> None:
-    """Make each face in ``boxes`` unrecognisable, in place: ``mode`` is off, blur or pixelate."""
+    """Make each face in ``boxes`` unrecognisable, in place: ``mode`` is off, blur or pixelate.
+
+    Overlapping faces are blurred as one region: blurred one after another, the edge of a later region would run
+    sharp across a face the earlier one blurred, and crowds are where faces overlap.
+    """
     if mode not in MODES:
         raise ValueError(f"privacy mode: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off" or not boxes:
@@ -44,8 +69,7 @@ def anonymize(image: np.ndarray, boxes: list[Box], mode: str) -> None:
     import cv2
 
     height, width = image.shape[:2]
-    for box in boxes:
-        region = covered_region(box, width, height)
+    for region in covered_regions(boxes, width, height):
         if region.w < 2 or region.h < 2:
             continue
         pixels = image[region.y : region.y2, region.x : region.x2]
