@@ -40,6 +40,7 @@ SLIDE_FRAMES = 24  # the performer's shot slides in from the right over 0.8 s
 # What privacy's every-frame coverage costs, and what each saving does to the leak.
 OPTIONS: dict[str, dict] = {
     "every frame scanned (default)": {},
+    "every frame scanned, privacy score 0.2": {"detector.privacy_min_score": 0.2},
     "sweep + 1 tile": {"detector.sweep_tiles": 1},
     "sweep + 1 tile, privacy score 0.2": {"detector.sweep_tiles": 1, "detector.privacy_min_score": 0.2},
     "sweep, no tiles": {"detector.sweep_tiles": 0},
