@@ -16,7 +16,17 @@ import numpy as np
 from fer_edge.capture.sources import open_source, resolve_kind
 from fer_edge.config import Config
 from fer_edge.notify import SystemdNotifier
-from fer_edge.pipeline import DetectionSchedule, Detector, Pipeline, RunStats, Sink, Smoother, Source, Tracker
+from fer_edge.pipeline import (
+    DetectionSchedule,
+    Detector,
+    Pipeline,
+    RunStats,
+    Sink,
+    Smoother,
+    Source,
+    Tracker,
+    close_all,
+)
 from fer_edge.record.recorder import RecorderThread, start_recorder
 from fer_edge.record.recovery import recover_leftovers
 from fer_edge.record.retention import start_housekeeping
@@ -176,11 +186,7 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
             status_extra=functools.partial(status_news, source, recorder),
         )
     except BaseException:
-        for part in reversed(opened):
-            try:
-                part.close()
-            except Exception as exc:  # noqa: BLE001 - the error that stopped the build is the one to report
-                log.warning("closing %s failed: %s", type(part).__name__, exc)
+        close_all([*opened[1:], source])  # as the pipeline closes: sinks in order, then the source
         raise
     return Device(pipeline, recorder, integrations.feed, switches)
 

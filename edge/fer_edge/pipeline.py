@@ -385,16 +385,21 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
-        first_error: BaseException | None = None
-        closables: list[Sink | Source] = [*self.sinks, self.source]
-        for closable in closables:
-            try:
-                closable.close()
-            except Exception as exc:  # noqa: BLE001 - keep closing the others, re-raise below
-                log.error("closing %s failed: %s", type(closable).__name__, exc)
-                first_error = first_error or exc
+        first_error = close_all([*self.sinks, self.source])
         if first_error is not None:
             raise first_error
+
+
+def close_all(parts: Sequence[Sink | Source]) -> Exception | None:
+    """Close each of ``parts`` in order, whatever the others do; the first failure (each one is logged)."""
+    first_error: Exception | None = None
+    for part in parts:
+        try:
+            part.close()
+        except Exception as exc:  # noqa: BLE001 - keep closing the others
+            log.error("closing %s failed: %s", type(part).__name__, exc)
+            first_error = first_error or exc
+    return first_error
 
 
 class _StatusWindow:
