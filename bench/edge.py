@@ -243,34 +243,33 @@ def integrations_line(clip: Path, cost: dict) -> str:
 
 
 def recording_line(costs: dict) -> str:
-    late, one, two = costs["lateness"], costs["one_core"], costs["two_cores"]
+    late, one, two = costs["lateness"], costs["street_one_core"], costs["street_two_cores"]
+    performer = costs["performer_one_core"]
     return (
         f"\nRecording on its own thread: the loop fell {late['lateness_at_first_face_s']:.3f} s further behind the "
-        f"camera at the first face of `{late['clip']}` (paced, presence-triggered, 3 s pre-roll; "
+        f"camera at the first face of `{late['clip']}` (paced, presence-triggered, 3 s pre-roll, two cores; "
+        f"{costs['lateness_recording_off']['lateness_at_first_face_s']:.3f} s with recording off; "
         f"{late.get('dropped', '?')} frames dropped by the recorder; longest loop frame "
         f"{late['longest_frame_after_face_s']:.3f} s, median before {late['median_frame_before_face_s']:.3f} s). "
         f"`{one['clip']}` with recording: {one['fps']:.0f} fps on one core ({one['dropped']} of {one['frames']} "
         f"frames dropped by the recorder), {two['fps']:.0f} on two ({two['dropped']} dropped), "
-        f"{two['fps'] / one['fps']:.2f}x; load average {costs['load_average']:.1f} during the run.\n"
+        f"{costs['speedup_two_cores']:.2f}x; `{performer['clip']}` with recording on one core: "
+        f"{performer['fps']:.0f} fps ({performer['dropped']} dropped); load average {costs['load_average']:.1f} "
+        "during the run.\n"
     )
 
 
 def recording_costs(clips: list[Path], work: Path) -> dict | None:
-    """Lateness at the first face (``performer-640x360.mp4`` made 720p) and fps on one and two cores
-    (``street-1080p.mp4``); None without those clips or without two cores to run on."""
-    from bench.recording import first_face_lateness, fps_on_cores, paced_clip
+    """:func:`bench.recording.device_loop`: lateness at the first face (``performer-640x360.mp4`` made 720p), fps
+    on one and two cores (``street-1080p.mp4``) and on one core (``performer-640x360.mp4``); None without those
+    clips or without two cores to run on."""
+    from bench.recording import device_loop
 
     by_name = {clip.name: clip for clip in clips}
     performer, street = by_name.get("performer-640x360.mp4"), by_name.get("street-1080p.mp4")
-    cores = sorted(os.sched_getaffinity(0))
-    if performer is None or street is None or len(cores) < 2:
+    if performer is None or street is None or len(os.sched_getaffinity(0)) < 2:
         return None
-    return {
-        "lateness": first_face_lateness(paced_clip(performer, work)),
-        "one_core": fps_on_cores(street, set(cores[:1])),
-        "two_cores": fps_on_cores(street, set(cores[:2])),
-        "load_average": os.getloadavg()[0],
-    }
+    return device_loop(performer, street, work)
 
 
 def main(argv=None) -> int:

@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-loop", type=Path, metavar="WORK", help="print device_loop(performer, street) as JSON")
     parser.add_argument("--compare", type=Path, metavar="OLD_EDGE", help="interleave old and new device loops")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: rounds of old and new")
+    parser.add_argument("--old-label", default="", help="with --compare: what the old tree is, for the results")
     args = parser.parse_args(argv)
     import json
     import os
@@ -290,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.compare:
         runs = compare(args.compare, args.clips[0], args.clips[1], args.rounds)
-        header = f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}\n\n"
+        header = f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        header += f"; measured {time.strftime('%Y-%m-%d')}"
+        header += f"; old: {args.old_label}\n\n" if args.old_label else "\n\n"
         text = header + compare_markdown(runs)
         bench = Path(__file__).resolve().parent
         (bench / "results-recording.md").write_text(text)
