@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
 
+from fer_edge.record.index import DB_NAME
+
 TOKEN = "review-token-0c41d9"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
 
@@ -285,3 +287,36 @@ def test_byte_ranges_are_read_as_http_says(header, expected):
         assert found is UNSATISFIABLE
     else:
         assert (found if found is None else (found.start, found.end)) == expected
+
+
+def test_with_the_events_log_off_the_events_come_from_the_live_view(demo_clip, tmp_path):
+    # the index then holds the videos only: the answer must not be an empty list from it
+    port = free_port()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(tmp_path / "out"), "segment_seconds": 1.0},
+            "events": {"enabled": False},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
+        },
+    )
+    process = start_run(config, demo_clip, tmp_path / "stderr.log")
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.monotonic() + 30
+        found: list = []
+        while time.monotonic() < deadline and not (found and (tmp_path / "out" / DB_NAME).exists()):
+            status, body = get(port, "/api/events")[1::2]
+            found = json.loads(body)["events"] if status == 200 else []
+            time.sleep(0.3)
+    finally:
+        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
+    assert (tmp_path / "out" / DB_NAME).exists() and not list((tmp_path / "out").glob("*.jsonl"))
+    assert found and found[0]["event"] == "start" and found[0]["label"]
+    for event in found:  # the same fields as from the index; no recording holds them
+        assert ISO.match(event["time"]) and event["recording"] is None and event["offset_s"] is None
+        assert {"seq", "track", "label", "score", "box", "frame"} <= set(event)

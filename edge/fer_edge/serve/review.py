@@ -10,6 +10,7 @@ Unix seconds. Without an index (recording off, or before its first sync) events 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import math
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from fer_edge.record.diskspace import FINISHED_RECORDING
-from fer_edge.record.events import CURRENT_NAME
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
 from fer_edge.record.naming import stem_time
 from fer_edge.serve.live import finished_videos
@@ -144,10 +144,10 @@ def _index(handler: Handler) -> sqlite3.Connection | None:
     return db
 
 
-def _has_events_files(directory: Path | None) -> bool:
-    if directory is None:
-        return False
-    return (directory / CURRENT_NAME).exists() or next(directory.glob("*.jsonl"), None) is not None
+def _events_indexed(db: sqlite3.Connection) -> bool:
+    """Whether the index holds an events file (with ``events.enabled`` off it has the videos only): one indexed
+    row, where a look for ``*.jsonl`` would list the whole recordings folder on every poll."""
+    return db.execute("SELECT EXISTS (SELECT 1 FROM recordings WHERE jsonl_bytes IS NOT NULL)").fetchone()[0] == 1
 
 
 def _answer(handler: Handler, build: Any, query: dict[str, list[str]]) -> None:
@@ -172,12 +172,11 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     labels: dict[str, dict[str, int]] = defaultdict(dict)
     db = _index(handler)
     if db is not None:
-        with db:
+        with contextlib.closing(db):
             for row in db.execute("SELECT stem, start, duration_s, frames, faces, thumbnail FROM recordings"):
                 rows[row[0]] = row
             for stem, name, count in db.execute("SELECT stem, label, SUM(count) FROM minutes GROUP BY stem, label"):
                 labels[stem][name] = count
-        db.close()
     items = []
     for path in finished_videos(_directory(handler)):  # newest first
         stem = path.name[: -len(".mp4")]
@@ -219,9 +218,15 @@ def events(handler: Handler, query: dict[str, list[str]]) -> None:
 def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
     since = _int(query, "since", 0, -(2**62), 2**62)
     limit = _int(query, "limit", EVENTS_LIMIT, 1, MAX_EVENTS)
-    db = _index(handler) if _has_events_files(_directory(handler)) else None
+    db = _index(handler)
+    if db is not None and not _events_indexed(db):
+        db.close()
+        db = None
     if db is None:  # no index, or no events logged (events.enabled off): what the live feed holds
-        live = [event.as_dict() for event in handler.app.feed.events_since(since)][-limit:]
+        live = [
+            {**e, "event": e["type"], "time": iso(e["t"]), "recording": None, "offset_s": None}  # the index's shape
+            for e in (event.as_dict() for event in handler.app.feed.events_since(since))
+        ][-limit:]
         return {"events": live, "last": live[-1]["seq"] if live else since}
     where: list[str] = ["e.id > ?"]
     values: list[object] = [since]
@@ -241,9 +246,8 @@ def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
         "FROM events e LEFT JOIN recordings r ON r.stem = e.stem "
         f"WHERE {' AND '.join(where)} ORDER BY e.id {order} LIMIT ?"
     )
-    with db:
+    with contextlib.closing(db):
         rows = db.execute(sql, [*values, limit]).fetchall()
-    db.close()
     if order == "DESC":
         rows.reverse()
     found = [
@@ -282,13 +286,12 @@ def _summary(handler: Handler, query: dict[str, list[str]]) -> dict:
     buckets: list[dict[str, int]] = [{} for _ in range(count)]
     db = _index(handler)
     if db is not None:
-        with db:
+        with contextlib.closing(db):
             rows = db.execute(
                 "SELECT CAST((minute - ?) / ? AS INTEGER), label, SUM(count) FROM minutes "
                 "WHERE minute >= ? AND minute < ? GROUP BY 1, 2",
                 (start, bucket, start, to),
             ).fetchall()
-        db.close()
         for slot, label, n in rows:
             if 0 <= slot < count:
                 buckets[slot][label] = n
