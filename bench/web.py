@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"
+TOKEN = "bench-token-0c41d9e2"
 UNREACHABLE_BROKER = "192.0.2.1"  # TEST-NET-1 (RFC 5737): never routed
 
 
