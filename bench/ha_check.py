@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,17 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.ha_check_api import (
+    DEVICE,
     POLL_S,
+    UID,
     USERLAND_FACTS,
     Checks,
     HomeAssistant,
     Listener,
-    connects,
-    free_port,
-    inside,
+    Run,
     iso,
     lines,
     machine,
@@ -49,77 +46,9 @@ from bench.ha_check_api import (
 from bench.ha_check_report import write
 
 REPO = Path(__file__).resolve().parent.parent
-DEVICE = "hacheck"
-UID = f"fer-edge-{DEVICE}"
-GUEST_CONFIG = "/mnt/ha-config"
 PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
 OURS = re.compile(r"mqtt|fer.edge|discovery", re.IGNORECASE)
 BLANK_MAX_PIXEL = 16  # a JPEG of zeros decodes to a few grey levels at most
-
-
-class Run:
-    """The three processes and what they share; ``close`` stops them in the order that keeps the logs clean."""
-
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
-        self.args, self.work = args, work
-        self.processes: dict[str, subprocess.Popen | None] = {"fer-edge": None, "hass": None, "mosquitto": None}
-        self.listener: Listener | None = None
-        self.broker_port, self.ha_port, self.web_port = free_port(), free_port(), free_port()
-        self.ha = HomeAssistant(self.ha_port)
-
-    def start_broker(self) -> Listener:
-        conf = self.work / "mosquitto.conf"
-        conf.write_text(f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.processes["mosquitto"] = subprocess.Popen(
-            [self.args.mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_until("mosquitto", lambda: connects(self.broker_port), 10, 0.05)
-        self.listener = Listener(self.broker_port)
-        return self.listener
-
-    def start_home_assistant(self) -> float:
-        config = self.work / "config"
-        config.mkdir()
-        core = {"name": "ha-check", "time_zone": "UTC", "unit_system": "metric", "country": "DE"}
-        settings = {
-            "homeassistant": {**core, "latitude": 0, "longitude": 0, "elevation": 0},
-            "http": {"server_host": "127.0.0.1", "server_port": self.ha_port},
-            "recorder": {"commit_interval": 1},  # the calm check reads the history a few seconds after its window
-            "history": {},
-            "logger": {"default": "info"},
-        }
-        (config / "configuration.yaml").write_text(yaml.safe_dump(settings))
-        t0 = time.time()
-        cmd, env = inside(self.args, f"{self.args.venv}/bin/hass", "-c", GUEST_CONFIG, binds=f"{config}:{GUEST_CONFIG}")
-        with open(self.work / "hass.err", "wb") as err:
-            self.processes["hass"] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        wait_until("Home Assistant's API", self.ha.up, 600, 0.5)
-        return time.time() - t0
-
-    def start_fer_edge(self) -> float:
-        config = self.work / "fer-edge.yaml"
-        settings = {
-            "source": {"kind": "file", "path": self.args.clip, "realtime": True, "loop": True},
-            "recording": {"output_dir": str(self.work / "out"), "segment_seconds": 10.0},
-            "web": {"enabled": True, "listen": f"127.0.0.1:{self.web_port}"},
-            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": self.broker_port, "device_id": DEVICE},
-        }
-        config.write_text(yaml.safe_dump(settings))
-        path = os.pathsep.join(filter(None, [str(REPO / "edge"), str(REPO), os.environ.get("PYTHONPATH")]))
-        with open(self.work / "fer-edge.log", "wb") as err:
-            self.processes["fer-edge"] = subprocess.Popen(
-                [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env={**os.environ, "PYTHONPATH": path},
-            )
-        return time.time()
-
-    def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close()
-        for process in self.processes.values():  # fer-edge, then Home Assistant, then the broker both use
-            stop(process)
 
 
 def entities_check(
@@ -351,17 +280,67 @@ def availability_check(run: Run, checks: Checks, ids: dict[str, str]) -> None:
     )
 
 
+def restart_check(run: Run, listener: Listener, checks: Checks, ids: dict[str, str]) -> None:
+    """(g): Home Assistant restarts; fer-edge hears its birth message and sends the discovery again, the entities
+    come back and a new event reaches the event entity."""
+    stop(run.processes["hass"])
+    t0 = time.time()
+    up_s = run.start_home_assistant()
+
+    def after(topic: str, since: float, payload: bytes | None = None) -> list[float]:
+        return [t for t, got in listener.messages(topic, since) if payload is None or got == payload]
+
+    entities = set(ids.values())
+    try:
+        birth = wait_until("the birth message", lambda: after("homeassistant/status", t0, b"online"), 60)[0]
+        resent = wait_until("the discovery again", lambda: after(f"homeassistant/device/{UID}/config", birth), 10)[0]
+        wait_until(
+            "the entities back",
+            lambda: all(run.ha.states().get(e, {}).get("state", "unavailable") != "unavailable" for e in entities),
+            60,
+            0.1,
+        )
+        back = time.time()
+        event = wait_until("an event", lambda: after(f"fer-edge/{DEVICE}/event", back), 60, 0.1)[0]
+    except TimeoutError as exc:
+        checks.add("Home Assistant restart", False, str(exc))
+        return
+    event_entity = ids[f"{UID}_face_event"]
+    try:
+        wait_until("the event shown", lambda: abs(_event_time(run.ha.state(event_entity)) - event) < 1.0, 5, 0.05)
+        event_ok = True
+    except TimeoutError:
+        event_ok = False
+    checks.add(
+        "Home Assistant restart",
+        event_ok,
+        f"API up {up_s:.0f} s after the start, discovery sent again {ms(resent - birth)} ms after the birth message, "
+        f"all {len(entities)} entities available {back - t0:.1f} s after the restart, the next event shown: {event_ok}",
+        discovery_ms=ms(resent - birth),
+        back_s=round(back - t0, 1),
+    )
+
+
+def _event_time(state: dict) -> float:
+    """When an event entity's newest event came, or -inf before any."""
+    try:
+        return datetime.datetime.fromisoformat(state["state"]).timestamp()
+    except ValueError:  # unknown, unavailable
+        return float("-inf")
+
+
 def log_check(work: Path, checks: Checks) -> None:
     """(f): Home Assistant's log and fer-edge's, for what concerns MQTT and the discovery."""
     log = work / "config/home-assistant.log"
-    problems = [line for line in lines(log) if PROBLEM.search(line)]
+    # a restart moves the log of the first start to home-assistant.log.1
+    problems = [line for path in (log.with_suffix(".log.1"), log) for line in lines(path) if PROBLEM.search(line)]
     ours = [line for line in problems if OURS.search(line)]
     ours += [f"fer-edge: {line}" for line in lines(work / "fer-edge.log") if PROBLEM.search(line) and "mqtt" in line]
     checks.add(
         "logs",
         log.exists() and not ours,
         f"{len(ours)} warnings or errors about MQTT, fer-edge or discovery in home-assistant.log and fer-edge's log "
-        f"({len(problems)} of any kind in home-assistant.log)",
+        f"({len(problems)} of any kind in home-assistant.log, both starts)",
         ours=ours,
         others=[line for line in problems if line not in ours],
     )
@@ -374,6 +353,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--cold", default="0")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` or a kill: stop what was started first
     work = Path(tempfile.mkdtemp(prefix="ha-check."))
     checks = Checks()
     result: dict[str, Any] = {"date": iso(time.time())[:19] + "Z", "machine": machine()}
@@ -400,6 +380,7 @@ def main() -> int:
         end = time.time()
         time.sleep(2.5)  # the recorder commits every second
         calm_check(run.ha, listener, checks, ids, window, end)
+        restart_check(run, listener, checks, ids)
         availability_check(run, checks, ids)
     except Exception as exc:  # noqa: BLE001 - a failed check like the others; everything is stopped below
         checks.add("run", False, f"{type(exc).__name__}: {exc}")

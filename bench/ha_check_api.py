@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_S = 0.01
+DEVICE = "hacheck"
+UID = f"fer-edge-{DEVICE}"
+GUEST_CONFIG = "/mnt/ha-config"
 
 
 def free_port() -> int:
@@ -64,8 +68,11 @@ class HomeAssistant:
         return payload if raw else json.loads(payload or b"null")
 
     def up(self) -> bool:
+        """Before onboarding: its steps are served; after (a restart): the API answers the token."""
         try:
-            return isinstance(self.request("GET", "/api/onboarding"), list)
+            if self.token is None:
+                return isinstance(self.request("GET", "/api/onboarding"), list)
+            return bool(self.request("GET", "/api/"))
         except (OSError, urllib.error.URLError, ValueError):
             return False
 
@@ -189,6 +196,72 @@ def inside(args: argparse.Namespace, *command: str, binds: str = "") -> tuple[li
 def run_inside(args: argparse.Namespace, *command: str) -> str:
     cmd, env = inside(args, *command)
     return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+class Run:
+    """The three processes and what they share; ``close`` stops them in the order that keeps the logs clean."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.processes: dict[str, subprocess.Popen | None] = {"fer-edge": None, "hass": None, "mosquitto": None}
+        self.listener: Listener | None = None
+        self.broker_port, self.ha_port, self.web_port = free_port(), free_port(), free_port()
+        self.ha = HomeAssistant(self.ha_port)
+
+    def start_broker(self) -> Listener:
+        conf = self.work / "mosquitto.conf"
+        conf.write_text(f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.processes["mosquitto"] = subprocess.Popen(
+            [self.args.mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until("mosquitto", lambda: connects(self.broker_port), 10, 0.05)
+        self.listener = Listener(self.broker_port)
+        return self.listener
+
+    def start_home_assistant(self) -> float:
+        """Start it (again, after a stop: same config folder) and wait for its API; the seconds that took."""
+        config = self.work / "config"
+        config.mkdir(exist_ok=True)
+        core = {"name": "ha-check", "time_zone": "UTC", "unit_system": "metric", "country": "DE"}
+        settings = {
+            "homeassistant": {**core, "latitude": 0, "longitude": 0, "elevation": 0},
+            "http": {"server_host": "127.0.0.1", "server_port": self.ha_port},
+            "recorder": {"commit_interval": 1},  # the calm check reads the history a few seconds after its window
+            "history": {},
+            "logger": {"default": "info"},
+        }
+        (config / "configuration.yaml").write_text(yaml.safe_dump(settings))
+        t0 = time.time()
+        cmd, env = inside(self.args, f"{self.args.venv}/bin/hass", "-c", GUEST_CONFIG, binds=f"{config}:{GUEST_CONFIG}")
+        with open(self.work / "hass.err", "ab") as err:
+            self.processes["hass"] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        wait_until("Home Assistant's API", self.ha.up, 600, 0.5)
+        return time.time() - t0
+
+    def start_fer_edge(self) -> float:
+        config = self.work / "fer-edge.yaml"
+        settings = {
+            "source": {"kind": "file", "path": self.args.clip, "realtime": True, "loop": True},
+            "recording": {"output_dir": str(self.work / "out"), "segment_seconds": 10.0},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{self.web_port}"},
+            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": self.broker_port, "device_id": DEVICE},
+        }
+        config.write_text(yaml.safe_dump(settings))
+        path = os.pathsep.join(filter(None, [str(REPO / "edge"), str(REPO), os.environ.get("PYTHONPATH")]))
+        with open(self.work / "fer-edge.log", "wb") as err:
+            self.processes["fer-edge"] = subprocess.Popen(
+                [sys.executable, "-m", "fer_edge.cli", "run", "--config", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "PYTHONPATH": path},
+            )
+        return time.time()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        for process in self.processes.values():  # fer-edge, then Home Assistant, then the broker both use
+            stop(process)
 
 
 USERLAND_FACTS = (
