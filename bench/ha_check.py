@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,9 +211,13 @@ def recording_check(ha: HomeAssistant, listener: Listener, checks: Checks, ids: 
 
 
 def calm_check(
-    ha: HomeAssistant, listener: Listener, checks: Checks, ids: dict[str, str], start: float, end: float
+    ha: HomeAssistant, listener: Listener, checks: Checks, ids: dict[str, str], start: float, end: float, web: int
 ) -> None:
-    """(e): every event fer-edge sent in the window is its own state of the event entity, at a calm rate."""
+    """(e): every event fer-edge sent in the window is its own state of the event entity, at a calm rate; beside
+    the rate, how many raw track events fer-edge saw for those it sent (since its start, from /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{web}/metrics", timeout=10) as response:
+        metrics = dict(line.split()[:2] for line in response.read().decode().splitlines() if line.startswith("fer_"))
+    seen_sent = [metrics.get(f"fer_edge_mqtt_track_events_{kind}_total") for kind in ("seen", "sent")]
     event_entity = ids[f"{UID}_face_event"]
     sent = [(t, json.loads(p)) for t, p in listener.messages(f"fer-edge/{DEVICE}/event", start) if t <= end]
     query = urllib.parse.urlencode(
@@ -246,7 +251,8 @@ def calm_check(
         len(sent) > 0 and not unmatched and not wrong_type,
         f"{len(sent)} events in {seconds:.0f} s ({len(sent) / seconds:.2f}/s, closest two {min(gaps, default=0):.2f} s "
         f"apart), {len(unmatched)} of them collapsed or lost in {event_entity}, {len(wrong_type)} with another "
-        f"event_type; {sum(per_entity.values())} state changes of the device's entities in all",
+        f"event_type; {sum(per_entity.values())} state changes of the device's entities in all; since its start "
+        f"fer-edge saw {seen_sent[0]} raw track events and sent {seen_sent[1]}",
         events=len(sent),
         event_types=[p["event_type"] for _, p in sent],
         unmatched=unmatched,
@@ -254,6 +260,7 @@ def calm_check(
         per_second=round(len(sent) / seconds, 3),
         changes=per_entity,
         seconds=round(seconds, 1),
+        track_events_seen_sent=seen_sent,
     )
 
 
@@ -379,7 +386,7 @@ def main() -> int:
         time.sleep(max(0.0, window + args.seconds - time.time()))
         end = time.time()
         time.sleep(2.5)  # the recorder commits every second
-        calm_check(run.ha, listener, checks, ids, window, end)
+        calm_check(run.ha, listener, checks, ids, window, end, run.web_port)
         restart_check(run, listener, checks, ids)
         availability_check(run, checks, ids)
     except Exception as exc:  # noqa: BLE001 - a failed check like the others; everything is stopped below
@@ -396,6 +403,7 @@ def main() -> int:
             f"{len(after.splitlines())} packages in the venv, {len(changed)} changed while Home Assistant ran",
             changed=changed,
         )
+    result["requirements"] = lines(Path(args.userland + args.venv) / "requirements-integrations.txt")
     result.update(checks=checks.rows, seconds=round(time.time() - started), cold=args.cold == "1")
     code = write(result, REPO / "bench/results-ha.md", REPO / "bench/results-ha.json", args)
     if code == 0 and os.environ.get("HA_KEEP") != "1":

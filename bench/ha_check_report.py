@@ -45,10 +45,15 @@ def write(result: dict[str, Any], out_md: Path, out_json: Path, args: argparse.N
             lines += [line[:200] for line in (row.get("ours", []) + row.get("others", []))[:20]]
             lines += ["```", ""]
     lines += [
-        f"Measured by `make ha-check` on {result['date'][:10]} on a {result['machine']} "
-        f"({'cold: userland and venv built' if result['cold'] else 'cached userland and venv'}, setup {userland_s} s + "
-        f"{venv_s} s, {result['seconds']} s for the run). Pre-installed for the integrations Home Assistant sets up: "
-        "their manifests' requirements, so it installs nothing itself.",
+        f"Measured by `make ha-check` on {result['date'][:10]} on a {result['machine']} ("
+        + (
+            f"cold: debootstrap {userland_s} s, Home Assistant's venv {venv_s} s"
+            if result["cold"]
+            else "cached userland and venv"
+        )
+        + f", then {result['seconds']} s for the checks). Pre-installed: what the integrations Home Assistant sets up "
+        "name in their manifests (and the login's MFA modules), so it installs nothing itself: "
+        f"{', '.join(result.get('requirements', [])) or 'see the venv'}.",
         "",
     ]
     out_md.write_text("\n".join(lines))
