@@ -138,7 +138,11 @@ def switch_check(
             times.append(ms(time.time() - t0))
         except TimeoutError:
             times.append(None)
-        confirmed.append(any(p == target.upper().encode() for _, p in listener.messages(topic, t0)))
+        try:  # this listener may get the state a moment after Home Assistant did
+            wait_until("the state", lambda t0=t0, want=target.upper().encode(): want in listener.payloads(topic, t0), 2)
+            confirmed.append(True)
+        except TimeoutError:
+            confirmed.append(False)
         if extra is not None:
             extra(on, t0)
     ok = all(t is not None for t in times) and all(confirmed)

@@ -145,8 +145,8 @@ class Listener:
         with self.lock:
             self.seen.append((time.time(), message.topic, message.payload, message.retain))
 
-    def payloads(self, topic: str) -> list[bytes]:
-        return [payload for _, payload in self.messages(topic)]
+    def payloads(self, topic: str, since: float = 0.0) -> list[bytes]:
+        return [payload for _, payload in self.messages(topic, since)]
 
     def messages(self, topic: str, since: float = 0.0) -> list[tuple[float, bytes]]:
         with self.lock:
