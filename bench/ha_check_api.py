@@ -189,12 +189,13 @@ def ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def inside(args: argparse.Namespace, *command: str, binds: str = "") -> tuple[list[str], dict[str, str]]:
+def inside(*command: str, binds: str = "") -> tuple[list[str], dict[str, str]]:
+    """``command`` run in the userland through bench/ha_check.sh, with ``binds`` (host:guest ...) mounted there."""
     return [str(REPO / "bench/ha_check.sh"), "--inside", *command], {**os.environ, "HA_BIND": binds}
 
 
-def run_inside(args: argparse.Namespace, *command: str) -> str:
-    cmd, env = inside(args, *command)
+def run_inside(*command: str) -> str:
+    cmd, env = inside(*command)
     return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -232,7 +233,7 @@ class Run:
         }
         (config / "configuration.yaml").write_text(yaml.safe_dump(settings))
         t0 = time.time()
-        cmd, env = inside(self.args, f"{self.args.venv}/bin/hass", "-c", GUEST_CONFIG, binds=f"{config}:{GUEST_CONFIG}")
+        cmd, env = inside(f"{self.args.venv}/bin/hass", "-c", GUEST_CONFIG, binds=f"{config}:{GUEST_CONFIG}")
         with open(self.work / "hass.err", "ab") as err:
             self.processes["hass"] = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         wait_until("Home Assistant's API", self.ha.up, 600, 0.5)
@@ -260,7 +261,7 @@ class Run:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
-        for process in self.processes.values():  # fer-edge, then Home Assistant, then the broker both use
+        for process in self.processes.values():  # fer-edge, Home Assistant, then the broker they use
             stop(process)
 
 
