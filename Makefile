@@ -40,7 +40,7 @@ PIP_QUIET := PYTHONWARNINGS=ignore
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test test-edge soak data-check lint train train-seed convert evaluate bench bench-edge bench-privacy \
-	docs clip deploy deploy-model pi-lock pi-check clean
+	docs clip deploy deploy-model pi-lock pi-check ha-check clean
 
 help:  ## this list
 	@echo "fer-edge: facial expression recognition trained here, run headless on a Raspberry Pi"
@@ -140,6 +140,9 @@ pi-lock: $(TRAIN_VENV)/.installed  ## re-resolve requirements-pi.lock (uv; NumPy
 
 pi-check: $(EDGE_VENV)/.installed  ## the device side in an arm64 Bookworm userland (qemu; root): install, run, parity -> bench/results-pi.md
 	bench/pi_check.sh
+
+ha-check: $(EDGE_VENV)/.installed  ## fer-edge against a real Home Assistant (trixie userland; root) -> bench/results-ha.md
+	bench/ha_check.sh
 
 clean:  ## remove venvs, caches and outputs (keeps runs/ and models/)
 	rm -rf $(TRAIN_VENV) $(EDGE_VENV) build edge/build edge/*.egg-info out .pytest_cache .ruff_cache
