@@ -38,36 +38,19 @@ say() { printf 'ha-check: %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, mounts): sudo make ha-check"
 
-inside() {
-    cp -L /etc/resolv.conf "$USERLAND/etc/resolv.conf" 2>/dev/null || true
-    # a private mount namespace: nothing mounted here outlives the command
-    # shellcheck disable=SC2016  # expanded by the inner bash
-    HA_BINDS="${HA_BIND:-}" USERLAND="$USERLAND" ${INSIDE_EXEC:-} unshare --mount --propagation private bash -c '
-        set -euo pipefail
-        mount -t proc proc "$USERLAND/proc"
-        mount --rbind /dev "$USERLAND/dev"
-        mount --rbind /sys "$USERLAND/sys"
-        mount -t tmpfs tmpfs "$USERLAND/tmp"
-        # the CA bundle of this machine (a TLS-inspecting proxy adds its CA there): pip trusts what the host does
-        if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$USERLAND/etc/ssl/certs/ca-certificates.crt" ]; then
-            mount --bind /etc/ssl/certs/ca-certificates.crt "$USERLAND/etc/ssl/certs/ca-certificates.crt"
-        fi
-        for bind in $HA_BINDS; do
-            IFS=: read -r host guest mode <<< "$bind"
-            mkdir -p "$USERLAND$guest"
-            mount --bind "$host" "$USERLAND$guest"
-            [ "${mode:-}" != ro ] || mount -o remount,bind,ro "$USERLAND$guest"
-        done
-        exec chroot "$USERLAND" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \
-            HOME=/root LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-            SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$@"
-    ' bash "$@"
+bind_args() {
+    BIND_ARGS=()
+    for bind in ${HA_BIND:-}; do
+        BIND_ARGS+=(--bind "$bind")
+    done
 }
+inside() { bind_args; tools/userland_run.sh "$USERLAND" "${BIND_ARGS[@]}" -- "$@"; }
 
 if [ "${1:-}" = --inside ]; then
     shift
     [ -f "$USERLAND/.complete" ] || die "no userland at $USERLAND: run bench/ha_check.sh first"
-    INSIDE_EXEC="exec" inside "$@"  # the command becomes this process: a signal to it reaches Home Assistant
+    bind_args
+    exec tools/userland_run.sh "$USERLAND" "${BIND_ARGS[@]}" -- "$@"  # a signal to the command reaches it
 fi
 
 [ -f "$CLIP" ] || die "clip not found: $CLIP (HA_CLIP=FILE, or ../shared/clips beside the checkout)"

@@ -71,33 +71,14 @@ EOF
 }
 
 run() {
-    cp -L /etc/resolv.conf "$USERLAND/etc/resolv.conf" 2>/dev/null || true
-    local binds="${PI_BIND:-}"
-    # a private mount namespace: nothing mounted here outlives the command
-    # shellcheck disable=SC2016  # expanded by the inner bash
-    PI_BINDS="$binds" USERLAND="$USERLAND" CPUINFO="$CPUINFO" unshare --mount --propagation private bash -c '
-        set -euo pipefail
-        mount -t proc proc "$USERLAND/proc"
-        # qemu-user passes the host s /proc/cpuinfo through: the TFLite runtime reads it to pick its ARM kernels
-        # and crashes on an x86 one. The board s instead (and QEMU_CPU: the instruction set of its core).
-        mount --bind "$CPUINFO" "$USERLAND/proc/cpuinfo"
-        mount --rbind /dev "$USERLAND/dev"
-        mount --rbind /sys "$USERLAND/sys"
-        mount -t tmpfs tmpfs "$USERLAND/tmp"
-        # the CA bundle of this machine (a TLS-inspecting proxy adds its CA there): pip trusts what the host does
-        if [ -f /etc/ssl/certs/ca-certificates.crt ] && [ -f "$USERLAND/etc/ssl/certs/ca-certificates.crt" ]; then
-            mount --bind /etc/ssl/certs/ca-certificates.crt "$USERLAND/etc/ssl/certs/ca-certificates.crt"
-        fi
-        for bind in $PI_BINDS; do
-            IFS=: read -r host guest mode <<< "$bind"
-            mkdir -p "$USERLAND$guest"
-            mount --bind "$host" "$USERLAND$guest"
-            [ "${mode:-}" != ro ] || mount -o remount,bind,ro "$USERLAND$guest"
-        done
-        exec chroot "$USERLAND" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin \
-            HOME=/root LANG=C.UTF-8 QEMU_CPU="$QEMU_CPU" PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-            SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt "$@"
-    ' bash "$@"
+    local binds=()
+    for bind in ${PI_BIND:-}; do
+        binds+=(--bind "$bind")
+    done
+    # qemu-user passes the host's /proc/cpuinfo through: the TFLite runtime reads it to pick its ARM kernels and
+    # crashes on an x86 one. The board's instead (and QEMU_CPU: the instruction set of its core).
+    exec "$(dirname "${BASH_SOURCE[0]}")/userland_run.sh" "$USERLAND" --bind "$CPUINFO:/proc/cpuinfo" "${binds[@]}" \
+        --env "QEMU_CPU=$QEMU_CPU" -- "$@"
 }
 
 binfmt
