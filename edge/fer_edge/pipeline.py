@@ -248,11 +248,12 @@ class Pipeline:
                     continue
                 if window.waiting is not None:  # the camera is back: status lines count from now
                     window = _StatusWindow(time.monotonic())
-                tracks = self._detect(frame)
+                privacy = self.privacy_on  # once a frame: its detection and its anonymizing agree
+                tracks = self._detect(frame, privacy)
                 t2 = time.perf_counter()
                 faces = self._classify(frame, tracks)
                 t3 = time.perf_counter()
-                if self.privacy is not None:
+                if privacy:
                     self._anonymize(frame.image, faces)
                 self.annotator.draw(frame.image, faces)
                 t4 = time.perf_counter()
@@ -285,10 +286,10 @@ class Pipeline:
         )
         return stats
 
-    def _detect(self, frame: Frame) -> list[Track]:
+    def _detect(self, frame: Frame, privacy: bool) -> list[Track]:
         if cut := (self.cuts is not None and self.cuts.cut(frame.image)):
             self._end_tracks()
-        plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids), privacy=self.privacy_on, cut=cut)
+        plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids), privacy=privacy, cut=cut)
         self._unsure = []
         if plan == DetectionPlan.CARRY:
             return self.tracker.predict()
@@ -297,7 +298,7 @@ class Pipeline:
             height, width = frame.image.shape[:2]
             factor = max(1.0, self.schedule.region_factor)  # no windows without tracking: nothing is carried
             regions = [box.square(factor).clipped(width, height) for box in self.tracker.carried()]
-        scan = getattr(self.detector, "privacy_scan", None) if self.privacy_on else None
+        scan = getattr(self.detector, "privacy_scan", None) if privacy else None
         if scan is not None and plan != DetectionPlan.REGIONS:
             found: FaceScan = scan(frame.image, regions if plan == DetectionPlan.SWEEP else None)
             self._unsure = found.unsure
