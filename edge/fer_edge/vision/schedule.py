@@ -45,20 +45,19 @@ class DetectionSchedule:
         switched_on, self._privacy = privacy and not self._privacy, privacy
         if t < self._last_scan:  # the clock went back (a replay looped)
             self._last_scan = -math.inf
+        due = t - self._last_scan >= self.full_scan_interval_s
         if privacy or cut:
-            self._tracked = tracked
-            if cut or switched_on or t - self._last_scan >= self.full_scan_interval_s:
-                self._last_scan = t
-                return DetectionPlan.FULL
-            return DetectionPlan.SWEEP
-        if frame % self.every_n_frames:
+            scan, otherwise = cut or switched_on or due, DetectionPlan.SWEEP
+        elif frame % self.every_n_frames:
             return DetectionPlan.CARRY
-        ended = tracked < self._tracked
+        else:
+            ended = tracked < self._tracked
+            scan, otherwise = not tracked or ended or not self.region_factor or due, DetectionPlan.REGIONS
         self._tracked = tracked
-        if not tracked or ended or not self.region_factor or t - self._last_scan >= self.full_scan_interval_s:
+        if scan:
             self._last_scan = t
             return DetectionPlan.FULL
-        return DetectionPlan.REGIONS
+        return otherwise
 
 
 @dataclass(frozen=True)
