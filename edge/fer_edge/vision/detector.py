@@ -197,10 +197,8 @@ class BlazeFaceDetector:
     ):
         self.min_face = min_face
         self.sweep_tiles = sweep_tiles
-        self._sure = {name: MODELS[name].min_score if min_score is None else min_score for name in MODELS}
         self._runners = {
-            name: BlazeFaceModelRunner(name, sure, threads=threads, unsure_score=privacy_score)
-            for name, sure in self._sure.items()
+            name: BlazeFaceModelRunner(name, min_score, threads=threads, unsure_score=privacy_score) for name in MODELS
         }
         self._plans: dict[tuple[int, int], list[ScanLevel]] = {}
         self._next_tile = 0
@@ -248,7 +246,7 @@ class BlazeFaceDetector:
             if index is not None:
                 self._held[index] = []
             for detection in self._runners[model].detect(image, region):
-                if detection.score >= self._sure[model]:
+                if detection.score >= self._runners[model].min_score:
                     sure.append(detection)
                 elif index is not None:
                     self._held[index].append(detection)
