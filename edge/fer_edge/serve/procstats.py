@@ -5,6 +5,7 @@ Read from ``/proc/self`` (Linux, where fer-edge runs); elsewhere the values are 
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 PROC = Path("/proc/self")
 
 
+@functools.cache  # the boot time does not change while this process runs: read once, not per scrape
 def _boot_time() -> float | None:
     try:
         for line in Path("/proc/stat").read_text().splitlines():
