@@ -37,6 +37,11 @@ from fer_edge.serve.metrics import metrics_text
 from fer_edge.serve.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
+# The live page: its own script and styles, and from this server only (blob: for the JPEGs its script fetches).
+PAGE_CSP = (
+    "default-src 'none'; img-src 'self' blob:; connect-src 'self'; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 __all__ = ["JpegFrames", "WebServer"]
 
@@ -317,11 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _page(self, query: dict[str, list[str]]) -> None:
-        csp = (
-            "default-src 'none'; img-src 'self' blob:; connect-src 'self'; style-src 'unsafe-inline'; "
-            "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-        )
-        self._send(200, self.app.page, "text/html; charset=utf-8", {"Content-Security-Policy": csp})
+        self._send(200, self.app.page, "text/html; charset=utf-8", {"Content-Security-Policy": PAGE_CSP})
 
     def _stats(self, query: dict[str, list[str]]) -> None:
         self._json(self.app.stats())
