@@ -169,25 +169,34 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     per_page = _int(query, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
     label, day = _param(query, "label"), _day(query)
     rows: dict[str, tuple] = {}
+    with_label: set[str] = set()
     labels: dict[str, dict[str, int]] = defaultdict(dict)
     db = _index(handler)
-    if db is not None:
-        with contextlib.closing(db):
+    try:
+        if db is not None:
             for row in db.execute("SELECT stem, start, duration_s, frames, faces, thumbnail FROM recordings"):
                 rows[row[0]] = row
-            for stem, name, count in db.execute("SELECT stem, label, SUM(count) FROM minutes GROUP BY stem, label"):
-                labels[stem][name] = count
-    items = []
-    for path in finished_videos(_directory(handler)):  # newest first
-        stem = path.name[: -len(".mp4")]
-        row = rows.get(stem)
-        start = row[1] if row is not None else stem_time(stem)
-        if label is not None and label not in labels.get(stem, {}):
-            continue
-        if day is not None and not day[0] <= start < day[1]:
-            continue
-        items.append((path, stem, start, row))
-    chosen = items[(page - 1) * per_page : page * per_page]
+            if label is not None:
+                found = db.execute("SELECT DISTINCT stem FROM minutes WHERE label = ?", (label,))
+                with_label = {stem for (stem,) in found}
+        items = []
+        for path in finished_videos(_directory(handler)):  # newest first
+            stem = path.name[: -len(".mp4")]
+            row = rows.get(stem)
+            start = row[1] if row is not None else stem_time(stem)
+            if label is not None and stem not in with_label:
+                continue
+            if day is not None and not day[0] <= start < day[1]:
+                continue
+            items.append((path, stem, start, row))
+        chosen = items[(page - 1) * per_page : page * per_page]
+        if db is not None:  # the expressions of this page's recordings only, not a week of minutes
+            for _, stem, _, _ in chosen:
+                counts = db.execute("SELECT label, SUM(count) FROM minutes WHERE stem = ? GROUP BY label", (stem,))
+                labels[stem] = dict(counts.fetchall())
+    finally:
+        if db is not None:
+            db.close()
     listing = []
     for path, stem, start, row in chosen:
         try:
