@@ -10,10 +10,7 @@ import logging
 import os
 import re
 import shutil
-import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from fer_edge.runtime import dequantize, load_interpreter_class, pixel_lut
 from fer_edge.vision.calibration import expected_calibration_error, fit_temperature, temperature_scale
 from train import data
 from train.evaluate import plot_confusion, split_metrics
+from train.quiet import NOTICES, held_back
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +90,8 @@ def convert_model(model, variant: str, calibration: data.Split) -> bytes:
     # Keras' SavedModel export prints every traced tensor to stdout; keep it out of the user's log.
     with (
         contextlib.redirect_stdout(io.StringIO()) as export_log,
-        _without_cpp_notices(1),
-        _without_cpp_notices(2),
+        held_back(1, _cpp_notice),
+        held_back(2, _cpp_notice),
         warnings.catch_warnings(),
     ):
         warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
@@ -113,31 +111,14 @@ def convert_model(model, variant: str, calibration: data.Split) -> bytes:
 _CPP_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d|^fully_quantize: |^INFO: Created TensorFlow Lite XNNPACK delegate")
 
 
-@contextlib.contextmanager
-def _without_cpp_notices(fd: int) -> Iterator[None]:
-    """Hold back what is written to file descriptor ``fd`` and replay it without TensorFlow's C++ notices."""
-    from train.quiet import NOTICES
-
-    stream = sys.stdout if fd == 1 else sys.stderr
-    stream.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), fd)
-        try:
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            held.seek(0)
-            for line in held.read().decode(errors="replace").splitlines():
-                if not (NOTICES.search(line) or _CPP_LINE.match(line)):
-                    print(line, file=stream)
+def _cpp_notice(line: str) -> bool:
+    return bool(NOTICES.search(line) or _CPP_LINE.match(line))
 
 
 def make_interpreter(model_path: Path, threads: int = 1):
     """An interpreter from the runtime the device would pick (LiteRT first)."""
     interpreter_class, _ = load_interpreter_class()
-    with _without_cpp_notices(2):
+    with held_back(2, _cpp_notice):
         interpreter = interpreter_class(model_path=str(model_path), num_threads=threads)
         interpreter.allocate_tensors()
     return interpreter
