@@ -1,13 +1,16 @@
-"""Running ``fer-edge run`` in a child process for the live view and MQTT tests, and free ports."""
+"""Running ``fer-edge run`` in a child process for the live view and MQTT tests, free ports, one HTTP GET and
+headless Chromium."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,3 +70,48 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(10)
+
+
+def http_get(port: int, path: str, token: str | None, headers: dict | None = None):
+    """(response, status, headers, body) of one GET to 127.0.0.1:``port``, with ``token`` as a bearer token."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    connection.request("GET", path, headers=sent)
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    return response, response.status, response.headers, body
+
+
+def chromium(
+    url: str, *args: str, window: str = "1200,800", budget_ms: int = 4000, timeout: float = 90
+) -> subprocess.CompletedProcess:
+    """Debian's headless Chromium on ``url`` with a fresh profile, ``budget_ms`` of virtual time and ``args``
+    (``--dump-dom``, ``--screenshot=PATH``)."""
+    binary = need_binary("chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--autoplay-policy=no-user-gesture-required",
+                f"--user-data-dir={profile}",
+                "--hide-scrollbars",
+                f"--window-size={window}",
+                f"--virtual-time-budget={budget_ms}",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            timeout=timeout,
+            cwd=profile,
+        )

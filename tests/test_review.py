@@ -4,12 +4,9 @@ the recordings, events and summary APIs from the index, thumbnails, and the revi
 from __future__ import annotations
 
 import calendar
-import http.client
 import json
 import os
 import re
-import subprocess
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +15,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
+from livehelpers import chromium, free_port, http_get, start_run, stop, wait_for_port, write_config
 
 from fer_edge.record.index import DB_NAME
 
@@ -58,16 +55,7 @@ def server(demo_clip, tmp_path_factory):
 
 
 def get(port: int, path: str, token: str | None = TOKEN, headers: dict | None = None):
-    """(response, status, headers, body) of one GET."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    sent = dict(headers or {})
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    connection.request("GET", path, headers=sent)
-    response = connection.getresponse()
-    body = response.read()
-    connection.close()
-    return response, response.status, response.headers, body
+    return http_get(port, path, token, headers)
 
 
 def fetch(server, path: str, headers: dict | None = None):
@@ -192,41 +180,13 @@ def test_the_review_needs_the_token(server, path):
     assert get(server["port"], path, token=None)[1] == 401
 
 
-def chromium(url: str, *args: str, budget_ms: int = 6000) -> subprocess.CompletedProcess:
-    binary = need_binary("chromium")
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-                "--autoplay-policy=no-user-gesture-required",
-                f"--user-data-dir={profile}",
-                "--hide-scrollbars",
-                "--window-size=1200,800",
-                f"--virtual-time-budget={budget_ms}",
-                *args,
-                url,
-            ],
-            capture_output=True,
-            timeout=90,
-            cwd=profile,
-        )
-
-
 def test_the_page_plays_a_recording_from_an_events_moment(server):
     """Debian's Chromium decodes H.264: the recording itself plays, from an event's offset."""
     rec = indexed(server)
     found = json.loads(fetch(server, f"/api/events?recording={rec['name']}")[3])["events"]
     moment = max(found, key=lambda e: e["offset_s"] if e["offset_s"] < rec["duration_s"] - 0.5 else -1)
     url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play={rec['name']}&t={moment['offset_s']}"
-    dom = chromium(url, "--dump-dom")
+    dom = chromium(url, "--dump-dom", budget_ms=6000)
     html = dom.stdout.decode()
     assert dom.returncode == 0 and "<html" in html, dom.stderr.decode()[-2000:]
     state = re.search(r'<output id="state" data-recording="([^"]*)" data-seeked="([\d.]*)" data-time="([\d.]+)"', html)
@@ -238,7 +198,7 @@ def test_the_page_plays_a_recording_from_an_events_moment(server):
 def test_the_page_lists_recordings_with_thumbnails_timelines_and_the_chart(server, tmp_path):
     url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}"
     before = len(recordings(server))
-    html = chromium(url, "--dump-dom", budget_ms=4000).stdout.decode()
+    html = chromium(url, "--dump-dom").stdout.decode()
     shown = int(re.search(r'id="recordings" data-count="(\d+)"', html).group(1))
     assert min(10, before) <= shown <= min(10, len(recordings(server)))  # recording goes on meanwhile
     assert len(re.findall(r'class="thumb" alt="thumbnail" src="/thumbnails/[\d-]+\.jpg" data-ok="1"', html)) >= 3

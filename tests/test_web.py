@@ -10,14 +10,13 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
+from livehelpers import chromium, free_port, http_get, start_run, stop, wait_for_port, write_config
 
 TOKEN = "test-token-5b1e0c"
 
@@ -53,19 +52,6 @@ def server(demo_clip, tmp_path_factory):
     assert TOKEN not in log and "Traceback" not in log
 
 
-def get(port: int, path: str, token: str | None = TOKEN, headers: dict | None = None):
-    """(response, status, headers, body) of one GET."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    sent = dict(headers or {})
-    if token is not None:
-        sent["Authorization"] = f"Bearer {token}"
-    connection.request("GET", path, headers=sent)
-    response = connection.getresponse()
-    body = response.read()
-    connection.close()
-    return response, response.status, response.headers, body
-
-
 ENDPOINTS = ["/", "/api/stats", "/api/latest.jpg", "/api/events", "/api/recordings", "/metrics", "/api/stream.mjpeg"]
 
 
@@ -79,18 +65,27 @@ def test_every_endpoint_needs_the_token(server, path):
         assert get(server["port"], path)[1] == 200
 
 
-def test_stats_report_the_running_loop(server):
+def get(port: int, path: str, token: str | None = TOKEN, headers: dict | None = None):
+    return http_get(port, path, token, headers)
+
+
+def stats_after_the_first_window(port: int) -> dict:
+    """/api/stats once it gives a frame rate: none while the first window fills, then one."""
     from fer_edge.serve.live import FPS_WINDOW_S
 
     deadline = time.monotonic() + FPS_WINDOW_S + 10
     while True:
-        _, status, headers, body = get(server["port"], "/api/stats")
+        _, status, headers, body = get(port, "/api/stats")
         assert status == 200 and headers["Content-Type"] == "application/json"
         stats = json.loads(body)
         if stats["fps"] is not None or time.monotonic() > deadline:
-            break
+            return stats
         assert stats["uptime_s"] < FPS_WINDOW_S + 5  # no reading only while the first window fills
         time.sleep(0.5)
+
+
+def test_stats_report_the_running_loop(server):
+    stats = stats_after_the_first_window(server["port"])
     assert 5 < stats["fps"] < 40  # the demo clip plays at its 30 fps (less on a busy machine)
     assert stats["frames"] > 0 and stats["uptime_s"] > 0 and stats["frames_with_faces"] > 0
     assert set(stats["ms_per_frame"]) >= {"read", "detect", "classify", "annotate", "record", "total"}
@@ -209,36 +204,10 @@ def test_metrics_are_prometheus_text(server):
     assert 'fer_edge_web_connections_closed_total{reason="refused"}' in samples
 
 
-def chromium(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    binary = need_binary("chromium")
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run(
-            [
-                binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}",
-                "--hide-scrollbars",
-                "--window-size=1100,760",
-                "--virtual-time-budget=4000",
-                *args,
-                url,
-            ],
-            capture_output=True,
-            timeout=timeout,
-            cwd=profile,
-        )
-
-
 def test_page_in_headless_chromium_shows_the_live_image_and_stats(server, tmp_path):
+    stats_after_the_first_window(server["port"])  # the page shows the frame rate once there is one
     url = f"http://127.0.0.1:{server['port']}/?token={TOKEN}"
-    dom = chromium(url, "--dump-dom")
+    dom = chromium(url, "--dump-dom", window="1100,760", timeout=60)
     html = dom.stdout.decode()
     assert dom.returncode == 0 and "<html" in html, dom.stderr.decode()[-2000:]
     fps = re.search(r'id="fps">([\d.]+)<', html)
@@ -248,7 +217,7 @@ def test_page_in_headless_chromium_shows_the_live_image_and_stats(server, tmp_pa
     assert re.search(r"<a href=\"/recordings/\d{8}-\d{6}-\d{4,}\.mp4\"", html)
 
     png = tmp_path / "live-view.png"
-    shot = chromium(url, f"--screenshot={png}")
+    shot = chromium(url, f"--screenshot={png}", window="1100,760", timeout=60)
     assert shot.returncode == 0 and png.is_file(), shot.stderr.decode()[-2000:]
     image = cv2.imread(str(png))
     assert image.shape[:2] == (760, 1100)
