@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,6 +69,75 @@ def recorder_for(
     injected = {key: settings.pop(key) for key in INJECTED if key in settings}
     recording = RecordingConfig(output_dir=str(output_dir), enabled=record_video, **settings)
     return Recorder(recording, EventsConfig(enabled=events), fps, frame_size, **injected)
+
+
+CHILD = Path(__file__)
+
+
+def child_env() -> dict:
+    """The environment for this script as a child process: it imports its own folder's modules."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHILD.parent), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_on_full_tmpfs(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """This script with ``args`` on a real 1 MB tmpfs (a private user namespace) that 400 kB of filler leave
+    nearly full: its result, and a copy of what it left there. Skips where such a tmpfs cannot be mounted."""
+    import pytest
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount")
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.decode().strip()}")
+    mount, saved = tmp_path / "mnt", tmp_path / "saved"
+    mount.mkdir()
+    saved.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=1m tmpfs {mount} && head -c 400000 /dev/zero > {mount}/filler && "
+        f"{sys.executable} {CHILD} --dir {mount} {' '.join(args)}; rc=$?; cp -a {mount}/. {saved}/; exit $rc"
+    )
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    return result, saved
+
+
+REFUSED_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from fer_edge.record.events import EventsLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+directory = Path(sys.argv[1])
+log = EventsLog(directory)
+log.open("20261124-183000-0001")
+for frame in range(3):
+    log.write(1.0 + frame, frame, [])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, ((directory / "events.jsonl").stat().st_size + 10, hard))
+log.write(4.0, 3, [])  # the kernel writes 10 bytes of it, then refuses the rest: a partial line on disk
+if sys.argv[2] == "retry":
+    log.write(5.0, 4, [])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+    log.retry()
+    log.write(6.0, 5, [])
+    log.write(7.0, 6, [])
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+print(log.close())
+"""
+
+
+def refused_write_run(directory: Path, then: str) -> subprocess.CompletedProcess:
+    """An events log in a child process whose fourth line the disk takes only 10 bytes of (a file size limit);
+    ``then`` ``"close"``: the file is finished at once; ``"retry"``: one more refused line, then room again and
+    two lines more. Prints where the file was finished."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, "-c", REFUSED_WRITE, str(directory), then], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def main() -> int:

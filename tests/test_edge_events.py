@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 
 import pytest
+from recorder_child import refused_write_run
 
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
 from fer_edge.types import Box, Face, Prediction
@@ -212,35 +211,10 @@ def test_start_up_removes_a_stale_marker_temporary_file_and_only_that(tmp_path, 
     assert sorted(os.listdir(tmp_path)) == sorted(expected + ["notes.tmp"])
 
 
-SHORT_WRITE_RUN = """
-import resource, signal, sys
-from pathlib import Path
-from fer_edge.record.events import EventsLog
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-directory = Path(sys.argv[1])
-log = EventsLog(directory)
-log.open("20261124-183000-0001")
-for frame in range(3):
-    log.write(1.0 + frame, frame, [])
-soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-resource.setrlimit(resource.RLIMIT_FSIZE, ((directory / "events.jsonl").stat().st_size + 10, hard))
-log.write(4.0, 3, [])  # the kernel writes 10 bytes of it, then refuses the rest: a partial line on disk
-log.write(5.0, 4, [])
-resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
-log.retry()
-log.write(6.0, 5, [])
-log.write(7.0, 6, [])
-print(log.close())
-"""
-
-
 def test_a_partial_line_left_by_a_full_disk_is_cut_before_writing_again(tmp_path):
     """A write refused half-way (full disk; here a file size limit) leaves part of a line in the open file; the
     next line must not be glued to it, or both are lost."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(
-        [sys.executable, "-c", SHORT_WRITE_RUN, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env
-    )
+    result = refused_write_run(tmp_path, "retry")
     assert result.returncode == 0, result.stderr
     finished = tmp_path / "20261124-183000-0001.jsonl"
     assert result.stdout.strip() == str(finished)

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from recorder_child import draw_frame, read_index, recorder_for
+from recorder_child import CHILD, child_env, draw_frame, read_index, recorder_for, run_on_full_tmpfs
 from videos import decode_opencv, decode_pyav
 
 from fer_edge.capture.sources import VideoFileSource
@@ -32,7 +32,6 @@ from fer_edge.record.recovery import recover_leftovers
 from fer_edge.record.videosink import MAX_PRE_ROLL_BYTES, RECENT_SEGMENTS
 from fer_edge.types import Box, Face, Frame, Prediction
 
-CHILD = Path(__file__).with_name("recorder_child.py")
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FPS = 30.0
 W, H = 320, 240
@@ -53,12 +52,6 @@ def recorded_indices(paths: list[Path]) -> list[int]:
 
 def names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHILD.parent), env.get("PYTHONPATH")]))
-    return env
 
 
 def wait_for_written(proc: subprocess.Popen, count: int) -> int:
@@ -268,25 +261,10 @@ def test_recording_pauses_without_space_and_resumes_when_it_returns(tmp_path, ca
 
 
 def test_full_disk_never_stops_the_loop_and_recording_resumes(tmp_path):
-    """A real 2 MB tmpfs (mounted in a private user namespace) filled by a recording process."""
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        pytest.skip("needs unshare and mount")
-    probe = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.decode().strip()}")
-    mount, saved = tmp_path / "mnt", tmp_path / "saved"
-    mount.mkdir()
-    saved.mkdir()
+    """A real 1 MB tmpfs (mounted in a private user namespace) filled by a recording process."""
     # 10 fps: a fragment (one keyframe interval) every 10 frames of ~25 kB noise; 60 frames/s of wall clock
-    script = (
-        f"mount -t tmpfs -o size=1m tmpfs {mount} && head -c 400000 /dev/zero > {mount}/filler && "
-        f"{sys.executable} {CHILD} --dir {mount} --frames 90 --fps 10 --pace-fps 60 --noise --retry-s 0.1 "
-        f"--delete-at 50; rc=$?; cp -a {mount}/. {saved}/; exit $rc"
-    )
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    result, saved = run_on_full_tmpfs(
+        tmp_path, "--frames 90 --fps 10 --pace-fps 60 --noise --retry-s 0.1 --delete-at 50"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-2:] == ["closed", "90"]

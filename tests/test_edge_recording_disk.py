@@ -7,20 +7,15 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-from recorder_child import draw_frame, read_index, recorder_for
+from recorder_child import draw_frame, read_index, recorder_for, refused_write_run, run_on_full_tmpfs
 from videos import decode_pyav
 
 from fer_edge.record.events import read_events
 from fer_edge.record.recovery import recover_leftovers
 from fer_edge.types import Box, Face, Frame, Prediction
 
-CHILD = Path(__file__).with_name("recorder_child.py")
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FPS = 30.0
 W, H = 320, 240
@@ -30,40 +25,13 @@ def a_face() -> Face:
     return Face(Box(10, 20, 60, 60), Prediction(LABELS, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
 
 
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHILD.parent), env.get("PYTHONPATH")]))
-    return env
-
-
 def whole_lines(path: Path) -> list[int]:
     """The frames of an events file, failing on any line that is not a whole JSON object."""
     return [json.loads(line)["frame"] for line in path.read_text().splitlines()]
 
 
-PARTIAL_THEN_CLOSE = """
-import resource, signal, sys
-from pathlib import Path
-from fer_edge.record.events import EventsLog
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-directory = Path(sys.argv[1])
-log = EventsLog(directory)
-log.open("20261124-183000-0001")
-for frame in range(3):
-    log.write(1.0 + frame, frame, [])
-soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-resource.setrlimit(resource.RLIMIT_FSIZE, ((directory / "events.jsonl").stat().st_size + 10, hard))
-log.write(4.0, 3, [])  # the kernel writes 10 bytes of it, then refuses the rest: a partial line on disk
-resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
-print(log.close())  # the segment ends before the disk had room again
-"""
-
-
 def test_a_file_finished_after_a_refused_write_holds_whole_lines_only(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    result = subprocess.run(
-        [sys.executable, "-c", PARTIAL_THEN_CLOSE, str(tmp_path)], capture_output=True, text=True, timeout=60, env=env
-    )
+    result = refused_write_run(tmp_path, "close")
     assert result.returncode == 0, result.stderr
     finished = tmp_path / "20261124-183000-0001.jsonl"
     assert result.stdout.strip() == str(finished)
@@ -72,23 +40,8 @@ def test_a_file_finished_after_a_refused_write_holds_whole_lines_only(tmp_path):
 
 def test_a_full_disk_leaves_no_empty_or_torn_events_files(tmp_path):
     """A real 1 MB tmpfs filled by a recording process that retries every 0.1 s while the disk is full."""
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        pytest.skip("needs unshare and mount")
-    probe = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {tmp_path}"], capture_output=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace: {probe.stderr.decode().strip()}")
-    mount, saved = tmp_path / "mnt", tmp_path / "saved"
-    mount.mkdir()
-    saved.mkdir()
-    script = (
-        f"mount -t tmpfs -o size=1m tmpfs {mount} && head -c 400000 /dev/zero > {mount}/filler && "
-        f"{sys.executable} {CHILD} --dir {mount} --frames 90 --fps 10 --pace-fps 60 --noise --retry-s 0.1 "
-        f"--delete-at 50 --segment-seconds 2; rc=$?; cp -a {mount}/. {saved}/; exit $rc"
-    )
-    result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
+    result, saved = run_on_full_tmpfs(
+        tmp_path, "--frames 90 --fps 10 --pace-fps 60 --noise --retry-s 0.1 --delete-at 50 --segment-seconds 2"
     )
     assert result.returncode == 0, result.stderr
     assert "disk full" in result.stderr, result.stderr
