@@ -90,13 +90,7 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
     sink = ListSink(keep_images=False)
     with tempfile.TemporaryDirectory() as out:
         cfg = clip_config(clip, out, overrides)
-        pipeline = app.build_pipeline(cfg, extra_sinks=[sink])
-        try:
-            warm_up(pipeline)
-            stats = pipeline.run(max_frames)
-        finally:
-            pipeline.close()
-            pipeline.notifier.close()
+        stats = run_closed(app.build_pipeline(cfg, extra_sinks=[sink]), max_frames)
     flicker, pairs = label_flicker(sink.faces)
     contradiction, smoothed_faces = label_contradiction(sink.faces)
     tracks = {face.track_id for faces in sink.faces for face in faces if face.track_id is not None}
@@ -113,6 +107,18 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
         "smoothed_faces": smoothed_faces,
         "unsure": unsure_share(sink.faces),
     }
+
+
+def run_closed(pipeline, max_frames: int | None = None, *, warm: bool = True):
+    """Run ``pipeline`` (after :func:`warm_up` if ``warm``) and close it and its notifier, whatever happens; its
+    run's stats."""
+    try:
+        if warm:
+            warm_up(pipeline)
+        return pipeline.run(max_frames)
+    finally:
+        pipeline.close()
+        pipeline.notifier.close()
 
 
 def warm_up(pipeline) -> None:

@@ -183,7 +183,7 @@ class LeakSink:
 
 def measure(clip: Path, overrides: dict) -> dict:
     """Leaked reference faces with ``overrides`` on the defaults (privacy blur, no overlays, no recording)."""
-    from bench.edge import clip_config, warm_up
+    from bench.edge import clip_config, run_closed
     from fer_edge import app
     from fer_edge.vision.privacy import covered_regions
 
@@ -204,12 +204,7 @@ def measure(clip: Path, overrides: dict) -> dict:
             blur(image, boxes)
 
         pipeline.privacy = counted
-        try:
-            warm_up(pipeline)
-            pipeline.run()
-        finally:
-            pipeline.close()
-            pipeline.notifier.close()
+        run_closed(pipeline)
     return {
         "frames": sink.frames,
         "faces": sink.faces,
@@ -222,7 +217,7 @@ def measure(clip: Path, overrides: dict) -> dict:
 
 def inferences_per_frame(clip: Path, overrides: dict) -> float:
     """BlazeFace inferences per frame with privacy on: the detection cost without the noise of a shared CPU."""
-    from bench.edge import clip_config
+    from bench.edge import clip_config, run_closed
     from fer_edge import app
     from fer_edge.vision.detector import BlazeFaceDetector
 
@@ -240,11 +235,7 @@ def inferences_per_frame(clip: Path, overrides: dict) -> float:
                 return detect(image, region)
 
             runner.detect = counted  # type: ignore[method-assign]
-        try:
-            stats = pipeline.run()
-        finally:
-            pipeline.close()
-            pipeline.notifier.close()
+        stats = run_closed(pipeline, warm=False)  # a warm-up's detection would count too
     return count[0] / max(1, stats.frames)
 
 

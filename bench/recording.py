@@ -121,7 +121,7 @@ def first_face_lateness(clip: Path, overrides: dict | None = None) -> dict:
     the loop is behind already and falls further behind at its own rate)."""
     import statistics
 
-    from bench.edge import clip_config, warm_up
+    from bench.edge import clip_config, run_closed
     from fer_edge import app
 
     settings = {"source.realtime": True, "recording.presence_triggered": True, "recording.pre_roll_s": 3.0}
@@ -129,12 +129,7 @@ def first_face_lateness(clip: Path, overrides: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = clip_config(clip, out, {**settings, **(overrides or {})})
         pipeline = app.build_pipeline(cfg, extra_sinks=[sink])
-        try:
-            warm_up(pipeline)
-            pipeline.run()
-        finally:
-            pipeline.close()
-            pipeline.notifier.close()
+        run_closed(pipeline)
         period = 1.0 / pipeline.source.fps
         dropped = sum(getattr(s, "dropped", 0) for s in pipeline.sinks)  # a loop kept punctual by dropping
     start = min(done - index * period for index, done, _ in sink.rows)
@@ -171,17 +166,12 @@ def fps_on_cores(clip: Path, cores: set[int], frames: int = 300) -> dict:
 
 
 def _loop(clip: Path, frames: int) -> dict:
-    from bench.edge import clip_config, warm_up
+    from bench.edge import clip_config, run_closed
     from fer_edge import app
 
     with tempfile.TemporaryDirectory() as out:
         pipeline = app.build_pipeline(clip_config(clip, out, {"source.loop": True}))
-        try:
-            warm_up(pipeline)
-            stats = pipeline.run(frames)
-        finally:
-            pipeline.close()
-            pipeline.notifier.close()
+        stats = run_closed(pipeline, frames)
     dropped = sum(getattr(sink, "dropped", 0) for sink in pipeline.sinks)
     return {
         "clip": clip.name,
