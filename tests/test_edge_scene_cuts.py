@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from videos import decode_opencv
 
 from fer_edge import app
 from fer_edge.config import load_config
@@ -28,15 +29,7 @@ MAX_FALSE_CUTS = 0
 def all_frames(path: Path) -> list[np.ndarray]:
     if not path.is_file():
         pytest.skip(f"real clips not found at {CLIPS}")
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
+    return decode_opencv(path)
 
 
 @pytest.fixture(scope="module")
