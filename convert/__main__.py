@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         "--calibrate",
         nargs="+",
         metavar="MODEL",
-        help="do not convert: fit the temperatures of these converted .tflite files on PublicTest and rewrite "
+        help="do not convert: fit the calibration of these converted .tflite files on PublicTest and rewrite "
         "their sidecars (the models stay as they are)",
     )
     parser.add_argument(

@@ -27,7 +27,7 @@ from fer_edge.contract import (
     write_sidecar,
 )
 from fer_edge.runtime import dequantize, load_interpreter_class, pixel_lut
-from fer_edge.vision.calibration import expected_calibration_error, fit_temperature, temperature_scale
+from fer_edge.vision.calibration import calibrate, expected_calibration_error, fit_calibration
 from train import data
 from train.evaluate import plot_confusion, split_metrics
 from train.quiet import NOTICES, held_back
@@ -171,8 +171,8 @@ def calibration_metrics(
     prefix: str, single: np.ndarray, mirrored: np.ndarray, y: np.ndarray, cal: Calibration
 ) -> dict[str, float]:
     """Accuracy and top-1 ECE of both modes, before and after calibration, as sidecar metrics."""
-    calibrated = temperature_scale(single, cal.temperature)
-    calibrated_mirror = temperature_scale(mirrored, cal.temperature_mirror)
+    calibrated = calibrate(single, cal, mirror=False)
+    calibrated_mirror = calibrate(mirrored, cal, mirror=True)
     wrong = calibrated_mirror.argmax(1) != y
     return {
         f"{prefix}_mirror_accuracy": round(float((mirrored.argmax(1) == y).mean()), 4),
@@ -184,17 +184,19 @@ def calibration_metrics(
     }
 
 
-def fit_calibration(model_path: Path, public: data.Split, single: np.ndarray | None = None) -> tuple[Calibration, dict]:
-    """Temperatures for the single and the mirrored pass, fitted on all of PublicTest, and their metrics."""
+def fit_model_calibration(
+    model_path: Path, public: data.Split, single: np.ndarray | None = None
+) -> tuple[Calibration, dict]:
+    """The single and the mirrored pass's calibration, fitted on all of PublicTest, and their metrics."""
     single, mirrored = mirrored_scores(model_path, public.x, single)
-    cal = Calibration(fit_temperature(single, public.y), fit_temperature(mirrored, public.y))
+    cal = fit_calibration(single, mirrored, public.y)
     return cal, calibration_metrics("public", single, mirrored, public.y, cal)
 
 
 def private_calibration_metrics(
     model_path: Path, private: data.Split, cal: Calibration, single: np.ndarray | None = None
 ) -> dict:
-    """The shipped numbers: scored once, when a model ships, with temperatures fitted on PublicTest."""
+    """The shipped numbers: scored once, when a model ships, with the calibration fitted on PublicTest."""
     single, mirrored = mirrored_scores(model_path, private.x, single)
     return calibration_metrics("private", single, mirrored, private.y, cal)
 
@@ -256,7 +258,7 @@ def convert_run(
 
     ``tta="flip"`` converts the model averaged with its mirror-image pass (see ``with_flip_tta``).
 
-    Each variant's sidecar gets temperatures fitted on PublicTest. Unless ``force``, a run that stopped before
+    Each variant's sidecar gets a calibration fitted on PublicTest. Unless ``force``, a run that stopped before
     its last epoch, or an int8 model scoring lower on PublicTest than the one at ``ship_as``, is not shipped
     (:class:`ShipError`; the candidate stays in ``out_dir``).
     """
@@ -308,7 +310,7 @@ def convert_run(
             "keras_agreement": round(agreement, 4),
         }
         parity_lost = variant == "int8" and keras_accuracy - tflite_accuracy > MAX_INT8_DROP
-        calibration, calibration_public = fit_calibration(path, public, public_scores)
+        calibration, calibration_public = fit_model_calibration(path, public, public_scores)
         metrics.update(calibration_public)
         refusal = None
         if ship_as is not None and variant == "int8" and not parity_lost and not force:
@@ -400,11 +402,11 @@ def ship(model_path: Path, target: Path) -> None:
 def recalibrate(
     model_path: Path, data_dir: str | None = None, cache_dir: str = "build/cache", private: bool = False
 ) -> ModelSidecar:
-    """Fit the temperatures of an already converted model on PublicTest and rewrite its sidecar (the model
+    """Fit the calibration of an already converted model on PublicTest and rewrite its sidecar (the model
     itself is not touched); with ``private``, also score the shipped numbers on PrivateTest (once per model)."""
     sidecar = read_sidecar(model_path)
     root = data.resolve_data_dir(data_dir)
-    calibration, metrics = fit_calibration(model_path, data.load_split(root, "public", cache_dir))
+    calibration, metrics = fit_model_calibration(model_path, data.load_split(root, "public", cache_dir))
     if private:
         split = data.load_split(root, "private", cache_dir)
         metrics.update(private_calibration_metrics(model_path, split, calibration))

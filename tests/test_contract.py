@@ -108,6 +108,12 @@ def test_bad_sidecars_are_refused_naming_the_file_and_field(tmp_path, edit, mess
         (_set_in("calibration", "temperature_mirror", None), "calibration.temperature_mirror: expected a number"),
         (lambda d: d["calibration"].pop("temperature_mirror"), "calibration.temperature_mirror: missing"),
         (_set_in("calibration", "bias", 0.1), "calibration.bias: unknown key"),
+        (_set_in("calibration", "confidence", [[0.5, 0.4], [0.4, 0.6]]), "calibration.confidence: expected 2-64"),
+        (_set_in("calibration", "confidence", [[0.4, 0.6], [0.5, 0.4]]), "calibration.confidence: expected 2-64"),
+        (_set_in("calibration", "confidence_mirror", [[0.4, 0.6]]), "calibration.confidence_mirror: expected 2-64"),
+        (_set_in("calibration", "confidence", [[0.4, 0.6], [0.9, 1.2]]), "calibration.confidence: expected 2-64"),
+        (_set_in("calibration", "confidence", [[0.4, 0.6, 0.1], [0.9, 1]]), "calibration.confidence: expected"),
+        (_set_in("calibration", "confidence", [[0.4, "0.6"], [0.9, 1]]), "calibration.confidence: expected"),
         (_set("calibration", 1.05), "calibration: expected a JSON object, got 1.05"),
     ],
 )
@@ -137,6 +143,9 @@ def test_shipped_models_are_calibrated_for_both_modes(model):
     assert calibration is not None
     assert 0.5 < calibration.temperature < 2 and 0.5 < calibration.temperature_mirror < 2
     assert calibration.for_mode(mirror=True) == calibration.temperature_mirror
+    for knots in (calibration.confidence, calibration.confidence_mirror):
+        assert 2 <= len(knots) <= 10 and all(0.14 < x < 1 and 0 < y < 1 for x, y in knots)
+    assert calibration.knots_for_mode(mirror=True) == calibration.confidence_mirror
 
 
 def test_a_sidecar_without_calibration_is_still_read(tmp_path):

@@ -26,6 +26,11 @@ FACE_MARGIN_PROBLEM = f"expected a number in [{FACE_MARGIN_RANGE[0]}, {FACE_MARG
 # A calibration temperature outside it collapses the scores onto one class or flattens them to uniform.
 TEMPERATURE_RANGE = (0.05, 20.0)
 TEMPERATURE_PROBLEM = f"expected a number in [{TEMPERATURE_RANGE[0]}, {TEMPERATURE_RANGE[1]:g}]"
+MAX_CONFIDENCE_KNOTS = 64
+CONFIDENCE_PROBLEM = (
+    f"expected 2-{MAX_CONFIDENCE_KNOTS} [confidence, calibrated] pairs in [0, 1], confidences increasing and "
+    "calibrated values not decreasing"
+)
 
 
 class ContractError(Exception):
@@ -42,14 +47,20 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Temperatures fitted on PublicTest: ``p = softmax(log(p_model) / T)``; ``temperature_mirror`` is for the
-    mean of a face's and its mirror image's scores."""
+    """Fitted on PublicTest: a temperature, ``p = softmax(log(p_model) / T)``, then a monotone map of the top
+    class's probability (knots of a piecewise-linear curve, the other classes scaled to fill the rest; empty: no
+    map). The ``_mirror`` fields are for the mean of a face's and its mirror image's scores."""
 
     temperature: float = 1.0
     temperature_mirror: float = 1.0
+    confidence: tuple[tuple[float, float], ...] = ()
+    confidence_mirror: tuple[tuple[float, float], ...] = ()
 
     def for_mode(self, mirror: bool) -> float:
         return self.temperature_mirror if mirror else self.temperature
+
+    def knots_for_mode(self, mirror: bool) -> tuple[tuple[float, float], ...]:
+        return self.confidence_mirror if mirror else self.confidence
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,10 @@ class ModelSidecar:
         raw = asdict(self)
         if self.calibration is None:
             del raw["calibration"]
+        else:  # a calibration without maps reads as it did before they existed
+            for key in ("confidence", "confidence_mirror"):
+                if not raw["calibration"][key]:
+                    del raw["calibration"][key]
         return json.dumps(raw, indent=2) + "\n"
 
 
@@ -217,15 +232,32 @@ def _calibration(raw: dict) -> Calibration | None:
     section = _field(raw, "calibration", _is_object, "expected a JSON object", None)
     if section is None:
         return None
-    unknown = sorted(set(section) - {"temperature", "temperature_mirror"})
+    keys = ("temperature", "temperature_mirror", "confidence", "confidence_mirror")
+    unknown = sorted(set(section) - set(keys))
     if unknown:
-        raise _Malformed(f"calibration.{unknown[0]}", "unknown key (temperature, temperature_mirror)")
+        raise _Malformed(f"calibration.{unknown[0]}", f"unknown key ({', '.join(keys)})")
+
+    def temperature(key: str) -> float:
+        return float(_field(section, key, _is_temperature, TEMPERATURE_PROBLEM, where="calibration."))
+
+    def knots(key: str) -> tuple[tuple[float, float], ...]:
+        pairs = _field(section, key, _is_confidence_map, CONFIDENCE_PROBLEM, [], where="calibration.")
+        return tuple((float(x), float(y)) for x, y in pairs)
+
     return Calibration(
-        *(
-            float(_field(section, key, _is_temperature, TEMPERATURE_PROBLEM, where="calibration."))
-            for key in ("temperature", "temperature_mirror")
-        )
+        temperature("temperature"),
+        temperature("temperature_mirror"),
+        knots("confidence"),
+        knots("confidence_mirror"),
     )
+
+
+def _is_confidence_map(value: Any) -> bool:
+    if not (isinstance(value, list) and 2 <= len(value) <= MAX_CONFIDENCE_KNOTS):
+        return False
+    if not all(isinstance(k, list) and len(k) == 2 and all(_is_number(v) and 0 <= v <= 1 for v in k) for k in value):
+        return False
+    return all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(value, value[1:]))
 
 
 def _labels(raw: dict, classes: int) -> tuple[str, ...]:

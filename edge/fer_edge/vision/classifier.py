@@ -1,8 +1,8 @@
 """Expression classification with a TFLite model and its sidecar (labels, input spec, face margin, calibration).
 
-Scores are calibrated with the sidecar's temperature (``fer_edge.vision.calibration``), so that a shown 0.87 is
-right about 87% of the time on FER-2013's held-out faces; with ``mirror`` the scores of the face and its mirror
-image are averaged first, and the temperature fitted on such averages applies.
+Scores are calibrated with the sidecar's temperature and confidence map (``fer_edge.vision.calibration``), so
+that a shown 0.87 is right about 87% of the time on FER-2013's held-out faces; with ``mirror`` the scores of the
+face and its mirror image are averaged first, and the calibration fitted on such averages applies.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import cv2
 import numpy as np
 
 from fer_edge.config import ModelConfig, resolve_model_path
-from fer_edge.contract import ContractError, ModelSidecar, read_sidecar
+from fer_edge.contract import Calibration, ContractError, ModelSidecar, read_sidecar
 from fer_edge.errors import ModelError
 from fer_edge.runtime import build_interpreter, dequantize, first_line, pixel_lut
 from fer_edge.types import Box, Detection, Prediction
-from fer_edge.vision.calibration import temperature_scale
+from fer_edge.vision.calibration import calibrate
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,9 @@ class ExpressionClassifier:
         self.face_margin = self.sidecar.face_margin
         self.mirror = mirror
         self.unsure_below = unsure_below
+        self.calibration = self.sidecar.calibration or Calibration()
         if self.sidecar.calibration is None:
-            self.temperature = 1.0
             log.warning("%s: its sidecar has no calibration: scores are shown uncalibrated", model_path)
-        else:
-            self.temperature = self.sidecar.calibration.for_mode(mirror)
         try:
             model_bytes = model_path.read_bytes()
         except OSError as exc:
@@ -58,14 +56,15 @@ class ExpressionClassifier:
             raise ModelError(f"{model_path}: changed while it was loaded (sha256 no longer matches its sidecar)")
         self._interpreter, self.runtime = build_interpreter(model_bytes, threads, str(model_path))
         log.info(
-            "model %s (%s, %s) on %s, %d thread(s), %s, temperature %g",
+            "model %s (%s, %s) on %s, %d thread(s), %s, temperature %g%s",
             model_path,
             self.sidecar.variant,
             ", ".join(self.labels),
             self.runtime,
             threads,
             "mirrored pass" if mirror else "single pass",
-            self.temperature,
+            self.calibration.for_mode(mirror),
+            ", confidence map" if self.calibration.knots_for_mode(mirror) else "",
         )
 
         inp = self._interpreter.get_input_details()[0]
@@ -155,7 +154,7 @@ class ExpressionClassifier:
         scores = self.model_scores(crop)
         if self.mirror:
             scores = (scores + self.model_scores(cv2.flip(crop, 1, dst=self._mirrored))) / 2
-        calibrated = temperature_scale(scores, self.temperature)
+        calibrated = calibrate(scores, self.calibration, self.mirror)
         return Prediction(self.labels, tuple(calibrated.tolist()), floor=self.unsure_below)
 
 
