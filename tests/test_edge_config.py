@@ -94,6 +94,7 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("detector:\n  min_score: 1\n", "detector.min_score: expected a number in (0, 1), got 1"),
         ("model:\n  max_turn: 2\n", "model.max_turn: expected a number in [0, 1], got 2"),
         ("privacy:\n  mode: smudge\n", "privacy.mode: expected one of off, blur, pixelate, got 'smudge'"),
+        ("privacy:\n  hold_s: 30\n", "privacy.hold_s: expected a number in [0, 5], got 30"),
         ("source:\n  kind: webcam\n", "source.kind: expected one of auto, picamera2, opencv, file, images"),
         ("logging:\n  level: LOUD\n", "logging.level: expected one of DEBUG, INFO, WARNING, ERROR"),
         ("source: 5\n", "source: expected a mapping, got 5"),

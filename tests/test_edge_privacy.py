@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fer_edge.types import Box
-from fer_edge.vision.privacy import PIXELATE_BLOCKS, anonymize, covered_region
+from fer_edge.vision.privacy import PIXELATE_BLOCKS, BlurHold, anonymize, covered_region
 
 FRAME_W, FRAME_H = 640, 360
 FACE_SIDE = 192  # a 48 px FER-2013 face upscaled 4x
@@ -154,3 +154,18 @@ def test_overlapping_faces_leave_no_sharp_edge_across_a_face(scenes):
             image = frame.copy()
             anonymize(image, order, "blur")
             assert laplacian_energy(frame, middle) > 8 * laplacian_energy(image, middle)
+
+
+def test_the_hold_covers_a_lost_face_where_it_was_and_leaves_no_trail_behind_a_found_one():
+    hold = BlurHold(0.25)
+    still, walking = Box(100, 100, 50, 50), Box(300, 100, 50, 50)
+    assert hold.update([still, walking], 0.0) == [still, walking]
+    moved = Box(310, 100, 50, 50)  # the walker found again, a little further on: its old box goes
+    assert hold.update([moved], 0.04) == [still, moved]  # the still face was lost: held where it was
+    assert hold.update([], 0.2) == [still, moved]
+    assert hold.update([], 0.26) == [moved]  # 0.26 s after the still face was last found
+    assert hold.update([], 0.3) == []
+    hold.update([still], 1.0)
+    hold.clear()  # a scene cut
+    assert hold.update([], 1.01) == []
+    assert BlurHold(0.0).update([], 1.0) == [] and BlurHold(0.0).update([still], 1.0) == [still]

@@ -15,7 +15,7 @@ from fer_edge.testing import ListSink
 from fer_edge.types import Box
 from fer_edge.vision.classifier import ExpressionClassifier
 from fer_edge.vision.detector import BlazeFaceDetector
-from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule
+from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule, FaceScan
 
 SIDE = 130  # the walker's crop, its face about 70 px
 MOSTLY_OUT = 58  # px of the crop beyond the right edge: BlazeFace scores what is left of the face 0.3-0.45
@@ -70,6 +70,34 @@ def test_a_face_half_out_of_the_frame_is_blurred_but_neither_tracked_nor_classif
     assert max(kept(sink, captured, visible)) < KEPT_DETAIL, [round(k, 2) for k in kept(sink, captured, visible)]
     assert not [face for faces in sink.faces for face in faces if face.box.iou(visible) > 0]  # no label, no event
     assert all(len(faces) == 1 for faces in sink.faces)  # the performer beside it is
+
+
+def test_a_face_the_detector_loses_for_a_few_frames_stays_blurred_within_the_hold(frames, crop, classifier):
+    captured, visible = at_right_edge(frames[:12], crop, MOSTLY_OUT)
+    lost = {5, 6, 7}  # frames (0.1 s at 30 fps) on which the face's score dips below privacy_min_score
+    kept_by_hold = {}
+    for hold in (0.0, 0.25):
+        settings = {"privacy.mode": "blur", "overlay.enabled": False, "detector.privacy_min_score": 0.2}
+        cfg = load_config(None, {**settings, "privacy.hold_s": hold})
+        sink = ListSink()
+        pipeline = pipeline_for(cfg, captured, classifier, [sink], app.build_privacy(cfg))
+        detector = pipeline.detector
+        assert isinstance(detector, BlazeFaceDetector)
+        scan, calls = detector.privacy_scan, []
+
+        def wavering(image: np.ndarray, regions: list[Box] | None = None, scan=scan, calls=calls) -> FaceScan:
+            found = scan(image, regions)
+            calls.append(len(calls))
+            if calls[-1] in lost:
+                return FaceScan(found.faces, [box for box in found.unsure if box.iou(visible) == 0])
+            return found
+
+        detector.privacy_scan = wavering  # type: ignore[method-assign]
+        pipeline.run()
+        assert len(calls) == len(captured)  # one whole-frame scan a frame
+        kept_by_hold[hold] = kept(sink, captured, visible)
+    assert min(kept_by_hold[0.0][i] for i in lost) > KEPT_DETAIL  # without a hold the lost frames are sharp
+    assert max(kept_by_hold[0.25]) < KEPT_DETAIL, [round(k, 2) for k in kept_by_hold[0.25]]
 
 
 def test_privacy_sweeps_the_frame_between_whole_frame_scans(frames, classifier, monkeypatch):

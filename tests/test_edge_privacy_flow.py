@@ -113,6 +113,7 @@ def pipeline_for(cfg, images: list[np.ndarray], classifier, sinks: list, privacy
         smoother=app.build_smoother(cfg),
         schedule=app.build_schedule(cfg),
         privacy=privacy,
+        privacy_hold_s=cfg.privacy.hold_s,
         cuts=SceneCutDetector(),
     )
 

@@ -180,6 +180,7 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
             classify_every_s=cfg.model.classify_every_s,
             max_turn=cfg.model.max_turn,
             privacy=privacy,
+            privacy_hold_s=cfg.privacy.hold_s,
             cuts=SceneCutDetector(),
             notifier=integrations.notifier,
             status_interval_s=cfg.logging.status_interval_s,

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting, Track
+from fer_edge.vision.privacy import BlurHold
 from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule, FaceScan
 from fer_edge.vision.smoothing import NullSmoother
 from fer_edge.vision.tracking import NullTracker
@@ -191,6 +192,7 @@ class Pipeline:
         classify_every_s: float = 0.0,
         max_turn: float = 1.0,
         privacy: Callable[[np.ndarray, list[Box]], None] | None = None,
+        privacy_hold_s: float = 0.0,
         cuts: CutDetector | None = None,
         notifier: Notifier | None = None,
         status_interval_s: float = 5.0,
@@ -207,6 +209,7 @@ class Pipeline:
         self.classify_every_s = classify_every_s
         self.max_turn = max_turn
         self.privacy = privacy
+        self.privacy_hold = BlurHold(privacy_hold_s)
         self.cuts = cuts
         self.notifier: Notifier = notifier or _NoNotifier()
         self.status_interval_s = status_interval_s
@@ -254,7 +257,7 @@ class Pipeline:
                 faces = self._classify(frame, tracks)
                 t3 = time.perf_counter()
                 if privacy:
-                    self._anonymize(frame.image, faces)
+                    self._anonymize(frame, faces)
                 self.annotator.draw(frame.image, faces)
                 t4 = time.perf_counter()
                 for sink in self.sinks:
@@ -310,15 +313,18 @@ class Pipeline:
     def _end_tracks(self) -> None:
         """A scene cut: the faces before it are gone, their labels and smoothing must not pass to new faces."""
         self.tracker.reset()
+        self.privacy_hold.clear()
         self.smoother.forget(set())
         self._classified.clear()
 
-    def _anonymize(self, image: np.ndarray, faces: list[Face]) -> None:
-        """Every face that may be in the picture: the ones shown, and the tracks the detector missed on its
-        last run but that are still alive (a face the detector lost for a frame is still there)."""
+    def _anonymize(self, frame: Frame, faces: list[Face]) -> None:
+        """Every face that may be in the picture: the ones shown, the tracks the detector missed on its last run
+        but that are still alive (a face the detector lost for a frame is still there), the unsure ones, and
+        those anonymized within the hold."""
         boxes = [face.box for face in faces] + self.tracker.carried() + self._unsure
+        boxes = self.privacy_hold.update(list(dict.fromkeys(boxes)), frame.timestamp)
         if boxes and self.privacy is not None:
-            self.privacy(image, list(dict.fromkeys(boxes)))
+            self.privacy(frame.image, boxes)
 
     def _classify(self, frame: Frame, tracks: list[Track]) -> list[Face]:
         height, width = frame.image.shape[:2]

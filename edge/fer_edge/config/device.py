@@ -62,6 +62,7 @@ MAX_SIDE = 8192  # camera frame width/height in pixels (8K); larger requests onl
 MAX_FPS = 1000.0  # camera or image folder frame rate; beyond it a realtime replay's period rounds to nothing
 MAX_REOPEN_S = 3600.0  # the longest wait between attempts to reopen a lost camera
 MAX_STATUS_INTERVAL_S = 86400.0  # one status line a day at least
+MAX_PRIVACY_HOLD_S = 5.0  # longer would blur where a face was long after it left
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class DetectorConfig:
     full_scan_interval_s: float = _opt(1.0, positive_up_to(3600.0))  # whole-frame scan for new faces this often
     min_score: float | None = _opt(None, open_unit)  # blazeface: null = the model's own threshold
     # blazeface, privacy on: faces down to this score are blurred (not tracked or classified); null: min_score
-    privacy_min_score: float | None = _opt(None, open_unit)
+    privacy_min_score: float | None = _opt(0.2, open_unit)
     # blazeface, privacy on: a cheap sweep between scans with this many tiles in turn; null: scan every frame
     sweep_tiles: int | None = _opt(None, int_range(0, 100))
     cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
@@ -178,6 +179,8 @@ class SmoothingConfig:
 @dataclass(frozen=True)
 class PrivacyConfig:
     mode: str = _opt("off", one_of(*PRIVACY_MODES))
+    # a face anonymized on a frame stays anonymized where it was for this long (a detector's score wavers)
+    hold_s: float = _opt(0.25, number_range(0.0, MAX_PRIVACY_HOLD_S))
 
 
 @dataclass(frozen=True)

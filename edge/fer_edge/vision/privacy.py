@@ -56,6 +56,36 @@ def covered_regions(boxes: list[Box], width: int, height: int) -> list[Box]:
     return regions
 
 
+class BlurHold:
+    """Keeps each anonymized box anonymized for ``hold_s`` after the frame it was last given on.
+
+    A detector's score for a hard face (behind glass, turned, in shade) wavers around its threshold from frame to
+    frame; a face it found on the last frames is most likely still there on this one. A held box is dropped as
+    soon as a box of this frame overlaps it (the face was found again, there), so a face that is found leaves no
+    trail of blur behind it; one that is lost stays covered where it was last seen.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self._last_seen: dict[Box, float] = {}
+
+    def update(self, boxes: list[Box], t: float) -> list[Box]:
+        """This frame's ``boxes`` (at time ``t``, seconds) and those given within the last ``hold_s``."""
+        if self.hold_s <= 0:
+            return boxes
+        held = {
+            box: seen
+            for box, seen in self._last_seen.items()
+            if 0 <= t - seen <= self.hold_s and not any(box.iou(found) > 0 for found in boxes)
+        }
+        self._last_seen = {**held, **dict.fromkeys(boxes, t)}
+        return list(self._last_seen)
+
+    def clear(self) -> None:
+        """A scene cut: the boxes before it show other things now."""
+        self._last_seen.clear()
+
+
 def anonymize(image: np.ndarray, boxes: list[Box], mode: str) -> None:
     """Make each face in ``boxes`` unrecognisable, in place: ``mode`` is off, blur or pixelate.
 
