@@ -14,7 +14,7 @@ RUNS ?= $(or $(RUN),$(if $(filter $(DEFAULT_CONFIG),$(CONFIG)),runs/default runs
 # the run whose int8 model `make convert` ships to each tier's file (scored on PrivateTest then, and only
 # then); any other run converts into runs/.../tflite/ as a candidate, scored on PublicTest only.
 # MODEL_CARD.md says which config trains each shipped run.
-SHIPPED_default := runs/default
+SHIPPED_default := runs/default-cpu/default
 SHIPPED_fast := runs/fast-cpu/fast
 SHIP_default := models/fer_int8.tflite
 SHIP_fast := models/fer_fast_int8.tflite

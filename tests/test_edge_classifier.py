@@ -338,7 +338,7 @@ def test_the_mirrored_pass_is_the_mean_of_the_face_and_its_mirror_image(model_pa
 
 
 def test_calibration_lowers_the_calibration_error_on_held_back_faces(model_path, fer2013_dir):
-    # Fit on one half of PublicTest, judge on the other: the temperature must carry to faces it never saw.
+    # Fit on one half of PublicTest, judge on the other: the calibration must carry to faces it never saw.
     files = sorted((fer2013_dir / "test").glob("*/PublicTest_*.jpg"))
     order = np.random.default_rng(0).permutation(len(files))
     classifier = ExpressionClassifier(model_path)
@@ -350,11 +350,11 @@ def test_calibration_lowers_the_calibration_error_on_held_back_faces(model_path,
     temperature = fit_temperature(scores[:half], labels[:half])
     before = expected_calibration_error(scores[half:], labels[half:])
     after = expected_calibration_error(temperature_scale(scores[half:], temperature), labels[half:])
-    assert after < before - 0.005, (temperature, before, after)
+    assert after < before, (temperature, before, after)
     # the confidence map fitted after it follows what one temperature cannot
     knots = fit_confidence_map(temperature_scale(scores[:half], temperature), labels[:half])
     mapped = map_confidence(temperature_scale(scores[half:], temperature), knots)
-    assert expected_calibration_error(mapped, labels[half:]) < after - 0.005, knots
+    assert expected_calibration_error(mapped, labels[half:]) < after - 0.01, (after, knots)
     assert (mapped.argmax(1) == scores[half:].argmax(1)).all()
     assert mapped.sum(1) == pytest.approx(np.ones(len(mapped)))
 
