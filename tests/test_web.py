@@ -221,9 +221,11 @@ def test_page_in_headless_chromium_shows_the_live_image_and_stats(server, tmp_pa
     assert shot.returncode == 0 and png.is_file(), shot.stderr.decode()[-2000:]
     image = cv2.imread(str(png))
     assert image.shape[:2] == (760, 1100)
-    # The live image fills the left column's top: a camera frame, not the empty dark box or the page background.
+    # The live image fills the left column's top: a camera frame, not the empty dark box or the page background
+    # (each one flat colour). Which frame of the clip it is varies: one without a face, and so without the
+    # overlay's colours, has a std near 24 and a dozen colour bins.
     view = image[60:300, 20:560]
-    assert view.std() > 25 and len(np.unique(view.reshape(-1, 3) // 32, axis=0)) > 20
+    assert view.std() > 12 and len(np.unique(view.reshape(-1, 3) // 32, axis=0)) > 6
     if os.environ.get("LIVE_VIEW_SCREENSHOT"):  # docs/live-view.png is made this way
         Path(os.environ["LIVE_VIEW_SCREENSHOT"]).write_bytes(png.read_bytes())
 
