@@ -139,11 +139,11 @@ def calibration_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         temperatures = "-" if r["temperature"] is None else f"{r['temperature']:g} / {r['temperature_mirror']:g}"
-        knots = f"{r.get('confidence_knots', 0)} / {r.get('confidence_knots_mirror', 0)}"
+        knots = f"{r['confidence_knots']} / {r['confidence_knots_mirror']}"
         lines.append(
             f"| `{r['model']}` | {temperatures} | {knots} | {_share(r['private_mirror_accuracy'])} "
             f"| {_share(r['private_ece'])} -> {_share(r['private_ece_calibrated'])} "
-            f"| {_share(r.get('private_mirror_ece'))} -> {_share(r['private_mirror_ece_calibrated'])} |"
+            f"| {_share(r['private_mirror_ece'])} -> {_share(r['private_mirror_ece_calibrated'])} |"
         )
     return "\n".join(lines)
 

@@ -322,7 +322,7 @@ class Pipeline:
         but that are still alive (a face the detector lost for a frame is still there), the unsure ones, and
         those anonymized within the hold."""
         boxes = [face.box for face in faces] + self.tracker.carried() + self._unsure
-        boxes = self.privacy_hold.update(list(dict.fromkeys(boxes)), frame.timestamp)
+        boxes = self.privacy_hold.update(boxes, frame.timestamp)
         if boxes and self.privacy is not None:
             self.privacy(frame.image, boxes)
 

@@ -70,9 +70,9 @@ class BlurHold:
         self._last_seen: dict[Box, float] = {}
 
     def update(self, boxes: list[Box], t: float) -> list[Box]:
-        """This frame's ``boxes`` (at time ``t``, seconds) and those given within the last ``hold_s``."""
+        """This frame's ``boxes`` (at time ``t``, seconds; each once) and those given within the last ``hold_s``."""
         if self.hold_s <= 0:
-            return boxes
+            return list(dict.fromkeys(boxes))
         held = {
             box: seen
             for box, seen in self._last_seen.items()
