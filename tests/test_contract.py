@@ -142,10 +142,13 @@ def test_shipped_models_are_calibrated_for_both_modes(model):
     calibration = read_sidecar(REPO / "models" / model).calibration
     assert calibration is not None
     assert 0.5 < calibration.temperature < 2 and 0.5 < calibration.temperature_mirror < 2
-    assert calibration.for_mode(mirror=True) == calibration.temperature_mirror
     for knots in (calibration.confidence, calibration.confidence_mirror):
         assert 2 <= len(knots) <= 10 and all(0.14 < x < 1 and 0 < y < 1 for x, y in knots)
-    assert calibration.knots_for_mode(mirror=True) == calibration.confidence_mirror
+    mirrored = calibration.for_pass(mirror=True)
+    assert (mirrored.temperature, mirrored.confidence) == (
+        calibration.temperature_mirror,
+        calibration.confidence_mirror,
+    )
 
 
 def test_a_sidecar_without_calibration_is_still_read(tmp_path):

@@ -46,6 +46,14 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class PassCalibration:
+    """One pass's half of a ``Calibration``: the single pass's or the mirrored pass's."""
+
+    temperature: float
+    confidence: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Fitted on PublicTest: a temperature, ``p = softmax(log(p_model) / T)``, then a monotone map of the top
     class's probability (knots of a piecewise-linear curve, the other classes scaled to fill the rest; empty: no
@@ -56,11 +64,10 @@ class Calibration:
     confidence: tuple[tuple[float, float], ...] = ()
     confidence_mirror: tuple[tuple[float, float], ...] = ()
 
-    def for_mode(self, mirror: bool) -> float:
-        return self.temperature_mirror if mirror else self.temperature
-
-    def knots_for_mode(self, mirror: bool) -> tuple[tuple[float, float], ...]:
-        return self.confidence_mirror if mirror else self.confidence
+    def for_pass(self, mirror: bool) -> PassCalibration:
+        if mirror:
+            return PassCalibration(self.temperature_mirror, self.confidence_mirror)
+        return PassCalibration(self.temperature, self.confidence)
 
 
 @dataclass(frozen=True)

@@ -134,8 +134,8 @@ def map_confidence(probabilities: np.ndarray, knots: tuple[tuple[float, float], 
 
 def calibrate(probabilities: np.ndarray, calibration: Calibration, mirror: bool) -> np.ndarray:
     """``calibration`` for the pass the scores come from: its temperature, then its confidence map."""
-    scaled = temperature_scale(probabilities, calibration.for_mode(mirror))
-    return map_confidence(scaled, calibration.knots_for_mode(mirror))
+    chosen = calibration.for_pass(mirror)
+    return map_confidence(temperature_scale(probabilities, chosen.temperature), chosen.confidence)
 
 
 def fit_calibration(single: np.ndarray, mirrored: np.ndarray, labels: np.ndarray) -> Calibration:

@@ -55,6 +55,7 @@ class ExpressionClassifier:
         if hashlib.sha256(model_bytes).hexdigest() != self.sidecar.sha256:
             raise ModelError(f"{model_path}: changed while it was loaded (sha256 no longer matches its sidecar)")
         self._interpreter, self.runtime = build_interpreter(model_bytes, threads, str(model_path))
+        chosen = self.calibration.for_pass(mirror)
         log.info(
             "model %s (%s, %s) on %s, %d thread(s), %s, temperature %g%s",
             model_path,
@@ -63,8 +64,8 @@ class ExpressionClassifier:
             self.runtime,
             threads,
             "mirrored pass" if mirror else "single pass",
-            self.calibration.for_mode(mirror),
-            ", confidence map" if self.calibration.knots_for_mode(mirror) else "",
+            chosen.temperature,
+            ", confidence map" if chosen.confidence else "",
         )
 
         inp = self._interpreter.get_input_details()[0]
