@@ -121,7 +121,7 @@ def map_confidence(probabilities: np.ndarray, knots: tuple[tuple[float, float], 
     rows = np.arange(len(flat))
     top = flat.argmax(axis=-1)
     confidence = flat[rows, top]
-    runner_up = np.sort(flat, axis=-1)[:, -2] if flat.shape[-1] > 1 else np.zeros(len(flat))
+    runner_up = np.partition(flat, -2, axis=-1)[:, -2] if flat.shape[-1] > 1 else np.zeros(len(flat))
     xs, ys = zip(*knots)
     mapped = np.interp(confidence, xs, ys)
     rest = np.maximum(1.0 - confidence, 1e-12)
