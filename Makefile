@@ -15,7 +15,7 @@ RUNS ?= $(or $(RUN),$(if $(filter $(DEFAULT_CONFIG),$(CONFIG)),runs/default runs
 # then); any other run converts into runs/.../tflite/ as a candidate, scored on PublicTest only.
 # MODEL_CARD.md says which config trains each shipped run.
 SHIPPED_default := runs/default-cpu/default
-SHIPPED_fast := runs/fast-cpu/fast
+SHIPPED_fast := runs/fast-refine/fast
 SHIP_default := models/fer_int8.tflite
 SHIP_fast := models/fer_fast_int8.tflite
 # test-time augmentation built into a converted model: none (a mirrored pass would double the cost

@@ -9,7 +9,7 @@ from convert.tflite import tflite_scores
 from train import data
 
 
-@pytest.mark.parametrize("name, shipped", [("default-cpu", "fer_int8"), ("fast", "fer_fast_int8")])
+@pytest.mark.parametrize("name, shipped", [("default-cpu", "fer_int8"), ("fast-refine", "fer_fast_int8")])
 def test_checkpoint_is_the_original_of_the_shipped_model(repo_root, fer2013_dir, cache_dir, name, shipped):
     import keras
 
@@ -30,6 +30,7 @@ def test_checkpoint_is_the_original_of_the_shipped_model(repo_root, fer2013_dir,
         "train-fast-cpu.yaml",
         "train-fast-ensemble.yaml",
         "train-fast-grow.yaml",
+        "train-fast-refine.yaml",
         "train-fast-wide.yaml",
     ],
 )
