@@ -97,5 +97,5 @@ class BatchProgress(keras.callbacks.Callback):
             self.epochs_now() - self.first,
         )
         if not self.on_gpu and total > 4 * 3600:
-            log.info("on a GPU machine: %s; a CPU-sized config: configs/train-fast-cpu.yaml", GPU_ALTERNATIVE)
+            log.info("on a GPU machine: %s; a CPU-sized config: configs/train-fast-refine.yaml", GPU_ALTERNATIVE)
         return total
