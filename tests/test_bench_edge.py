@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.edge import fer_edge_loop, label_contradiction, label_flicker, table
+from bench.edge import fer_edge_loop, label_contradiction, label_flicker, label_held, table
 from fer_edge.types import Box, Face, Prediction
 from fer_edge.vision.smoothing import HeldPrediction
 
@@ -46,6 +46,8 @@ def test_contradiction_counts_shown_labels_against_a_clear_smoothed_majority():
         [held((0.48, 0.52 - 1e-9), "b"), Face(Box(0, 0, 5, 5), Prediction(labels, (0.9, 0.1)), 2)],  # unsmoothed
     ]
     assert label_contradiction(frames) == (3 / 5, 5)
+    # a label shown that is not the top smoothed class, whatever the lead; "?" is not a label held
+    assert label_held(frames) == 2 / 5
 
 
 def test_the_loop_row_is_a_real_run_on_a_real_clip():
@@ -58,5 +60,6 @@ def test_the_loop_row_is_a_real_run_on_a_real_clip():
     assert row["frames_with_faces"] >= 40 and row["faces"] >= row["frames_with_faces"] and row["tracks"] >= 1
     assert row["flicker_pairs"] > 0 and 0 <= row["flicker"] <= 1
     assert row["smoothed_faces"] > 0 and 0 <= row["contradiction"] <= 1 and 0 <= row["unsure"] <= 1
+    assert 0 <= row["held"] <= 1
     text = table([{"clip": "`performer-640x360.mp4`", "loop": "defaults", **row}], "this machine")
     assert "| `performer-640x360.mp4` | defaults |" in text and "this machine" in text
