@@ -112,7 +112,7 @@ def test_returned_prediction_has_smoothed_scores_and_the_held_label():
 def test_a_strong_lasting_change_is_shown_within_the_dwell():
     # A laughing face after a neutral one: the smoothed scores put most of the weight on happy well before the
     # dwell is over, and the shown label follows them instead of contradicting them.
-    smoother = LabelSmoother()  # the defaults: dwell 1 s
+    smoother = LabelSmoother()  # the defaults: dwell 1.5 s
     labels = ("happy", "neutral")
     assert smoother.update(1, Prediction(labels, (0.1, 0.9)), 0.0).label == "neutral"
     shown = [smoother.update(1, Prediction(labels, (0.9, 0.1)), 0.1 + i / FPS) for i in range(FPS // 2)]
@@ -129,7 +129,7 @@ def test_a_strong_lasting_change_is_shown_within_the_dwell():
 
 
 def test_the_unsure_floor_travels_with_the_smoothed_prediction():
-    smoother = LabelSmoother()
+    smoother = LabelSmoother(min_dwell_s=1.0)
     labels = ("happy", "neutral", "sad")
     shown = smoother.update(1, Prediction(labels, (0.38, 0.32, 0.3), floor=0.4), 0.0)
     assert shown.unsure and shown.shown_label == "?" and shown.label == "happy"

@@ -172,7 +172,7 @@ class SmoothingConfig:
     enabled: bool = True
     time_constant_s: float = _opt(0.2, number_range(0.0, 60.0))  # EMA of the scores; 0 = none
     hysteresis: float = _opt(0.1, unit)  # smoothed-score lead a new label needs
-    min_dwell_s: float = _opt(1.0, number_range(0.0, 60.0))  # a shown label stays at least this long
+    min_dwell_s: float = _opt(1.5, number_range(0.0, 60.0))  # a shown label stays at least this long
     decisive: float = _opt(0.5, number_range(0.0, 1.0))  # a class this sure (smoothed) is shown at once
 
 

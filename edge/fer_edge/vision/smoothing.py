@@ -70,7 +70,7 @@ class LabelSmoother:
         self,
         time_constant_s: float = 0.2,
         hysteresis: float = 0.1,
-        min_dwell_s: float = 1.0,
+        min_dwell_s: float = 1.5,
         decisive: float = 0.5,
     ) -> None:
         self.time_constant_s = time_constant_s
