@@ -56,35 +56,33 @@ def label_flicker(faces_per_frame: list[list]) -> tuple[float, int]:
     return (changes / pairs if pairs else 0.0), pairs
 
 
+def _smoothed_tops(faces_per_frame: list[list]) -> list[tuple[object, str, float]]:
+    """Each face with smoothed scores: the face, its top smoothed class and that class's smoothed score."""
+    tops = []
+    for faces in faces_per_frame:
+        for face in faces:
+            if face.smoothed is not None:
+                scores = face.smoothed.scores
+                top = max(range(len(scores)), key=scores.__getitem__)
+                tops.append((face, face.smoothed.labels[top], scores[top]))
+    return tops
+
+
 def label_contradiction(faces_per_frame: list[list]) -> tuple[float, int]:
     """Share of face-frames with smoothed scores whose top smoothed class has 0.5 or more while another label
     (or "?") is shown, and the number of such face-frames: what flicker can be bought with."""
-    counted = contradicted = 0
-    for faces in faces_per_frame:
-        for face in faces:
-            if face.smoothed is None:
-                continue
-            counted += 1
-            scores = face.smoothed.scores
-            top = max(range(len(scores)), key=scores.__getitem__)
-            contradicted += scores[top] >= 0.5 and face.shown.shown_label != face.smoothed.labels[top]
-    return (contradicted / counted if counted else 0.0), counted
+    tops = _smoothed_tops(faces_per_frame)
+    contradicted = sum(score >= 0.5 and face.shown.shown_label != top for face, top, score in tops)
+    return (contradicted / len(tops) if tops else 0.0), len(tops)
 
 
 def label_held(faces_per_frame: list[list]) -> float:
     """Share of face-frames with smoothed scores where a label (not "?") is shown that is not the top smoothed
     class: the weak leads the dwell and the hysteresis hold a label against, the other thing flicker is bought
     with."""
-    counted = held = 0
-    for faces in faces_per_frame:
-        for face in faces:
-            if face.smoothed is None:
-                continue
-            counted += 1
-            scores = face.smoothed.scores
-            top = max(range(len(scores)), key=scores.__getitem__)
-            held += not face.shown.unsure and face.shown.shown_label != face.smoothed.labels[top]
-    return held / counted if counted else 0.0
+    tops = _smoothed_tops(faces_per_frame)
+    held = sum(not face.shown.unsure and face.shown.shown_label != top for face, top, _ in tops)
+    return held / len(tops) if tops else 0.0
 
 
 def unsure_share(faces_per_frame: list[list]) -> float:
