@@ -20,6 +20,7 @@ from livehelpers import start_run, stop, write_config
 
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
 from fer_edge.record.index import DB_NAME, RecordingIndex
+from fer_edge.record.tracklog import TrackTransitions
 
 END_AFTER_S = 1.5
 
@@ -288,3 +289,17 @@ def test_a_pre_roll_is_in_the_offsets_so_a_moment_plays_where_it_happened(demo_c
     nearby = range(max(0, moment - 8), min(len(faces), moment + 9))
     differences = {i: np.abs(shown - cv2.cvtColor(faces[i], cv2.COLOR_BGR2GRAY)).mean() for i in nearby}
     assert abs(min(differences, key=differences.__getitem__) - moment) <= 1, differences
+
+
+def test_track_transitions_start_change_end_and_survive_a_rewound_clock():
+    # the rules the live view and the review index share
+    tracks: TrackTransitions[str] = TrackTransitions(end_after_s=1.0)
+    assert tracks.see(1, "happy", 10.0, "first") == "start"
+    assert tracks.see(1, "happy", 10.5, "second") is None
+    assert tracks.see(1, "sad", 10.8, "third") == "change"
+    assert tracks.ended(11.5) == []
+    # a looped file starts its clock again: the jump back ends nothing, a second of absence after it does
+    assert tracks.ended(0.0) == [] and tracks.ended(0.9) == []
+    assert tracks.ended(1.1) == [(1, "sad", "third")]
+    assert tracks.see(2, None, 2.0, "unlabelled") == "start"
+    assert tracks.finish() == [(2, None, "unlabelled")] and tracks.ended(99.0) == []

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 from fer_edge.record.diskspace import create_private
 from fer_edge.record.pyav import pyav
@@ -26,6 +26,42 @@ log = logging.getLogger(__name__)
 TRACK_END_AFTER_S = 1.5  # a track not seen for this long (frame time) has ended: here and in the live view
 THUMB_WIDTH = 320
 THUMB_QUALITY = 80
+
+Last = TypeVar("Last")
+
+
+class TrackTransitions(Generic[Last]):
+    """The rules the live view and the review index share: a track is new (``start``), its shown label differs
+    from its last one (``change``), or it has not been seen for ``end_after_s`` of frame time (``end``). Each
+    track keeps ``last``, whatever its reader wants to say of it when it ends."""
+
+    def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
+        self.end_after_s = end_after_s
+        self._tracks: dict[int, tuple[str | None, float, Last]] = {}  # id -> label, frame time seen, last
+
+    def see(self, track_id: int, label: str | None, ts: float, last: Last) -> str | None:
+        """The track was seen at frame time ``ts``: ``start``, ``change`` or None."""
+        known = self._tracks.get(track_id)
+        self._tracks[track_id] = (label, ts, last)
+        if known is None:
+            return "start"
+        return "change" if known[0] != label else None
+
+    def ended(self, now: float) -> list[tuple[int, str | None, Last]]:
+        """The tracks not seen for ``end_after_s`` before frame time ``now``, forgotten."""
+        if self._tracks and now < max(ts for _, ts, _ in self._tracks.values()):
+            # the frame clock went back (a looped file): time since seen counts from now
+            self._tracks = {i: (label, min(ts, now), last) for i, (label, ts, last) in self._tracks.items()}
+        gone = [(i, label, last) for i, (label, ts, last) in self._tracks.items() if now - ts > self.end_after_s]
+        for track_id, _, _ in gone:
+            del self._tracks[track_id]
+        return gone
+
+    def finish(self) -> list[tuple[int, str | None, Last]]:
+        """Every track still open, forgotten."""
+        gone = [(i, label, last) for i, (label, _, last) in self._tracks.items()]
+        self._tracks.clear()
+        return gone
 
 
 @dataclass(frozen=True)
@@ -42,9 +78,8 @@ class TrackEvent:
     offset_s: float
 
 
-@dataclass
-class _Track:
-    label: str | None
+@dataclass(frozen=True)
+class _LastSeen:
     score: float | None
     box: tuple[int, ...]
     t: float
@@ -68,7 +103,6 @@ class TrackLog:
     """Follows one events file from byte ``offset``: new complete lines become track events and minute counts."""
 
     def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
-        self.end_after_s = end_after_s
         self.offset = 0
         self.lines = 0
         self.first_t: float | None = None
@@ -77,7 +111,7 @@ class TrackLog:
         self.tracks_seen: set[int] = set()
         self.most_faces = 0
         self.most_faces_offset: float | None = None
-        self._tracks: dict[int, _Track] = {}
+        self._tracks: TrackTransitions[_LastSeen] = TrackTransitions(end_after_s)
         self._last_ts = float("-inf")
 
     def read(self, path: Path) -> tuple[list[TrackEvent], Counter[tuple[int, str]]]:
@@ -104,9 +138,7 @@ class TrackLog:
 
     def finish(self) -> list[TrackEvent]:
         """The file is finished: every track still open ends where it was last seen."""
-        ended = [self._end(track_id, track) for track_id, track in self._tracks.items()]
-        self._tracks.clear()
-        return ended
+        return [self._end(track_id, label, last) for track_id, label, last in self._tracks.finish()]
 
     def faces(self) -> int:
         """Faces in the recording: its tracks, or the most faces in one frame when tracking is off."""
@@ -115,10 +147,8 @@ class TrackLog:
     def _offset(self, ts: float) -> float:
         return max(0.0, ts - (self.first_ts if self.first_ts is not None else ts))
 
-    def _end(self, track_id: int, track: _Track) -> TrackEvent:
-        return TrackEvent(
-            "end", track_id, track.label, track.score, track.box, track.t, track.frame, self._offset(track.ts)
-        )
+    def _end(self, track_id: int, label: str | None, last: _LastSeen) -> TrackEvent:
+        return TrackEvent("end", track_id, label, last.score, last.box, last.t, last.frame, self._offset(last.ts))
 
     def _line(self, line: dict, events: list[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
         t = _number(line.get("t"))
@@ -150,16 +180,11 @@ class TrackLog:
                 continue
             score = _number(face.get("score"))
             box = tuple(v for v in face.get("box") or [] if isinstance(v, int))
-            known = self._tracks.get(track_id)
-            if known is None or known.label != label:
-                kind = "start" if known is None else "change"
+            kind = self._tracks.see(track_id, label, ts, _LastSeen(score, box, t, ts, frame))
+            if kind is not None:
                 events.append(TrackEvent(kind, track_id, label, score, box, t, frame, offset))
-            self._tracks[track_id] = _Track(label, score, box, t, ts, frame)
             self.tracks_seen.add(track_id)
-        for track_id, track in list(self._tracks.items()):
-            if ts - track.ts > self.end_after_s:
-                del self._tracks[track_id]
-                events.append(self._end(track_id, track))
+        events += [self._end(track_id, label, last) for track_id, label, last in self._tracks.ended(ts)]
 
 
 def probe_video(path: Path) -> VideoInfo:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from fer_edge.record.diskspace import FINISHED_RECORDING
-from fer_edge.record.tracklog import TRACK_END_AFTER_S
+from fer_edge.record.tracklog import TRACK_END_AFTER_S, TrackTransitions
 from fer_edge.types import Face, Frame
 
 if TYPE_CHECKING:
@@ -65,31 +65,21 @@ class TrackChanges:
     """Turns each frame's tracked faces into start / change / end events."""
 
     def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
-        self.end_after_s = end_after_s
-        self._tracks: dict[int, list] = {}  # id -> [label, last seen (source time), box, score]
+        self._tracks: TrackTransitions[tuple[float | None, tuple[int, int, int, int]]] = TrackTransitions(end_after_s)
 
     def update(self, frame: Frame, faces: list[Face], wall: float, next_seq: Callable[[], int]) -> list[TrackEvent]:
         events = []
-        now = frame.timestamp
         for face in faces:
             if face.track_id is None:
                 continue
             shown = face.shown
             label, score = (shown.shown_label, shown.score) if shown is not None else (None, None)
             box = (face.box.x, face.box.y, face.box.w, face.box.h)
-            known = self._tracks.get(face.track_id)
-            if known is None:
-                events.append(TrackEvent(next_seq(), "start", face.track_id, label, score, box, wall, frame.index))
-            elif known[0] != label:
-                events.append(TrackEvent(next_seq(), "change", face.track_id, label, score, box, wall, frame.index))
-            self._tracks[face.track_id] = [label, now, box, score]
-        if now < max((t[1] for t in self._tracks.values()), default=now):
-            for track in self._tracks.values():  # the source restarted its clock (a looped file)
-                track[1] = min(track[1], now)
-        for track_id, (label, seen, box, score) in list(self._tracks.items()):
-            if now - seen > self.end_after_s:
-                del self._tracks[track_id]
-                events.append(TrackEvent(next_seq(), "end", track_id, label, score, box, wall, frame.index))
+            kind = self._tracks.see(face.track_id, label, frame.timestamp, (score, box))
+            if kind is not None:
+                events.append(TrackEvent(next_seq(), kind, face.track_id, label, score, box, wall, frame.index))
+        for track_id, label, (score, box) in self._tracks.ended(frame.timestamp):
+            events.append(TrackEvent(next_seq(), "end", track_id, label, score, box, wall, frame.index))
         return events
 
 
