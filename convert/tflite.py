@@ -171,8 +171,8 @@ def calibration_metrics(
     prefix: str, single: np.ndarray, mirrored: np.ndarray, y: np.ndarray, cal: Calibration
 ) -> dict[str, float]:
     """Accuracy and top-1 ECE of both modes, before and after calibration, as sidecar metrics."""
-    calibrated = calibrate(single, cal, mirror=False)
-    calibrated_mirror = calibrate(mirrored, cal, mirror=True)
+    calibrated = calibrate(single, cal.for_pass(mirror=False))
+    calibrated_mirror = calibrate(mirrored, cal.for_pass(mirror=True))
     wrong = calibrated_mirror.argmax(1) != y
     return {
         f"{prefix}_mirror_accuracy": round(float((mirrored.argmax(1) == y).mean()), 4),

@@ -331,9 +331,9 @@ def test_the_mirrored_pass_is_the_mean_of_the_face_and_its_mirror_image(model_pa
         box = Box(0, 0, 48, 48)
         crop = single.face_crop(gray, box).copy()
         mean = (single.model_scores(crop) + single.model_scores(np.ascontiguousarray(crop[:, ::-1]))) / 2
-        expected = calibrate(mean, calibration, mirror=True)
+        expected = calibrate(mean, calibration.for_pass(mirror=True))
         assert mirrored.classify(gray, box).scores == pytest.approx(tuple(expected), abs=1e-6)
-        alone = calibrate(single.model_scores(crop), calibration, mirror=False)
+        alone = calibrate(single.model_scores(crop), calibration.for_pass(mirror=False))
         assert single.classify(gray, box).scores == pytest.approx(tuple(alone), abs=1e-6)
 
 

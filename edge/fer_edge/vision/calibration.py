@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_edge.contract import TEMPERATURE_RANGE, Calibration
+from fer_edge.contract import TEMPERATURE_RANGE, Calibration, PassCalibration
 
 # An int8 model's scores are multiples of 1/256 and often exactly 0; log(0) would make a class impossible
 # at any temperature. Half a quantization step keeps it merely unlikely.
@@ -132,9 +132,9 @@ def map_confidence(probabilities: np.ndarray, knots: tuple[tuple[float, float], 
     return out.reshape(probabilities.shape)
 
 
-def calibrate(probabilities: np.ndarray, calibration: Calibration, mirror: bool) -> np.ndarray:
-    """``calibration`` for the pass the scores come from: its temperature, then its confidence map."""
-    chosen = calibration.for_pass(mirror)
+def calibrate(probabilities: np.ndarray, chosen: PassCalibration) -> np.ndarray:
+    """The calibration of the pass the scores come from (``Calibration.for_pass``): its temperature, then its
+    confidence map."""
     return map_confidence(temperature_scale(probabilities, chosen.temperature), chosen.confidence)
 
 

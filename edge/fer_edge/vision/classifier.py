@@ -55,7 +55,7 @@ class ExpressionClassifier:
         if hashlib.sha256(model_bytes).hexdigest() != self.sidecar.sha256:
             raise ModelError(f"{model_path}: changed while it was loaded (sha256 no longer matches its sidecar)")
         self._interpreter, self.runtime = build_interpreter(model_bytes, threads, str(model_path))
-        chosen = self.calibration.for_pass(mirror)
+        self.pass_calibration = self.calibration.for_pass(mirror)  # chosen once: the pass never changes
         log.info(
             "model %s (%s, %s) on %s, %d thread(s), %s, temperature %g%s",
             model_path,
@@ -64,8 +64,8 @@ class ExpressionClassifier:
             self.runtime,
             threads,
             "mirrored pass" if mirror else "single pass",
-            chosen.temperature,
-            ", confidence map" if chosen.confidence else "",
+            self.pass_calibration.temperature,
+            ", confidence map" if self.pass_calibration.confidence else "",
         )
 
         inp = self._interpreter.get_input_details()[0]
@@ -155,7 +155,7 @@ class ExpressionClassifier:
         scores = self.model_scores(crop)
         if self.mirror:
             scores = (scores + self.model_scores(cv2.flip(crop, 1, dst=self._mirrored))) / 2
-        calibrated = calibrate(scores, self.calibration, self.mirror)
+        calibrated = calibrate(scores, self.pass_calibration)
         return Prediction(self.labels, tuple(calibrated.tolist()), floor=self.unsure_below)
 
 
