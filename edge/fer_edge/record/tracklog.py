@@ -80,11 +80,16 @@ class TrackEvent:
 
 @dataclass(frozen=True)
 class _LastSeen:
+    """A track's face in the newest line that had it: what its events say of it."""
+
     score: float | None
     box: tuple[int, ...]
     t: float
-    ts: float
     frame: int
+    offset_s: float
+
+    def event(self, kind: str, track_id: int, label: str | None) -> TrackEvent:
+        return TrackEvent(kind, track_id, label, self.score, self.box, self.t, self.frame, self.offset_s)
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class TrackLog:
 
     def finish(self) -> list[TrackEvent]:
         """The file is finished: every track still open ends where it was last seen."""
-        return [self._end(track_id, label, last) for track_id, label, last in self._tracks.finish()]
+        return [last.event("end", track_id, label) for track_id, label, last in self._tracks.finish()]
 
     def faces(self) -> int:
         """Faces in the recording: its tracks, or the most faces in one frame when tracking is off."""
@@ -146,9 +151,6 @@ class TrackLog:
 
     def _offset(self, ts: float) -> float:
         return max(0.0, ts - (self.first_ts if self.first_ts is not None else ts))
-
-    def _end(self, track_id: int, label: str | None, last: _LastSeen) -> TrackEvent:
-        return TrackEvent("end", track_id, label, last.score, last.box, last.t, last.frame, self._offset(last.ts))
 
     def _line(self, line: dict, events: list[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
         t = _number(line.get("t"))
@@ -180,11 +182,12 @@ class TrackLog:
                 continue
             score = _number(face.get("score"))
             box = tuple(v for v in face.get("box") or [] if isinstance(v, int))
-            kind = self._tracks.see(track_id, label, ts, _LastSeen(score, box, t, ts, frame))
+            seen = _LastSeen(score, box, t, frame, offset)
+            kind = self._tracks.see(track_id, label, ts, seen)
             if kind is not None:
-                events.append(TrackEvent(kind, track_id, label, score, box, t, frame, offset))
+                events.append(seen.event(kind, track_id, label))
             self.tracks_seen.add(track_id)
-        events += [self._end(track_id, label, last) for track_id, label, last in self._tracks.ended(ts)]
+        events += [last.event("end", track_id, label) for track_id, label, last in self._tracks.ended(ts)]
 
 
 def probe_video(path: Path) -> VideoInfo:
