@@ -20,7 +20,7 @@ from livehelpers import start_run, stop, write_config
 
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
 from fer_edge.record.index import DB_NAME, RecordingIndex
-from fer_edge.record.tracklog import TrackTransitions
+from fer_edge.record.tracklog import OpenTrack, TrackTransitions
 
 END_AFTER_S = 1.5
 
@@ -300,6 +300,6 @@ def test_track_transitions_start_change_end_and_survive_a_rewound_clock():
     assert tracks.ended(11.5) == []
     # a looped file starts its clock again: the jump back ends nothing, a second of absence after it does
     assert tracks.ended(0.0) == [] and tracks.ended(0.9) == []
-    assert tracks.ended(1.1) == [(1, "sad", "third")]
+    assert tracks.ended(1.1) == [OpenTrack(1, "sad", 0.0, "third")]  # seen at 10.8, clamped to the rewind
     assert tracks.see(2, None, 2.0, "unlabelled") == "start"
-    assert tracks.finish() == [(2, None, "unlabelled")] and tracks.ended(99.0) == []
+    assert tracks.finish() == [OpenTrack(2, None, 2.0, "unlabelled")] and tracks.ended(99.0) == []

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
@@ -30,36 +30,46 @@ THUMB_QUALITY = 80
 Last = TypeVar("Last")
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTrack(Generic[Last]):
+    """A track as :class:`TrackTransitions` keeps it: its shown ``label``, the frame time it was ``seen`` last,
+    and ``last``, what its reader wants to say of it when it ends."""
+
+    track: int
+    label: str | None
+    seen: float
+    last: Last
+
+
 class TrackTransitions(Generic[Last]):
     """The rules the live view and the review index share: a track is new (``start``), its shown label differs
-    from its last one (``change``), or it has not been seen for ``end_after_s`` of frame time (``end``). Each
-    track keeps ``last``, whatever its reader wants to say of it when it ends."""
+    from its last one (``change``), or it has not been seen for ``end_after_s`` of frame time (``end``)."""
 
     def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
         self.end_after_s = end_after_s
-        self._tracks: dict[int, tuple[str | None, float, Last]] = {}  # id -> label, frame time seen, last
+        self._tracks: dict[int, OpenTrack[Last]] = {}
 
     def see(self, track_id: int, label: str | None, ts: float, last: Last) -> str | None:
         """The track was seen at frame time ``ts``: ``start``, ``change`` or None."""
         known = self._tracks.get(track_id)
-        self._tracks[track_id] = (label, ts, last)
+        self._tracks[track_id] = OpenTrack(track_id, label, ts, last)
         if known is None:
             return "start"
-        return "change" if known[0] != label else None
+        return "change" if known.label != label else None
 
-    def ended(self, now: float) -> list[tuple[int, str | None, Last]]:
+    def ended(self, now: float) -> list[OpenTrack[Last]]:
         """The tracks not seen for ``end_after_s`` before frame time ``now``, forgotten."""
-        if self._tracks and now < max(ts for _, ts, _ in self._tracks.values()):
+        if self._tracks and now < max(track.seen for track in self._tracks.values()):
             # the frame clock went back (a looped file): time since seen counts from now
-            self._tracks = {i: (label, min(ts, now), last) for i, (label, ts, last) in self._tracks.items()}
-        gone = [(i, label, last) for i, (label, ts, last) in self._tracks.items() if now - ts > self.end_after_s]
-        for track_id, _, _ in gone:
-            del self._tracks[track_id]
+            self._tracks = {i: replace(track, seen=min(track.seen, now)) for i, track in self._tracks.items()}
+        gone = [track for track in self._tracks.values() if now - track.seen > self.end_after_s]
+        for track in gone:
+            del self._tracks[track.track]
         return gone
 
-    def finish(self) -> list[tuple[int, str | None, Last]]:
+    def finish(self) -> list[OpenTrack[Last]]:
         """Every track still open, forgotten."""
-        gone = [(i, label, last) for i, (label, _, last) in self._tracks.items()]
+        gone = list(self._tracks.values())
         self._tracks.clear()
         return gone
 
@@ -143,7 +153,7 @@ class TrackLog:
 
     def finish(self) -> list[TrackEvent]:
         """The file is finished: every track still open ends where it was last seen."""
-        return [last.event("end", track_id, label) for track_id, label, last in self._tracks.finish()]
+        return [track.last.event("end", track.track, track.label) for track in self._tracks.finish()]
 
     def faces(self) -> int:
         """Faces in the recording: its tracks, or the most faces in one frame when tracking is off."""
@@ -187,7 +197,7 @@ class TrackLog:
             if kind is not None:
                 events.append(seen.event(kind, track_id, label))
             self.tracks_seen.add(track_id)
-        events += [last.event("end", track_id, label) for track_id, label, last in self._tracks.ended(ts)]
+        events += [track.last.event("end", track.track, track.label) for track in self._tracks.ended(ts)]
 
 
 def probe_video(path: Path) -> VideoInfo:

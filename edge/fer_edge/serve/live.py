@@ -78,8 +78,9 @@ class TrackChanges:
             kind = self._tracks.see(face.track_id, label, frame.timestamp, (score, box))
             if kind is not None:
                 events.append(TrackEvent(next_seq(), kind, face.track_id, label, score, box, wall, frame.index))
-        for track_id, label, (score, box) in self._tracks.ended(frame.timestamp):
-            events.append(TrackEvent(next_seq(), "end", track_id, label, score, box, wall, frame.index))
+        for track in self._tracks.ended(frame.timestamp):
+            score, box = track.last
+            events.append(TrackEvent(next_seq(), "end", track.track, track.label, score, box, wall, frame.index))
         return events
 
 
