@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,33 +57,33 @@ def label_flicker(faces_per_frame: list[list]) -> tuple[float, int]:
     return (changes / pairs if pairs else 0.0), pairs
 
 
-def _smoothed_tops(faces_per_frame: list[list]) -> list[tuple[object, str, float]]:
-    """Each face with smoothed scores: the face, its top smoothed class and that class's smoothed score."""
-    tops = []
+@dataclass(frozen=True)
+class ShownAgainstSmoothed:
+    """How the shown labels stand against the smoothed scores, over the ``faces`` face-frames that have smoothed
+    scores: ``contradiction``, the share whose top smoothed class has 0.5 or more while another label (or "?")
+    is shown; ``held``, the share where a label (not "?") is shown that is not the top smoothed class, a weak
+    lead the dwell and the hysteresis hold a label against. Flicker can be bought with either."""
+
+    contradiction: float
+    held: float
+    faces: int
+
+
+def shown_against_smoothed(faces_per_frame: list[list]) -> ShownAgainstSmoothed:
+    contradicted = held = total = 0
     for faces in faces_per_frame:
         for face in faces:
-            if face.smoothed is not None:
-                scores = face.smoothed.scores
-                top = max(range(len(scores)), key=scores.__getitem__)
-                tops.append((face, face.smoothed.labels[top], scores[top]))
-    return tops
-
-
-def label_contradiction(faces_per_frame: list[list]) -> tuple[float, int]:
-    """Share of face-frames with smoothed scores whose top smoothed class has 0.5 or more while another label
-    (or "?") is shown, and the number of such face-frames: what flicker can be bought with."""
-    tops = _smoothed_tops(faces_per_frame)
-    contradicted = sum(score >= 0.5 and face.shown.shown_label != top for face, top, score in tops)
-    return (contradicted / len(tops) if tops else 0.0), len(tops)
-
-
-def label_held(faces_per_frame: list[list]) -> float:
-    """Share of face-frames with smoothed scores where a label (not "?") is shown that is not the top smoothed
-    class: the weak leads the dwell and the hysteresis hold a label against, the other thing flicker is bought
-    with."""
-    tops = _smoothed_tops(faces_per_frame)
-    held = sum(not face.shown.unsure and face.shown.shown_label != top for face, top, _ in tops)
-    return held / len(tops) if tops else 0.0
+            if face.smoothed is None:
+                continue
+            scores = face.smoothed.scores
+            top = max(range(len(scores)), key=scores.__getitem__)
+            other_label = face.shown.shown_label != face.smoothed.labels[top]
+            total += 1
+            contradicted += scores[top] >= 0.5 and other_label
+            held += not face.shown.unsure and other_label
+    if not total:
+        return ShownAgainstSmoothed(0.0, 0.0, 0)
+    return ShownAgainstSmoothed(contradicted / total, held / total, total)
 
 
 def unsure_share(faces_per_frame: list[list]) -> float:
@@ -108,7 +109,7 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
         cfg = clip_config(clip, out, overrides)
         stats = run_closed(app.build_pipeline(cfg, extra_sinks=[sink]), max_frames)
     flicker, pairs = label_flicker(sink.faces)
-    contradiction, smoothed_faces = label_contradiction(sink.faces)
+    against = shown_against_smoothed(sink.faces)
     tracks = {face.track_id for faces in sink.faces for face in faces if face.track_id is not None}
     return {
         "frames": stats.frames,
@@ -119,9 +120,9 @@ def fer_edge_loop(clip: Path, overrides: dict, max_frames: int | None = None) ->
         "tracks": len(tracks),
         "flicker": flicker,
         "flicker_pairs": pairs,
-        "contradiction": contradiction,
-        "smoothed_faces": smoothed_faces,
-        "held": label_held(sink.faces),
+        "contradiction": against.contradiction,
+        "smoothed_faces": against.faces,
+        "held": against.held,
         "unsure": unsure_share(sink.faces),
     }
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.edge import fer_edge_loop, label_contradiction, label_flicker, label_held, table
+from bench.edge import ShownAgainstSmoothed, fer_edge_loop, label_flicker, shown_against_smoothed, table
 from fer_edge.types import Box, Face, Prediction
 from fer_edge.vision.smoothing import HeldPrediction
 
@@ -45,9 +45,9 @@ def test_contradiction_counts_shown_labels_against_a_clear_smoothed_majority():
         [held((0.7, 0.3), "a", unsure=True)],  # "?" shown against a clear a
         [held((0.48, 0.52 - 1e-9), "b"), Face(Box(0, 0, 5, 5), Prediction(labels, (0.9, 0.1)), 2)],  # unsmoothed
     ]
-    assert label_contradiction(frames) == (3 / 5, 5)
-    # a label shown that is not the top smoothed class, whatever the lead; "?" is not a label held
-    assert label_held(frames) == 2 / 5
+    # held: a label shown that is not the top smoothed class, whatever the lead; "?" is not a label held
+    assert shown_against_smoothed(frames) == ShownAgainstSmoothed(contradiction=3 / 5, held=2 / 5, faces=5)
+    assert shown_against_smoothed([[]]) == ShownAgainstSmoothed(0.0, 0.0, 0)
 
 
 def test_the_loop_row_is_a_real_run_on_a_real_clip():
