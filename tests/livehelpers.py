@@ -3,6 +3,7 @@ headless Chromium."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,43 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(10)
+
+
+@contextlib.contextmanager
+def web_run(
+    source: Path,
+    folder: Path,
+    port: int,
+    token: str,
+    segment_seconds: float,
+    sections: dict | None = None,
+    **web: object,
+) -> Iterator[subprocess.Popen]:
+    """A realtime, looping run of ``source`` recording ``segment_seconds`` segments into ``folder/out``, with the
+    live view on ``port`` behind ``token`` in a 0600 file; yields the process once the port answers. On exit it
+    must stop cleanly, with no traceback and no token in its log. ``sections`` are more of the config."""
+    token_file = folder / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    web = {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file), **web}
+    config = write_config(
+        folder / "config.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"output_dir": str(folder / "out"), "segment_seconds": segment_seconds},
+            "web": web,
+            **(sections or {}),
+        },
+    )
+    log = folder / "stderr.log"
+    process = start_run(config, source, log)
+    try:
+        wait_for_port(port, timeout=30)
+        yield process
+    finally:
+        assert stop(process) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert token not in text and "Traceback" not in text, text[-3000:]
 
 
 def http_get(port: int, path: str, token: str | None, headers: dict | None = None):

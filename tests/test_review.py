@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from livehelpers import chromium, free_port, http_get, start_run, stop, wait_for_port, write_config
+from livehelpers import chromium, free_port, http_get, web_run
 
 from fer_edge.record.index import DB_NAME
 
@@ -27,21 +27,8 @@ ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
 def server(demo_clip, tmp_path_factory):
     """A realtime, looping run with the live view, a token and 2 s segments; at least three finished ones."""
     folder = tmp_path_factory.mktemp("review")
-    token_file = folder / "token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
     port = free_port()
-    config = write_config(
-        folder / "config.yaml",
-        {
-            "source": {"realtime": True, "loop": True},
-            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 2.0},
-            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
-        },
-    )
-    process = start_run(config, demo_clip, folder / "stderr.log")
-    try:
-        wait_for_port(port, timeout=30)
+    with web_run(demo_clip, folder, port, TOKEN, segment_seconds=2.0) as process:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             _, status, _, body = get(port, "/api/recordings", TOKEN)
@@ -49,9 +36,6 @@ def server(demo_clip, tmp_path_factory):
                 break
             time.sleep(0.3)  # 503 while the index is first built: the answer says to try again
         yield {"port": port, "out": folder / "out", "process": process}
-    finally:
-        assert stop(process) == 0, (folder / "stderr.log").read_text()
-    assert "Traceback" not in (folder / "stderr.log").read_text()
 
 
 def get(port: int, path: str, token: str | None = TOKEN, headers: dict | None = None):
@@ -252,29 +236,13 @@ def test_byte_ranges_are_read_as_http_says(header, expected):
 def test_with_the_events_log_off_the_events_come_from_the_live_view(demo_clip, tmp_path):
     # the index then holds the videos only: the answer must not be an empty list from it
     port = free_port()
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
-    config = write_config(
-        tmp_path / "config.yaml",
-        {
-            "source": {"realtime": True, "loop": True},
-            "recording": {"output_dir": str(tmp_path / "out"), "segment_seconds": 1.0},
-            "events": {"enabled": False},
-            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file)},
-        },
-    )
-    process = start_run(config, demo_clip, tmp_path / "stderr.log")
-    try:
-        wait_for_port(port, timeout=30)
+    with web_run(demo_clip, tmp_path, port, TOKEN, segment_seconds=1.0, sections={"events": {"enabled": False}}):
         deadline = time.monotonic() + 30
         found: list = []
         while time.monotonic() < deadline and not (found and (tmp_path / "out" / DB_NAME).exists()):
             status, body = get(port, "/api/events")[1::2]
             found = json.loads(body)["events"] if status == 200 else []
             time.sleep(0.3)
-    finally:
-        assert stop(process) == 0, (tmp_path / "stderr.log").read_text()
     assert (tmp_path / "out" / DB_NAME).exists() and not list((tmp_path / "out").glob("*.jsonl"))
     assert found and found[0]["event"] == "start" and found[0]["label"]
     for event in found:  # the same fields as from the index; no recording holds them

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from livehelpers import chromium, free_port, http_get, start_run, stop, wait_for_port, write_config
+from livehelpers import chromium, free_port, http_get, web_run, write_config
 
 TOKEN = "test-token-5b1e0c"
 
@@ -25,31 +25,14 @@ TOKEN = "test-token-5b1e0c"
 def server(demo_clip, tmp_path_factory):
     """A realtime, looping run with the live view on a free port, a token file, and 1 s recording segments."""
     folder = tmp_path_factory.mktemp("web")
-    token_file = folder / "token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
     port = free_port()
-    config = write_config(
-        folder / "config.yaml",
-        {
-            "source": {"realtime": True, "loop": True},
-            "recording": {"output_dir": str(folder / "out"), "segment_seconds": 1.0},
-            "web": {"enabled": True, "listen": f"127.0.0.1:{port}", "token_file": str(token_file), "stream_fps": 10},
-        },
-    )
-    process = start_run(config, demo_clip, folder / "stderr.log")
-    try:
-        wait_for_port(port, timeout=30)
+    with web_run(demo_clip, folder, port, TOKEN, segment_seconds=1.0, stream_fps=10) as process:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the first frames, and a first finished segment
             if get(port, "/api/stats")[1] == 200 and list((folder / "out").glob("*.mp4")):
                 break
             time.sleep(0.2)
         yield {"port": port, "folder": folder, "process": process}
-    finally:
-        assert stop(process) == 0, (folder / "stderr.log").read_text()
-    log = (folder / "stderr.log").read_text()
-    assert TOKEN not in log and "Traceback" not in log
 
 
 ENDPOINTS = ["/", "/api/stats", "/api/latest.jpg", "/api/events", "/api/recordings", "/metrics", "/api/stream.mjpeg"]
