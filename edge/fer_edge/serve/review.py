@@ -131,7 +131,11 @@ def _directory(handler: Handler) -> Path | None:
 
 
 def _index(handler: Handler) -> sqlite3.Connection | None:
-    """A read-only connection to the review index; None when there is none yet."""
+    """A read-only connection to the review index; None when there is none yet.
+
+    One per request, not one kept: the indexer deletes and recreates a damaged index, and a kept connection would
+    go on reading the deleted file. Opening one costs a file open and a schema read, after the token is checked.
+    """
     directory = _directory(handler)
     if directory is None or not (directory / DB_NAME).is_file():
         return None
