@@ -399,3 +399,19 @@ def test_a_face_below_the_unsure_floor_is_shown_as_unsure(model_path):
     assert ExpressionClassifier(model_path).classify(
         np.full((48, 48), 128, np.uint8), Box(0, 0, 48, 48)
     ).shown_label in (classifier.labels)
+
+
+def test_the_chance_calibration_error_is_what_sampling_alone_gives_a_calibrated_model():
+    from fer_edge.vision.calibration import chance_calibration_error, expected_calibration_error
+
+    # every face at 0.7, right 70% of the time: one bin, |binomial share - 0.7|, whose mean is known
+    scores = np.tile([0.7, 0.3], (100, 1))
+    for faces in (400, 1600):
+        chance = chance_calibration_error(scores, faces, draws=2000)
+        expected = np.sqrt(2 / np.pi) * np.sqrt(0.7 * 0.3 / faces)
+        assert chance.faces == faces and abs(chance.mean - expected) < 0.1 * expected
+        assert chance.p90 > chance.mean
+    # a model a tenth over-confident reads far above it
+    rng = np.random.default_rng(3)
+    right = rng.random(1600) < 0.6
+    assert expected_calibration_error(np.tile([0.7, 0.3], (1600, 1)), np.where(right, 0, 1)) > 5 * chance.p90

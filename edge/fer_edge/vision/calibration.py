@@ -9,6 +9,8 @@ device applies, so the shipped calibration means the same on both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fer_edge.contract import TEMPERATURE_RANGE, Calibration, PassCalibration
@@ -65,8 +67,10 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     """Top-1 ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins and
     weighted by how many faces fall in each."""
     probabilities = np.asarray(probabilities, np.float64)
-    confidence = probabilities.max(axis=-1)
-    correct = probabilities.argmax(axis=-1) == labels
+    return _binned_gap(probabilities.max(axis=-1), probabilities.argmax(axis=-1) == labels, bins)
+
+
+def _binned_gap(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
     error = 0.0
@@ -75,6 +79,33 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
         if members.any():
             error += members.mean() * abs(float(confidence[members].mean()) - float(correct[members].mean()))
     return float(error)
+
+
+@dataclass(frozen=True)
+class ChanceCalibrationError:
+    """The ECE a perfectly calibrated model still shows by chance on ``faces`` faces: its ``mean`` and its 90th
+    percentile ``p90`` over many draws."""
+
+    mean: float
+    p90: float
+    faces: int
+
+
+def chance_calibration_error(
+    probabilities: np.ndarray, faces: int | None = None, draws: int = 400, bins: int = ECE_BINS, seed: int = 0
+) -> ChanceCalibrationError:
+    """What :func:`expected_calibration_error` reads for a model whose confidences are exactly right, on ``faces``
+    faces (default: as many as given) like these: each draw takes that many top-class confidences from these
+    (with replacement) and makes each face right with the probability it states. A measured ECE near this is
+    within what that many faces can tell apart from perfect calibration."""
+    confidence = np.asarray(probabilities, np.float64).max(axis=-1)
+    faces = len(confidence) if faces is None else faces
+    rng = np.random.default_rng(seed)
+    errors = np.empty(draws)
+    for i in range(draws):
+        drawn = rng.choice(confidence, faces)
+        errors[i] = _binned_gap(drawn, rng.random(faces) < drawn, bins)
+    return ChanceCalibrationError(float(errors.mean()), float(np.percentile(errors, 90)), faces)
 
 
 def fit_confidence_map(
