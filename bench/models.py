@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.tflite import tflite_scores
+from convert.tflite import mirrored_scores, tflite_scores
 from fer_edge.contract import read_sidecar
+from fer_edge.vision.calibration import calibrate, chance_calibration_error
 from train import data
 from train.evaluate import split_metrics
 
@@ -68,10 +69,27 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def predicted_classes(model_path: Path, faces: np.ndarray) -> np.ndarray:
-    """The data set's class index of each face's top score, read through the model's own JSON labels."""
+def predicted_classes(model_path: Path, faces: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """The data set's class index of each face's top score (``scores``, when the caller has them), read through
+    the model's own JSON labels."""
     to_data_index = np.array([data.CLASS_NAMES.index(label) for label in read_sidecar(model_path).labels])
-    return to_data_index[tflite_scores(model_path, faces).argmax(1)]
+    if scores is None:
+        scores = tflite_scores(model_path, faces)
+    return to_data_index[scores.argmax(1)]
+
+
+def chance_errors(model_path: Path, faces: np.ndarray, single: np.ndarray) -> dict:
+    """The ECE a perfectly calibrated model would show by chance, single and mirrored (``single``: the scores of
+    ``faces``), on as many faces whose calibrated confidences are like these; empty without a calibration."""
+    calibration = read_sidecar(model_path).calibration
+    if calibration is None:
+        return {}
+    single, mirrored = mirrored_scores(model_path, faces, single)
+    row = {}
+    for key, scores, mirror in (("chance_ece", single, False), ("chance_mirror_ece", mirrored, True)):
+        chance = chance_calibration_error(calibrate(scores, calibration.for_pass(mirror=mirror)))
+        row[key], row[f"{key}_p90"] = chance.mean, chance.p90
+    return row
 
 
 def bench_model(model_path: Path, public: data.Split) -> dict:
@@ -85,7 +103,8 @@ def bench_model(model_path: Path, public: data.Split) -> dict:
         "params_m": sidecar.params / 1e6,
         "size_kb": model_path.stat().st_size / 1000,
     }
-    metrics = split_metrics(public.y, predicted_classes(model_path, public.x), data.CLASS_NAMES)
+    scores = tflite_scores(model_path, public.x)
+    metrics = split_metrics(public.y, predicted_classes(model_path, public.x, scores), data.CLASS_NAMES)
     row["public_accuracy"], row["public_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
     row["private_accuracy"] = sidecar.metrics.get("private_accuracy")
     row["private_macro_f1"] = sidecar.metrics.get("private_macro_f1")
@@ -102,6 +121,7 @@ def bench_model(model_path: Path, public: data.Split) -> dict:
     row["temperature_mirror"] = None if calibration is None else calibration.temperature_mirror
     row["confidence_knots"] = 0 if calibration is None else len(calibration.confidence)
     row["confidence_knots_mirror"] = 0 if calibration is None else len(calibration.confidence_mirror)
+    row.update(chance_errors(model_path, public.x, scores))
     row["ms_per_face"] = latency_ms(model_path)
     return row
 
@@ -129,13 +149,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _chance(row: dict, key: str) -> str:
+    return "-" if row.get(key) is None else f"{100 * row[key]:.2f}% / {100 * row[f'{key}_p90']:.2f}%"
+
+
 def calibration_table(rows: list[dict]) -> str:
     """Accuracy with the mirrored pass and the top-1 calibration error (15 bins) on PrivateTest, before and
-    after the calibration fitted on PublicTest."""
+    after the calibration fitted on PublicTest, beside the error a perfectly calibrated model shows by chance."""
     lines = [
         "| file | temperature (single / mirrored) | confidence map knots | PrivateTest mirrored "
-        "| ECE Private single, raw -> calibrated | ECE Private mirrored, raw -> calibrated |",
-        "|---|---|---|---:|---:|---:|",
+        "| ECE Private single, raw -> calibrated | ECE Private mirrored, raw -> calibrated "
+        "| by chance, single (mean / 90th pct) | by chance, mirrored |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         temperatures = "-" if r["temperature"] is None else f"{r['temperature']:g} / {r['temperature_mirror']:g}"
@@ -143,7 +168,8 @@ def calibration_table(rows: list[dict]) -> str:
         lines.append(
             f"| `{r['model']}` | {temperatures} | {knots} | {_share(r['private_mirror_accuracy'])} "
             f"| {_share(r['private_ece'])} -> {_share(r['private_ece_calibrated'])} "
-            f"| {_share(r['private_mirror_ece'])} -> {_share(r['private_mirror_ece_calibrated'])} |"
+            f"| {_share(r['private_mirror_ece'])} -> {_share(r['private_mirror_ece_calibrated'])} "
+            f"| {_chance(r, 'chance_ece')} | {_chance(r, 'chance_mirror_ece')} |"
         )
     return "\n".join(lines)
 
@@ -184,7 +210,10 @@ def main(argv=None) -> int:
         f"ms/face is the interpreter's invoke alone (median of 300), the device's crop, resize and read-out "
         f"come on top (`fer-edge bench` times the whole stage). The calibration table's PrivateTest numbers are "
         f"the sidecar's too: scored once when the calibration was fitted on PublicTest; the mirrored pass averages "
-        f"the scores of the face and its mirror image (two invokes per face).\n"
+        f"the scores of the face and its mirror image (two invokes per face). By chance: the ECE a model whose "
+        f"calibrated confidences were exactly right would still show on {len(public.y)} faces (PrivateTest has as "
+        f"many), its mean and 90th percentile over 400 draws of faces with the calibrated confidences the model "
+        f"gives PublicTest, each right with the probability it states.\n"
     )
     publish("models", text, rows, record=not args.models)
     return 0

@@ -61,9 +61,18 @@ def test_the_models_table_scores_public_test_only(fer2013_dir, cache_dir, tmp_pa
     candidate.with_suffix(".json").write_text(json.dumps(sidecar))
 
     assert bench.models.main([str(shipped), str(candidate), "--data", str(fer2013_dir)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| fast ")]
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| fast ")]
     assert len(rows) == 2
     public = f"{100 * sidecar['metrics']['public_accuracy']:.2f}%"
     assert rows[0].split(" | ")[2:5] == [public, f"{100 * private:.2f}%", f"{private_f1:.3f}"]
     assert rows[1].split(" | ")[2:5] == [public, "-", "-"]
     assert f"| {shipped.stat().st_size / 1000:.0f} kB |" in rows[0]
+    # beside each calibrated model's ECE, what a perfect calibration would read by chance on as many faces
+    calibration_rows = [line for line in out.splitlines() if line.startswith("| `") and "->" in line]
+    assert len(calibration_rows) == 2
+    for row in calibration_rows:
+        chance = [cell.split(" / ") for cell in row.strip(" |").split(" | ")[-2:]]
+        for mean, p90 in chance:
+            assert 0.5 < float(mean.rstrip("%")) < float(p90.rstrip("%")) < 4.0, row
+    assert calibration_rows[0].split(" | ")[-2:] == calibration_rows[1].split(" | ")[-2:]  # one seed, same model
