@@ -69,12 +69,14 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def predicted_classes(model_path: Path, faces: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
-    """The data set's class index of each face's top score (``scores``, when the caller has them), read through
-    the model's own JSON labels."""
+def predicted_classes(model_path: Path, faces: np.ndarray) -> np.ndarray:
+    """The data set's class index of each face's top score, read through the model's own JSON labels."""
+    return data_classes(model_path, tflite_scores(model_path, faces))
+
+
+def data_classes(model_path: Path, scores: np.ndarray) -> np.ndarray:
+    """The data set's class index of each row's top score in ``scores`` of the model at ``model_path``."""
     to_data_index = np.array([data.CLASS_NAMES.index(label) for label in read_sidecar(model_path).labels])
-    if scores is None:
-        scores = tflite_scores(model_path, faces)
     return to_data_index[scores.argmax(1)]
 
 
@@ -104,7 +106,7 @@ def bench_model(model_path: Path, public: data.Split) -> dict:
         "size_kb": model_path.stat().st_size / 1000,
     }
     scores = tflite_scores(model_path, public.x)
-    metrics = split_metrics(public.y, predicted_classes(model_path, public.x, scores), data.CLASS_NAMES)
+    metrics = split_metrics(public.y, data_classes(model_path, scores), data.CLASS_NAMES)
     row["public_accuracy"], row["public_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
     row["private_accuracy"] = sidecar.metrics.get("private_accuracy")
     row["private_macro_f1"] = sidecar.metrics.get("private_macro_f1")
