@@ -1,4 +1,5 @@
-"""Calibration of class probabilities, its fit, and the calibration error it is judged by.
+"""Calibration of class probabilities, its fit, and the calibration error it is judged by (with the part of that
+error a perfectly calibrated model shows by chance on as many faces).
 
 A model's softmax scores tend to be over- or under-confident. One temperature ``T`` fitted on held-out faces
 scales them all, ``p = softmax(log(p_model) / T)``; where the over-confidence has a shape one number cannot
