@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.tflite import mirrored_scores, tflite_scores
-from fer_edge.contract import read_sidecar
+from fer_edge.contract import Calibration, read_sidecar
 from fer_edge.vision.calibration import calibrate, chance_calibration_error
 from train import data
 from train.evaluate import split_metrics
@@ -69,21 +69,17 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def predicted_classes(model_path: Path, faces: np.ndarray) -> np.ndarray:
-    """The data set's class index of each face's top score, read through the model's own JSON labels."""
-    return data_classes(model_path, tflite_scores(model_path, faces))
-
-
-def data_classes(model_path: Path, scores: np.ndarray) -> np.ndarray:
-    """The data set's class index of each row's top score in ``scores`` of the model at ``model_path``."""
-    to_data_index = np.array([data.CLASS_NAMES.index(label) for label in read_sidecar(model_path).labels])
+def data_classes(labels: tuple[str, ...], scores: np.ndarray) -> np.ndarray:
+    """The data set's class index of each row's top score in ``scores``, whose columns are ``labels``."""
+    to_data_index = np.array([data.CLASS_NAMES.index(label) for label in labels])
     return to_data_index[scores.argmax(1)]
 
 
-def chance_errors(model_path: Path, faces: np.ndarray, single: np.ndarray) -> dict:
+def chance_errors(
+    model_path: Path, calibration: Calibration | None, faces: np.ndarray, single: np.ndarray
+) -> dict[str, float]:
     """The ECE a perfectly calibrated model would show by chance, single and mirrored (``single``: the scores of
     ``faces``), on as many faces whose calibrated confidences are like these; empty without a calibration."""
-    calibration = read_sidecar(model_path).calibration
     if calibration is None:
         return {}
     single, mirrored = mirrored_scores(model_path, faces, single)
@@ -106,7 +102,7 @@ def bench_model(model_path: Path, public: data.Split) -> dict:
         "size_kb": model_path.stat().st_size / 1000,
     }
     scores = tflite_scores(model_path, public.x)
-    metrics = split_metrics(public.y, data_classes(model_path, scores), data.CLASS_NAMES)
+    metrics = split_metrics(public.y, data_classes(sidecar.labels, scores), data.CLASS_NAMES)
     row["public_accuracy"], row["public_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
     row["private_accuracy"] = sidecar.metrics.get("private_accuracy")
     row["private_macro_f1"] = sidecar.metrics.get("private_macro_f1")
@@ -123,7 +119,7 @@ def bench_model(model_path: Path, public: data.Split) -> dict:
     row["temperature_mirror"] = None if calibration is None else calibration.temperature_mirror
     row["confidence_knots"] = 0 if calibration is None else len(calibration.confidence)
     row["confidence_knots_mirror"] = 0 if calibration is None else len(calibration.confidence_mirror)
-    row.update(chance_errors(model_path, public.x, scores))
+    row.update(chance_errors(model_path, calibration, public.x, scores))
     row["ms_per_face"] = latency_ms(model_path)
     return row
 

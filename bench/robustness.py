@@ -16,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.models import REPO, bench_parser, machine_description, on_one_core, predicted_classes, publish, shown_path
+from bench.models import REPO, bench_parser, data_classes, machine_description, on_one_core, publish, shown_path
+from convert.tflite import tflite_scores
+from fer_edge.contract import read_sidecar
 from train import data
 from train.augment import add_noise, blur, jpeg, shrink
 
@@ -64,8 +66,10 @@ CONDITIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def robustness(model_path: Path, faces: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """PublicTest accuracy under each condition, read through the model's own JSON labels."""
+    model_labels = read_sidecar(model_path).labels
     return {
-        name: float((predicted_classes(model_path, condition(faces)) == labels).mean())
+        name: float((data_classes(model_labels, tflite_scores(model_path, condition(faces))) == labels).mean())
         for name, condition in CONDITIONS.items()
     }
 
