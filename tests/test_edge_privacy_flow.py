@@ -54,6 +54,10 @@ def performer() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def walker() -> np.ndarray:
+    return walker_crop()
+
+
+def walker_crop() -> np.ndarray:
     """The performer's face from another moment of the clip (frame 150), with hair and collar around it."""
     frame = read_frames(PERFORMER, 150, 1)[0]
     faces = BlazeFaceDetector(min_face=40).detect(frame)

@@ -103,6 +103,8 @@ class DetectorConfig:
     privacy_min_score: float | None = _opt(0.2, open_unit)
     # blazeface, privacy on: a cheap sweep between scans with this many tiles in turn; null: scan every frame
     sweep_tiles: int | None = _opt(None, int_range(0, 100))
+    # blazeface: a scan region whose picture changed by no more than this (grey levels) keeps its last faces
+    rescan_change: float = _opt(4.0, number_range(0.0, 255.0))
     cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
     detect_width: int = _opt(320, int_range(32, 4096))  # haar: frames are downscaled to this width
     scale_factor: float = _opt(1.1, number_range(1.01, 2.0))  # haar: pyramid step

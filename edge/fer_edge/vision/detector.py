@@ -169,6 +169,58 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
     return levels
 
 
+# A scan region is run again at least on every this many-th scan even if its picture has not changed.
+REFRESH_SCANS = 30
+
+
+class RegionMemory:
+    """The faces each scan region gave when the model last ran on it, and a coarse picture of the region then.
+
+    A camera on a wall mostly looks at a room where nothing moves, and a whole-frame scan runs the face model on
+    every region of it. The model's answer depends on the region's pixels only: a region whose picture has not
+    changed since it last ran keeps that run's faces. The picture is the mean of each ``cell`` x ``cell`` block
+    per colour; a region counts as changed when one of its blocks moved by more than ``level`` grey levels
+    since that run (so a slow change adds up until it counts) or when ``REFRESH_SCANS`` scans went by.
+    Sensor noise averages out over a block; a face coming in, turning or leaving moves blocks by tens of levels.
+    """
+
+    def __init__(self, cell: int, level: float) -> None:
+        self.cell = max(1, cell)
+        self.level = level
+        self._grid: np.ndarray | None = None
+        self._scans = 0
+        self._runs: dict[tuple[str, Box], tuple[np.ndarray, int, list[Detection]]] = {}
+
+    def look(self, image: np.ndarray) -> None:
+        """The picture of this scan's frame."""
+        height, width = image.shape[:2]
+        size = (-(-width // self.cell), -(-height // self.cell))
+        self._grid = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.int16)
+        self._scans += 1
+
+    def recall(self, model: str, region: Box) -> list[Detection] | None:
+        """The faces ``model`` found in ``region`` when it last ran there, if the region has not changed since."""
+        run = self._runs.get((model, region))
+        if run is None or self._grid is None or self._scans - run[1] >= REFRESH_SCANS:
+            return None
+        before, _, found = run
+        now = self._grid[self._cells(region)]
+        if now.shape != before.shape or int(np.abs(now - before).max(initial=0)) > self.level:
+            return None
+        return found
+
+    def remember(self, model: str, region: Box, found: list[Detection]) -> None:
+        if self._grid is not None:
+            self._runs[(model, region)] = (self._grid[self._cells(region)].copy(), self._scans, found)
+
+    def forget(self) -> None:
+        self._runs.clear()
+
+    def _cells(self, region: Box) -> tuple[slice, slice]:
+        c = self.cell
+        return slice(region.y // c, -(-region.y2 // c)), slice(region.x // c, -(-region.x2 // c))
+
+
 # A tracked face is searched for again in a square window this many times its side: the face fills 1/2.5 of the
 # short-range model's input (51 px of 128, inside its 20-80 px range) and may move 0.75 of its side either way.
 REGION_FACTOR = 2.5
@@ -184,7 +236,8 @@ class BlazeFaceDetector:
     little, a sharp face is a leak; they are blurred but neither tracked nor classified. Between whole-frame
     scans a sweep looks at the whole frame cheaply: the untiled levels (the whole frame at once, one inference
     per model), ``sweep_tiles`` of the tiles in turn, and the windows around the tracked faces (None: no sweep,
-    a whole-frame scan every frame).
+    a whole-frame scan every frame). With ``rescan_change`` above 0, a scan region whose picture changed by no
+    more than that since the model last ran on it keeps that run's faces (:class:`RegionMemory`).
     """
 
     def __init__(
@@ -194,9 +247,12 @@ class BlazeFaceDetector:
         threads: int = 1,
         privacy_score: float | None = None,
         sweep_tiles: int | None = None,
+        rescan_change: float = 0.0,
     ):
         self.min_face = min_face
         self.sweep_tiles = sweep_tiles
+        # cells half the smallest face: a face coming in covers whole cells
+        self._memory = RegionMemory(min_face // 2, rescan_change) if rescan_change > 0 else None
         self._runners = {
             name: BlazeFaceModelRunner(name, min_score, threads=threads, unsure_score=privacy_score) for name in MODELS
         }
@@ -227,6 +283,7 @@ class BlazeFaceDetector:
         tracked: one a tile found stays in the answer until that tile is looked at again."""
         height, width = image.shape[:2]
         tiles = self._tiles(width, height)
+        whole = Box(0, 0, width, height)  # the untiled levels' region; the scan's tiles have indices
         jobs: list[tuple[str, Box, int | None]] = []  # model, region, tile index
         if regions is None or (sweep and self.sweep_tiles is None):
             jobs = [(model, region, index) for index, (model, region) in enumerate(tiles)]
@@ -242,10 +299,20 @@ class BlazeFaceDetector:
             jobs += [("short", region, None) for region in regions]
         sure: list[Detection] = []
         unsure: list[Detection] = []
-        for model, region, index in jobs:
+        memory = self._memory
+        # the scan's regions stay put from frame to frame; the windows around tracked faces move with them
+        kept = [index is not None or region == whole for _, region, index in jobs]
+        if memory is not None and any(kept):
+            memory.look(image)
+        for (model, region, index), keep in zip(jobs, kept):
             if index is not None:
                 self._held[index] = []
-            for detection in self._runners[model].detect(image, region):
+            found = memory.recall(model, region) if memory is not None and keep else None
+            if found is None:
+                found = self._runners[model].detect(image, region)
+                if memory is not None and keep:
+                    memory.remember(model, region, found)
+            for detection in found:
                 if detection.score >= self._runners[model].min_score:
                     sure.append(detection)
                 elif index is not None:
@@ -260,6 +327,8 @@ class BlazeFaceDetector:
     def _tiles(self, width: int, height: int) -> list[tuple[str, Box]]:
         if (width, height) != self._held_size:
             self._held_size, self._held, self._next_tile = (width, height), {}, 0
+            if self._memory is not None:
+                self._memory.forget()
         levels = self.plan(width, height)
         return [(level.model, region) for level in levels if len(level.regions) > 1 for region in level.regions]
 
@@ -280,4 +349,6 @@ def build_detector(cfg: DetectorConfig, threads: int = 1) -> HaarDetector | Blaz
     """The detector ``cfg`` names."""
     if cfg.kind == "haar":
         return HaarDetector(cfg.cascade, cfg.detect_width, cfg.scale_factor, cfg.min_neighbors, cfg.min_face)
-    return BlazeFaceDetector(cfg.min_face, cfg.min_score, threads, cfg.privacy_min_score, cfg.sweep_tiles)
+    return BlazeFaceDetector(
+        cfg.min_face, cfg.min_score, threads, cfg.privacy_min_score, cfg.sweep_tiles, cfg.rescan_change
+    )
