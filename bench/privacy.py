@@ -9,10 +9,12 @@ over input): a blurred face keeps a few percent, a face half inside a blurred re
 only, so the step at a blurred region's edge does not count as detail; overlays are off for the same reason.
 
 Clips: a 1280x720 walk-in clip built from ``performer-640x360.mp4`` (4 s of empty stage, then the performer
-slides in, then the clip's own cuts: to the audience, to the wide shot, to a close profile) and
-``street-1080p.mp4`` as it is. Counter-metrics beside the leak: the share of the frame blurred per frame (a leak
-rate met by blurring everything would show there), the reference faces per frame, and frames per second on one
-core with privacy off and on (the whole-frame scan on every frame is the price of privacy).
+slides in, then the clip's own cuts: to the audience, to the wide shot, to a close profile), 10 s of its empty
+stage alone (a still room with nobody in it: what the device does most of a day), both with a camera's sensor
+noise added to each frame, and ``street-1080p.mp4`` as it is. Counter-metrics beside the leak: the share of
+the frame blurred per frame (a leak rate met by blurring everything would show there), the reference faces per
+frame, and frames per second on one core with privacy off and on (the whole-frame scan on every frame is the
+price of privacy; regions whose picture has not changed keep their faces, so a still room costs little).
 
 Results go to bench/results-privacy.md and .json only.
 """
@@ -37,13 +39,18 @@ STREET = CLIPS / "street-1080p.mp4"
 WALK_IN_SIZE = (1280, 720)
 EMPTY_STAGE_S = 4.0
 SLIDE_FRAMES = 24  # the performer's shot slides in from the right over 0.8 s
+EMPTY_ROOM_S = 10.0
+SENSOR_NOISE = 2.0  # grey levels (standard deviation) added to each pixel of each built frame: no two are equal
 # What privacy's every-frame coverage costs, and what each saving does to the leak.
 OPTIONS: dict[str, dict] = {
     "every frame scanned, score 0.2, hold 0.25 s (default)": {},
     "every frame scanned, score 0.2, no hold": {"privacy.hold_s": 0.0},
     "every frame scanned, model's threshold, no hold": {"detector.privacy_min_score": None, "privacy.hold_s": 0.0},
     "sweep + 1 tile": {"detector.sweep_tiles": 1},
+    "every region run on every frame (no memory)": {"detector.rescan_change": 0.0},
 }
+# the options run on the empty room: nothing to leak there, only the cost of watching it
+EMPTY_ROOM_OPTIONS = (next(iter(OPTIONS)), "every region run on every frame (no memory)")
 KEPT_DETAIL = 0.25  # a reference face keeping more of its detail than this is leaked
 TARGET_LEAK = 0.02
 
@@ -68,9 +75,22 @@ def empty_stage(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(wide, size, interpolation=cv2.INTER_CUBIC)
 
 
+def with_sensor_noise(frames: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.clip(frame + rng.normal(0.0, SENSOR_NOISE, frame.shape), 0, 255).astype(np.uint8) for frame in frames]
+
+
+def empty_room_frames() -> tuple[list[np.ndarray], float]:
+    """The walk-in's empty stage for ``EMPTY_ROOM_S``, with sensor noise."""
+    source, fps = read_all(PERFORMER)
+    stage = empty_stage(source[82], WALK_IN_SIZE)
+    return with_sensor_noise([stage] * round(EMPTY_ROOM_S * fps), seed=1), fps
+
+
 def walk_in_frames() -> tuple[list[np.ndarray], float]:
     """Empty stage, the performer's close shot (frames 82-210) sliding in, then the audience (211-274), the
-    wide shot (0-19) and the close profile (20-81): 4 s of nothing, one walk-in, three cuts."""
+    wide shot (0-19) and the close profile (20-81): 4 s of nothing, one walk-in, three cuts; sensor noise on
+    every frame."""
     source, fps = read_all(PERFORMER)
     width, height = WALK_IN_SIZE
     stage = empty_stage(source[82], WALK_IN_SIZE)
@@ -88,7 +108,7 @@ def walk_in_frames() -> tuple[list[np.ndarray], float]:
             image = slid
         frames.append(image)
     frames += [scaled(frame) for frame in source[211:] + source[:82]]
-    return frames, fps
+    return with_sensor_noise(frames), fps
 
 
 def write_clip(frames: list[np.ndarray], fps: float, path: Path) -> None:
@@ -280,17 +300,27 @@ def main(argv: list[str] | None = None) -> int:
     on_one_core()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        walk_in = Path(tmp) / "walk-in-720p.mp4"
-        frames, fps = walk_in_frames()
-        write_clip(frames, fps, walk_in)
-        del frames
-        for name, clip in (("walk-in 720p (from `performer-640x360.mp4`)", walk_in), (f"`{STREET.name}`", STREET)):
-            fps_off = math.nan if args.no_fps else loop_fps(clip, {})
-            for option in args.option or list(OPTIONS):
+        walk_in, empty_room = Path(tmp) / "walk-in-720p.mp4", Path(tmp) / "empty-room-720p.mp4"
+        for path, build in ((walk_in, walk_in_frames), (empty_room, empty_room_frames)):
+            frames, fps = build()
+            write_clip(frames, fps, path)
+            del frames
+        clips = (
+            ("walk-in 720p (from `performer-640x360.mp4`)", walk_in, list(OPTIONS)),
+            ("empty room 720p (its stage, nobody in it)", empty_room, list(EMPTY_ROOM_OPTIONS)),
+            (f"`{STREET.name}`", STREET, list(OPTIONS)),
+        )
+        for name, clip, options in clips:
+            fps_off: dict[float | None, float] = {}  # by rescan_change, which privacy-off scans use as well
+            for option in [option for option in options if option in (args.option or options)]:
                 overrides = OPTIONS[option]
                 row = {"clip": name, "option": option, **measure(clip, overrides)}
                 row["inferences"] = inferences_per_frame(clip, overrides)
-                row["fps_off"] = fps_off
+                change = overrides.get("detector.rescan_change")
+                if change not in fps_off:
+                    off = {} if change is None else {"detector.rescan_change": change}
+                    fps_off[change] = math.nan if args.no_fps else loop_fps(clip, off)
+                row["fps_off"] = fps_off[change]
                 row["fps_on"] = math.nan if args.no_fps else loop_fps(clip, {"privacy.mode": "blur", **overrides})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
