@@ -238,6 +238,7 @@ def inferences_per_frame(clip: Path, overrides: dict) -> float:
     """BlazeFace inferences per frame with privacy on: the detection cost without the noise of a shared CPU."""
     from bench.edge import clip_config, run_closed
     from fer_edge import app
+    from fer_edge.testing import count_face_model_runs
     from fer_edge.vision.detector import BlazeFaceDetector
 
     with tempfile.TemporaryDirectory() as out:
@@ -245,17 +246,9 @@ def inferences_per_frame(clip: Path, overrides: dict) -> float:
         pipeline = app.build_pipeline(clip_config(clip, out, settings))
         detector = pipeline.detector
         assert isinstance(detector, BlazeFaceDetector)
-        count = [0]
-        for runner in detector._runners.values():
-            detect = runner.detect
-
-            def counted(image, region=None, detect=detect):  # type: ignore[no-untyped-def]
-                count[0] += 1
-                return detect(image, region)
-
-            runner.detect = counted  # type: ignore[method-assign]
+        runs = count_face_model_runs(detector)
         stats = run_closed(pipeline, warm=False)  # a warm-up's detection would count too
-    return count[0] / max(1, stats.frames)
+    return runs[0] / max(1, stats.frames)
 
 
 def loop_fps(clip: Path, overrides: dict) -> float:

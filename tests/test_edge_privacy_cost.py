@@ -11,7 +11,7 @@ from test_edge_privacy_flow import KEPT_DETAIL, PERFORMER, laplacian_energy, pip
 
 from fer_edge import app
 from fer_edge.config import load_config
-from fer_edge.testing import ListSink
+from fer_edge.testing import ListSink, count_face_model_runs
 from fer_edge.types import Box
 from fer_edge.vision.classifier import ExpressionClassifier
 from fer_edge.vision.detector import BlazeFaceDetector
@@ -100,27 +100,18 @@ def test_a_face_the_detector_loses_for_a_few_frames_stays_blurred_within_the_hol
     assert max(kept_by_hold[0.25]) < KEPT_DETAIL, [round(k, 2) for k in kept_by_hold[0.25]]
 
 
-def test_privacy_sweeps_the_frame_between_whole_frame_scans(frames, classifier, monkeypatch):
+def test_privacy_sweeps_the_frame_between_whole_frame_scans(frames, classifier):
     frames = [cv2.resize(frame, (1280, 720), interpolation=cv2.INTER_CUBIC) for frame in frames]
     cfg = load_config(None, {"privacy.mode": "blur", "detector.sweep_tiles": 1})
     detector = app.build_detector(cfg)
     assert isinstance(detector, BlazeFaceDetector)
-    inferences: list[int] = []
-    for runner in detector._runners.values():
-        detect = runner.detect
-
-        def counted(image, region=None, detect=detect):
-            inferences[-1] += 1
-            return detect(image, region)
-
-        monkeypatch.setattr(runner, "detect", counted)
+    inferences = count_face_model_runs(detector)
 
     class Counting(ListSink):
         def write(self, frame, faces):
             super().write(frame, faces)
             inferences.append(0)
 
-    inferences.append(0)
     sink = Counting(keep_images=False)
     pipeline = pipeline_for(cfg, frames, classifier, [sink], app.build_privacy(cfg))
     pipeline.detector = detector

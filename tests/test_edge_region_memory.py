@@ -20,7 +20,7 @@ from test_edge_privacy_flow import (
 
 from fer_edge import app
 from fer_edge.config import load_config
-from fer_edge.testing import ListSink
+from fer_edge.testing import ListSink, count_face_model_runs
 from fer_edge.types import Box
 from fer_edge.vision.classifier import ExpressionClassifier
 from fer_edge.vision.detector import REFRESH_SCANS, BlazeFaceDetector
@@ -52,35 +52,22 @@ def camera(frames: list[np.ndarray], scale: int = 1) -> list[np.ndarray]:
     return out
 
 
-def counting(detector: BlazeFaceDetector, monkeypatch) -> list[int]:
-    """Face-model runs, one count per scan (append 0 before each)."""
-    runs: list[int] = []
-    for runner in detector._runners.values():
-        detect = runner.detect
-
-        def counted(image, region=None, detect=detect):
-            runs[-1] += 1
-            return detect(image, region)
-
-        monkeypatch.setattr(runner, "detect", counted)
-    return runs
-
-
-def scanned(detector: BlazeFaceDetector, frames: list[np.ndarray], runs: list[int]) -> list[list]:
+def scanned(detector: BlazeFaceDetector, frames: list[np.ndarray]) -> tuple[list[list], list[int]]:
+    """The faces of each frame's privacy scan, and how many times the face models ran for each."""
+    runs = count_face_model_runs(detector)
     found = []
     for frame in frames:
-        runs.append(0)
         found.append(detector.privacy_scan(frame).faces)
-    return found
+        runs.append(0)
+    return found, runs[:-1]
 
 
-def test_a_still_room_is_not_scanned_again_until_something_in_it_changes(still_room, walker, monkeypatch):
+def test_a_still_room_is_not_scanned_again_until_something_in_it_changes(still_room, walker):
     detector = BlazeFaceDetector(min_face=40, rescan_change=4.0)
-    runs = counting(detector, monkeypatch)
     frames = camera(with_walker(still_room, walker, start=12), scale=2)  # 1280x720: tiles, then the whole frame
     pasted = paste_box()
     pasted = Box(2 * pasted.x, 2 * pasted.y, 2 * pasted.w, 2 * pasted.h)
-    found = scanned(detector, frames, runs)
+    found, runs = scanned(detector, frames)
     height, width = frames[0].shape[:2]
     whole = sum(len(level.regions) for level in detector.plan(width, height))
 
@@ -93,28 +80,25 @@ def test_a_still_room_is_not_scanned_again_until_something_in_it_changes(still_r
     assert len(found[12]) == len(no_memory) and all(max(f.box.iou(g.box) for g in no_memory) > 0.9 for f in found[12])
 
 
-def test_a_slow_change_adds_up_until_the_region_runs_again(still_room, monkeypatch):
+def test_a_slow_change_adds_up_until_the_region_runs_again(still_room):
     detector = BlazeFaceDetector(min_face=40, rescan_change=4.0)
-    runs = counting(detector, monkeypatch)
     base = camera(still_room[:1])[0].astype(np.int16)
     brighter = [np.clip(base + step, 0, 255).astype(np.uint8) for step in range(8)]  # one grey level a frame
-    scanned(detector, brighter, runs)
+    _, runs = scanned(detector, brighter)
     assert runs[1:5] == [0, 0, 0, 0] and runs[5] == runs[0], runs  # 5 levels from the last run: all again
     assert runs[6:] == [0, 0], runs
 
 
-def test_every_region_runs_again_after_the_refresh_whatever_the_picture(still_room, monkeypatch):
+def test_every_region_runs_again_after_the_refresh_whatever_the_picture(still_room):
     detector = BlazeFaceDetector(min_face=40, rescan_change=4.0)
-    runs = counting(detector, monkeypatch)
-    scanned(detector, camera(still_room[:1]) * (REFRESH_SCANS + 1), runs)
+    _, runs = scanned(detector, camera(still_room[:1]) * (REFRESH_SCANS + 1))
     assert runs[REFRESH_SCANS] == runs[0] and sum(runs[1:REFRESH_SCANS]) == 0, runs
 
 
-def test_no_memory_runs_every_region_on_every_scan(still_room, monkeypatch):
+def test_no_memory_runs_every_region_on_every_scan(still_room):
     detector = app.build_detector(load_config(None, {"detector.rescan_change": 0}))
     assert isinstance(detector, BlazeFaceDetector)
-    runs = counting(detector, monkeypatch)
-    scanned(detector, camera(still_room[:3]), runs)
+    _, runs = scanned(detector, camera(still_room[:3]))
     assert runs[0] > 0 and runs == [runs[0]] * 3
 
 
