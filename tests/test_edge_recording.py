@@ -107,6 +107,26 @@ def test_segments_rotate_with_their_events_files(tmp_path):
     assert frames_per_file == [list(range(0, 30)), list(range(30, 60)), list(range(60, 90)), list(range(90, 100))]
 
 
+def test_recording_stays_on_while_one_segment_ends_and_the_next_starts(tmp_path, monkeypatch):
+    """The live view and the metrics read ``recording`` from other threads: a segment's end (flush, fsync,
+    rename) on the way to the next one is no stop; only the last one's is."""
+    from fer_edge.record.segment import VideoSegment
+
+    seen_while_finishing: list[bool] = []
+    finish = VideoSegment.finish
+
+    def finishing(segment):
+        seen_while_finishing.append(recorder.recording)
+        return finish(segment)
+
+    monkeypatch.setattr(VideoSegment, "finish", finishing)
+    with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0) as recorder:
+        feed(recorder, range(70))
+        assert recorder.recording
+    assert seen_while_finishing == [True, True, False]  # two rollovers, then the close
+    assert not recorder.recording and len(recorder.segments) == 3
+
+
 def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],

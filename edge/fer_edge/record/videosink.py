@@ -79,6 +79,7 @@ class Mp4Sink:
         scaled = recording.record_width is not None and recording.record_width < width
         self._ring = FrameRing(capacity, self.width, self.height, scaled_from=frame_size if scaled else None)
         self._segment: VideoSegment | None = None
+        self._rolling_over = False  # between one segment's end and the next one's start
         self._segments: deque[Path] = deque(maxlen=RECENT_SEGMENTS)  # bounded: a service runs for months
         self._last_face_ts = float("-inf")
         self._last_encoded_ts = float("-inf")
@@ -112,7 +113,9 @@ class Mp4Sink:
 
     @property
     def recording(self) -> bool:
-        return self._segment is not None
+        """Whether video is being written; read from other threads (the live view's stats, the metrics), so a
+        segment that ends only to start the next one does not count as a stop."""
+        return self._segment is not None or self._rolling_over
 
     @property
     def stem(self) -> str | None:
@@ -208,13 +211,17 @@ class Mp4Sink:
     def _start_segment(self, first_ts: float) -> None:
         """Finish the open segment (if any) and open a new one, named by the clock, whose first frame is at
         ``first_ts``."""
-        self._finish_segment()
-        if not self._disk.make_room(self._open_stems()):
-            self._pause()
-            raise _Paused()
-        stem = self._clock.next_stem()
-        path = self._clock.directory / f"{stem}{PART_SUFFIX}"
-        self._segment = VideoSegment(path, stem, codec=self.codec, settings=self._encoder)
+        self._rolling_over = self._segment is not None
+        try:
+            self._finish_segment()
+            if not self._disk.make_room(self._open_stems()):
+                self._pause()
+                raise _Paused()
+            stem = self._clock.next_stem()
+            path = self._clock.directory / f"{stem}{PART_SUFFIX}"
+            self._segment = VideoSegment(path, stem, codec=self.codec, settings=self._encoder)
+        finally:
+            self._rolling_over = False
         self._clock.video_stem = stem  # its events go to a file of this stem; a stem that failed to open has none
         self._clock.video_start_ts = first_ts
         log.log(logging.DEBUG if self._failing else logging.INFO, "recording: started %s", path.name)
