@@ -169,7 +169,7 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
     return levels
 
 
-# A scan region is run again at least on every this many-th scan even if its picture has not changed.
+# An unchanged scan region is run again once it is this many scans old, one such region a scan.
 REFRESH_SCANS = 30
 
 
@@ -180,8 +180,10 @@ class RegionMemory:
     every region of it. The model's answer depends on the region's pixels only: a region whose picture has not
     changed since it last ran keeps that run's faces. The picture is the mean of each ``cell`` x ``cell`` block
     per colour; a region counts as changed when one of its blocks moved by more than ``level`` grey levels
-    since that run (so a slow change adds up until it counts) or when ``REFRESH_SCANS`` scans went by.
-    Sensor noise averages out over a block; a face coming in, turning or leaving moves blocks by tens of levels.
+    since that run (so a slow change adds up until it counts). Sensor noise averages out over a block; a face
+    coming in, turning or leaving moves blocks by tens of levels. An unchanged region runs again anyway once it
+    is ``REFRESH_SCANS`` scans old, but only one a scan: regions that ran together (the first scan, a cut) would
+    otherwise all come due on the same frame, a whole scan's stall every ``REFRESH_SCANS`` frames.
     """
 
     def __init__(self, cell: int, level: float) -> None:
@@ -189,6 +191,7 @@ class RegionMemory:
         self.level = level
         self._grid: np.ndarray | None = None
         self._scans = 0
+        self._refreshed = False  # an old region already ran again on this scan
         self._runs: dict[tuple[str, Box], tuple[np.ndarray, int, list[Detection]]] = {}
 
     def look(self, image: np.ndarray) -> None:
@@ -197,15 +200,19 @@ class RegionMemory:
         size = (-(-width // self.cell), -(-height // self.cell))
         self._grid = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.int16)
         self._scans += 1
+        self._refreshed = False
 
     def recall(self, model: str, region: Box) -> list[Detection] | None:
         """The faces ``model`` found in ``region`` when it last ran there, if the region has not changed since."""
         run = self._runs.get((model, region))
-        if run is None or self._grid is None or self._scans - run[1] >= REFRESH_SCANS:
+        if run is None or self._grid is None:
             return None
-        before, _, found = run
+        before, scan, found = run
         now = self._grid[self._cells(region)]
         if now.shape != before.shape or int(np.abs(now - before).max(initial=0)) > self.level:
+            return None
+        if self._scans - scan >= REFRESH_SCANS and not self._refreshed:
+            self._refreshed = True
             return None
         return found
 
