@@ -170,11 +170,16 @@ def test_the_page_plays_a_recording_from_an_events_moment(server):
     found = json.loads(fetch(server, f"/api/events?recording={rec['name']}")[3])["events"]
     moment = max(found, key=lambda e: e["offset_s"] if e["offset_s"] < rec["duration_s"] - 0.5 else -1)
     url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play={rec['name']}&t={moment['offset_s']}"
-    dom = chromium(url, "--dump-dom", budget_ms=10000)  # the video loads in real time: room for a busy CI
-    html = dom.stdout.decode()
-    assert dom.returncode == 0 and "<html" in html, dom.stderr.decode()[-2000:]
-    state = re.search(r'<output id="state" data-recording="([^"]*)" data-seeked="([\d.]*)" data-time="([\d.]+)"', html)
-    assert state and state.group(1) == rec["name"], html[:3000]
+    for budget_ms in (10000, 20000, 40000):  # the video loads in real time: a busy CI may need longer
+        dom = chromium(url, "--dump-dom", budget_ms=budget_ms)
+        html = dom.stdout.decode()
+        assert dom.returncode == 0 and "<html" in html, dom.stderr.decode()[-2000:]
+        state = re.search(
+            r'<output id="state" data-recording="([^"]*)" data-seeked="([\d.]*)" data-time="([\d.]+)"', html
+        )
+        assert state and state.group(1) == rec["name"], html[:3000]
+        if state.group(2) and float(state.group(3)) > float(state.group(2)) + 0.2:
+            break
     assert state.group(2) and abs(float(state.group(2)) - moment["offset_s"]) < 1.0  # the seek lands on the moment
     assert float(state.group(3)) > float(state.group(2)) + 0.2  # and it plays on from there
 
