@@ -173,6 +173,15 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
 REFRESH_SCANS = 30
 
 
+@dataclass(frozen=True)
+class RegionRun:
+    """One run of a face model on a scan region: the region's coarse picture then, the scan's number, the faces."""
+
+    picture: np.ndarray
+    scan: int
+    faces: list[Detection]
+
+
 class RegionMemory:
     """The faces each scan region gave when the model last ran on it, and a coarse picture of the region then.
 
@@ -192,7 +201,7 @@ class RegionMemory:
         self._grid: np.ndarray | None = None
         self._scans = 0
         self._refreshed = False  # an old region already ran again on this scan
-        self._runs: dict[tuple[str, Box], tuple[np.ndarray, int, list[Detection]]] = {}
+        self._runs: dict[tuple[str, Box], RegionRun] = {}
 
     def look(self, image: np.ndarray) -> None:
         """The picture of this scan's frame."""
@@ -207,18 +216,17 @@ class RegionMemory:
         run = self._runs.get((model, region))
         if run is None or self._grid is None:
             return None
-        before, scan, found = run
         now = self._grid[self._cells(region)]
-        if now.shape != before.shape or int(np.abs(now - before).max(initial=0)) > self.level:
+        if now.shape != run.picture.shape or int(np.abs(now - run.picture).max(initial=0)) > self.level:
             return None
-        if self._scans - scan >= REFRESH_SCANS and not self._refreshed:
+        if self._scans - run.scan >= REFRESH_SCANS and not self._refreshed:
             self._refreshed = True
             return None
-        return found
+        return run.faces
 
     def remember(self, model: str, region: Box, found: list[Detection]) -> None:
         if self._grid is not None:
-            self._runs[(model, region)] = (self._grid[self._cells(region)].copy(), self._scans, found)
+            self._runs[(model, region)] = RegionRun(self._grid[self._cells(region)].copy(), self._scans, found)
 
     def forget(self) -> None:
         self._runs.clear()
@@ -306,18 +314,17 @@ class BlazeFaceDetector:
             jobs += [("short", region, None) for region in regions]
         sure: list[Detection] = []
         unsure: list[Detection] = []
-        memory = self._memory
         # the scan's regions stay put from frame to frame; the windows around tracked faces move with them
-        kept = [index is not None or region == whole for _, region, index in jobs]
-        if memory is not None and any(kept):
-            memory.look(image)
-        for (model, region, index), keep in zip(jobs, kept):
+        memories = [self._memory if index is not None or region == whole else None for _, region, index in jobs]
+        if self._memory is not None and any(memories):
+            self._memory.look(image)
+        for (model, region, index), memory in zip(jobs, memories):
             if index is not None:
                 self._held[index] = []
-            found = memory.recall(model, region) if memory is not None and keep else None
+            found = memory.recall(model, region) if memory is not None else None
             if found is None:
                 found = self._runners[model].detect(image, region)
-                if memory is not None and keep:
+                if memory is not None:
                     memory.remember(model, region, found)
             for detection in found:
                 if detection.score >= self._runners[model].min_score:
