@@ -199,6 +199,24 @@ def test_aliases_within_the_bound_still_work(tmp_path):
     assert cfg.overlay.text_color == cfg.overlay.box_color == (0, 255, 0)
 
 
+def test_a_section_given_twice_is_refused_not_half_dropped(tmp_path):
+    """YAML keeps the last of two equal keys: the second privacy section would turn the blur off unseen."""
+    text = "privacy:\n  mode: blur\nmodel:\n  threads: 2\nprivacy:\n  hold_s: 0.5\n"
+    with pytest.raises(ConfigError, match=r"edge.yaml: line 5: privacy given again \(first on line 1\)"):
+        load_config(write(tmp_path, text))
+    inner = "overlay:\n  box_color: [0, 255, 0]\n  thickness: 2\n  box_color: [0, 0, 255]\n"
+    with pytest.raises(ConfigError, match=r"line 4: overlay.box_color given again \(first on line 2\)"):
+        load_config(write(tmp_path, inner))
+
+
+def test_a_merged_mapping_may_still_be_overridden_key_by_key(tmp_path):
+    text = "overlay:\n  <<: &look {thickness: 3, font_scale: 0.5}\n  thickness: 1\nprivacy:\n  <<: *look\n"
+    with pytest.raises(ConfigError, match="privacy.thickness: unknown key"):  # the merge itself was read
+        load_config(write(tmp_path, text))
+    cfg = load_config(write(tmp_path, "overlay:\n  <<: &look {thickness: 3, font_scale: 0.5}\n  thickness: 1\n"))
+    assert (cfg.overlay.thickness, cfg.overlay.font_scale) == (1, 0.5)
+
+
 def test_boundary_values_are_accepted(tmp_path):
     text = "smoothing:\n  time_constant_s: 0\n  hysteresis: 0\ntracking:\n  max_missed: 0\n"
     cfg = load_config(write(tmp_path, text))

@@ -49,6 +49,7 @@ def read_mapping(path: str | os.PathLike, what: str) -> dict:
             node = loader.get_single_node()
             if node is not None:
                 _check_expanded_size(path, node)
+                _check_repeated_keys(path, node)
             raw = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -131,6 +132,34 @@ def apply_overrides(raw: dict, overrides: dict | None) -> dict:
                 raise ConfigError(f"{'.'.join(parents[: depth + 1])}: expected a mapping, got {shown(node)}")
         node[last] = value
     return raw
+
+
+def _check_repeated_keys(path: str | os.PathLike, root: yaml.Node) -> None:
+    """Refuse a key given twice in one mapping. YAML keeps the last: a second ``privacy:`` section appended
+    further down would silently drop the first one's settings, ``mode: blur`` among them. A merge (``<<``)
+    may still be overridden key by key; that is what it is for."""
+    visited: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in visited:  # an alias: checked where it was defined
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(child, f"{where}[{index}]") for index, child in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key_path = f"{where}.{key.value}" if where else str(key.value)
+                if key.value in first_line:
+                    raise ConfigError(
+                        f"{path}: line {key.start_mark.line + 1}: {key_path} given again (first on line "
+                        f"{first_line[key.value]}); YAML would keep only the last"
+                    )
+                first_line[key.value] = key.start_mark.line + 1
+                stack.append((value, key_path))
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
