@@ -79,6 +79,17 @@ def test_real_stages_find_and_label_the_demo_face(demo_images, demo_truth, detec
     assert not (demo_images[i][box.y + box.h // 2, box.x] == (0, 255, 0)).all()
 
 
+def test_unsure_faces_are_counted_as_unsure_not_under_their_top_class(demo_images, detector, model_path):
+    """The summary agrees with the overlay, the events and MQTT, which all show such a face as ``?``."""
+    from fer_edge.cli import run_summary
+    from fer_edge.config import load_config
+
+    unsure = ExpressionClassifier(model_path, unsure_below=1.01)
+    stats = Pipeline(fresh_source(demo_images), detector, unsure, OverlayAnnotator(), [ListSink()]).run()
+    assert stats.faces > 0 and dict(stats.label_counts) == {"?": stats.faces}
+    assert f"expressions unsure {stats.faces}\n" in run_summary(stats, load_config())
+
+
 def test_max_frames_stops_early_and_leaves_the_source_open(demo_images, detector, classifier):
     source = fresh_source(demo_images, 20)
     sink = ListSink(keep_images=False)

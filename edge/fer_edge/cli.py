@@ -186,11 +186,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_summary(stats: RunStats, cfg: Config, started: float | None = None) -> str:
     """What a run did, in a few lines: frames, faces, expressions seen, speed, where the output went (with the
     recordings finished since ``started``, a time.time())."""
-    seen = ", ".join(f"{label} {count}" for label, count in stats.label_counts.most_common()) or "none"
+    from fer_edge.types import UNSURE_LABEL
+
+    seen = ", ".join(
+        f"{'unsure' if label == UNSURE_LABEL else label} {count}" for label, count in stats.label_counts.most_common()
+    )
     lines = [
         f"frames      {stats.frames} in {stats.elapsed:.1f} s ({stats.fps:.1f} fps)",
         f"faces       {stats.faces} in {stats.frames_with_faces} frames",
-        f"expressions {seen}",
+        f"expressions {seen or 'none'}",
     ]
     if cfg.recording.enabled or cfg.events.enabled:
         lines.append(f"output      {os.path.abspath(cfg.recording.output_dir)}")

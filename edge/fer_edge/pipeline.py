@@ -361,7 +361,7 @@ class Pipeline:
         if faces:
             stats.frames_with_faces += 1
             stats.faces += len(faces)
-            stats.label_counts.update(face.shown.label for face in faces if face.shown is not None)
+            stats.label_counts.update(face.shown.shown_label for face in faces if face.shown is not None)
         for name, seconds in zip(STAGES, durations):
             stats.stage_seconds[name] += seconds
 
