@@ -301,6 +301,52 @@ def test_privacy_covers_a_face_the_detector_missed_for_one_run(demo_images, clas
     assert len(hidden) == 12 and all(boxes == [face] for boxes in hidden), hidden
 
 
+class TurningFace:
+    """The demo face's box, with BlazeFace-like keypoints: frontal for ``frontal`` detection runs, then turned
+    to a profile (the nose tip far off the middle of the eyes)."""
+
+    def __init__(self, truth, frontal):
+        self.truth, self.frontal, self.runs = truth, frontal, 0
+
+    def detect(self, image, regions=None):
+        self.runs += 1
+        box = next(iter(self.truth.values()))[0]
+        eyes = ((box.x + 0.3 * box.w, box.y + 0.4 * box.h), (box.x + 0.7 * box.w, box.y + 0.4 * box.h))
+        nose_x = box.x + (0.5 if self.runs <= self.frontal else 0.9) * box.w
+        return [Detection(box, 0.9, (*eyes, (nose_x, box.y + 0.6 * box.h)))]
+
+
+@pytest.mark.parametrize("smoothing", [True, False])
+def test_a_face_turned_away_keeps_its_last_label(demo_images, demo_truth, classifier, smoothing):
+    """Past ``max_turn`` the model is not asked (it was trained on frontal faces); the face keeps the label
+    it showed, with smoothing or without it."""
+    calls = []
+
+    class Counted:
+        runtime = classifier.runtime
+
+        def classify(self, image, detection):
+            calls.append(detection.turn)
+            return classifier.classify(image, detection)
+
+    sink = ListSink(keep_images=False)
+    Pipeline(
+        fresh_source(demo_images[30:40]),
+        TurningFace(demo_truth, frontal=4),
+        Counted(),
+        OverlayAnnotator(),
+        [sink],
+        tracker=IouTracker(),
+        smoother=LabelSmoother() if smoothing else None,
+        max_turn=0.5,
+        classify_every_s=0.0,
+    ).run()
+    assert len(calls) == 4 and max(calls) < 0.5  # the four frontal frames only
+    shown = [faces[0].shown.shown_label if faces[0].shown is not None else None for faces in sink.faces]
+    assert len(shown) == 10 and None not in shown and shown[4:] == [shown[3]] * 6
+    assert {faces[0].track_id for faces in sink.faces} == {1}
+
+
 def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(
     demo_images, detector, classifier, monkeypatch
 ):

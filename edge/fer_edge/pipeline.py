@@ -340,7 +340,9 @@ class Pipeline:
                 continue
             turn = track.detection.turn
             if turn is not None and turn > self.max_turn:
-                prediction, smoothed = None, last.smoothed if last is not None else None
+                # a face turned away keeps what it last showed: its smoothed label, else its last prediction
+                prediction = last.prediction if last is not None and last.smoothed is None else None
+                smoothed = last.smoothed if last is not None else None
             else:
                 prediction = self.classifier.classify(frame.image, track.detection)
                 smoothed = None
