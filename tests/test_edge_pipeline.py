@@ -347,6 +347,41 @@ def test_a_face_turned_away_keeps_its_last_label(demo_images, demo_truth, classi
     assert {faces[0].track_id for faces in sink.faces} == {1}
 
 
+def test_a_camera_outage_ends_the_tracks(demo_images, demo_truth, classifier):
+    """Frames count a track's age: after ten minutes without a camera, a face where one stood before is a new
+    track, with no label or smoothing carried over from the old one."""
+
+    class CameraLostForTenMinutes:
+        def __init__(self):
+            self.reads = [Frame(demo_images[30 + i], i, i / 30) for i in range(5)]
+            self.reads += [SourceWaiting("camera 0 lost; next try in 30 s")] * 20
+            self.reads += [Frame(demo_images[35 + i], 5 + i, 600 + i / 30) for i in range(5)]
+
+        def read(self):
+            return self.reads.pop(0) if self.reads else None
+
+        def interrupt(self):
+            pass
+
+        def close(self):
+            pass
+
+    smoother, sink = LabelSmoother(), ListSink(keep_images=False)
+    Pipeline(
+        CameraLostForTenMinutes(),
+        TurningFace(demo_truth, frontal=100),
+        classifier,
+        OverlayAnnotator(),
+        [sink],
+        tracker=IouTracker(),
+        smoother=smoother,
+        status_interval_s=3600,
+    ).run()
+    ids = [faces[0].track_id for faces in sink.faces]
+    assert ids[:5] == [1] * 5 and ids[5:] == [2] * 5
+    assert smoother.track_ids == {2}
+
+
 def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(
     demo_images, detector, classifier, monkeypatch
 ):

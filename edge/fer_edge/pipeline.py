@@ -249,10 +249,11 @@ class Pipeline:
                 if isinstance(frame, SourceWaiting):
                     window = self._wait(frame, window)
                     continue
-                if window.waiting is not None:  # the camera is back: status lines count from now
+                resumed = window.waiting is not None
+                if resumed:  # the camera is back: status lines count from now
                     window = _StatusWindow(time.monotonic())
                 privacy = self.privacy_on  # once a frame: its detection and its anonymizing agree
-                tracks = self._detect(frame, privacy)
+                tracks = self._detect(frame, privacy, resumed)
                 t2 = time.perf_counter()
                 faces = self._classify(frame, tracks)
                 t3 = time.perf_counter()
@@ -289,8 +290,11 @@ class Pipeline:
         )
         return stats
 
-    def _detect(self, frame: Frame, privacy: bool) -> list[Track]:
-        if cut := (self.cuts is not None and self.cuts.cut(frame.image)):
+    def _detect(self, frame: Frame, privacy: bool, resumed: bool = False) -> list[Track]:
+        """``resumed``: the first frame after the camera was lost, which counts as a scene cut: whoever stands
+        where a face stood before the outage may be someone else, and a track only ages by frames."""
+        cut = (self.cuts is not None and self.cuts.cut(frame.image)) or resumed
+        if cut:
             self._end_tracks()
         plan = self.schedule.next(frame.timestamp, len(self.tracker.active_ids), privacy=privacy, cut=cut)
         self._unsure = []
