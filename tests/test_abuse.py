@@ -487,6 +487,16 @@ SERVE_CONFIGS = {
         lambda tmp: _serve_config(tmp, mqtt={"tls": True, "tls_ca_file": _fifo(tmp, "ca.pem")}),
         "mqtt.tls_ca_file: ",
     ),
+    "tls_ca_file not a certificate": (
+        lambda tmp: _serve_config(
+            tmp, mqtt={"tls": True, "tls_ca_file": _secret(tmp, "ca.pem", b"not a cert\n", 0o644)}
+        ),
+        "mqtt.tls_ca_file: ",
+    ),
+    "listen on another machine's address": (
+        lambda tmp: _serve_config(tmp, {"listen": "192.0.2.1:8089", "token": GOOD.decode().strip()}),
+        "web.listen: cannot listen on 192.0.2.1:8089 (",
+    ),
     "device id of 70000": (lambda tmp: _serve_config(tmp, mqtt={"device_id": "d" * 70_000}), "mqtt.device_id"),
 }
 

@@ -2,15 +2,19 @@
 
 ``run`` (``serve.integrations``) and ``check-config`` both call :func:`serve_secrets`, so they refuse the same
 configs: a listen address others can reach without a token, a token that is empty or short, a secret file that
-is missing, not a regular file, readable by others, empty, binary or huge, and a TLS CA file that cannot be read.
+is missing, not a regular file, readable by others, empty, binary or huge, a TLS CA file that holds no PEM
+certificate, and a listen address that is not this machine's.
 ``check-config`` adds :func:`check_output_folder`. Files are opened without blocking (a FIFO named as a secret
 file must not hang the start) and read only up to a bound; every error names its key and never the secret.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
+import ssl
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -116,6 +120,21 @@ def check_listen(host: str, token: str | None) -> None:
         )
 
 
+def check_bindable(host: str, port: int) -> None:
+    """``run`` can listen on ``host``: it names an address of this machine. A port in use passes (the running
+    service may hold it; ``run`` says so itself); the socket is set up as the web front sets up its own."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except socket.gaierror as exc:
+        raise ConfigError(f"web.listen: cannot listen on {host}:{port} ({exc.strerror})") from None
+    except OSError as exc:
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            raise ConfigError(f"web.listen: cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
 def web_token(web: WebConfig) -> str | None:
     token = resolve_secret(web.token, web.token_file, CREDENTIAL_NAME, "web.token")
     if token is not None and web.token is None:  # a token in the config itself is checked when it is loaded
@@ -123,7 +142,9 @@ def web_token(web: WebConfig) -> str | None:
         if problem is not None:
             source = "web.token_file" if web.token_file is not None else f"web.token ({CREDENTIAL_NAME})"
             raise ConfigError(f"web.token: the token in {source}: {problem}")
-    check_listen(parse_listen(web.listen)[0], token)
+    host, port = parse_listen(web.listen)
+    check_listen(host, token)
+    check_bindable(host, port)
     return token
 
 
@@ -132,8 +153,17 @@ def mqtt_password(mqtt: MqttConfig) -> str | None:
     if password is not None and mqtt.username is None:
         raise ConfigError("mqtt.username: a password is set (mqtt.password, its file or credential) but no username")
     if mqtt.tls_ca_file is not None:
-        read_bounded(Path(mqtt.tls_ca_file), "mqtt.tls_ca_file", MAX_CA_BYTES, private=False)
+        check_certificates(Path(mqtt.tls_ca_file))
     return password
+
+
+def check_certificates(path: Path) -> None:
+    """``path`` holds PEM certificates, as the MQTT client's TLS set-up reads them."""
+    data = read_bounded(path, "mqtt.tls_ca_file", MAX_CA_BYTES, private=False)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError):
+        raise ConfigError(f"mqtt.tls_ca_file: {path} holds no PEM certificate") from None
 
 
 def serve_secrets(cfg: Config) -> ServeSecrets:
