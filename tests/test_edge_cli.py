@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -115,6 +116,9 @@ def test_verbose_shows_the_traceback():
         (("run", "--max-frames", "0"), 2, "--max-frames: expected a positive integer, got 0"),
         (("run", "--config", "/nonexistent.yaml"), 2, "/nonexistent.yaml: cannot read"),
         (("bench", "--frames", "-1"), 2, "--frames: expected a positive integer, got -1"),
+        # an unset shell variable: not camera 0, not the bundled model
+        (("run", "--source", ""), 2, "argument --source: expected a value, got an empty string"),
+        (("check-config", "--model", " "), 2, "argument --model: expected a value, got an empty string"),
     ],
 )
 def test_expected_failures_are_one_line(args, code, expected):
@@ -229,6 +233,20 @@ def test_check_config_refuses_what_run_refuses(case, demo_clip, model_path, tmp_
         assert len(lines) == 1 and lines[0].startswith(f"fer-edge: error: {expected.format(**values)}"), result.stderr
     assert check.returncode == run.returncode != 0
     assert error_lines(check) == error_lines(run)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("picamera2") is not None, reason="picamera2 is installed here")
+def test_check_config_refuses_the_pi_camera_without_picamera2(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("source:\n  kind: picamera2\n")
+    check = fer_edge("check-config", "--quiet", "--config", str(config))
+    run = fer_edge("run", "--config", str(config), "--no-record", "--max-frames", "1")
+    assert check.returncode == run.returncode == 1
+    assert (
+        error_lines(check)
+        == error_lines(run)
+        == ["fer-edge: error: picamera2 is not installed (apt install python3-picamera2)"]
+    )
 
 
 def test_check_config_fails_like_run_on_a_missing_model(tmp_path):

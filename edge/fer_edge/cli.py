@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the device loop (camera or file -> annotated recording)")
     _add_common(run)
-    run.add_argument("--output", metavar="DIR", help="recording folder (recording.output_dir)")
+    run.add_argument("--output", type=_given, metavar="DIR", help="recording folder (recording.output_dir)")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     run.add_argument("--realtime", action="store_true", help="pace a file at its native frame rate")
     run.add_argument("--no-record", action="store_true", help="write no video and no events")
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a config and what `run` needs before the camera (model sidecar, Haar cascade, file "
         "source); print the config resolved, as YAML",
     )
-    check.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
-    check.add_argument("--model", metavar="PATH", help="TFLite model with its .json sidecar (as `run --model`)")
+    check.add_argument("--config", type=_given, metavar="FILE", help="YAML config (default: built-in defaults)")
+    check.add_argument(
+        "--model", type=_given, metavar="PATH", help="TFLite model with its .json sidecar (as `run --model`)"
+    )
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
     check.add_argument(
         "--model-optional",
@@ -75,10 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given(value: str) -> str:
+    """An option's value that says something: ``--source ""`` (an unset shell variable) would otherwise fall back
+    to the default and open camera 0, ``--model ""`` the bundled model."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return value
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML config (default: built-in defaults)")
-    parser.add_argument("--source", metavar="SRC", help="video file, image folder, picamera2, camera index or URL")
-    parser.add_argument("--model", metavar="PATH", help="TFLite model with its .json sidecar")
+    parser.add_argument("--config", type=_given, metavar="FILE", help="YAML config (default: built-in defaults)")
+    parser.add_argument(
+        "--source", type=_given, metavar="SRC", help="video file, image folder, picamera2, camera index or URL"
+    )
+    parser.add_argument("--model", type=_given, metavar="PATH", help="TFLite model with its .json sidecar")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
 
@@ -133,16 +145,17 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     then the checks ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
     (``app.build_classifier``: the sidecar and its checksum, then the model loaded in the runtime and
     compared with the sidecar, some 30 ms), the Haar cascade (``app.build_detector``: found and loaded, a
-    few ms), and a video file or image folder source (``open_source``, opened and closed again). ``run``
-    and ``bench`` need no separate call: building their pipeline raises the same errors. A camera
-    (picamera2, OpenCV capture) is never opened here: it may be in use by the service.
+    few ms), a video file or image folder source (``open_source``, opened and closed again), and for the Pi
+    camera that picamera2 is installed. ``run`` and ``bench`` need no separate call: building their pipeline
+    raises the same errors. A camera (picamera2, OpenCV capture) is never opened here: it may be in use by the
+    service.
 
     A missing model fails as it fails ``run``; with ``model_optional`` it is only a warning, so a config
     can be checked before its model is installed (deploy/install.sh --prefix does that); a model that is
     there must be sound. Returns the model path, or None when it is missing.
     """
     from fer_edge.app import build_classifier, build_detector
-    from fer_edge.capture.sources import open_source, resolve_kind
+    from fer_edge.capture.sources import check_picamera2, open_source, resolve_kind
     from fer_edge.config import resolve_model_path
     from fer_edge.config.preflight import check_output_folder, serve_secrets
     from fer_edge.record.recorder import check_recording
@@ -163,7 +176,10 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
         build_classifier(cfg)  # ContractError: sidecar, checksum; ModelError: unloadable, unlike its sidecar
     build_detector(cfg)
     size, fps = (cfg.source.width, cfg.source.height), cfg.source.fps
-    if resolve_kind(cfg.source) in ("file", "images"):
+    kind = resolve_kind(cfg.source)
+    if kind == "picamera2":
+        check_picamera2()
+    if kind in ("file", "images"):
         source = open_source(cfg.source)
         size, fps = source.size, source.fps
         source.close()

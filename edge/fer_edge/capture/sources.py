@@ -64,6 +64,17 @@ def resolve_kind(cfg: SourceConfig) -> str:
     return "picamera2" if importlib.util.find_spec("picamera2") is not None else "opencv"
 
 
+PICAMERA2_MISSING = "picamera2 is not installed (apt install python3-picamera2)"
+
+
+def check_picamera2() -> None:
+    """picamera2 can be imported (found, not imported: that would start libcamera)."""
+    import importlib.util
+
+    if importlib.util.find_spec("picamera2") is None:
+        raise SourceError(PICAMERA2_MISSING)
+
+
 def source_overrides(spec: str) -> dict:
     """Config overrides for a ``--source`` argument: picamera2, a camera index or URL, a folder, or a file."""
     if spec == "picamera2":
@@ -381,7 +392,7 @@ class Picamera2Source:
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise SourceError("picamera2 is not installed (apt install python3-picamera2)") from None
+            raise SourceError(PICAMERA2_MISSING) from None
         try:
             self._camera = Picamera2()
             # "RGB888" is libcamera's name for B, G, R byte order: OpenCV's BGR, no conversion needed.
