@@ -133,6 +133,21 @@ def test_a_one_pixel_box_in_a_corner_still_gets_a_crop_at_the_smallest_margin(cl
     assert classifier.classify(gray, Box(639, 359, 1, 1)).label in classifier.labels
 
 
+def test_a_box_mostly_past_the_edge_is_cropped_at_a_margin_under_one(classifier, monkeypatch):
+    """A track carried out of the picture keeps a sliver in the frame; a square narrower than the box may then
+    miss the frame, and the loop must not end on it."""
+    monkeypatch.setattr(classifier, "face_margin", 0.8)
+    gray = (np.arange(360 * 640).reshape(360, 640) % 241 + 9).astype(np.uint8)
+    box = Box(-95, 100, 100, 100)  # 5 px of it in the frame
+    assert box.square(0.8).clipped(640, 360).area == 0
+    crop = classifier.crop(gray, box)
+    square = box.clipped(640, 360).square(0.8)  # around the sliver: 80 px, from x = -38
+    padded = np.pad(gray, 100, mode="edge")
+    assert crop.shape == (80, 80)
+    np.testing.assert_array_equal(crop, padded[square.y + 100 : square.y2 + 100, square.x + 100 : square.x2 + 100])
+    assert classifier.classify(gray, box).label in classifier.labels
+
+
 def test_classify_reuses_its_buffers_and_each_face_gets_its_own_scores(classifier, model_path):
     rng = np.random.default_rng(3)
     first, second = (rng.integers(0, 256, (120, 160), dtype=np.uint8) for _ in range(2))

@@ -116,10 +116,15 @@ class ExpressionClassifier:
 
     def crop(self, image: np.ndarray, box: Box) -> np.ndarray:
         """The face crop the model expects, in grayscale: a square of side ``max(w, h) * face_margin`` around the
-        box, padded by edge replication where it leaves the frame."""
+        box, padded by edge replication where it leaves the frame. A box mostly past the frame's edge (a track
+        carried out of the picture) whose square, narrower than the box, misses the frame is cropped around the
+        part of it that is in the frame."""
         height, width = image.shape[:2]
         square = box.square(self.face_margin)
         inside = square.clipped(width, height)
+        if inside.area == 0:
+            square = box.clipped(width, height).square(self.face_margin)
+            inside = square.clipped(width, height)
         if inside.area == 0:
             raise ValueError(f"{box} lies outside the {width}x{height} frame")
         crop = _gray(image[inside.y : inside.y2, inside.x : inside.x2])
