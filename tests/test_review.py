@@ -253,3 +253,23 @@ def test_with_the_events_log_off_the_events_come_from_the_live_view(demo_clip, t
     for event in found:  # the same fields as from the index; no recording holds them
         assert ISO.match(event["time"]) and event["recording"] is None and event["offset_s"] is None
         assert {"seq", "track", "label", "score", "box", "frame"} <= set(event)
+
+
+def test_an_output_folder_named_with_uri_characters_still_shows_the_index(demo_clip, tmp_path):
+    # '#', '?' and '%' mean something in the URI the index is opened read-only with
+    folder = tmp_path / "cam#1?50%off"
+    folder.mkdir()
+    port = free_port()
+    with web_run(demo_clip, folder, port, TOKEN, segment_seconds=1.0):
+        deadline = time.monotonic() + 30
+        ready: list = []
+        while time.monotonic() < deadline and not ready:
+            status, body = get(port, "/api/recordings")[1::2]
+            listing = json.loads(body)["recordings"] if status == 200 else []
+            ready = [r for r in listing if r["labels"] and r["thumbnail"] and r["duration_s"] and r["faces"]]
+            time.sleep(0.3)
+        assert ready, listing  # durations, thumbnails and expressions come from the index
+        rec = ready[0]
+        found = json.loads(get(port, f"/api/events?recording={rec['name']}")[3])["events"]
+        assert found and all(event["recording"] == rec["name"] for event in found)
+    assert [path.name for path in tmp_path.iterdir()] == [folder.name]  # no empty database made beside it

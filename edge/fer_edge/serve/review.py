@@ -140,7 +140,8 @@ def _index(handler: Handler) -> sqlite3.Connection | None:
     if directory is None or not (directory / DB_NAME).is_file():
         return None
     try:
-        db = sqlite3.connect(f"file:{directory / DB_NAME}?mode=ro", uri=True, timeout=5.0)
+        # as_uri escapes '#', '?' and '%': unescaped, a folder name holding one cuts off the path or the mode
+        db = sqlite3.connect((directory / DB_NAME).absolute().as_uri() + "?mode=ro", uri=True, timeout=5.0)
         db.execute("SELECT 1 FROM recordings LIMIT 1")
     except sqlite3.Error as exc:
         log.debug("review: index not readable (%s)", exc)
