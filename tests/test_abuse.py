@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import random
 import resource
@@ -289,6 +290,60 @@ def test_a_malformed_request_gets_a_400_and_logs_one_line(live):
     # the status line itself: a timestamp's milliseconds or a segment's name may hold "400" too
     assert len([line for line in lines if "400 Bad Request" in line]) <= 2, lines[-20:]
     assert "Traceback" not in log.read_text()
+
+
+def _get(path: str, headers: bytes = b"") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer {TOKEN}\r\n".encode() + headers + b"\r\n"
+
+
+MALFORMED_REVIEW_REQUESTS = {  # what each is answered: a range of digits that are not ASCII ones is ignored
+    "range \u00b2-": ("/recordings/NAME", b"Range: bytes=\xb2-\r\n", b"200"),
+    "range 0-\u00b9": ("/recordings/NAME", b"Range: bytes=0-\xb9\r\n", b"200"),
+    "range of 5000 digits": ("/recordings/NAME", b"Range: bytes=1" + b"0" * 5000 + b"-\r\n", b"416"),
+    "summary from -1e20": ("/api/summary?from=-1e20&to=-1e20", b"", b"400"),
+    "summary to 1e300": ("/api/summary?to=1e300", b"", b"400"),
+    "events from year 1": ("/api/events?from=0001-01-01T00:00", b"", b"400"),
+    "events to year 9999": ("/api/events?from=0&to=9999-12-31T23:59%2B05:00", b"", b"400"),
+    "recordings of year 1": ("/api/recordings?day=0001-01-01", b"", b"400"),
+    "recordings of the last day": ("/api/recordings?day=9999-12-31", b"", b"400"),
+}
+
+
+def test_malformed_ranges_and_times_in_the_review_are_answered_without_a_traceback(live):
+    port, log = live["port"], live["folder"] / "stderr.log"
+    name = sorted(path.name for path in (live["folder"] / "out").glob("2*.mp4"))[0]
+    deadline = time.monotonic() + 30
+    while _raw(port, _get("/api/events?from=soon")).startswith(b"HTTP/1.1 200 ") and time.monotonic() < deadline:
+        time.sleep(0.3)  # events come from the live view, which takes no times, until the index holds some
+    for path, header, status in MALFORMED_REVIEW_REQUESTS.values():
+        for _ in range(20):
+            answer = _raw(port, _get(path.replace("NAME", name), header))
+            assert answer.startswith(b"HTTP/1.1 " + status + b" "), (path, header[:40], answer[:200])
+    time.sleep(0.5)
+    text = log.read_text()
+    assert "Traceback" not in text and "answering a request failed" not in text, text[-3000:]
+
+
+def test_a_request_that_fails_unexpectedly_gets_a_500_and_logs_a_line_a_minute(caplog, monkeypatch):
+    """What no check foresaw: the client still gets an answer, and repeating the request cannot flood the log."""
+    from fer_edge.serve import web
+    from fer_edge.serve.live import LiveFeed
+
+    def broken(handler, query):
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setitem(web.ROUTES, "/api/broken", broken)
+    server = web.WebServer(LiveFeed(), host="127.0.0.1", port=0, token=TOKEN).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="fer_edge"):
+            for _ in range(50):
+                assert _raw(server.port, _get("/api/broken")).startswith(b"HTTP/1.1 500 ")
+            assert _stats(server.port)["frames"] == 0  # and the server goes on answering
+    finally:
+        server.close()
+    failed = [record for record in caplog.records if "answering a request failed" in record.getMessage()]
+    assert len(failed) == 1 and "OverflowError at test_abuse.py:" in failed[0].getMessage(), caplog.text
+    assert not any(record.exc_info for record in caplog.records), caplog.text
 
 
 def test_header_floods_before_the_token_cost_little_memory(live):

@@ -226,6 +226,12 @@ def test_the_page_lists_recordings_with_thumbnails_timelines_and_the_chart(serve
         ("items=0-1", None),
         ("bytes=+1-2", None),
         ("bytes=-", None),
+        ("bytes=\u00b2-", None),  # digits, but not ASCII ones: not a valid range
+        ("bytes=0-\u00b9", None),
+        ("bytes=1" + "0" * 5000 + "-", "416"),  # more digits than int() takes
+        ("bytes=0-" + "9" * 5000, (0, 99)),
+        ("bytes=-" + "9" * 5000, (0, 99)),
+        ("bytes=" + "0" * 30 + "5-" + "0" * 30 + "6", (5, 6)),
     ],
 )
 def test_byte_ranges_are_read_as_http_says(header, expected):

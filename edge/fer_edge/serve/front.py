@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import queue
 import resource
 import selectors
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -336,8 +338,13 @@ class HttpFront:
             try:
                 conn.sock.setblocking(True)
                 keep = self._handler(conn.sock, (conn.address, 0), head)
-            except Exception:  # noqa: BLE001 - one request failed; the worker serves the next
-                log.exception("web: answering a request failed")
+            except Exception as exc:  # noqa: BLE001 - one request failed; the worker serves the next
+                # A client can repeat the request at its own pace: a line a minute per fault, naming where it
+                # arose but not the message, which may quote the request; the traceback only when debugging.
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                fault = f"{type(exc).__name__} at {os.path.basename(where.filename)}:{where.lineno}"
+                self._warn.warning(fault, "web: answering a request failed: %s", fault)
+                log.debug("web: answering a request failed", exc_info=True)
             if keep and not self._closing.is_set():
                 try:
                     conn.sock.setblocking(False)

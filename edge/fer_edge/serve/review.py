@@ -21,7 +21,7 @@ import stat
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -39,6 +39,12 @@ PER_PAGE, MAX_PER_PAGE = 20, 200
 EVENTS_LIMIT, MAX_EVENTS = 200, 5000
 MAX_BUCKETS = 2000
 THUMBNAIL = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.jpg$")
+BYTE_POSITION = re.compile(r"[0-9]*")  # not str.isdigit, which takes '²' and other digits int() refuses
+# The years a query's times may name: well inside datetime's 1 to 9999, so that local time can place them and a
+# summary's buckets, which reach a bucket past 'to', can be shown
+FIRST_YEAR, LAST_YEAR = 1900, 9000
+EARLIEST = datetime(FIRST_YEAR, 1, 1, tzinfo=timezone.utc).timestamp()
+LATEST = datetime(LAST_YEAR, 1, 1, tzinfo=timezone.utc).timestamp()
 PAGE_CSP = (
     "default-src 'none'; img-src 'self'; media-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
     "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -99,16 +105,17 @@ def _time(query: dict[str, list[str]], name: str, default: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(value):
-            raise BadQuery(f"{name}: expected a time, got {text[:40]!r}")
-        return value
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise BadQuery(f"{name}: expected ISO 8601 or Unix seconds, got {text[:40]!r}") from None
-    return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+        except ValueError:
+            raise BadQuery(f"{name}: expected ISO 8601 or Unix seconds, got {text[:40]!r}") from None
+        if FIRST_YEAR <= moment.year < LAST_YEAR:  # local time cannot place a moment in year 1 or 9999
+            value = (moment if moment.tzinfo else moment.astimezone()).timestamp()
+        else:
+            value = math.nan  # refused below
+    if not EARLIEST <= value < LATEST:  # NaN and the infinities too
+        raise BadQuery(f"{name}: expected a time from {FIRST_YEAR} to {LAST_YEAR - 1}, got {text[:40]!r}")
+    return value
 
 
 def _day(query: dict[str, list[str]]) -> tuple[float, float] | None:
@@ -119,6 +126,8 @@ def _day(query: dict[str, list[str]]) -> tuple[float, float] | None:
         day = datetime.strptime(text, "%Y-%m-%d")
     except ValueError:
         raise BadQuery(f"day: expected YYYY-MM-DD, got {text[:40]!r}") from None
+    if not FIRST_YEAR <= day.year < LAST_YEAR:
+        raise BadQuery(f"day: expected a day from {FIRST_YEAR} to {LAST_YEAR - 1}, got {text[:40]!r}")
     return day.astimezone().timestamp(), (day + timedelta(days=1)).astimezone().timestamp()
 
 
@@ -346,17 +355,23 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     first, dash, last = spec.strip().partition("-")
     if unit.strip().lower() != "bytes" or "," in spec or not dash:
         return None
-    if not (first.isdigit() or first == "") or not (last.isdigit() or last == "") or first == last == "":
+    if not (BYTE_POSITION.fullmatch(first) and BYTE_POSITION.fullmatch(last)) or first == last == "":
         return None
     if first == "":  # the last N bytes
-        n = int(last)
+        n = _byte_position(last)
         return ByteRange(max(0, size - n), size - 1) if n > 0 and size > 0 else UNSATISFIABLE
-    start, end = int(first), int(last) if last else size - 1
+    start, end = _byte_position(first), _byte_position(last) if last else size - 1
     if start >= size:
         return UNSATISFIABLE
     if end < start:
         return None
     return ByteRange(start, min(end, size - 1))
+
+
+def _byte_position(digits: str) -> int:
+    """``digits`` as a number; one past any file's size as 10**18 (int() refuses more than 4300 digits)."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 18 else 10**18
 
 
 def _open_regular(path: Path) -> BinaryIO | None:

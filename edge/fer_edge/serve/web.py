@@ -12,6 +12,7 @@ their thread while they last, so there are at most ``max_viewers`` of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.cookies
@@ -49,6 +50,7 @@ COOKIE_NAME = "fer_edge_session"
 BOUNDARY = "fer-edge-frame"
 SEND_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is dropped
 SPARE_WORKERS = 4  # threads for requests beyond the live streams, which hold theirs while they last
+INTERNAL_ERROR = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def cookie_value(token: str) -> str:
@@ -101,11 +103,13 @@ class _Writer(io.BufferedIOBase):
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self.started = False  # whether an answer has begun: then another would corrupt it
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        self.started = True
         self._sock.sendall(data)
         return len(data)
 
@@ -219,6 +223,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.handle_one_request()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+        except Exception:
+            self.close_connection = True
+            if not self.wfile.started:  # the client gets an answer rather than a connection closed on it
+                with contextlib.suppress(OSError):
+                    self.wfile.write(INTERNAL_ERROR)
+            raise  # the front logs it
 
     # --- plumbing
 
