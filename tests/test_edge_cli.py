@@ -118,6 +118,7 @@ def test_verbose_shows_the_traceback():
         (("bench", "--frames", "-1"), 2, "--frames: expected a positive integer, got -1"),
         # an unset shell variable: not camera 0, not the bundled model
         (("run", "--source", ""), 2, "argument --source: expected a value, got an empty string"),
+        (("run", "--source", "\u00b2"), 1, "video file not found: \u00b2"),  # a digit to str.isdigit, not int()
         (("check-config", "--model", " "), 2, "argument --model: expected a value, got an empty string"),
     ],
 )

@@ -96,6 +96,8 @@ def test_values_and_overrides_are_applied(tmp_path):
         ("privacy:\n  mode: smudge\n", "privacy.mode: expected one of off, blur, pixelate, got 'smudge'"),
         ("privacy:\n  hold_s: 30\n", "privacy.hold_s: expected a number in [0, 5], got 30"),
         ("source:\n  kind: webcam\n", "source.kind: expected one of auto, picamera2, opencv, file, images"),
+        # a superscript two is a digit to str.isdigit, not to int()
+        ('web:\n  listen: "127.0.0.1:\u00b2"\n', "web.listen: expected host:port with a port 1-65535"),
         ("logging:\n  level: LOUD\n", "logging.level: expected one of DEBUG, INFO, WARNING, ERROR"),
         ("source: 5\n", "source: expected a mapping, got 5"),
         ("source:\n  reopen_initial_s: 10\n  reopen_max_s: 5\n", "source.reopen_max_s: expected a number >="),

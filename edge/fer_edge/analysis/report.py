@@ -263,7 +263,7 @@ def _line_list(numbers: list[int], limit: int = 5) -> str:
 def _track_order(track: str) -> tuple[int, int, str]:
     if track == UNTRACKED:
         return (2, 0, track)
-    return (0, int(track), track) if track.lstrip("-").isdigit() else (1, 0, track)
+    return (0, int(track), track) if track.isascii() and track.lstrip("-").isdigit() else (1, 0, track)
 
 
 def _iso(t: float) -> str:

@@ -79,7 +79,7 @@ def source_overrides(spec: str) -> dict:
     """Config overrides for a ``--source`` argument: picamera2, a camera index or URL, a folder, or a file."""
     if spec == "picamera2":
         return {"source.kind": "picamera2"}
-    if spec.isdigit() or "://" in spec or spec.startswith("/dev/video"):
+    if (spec.isascii() and spec.isdigit()) or "://" in spec or spec.startswith("/dev/video"):
         return {"source.kind": "opencv", "source.device": spec}
     if Path(spec).is_dir():
         return {"source.kind": "images", "source.path": spec}
@@ -279,7 +279,8 @@ class OpenCvCaptureSource:
 
         _quiet_opencv(cv2)
         self._cv2 = cv2
-        self.device: int | str = int(device) if isinstance(device, str) and device.isdigit() else device
+        digits = isinstance(device, str) and device.isascii() and device.isdigit()
+        self.device: int | str = int(device) if digits else device
         self.name = mask_credentials(str(self.device))  # what lines show: a stream URL without its password
         self._requested = (width, height, fps)
         self.reopen_initial_s = reopen_initial_s
