@@ -341,6 +341,37 @@ def test_sigterm_ends_the_run_cleanly_and_finalizes_the_recording(demo_clip, tmp
     assert 5 < frames < 420  # stopped part-way through the 14 s clip, and every frame written is readable
 
 
+def test_a_second_run_into_a_folder_being_recorded_is_refused_and_leaves_its_files_alone(demo_clip, tmp_path):
+    """Start-up recovery would take the running service's open files for a crash's leftovers; check-config still
+    passes beside the service (it guards the service's restart)."""
+    output = tmp_path / "out"
+    process = start_camera_paced_run(demo_clip, output)
+    try:
+        parts = list(output.glob("*.mp4.part"))
+        assert len(parts) == 1 and process.poll() is None, sorted(p.name for p in output.iterdir())
+        second = fer_edge("run", "--source", str(demo_clip), "--output", str(output), "--max-frames", "5")
+        config = tmp_path / "config.yaml"
+        config.write_text(f"recording:\n  output_dir: {output}\n")
+        check = fer_edge("check-config", "--quiet", "--config", str(config))
+        assert parts[0].is_file() and (output / "events.jsonl").is_file()
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert error_lines(second) == [
+        f"fer-edge: error: {output} is in use by another fer-edge run (pid {process.pid}); "
+        "give each run a folder of its own"
+    ]
+    assert "interrupted run" not in second.stderr
+    assert check.returncode == 0, check.stderr
+    assert process.returncode == 0, stderr
+    assert not list(output.glob("*.part")) and not list(output.glob("*.broken"))
+    assert decoded_frames(parts[0].with_suffix("")) > 5  # the first run's segment, finished by the first run
+    report = fer_edge("report", str(output), "--output", str(tmp_path / "report"))  # the lock file is no recording
+    assert report.returncode == 0, report.stderr
+
+
 def test_bench_prints_per_stage_timings(demo_clip):
     result = fer_edge("bench", "--source", str(demo_clip), "--frames", "40", "--json")
     assert result.returncode == 0, result.stderr

@@ -158,8 +158,9 @@ def test_two_instances_installed_side_by_side_each_write_their_own_folder(tmp_pa
     for name, p in processes.items():
         assert p.returncode == 0, outputs[name][1][-2000:]
         folder = root / f"var/lib/fer-edge/{name}"
-        recorded = sorted(f.suffix for f in folder.iterdir() if f.is_file() and not f.name.startswith("index.sqlite3"))
-        assert recorded == [".jsonl", ".mp4"], list(folder.iterdir())  # and the review index beside them
+        kept = ("index.sqlite3", ".fer-edge.lock")  # the review index and the run's lock beside the recordings
+        recorded = sorted(f.suffix for f in folder.iterdir() if f.is_file() and not f.name.startswith(kept))
+        assert recorded == [".jsonl", ".mp4"], list(folder.iterdir())
         assert str(folder) in outputs[name][1] or str(folder) in outputs[name][0]
     assert os.path.isdir(root / "var/lib/fer-edge/recordings")  # the plain service's folder stays empty
     assert not list((root / "var/lib/fer-edge/recordings").iterdir())

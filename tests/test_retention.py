@@ -17,6 +17,7 @@ from livehelpers import write_config
 from fer_edge.config import load_config
 from fer_edge.errors import ConfigError
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
+from fer_edge.record.folderlock import LOCK_NAME
 from fer_edge.record.index import DB_NAME, RecordingIndex
 from fer_edge.record.retention import Retention
 
@@ -126,6 +127,7 @@ def test_a_run_applies_retention_at_start(recorded, demo_clip, tmp_path):
     indexed = rows(out)
     assert old not in indexed and young in indexed and len(indexed) >= 4  # and this run's own recordings
     assert "retention: deleted 1 recording(s) older than 2 days" in (tmp_path / "stderr.log").read_text()
+    assert (out / LOCK_NAME).is_file() and all(stem[0].isdigit() for stem in indexed)  # the run's lock stays
 
 
 RANGE = r"a number in \(0, 3650\]"

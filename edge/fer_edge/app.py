@@ -27,6 +27,7 @@ from fer_edge.pipeline import (
     Tracker,
     close_all,
 )
+from fer_edge.record.folderlock import FolderLock, lock_folder
 from fer_edge.record.recorder import RecorderThread, start_recorder
 from fer_edge.record.recovery import recover_leftovers
 from fer_edge.record.retention import start_housekeeping
@@ -102,6 +103,13 @@ def build_privacy(cfg: Config, switches: Switches | None = None) -> Privacy | No
     return functools.partial(anonymize, mode=cfg.privacy.mode)
 
 
+def lock_recordings(cfg: Config) -> list[FolderLock]:
+    """The recordings folder locked for this run (see :func:`lock_folder`); none when nothing is recorded."""
+    if not (cfg.recording.enabled or cfg.events.enabled):
+        return []
+    return [lock_folder(Path(cfg.recording.output_dir))]
+
+
 def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]) -> RecorderThread | None:
     """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled) written on a thread
     of their own, or None. Leftovers of an earlier run are repaired first, and the encoder is probed, here at
@@ -131,7 +139,9 @@ class Device:
 def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
     """Every part from ``cfg``, wired once; model and detector first, so a bad model fails before the camera opens.
 
-    Sinks, in order: the recorder (annotated, anonymized frames), ``extra_sinks``, the live feed.
+    Sinks, in order: the recorder (annotated, anonymized frames), ``extra_sinks``, the live feed, the index and
+    retention thread, the folder's lock. The folder is locked before the camera opens: a second run into the same
+    folder stops there, before it touches the first one's camera or files.
     """
     classifier = build_classifier(cfg)
     detector = build_detector(cfg)
@@ -140,7 +150,12 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
     smoother = build_smoother(cfg)
     switches = build_switches(cfg)
     privacy = build_privacy(cfg, switches)
-    source = open_source(cfg.source)
+    held = lock_recordings(cfg)
+    try:
+        source = open_source(cfg.source)
+    except BaseException:
+        close_all(held)
+        raise
     opened: list[Sink | Source] = [source]
     pipeline: Pipeline | None = None
 
@@ -167,7 +182,7 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
         record_sink: Sink | None = recorder
         if recorder is not None and switches is not None:
             record_sink = SwitchedRecorder(recorder, switches)
-        sinks = [s for s in (record_sink, *extra_sinks, integrations.feed, *housekeeping) if s is not None]
+        sinks = [s for s in (record_sink, *extra_sinks, integrations.feed, *housekeeping, *held) if s is not None]
         pipeline = Pipeline(
             source,
             detector,
@@ -187,7 +202,7 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
             status_extra=functools.partial(status_news, source, recorder),
         )
     except BaseException:
-        close_all([*opened[1:], source])  # as the pipeline closes: sinks in order, then the source
+        close_all([*opened[1:], source, *held])  # sinks in order, then the source, then the lock
         raise
     return Device(pipeline, recorder, integrations.feed, switches)
 
