@@ -227,14 +227,15 @@ class FakeDisk:
 
 def test_names_keep_recording_order_when_the_wall_clock_steps_back(tmp_path, caplog):
     """A Pi has no RTC and NTP steps its clock: the disk guard deletes by name, oldest first, so a clock that
-    jumps back 90 days mid-run (or across a restart) must not make the newest recordings look oldest."""
+    jumps back mid-run (or across a restart, to the time last saved) must not make the newest recordings look
+    oldest. Names run at most a day ahead of the clock (test_edge_segmentclock)."""
     make_old_recording(tmp_path, "20261127-120000-0001", 1000)  # a previous run's recording
     clock = {"t": float(calendar.timegm((2026, 11, 27, 13, 0, 0)))}
     with caplog.at_level(logging.WARNING, logger="fer_edge.record.recorder"):
         with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0, wall_clock=lambda: clock["t"]) as recorder:
             for i in range(120):
                 if i == 60:
-                    clock["t"] -= 90 * 86400
+                    clock["t"] -= 20 * 3600
                 clock["t"] += 1 / FPS
                 recorder.write(Frame(draw_frame(i, W, H), i, i / FPS), [a_face()])
     written = ["20261127-120000-0001"] + [path.stem for path in recorder.segments]

@@ -16,6 +16,7 @@ from livehelpers import write_config
 
 from fer_edge.config import load_config
 from fer_edge.errors import ConfigError
+from fer_edge.record.diskspace import finished_recordings
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
 from fer_edge.record.folderlock import LOCK_NAME
 from fer_edge.record.index import DB_NAME, RecordingIndex
@@ -102,6 +103,23 @@ def test_one_check_deletes_what_is_older_and_nothing_else(recorded, tmp_path):
         assert (out / f"{stem}.mp4").is_file() and (out / f"{stem}.jsonl").is_file()
         assert (out / ".thumbs" / f"{stem}.jpg").is_file() and rows(out)[stem] > 0
     assert (out / f"{open_stem}.mp4.part").is_file() and (out / CURRENT_NAME).is_file()
+
+
+def test_recordings_named_ahead_of_the_clock_go_by_when_they_were_written(recorded, tmp_path):
+    """Names chained a second after one made while the clock read a year ahead: their age is their files'."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old, young = stem_days_ago(9, 1), stem_days_ago(1, 2)
+    ahead_old, ahead_young = stem_days_ago(-365, 3), stem_days_ago(-365, 4)
+    place(recorded, out, old, mtime_days_ago=9)
+    place(recorded, out, young, mtime_days_ago=1)
+    place(recorded, out, ahead_old, mtime_days_ago=10)
+    place(recorded, out, ahead_young, mtime_days_ago=2)
+    written_behind = stem_days_ago(1, 5)  # named after the newest while the clock was a week behind
+    place(recorded, out, written_behind, mtime_days_ago=8)
+    assert Retention(out, 7.0).check() == [ahead_old, old]  # oldest first
+    kept = {stem for stem, _ in finished_recordings(out)}
+    assert kept == {young, ahead_young, written_behind} and len(list(out.iterdir())) == 6
 
 
 def test_without_an_age_limit_nothing_is_deleted(recorded, tmp_path):

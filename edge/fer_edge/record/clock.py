@@ -16,6 +16,8 @@ from fer_edge.record.naming import make_stem, stem_time
 
 log = logging.getLogger(__name__)
 
+MAX_NAME_LEAD_S = 86400.0  # how far names may run ahead of the clock to keep recording order
+
 
 class SegmentClock:
     """Hands out stems ``YYYYmmdd-HHMMSS-NNNN`` (UTC) for ``directory`` and says when a segment that started at
@@ -31,6 +33,7 @@ class SegmentClock:
         self._sequence = 1
         newest = finished_recordings(directory)
         self._newest_stem_time = stem_time(newest[-1][0]) if newest else float("-inf")
+        self._behind = False  # said that the clock is behind the newest name, until it catches up
         self.stem: str | None = None  # the newest stem handed out
         self.video_stem: str | None = None  # the stem of the newest video segment that opened (set by its sink)
         self.video_start_ts: float | None = None  # the timestamp of that segment's first frame (its pre-roll's)
@@ -40,19 +43,38 @@ class SegmentClock:
         return start_ts is not None and ts - start_ts >= self.segment_seconds - self.half_frame
 
     def next_stem(self) -> str:
-        """A new stem, unused in the folder, named after the wall clock and sorting after every earlier one."""
+        """A new stem, unused in the folder, named after the wall clock and sorting after every earlier one (unless
+        that one is named more than ``MAX_NAME_LEAD_S`` ahead of the clock)."""
         wall = self._wall()
+        if wall < self._newest_stem_time - MAX_NAME_LEAD_S:
+            # A name that far ahead was made while the clock was ahead: names chained after it would stay wrong
+            # (and read as young) until the clock catches up, which may take a year.
+            log.warning(
+                "recording: the newest recording's name (%s UTC) is more than a day ahead of the clock (%s UTC); "
+                "naming recordings by the clock again, so they sort before it",
+                _utc(self._newest_stem_time),
+                _utc(wall),
+            )
+            self._newest_stem_time = float("-inf")
         if wall < self._newest_stem_time:
             # The wall clock stepped back (a Pi has no RTC; NTP steps it). The disk guard deletes by name,
             # oldest first, so names must keep recording order: name it a second after the newest instead.
-            log.warning(
-                "recording: the clock (%s UTC) is behind the newest recording's name; naming the next "
-                "one after it to keep names in recording order (events keep the clock's time)",
-                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(wall)),
-            )
+            if not self._behind:
+                log.warning(
+                    "recording: the clock (%s UTC) is behind the newest recording's name; naming recordings "
+                    "after it to keep names in recording order until it catches up (events keep the clock's time)",
+                    _utc(wall),
+                )
+            self._behind = True
             wall = self._newest_stem_time + 1
+        else:
+            self._behind = False
         stem = make_stem(self.directory, wall, self._sequence)
         self._sequence = int(stem.rsplit("-", 1)[1]) + 1
         self._newest_stem_time = max(self._newest_stem_time, stem_time(stem))
         self.stem = stem
         return stem
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))

@@ -10,9 +10,10 @@ Files in ``output_dir`` (created 0640 whatever the umask: they show faces; the f
 ``<stem>.mp4.part`` while written, renamed to ``<stem>.mp4`` once finalized (fsync first);
 ``events.jsonl`` (see :mod:`fer_edge.record.events`) renamed to ``<stem>.jsonl`` with its segment. Stems are
 ``YYYYmmdd-HHMMSS-NNNN`` in UTC (no daylight-saving jumps, so names sort chronologically; after the clock steps
-back, a new name is set a second after the newest one, so they keep recording order). Leftover ``.part`` files
-are repaired at start-up by :func:`fer_edge.record.recovery.recover_leftovers`, which the app calls once before the
-recorder opens; one that cannot be repaired is kept unchanged as ``<stem>.mp4.broken``.
+back, a new name is set a second after the newest one, so they keep recording order, at most a day ahead of the
+clock). Leftover ``.part`` files are repaired at start-up by :func:`fer_edge.record.recovery.recover_leftovers`,
+which the app calls once before the recorder opens; one that cannot be repaired is kept unchanged as
+``<stem>.mp4.broken``.
 
 The parts: two sinks, :class:`~fer_edge.record.videosink.Mp4Sink` (presence triggering, pauses, retries; its segment
 writer and encoder choice in :mod:`fer_edge.record.segment`, its frames in :mod:`fer_edge.record.ring`) and

@@ -3,7 +3,9 @@ rows, and the thread that keeps the review index up to date and runs the retenti
 
 A recording's age is the time its name gives (UTC, when it started) and the time its files were last written; both
 must be older than the limit, so a recording is never deleted while it could still be growing, and a clock that was
-wrong for a while (a Pi without its network time yet) does not delete fresh files. The open segment is never
+behind while it was written (a Pi without its network time yet) does not delete it early. A name still ahead of the
+clock does not count: it was set after one made while the clock was ahead, to keep recording order (see
+:class:`~fer_edge.record.clock.SegmentClock`), and says nothing of the recording's age. The open segment is never
 deleted. The disk floor (:mod:`fer_edge.record.diskspace`) still deletes the oldest recordings first when space
 runs short, whatever their age.
 """
@@ -53,14 +55,20 @@ class Retention:
         """Delete what is too old now; the stems deleted."""
         if self.max_age_days is None:
             return []
-        cutoff = self._wall() - self.max_age_days * DAY_S
+        now = self._wall()
+        cutoff = now - self.max_age_days * DAY_S
         keep = set(open_stems(self.directory))
-        deleted = []
+        old = []
         for stem, files in finished_recordings(self.directory):
-            if stem_time(stem) >= cutoff:
-                break  # names sort by time: the rest are younger
-            if stem in keep or not _all_older(files, cutoff):
+            written = _last_written(files)
+            if stem in keep or written is None:
                 continue
+            named = stem_time(stem)
+            age_from = max(written, named) if named <= now else written
+            if age_from < cutoff:
+                old.append((age_from, stem, files))
+        deleted = []
+        for _, stem, files in sorted(old):
             for path in files:
                 try:
                     path.unlink(missing_ok=True)
@@ -80,11 +88,11 @@ class Retention:
         return deleted
 
 
-def _all_older(files: list[Path], cutoff: float) -> bool:
+def _last_written(files: list[Path]) -> float | None:
     try:
-        return all(path.stat().st_mtime < cutoff for path in files)
+        return max(path.stat().st_mtime for path in files)
     except OSError:
-        return False
+        return None
 
 
 class Housekeeper:
