@@ -495,8 +495,16 @@ unit_files() {
 }
 
 check_config() {
+    # The service reads its secrets from systemd credentials (deploy.sh --web-token-file, --mqtt-password-file),
+    # which systemd names to the service alone: check-config is shown the same files, or a live view listening
+    # on the network would look tokenless here and every later install would stop.
+    local credentials=()
+    if [ -z "${CREDENTIALS_DIRECTORY:-}" ] && [ -d "$ETC/credentials" ]; then
+        credentials=("CREDENTIALS_DIRECTORY=$ETC/credentials")
+    fi
     # under --prefix the config's model path is outside the scratch root: only a missing model is let pass
-    if ! "$VENV/bin/fer-edge" check-config ${ROOT:+--model-optional} --config "$CONFIG" >/dev/null; then
+    if ! env ${credentials[@]+"${credentials[@]}"} \
+        "$VENV/bin/fer-edge" check-config ${ROOT:+--model-optional} --config "$CONFIG" >/dev/null; then
         rollback_model  # else the service's next start (a crash, the watchdog, a reboot) takes the new model
         die "${CONFIG#"$ROOT"} does not pass fer-edge check-config: service not (re)started"
     fi

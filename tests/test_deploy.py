@@ -648,6 +648,39 @@ def test_a_model_swap_prunes_after_the_restart_and_keeps_the_previous_model(mode
     assert result.stderr.index("restarting fer-edge with the new model") < result.stderr.index("removed old model")
 
 
+def test_check_config_sees_the_credentials_the_service_will_see(model_only_pi, tmp_path):
+    """A live view on the network with its token in a systemd credential (deploy.sh --web-token-file): the
+    service runs, and every later install must not stop at a check-config that was not shown the token."""
+    pi = model_only_pi
+    fer_edge = pi.root / "opt/fer-edge/venv/bin/fer-edge"
+    fer_edge.write_text(f'#!/bin/sh\nexec "{EDGE_VENV}/bin/fer-edge" "$@"\n')  # the real check-config
+    config = pi.root / "etc/fer-edge/config.yaml"
+    subprocess.run(
+        [str(EDGE_VENV / "bin/python"), "-c", _SET_LISTEN, str(config)], check=True, capture_output=True, text=True
+    )
+    (model,) = _small_models(tmp_path, "a")
+    refused = pi.install(model)
+    assert refused.returncode != 0 and "web.listen: 0.0.0.0 is reachable from other machines" in refused.stderr
+    credentials = pi.root / "etc/fer-edge/credentials"
+    credentials.mkdir(mode=0o700)
+    token = credentials / "web-token"
+    token.write_text("a-real-token-of-32-characters-ok\n")
+    token.chmod(0o600)
+    result = pi.install(model)
+    assert result.returncode == 0, result.stderr
+    assert "config ok: /etc/fer-edge/config.yaml" in result.stderr
+
+
+# web on, listening on every address, no token in the config: the token comes as a credential
+_SET_LISTEN = """
+import sys, yaml
+path = sys.argv[1]
+config = yaml.safe_load(open(path))
+config["web"].update(enabled=True, listen="0.0.0.0:18080")
+open(path, "w").write(yaml.safe_dump(config))
+"""
+
+
 @pytest.fixture(scope="module")
 def uninstalled(fake_pi, swapped_model):
     recording = fake_pi.root / "var/lib/fer-edge/recordings/2026-01-01/segment.mp4"
