@@ -349,7 +349,13 @@ def test_a_face_turned_away_keeps_its_last_label(demo_images, demo_truth, classi
 
 def test_a_camera_outage_ends_the_tracks(demo_images, demo_truth, classifier):
     """Frames count a track's age: after ten minutes without a camera, a face where one stood before is a new
-    track, with no label or smoothing carried over from the old one."""
+    track, with no label or smoothing carried over from the old one; and while the camera is lost, the live
+    view and MQTT show nobody rather than the last face for as long as the outage lasts."""
+
+    from fer_edge.serve.live import LiveFeed
+
+    feed = LiveFeed()
+    seen_while_lost = []
 
     class CameraLostForTenMinutes:
         def __init__(self):
@@ -358,6 +364,8 @@ def test_a_camera_outage_ends_the_tracks(demo_images, demo_truth, classifier):
             self.reads += [Frame(demo_images[35 + i], 5 + i, 600 + i / 30) for i in range(5)]
 
         def read(self):
+            if len(self.reads) == 5:  # the camera is about to come back: what the live view and MQTT had
+                seen_while_lost.append((feed.latest()[2], [(e.kind, e.track) for e in feed.events_since()]))
             return self.reads.pop(0) if self.reads else None
 
         def interrupt(self):
@@ -372,7 +380,7 @@ def test_a_camera_outage_ends_the_tracks(demo_images, demo_truth, classifier):
         TurningFace(demo_truth, frontal=100),
         classifier,
         OverlayAnnotator(),
-        [sink],
+        [sink, feed],
         tracker=IouTracker(),
         smoother=smoother,
         status_interval_s=3600,
@@ -380,6 +388,8 @@ def test_a_camera_outage_ends_the_tracks(demo_images, demo_truth, classifier):
     ids = [faces[0].track_id for faces in sink.faces]
     assert ids[:5] == [1] * 5 and ids[5:] == [2] * 5
     assert smoother.track_ids == {2}
+    # while the camera was lost, nobody was shown present: the face's track had ended
+    assert seen_while_lost == [([], [("start", 1), ("end", 1)])]
 
 
 def test_a_source_waiting_for_its_camera_keeps_the_watchdog_fed_and_says_why(

@@ -173,7 +173,9 @@ class Pipeline:
     anonymizes faces in place before overlays and sinks; while it is on (one with an ``active`` attribute, the
     runtime switch, while that is true) every frame is looked at whole (a scan or the detector's cheap sweep),
     and faces too unsure to track are anonymized too. At a scene cut (``cuts``) every
-    track and its smoothing ends and the frame is scanned whole: no track id spans a cut.
+    track and its smoothing ends and the frame is scanned whole: no track id spans a cut. A lost camera ends
+    every track too, and a sink with a ``source_lost()`` method hears of it (the live view, MQTT: nobody is
+    shown present while nothing is seen); the first frame after it counts as a cut.
 
     Stage timings fold tracking into ``detect``, smoothing into ``classify``, privacy into ``annotate``.
     """
@@ -380,6 +382,11 @@ class Pipeline:
         """The source waits for its camera: the loop is alive (watchdog), and says why no frames come."""
         now = time.monotonic()
         self._ping_watchdog(now)
+        if window.waiting is None:  # the camera was just lost
+            self._end_tracks()
+            for sink in self.sinks:
+                if (source_lost := getattr(sink, "source_lost", None)) is not None:
+                    source_lost()
         if now - window.start >= self.status_interval_s or window.waiting is None:
             self._report(f"waiting: {waiting.reason}")
             window = _StatusWindow(now)

@@ -83,6 +83,13 @@ class TrackChanges:
             events.append(TrackEvent(next_seq(), "end", track.track, track.label, score, box, wall, frame.index))
         return events
 
+    def finish(self, frame_index: int, wall: float, next_seq: Callable[[], int]) -> list[TrackEvent]:
+        """An end event for every track still open (the camera is lost: nobody is seen any more)."""
+        return [
+            TrackEvent(next_seq(), "end", track.track, track.label, *track.last, wall, frame_index)
+            for track in self._tracks.finish()
+        ]
+
 
 def face_summary(face: Face) -> dict:
     shown = face.shown
@@ -186,6 +193,16 @@ class LiveFeed:
             self._frame, self._faces = frame, faces
             self._seq += 1
             self._events.extend(events)
+            self._cond.notify_all()
+
+    def source_lost(self) -> None:
+        """The camera is lost: its last faces are gone (the state says nobody; their tracks end), its last frame
+        stays on show."""
+        with self._cond:
+            index = self._frame.index if self._frame is not None else 0
+            self._events.extend(self._tracks.finish(index, time.time(), self._next_event_seq))
+            self._faces = []
+            self._seq += 1
             self._cond.notify_all()
 
     def close(self) -> None:
