@@ -194,7 +194,7 @@ class ScriptedCapture:
 
     outcomes: list[bool] = []
 
-    def __init__(self, device):
+    def __init__(self, device, *backend_and_params):
         self.opened = ScriptedCapture.outcomes.pop(0)
         self.frames_left = 2
 
@@ -352,6 +352,47 @@ def test_a_lost_stream_is_reported_without_its_password(monkeypatch, caplog):
     waiting = [r.reason for r in reads if isinstance(r, SourceWaiting)]  # the status line shows this
     assert waiting == ["camera rtsp://admin:***@127.0.0.1:554/stream lost; next try in 2 s"]
     assert "s3cret" not in caplog.text and "admin:***@" in caplog.text
+
+
+def test_a_stream_that_stops_sending_is_given_up_well_before_the_watchdog(caplog):
+    """An MJPEG camera that keeps its connection open and sends nothing more (hung, or its Wi-Fi gone without
+    a FIN): FFmpeg's own 30 s wait would hold the loop as long as systemd's watchdog waits for it."""
+    import socket
+
+    jpeg = cv2.imencode(".jpg", np.full((24, 32, 3), 128, np.uint8))[1].tobytes()
+    server = socket.create_server(("127.0.0.1", 0))
+    stalled = threading.Event()
+    held = []
+
+    def camera():
+        while not stalled.is_set() or not held:
+            connection, _ = server.accept()
+            held.append(connection)
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=f\r\n\r\n")
+            while not stalled.wait(0.05):
+                part = b"--f\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+                connection.sendall(part + jpeg + b"\r\n")
+
+    threading.Thread(target=camera, daemon=True).start()
+    source = OpenCvCaptureSource(f"http://127.0.0.1:{server.getsockname()[1]}/video.mjpg", 32, 24, 20)
+    try:
+        assert isinstance(source.read(), Frame)
+        stalled.set()
+        longest = 0.0
+        while True:  # frames read ahead before the stall come first
+            started = time.monotonic()
+            read = source.read()
+            longest = max(longest, time.monotonic() - started)
+            if isinstance(read, SourceWaiting):
+                break
+        assert longest < 20, f"a read held the loop {longest:.1f} s"
+    finally:
+        source.interrupt()
+        source.close()
+        server.close()
+        for connection in held:
+            connection.close()
 
 
 @pytest.fixture(scope="module")

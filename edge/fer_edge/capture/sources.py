@@ -86,6 +86,21 @@ def source_overrides(spec: str) -> dict:
     return {"source.kind": "file", "source.path": spec}
 
 
+# A stream camera's open and each of its reads may take this long: together well inside systemd's 30 s watchdog,
+# which a stalled read followed by a reopen must not reach.
+STREAM_OPEN_TIMEOUT_MS = 10_000
+STREAM_READ_TIMEOUT_MS = 5_000
+
+
+def stream_timeouts(cv2: Any) -> list[int]:
+    """VideoCapture parameters: the stream timeouts above, where this OpenCV knows the properties."""
+    limits = (
+        ("CAP_PROP_OPEN_TIMEOUT_MSEC", STREAM_OPEN_TIMEOUT_MS),
+        ("CAP_PROP_READ_TIMEOUT_MSEC", STREAM_READ_TIMEOUT_MS),
+    )
+    return [value for name, limit in limits if hasattr(cv2, name) for value in (getattr(cv2, name), limit)]
+
+
 def _quiet_opencv(cv2: Any) -> None:
     # OpenCV and its FFmpeg print their own lines for a missing camera or an undecodable file ("moov atom
     # not found"); we report one clear line instead. FFmpeg reads its level at the first capture
@@ -305,7 +320,12 @@ class OpenCvCaptureSource:
 
     def _open(self) -> Any:
         cv2 = self._cv2
-        capture = cv2.VideoCapture(self.device)
+        if isinstance(self.device, str) and "://" in self.device:
+            # FFmpeg waits 30 s by default for a stream that does not answer or stops sending, as long as
+            # systemd's watchdog waits for the loop; a stream is given up sooner and reopened with back-off
+            capture = cv2.VideoCapture(self.device, cv2.CAP_FFMPEG, stream_timeouts(cv2))
+        else:
+            capture = cv2.VideoCapture(self.device)
         if not capture.isOpened():
             capture.release()
             return None
