@@ -37,6 +37,18 @@ def drain(policy: EventPolicy, start: float, end: float, step: float = 0.25) -> 
     return sent
 
 
+def test_events_go_on_after_the_clock_is_set_back():
+    """The policy runs on wall time: set back an hour, its waits must not last the hour."""
+    policy = EventPolicy(EventTimes(min_track_s=1.0, change_hold_s=1.0, cooldown_s=2.0))
+    policy.add(raw("start", 1, "happy", 3600.0))
+    assert [e.kind for e in drain(policy, 3600.0, 3602.0)] == ["start"]
+    policy.add(raw("change", 1, "sad", 3.0))  # an hour earlier by the clock, a second later in fact
+    policy.add(raw("start", 2, "happy", 3.0))
+    sent = drain(policy, 3.0, 10.0)
+    assert [(e.kind, e.track, e.label) for e in sent] == [("change", 1, "sad"), ("start", 2, "happy")]
+    assert sent[0].t <= 6.0
+
+
 def test_a_short_or_unlabelled_track_sends_nothing_and_a_start_waits_for_its_label():
     policy = EventPolicy(EventTimes(min_track_s=1.0, change_hold_s=1.0, cooldown_s=0.0))
     policy.add(raw("start", 1, "happy", 0.0))

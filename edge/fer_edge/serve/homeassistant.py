@@ -135,6 +135,10 @@ class EventPolicy:
 
     def due(self, now: float) -> TrackEvent | None:
         """The one event to send at ``now`` (wall clock), or None; each track's oldest due item first."""
+        if now < self._last_sent:  # the clock was set back (NTP, by hand): waits count from now, not from then
+            self._last_sent = now
+            for track in self._tracks.values():
+                track.first_seen, track.label_since = min(track.first_seen, now), min(track.label_since, now)
         if now - self._last_sent < self.times.cooldown_s:
             return None
         for track_id, track in sorted(self._tracks.items(), key=lambda item: item[1].first_seen):
