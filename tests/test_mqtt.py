@@ -169,6 +169,12 @@ def test_discovery_state_events_switches_and_offline_after_kill_9(broker, demo_c
         diagnostics = json.loads(listener.wait_for(f"{BASE}/diagnostics"))
         assert diagnostics["disk_free_mib"] > 0
         assert listener.wait_for(f"{BASE}/recording/active") == b"ON"  # a segment is being written
+        # Home Assistant restarted, or a broker that keeps nothing on disk: every retained topic comes again,
+        # the last face's snapshot too
+        mark = listener.mark()
+        last = [payload for topic, payload, _ in listener.seen[:mark] if topic == f"{BASE}/snapshot"][-1]
+        listener.publish("homeassistant/status", "online")
+        assert listener.wait_for(f"{BASE}/snapshot", lambda p, retain: p == last, after=mark, timeout=10) == last
 
         listener.publish(f"{BASE}/privacy/set", "ON")
         listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON")

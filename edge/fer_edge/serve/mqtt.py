@@ -115,6 +115,7 @@ class MqttPublisher:
         self.instance = secrets.token_hex(4)  # this process: a second device with our id says another
         self.events = EventPolicy(EventTimes(cfg.event_min_track_s, cfg.event_change_hold_s, cfg.event_cooldown_s))
         self.snapshots = SnapshotPolicy(cfg.snapshot_interval_s)
+        self._last_snapshot: bytes | None = None  # the retained one, sent again with the rest after a reconnect
         self.presence = PresenceHold(cfg.presence_off_delay_s)
         self.gate = DiscoveryGate(cfg.birth_grace_s)
         self._privacy_due = threading.Event()
@@ -377,6 +378,8 @@ class MqttPublisher:
                         self._switch_due(name)
                     if self.switches["privacy"]:
                         self._privacy_due.set()  # a snapshot kept from before may show a face
+                    elif self._last_snapshot is not None:  # a broker without persistence lost it
+                        self._publish(self.topics.snapshot, self._last_snapshot, retain=True, qos=1)
                     last_state, last_diag_at, last_active = None, float("-inf"), None
                 self._publish_switches_due()
                 if self._privacy_due.is_set():
@@ -415,6 +418,7 @@ class MqttPublisher:
         jpeg = encode_jpeg(frame.image, self.cfg.snapshot_width, 80)
         if jpeg is not None and self.snapshots.accept(jpeg, now):
             self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
+            self._last_snapshot = jpeg
 
     def _publish_privacy_snapshot(self) -> None:
         """A blank snapshot in place of the retained one, which may show a face."""
@@ -427,6 +431,7 @@ class MqttPublisher:
         if jpeg is not None:
             self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
             self.snapshots.replaced(jpeg)
+            self._last_snapshot = jpeg
 
     def _diagnostics(self) -> dict[str, Any]:
         stats = self.feed.stats()
