@@ -2,7 +2,10 @@
 
 import json
 import logging
+import resource
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import yaml
 
 from fer_edge.contract import read_sidecar
 from train import data
-from train.config import ConfigError, load_config
+from train.config import ConfigError, load_config, to_dict
 
 # PublicTest only: PrivateTest is scored by the conversion, once, for the shipped int8 model
 REPORT_FILES = (
@@ -153,6 +156,55 @@ def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
     train(load_config(None, tiny_overrides(runs, epochs=4)), resume=True)
     assert [int(row["epoch"]) for row in read_history(runs / run_dir.name)] == [0, 1, 2, 3]
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1, 2]
+
+
+def test_a_checkpoint_the_disk_cannot_take_keeps_the_last_one_and_is_one_error_line(
+    repo_root, fer2013_dir, cache_dir, tmp_path
+):
+    """A full disk while last.keras is saved (here a file-size limit): one error line, and the previous
+    checkpoint still whole, so the run resumes from it."""
+    from train.fit import BEST_WEIGHTS, LAST, read_history, train
+
+    settings = {**tiny_overrides(tmp_path / "runs", epochs=1), "data": str(fer2013_dir), "cache_dir": str(cache_dir)}
+    train(load_config(None, settings))
+    run_dir = tmp_path / "runs" / "tiny"
+    checkpoint = (run_dir / LAST).read_bytes()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(load_config(None, settings))))
+    limit = ((run_dir / BEST_WEIGHTS).stat().st_size + len(checkpoint)) // 2  # the weights fit, last.keras not
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--config", str(config), "--epochs", "2", "--resume", "--no-eval"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {run_dir / LAST}: File too large"], errors
+    assert (run_dir / LAST).read_bytes() == checkpoint
+    assert not list(run_dir.glob("*partial*"))
+
+    train(load_config(None, {**settings, "epochs": 2}), resume=True)
+    assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1]
+
+
+@pytest.mark.parametrize("cut_row", ["3,0.18", "3,0.5,1.2,0.4,1.3,0.00"])
+def test_a_history_row_cut_off_by_a_kill_is_dropped_with_a_warning(tiny_run, tmp_path, caplog, cut_row):
+    from train.fit import HISTORY, read_history
+
+    run_dir, _ = tiny_run
+    shutil.copy(run_dir / HISTORY, tmp_path / HISTORY)
+    with open(tmp_path / HISTORY, "a") as fh:
+        fh.write(cut_row)  # every field there or not, a row without its line end was cut short
+    with caplog.at_level(logging.WARNING, logger="train.fit"):
+        assert [int(row["epoch"]) for row in read_history(tmp_path)] == [0, 1, 2]
+    assert f"dropping its last row, cut off: {cut_row!r}" in caplog.text
 
 
 def test_conversion_parity_and_sidecar(tiny_run, fer2013_dir, tmp_path):

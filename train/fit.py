@@ -8,12 +8,15 @@ PublicTest and is exported to its own run folder as a float32 ``best.keras``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -34,6 +37,46 @@ LAST_EPOCH = "last.json"  # how many epochs last.keras holds
 BEST = "best.keras"  # one model, float32, at its best PublicTest epoch
 BEST_WEIGHTS = "best.weights.h5"
 HISTORY = "history.csv"
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` into a file beside ``path``, synced, then renamed over ``path``: a kill or a full disk
+    mid-write leaves the previous ``path`` whole, so a resume still finds a checkpoint it can read."""
+    stem, _, suffix = path.name.partition(".")
+    tmp = path.with_name(f"{stem}.partial.{suffix}")  # Keras requires the suffix (.keras, .weights.h5)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # Keras and h5py leave it out: the error line names the file
+        raise
+    _fsync_directory(path.parent)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; best effort (some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AugmentedSequence(keras.utils.PyDataset):
@@ -195,7 +238,7 @@ class BestWeights(keras.callbacks.Callback):
             accuracy = _metric(logs or {}, name, "val_accuracy")
             if accuracy > self.best.get(name, -1.0):
                 self.best[name] = accuracy
-                net.save_weights(self.run_dirs[name] / BEST_WEIGHTS)
+                write_atomically(self.run_dirs[name] / BEST_WEIGHTS, net.save_weights)
 
 
 class RunHistories(keras.callbacks.Callback):
@@ -227,8 +270,10 @@ class LastCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0 or epoch + 1 >= self.plan.epochs:
-            self.model.save(self.path)
-            self.path.with_name(LAST_EPOCH).write_text(json.dumps({"epochs": epoch + 1}))
+            # last.json second: a kill between the two leaves it naming the previous checkpoint's epoch,
+            # so a resume trains an epoch again rather than skipping one
+            write_atomically(self.path, self.model.save)
+            write_text_atomically(self.path.with_name(LAST_EPOCH), json.dumps({"epochs": epoch + 1}))
 
 
 @keras.saving.register_keras_serializable(package="fer")
@@ -347,7 +392,7 @@ def export_best(run_dir: Path, model_cfg: ModelConfig, name: str) -> Path:
     try:
         model = build_model(model_cfg.name, name=name, **model_cfg.params)
         model.load_weights(run_dir / BEST_WEIGHTS)
-        model.save(run_dir / BEST)
+        write_atomically(run_dir / BEST, model.save)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     return run_dir / BEST
@@ -357,8 +402,11 @@ def read_history(run_dir: Path) -> list[dict]:
     path = run_dir / HISTORY
     if not path.is_file():
         return []
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        # each row is appended whole, line end last: one without it was cut off (a kill, a full disk)
+        log.warning("%s: dropping its last row, cut off: %r", path, lines.pop())
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(lines)]
 
 
 def has_gpu() -> bool:
@@ -383,7 +431,7 @@ def truncate_history(run_dir: Path, epochs: int) -> None:
     path = run_dir / HISTORY
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
-        path.write_text("".join(lines[: 1 + epochs]))
+        write_text_atomically(path, "".join(lines[: 1 + epochs]))
 
 
 def train(
