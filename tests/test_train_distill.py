@@ -190,6 +190,7 @@ def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path
         assert [int(row["epoch"]) for row in fit.read_history(run_dir)] == [0, 1, 2, 3]
         assert (run_dir / "best.keras").is_file()
     assert json.loads((main / fit.LAST_EPOCH).read_text()) == {"epochs": 4}
+    assert yaml.safe_load((main / "config.yaml").read_text())["model"]["init"] is None  # as it was trained
 
 
 def test_a_resumed_epoch_sees_the_same_batches_as_an_uninterrupted_one(fer2013_dir, cache_dir):

@@ -158,6 +158,30 @@ def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1, 2]
 
 
+def test_resume_refuses_a_changed_recipe_in_one_line_naming_what_changed(tiny_run, tmp_path, capsys):
+    """Only the epochs and where things are may change on a resume: the run's config.yaml and run.json
+    would otherwise record a recipe it was not trained with (or the checkpoint not fit the model)."""
+    from train.__main__ import main
+
+    run_dir, _ = tiny_run
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir.parent, runs)
+    copy = runs / run_dir.name
+    before = {name: (copy / name).read_bytes() for name in ("config.yaml", "run.json", "history.csv", "last.keras")}
+    config = yaml.safe_load(before["config.yaml"])
+    config.update(output_dir=str(runs), epochs=5)
+    config["model"]["params"]["widths"] = [8, 24]
+    config["optimizer"]["learning_rate"] = 0.05
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(config))
+    assert main(["--config", str(tmp_path / "edited.yaml"), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"error: cannot resume {copy}: model.params.widths, optimizer.learning_rate differ from its config.yaml"
+    )
+    assert {name: (copy / name).read_bytes() for name in before} == before
+
+
 def test_a_checkpoint_the_disk_cannot_take_keeps_the_last_one_and_is_one_error_line(
     repo_root, fer2013_dir, cache_dir, tmp_path
 ):

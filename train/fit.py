@@ -26,7 +26,7 @@ from keras import layers
 
 from train import data
 from train.augment import augment_batch
-from train.config import ModelConfig, TrainConfig, to_dict
+from train.config import ConfigError, ModelConfig, TrainConfig, load_config, to_dict
 from train.models import MirrorImage, build_model, count_macs, grow_from
 from train.progress import BatchProgress, format_duration
 
@@ -37,6 +37,11 @@ LAST_EPOCH = "last.json"  # how many epochs last.keras holds
 BEST = "best.keras"  # one model, float32, at its best PublicTest epoch
 BEST_WEIGHTS = "best.weights.h5"
 HISTORY = "history.csv"
+RUN_CONFIG = "config.yaml"  # the recipe the run was trained with
+# what a resume may change: how long the run trains, where it reads and writes, how it checkpoints.
+# None changes what an epoch trains; nor does where the weights started (model.init, model.grow),
+# which the checkpoint replaces and config.yaml keeps as they were.
+RESUME_MAY_CHANGE = ("epochs", "output_dir", "data", "cache_dir", "workers", "checkpoint_every")
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
@@ -199,12 +204,12 @@ class EpochPlan:
     def write_configs(self) -> None:
         text = yaml.safe_dump(to_dict(dataclasses.replace(self.cfg, epochs=self.epochs)), sort_keys=False)
         for run_dir in self.run_dirs:
-            (run_dir / "config.yaml").write_text(text)
+            write_text_atomically(run_dir / RUN_CONFIG, text)
             if self.epochs != self.cfg.epochs and (run_dir / "run.json").is_file():
                 # the configuration file would train cfg.epochs: only the run's own config.yaml reproduces it
                 info = json.loads((run_dir / "run.json").read_text())
-                info["config"] = str(run_dir / "config.yaml")
-                (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+                info["config"] = str(run_dir / RUN_CONFIG)
+                write_text_atomically(run_dir / "run.json", json.dumps(info, indent=2))
 
 
 class BudgetCallback(keras.callbacks.Callback):
@@ -426,6 +431,48 @@ def has_gpu() -> bool:
     return False
 
 
+def resumed_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """The config ``run_dir`` was trained with, taking from ``cfg`` only :data:`RESUME_MAY_CHANGE`.
+
+    ConfigError naming the keys where ``cfg`` differs otherwise: the run would go on under another
+    recipe than its config.yaml records (or fail to load its checkpoint into another architecture).
+    """
+    path = run_dir / RUN_CONFIG
+    if not path.is_file():
+        return cfg
+    try:
+        saved = load_config(path)
+    except ConfigError as exc:
+        raise ConfigError(f"cannot resume {run_dir}: {path}: {exc}") from None
+    theirs, ours = _key_paths(to_dict(saved)), _key_paths(to_dict(cfg))
+    differ = sorted(
+        key
+        for key in theirs.keys() | ours.keys()
+        if theirs.get(key) != ours.get(key)
+        and key.split(".")[0] not in RESUME_MAY_CHANGE
+        and not _starting_weights(key)
+    )
+    if differ:
+        raise ConfigError(
+            f"cannot resume {run_dir}: {', '.join(differ)} differ from its {RUN_CONFIG} (a resume may change only "
+            f"{', '.join(RESUME_MAY_CHANGE)}; give another recipe its own run_name)"
+        )
+    return dataclasses.replace(saved, **{key: getattr(cfg, key) for key in RESUME_MAY_CHANGE})
+
+
+def _key_paths(value, path: str = "") -> dict:
+    """Every leaf of a nested mapping by its key path (``model.params.widths``), lists as tuples."""
+    if isinstance(value, dict):
+        return {k: v for name, item in value.items() for k, v in _key_paths(item, f"{path}{name}.").items()}
+    return {path[:-1]: tuple(value) if isinstance(value, list) else value}
+
+
+def _starting_weights(key: str) -> bool:
+    """``model.init``, ``students.<name>.grow``...: a resume loads the checkpoint instead."""
+    parts = key.split(".")
+    return parts[-1] in ("init", "grow") and (len(parts) == 2 and parts[0] == "model" or parts[0] == "students")
+
+
 def truncate_history(run_dir: Path, epochs: int) -> None:
     """Drop the rows after ``epochs`` (epochs a resumed run will train again)."""
     path = run_dir / HISTORY
@@ -443,6 +490,10 @@ def train(
     fits before it (see :class:`EpochPlan`). ``config_path`` is the configuration file that alone
     reproduces the run, if one does (run.json names it; else the run folder's own config.yaml).
     """
+    main_dir = cfg.run_dirs[cfg.run_name]
+    resuming = resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file()
+    if resuming:
+        cfg = resumed_config(cfg, main_dir)
     # the data first: a run that cannot load it leaves no run folder behind
     root = data.resolve_data_dir(cfg.data)
     train_split = data.load_split(root, "train", cfg.cache_dir)
@@ -461,9 +512,6 @@ def train(
     model_cfgs, run_dirs = cfg.models, cfg.run_dirs
     for run_dir in run_dirs.values():
         run_dir.mkdir(parents=True, exist_ok=True)
-    main_dir = run_dirs[cfg.run_name]
-
-    resuming = resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file()
     if resume and not resuming:
         log.warning("nothing to resume in %s; starting afresh", main_dir)
     trainer, nets = build_trainer(cfg, load_init=not resuming)
@@ -490,12 +538,12 @@ def train(
             "params": int(net.count_params()),
             "backend": keras.backend.backend(),
             "data": str(root),
-            "config": config_path or str(run_dir / "config.yaml"),
+            "config": config_path or str(run_dir / RUN_CONFIG),
             "precision": precision,
         }
         if name in distilling(cfg):
             info["distilled_from"] = list(cfg.distill.teachers) or cfg.run_name
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2))
+        write_text_atomically(run_dir / "run.json", json.dumps(info, indent=2))
         log.info("%s: %s, %.1fM MACs, %.2fM parameters", name, info["model"], info["macs"] / 1e6, info["params"] / 1e6)
     log.info("backend %s, precision %s, %d input threads", keras.backend.backend(), precision, cfg.workers)
 
