@@ -138,7 +138,7 @@ def test_time_budget_fixes_the_epoch_count_once_and_records_it(tmp_path, monkeyp
     assert plan.learning_rate(26) < 0.01 * cfg.optimizer.learning_rate
 
 
-def test_config_checks_students_and_teachers_by_key_path():
+def test_config_checks_students_and_teachers_by_key_path(repo_root):
     with pytest.raises(ConfigError, match=r"students\.small\.widths: unknown key"):
         load_config(None, {"students": {"small": {"widths": [4]}}})
     with pytest.raises(ConfigError, match=r"students\.default: a student needs its own run name"):
@@ -148,7 +148,10 @@ def test_config_checks_students_and_teachers_by_key_path():
     assert load_config(None, {"students": {"small": {"params": {"widths": [4]}}}}).students["small"].name == "vgg_bn"
     with pytest.raises(ConfigError, match=r"distill\.teachers: expected"):
         load_config(None, {"distill.teachers": [1, 2]})
-    assert load_config(None, {"distill.teachers": ["a.keras"]}).distill.teachers == ("a.keras",)
+    teacher = str(repo_root / "checkpoints" / "default.keras")
+    assert load_config(None, {"distill.teachers": [teacher]}).distill.teachers == (teacher,)
+    with pytest.raises(ConfigError, match=r"distill\.teachers: cannot read a\.keras \(No such file or directory\)"):
+        load_config(None, {"distill.teachers": [teacher, "a.keras"]})
 
 
 def test_augmentation_geometry_on_real_faces(fer2013_dir, cache_dir):
@@ -184,8 +187,11 @@ def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path
     assert len(fit.read_history(student)) == 3
 
     monkeypatch.setattr(fit.EpochLog, "on_epoch_end", original)
-    # the checkpoint replaces any starting weights, so a resume does not read model.init (here gone)
-    fit.train(tiny(tmp_path, epochs=4, checkpoint_every=2, **{"model.init": str(tmp_path / "gone.keras")}), resume=True)
+    # the checkpoint replaces any starting weights, so a resume does not read model.init (here no model)
+    (tmp_path / "broken.keras").write_bytes(b"not a model")
+    fit.train(
+        tiny(tmp_path, epochs=4, checkpoint_every=2, **{"model.init": str(tmp_path / "broken.keras")}), resume=True
+    )
     for run_dir in (main, student):  # the third epoch was trained again from the checkpoint, once
         assert [int(row["epoch"]) for row in fit.read_history(run_dir)] == [0, 1, 2, 3]
         assert (run_dir / "best.keras").is_file()

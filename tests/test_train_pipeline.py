@@ -346,6 +346,33 @@ def test_config_checks_names_and_model_parameters_at_load():
     assert cfg.model.params == {"widths": [8], "convs_per_stage": 1}
 
 
+def test_config_checks_ranges_and_the_files_it_names_at_load(tmp_path):
+    """Values of the right type that would fail only once the data has loaded, or train nonsense."""
+    nowhere = tmp_path / "nosuch.keras"
+    for key, value, message in (
+        ("epochs", 0, r"epochs: expected a positive number, got 0"),
+        ("batch_size", -1, r"batch_size: expected a positive number, got -1"),
+        ("limit_per_class", 0, r"limit_per_class: expected a positive number, got 0"),
+        ("optimizer.learning_rate", -1.0, r"optimizer\.learning_rate: expected a positive number, got -1\.0"),
+        ("label_smoothing", 2.0, r"label_smoothing: expected a number in \[0, 1\), got 2\.0"),
+        ("schedule.warmup_epochs", -1, r"schedule\.warmup_epochs: expected a number >= 0, got -1"),
+        ("distill.temperature", 0.0, r"distill\.temperature: expected a positive number, got 0\.0"),
+        ("model.params", {"widths": "abc"}, r"model\.params\.widths: expected a list of positive integers, got 'abc'"),
+        ("model.params", {"widths": []}, r"model\.params\.widths: expected a list of positive integers, got \[\]"),
+        ("model.params", {"dense": "x"}, r"model\.params\.dense: expected a positive integer, got 'x'"),
+        ("model.params", {"dropout": 1.5}, r"model\.params\.dropout: expected a number in \[0, 1\), got 1\.5"),
+        ("model.init", str(nowhere), rf"model\.init: cannot read {nowhere} \(No such file or directory\)$"),
+        ("model.init", str(tmp_path), rf"model\.init: cannot read {tmp_path} \(Is a directory\)$"),
+        ("students", {"small": {"init": str(nowhere)}}, r"students\.small\.init: cannot read .*nosuch\.keras"),
+        ("distill.teachers", [str(nowhere)], r"distill\.teachers: cannot read .*nosuch\.keras"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            load_config(None, {key: value})
+    (tmp_path / "trained.keras").write_bytes(b"PK")
+    cfg = load_config(None, {"model.init": str(tmp_path / "trained.keras"), "model.params": {"dropout": 0}})
+    assert cfg.model.params == {"dropout": 0}
+
+
 def test_train_cli_reports_a_corrupt_config_in_one_line_before_loading_data(tmp_path, capsys):
     from train.__main__ import main
 
@@ -356,6 +383,8 @@ def test_train_cli_reports_a_corrupt_config_in_one_line_before_loading_data(tmp_
         ("optimizer: {name: adamx}\n", [], "error: optimizer.name: unknown 'adamx' (choose from adamw, sgd)"),
         ("model: {params: {widht: 3}}\n", [], "error: model.params.widht: not a parameter of vgg_bn"),
         ("epochs: 3\n", ["--model", "resnet"], "error: model.name: unknown 'resnet'"),
+        ("epochs: 0\n", [], "error: epochs: expected a positive number, got 0"),
+        ("model: {init: nosuch.keras}\n", [], "error: model.init: cannot read nosuch.keras (No such file"),
     ):
         bad.write_text(text)
         assert main(["--config", str(bad), "--data", nowhere, "--output-dir", str(tmp_path), *argv]) == 2

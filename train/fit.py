@@ -441,7 +441,7 @@ def resumed_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     if not path.is_file():
         return cfg
     try:
-        saved = load_config(path)
+        saved = load_config(path, check_files=False)  # the starting weights: the checkpoint replaces them
     except ConfigError as exc:
         raise ConfigError(f"cannot resume {run_dir}: {path}: {exc}") from None
     theirs, ours = _key_paths(to_dict(saved)), _key_paths(to_dict(cfg))
