@@ -135,6 +135,17 @@ def test_train_cli_evaluates_each_run_on_public_test_only_and_names_it(tiny_run,
     assert len(scored) == 1 and "tinycopy" in scored[0] and "PublicTest" in scored[0], scored
 
 
+def test_export_of_a_run_not_trained_is_one_error_line(tmp_path, capsys):
+    from train.__main__ import main
+
+    (tmp_path / "empty").mkdir()  # a run stopped before its first epoch ended
+    for run_name in ("nosuch", "empty"):
+        assert main(["--output-dir", str(tmp_path), "--run-name", run_name, "--export"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / run_name / 'best.weights.h5'} not found:"), err
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]
+
+
 def test_evaluation_compares_predictions_in_label_order(tiny_run, fer2013_dir, cache_dir):
     """Accuracy recomputed from the confusion matrix equals the model's own on the ordered split."""
     import keras

@@ -67,9 +67,14 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         from train.evaluate import evaluate_run
-        from train.fit import export_runs, train
+        from train.fit import BEST_WEIGHTS, export_runs, train
 
         if args.export:
+            for run_dir in cfg.run_dirs.values():
+                if not (run_dir / BEST_WEIGHTS).is_file():
+                    hint = "train the run first, or name a trained one (--run-name, --output-dir)"
+                    print(f"error: {run_dir / BEST_WEIGHTS} not found: {hint}", file=sys.stderr)
+                    return 2
             export_runs(cfg)
         else:
             # run.json names the configuration file only if it alone reproduces the run
