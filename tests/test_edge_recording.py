@@ -201,6 +201,26 @@ def test_restart_cuts_a_half_written_fragment_and_recovers_the_rest(tmp_path):
     assert len(decode_opencv(video)) == 90
 
 
+def test_restart_cuts_a_last_fragment_whose_frames_never_reached_the_disk(tmp_path, caplog):
+    """FAT and exFAT (a USB stick) grow a file before its data is written: after a power cut the last fragment's
+    boxes are whole and its frames zeros. A player would show them as garbage, or stop there."""
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(100))
+    [video] = recorder.segments
+    data = video.read_bytes()
+    last_mdat = data.rindex(b"mdat") - 4
+    mdat_end = last_mdat + int.from_bytes(data[last_mdat : last_mdat + 4], "big")
+    part = video.with_name(video.name + ".part")
+    part.write_bytes(data[: last_mdat + 8] + bytes(mdat_end - last_mdat - 8))  # a .part has no index at its end
+    video.unlink()
+
+    with caplog.at_level(logging.INFO):
+        assert recover_partial_recordings(tmp_path) == [video]
+    assert recorded_indices([video]) == list(range(90))  # frames 90..99 were zeros
+    assert len(decode_opencv(video)) == 90
+    assert "(90 frames, cut" in caplog.text
+
+
 def test_part_without_any_fragment_is_dropped_at_restart(tmp_path, caplog):
     with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(10))

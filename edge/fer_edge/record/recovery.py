@@ -18,15 +18,12 @@ from fer_edge.record.pyav import pyav
 log = logging.getLogger(__name__)
 
 
-def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
-    """Read-only walk over the top-level boxes of a fragmented MP4: (complete fragments, end of the complete boxes,
-    file size). Everything after that end is a half-written tail, including a trailing ``moof`` without its ``mdat``.
-    """
+def _complete_boxes(path: Path) -> tuple[list[tuple[bytes, int, int]], int]:
+    """The top-level boxes of an MP4 that lie whole in the file, in order, as (type, start, end), and its size."""
     size = path.stat().st_size
-    good_end = fragments = 0
+    boxes = []
     with open(path, "rb") as f:
         offset = 0
-        previous_type = b""
         while offset + 8 <= size:
             f.seek(offset)
             header = f.read(16)
@@ -40,13 +37,23 @@ def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
                 box_size = size - offset  # "extends to end of file"
             if box_size < 8 or offset + box_size > size:
                 break
+            boxes.append((box_type, offset, offset + box_size))
             offset += box_size
-            if box_type != b"moof":  # a moof is only useful with the mdat after it
-                good_end = offset
-            if box_type == b"mdat" and previous_type == b"moof":
-                fragments += 1
-            previous_type = box_type
-    return fragments, good_end, size
+    return boxes, size
+
+
+def _fragments(boxes: list[tuple[bytes, int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of each fragment: a ``moof`` and the ``mdat`` right after it."""
+    return [(moof[1], mdat[2]) for moof, mdat in zip(boxes, boxes[1:]) if (moof[0], mdat[0]) == (b"moof", b"mdat")]
+
+
+def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
+    """Read-only walk over the top-level boxes of a fragmented MP4: (complete fragments, end of the complete boxes,
+    file size). Everything after that end is a half-written tail, including a trailing ``moof`` without its ``mdat``.
+    """
+    boxes, size = _complete_boxes(path)
+    good_end = max((end for box_type, _, end in boxes if box_type != b"moof"), default=0)  # a moof needs its mdat
+    return len(_fragments(boxes)), good_end, size
 
 
 def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
@@ -68,13 +75,16 @@ def _truncate(path: Path, end: int, size: int) -> None:
             os.fsync(f.fileno())
 
 
-class _FilePrefix(io.RawIOBase):
-    """The first ``end`` bytes of a file, read-only: the file as it will be once cut at ``end``, without cutting it."""
+class _FileSpans(io.RawIOBase):
+    """Byte ranges of a file read one after the other as one file, read-only: the file as it would be with only
+    those bytes (the first ``end`` of them: as it will be once cut there), without writing anything."""
 
-    def __init__(self, path: Path, end: int):
+    def __init__(self, path: Path, spans: list[tuple[int, int]]):
         super().__init__()
         self._file = open(path, "rb")
-        self._end = end
+        self._spans = spans
+        self._size = sum(end - start for start, end in spans)
+        self._position = 0
 
     def readable(self) -> bool:
         return True
@@ -83,16 +93,24 @@ class _FilePrefix(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        count = min(len(buffer), self._end - self._file.tell())
-        return self._file.readinto(memoryview(buffer)[:count]) if count > 0 else 0
+        view, done, base = memoryview(buffer), 0, 0
+        for start, end in self._spans:
+            inside = self._position - base
+            if 0 <= inside < end - start and done < len(view):
+                self._file.seek(start + inside)
+                got = self._file.readinto(view[done : done + min(len(view) - done, end - start - inside)])
+                done += got
+                self._position += got
+            base += end - start
+        return done
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_END:
-            offset, whence = self._end + offset, io.SEEK_SET
-        return self._file.seek(offset, whence)
+        origin = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, origin + offset)
+        return self._position
 
     def tell(self) -> int:
-        return self._file.tell()
+        return self._position
 
     def close(self) -> None:
         self._file.close()
@@ -108,9 +126,38 @@ def count_video_frames(path: Path, *, decode: bool = False, end: int | None = No
     av = pyav()
 
     if end is not None:
-        with _FilePrefix(path, end) as prefix:
+        with _FileSpans(path, [(0, end)]) as prefix:
             return _count_frames(av.open(prefix, "r", format="mp4"), decode)
     return _count_frames(av.open(str(path)), decode)
+
+
+def _decodes_whole(path: Path, header_end: int, fragment: tuple[int, int]) -> bool:
+    """Every packet of ``fragment`` decodes to a frame, read after the file's first ``header_end`` bytes (each
+    fragment starts with a key frame, and its offsets count from its own ``moof``)."""
+    av = pyav()
+    packets = frames = 0
+    try:
+        with _FileSpans(path, [(0, header_end), fragment]) as spans, av.open(spans, "r", format="mp4") as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size:
+                    packets += 1
+                    frames += len(stream.decode(packet))
+            frames += len(stream.decode(None))
+    except (av.FFmpegError, IndexError, ValueError):
+        return False
+    return packets > 0 and frames == packets
+
+
+def _decodable_end(path: Path, end: int) -> int:
+    """``end``, or the end of an earlier fragment when the last ones before it do not decode: where a file system
+    grows a file before its data reaches the disk (FAT and exFAT on a USB stick), a power cut leaves a last fragment
+    whole in its boxes and zeros in its frames."""
+    boxes, _ = _complete_boxes(path)
+    fragments = [fragment for fragment in _fragments(boxes) if fragment[1] <= end]
+    while fragments and not _decodes_whole(path, fragments[0][0], fragments[-1]):
+        end = fragments.pop()[0]
+    return end
 
 
 def _count_frames(opened_container: Any, decode: bool) -> int:
@@ -168,6 +215,7 @@ def _recover_part(part: Path) -> Path | None:
         if end == 0 and size > 0:
             _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
             return None
+        end = _decodable_end(part, end)
         frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
     except (OSError, av.FFmpegError, ValueError) as exc:
         _keep_broken(part, target, f"cannot be read ({exc})")
