@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 from keras import layers
 
+from fer_edge.record.diskspace import fsync_directory
 from train import data
 from train.augment import augment_batch
 from train.config import ConfigError, ModelConfig, TrainConfig, load_config, to_dict
@@ -63,25 +64,11 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
         if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)  # Keras and h5py leave it out: the error line names the file
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def write_text_atomically(path: Path, text: str) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(text))
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable; best effort (some filesystems refuse)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class AugmentedSequence(keras.utils.PyDataset):
