@@ -6,11 +6,11 @@ EDGE_VENV ?= .venv-edge
 DEFAULT_CONFIG := configs/train-default.yaml
 CONFIG ?= $(DEFAULT_CONFIG)
 # the runs `make convert` and `make evaluate` work on: RUN if given; else the runs CONFIG trains (for the
-# default CONFIG its two students, not the 471M-MAC teacher); read from CONFIG once the venv exists
+# default CONFIG its two students, not the 471M-MAC teacher), read from CONFIG by python -m train.runs
 RUN ?=
-RUNS ?= $(or $(RUN),$(if $(filter $(DEFAULT_CONFIG),$(CONFIG)),runs/default runs/fast,$(shell \
-	PYTHONPATH=$(CURDIR) $(TRAIN_VENV)/bin/python -c 'import sys; from train.config import load_config; \
-	print(*load_config(sys.argv[1]).run_dirs.values())' $(CONFIG))))
+RUNS ?= $(or $(RUN),$(if $(filter $(DEFAULT_CONFIG),$(CONFIG)),runs/default runs/fast))
+# in a recipe: $$runs holds them; a CONFIG that cannot be read stops the recipe with its error line
+LIST_RUNS = runs='$(RUNS)'; [ -n "$$runs" ] || runs=$$($(TRAIN_VENV)/bin/python -m train.runs '$(CONFIG)') || exit 2
 # the run whose int8 model `make convert` ships to each tier's file (scored on PrivateTest then, and only
 # then); any other run converts into runs/.../tflite/ as a candidate, scored on PublicTest only.
 # MODEL_CARD.md says which config trains each shipped run.
@@ -101,13 +101,13 @@ train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
 	$(MAKE) train CONFIG=configs/train-seed.yaml
 
 convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against Keras; the shipped runs' int8 go to models/
-	@set -e; for run in $(RUNS); do \
+	@set -e; $(LIST_RUNS); for run in $$runs; do \
 	  case $${run%/} in $(SHIPPED_default)) ship=$(SHIP_default);; $(SHIPPED_fast)) ship=$(SHIP_fast);; *) ship=;; esac; \
 	  $(TRAIN_VENV)/bin/python -m convert --run $$run --ship-as "$$ship" --tta $(TTA) $(if $(FORCE),--force); \
 	done
 
 evaluate: $(TRAIN_VENV)/.installed  ## (re)write the PublicTest reports of RUNS (PrivateTest: make convert, shipped runs only)
-	@set -e; for run in $(RUNS); do \
+	@set -e; $(LIST_RUNS); for run in $$runs; do \
 	  $(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $$run; \
 	done
 

@@ -1,4 +1,5 @@
-"""``python -m convert``: a run is a candidate unless told where to ship it; bad run folders are one line."""
+"""``python -m convert`` and ``make convert``/``evaluate``: a run is a candidate unless told where to ship it; bad
+run folders and configs are one line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,14 @@ def convert_cli(repo_root, cwd, *args):
     return subprocess.run(
         [sys.executable, "-m", "convert", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
     )
+
+
+def make(repo_root, *args):
+    """A make target of this checkout, run with the venv running the tests (taken as installed, not rebuilt)."""
+    venv = Path(sys.prefix)
+    command = ["make", "-s", "-C", str(repo_root), "-o", f"{venv}/.installed", f"TRAIN_VENV={venv}", *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.fixture
@@ -105,3 +115,17 @@ def test_a_model_scoring_lower_on_public_test_is_not_shipped(repo_root, fer2013_
     # the converter's C++ start-up and log lines stay out of the output
     for noise in ("oneDNN", "cuda", "absl::InitializeLog", "W0000", "I0000", "fully_quantize", "XNNPACK", "Warning"):
         assert noise not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("target", ["convert", "evaluate"])
+@pytest.mark.parametrize("config", ["unknown key", "missing file"])
+def test_make_stops_at_a_config_it_cannot_read(repo_root, tmp_path, target, config):
+    path = tmp_path / "typo.yaml"
+    if config == "unknown key":
+        path.write_text("run_name: never_made\nepochz: 3\n")
+    result = make(repo_root, target, f"CONFIG={path}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(path) in errors[0], result.stderr
+    assert ("epochz: unknown key" if config == "unknown key" else "cannot read") in errors[0]
+    assert not (repo_root / "runs" / "never_made").exists()
