@@ -102,7 +102,8 @@ train-seed: $(TRAIN_VENV)/.installed  ## the origin's CNN, for comparison
 
 convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against Keras; the shipped runs' int8 go to models/
 	@set -e; $(LIST_RUNS); for run in $$runs; do \
-	  case $${run%/} in $(SHIPPED_default)) ship=$(SHIP_default);; $(SHIPPED_fast)) ship=$(SHIP_fast);; *) ship=;; esac; \
+	  case $$(realpath -ms "$$run") in "$(abspath $(SHIPPED_default))") ship=$(SHIP_default);; \
+	    "$(abspath $(SHIPPED_fast))") ship=$(SHIP_fast);; *) ship=;; esac; \
 	  $(TRAIN_VENV)/bin/python -m convert --run $$run --ship-as "$$ship" --tta $(TTA) $(if $(FORCE),--force); \
 	done
 

@@ -85,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ParityError, DataError, RunError, ShipError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if not args.ship_as:
+        logging.getLogger("convert").info(
+            "not shipped: %s is a candidate; make convert ships only the Makefile's SHIPPED_default and SHIPPED_fast "
+            "runs. To ship it as models/fer_int8.tflite: make convert RUN=%s SHIPPED_default=%s (SHIPPED_fast for "
+            "the fast model; FORCE=1 if it stopped early or scores lower on PublicTest than the shipped model)",
+            run,
+            run,
+            run,
+        )
     return 0
 
 

@@ -52,6 +52,9 @@ def test_a_converted_run_is_a_candidate_unless_shipped(repo_root, fer2013_dir, f
     assert sidecar.metrics["public_accuracy"] > 0.6
     assert "private_accuracy" not in sidecar.metrics and not list((fast_run / "tflite").glob("*private*"))
     assert not (tmp_path / "models").exists()  # nothing shipped, nowhere
+    # and the log says so, with the command that would ship it
+    assert f"not shipped: {fast_run} is a candidate" in result.stderr
+    assert f"make convert RUN={fast_run} SHIPPED_default={fast_run}" in result.stderr
 
 
 @pytest.mark.parametrize("damage", ["no run.json", "corrupt best.keras"])
@@ -92,6 +95,18 @@ def test_a_run_stopped_early_does_not_replace_the_shipped_model(repo_root, fast_
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "trained 5 of its 12 epochs" in errors[0] and "FORCE=1" in errors[0], result.stderr
     assert {p.name: p.read_bytes() for p in target.parent.iterdir()} == before
+
+
+@pytest.mark.parametrize("written", ["./relative/", "absolute"])
+def test_make_convert_knows_the_shipped_run_however_run_is_written(repo_root, fast_run, tmp_path, written):
+    finished_after(fast_run, trained=5)  # refused at once, before converting, if make means to ship it
+    target = shipped_copy(repo_root, tmp_path, "fer_fast_int8")
+    relative = os.path.relpath(fast_run, repo_root)
+    run, shipped_run = (f"./{relative}/", str(fast_run)) if written == "./relative/" else (str(fast_run), relative)
+    result = make(repo_root, "convert", f"RUN={run}", f"SHIPPED_fast={shipped_run}", f"SHIP_fast={target}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"not shipping to {target}" in errors[0], result.stderr
 
 
 def test_a_model_scoring_lower_on_public_test_is_not_shipped(repo_root, fer2013_dir, fast_run, tmp_path):
