@@ -108,9 +108,7 @@ convert: $(TRAIN_VENV)/.installed  ## TFLite variants of RUNS, checked against K
 	done
 
 evaluate: $(TRAIN_VENV)/.installed  ## (re)write the PublicTest reports of RUNS (PrivateTest: make convert, shipped runs only)
-	@set -e; $(LIST_RUNS); for run in $$runs; do \
-	  $(TRAIN_VENV)/bin/python -c "import sys; from train.evaluate import evaluate_run; evaluate_run(sys.argv[1])" $$run; \
-	done
+	@set -e; $(LIST_RUNS); $(TRAIN_VENV)/bin/python -m train.evaluate $$runs
 
 bench: $(TRAIN_VENV)/.installed  ## the shipped models: accuracy, cost, ms per face, camera-like conditions -> bench/results-*
 	$(TRAIN_VENV)/bin/python -m bench.models

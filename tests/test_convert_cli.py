@@ -24,11 +24,11 @@ def convert_cli(repo_root, cwd, *args):
     )
 
 
-def make(repo_root, *args):
+def make(repo_root, *args, **environ):
     """A make target of this checkout, run with the venv running the tests (taken as installed, not rebuilt)."""
     venv = Path(sys.prefix)
     command = ["make", "-s", "-C", str(repo_root), "-o", f"{venv}/.installed", f"TRAIN_VENV={venv}", *args]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **environ}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -144,3 +144,20 @@ def test_make_stops_at_a_config_it_cannot_read(repo_root, tmp_path, target, conf
     assert len(errors) == 1 and str(path) in errors[0], result.stderr
     assert ("epochz: unknown key" if config == "unknown key" else "cannot read") in errors[0]
     assert not (repo_root / "runs" / "never_made").exists()
+
+
+def test_make_evaluate_says_what_it_wrote_or_why_not(repo_root, fer2013_dir, fast_run, tmp_path):
+    missing = tmp_path / "runs" / "nope"
+    result = make(repo_root, "evaluate", f"RUN={missing}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{missing}/best.keras not found" in errors[0], result.stderr
+
+    result = make(repo_root, "evaluate", f"RUN={fast_run}", FER2013_DIR=str(fer2013_dir))
+    assert result.returncode == 0, result.stderr
+    reports = ("report_public.txt", "per_class_public.json", "metrics.json", "metrics.csv", "confusion_public.png")
+    assert all((fast_run / name).is_file() for name in reports)
+    assert f"wrote {fast_run}: {', '.join(reports)}" in result.stderr
+    assert json.loads((fast_run / "metrics.json").read_text())["public"]["accuracy"] > 0.6
+    for noise in ("oneDNN", "cuda", "absl::InitializeLog", "I0000", "E0000"):
+        assert noise not in result.stderr, result.stderr

@@ -4,20 +4,25 @@ Predictions and labels stay in the same order (the origin compared a shuffled ge
 predictions with unshuffled labels). Everything here is on PublicTest, where checkpoints and
 candidates are chosen: PrivateTest is never loaded by training or its evaluation. It is scored once
 per shipped model, for its int8 file, by the conversion (``convert/tflite.py``, ``--ship-as``).
+
+``python -m train.evaluate RUN...`` (``make evaluate``) rewrites the reports of trained runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from train import data
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("train.evaluate")  # not __name__: that is __main__ under python -m train.evaluate
 
 
 def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels) -> dict:
@@ -151,4 +156,40 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
         writer = csv.writer(fh)
         writer.writerow(["split", "accuracy", "macro_f1"])
         writer.writerow(["public", metrics["accuracy"], metrics["macro_f1"]])
+    log.info(
+        "wrote %s: report_public.txt, per_class_public.json, metrics.json, metrics.csv, confusion_public.png%s",
+        run_dir,
+        ", learning_curves.png, history.json" if history else "",
+    )
     return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folder holding best.keras and run.json")
+    parser.add_argument("--data", help="FER-2013 folder or fer2013.csv")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for run in map(Path, args.runs):
+        for needed in ("best.keras", "run.json"):
+            if not (run / needed).is_file():
+                print(f"error: {run}/{needed} not found: train it first (make train)", file=sys.stderr)
+                return 2
+    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        from train.quiet import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
+    try:
+        for run in args.runs:
+            evaluate_run(Path(run), args.data)
+    except data.DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
