@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -48,7 +49,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C inside TensorFlow's converter can come out as another exception (its tracing state left broken), so
+    # whatever ends the work after a SIGINT is reported as the interruption it was.
+    interrupted = []
 
+    def interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        status = _main(args)
+    except BaseException:
+        if not interrupted:
+            raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        if args.calibrate:
+            print("interrupted: not every model calibrated", file=sys.stderr)
+        else:
+            print(
+                f"interrupted: {args.run} not fully converted{', nothing shipped' * bool(args.ship_as)}",
+                file=sys.stderr,
+            )
+        return 130
+    return status
+
+
+def _main(args: argparse.Namespace) -> int:
     from train.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
@@ -60,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for model in args.calibrate:
                 recalibrate(Path(model), args.data, private=args.score_private)
-        except (ContractError, DataError) as exc:
+        except (ContractError, DataError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0
@@ -84,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ParityError, DataError, RunError, ShipError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: converting {run}: {exc}", file=sys.stderr)
         return 1
     if not args.ship_as:
         logging.getLogger("convert").info(

@@ -52,7 +52,7 @@ class RunError(Exception):
 
 
 class ShipError(Exception):
-    """A model that must not replace the shipped one without being told to (``--force``)."""
+    """A model that must not replace the shipped one without being told to (``--force``), or could not."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,11 @@ def convert_run(
         run_info = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError) as exc:
         raise RunError(f"{run_dir}/run.json is unreadable ({exc})") from None
+    if not isinstance(run_info, dict) or not isinstance(run_info.get("labels"), list):
+        raise RunError(f"{run_dir}/run.json holds no list of labels (written by python -m train beside best.keras)")
+    labels = tuple(run_info["labels"])
+    if labels != data.CLASS_NAMES:
+        raise ValueError(f"{run_dir}: labels {labels} differ from the data loader's {data.CLASS_NAMES}")
     try:
         model = keras.models.load_model(run_dir / "best.keras")
     except Exception as exc:  # noqa: BLE001 - Keras raises anything from a damaged archive ("File not found" too)
@@ -284,9 +289,6 @@ def convert_run(
         model = with_flip_tta(model)
     elif tta != "none":
         raise ValueError(f"tta: unknown test-time augmentation {tta!r} (none or flip)")
-    labels = tuple(run_info["labels"])
-    if labels != data.CLASS_NAMES:
-        raise ValueError(f"{run_dir}: labels {labels} differ from the data loader's {data.CLASS_NAMES}")
     root = data.resolve_data_dir(data_dir)
     train_split = data.load_split(root, "train", cache_dir)
     public = data.load_split(root, "public", cache_dir)
@@ -299,8 +301,11 @@ def convert_run(
     for variant in variants:
         path = out_dir / f"fer_{variant}.tflite"
         tmp = path.with_suffix(".tflite.tmp")
-        tmp.write_bytes(convert_model(model, variant, train_split))
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(convert_model(model, variant, train_split))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         public_scores = tflite_scores(path, public.x)
         tflite_accuracy = float((public_scores.argmax(1) == public.y).mean())
         agreement = float((public_scores.argmax(1) == keras_public.argmax(1)).mean())
@@ -390,13 +395,34 @@ def convert_run(
 
 
 def ship(model_path: Path, target: Path) -> None:
-    """Copy a model and its sidecar to ``target`` (both atomically replaced)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for src, dst in ((model_path, target), (model_path.with_suffix(".json"), target.with_suffix(".json"))):
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    log.info("shipped %s -> %s (and its %s)", model_path, target, target.with_suffix(".json").name)
+    """Copy a model and its sidecar to ``target``: both copied in full first, then renamed into place back to back.
+
+    Raises :class:`ShipError` when a copy cannot be written (a full disk); the shipped pair is then unchanged."""
+    pairs = [(model_path, target), (sidecar_path(model_path), sidecar_path(target))]
+    written: list[Path] = []
+    try:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for src, dst in pairs:
+                tmp = dst.with_name(dst.name + ".tmp")
+                with open(src, "rb") as source, open(tmp, "wb") as copy:
+                    written.append(tmp)
+                    shutil.copyfileobj(source, copy)
+                    copy.flush()
+                    os.fsync(copy.fileno())
+        except OSError as exc:
+            raise ShipError(
+                f"cannot ship {model_path} to {target} ({exc.strerror or exc}); the shipped pair is as it was"
+            ) from None
+        # The model first, its sidecar last: a ship cut between the two leaves the new model beside the old
+        # sidecar, or beside none on a first ship, and the device refuses both (sha256 mismatch, no sidecar). The
+        # other order could leave a sidecar without its model, and the device would load the next model it finds.
+        for tmp, (_, dst) in zip(written, pairs):
+            os.replace(tmp, dst)
+    finally:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+    log.info("shipped %s -> %s (and its %s)", model_path, target, sidecar_path(target).name)
 
 
 def recalibrate(

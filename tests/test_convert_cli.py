@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +16,20 @@ import pytest
 from fer_edge.contract import read_sidecar
 
 
-def convert_cli(repo_root, cwd, *args):
+def cli_env(repo_root):
     # this checkout's fer_edge, not whichever one the venv has installed
     path = os.pathsep.join((str(repo_root / "edge"), str(repo_root)))
-    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def convert_cli(repo_root, cwd, *args):
     return subprocess.run(
-        [sys.executable, "-m", "convert", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "convert", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=cli_env(repo_root),
+        timeout=600,
     )
 
 
@@ -57,10 +66,12 @@ def test_a_converted_run_is_a_candidate_unless_shipped(repo_root, fer2013_dir, f
     assert f"make convert RUN={fast_run} SHIPPED_default={fast_run}" in result.stderr
 
 
-@pytest.mark.parametrize("damage", ["no run.json", "corrupt best.keras"])
+@pytest.mark.parametrize("damage", ["no run.json", "run.json without labels", "corrupt best.keras"])
 def test_a_damaged_run_folder_is_one_error_line(repo_root, fast_run, tmp_path, damage):
     if damage == "no run.json":
         (fast_run / "run.json").unlink()
+    elif damage == "run.json without labels":
+        (fast_run / "run.json").write_text(json.dumps({"model": "vgg_bn", "params": 592407}))
     else:
         (fast_run / "best.keras").write_bytes(b"PK\x03\x04 not a keras archive")
     result = convert_cli(repo_root, tmp_path, "--run", str(fast_run), "--variants", "float32")
@@ -68,7 +79,7 @@ def test_a_damaged_run_folder_is_one_error_line(repo_root, fast_run, tmp_path, d
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(fast_run) in errors[0], result.stderr
-    assert ("run.json" if damage == "no run.json" else "best.keras") in errors[0]
+    assert ("best.keras" if damage == "corrupt best.keras" else "run.json") in errors[0]
 
 
 def finished_after(run, trained: int, planned: int = 12) -> None:
@@ -161,3 +172,73 @@ def test_make_evaluate_says_what_it_wrote_or_why_not(repo_root, fer2013_dir, fas
     assert json.loads((fast_run / "metrics.json").read_text())["public"]["accuracy"] > 0.6
     for noise in ("oneDNN", "cuda", "absl::InitializeLog", "I0000", "E0000"):
         assert noise not in result.stderr, result.stderr
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_temporary_file(repo_root, fer2013_dir, fast_run, tmp_path):
+    command = [sys.executable, "-m", "convert", "--run", str(fast_run), "--variants", "float32,float16,dynamic"]
+    process = subprocess.Popen(
+        [*command, "--data", str(fer2013_dir)],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(repo_root),
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if f"wrote {fast_run / 'tflite' / 'fer_float32.tflite'}" in line:
+            process.send_signal(signal.SIGINT)  # in the middle of the float16 conversion
+            break
+    lines += process.communicate(timeout=600)[1].splitlines(keepends=True)
+    stderr = "".join(lines)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert lines[-1].strip() == f"interrupted: {fast_run} not fully converted"
+    assert not list((fast_run / "tflite").glob("*.tmp"))
+
+
+def test_an_unwritable_output_is_one_error_line(repo_root, fer2013_dir, fast_run, tmp_path):
+    (fast_run / "tflite").write_text("a file where the models go")
+    result = convert_cli(
+        repo_root, tmp_path, "--run", str(fast_run), "--variants", "float32", "--data", str(fer2013_dir)
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"converting {fast_run}" in errors[0], result.stderr
+
+
+# ship() in a process whose writes stop at a size limit, as they would on a full disk
+SHIP_WITH_A_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+from convert.tflite import ShipError, ship
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+try:
+    ship(Path(sys.argv[1]), Path(sys.argv[2]))
+except ShipError as exc:
+    sys.exit(f"error: {exc}")
+"""
+
+
+@pytest.mark.parametrize("failure", ["disk full", "sidecar copy fails"])
+def test_a_ship_that_cannot_copy_both_files_leaves_the_shipped_pair_alone(repo_root, tmp_path, failure):
+    target = shipped_copy(repo_root, tmp_path, "fer_fast_int8")
+    candidate = tmp_path / "runs" / "default" / "tflite" / "fer_int8.tflite"  # another model, to ship over it
+    candidate.parent.mkdir(parents=True)
+    for suffix in (".tflite", ".json"):
+        shutil.copyfile(repo_root / "models" / f"fer_int8{suffix}", candidate.with_suffix(suffix))
+    before = {p.name: p.read_bytes() for p in target.parent.iterdir()}
+    limit = 40_000 if failure == "disk full" else 1 << 30
+    if failure == "sidecar copy fails":  # the model's copy is written; the sidecar's cannot be
+        target.with_suffix(".json.tmp").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", SHIP_WITH_A_SIZE_LIMIT, str(candidate), str(target), str(limit)],
+        capture_output=True,
+        text=True,
+        env=cli_env(repo_root),
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: cannot ship {candidate} to {target}"), result.stderr
+    assert {p.name: p.read_bytes() for p in target.parent.iterdir() if p.is_file()} == before  # no .tmp left
