@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--score-private",
         action="store_true",
-        help="with --calibrate: also score PrivateTest (once per shipped model, never to tune on)",
+        help="with --calibrate: also score PrivateTest, for a shipped model in models/ whose sidecar does not "
+        "hold these numbers yet (once per shipped model, never to tune on)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -81,7 +82,7 @@ def _main(args: argparse.Namespace) -> int:
     from train.quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from convert.tflite import ParityError, RunError, ShipError, convert_run, recalibrate
+    from convert.tflite import ParityError, PrivateTestError, RunError, ShipError, convert_run, recalibrate
     from fer_edge.contract import ContractError
     from train.data import DataError
 
@@ -89,7 +90,7 @@ def _main(args: argparse.Namespace) -> int:
         try:
             for model in args.calibrate:
                 recalibrate(Path(model), args.data, private=args.score_private)
-        except (ContractError, DataError, OSError) as exc:
+        except (ContractError, DataError, OSError, PrivateTestError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         return 0

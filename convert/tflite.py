@@ -51,6 +51,10 @@ class RunError(Exception):
     """A run folder whose model or record cannot be read."""
 
 
+class PrivateTestError(Exception):
+    """PrivateTest asked for where the protocol does not score it: a candidate, or a model already scored."""
+
+
 class ShipError(Exception):
     """A model that must not replace the shipped one without being told to (``--force``), or could not."""
 
@@ -182,6 +186,20 @@ def calibration_metrics(
         f"{prefix}_mirror_ece_calibrated": round(expected_calibration_error(calibrated_mirror, y), 4),
         f"{prefix}_mirror_wrong_confidence": round(float(calibrated_mirror.max(1)[wrong].mean()), 4),
     }
+
+
+# what calibration_metrics("private", ...) writes into a sidecar: scored once per shipped model
+PRIVATE_CALIBRATION_METRICS = tuple(
+    f"private_{name}"
+    for name in (
+        "mirror_accuracy",
+        "ece",
+        "ece_calibrated",
+        "mirror_ece",
+        "mirror_ece_calibrated",
+        "mirror_wrong_confidence",
+    )
+)
 
 
 def fit_model_calibration(
@@ -429,8 +447,21 @@ def recalibrate(
     model_path: Path, data_dir: str | None = None, cache_dir: str = "build/cache", private: bool = False
 ) -> ModelSidecar:
     """Fit the calibration of an already converted model on PublicTest and rewrite its sidecar (the model
-    itself is not touched); with ``private``, also score the shipped numbers on PrivateTest (once per model)."""
+    itself is not touched); with ``private``, also score the shipped numbers on PrivateTest (once per model).
+
+    ``private`` is refused (:class:`PrivateTestError`) for a model outside ``models/`` (a candidate is compared on
+    PublicTest only) and for one whose sidecar already holds these PrivateTest numbers."""
     sidecar = read_sidecar(model_path)
+    if private and model_path.resolve().parent.name != "models":
+        raise PrivateTestError(
+            f"{model_path}: PrivateTest is scored for a shipped model in models/ only; candidates are compared on "
+            "PublicTest (make convert scores a model on PrivateTest when it ships it)"
+        )
+    if private and (scored := [name for name in PRIVATE_CALIBRATION_METRICS if name in sidecar.metrics]):
+        raise PrivateTestError(
+            f"{model_path}: its sidecar already holds PrivateTest numbers ({', '.join(scored)}): they are scored "
+            "once per shipped model"
+        )
     root = data.resolve_data_dir(data_dir)
     calibration, metrics = fit_model_calibration(model_path, data.load_split(root, "public", cache_dir))
     if private:

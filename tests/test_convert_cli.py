@@ -242,3 +242,44 @@ def test_a_ship_that_cannot_copy_both_files_leaves_the_shipped_pair_alone(repo_r
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: cannot ship {candidate} to {target}"), result.stderr
     assert {p.name: p.read_bytes() for p in target.parent.iterdir() if p.is_file()} == before  # no .tmp left
+
+
+def without_private_calibration(model) -> list[str]:
+    """The sidecar as it was before its calibration was scored on PrivateTest (the shipped accuracy stays); the
+    names of the metrics taken out."""
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    shipped = ("private_accuracy", "private_macro_f1")
+    removed = [k for k in sidecar["metrics"] if k.startswith("private_") and k not in shipped]
+    sidecar["metrics"] = {k: v for k, v in sidecar["metrics"].items() if k not in removed}
+    model.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return removed
+
+
+@pytest.mark.parametrize("model", ["a candidate", "a shipped model already scored"])
+def test_score_private_is_refused_where_the_protocol_does_not_score(repo_root, fast_run, tmp_path, model):
+    target = shipped_copy(repo_root, tmp_path, "fer_fast_int8")
+    if model == "a candidate":
+        candidate = fast_run / "tflite" / "fer_int8.tflite"
+        candidate.parent.mkdir()
+        for suffix in (".tflite", ".json"):
+            shutil.copyfile(target.with_suffix(suffix), candidate.with_suffix(suffix))
+        without_private_calibration(candidate)
+        target = candidate
+    before = target.with_suffix(".json").read_bytes()
+    result = convert_cli(repo_root, tmp_path, "--calibrate", str(target), "--score-private")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert ("models/ only" if model == "a candidate" else "already holds PrivateTest numbers") in errors[0]
+    assert target.with_suffix(".json").read_bytes() == before
+
+
+def test_score_private_scores_a_shipped_model_once(repo_root, fer2013_dir, tmp_path):
+    target = shipped_copy(repo_root, tmp_path, "fer_fast_int8")
+    removed = without_private_calibration(target)
+    result = convert_cli(repo_root, tmp_path, "--calibrate", str(target), "--score-private", "--data", str(fer2013_dir))
+    assert result.returncode == 0, result.stderr
+    metrics = read_sidecar(target).metrics
+    assert removed and all(0 <= metrics[name] <= 1 for name in removed)
+    again = convert_cli(repo_root, tmp_path, "--calibrate", str(target), "--score-private", "--data", str(fer2013_dir))
+    assert again.returncode == 1 and "already holds PrivateTest numbers" in again.stderr
