@@ -284,16 +284,16 @@ def test_check_config_quiet_prints_no_info_lines(repo_root):
     assert "INFO" not in check.stderr, check.stderr  # fer-edge's own, and the runtime's XNNPACK line
 
 
-def test_unwritable_output_is_a_recording_error(demo_clip, tmp_path):
+def test_an_output_folder_that_cannot_take_files_stops_run_as_it_stops_check_config(demo_clip, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should be")
-    result = fer_edge("run", "--source", str(demo_clip), "--output", str(blocker / "out"), "--max-frames", "5")
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert error_lines(result) == [
-        f"fer-edge: error: cannot create output directory {blocker / 'out'}: "
-        f"[Errno 20] Not a directory: '{blocker / 'out'}'"
-    ]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"source:\n  path: {demo_clip}\nrecording:\n  output_dir: {blocker / 'out'}\n")
+    run = fer_edge("run", "--config", str(config), "--max-frames", "5")
+    check = fer_edge("check-config", "--quiet", "--config", str(config))
+    for result in (run, check):
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert error_lines(result) == [f"fer-edge: error: recording.output_dir: {blocker} is not a folder"]
 
 
 def test_usage_errors_exit_2():

@@ -15,6 +15,7 @@ import numpy as np
 
 from fer_edge.capture.sources import open_source, resolve_kind
 from fer_edge.config import Config
+from fer_edge.config.preflight import check_output_folder
 from fer_edge.notify import SystemdNotifier
 from fer_edge.pipeline import (
     DetectionSchedule,
@@ -104,9 +105,11 @@ def build_privacy(cfg: Config, switches: Switches | None = None) -> Privacy | No
 
 
 def lock_recordings(cfg: Config) -> list[FolderLock]:
-    """The recordings folder locked for this run (see :func:`lock_folder`); none when nothing is recorded."""
+    """The recordings folder locked for this run (see :func:`lock_folder`); none when nothing is recorded. A folder
+    that cannot take files is refused first by ``check-config``'s own check, with its line and exit status."""
     if not (cfg.recording.enabled or cfg.events.enabled):
         return []
+    check_output_folder(cfg.recording, cfg.events.enabled)
     return [lock_folder(Path(cfg.recording.output_dir))]
 
 
