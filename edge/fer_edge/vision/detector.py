@@ -169,30 +169,40 @@ def scan_plan(width: int, height: int, min_face: int) -> list[ScanLevel]:
     return levels
 
 
-# An unchanged scan region is run again once it is this many scans old, one such region a scan.
-REFRESH_SCANS = 30
+# A scan region whose picture changed runs on every scan until it has been still for this many scans: a face near
+# the detector's threshold is found in some frames' noise and missed in others', and one miss must not be what a
+# still region keeps.
+SETTLE_SCANS = 8
+# A face a still region's runs found stays until this many of its runs in a row have missed it: long enough for a
+# dim face, found on half the frames, short enough that the noise's chance false alarms do not pile up in a still
+# room for hours.
+KEEP_MISSED_RUNS = 4
 
 
 @dataclass(frozen=True)
 class RegionRun:
-    """One run of a face model on a scan region: the region's coarse picture then, the scan's number, the faces."""
+    """A scan region's remembered runs of a face model: its coarse picture when it last changed and the scan then
+    (``since``), the scan of its latest run, and the faces its runs found since it changed."""
 
     picture: np.ndarray
+    since: int
     scan: int
     faces: list[Detection]
+    missed: tuple[int, ...] = ()  # per face: the runs in a row that have not found it again
 
 
 class RegionMemory:
     """The faces each scan region gave when the model last ran on it, and a coarse picture of the region then.
 
     A camera on a wall mostly looks at a room where nothing moves, and a whole-frame scan runs the face model on
-    every region of it. The model's answer depends on the region's pixels only: a region whose picture has not
-    changed since it last ran keeps that run's faces. The picture is the mean of each ``cell`` x ``cell`` block
-    per colour; a region counts as changed when one of its blocks moved by more than ``level`` grey levels
-    since that run (so a slow change adds up until it counts). Sensor noise averages out over a block; a face
-    coming in, turning or leaving moves blocks by tens of levels. An unchanged region runs again anyway once it
-    is ``REFRESH_SCANS`` scans old, but only one a scan: regions that ran together (the first scan, a cut) would
-    otherwise all come due on the same frame, a whole scan's stall every ``REFRESH_SCANS`` frames.
+    every region of it. The model's answer depends on the region's pixels, and on their noise for a face near its
+    threshold: a region whose picture has not changed since its runs began keeps the faces they found, every face
+    any of them found (one run may miss a dim face the next one finds). The picture is the mean of each ``cell`` x
+    ``cell`` block per colour; a region counts as changed when one of its blocks moved by more than ``level``
+    grey levels since then (so a slow change adds up until it counts). Sensor noise averages out over a block; a
+    face coming in, turning or leaving moves blocks by tens of levels. A changed region runs on every scan until
+    it has been still for ``SETTLE_SCANS``; after that, one region a scan runs again, the one that waited longest,
+    so that each still region is looked at again every few frames without a scan's stall.
     """
 
     def __init__(self, cell: int, level: float) -> None:
@@ -216,17 +226,34 @@ class RegionMemory:
         run = self._runs.get((model, region))
         if run is None or self._grid is None:
             return None
-        now = self._grid[self._cells(region)]
-        if now.shape != run.picture.shape or int(np.abs(now - run.picture).max(initial=0)) > self.level:
+        if not self._unchanged(run.picture, self._grid[self._cells(region)]) or self._scans - run.since < SETTLE_SCANS:
             return None
-        if self._scans - run.scan >= REFRESH_SCANS and not self._refreshed:
+        if self._scans - run.scan >= len(self._runs) and not self._refreshed:
             self._refreshed = True
             return None
         return run.faces
 
-    def remember(self, model: str, region: Box, found: list[Detection]) -> None:
-        if self._grid is not None:
-            self._runs[(model, region)] = RegionRun(self._grid[self._cells(region)].copy(), self._scans, found)
+    def remember(self, model: str, region: Box, found: list[Detection]) -> list[Detection]:
+        """Keep this run of ``model`` on ``region``; the faces the region has now: ``found``, and while its
+        picture has not changed, those an earlier run found that this one missed."""
+        if self._grid is None:
+            return found
+        picture = self._grid[self._cells(region)]
+        kept = self._runs.get((model, region))
+        if kept is not None and self._unchanged(kept.picture, picture):
+            # nothing has moved since the face was found: it is still there (a leak costs more than a blurred
+            # patch of a still room)
+            missed = [0] * len(found)
+            for face, times in zip(kept.faces, kept.missed or (0,) * len(kept.faces)):
+                if times + 1 < KEEP_MISSED_RUNS and all(face.box.iou(new.box) <= 0.3 for new in found):
+                    found, missed = found + [face], missed + [times + 1]
+            self._runs[(model, region)] = RegionRun(kept.picture, kept.since, self._scans, found, tuple(missed))
+        else:
+            self._runs[(model, region)] = RegionRun(picture.copy(), self._scans, self._scans, found)
+        return found
+
+    def _unchanged(self, then: np.ndarray, now: np.ndarray) -> bool:
+        return now.shape == then.shape and int(np.abs(now - then).max(initial=0)) <= self.level
 
     def forget(self) -> None:
         self._runs.clear()
@@ -325,7 +352,7 @@ class BlazeFaceDetector:
             if found is None:
                 found = self._runners[model].detect(image, region)
                 if memory is not None:
-                    memory.remember(model, region, found)
+                    found = memory.remember(model, region, found)
             for detection in found:
                 if detection.score >= self._runners[model].min_score:
                     sure.append(detection)
