@@ -52,8 +52,12 @@ def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
     file size). Everything after that end is a half-written tail, including a trailing ``moof`` without its ``mdat``.
     """
     boxes, size = _complete_boxes(path)
-    good_end = max((end for box_type, _, end in boxes if box_type != b"moof"), default=0)  # a moof needs its mdat
-    return len(_fragments(boxes)), good_end, size
+    return len(_fragments(boxes)), _complete_end(boxes), size
+
+
+def _complete_end(boxes: list[tuple[bytes, int, int]]) -> int:
+    """Where the complete boxes end: a trailing ``moof`` is only useful with the ``mdat`` after it."""
+    return max((end for box_type, _, end in boxes if box_type != b"moof"), default=0)
 
 
 def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
@@ -149,11 +153,10 @@ def _decodes_whole(path: Path, header_end: int, fragment: tuple[int, int]) -> bo
     return packets > 0 and frames == packets
 
 
-def _decodable_end(path: Path, end: int) -> int:
+def _decodable_end(path: Path, boxes: list[tuple[bytes, int, int]], end: int) -> int:
     """``end``, or the end of an earlier fragment when the last ones before it do not decode: where a file system
     grows a file before its data reaches the disk (FAT and exFAT on a USB stick), a power cut leaves a last fragment
     whole in its boxes and zeros in its frames."""
-    boxes, _ = _complete_boxes(path)
     fragments = [fragment for fragment in _fragments(boxes) if fragment[1] <= end]
     while fragments and not _decodes_whole(path, fragments[0][0], fragments[-1]):
         end = fragments.pop()[0]
@@ -211,11 +214,12 @@ def _recover_part(part: Path) -> Path | None:
 
     target = part.with_name(part.name[: -len(".part")])
     try:
-        _, end, size = scan_fragmented_mp4(part)
+        boxes, size = _complete_boxes(part)  # walked once: the cut and the decode check both need them
+        end = _complete_end(boxes)
         if end == 0 and size > 0:
             _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
             return None
-        end = _decodable_end(part, end)
+        end = _decodable_end(part, boxes, end)
         frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
     except (OSError, av.FFmpegError, ValueError) as exc:
         _keep_broken(part, target, f"cannot be read ({exc})")

@@ -188,7 +188,7 @@ class RegionRun:
     since: int
     scan: int
     faces: list[Detection]
-    missed: tuple[int, ...] = ()  # per face: the runs in a row that have not found it again
+    missed: tuple[int, ...]  # per face: the runs in a row that have not found it again
 
 
 class RegionMemory:
@@ -244,12 +244,12 @@ class RegionMemory:
             # nothing has moved since the face was found: it is still there (a leak costs more than a blurred
             # patch of a still room)
             missed = [0] * len(found)
-            for face, times in zip(kept.faces, kept.missed or (0,) * len(kept.faces)):
+            for face, times in zip(kept.faces, kept.missed):
                 if times + 1 < KEEP_MISSED_RUNS and all(face.box.iou(new.box) <= 0.3 for new in found):
                     found, missed = found + [face], missed + [times + 1]
             self._runs[(model, region)] = RegionRun(kept.picture, kept.since, self._scans, found, tuple(missed))
         else:
-            self._runs[(model, region)] = RegionRun(picture.copy(), self._scans, self._scans, found)
+            self._runs[(model, region)] = RegionRun(picture.copy(), self._scans, self._scans, found, (0,) * len(found))
         return found
 
     def _unchanged(self, then: np.ndarray, now: np.ndarray) -> bool:
