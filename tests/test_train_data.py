@@ -165,3 +165,25 @@ def test_face_margin_matches_haar_on_fer2013(fer2013_dir, cache_dir):
             ratios.append(found[0][2] / 192)
     assert len(ratios) > 150
     assert abs(1 / np.median(ratios) - FACE_MARGIN) < 0.05
+
+
+def test_a_truncated_jpeg_is_refused_by_name(fer2013_dir, tmp_path):
+    """OpenCV decodes a JPEG cut short without an error, greying out its missing rows: a half-copied data set
+    would train on grey faces without a word."""
+    import shutil
+
+    root = tmp_path / "fer"
+    for name in data.CLASS_NAMES:
+        (root / "test" / name).mkdir(parents=True)
+        for image in sorted((fer2013_dir / "test" / name).glob("PublicTest_*.jpg"))[:2]:
+            shutil.copy2(image, root / "test" / name / image.name)
+    assert len(data.load_split(root, "public").y) == 14
+    cut = sorted((root / "test" / "sad").glob("*.jpg"))[1]
+    encoded = cut.read_bytes()
+    cut.write_bytes(encoded[: len(encoded) * 2 // 3])
+    assert cv2.imread(str(cut), cv2.IMREAD_GRAYSCALE) is not None  # what the loader used to accept
+    with pytest.raises(data.DataError, match=rf"{cut.name}: a truncated JPEG"):
+        data.load_split(root, "public")
+    cut.write_bytes(b"not an image at all\xff\xd9")
+    with pytest.raises(data.DataError, match=rf"{cut.name}: not a readable image"):
+        data.load_split(root, "public")

@@ -127,9 +127,7 @@ def _load_folders(root: Path, split: str, class_files: list[list[Path]]) -> Spli
     images, labels = [], []
     for index, files in enumerate(class_files):
         for f in files:
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                raise DataError(f"{f}: not a readable image")
+            img = _read_image(f)
             if img.shape != (IMAGE_SIZE, IMAGE_SIZE):
                 img = cv2.resize(img, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA)
             images.append(img)
@@ -138,6 +136,18 @@ def _load_folders(root: Path, split: str, class_files: list[list[Path]]) -> Spli
         raise DataError(f"{folder}: no {prefix}*.jpg images found")
     log.info("loaded %d %s images from %s", len(images), split, folder)
     return Split(np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One grayscale image; a JPEG cut short (a copy or download stopped part way) is refused by name, since
+    OpenCV decodes it without an error, greying out the rows it lacks."""
+    encoded = path.read_bytes()
+    if path.suffix.lower() in (".jpg", ".jpeg") and not encoded.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        raise DataError(f"{path}: a truncated JPEG (no end-of-image marker): copy it again or remove it")
+    img = cv2.imdecode(np.frombuffer(encoded, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise DataError(f"{path}: not a readable image")
+    return img
 
 
 def _load_csv(path: Path) -> dict[str, Split]:
