@@ -339,7 +339,7 @@ def convert_run(
         if ship_as is not None and variant == "int8" and not parity_lost and not force:
             refusal = ship_refusal(tflite_accuracy, Path(ship_as))
         scores_private = private is not None and variant == "int8" and not parity_lost and refusal is None
-        if scores_private:
+        if scores_private and private is not None:
             private_scores = tflite_scores(path, private.x)
             metrics.update(private_calibration_metrics(path, private, calibration, private_scores))
             private_report = split_metrics(private.y, private_scores.argmax(1), labels)

@@ -35,6 +35,7 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
     The draws are made for the whole batch at once; the per-image loop only calls OpenCV, which
     releases the GIL, so several input threads keep a GPU fed.
     """
+    n: int
     n, h, w = x.shape
     out = np.empty_like(x)
     angles = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation, n))
@@ -68,9 +69,9 @@ def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
         sizes = rng.integers((h // 8, w // 8), (h // 2, w // 2), (len(erased), 2))
         corners = (rng.random((len(erased), 2)) * ((h, w) - sizes)).astype(int)
         noise = rng.integers(0, 256, (len(erased), h, w), dtype=np.uint8)
-        for k, i in enumerate(erased):
+        for k, image in enumerate(erased):
             (y0, x0), (eh, ew) = corners[k], sizes[k]
-            out[i, y0 : y0 + eh, x0 : x0 + ew] = noise[k, :eh, :ew]
+            out[image, y0 : y0 + eh, x0 : x0 + ew] = noise[k, :eh, :ew]
     return out
 
 
@@ -112,4 +113,6 @@ def add_noise(faces: np.ndarray, sigma, rng: np.random.Generator) -> np.ndarray:
 
 def jpeg(face: np.ndarray, quality: int) -> np.ndarray:
     _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+    assert decoded is not None  # OpenCV's own encoding
+    return decoded

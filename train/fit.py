@@ -202,7 +202,8 @@ class EpochPlan:
 class BudgetCallback(keras.callbacks.Callback):
     def __init__(self, plan: EpochPlan, first_epoch: int):
         super().__init__()
-        self.plan, self.first, self.ends = plan, first_epoch, []
+        self.plan, self.first = plan, first_epoch
+        self.ends: list[float] = []
 
     def on_epoch_end(self, epoch, logs=None):
         self.ends.append(time.monotonic())

@@ -3,6 +3,8 @@ so the int8 TFLite model is fed camera pixels unchanged."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 from keras import layers
 
@@ -99,7 +101,7 @@ def sep_bn(
     return keras.Model(inputs, _head(x, dense, dropout, bn_momentum), name=name)
 
 
-MODELS = {"seed": seed_cnn, "vgg_bn": vgg_bn, "sep_bn": sep_bn}
+MODELS: dict[str, Callable[..., keras.Model]] = {"seed": seed_cnn, "vgg_bn": vgg_bn, "sep_bn": sep_bn}
 
 
 @keras.saving.register_keras_serializable(package="fer")

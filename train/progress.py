@@ -51,7 +51,8 @@ class BatchProgress(keras.callbacks.Callback):
         self.first, self.steps, self.batch_size, self.on_gpu = first_epoch, steps, batch_size, on_gpu
         self.every_s, self.estimate_after = every_s, estimate_after
         self.epochs_now = epochs_now or (lambda: epochs)  # a time budget may fix the count later
-        self.timed_from = self.estimated = None
+        self.timed_from: tuple[float, int] | None = None
+        self.estimated: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -81,6 +82,7 @@ class BatchProgress(keras.callbacks.Callback):
 
     def estimate(self, now: float, done: int) -> float:
         """Log and return the whole run's expected seconds from the batches timed so far."""
+        assert self.timed_from is not None  # set by the first batch, before any estimate
         start, start_done = self.timed_from
         per_batch = (now - start) / (done - start_done)
         batches_left = (self.steps - done) + self.steps * (self.epochs_now() - self.epoch - 1)
