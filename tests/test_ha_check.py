@@ -8,8 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from fer_edge.serve.homeassistant import discovery_payload
-from fer_edge.serve.mqtt import Topics
+from fer_edge.serve.homeassistant import Topics, discovery_payload
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results-ha.json"

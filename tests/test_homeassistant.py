@@ -11,13 +11,13 @@ from fer_edge.serve.homeassistant import (
     EventTimes,
     PresenceHold,
     SnapshotPolicy,
+    Topics,
     default_device_id,
     discovery_payload,
     live_view_url,
     state_payload,
 )
 from fer_edge.serve.live import TrackEvent
-from fer_edge.serve.mqtt import Topics
 from fer_edge.types import Box, Face, Prediction
 
 LABELS = ("happy", "sad")

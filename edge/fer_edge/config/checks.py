@@ -13,6 +13,7 @@ X264_TUNES = ("zerolatency", "fastdecode", "film", "animation", "grain", "stilli
 MQTT_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 MAX_TOPIC_ID_CHARS = 64
 MAX_CAMERA_INDEX = 1023  # OpenCV capture index (/dev/video<N>)
+MIN_TOKEN_CHARS = 16  # 16 random characters; a short one can be guessed over the network
 
 
 def positive(value: float) -> str | None:
@@ -152,4 +153,13 @@ def mqtt_host(value: str) -> str | None:
 def mqtt_username(value: str) -> str | None:
     if not value or len(value) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in value):
         return "expected 1-256 characters, no control characters"
+    return None
+
+
+def token_problem(token: str) -> str | None:
+    """What is wrong with a token (never the token itself), or None."""
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"expected at least {MIN_TOKEN_CHARS} characters, got {len(token)}"
+    if any(c.isspace() or ord(c) < 32 for c in token):
+        return "expected no spaces or control characters"
     return None

@@ -33,11 +33,11 @@ from fer_edge.config.checks import (
     open_unit,
     positive_at_most,
     positive_up_to,
+    token_problem,
     topic_id,
     unit,
     x264_tune,
 )
-from fer_edge.config.preflight import token_problem
 from fer_edge.errors import ConfigError, ModelError
 from fer_edge.vision.privacy import MODES as PRIVACY_MODES
 

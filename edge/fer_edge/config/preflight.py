@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fer_edge.config.checks import parse_listen
+from fer_edge.config.checks import parse_listen, token_problem
 from fer_edge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 CREDENTIAL_NAME = "web-token"  # systemd LoadCredential= name, read from $CREDENTIALS_DIRECTORY
 MQTT_CREDENTIAL_NAME = "mqtt-password"
-MIN_TOKEN_CHARS = 16  # 16 random characters; a short one can be guessed over the network
 MAX_SECRET_BYTES = 4096
 MAX_CA_BYTES = 1 << 20  # a CA bundle; Debian's whole ca-certificates.crt is about 200 KB
 
@@ -89,15 +88,6 @@ def resolve_secret(value: str | None, file: str | None, credential: str, key: st
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if directory and (Path(directory) / credential).exists():
         return read_secret_file(Path(directory) / credential, f"{key} (systemd credential {credential})")
-    return None
-
-
-def token_problem(token: str) -> str | None:
-    """What is wrong with a token (never the token itself), or None."""
-    if len(token) < MIN_TOKEN_CHARS:
-        return f"expected at least {MIN_TOKEN_CHARS} characters, got {len(token)}"
-    if any(c.isspace() or ord(c) < 32 for c in token):
-        return "expected no spaces or control characters"
     return None
 
 

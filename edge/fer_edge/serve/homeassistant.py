@@ -27,14 +27,12 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fer_edge import __version__
 from fer_edge.serve.live import TrackEvent
+from fer_edge.serve.switches import NAMES as SWITCH_NAMES
 from fer_edge.types import UNSURE_LABEL, Face
-
-if TYPE_CHECKING:
-    from fer_edge.serve.mqtt import Topics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +43,26 @@ DEFAULT_HOST_NAMES = frozenset(
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 MACHINE_ID_CHARS = 8
 NO_FACE = "none"
+
+
+class Topics:
+    """The topics of one device: its own under ``topic_prefix``, Home Assistant's under ``discovery_prefix``."""
+
+    def __init__(self, topic_prefix: str, device_id: str, discovery_prefix: str) -> None:
+        self.unique = f"{topic_prefix}-{device_id}"
+        base = f"{topic_prefix}/{device_id}"
+        self.base = base
+        self.availability = f"{base}/availability"
+        self.state = f"{base}/state"
+        self.diagnostics = f"{base}/diagnostics"
+        self.event = f"{base}/event"
+        self.snapshot = f"{base}/snapshot"
+        self.switch_set = {name: f"{base}/{name}/set" for name in SWITCH_NAMES}
+        self.switch_state = {name: f"{base}/{name}/state" for name in SWITCH_NAMES}
+        self.recording_active = f"{base}/recording/active"
+        self.instance = f"{base}/instance"
+        self.discovery = f"{discovery_prefix}/device/{self.unique}/config"
+        self.ha_status = f"{discovery_prefix}/status"
 
 
 def _id_chars(text: str) -> str:

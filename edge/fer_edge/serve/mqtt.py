@@ -42,6 +42,7 @@ from fer_edge.serve.homeassistant import (
     EventTimes,
     PresenceHold,
     SnapshotPolicy,
+    Topics,
     default_device_id,
     discovery_payload,
     event_payload,
@@ -63,24 +64,6 @@ CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop wai
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
 MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything larger is not a command
 MAX_PACKET_BYTES = 64 * 1024  # what the broker may send us: commands and Home Assistant's birth message
-
-
-class Topics:
-    def __init__(self, topic_prefix: str, device_id: str, discovery_prefix: str) -> None:
-        self.unique = f"{topic_prefix}-{device_id}"
-        base = f"{topic_prefix}/{device_id}"
-        self.base = base
-        self.availability = f"{base}/availability"
-        self.state = f"{base}/state"
-        self.diagnostics = f"{base}/diagnostics"
-        self.event = f"{base}/event"
-        self.snapshot = f"{base}/snapshot"
-        self.switch_set = {name: f"{base}/{name}/set" for name in SWITCH_NAMES}
-        self.switch_state = {name: f"{base}/{name}/state" for name in SWITCH_NAMES}
-        self.recording_active = f"{base}/recording/active"
-        self.instance = f"{base}/instance"
-        self.discovery = f"{discovery_prefix}/device/{self.unique}/config"
-        self.ha_status = f"{discovery_prefix}/status"
 
 
 class MqttPublisher:
