@@ -202,7 +202,7 @@ class LeakSink:
 
 def measure(clip: Path, overrides: dict) -> dict:
     """Leaked reference faces with ``overrides`` on the defaults (privacy blur, no overlays, no recording)."""
-    from bench.edge import clip_config, run_closed
+    from bench.loop import clip_config, run_closed
     from fer_edge import app
     from fer_edge.vision.privacy import covered_regions
 
@@ -236,7 +236,7 @@ def measure(clip: Path, overrides: dict) -> dict:
 
 def inferences_per_frame(clip: Path, overrides: dict) -> float:
     """BlazeFace inferences per frame with privacy on: the detection cost without the noise of a shared CPU."""
-    from bench.edge import clip_config, run_closed
+    from bench.loop import clip_config, run_closed
     from fer_edge import app
     from fer_edge.testing import count_face_model_runs
     from fer_edge.vision.detector import BlazeFaceDetector
@@ -252,7 +252,7 @@ def inferences_per_frame(clip: Path, overrides: dict) -> float:
 
 
 def loop_fps(clip: Path, overrides: dict) -> float:
-    from bench.edge import fer_edge_loop
+    from bench.loop import fer_edge_loop
 
     return float(fer_edge_loop(clip, {"recording.enabled": False, **overrides})["fps"])
 

@@ -121,7 +121,7 @@ def first_face_lateness(clip: Path, overrides: dict | None = None) -> dict:
     the loop is behind already and falls further behind at its own rate)."""
     import statistics
 
-    from bench.edge import clip_config, run_closed
+    from bench.loop import clip_config, run_closed
     from fer_edge import app
 
     settings = {"source.realtime": True, "recording.presence_triggered": True, "recording.pre_roll_s": 3.0}
@@ -166,7 +166,7 @@ def fps_on_cores(clip: Path, cores: set[int], frames: int = 300) -> dict:
 
 
 def _loop(clip: Path, frames: int) -> dict:
-    from bench.edge import clip_config, run_closed
+    from bench.loop import clip_config, run_closed
     from fer_edge import app
 
     with tempfile.TemporaryDirectory() as out:

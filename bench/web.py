@@ -66,7 +66,7 @@ class _Viewer(threading.Thread):
 
 
 def _loop_fps(clip: Path, frames: int, overrides: dict, viewer: bool = False) -> dict:
-    from bench.edge import clip_config
+    from bench.loop import clip_config
     from fer_edge import app
 
     with tempfile.TemporaryDirectory() as out:

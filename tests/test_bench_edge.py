@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.edge import ShownAgainstSmoothed, fer_edge_loop, label_flicker, shown_against_smoothed, table
+from bench.edge import table
+from bench.loop import ShownAgainstSmoothed, fer_edge_loop, label_flicker, shown_against_smoothed
 from fer_edge.types import Box, Face, Prediction
 from fer_edge.vision.smoothing import HeldPrediction
 
