@@ -20,7 +20,7 @@ from fer_edge.record.diskspace import finished_recordings
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
 from fer_edge.record.folderlock import LOCK_NAME
 from fer_edge.record.index import DB_NAME, RecordingIndex
-from fer_edge.record.retention import Retention
+from fer_edge.record.retention import ClockWatch, Retention
 
 DAY = 86400.0
 
@@ -160,3 +160,34 @@ def test_a_bad_age_limit_is_refused_naming_the_key(value, message):
 def test_the_default_keeps_a_week_and_null_keeps_everything():
     assert load_config().recording.max_age_days == 7.0
     assert load_config(overrides={"recording.max_age_days": None}).recording.max_age_days is None
+
+
+def test_recordings_made_before_the_clock_was_set_are_kept_for_their_real_age(recorded, tmp_path, caplog):
+    """A Pi that booted at 1970 records until the network time steps its clock to now: what it wrote then is
+    minutes old, not 56 years, and retention keeps it; a recording really older than the limit still goes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    boot = 86400.0  # 1970-01-02, the clock a Pi without a saved time boots with
+    stepped = time.time()
+    wall = {"t": boot}
+    steady = {"t": 100.0}
+    watch = ClockWatch(out, wall_clock=lambda: wall["t"], monotonic_clock=lambda: steady["t"])
+    at_boot = [time.strftime("%Y%m%d-%H%M%S", time.gmtime(boot + 60 * n)) + f"-{n:04d}" for n in (1, 2)]
+    for n, stem in enumerate(at_boot, 1):
+        place(recorded, out, stem, mtime_days_ago=(stepped - boot - 60 * n - 3) / DAY)  # as that clock stamped it
+    really_old = stem_days_ago(9, 3)
+    place(recorded, out, really_old, mtime_days_ago=9)
+    wall["t"], steady["t"] = boot + 300.0, 400.0
+    assert watch.check() == 0.0
+    wall["t"], steady["t"] = stepped, 401.0  # NTP steps the clock forward 56 years
+
+    with caplog.at_level("WARNING"):
+        step = watch.check()
+
+    assert step == pytest.approx(stepped - boot - 301.0)
+    assert "4 recording file(s)" in caplog.text
+    assert Retention(out, 7.0).check() == [really_old]
+    assert {stem for stem, _ in finished_recordings(out)} == set(at_boot)
+    for stem in at_boot:
+        written = (out / f"{stem}.mp4").stat().st_mtime
+        assert stepped - 300 < written < stepped  # minutes before the step, on the right clock

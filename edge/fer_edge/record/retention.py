@@ -8,11 +8,18 @@ clock does not count: it was set after one made while the clock was ahead, to ke
 :class:`~fer_edge.record.clock.SegmentClock`), and says nothing of the recording's age. The open segment is never
 deleted. The disk floor (:mod:`fer_edge.record.diskspace`) still deletes the oldest recordings first when space
 runs short, whatever their age.
+
+A Pi has no real-time clock: it may record for a while at a boot time hours, days or decades behind before the
+network time steps the clock. Files written then carry that clock's times and would read as that much older, so
+retention would delete them early (at once, when the clock read 1970). The thread that applies retention watches the
+wall clock against the monotonic one, and when the wall clock steps, re-dates the recordings this run wrote before the
+step by the step (:class:`ClockWatch`), so that their age counts from when they were really written.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 DAY_S = 86400.0
 SYNC_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 3600.0
+CLOCK_STEP_S = 60.0  # a wall clock that moves this much against the monotonic one was stepped, not slewed
 FINAL_SYNC_S = 5.0  # what is left is indexed at the next start
 
 
@@ -95,6 +103,68 @@ def _last_written(files: list[Path]) -> float | None:
         return None
 
 
+class ClockWatch:
+    """Notices the wall clock stepping against the monotonic one, and moves the modification times of the
+    recordings in ``directory`` written since it started, before the step, by the step. The steady clock is
+    CLOCK_BOOTTIME: it counts a suspend, which is time that passed, not a step."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic_clock: Callable[[], float] = lambda: time.clock_gettime(time.CLOCK_BOOTTIME),
+        step_s: float = CLOCK_STEP_S,
+    ):
+        self.directory = directory
+        self._wall = wall_clock
+        self._monotonic = monotonic_clock
+        self._step_s = step_s
+        self._offset = self._wall() - self._monotonic()
+        self._since = self._wall()  # on the clock as it read before the last step
+
+    def check(self) -> float:
+        """The step since the last check (0.0: none); the recordings written before it are re-dated."""
+        wall = self._wall()
+        offset = wall - self._monotonic()
+        step = offset - self._offset
+        if abs(step) < self._step_s:
+            return 0.0
+        self._offset = offset
+        until = wall - step
+        moved = redate(self.directory, self._since, until, step)
+        log.warning(
+            "clock: the wall clock stepped by %+.0f s (%s UTC, now %s UTC); %d recording file(s) written before "
+            "the step re-dated by as much, so that retention counts their age from when they were written",
+            step,
+            _utc(until),
+            _utc(wall),
+            moved,
+        )
+        self._since += step
+        return step
+
+
+def redate(directory: Path, since: float, until: float, step: float) -> int:
+    """Move the modification time of each recording file in ``directory`` last written within [since, until] by
+    ``step`` seconds; how many were moved."""
+    moved = 0
+    for _, files in finished_recordings(directory):
+        for path in files:
+            try:
+                written = path.stat().st_mtime
+                if since <= written <= until:
+                    os.utime(path, (written + step, written + step))
+                    moved += 1
+            except OSError as exc:
+                log.warning("clock: cannot re-date %s (%s)", path, exc)
+    return moved
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
 class Housekeeper:
     """A thread that follows the recordings into the review index (every ``sync_interval_s``) and applies retention
     (at start, then every ``retention_interval_s``). It sits among the pipeline's sinks so that it is closed with
@@ -114,6 +184,7 @@ class Housekeeper:
         self.retention_interval_s = retention_interval_s
         self._stop = threading.Event()
         self._failing = False
+        self._clock_watch = ClockWatch(directory)  # here, before the recorder writes a file
         self._thread = threading.Thread(target=self._run, name="fer-edge-index", daemon=True)
 
     def start(self) -> Housekeeper:
@@ -133,9 +204,11 @@ class Housekeeper:
         if not isinstance(index, RecordingIndex):
             return
         retention = Retention(self.directory, self.max_age_days, index)
+        watch = self._clock_watch
         next_retention = 0.0
         try:
             while True:
+                self._attempt("watching the clock", watch.check)
                 if time.monotonic() >= next_retention:
                     self._attempt("retention", retention.check)
                     next_retention = time.monotonic() + self.retention_interval_s
