@@ -3,6 +3,7 @@ younger is touched, nor the segment being written; at start-up of a run too."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -191,3 +192,45 @@ def test_recordings_made_before_the_clock_was_set_are_kept_for_their_real_age(re
     for stem in at_boot:
         written = (out / f"{stem}.mp4").stat().st_mtime
         assert stepped - 300 < written < stepped  # minutes before the step, on the right clock
+
+
+def test_a_full_disk_never_stops_retention_or_the_index_nor_floods_the_log(recorded, tmp_path):
+    """A real tmpfs, full when the thread starts (the index cannot even be opened) and again while it runs (a new
+    recording's thumbnail and rows cannot be written): retention still deletes what is too old, the index is
+    kept and opened once there is room, it catches up, and each failure is said once, not at every try."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    old, young, late = stem_days_ago(30, 1), stem_days_ago(1, 2), stem_days_ago(0.5, 3)
+    place(recorded, staging, old, mtime_days_ago=30)
+    place(recorded, staging, young, mtime_days_ago=1)
+    index = RecordingIndex(staging)
+    index.sync()
+    index.close()
+    child = Path(__file__).with_name("housekeeper_child.py")
+    script = (
+        f"mount -t tmpfs -o size=4m tmpfs {mount} && cp -a {staging} {mount}/out && "
+        f"{sys.executable} {child} {mount} {staging} {young} {late}"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    if result.returncode != 0 and "unshare" in result.stderr and "Operation not permitted" in result.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+
+    first = seen["full_at_start"]
+    assert first[0].startswith("index: opening the index failed") and first[1:] == [
+        f"retention: deleted 1 recording(s) older than 7 days, {old} to {old}",
+        "index: opening the index works again",  # retention made room
+    ], first
+    assert not any("unreadable" in line for line in first + seen["full_while_running"])  # the index was kept
+    full = seen["full_while_running"]
+    assert sum("no thumbnail" in line for line in full) == 1 and sum("failed" in line for line in full) == 1, full
+    assert not any("works again" in line for line in full), full
+    assert {f"{young}.mp4", f"{late}.mp4", DB_NAME} <= set(seen["files"]) and not any(old in f for f in seen["files"])

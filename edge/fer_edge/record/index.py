@@ -108,8 +108,11 @@ class RecordingIndex:
         self._scanned: tuple[int, str | None] | None = None  # (folder mtime, open stem) at the last scan
         self._scanned_at = -math.inf
         self._finished: set[str] = set()
+        self._no_thumbnail: set[str] = set()  # stems whose thumbnail failed, said once
         try:
             self.db = connect(self.path)
+        except sqlite3.OperationalError:
+            raise  # a full disk, a lock, an I/O error: the file may be fine, and is tried again
         except sqlite3.DatabaseError as exc:  # not a database (a torn copy, a stray file): rebuild it from the files
             log.warning("index: %s is unreadable (%s); rebuilding it from the recordings", self.path, exc)
             for suffix in ("", "-wal", "-shm"):
@@ -177,6 +180,7 @@ class RecordingIndex:
     def forget(self, stem: str) -> None:
         """Drop ``stem``'s rows and thumbnail (its files are gone)."""
         self._following.pop(stem, None)
+        self._no_thumbnail.discard(stem)
         with self.db:
             self._delete(stem)
         self.thumbnail_path(stem).unlink(missing_ok=True)
@@ -250,10 +254,15 @@ class RecordingIndex:
     def _thumbnail(self, stem: str, video: Path, offset_s: float | None) -> bool:
         try:
             self.thumbs.mkdir(FOLDER_MODE, exist_ok=True)
-            return write_thumbnail(video, offset_s or 0.0, self.thumbnail_path(stem))
+            written = write_thumbnail(video, offset_s or 0.0, self.thumbnail_path(stem))
         except Exception as exc:  # noqa: BLE001 - a file PyAV cannot read still gets listed, without a thumbnail
-            log.warning("index: no thumbnail for %s (%s)", video.name, exc)
+            # said once a recording: a full disk fails it again at each sync until space returns
+            if stem not in self._no_thumbnail:
+                log.warning("index: no thumbnail for %s (%s)", video.name, exc)
+            self._no_thumbnail.add(stem)
             return False
+        self._no_thumbnail.discard(stem)
+        return written
 
     def _add(self, stem: str, events: Iterable[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
         self.db.executemany(

@@ -18,6 +18,7 @@ step by the step (:class:`ClockWatch`), so that their age counts from when they 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -183,7 +184,7 @@ class Housekeeper:
         self.sync_interval_s = sync_interval_s
         self.retention_interval_s = retention_interval_s
         self._stop = threading.Event()
-        self._failing = False
+        self._failing: set[str] = set()  # the kinds of work failing now, each said once
         self._clock_watch = ClockWatch(directory)  # here, before the recorder writes a file
         self._thread = threading.Thread(target=self._run, name="fer-edge-index", daemon=True)
 
@@ -200,38 +201,42 @@ class Housekeeper:
             self._thread.join(30.0)
 
     def _run(self) -> None:
-        index = self._attempt("opening the index", lambda: RecordingIndex(self.directory))
-        if not isinstance(index, RecordingIndex):
-            return
-        retention = Retention(self.directory, self.max_age_days, index)
+        index: RecordingIndex | None = None
         watch = self._clock_watch
         next_retention = 0.0
         try:
             while True:
                 self._attempt("watching the clock", watch.check)
+                if index is None:  # a full disk or a failing card may refuse it for a while; retention goes on
+                    opened = self._attempt("opening the index", lambda: RecordingIndex(self.directory))
+                    index = opened if isinstance(opened, RecordingIndex) else None
                 if time.monotonic() >= next_retention:
-                    self._attempt("retention", retention.check)
+                    self._attempt("retention", Retention(self.directory, self.max_age_days, index).check)
                     next_retention = time.monotonic() + self.retention_interval_s
-                self._attempt("indexing", lambda: index.sync(lambda: not self._stop.is_set()))
+                if index is not None:
+                    self._attempt("indexing", functools.partial(index.sync, lambda: not self._stop.is_set()))
                 if self._stop.wait(self.sync_interval_s):
                     break
             # the sinks before it are closed, so the last segment is finished now; a stop waits for it a little
             until = time.monotonic() + FINAL_SYNC_S
-            self._attempt("indexing", lambda: index.sync(lambda: time.monotonic() < until))
+            if index is not None:
+                self._attempt("indexing", functools.partial(index.sync, lambda: time.monotonic() < until))
         finally:
-            index.close()
+            if index is not None:
+                index.close()
 
     def _attempt(self, what: str, work: Callable[[], object]) -> object:
+        """``work()``, or None when it raised: said once until that same work succeeds again."""
         try:
             result = work()
         except Exception as exc:  # noqa: BLE001 - the index is derived and rebuilt; it must never stop recording
-            if not self._failing:
+            if what not in self._failing:
                 log.warning("index: %s failed (%s: %s); retrying", what, type(exc).__name__, exc)
-            self._failing = True
+            self._failing.add(what)
             return None
-        if self._failing:
-            log.info("index: working again")
-        self._failing = False
+        if what in self._failing:
+            log.info("index: %s works again", what)
+        self._failing.discard(what)
         return result
 
 
