@@ -234,3 +234,19 @@ def test_a_full_disk_never_stops_retention_or_the_index_nor_floods_the_log(recor
     assert sum("no thumbnail" in line for line in full) == 1 and sum("failed" in line for line in full) == 1, full
     assert not any("works again" in line for line in full), full
     assert {f"{young}.mp4", f"{late}.mp4", DB_NAME} <= set(seen["files"]) and not any(old in f for f in seen["files"])
+
+
+def test_recordings_written_at_1970_count_their_age_from_when_the_clock_is_set(recorded, tmp_path, caplog):
+    """A run that recorded at 1970 and ended before the network time came (so it never saw the step): the next
+    run, with the clock set, cannot know when they were made; they are kept max_age_days from then."""
+    out = tmp_path / "out"
+    out.mkdir()
+    at_boot = "19700102-000100-0001"
+    place(recorded, out, at_boot, mtime_days_ago=(time.time() - 86460.0) / DAY)
+    now = time.time()
+    with caplog.at_level("WARNING"):
+        assert Retention(out, 7.0, wall_clock=lambda: now).check() == []
+    assert f"1 recording(s), {at_boot} to {at_boot}, were written while the clock was not set" in caplog.text
+    assert (out / f"{at_boot}.mp4").stat().st_mtime == pytest.approx(now)
+    assert Retention(out, 7.0, wall_clock=lambda: now + 6 * DAY).check() == []
+    assert Retention(out, 7.0, wall_clock=lambda: now + 8 * DAY).check() == [at_boot]

@@ -13,7 +13,9 @@ A Pi has no real-time clock: it may record for a while at a boot time hours, day
 network time steps the clock. Files written then carry that clock's times and would read as that much older, so
 retention would delete them early (at once, when the clock read 1970). The thread that applies retention watches the
 wall clock against the monotonic one, and when the wall clock steps, re-dates the recordings this run wrote before the
-step by the step (:class:`ClockWatch`), so that their age counts from when they were really written.
+step by the step (:class:`ClockWatch`), so that their age counts from when they were really written. A recording
+last written before 2024 (a clock never set, seen after a restart) has no known age: it counts from when retention
+first sees it with the clock set.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ DAY_S = 86400.0
 SYNC_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 3600.0
 CLOCK_STEP_S = 60.0  # a wall clock that moves this much against the monotonic one was stepped, not slewed
+# Before this (2024-01-01 UTC) the clock was not set (a Pi boots at 1970 without a saved time): a file written
+# then has no known age, and what it says would delete it at once.
+CLOCK_SET_BY = 1704067200.0
 FINAL_SYNC_S = 5.0  # what is left is indexed at the next start
 
 
@@ -68,14 +73,27 @@ class Retention:
         cutoff = now - self.max_age_days * DAY_S
         keep = set(open_stems(self.directory))
         old = []
+        unset = []
         for stem, files in finished_recordings(self.directory):
             written = _last_written(files)
             if stem in keep or written is None:
+                continue
+            if written < CLOCK_SET_BY <= now:
+                unset.append(stem)
+                _touch(files, now)
                 continue
             named = stem_time(stem)
             age_from = max(written, named) if named <= now else written
             if age_from < cutoff:
                 old.append((age_from, stem, files))
+        if unset:
+            log.warning(
+                "retention: %d recording(s), %s to %s, were written while the clock was not set; their age "
+                "counts from now",
+                len(unset),
+                unset[0],
+                unset[-1],
+            )
         deleted = []
         for _, stem, files in sorted(old):
             for path in files:
@@ -95,6 +113,14 @@ class Retention:
                 deleted[-1],
             )
         return deleted
+
+
+def _touch(files: list[Path], moment: float) -> None:
+    for path in files:
+        try:
+            os.utime(path, (moment, moment))
+        except OSError as exc:
+            log.warning("retention: cannot re-date %s (%s)", path, exc)
 
 
 def _last_written(files: list[Path]) -> float | None:
