@@ -7,9 +7,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from recorder_child import draw_frame, read_index, recorder_for, refused_write_run, run_on_full_tmpfs
+import pytest
+from recorder_child import child_env, draw_frame, read_index, recorder_for, refused_write_run, run_on_full_tmpfs
 from videos import decode_pyav
 
 from fer_edge.record.events import read_events
@@ -91,3 +94,58 @@ def test_an_events_file_keeps_its_videos_stem_through_a_read_only_spell(tmp_path
         in_events = [e["frame"] for e in read_events(log)]
         assert set(in_events) <= set(range(in_video[0], in_video[-1] + 31)), (video.name, in_video, in_events)
         assert in_events[0] == in_video[0], (video.name, in_video, in_events)
+
+
+UNPLUG = """
+import json, logging, subprocess, sys
+from pathlib import Path
+from recorder_child import draw_frame, recorder_for
+from fer_edge.types import Frame
+mount = Path(sys.argv[1])
+output = mount / "recordings"
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("fer_edge").addHandler(handler)
+logging.getLogger("fer_edge").setLevel(logging.INFO)
+seen = {}
+with recorder_for(output, 30.0, (320, 240), segment_seconds=1.0, min_free_mb=1, disk_check_interval_s=0) as recorder:
+    def feed(frames):
+        for i in frames:
+            recorder.write(Frame(draw_frame(i, 320, 240), i, i / 30.0), [])
+    feed(range(45))
+    subprocess.run(["umount", "-l", str(mount)], check=True)  # the disk is unplugged
+    feed(range(45, 90))
+    seen["made_on_the_mount_point"] = output.exists()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    output.mkdir()  # plugged in again, with its folder
+    feed(range(90, 150))
+seen["files"] = sorted(p.name for p in output.iterdir())
+seen["lines"] = lines
+print(json.dumps(seen))
+"""
+
+
+def test_an_unplugged_disk_is_waited_for_not_replaced_by_a_folder_on_the_sd_card(tmp_path):
+    """The recordings folder is on a disk that goes away mid-segment (a real tmpfs, lazily unmounted) and comes
+    back: no folder is made in the empty mount point meanwhile (it would fill the SD card, then hide under the
+    disk), and recording goes on in the folder on the disk once it is back, said once each way."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace: {probe.stderr.decode().strip()}")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = f"mount -t tmpfs -o size=8m tmpfs {mount} && {sys.executable} -c '{UNPLUG}' {mount}"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env())
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+
+    assert seen["made_on_the_mount_point"] is False
+    assert not (mount / "recordings").exists()  # nothing left on the disk under the mount point
+    videos = [name for name in seen["files"] if name.endswith(".mp4")]
+    assert len(videos) >= 2, seen
+    gone = [line for line in seen["lines"] if "is gone and cannot be made again" in line]
+    back = [line for line in seen["lines"] if "is back; started new files" in line]
+    assert len(gone) == 1 and "on another disk" in gone[0] and len(back) == 1, seen["lines"]
+    assert not any("was deleted while recording" in line for line in seen["lines"])
+    assert len(seen["lines"]) < 20, seen["lines"]  # 45 frames without the disk, each checking it: no line each

@@ -31,6 +31,7 @@ timestamps do not advance.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -149,6 +150,7 @@ class Recorder:
             raise RecordingError(f"cannot create output directory {self.output_dir}: {exc}") from None
         if not os.access(self.output_dir, os.W_OK):
             raise RecordingError(f"output directory {self.output_dir} is not writable")
+        self._folder_device = self.output_dir.stat().st_dev  # its disk: the folder is only made again on it
         min_free_bytes = int(recording.min_free_mb * MB)
         check_floor(self.output_dir, min_free_bytes)
         self._disk = DiskGuard(
@@ -251,14 +253,32 @@ class Recorder:
     def _check_disk(self) -> None:
         if not self.output_dir.is_dir():
             self._recreate_output_dir()
+            if self._folder_missing:  # nothing to measure or delete there; said once already
+                self.video.disk_checked(False)
+                self.events.disk_checked(False)
+                return
+        elif self._folder_missing:  # back by itself: its disk was mounted again
+            self._folder_missing = False
+            log.warning(
+                "recording: output folder %s is back; started new files (the files open when it went are lost)",
+                self.output_dir,
+            )
+            self.video.drop()
+            self.events.drop()
         has_room = self._disk.make_room(self._open_stems())
         self.video.disk_checked(has_room)
         self.events.disk_checked(has_room)
 
     def _recreate_output_dir(self) -> None:
-        """The folder was deleted under us (a cleanup script, an operator): make it again and start new files."""
+        """The folder was deleted under us (a cleanup script, an operator): make it again and start new files.
+
+        Only in a parent on the disk it was on: a disk unplugged or unmounted takes the folder with it, and one
+        made in the empty mount point would fill the SD card, hidden once the disk is mounted again. Recording
+        goes on when the folder is back (the disk mounted again)."""
         try:
-            self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
+            if self.output_dir.parent.stat().st_dev != self._folder_device:
+                raise OSError(errno.ENODEV, f"{self.output_dir.parent} is on another disk than the folder was")
+            self.output_dir.mkdir(FOLDER_MODE, exist_ok=True)
         except OSError as exc:
             if not self._folder_missing:
                 log.warning(
