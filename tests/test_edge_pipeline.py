@@ -598,3 +598,53 @@ def test_tracked_faces_are_found_again_in_windows_around_them_on_a_real_clip():
         assert region.x <= face.box.x and face.box.x2 <= region.x2 and region.w >= 2 * face.box.w
     assert {face.track_id for faces in sink.faces for face in faces} == {1}
     assert all(len(faces) == 1 for faces in sink.faces)
+
+
+def test_a_camera_outage_finishes_the_open_recording_at_once(demo_images, detector, classifier, tmp_path):
+    """A camera gone for hours: the segment it was recording is finished when it goes, video and events, so it is
+    listed and whole meanwhile and nothing says recording; the next frame after it comes back starts new files."""
+    from fer_edge.config import EventsConfig, RecordingConfig
+    from fer_edge.record.events import CURRENT_NAME
+    from fer_edge.record.recorder import count_video_frames, start_recorder
+
+    out = tmp_path / "out"
+    recorder = start_recorder(
+        RecordingConfig(output_dir=str(out), segment_seconds=300.0, min_free_mb=0), EventsConfig(), 30.0, (640, 360)
+    )
+    while_lost = {}
+
+    class CameraLostForHours:
+        def __init__(self):
+            self.reads = [Frame(demo_images[i], i, i / 30) for i in range(5)]
+            self.reads += [SourceWaiting("camera 0 lost; next try in 30 s")] * 3
+            self.reads += [Frame(demo_images[5 + i], 5 + i, 7200 + i / 30) for i in range(5)]
+
+        def read(self):
+            if len(self.reads) == 5:  # the camera is about to come back
+                deadline = time.monotonic() + 20
+                while (recorder.recording or (out / CURRENT_NAME).exists()) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the recorder thread finishes the files after the frames queued before
+                while_lost.update(
+                    recording=recorder.recording,
+                    videos=sorted(p.name for p in out.glob("*.mp4")),
+                    parts=sorted(p.name for p in out.glob("*.part")),
+                    events_open=(out / CURRENT_NAME).exists(),
+                )
+            return self.reads.pop(0) if self.reads else None
+
+        def interrupt(self):
+            pass
+
+        def close(self):
+            pass
+
+    pipeline = Pipeline(CameraLostForHours(), detector, classifier, OverlayAnnotator(), [recorder])
+    pipeline.run()
+    pipeline.close()
+
+    assert while_lost["recording"] is False and while_lost["parts"] == [] and not while_lost["events_open"]
+    [first] = while_lost["videos"]
+    assert (out / first.replace(".mp4", ".jsonl")).is_file()
+    videos = sorted(out.glob("*.mp4"))
+    assert [p.name for p in videos][0] == first and len(videos) == 2
+    assert [count_video_frames(p) for p in videos] == [5, 5]

@@ -100,6 +100,9 @@ class GatedRecorder:
     def discard_preroll(self) -> None:
         self.calls.append("discard pre-roll")
 
+    def source_lost(self) -> None:
+        self.calls.append("source lost")
+
     def close(self) -> None:
         self.closed = True
 

@@ -210,6 +210,13 @@ class Recorder:
         """Forget the frames held for the pre-roll (privacy went on: they were captured without it)."""
         self.video.discard_preroll()
 
+    def source_lost(self) -> None:
+        """The camera is gone: finish the open segment and events file now, not when it is back (hours later,
+        maybe), so that they are listed, kept whole and no longer shown as recording meanwhile."""
+        self.video.close()
+        self.events.close()
+        self._watch_files()
+
     def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
         """Record one frame; ``wall``: the wall-clock time it was handed over (default: now), for its events."""
         if self._closed:

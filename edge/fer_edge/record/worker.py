@@ -59,6 +59,7 @@ class RecordingCore(Protocol):
     def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None: ...
     def set_video(self, on: bool) -> None: ...
     def discard_preroll(self) -> None: ...
+    def source_lost(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -176,6 +177,11 @@ class RecorderThread:
         """Forget the pre-roll held so far, and the frames queued before this call, as pre-roll: privacy went on,
         and they were captured without it. Frames written after this call are the only pre-roll."""
         self._command(self.recorder.discard_preroll)
+
+    def source_lost(self) -> None:
+        """The source lost its camera: the open files are finished (on the recorder thread, after the frames
+        queued before); the next frame starts new ones."""
+        self._command(self.recorder.source_lost)
 
     def close(self) -> None:
         """Drain the queue, finalize the files (on the recorder thread) and end it, within the stop budget."""

@@ -90,6 +90,7 @@ class SwitchableRecorder(Protocol):
     def write(self, frame: Frame, faces: list[Face]) -> None: ...
     def set_video(self, on: bool) -> None: ...
     def discard_preroll(self) -> None: ...
+    def source_lost(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -123,6 +124,9 @@ class SwitchedRecorder:
             self._privacy = privacy
             if privacy:
                 self.recorder.discard_preroll()
+
+    def source_lost(self) -> None:
+        self.recorder.source_lost()
 
     def close(self) -> None:
         self.recorder.close()
