@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,32 @@ def test_an_unplugged_disk_is_waited_for_not_replaced_by_a_folder_on_the_sd_card
     assert len(gone) == 1 and "on another disk" in gone[0] and len(back) == 1, seen["lines"]
     assert not any("was deleted while recording" in line for line in seen["lines"])
     assert len(seen["lines"]) < 20, seen["lines"]  # 45 frames without the disk, each checking it: no line each
+
+
+def test_the_disk_floor_deletes_the_longest_unwritten_recording_first_whatever_its_name(tmp_path):
+    """Recordings named at 1970 (the clock of a Pi not yet set) were made this morning: the floor deletes
+    yesterday's first. One still last written at 1970 has no known age and goes last."""
+    from fer_edge.record.diskspace import DiskGuard
+
+    day = 86400.0
+    now = time.time()
+    recordings = {  # stem: when its files were last written
+        "20261206-120000-0001": now - day,
+        "19700102-000100-0001": now - 3600,  # re-dated when the clock was set
+        "19700102-000200-0002": 86520.0,  # never re-dated
+        "20261205-120000-0001": now - 2 * day,
+    }
+    for stem, written in recordings.items():
+        for suffix in (".mp4", ".jsonl"):
+            (tmp_path / f"{stem}{suffix}").write_bytes(b"\0" * 100_000)
+            os.utime(tmp_path / f"{stem}{suffix}", (written, written))
+    deleted: list[str] = []
+
+    def free() -> int:  # a 1 MB disk holding these files
+        return 1_000_000 - sum(p.stat().st_size for p in tmp_path.iterdir())
+
+    for wanted in (300_000, 500_000, 700_000, 900_000):
+        before = {p.name[:20] for p in tmp_path.iterdir()}
+        assert DiskGuard(tmp_path, wanted, free_bytes=free).make_room()
+        deleted += sorted(before - {p.name[:20] for p in tmp_path.iterdir()})
+    assert deleted == ["20261205-120000-0001", "20261206-120000-0001", "19700102-000100-0001", "19700102-000200-0002"]

@@ -8,6 +8,7 @@ deleted; anything else in the directory is left alone.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -29,6 +30,10 @@ def create_private(path: Path, *, append: bool = False) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
     return os.open(path, flags, FILE_MODE)
 
+
+# Before this (2024-01-01 UTC) the clock was not set (a Pi boots at 1970 without a saved time): a file written
+# then has no known age.
+CLOCK_SET_BY = 1704067200.0
 
 FINISHED_RECORDING = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.(?:mp4|jsonl|mp4\.broken)$")
 
@@ -107,7 +112,8 @@ class DiskGuard:
             self._said_unreachable = False
             return True
         try:
-            candidates = [files for stem, files in finished_recordings(self.directory) if stem not in keep_stems]
+            found = [(stem, files) for stem, files in finished_recordings(self.directory) if stem not in keep_stems]
+            candidates = [files for _, files in sorted(found, key=_written_order)]
         except OSError as exc:
             log.warning("cannot list %s: %s", self.directory, exc)
             return False
@@ -143,6 +149,22 @@ class DiskGuard:
             if free >= self.min_free_bytes:
                 return True
         return False
+
+
+def _written_order(recording: tuple[str, list[Path]]) -> tuple[float, str]:
+    """Oldest first by when the files were last written, then by name. Names keep recording order only while
+    the clock does: a Pi that booted at 1970 names what it records then as the oldest of all, though it is the
+    newest. A last write before the clock was set has no known age: last, as the newest."""
+    stem, files = recording
+    written = max((_mtime(path) for path in files), default=math.inf)
+    return (written if written >= CLOCK_SET_BY else math.inf), stem
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # deleted meanwhile
+        return -math.inf
 
 
 def _size(path: Path) -> int:

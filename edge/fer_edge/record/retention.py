@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fer_edge.record.diskspace import finished_recordings
+from fer_edge.record.diskspace import CLOCK_SET_BY, finished_recordings
 from fer_edge.record.index import RecordingIndex, open_stems
 from fer_edge.record.naming import stem_time
 from fer_edge.types import Face, Frame
@@ -43,9 +43,6 @@ DAY_S = 86400.0
 SYNC_INTERVAL_S = 1.0
 RETENTION_INTERVAL_S = 3600.0
 CLOCK_STEP_S = 60.0  # a wall clock that moves this much against the monotonic one was stepped, not slewed
-# Before this (2024-01-01 UTC) the clock was not set (a Pi boots at 1970 without a saved time): a file written
-# then has no known age, and what it says would delete it at once.
-CLOCK_SET_BY = 1704067200.0
 FINAL_SYNC_S = 5.0  # what is left is indexed at the next start
 
 
