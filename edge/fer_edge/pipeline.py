@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting, Track
+from fer_edge.types import Box, Detection, Face, Frame, Prediction, SourceWaiting, Track, bgr_image
 from fer_edge.vision.privacy import BlurHold
 from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule, FaceScan
 from fer_edge.vision.smoothing import NullSmoother
@@ -251,6 +251,7 @@ class Pipeline:
                 if isinstance(frame, SourceWaiting):
                     window = self._wait(frame, window)
                     continue
+                frame.image = bgr_image(frame.image)  # once here, so no stage meets a grey or BGRA frame
                 resumed = window.waiting is not None
                 if resumed:  # the camera is back: status lines count from now
                     window = _StatusWindow(time.monotonic())

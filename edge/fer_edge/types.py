@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fer_edge.errors import SourceError
+
 
 @dataclass(frozen=True, slots=True)
 class Box:
@@ -164,6 +166,18 @@ class Frame:
     image: np.ndarray
     index: int
     timestamp: float
+
+
+def bgr_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as the BGR uint8 (H, W, 3) pixels every stage expects: a grey image (H, W) or (H, W, 1) is spread
+    over three channels, a BGRA one loses its alpha; any other shape or type is a :class:`SourceError`."""
+    if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return image
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 4):
+        raise SourceError(f"the source gave {image.dtype} frames of shape {image.shape}, not 8-bit grey, BGR or BGRA")
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else np.ascontiguousarray(image[:, :, :3])
 
 
 @dataclass(frozen=True, slots=True)

@@ -433,12 +433,9 @@ class Picamera2Source:
     def read(self) -> Frame | None:
         if self._interrupted.is_set():
             return None
-        image = self._camera.capture_array("main")
-        if image.shape[2] == 4:
-            image = image[:, :, :3]
         index = self._index
         self._index += 1
-        return Frame(np.ascontiguousarray(image), index, time.monotonic())
+        return Frame(self._camera.capture_array("main"), index, time.monotonic())  # the loop drops an alpha
 
     def interrupt(self) -> None:
         self._interrupted.set()
