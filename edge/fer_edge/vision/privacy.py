@@ -60,9 +60,10 @@ class BlurHold:
     """Keeps each anonymized box anonymized for ``hold_s`` after the frame it was last given on.
 
     A detector's score for a hard face (behind glass, turned, in shade) wavers around its threshold from frame to
-    frame; a face it found on the last frames is most likely still there on this one. A held box is dropped as
-    soon as a box of this frame overlaps it (the face was found again, there), so a face that is found leaves no
-    trail of blur behind it; one that is lost stays covered where it was last seen.
+    frame; a face it found on the last frames is most likely still there on this one. Each box of this frame takes
+    the place of the held box it overlaps most (the face found again, there or a little further on), so a face that
+    is found leaves no trail of blur behind it; one that is lost stays covered where it was last seen, also when a
+    found face beside it overlaps its box (two faces close together, one of them lost for a frame).
     """
 
     def __init__(self, hold_s: float) -> None:
@@ -73,11 +74,13 @@ class BlurHold:
         """This frame's ``boxes`` (at time ``t``, seconds; each once) and those given within the last ``hold_s``."""
         if self.hold_s <= 0:
             return list(dict.fromkeys(boxes))
-        held = {
-            box: seen
-            for box, seen in self._last_seen.items()
-            if 0 <= t - seen <= self.hold_s and not any(box.iou(found) > 0 for found in boxes)
-        }
+        held = {box: seen for box, seen in self._last_seen.items() if 0 <= t - seen <= self.hold_s}
+        pairs = sorted(((found.iou(box), found, box) for found in boxes for box in held), key=lambda p: -p[0])
+        taken: set[Box] = set()
+        for overlap, found, box in pairs:
+            if overlap > 0 and found not in taken and box in held:
+                taken.add(found)
+                del held[box]
         self._last_seen = {**held, **dict.fromkeys(boxes, t)}
         return list(self._last_seen)
 
