@@ -7,7 +7,6 @@ are imported only by the backend that needs them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fer_edge.capture.files import ImageFolderSource, VideoFileSource, quiet_opencv
 from fer_edge.capture.prefetch import Prefetcher
 from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 LIVE_DEPTH = 2  # camera frames held for the loop: the newest two (one decodes while the loop works); older dropped
 WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
 
@@ -101,179 +100,6 @@ def stream_timeouts(cv2: Any) -> list[int]:
     return [value for name, limit in limits if hasattr(cv2, name) for value in (getattr(cv2, name), limit)]
 
 
-def _quiet_opencv(cv2: Any) -> None:
-    # OpenCV and its FFmpeg print their own lines for a missing camera or an undecodable file ("moov atom
-    # not found"); we report one clear line instead. FFmpeg reads its level at the first capture
-    # (OPENCV_FFMPEG_LOGLEVEL=32 in the environment brings its messages back for debugging).
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    except AttributeError:
-        pass
-
-
-class _Pacer:
-    """Sleeps so that frame ``i`` is delivered at ``start + i / fps`` (for realtime replays)."""
-
-    def __init__(self, fps: float, interrupted: threading.Event):
-        self.period = 1.0 / fps
-        self.start: float | None = None
-        self._interrupted = interrupted
-
-    def wait(self, index: int) -> float:
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now - index * self.period
-        due = self.start + index * self.period
-        if due > now:
-            self._interrupted.wait(due - now)
-            return due
-        return now
-
-
-class VideoFileSource:
-    """A video file through OpenCV; timestamps are ``index / fps`` unless paced in real time.
-
-    Frames are decoded a few ahead on a thread of their own (:class:`~fer_edge.capture.prefetch.Prefetcher`);
-    pacing, indices and timestamps stay with :meth:`read`, on the consumer's side.
-    """
-
-    def __init__(self, path: str | os.PathLike, *, realtime: bool = False, loop: bool = False):
-        import cv2
-
-        _quiet_opencv(cv2)
-        self._cv2 = cv2
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise SourceError(f"video file not found: {self.path}")
-        self._capture = cv2.VideoCapture(str(self.path))
-        if not self._capture.isOpened():
-            raise SourceError(f"cannot open video file {self.path} (not a video OpenCV can decode?)")
-        fps = self._capture.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and 0 < fps < 1000 else 30.0
-        # The first frame is decoded here: a file whose header opens but whose frames do not decode (cut
-        # or overwritten) is refused at start-up, not run as an empty video.
-        ok, image = self._capture.read()
-        if not ok:
-            raise SourceError(f"video file {self.path} has no frame that decodes")
-        self._pending: np.ndarray | None = image
-        height, width = image.shape[:2]
-        self.size = (width, height)
-        self.loop = loop
-        self._interrupted = threading.Event()
-        self._pacer = _Pacer(self.fps, self._interrupted) if realtime else None
-        self._index = 0
-        self._decoded = 1  # frames decoded in this pass through the file
-        count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
-        self.frame_count = int(count) if count and 0 < count < 2**31 else None  # from the header
-        self._ahead: Prefetcher[np.ndarray] = Prefetcher(self._decode_next, name="fer-edge-decode-file")
-
-    def read(self) -> Frame | None:
-        if self._interrupted.is_set():
-            return None
-        image: np.ndarray | None
-        if self._pending is not None:
-            image, self._pending = self._pending, None
-            self._ahead.start()  # the second frame decodes while the loop works on the first
-        else:
-            image = self._ahead.get()
-        if image is None:
-            return None
-        index = self._index
-        self._index += 1
-        timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
-        return None if self._interrupted.is_set() else Frame(image, index, timestamp)
-
-    def _decode_next(self) -> np.ndarray | None:
-        """The next image of the file (from the start again when looping); None at its end. On the decode thread."""
-        ok, image = self._capture.read()
-        if ok:
-            self._decoded += 1
-            return image
-        self._warn_if_cut_short()
-        if not self.loop:
-            return None
-        self._capture.set(self._cv2.CAP_PROP_POS_FRAMES, 0)
-        ok, image = self._capture.read()
-        self._decoded = 1 if ok else 0
-        return image if ok else None
-
-    def _warn_if_cut_short(self) -> None:
-        """A damaged file (cut, or with undecodable frames) stops decoding before the frame count its header
-        gives; containers round that count, so a shortfall of a few frames is no damage."""
-        expected = self.frame_count
-        if expected is not None and self._decoded < expected - max(2, expected // 100):
-            log.warning(
-                "video file %s ended after %d of the %d frames its header announces (damaged or cut?)",
-                self.path,
-                self._decoded,
-                expected,
-            )
-
-    def interrupt(self) -> None:
-        self._interrupted.set()
-        self._ahead.stop()
-
-    def close(self) -> None:
-        self._interrupted.set()
-        if self._ahead.close():
-            self._capture.release()  # not under a decode still in progress: the thread owns the capture until it ends
-
-
-class ImageFolderSource:
-    """The images of a folder in name order, as frames of one size (the first image's)."""
-
-    def __init__(self, path: str | os.PathLike, *, fps: float = 30.0, realtime: bool = False, loop: bool = False):
-        import cv2
-
-        self._cv2 = cv2
-        folder = Path(path)
-        if not folder.is_dir():
-            raise SourceError(f"image folder not found: {folder}")
-        self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self._files:
-            raise SourceError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        first = self._load(self._files[0])
-        if first is None:
-            raise SourceError(f"cannot read image {self._files[0]}")
-        self.size = (first.shape[1], first.shape[0])
-        self.fps = fps
-        self.loop = loop
-        self._interrupted = threading.Event()
-        self._pacer = _Pacer(fps, self._interrupted) if realtime else None
-        self._position = 0
-        self._index = 0
-
-    def _load(self, path: Path) -> np.ndarray | None:
-        return self._cv2.imread(str(path), self._cv2.IMREAD_COLOR)
-
-    def read(self) -> Frame | None:
-        while not self._interrupted.is_set():
-            if self._position >= len(self._files):
-                if not self.loop:
-                    return None
-                self._position = 0
-            path = self._files[self._position]
-            self._position += 1
-            image = self._load(path)
-            if image is None:
-                log.warning("skipping unreadable image %s", path)
-                continue
-            if (image.shape[1], image.shape[0]) != self.size:
-                image = self._cv2.resize(image, self.size, interpolation=self._cv2.INTER_AREA)
-            index = self._index
-            self._index += 1
-            timestamp = self._pacer.wait(index) if self._pacer else index / self.fps
-            return None if self._interrupted.is_set() else Frame(image, index, timestamp)
-        return None
-
-    def interrupt(self) -> None:
-        self._interrupted.set()
-
-    def close(self) -> None:
-        pass
-
-
 class OpenCvCaptureSource:
     """A USB camera (index) or stream (URL) through OpenCV. A camera that disappears is reopened with
     exponential back-off; while it waits, :meth:`read` returns a :class:`SourceWaiting` at least every
@@ -292,7 +118,7 @@ class OpenCvCaptureSource:
     ):
         import cv2
 
-        _quiet_opencv(cv2)
+        quiet_opencv(cv2)
         self._cv2 = cv2
         digits = isinstance(device, str) and device.isascii() and device.isdigit()
         self.device: int | str = int(device) if digits else device
