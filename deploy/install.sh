@@ -53,7 +53,8 @@ usage: sudo $0 [options]
   --web-port N     with --instance: the live view on 127.0.0.1:N (web.enabled)
   --device-id ID   with --instance: mqtt.device_id (default: HOSTNAME-NAME)
   --config FILE    install FILE as the config (config.yaml, or NAME.yaml with --instance), replacing the one
-                   there: for a config managed elsewhere (deploy/ansible); still checked before any restart
+                   there: for a config managed elsewhere (deploy/ansible); still checked before any restart,
+                   and the one there put back when the check or the start fails
   --prefix DIR     install under DIR instead of / (tests; system commands must be stubs on PATH)
   --uninstall      remove what install added; keeps recordings, the fer-edge user and an edited config
 EOF
@@ -108,6 +109,7 @@ UNIT="$UNIT_DIR/$SERVICE.service"
 DROPIN_DIR="$UNIT_DIR/$SERVICE.service.d"
 DROPIN="$DROPIN_DIR/50-backoff.conf"
 STAMP="$OPT/.python-packages.sha256"
+VENV_PREVIOUS="$OPT/venv.previous"  # the venv an upgrade replaces, until the service runs with the new one
 TEMPLATE_UNIT="$UNIT_DIR/$SERVICE@.service"
 SLICE_UNIT="$UNIT_DIR/$SERVICE.slice"
 TEMPLATE_DROPIN="$UNIT_DIR/$SERVICE@.service.d/50-backoff.conf"
@@ -115,8 +117,13 @@ TEMPLATE_DROPIN="$UNIT_DIR/$SERVICE@.service.d/50-backoff.conf"
 LOCK_PLATFORM="aarch64 3.11"
 MODEL="${MODEL:-$SRC/models/fer_int8.tflite}"
 CHANGED=0
+VENV_SAVED=0
+CONFIG_PREVIOUS=
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+# Any failure after pip touched the venv or --config replaced the config (pip itself, check-config, a unit
+# file) puts the previous ones back: the running service, and its next start after a crash or a reboot, keep
+# the release and the config they ran with.
+trap 'if [ "$?" != 0 ]; then restore_venv || true; restore_config || true; fi; rm -rf "$WORK"' EXIT
 
 # --- system commands (the seams) ---------------------------------------------------------------
 
@@ -319,6 +326,7 @@ python_env() {
         say "python packages unchanged"
         return 0
     fi
+    save_venv
     export PIP_DISABLE_PIP_VERSION_CHECK=1
     if [ -n "$lock" ]; then
         say "pip: ${lock#"$SRC/"} (--require-hashes; NumPy $("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)' \
@@ -338,6 +346,39 @@ python_env() {
     install -m 0644 "$work/constraints.txt" "$OPT/constraints.txt"
     echo "$stamp" > "$STAMP"
     CHANGED=1
+}
+
+# save_venv: before pip changes a venv that a service runs, copy it aside (the copy works in place again:
+# its scripts name /opt/fer-edge/venv, where restore_venv puts it back).
+save_venv() {
+    [ -f "$STAMP" ] && [ -x "$VENV/bin/fer-edge" ] || return 0  # a first install: nothing runs yet
+    rm -rf "$VENV_PREVIOUS" "$VENV_PREVIOUS.tmp"
+    if ! cp -a "$VENV" "$VENV_PREVIOUS.tmp"; then
+        rm -rf "$VENV_PREVIOUS.tmp"
+        die "could not copy ${VENV#"$ROOT"} aside before upgrading it (disk full?): nothing changed"
+    fi
+    cp -p "$STAMP" "$VENV_PREVIOUS.tmp/.python-packages.sha256"
+    mv -T "$VENV_PREVIOUS.tmp" "$VENV_PREVIOUS"
+    VENV_SAVED=1
+}
+
+# restore_venv: put back the venv save_venv kept; fails when there is none.
+restore_venv() {
+    [ "$VENV_SAVED" = 1 ] || return 1
+    VENV_SAVED=0
+    rm -rf "$VENV.failed"
+    mv -T "$VENV" "$VENV.failed"
+    mv -T "$VENV_PREVIOUS" "$VENV"
+    mv -f "$VENV/.python-packages.sha256" "$STAMP"
+    rm -rf "$VENV.failed"
+    say "put back the previous fer-edge and Python packages in ${VENV#"$ROOT"}"
+}
+
+# drop_saved_venv: the service runs with the new venv; the previous one is not needed any more.
+drop_saved_venv() {
+    [ "$VENV_SAVED" = 1 ] || return 0
+    VENV_SAVED=0
+    rm -rf "$VENV_PREVIOUS"
 }
 
 # install_model FILE: copy FILE and its sidecar to models/<sha[:12]>/ under a temporary name, verify
@@ -409,10 +450,20 @@ rollback_model() {
 # start_failed WHAT: systemd could not start the service; if this install switched the model, switch
 # back and restart with the previous one. Never returns.
 start_failed() {
+    local restored=
     if [ -n "$MODEL_SWITCHED_FROM" ] && [ "$MODEL_SWITCHED_FROM" != none ]; then
         rollback_model
+        restored="previous model restored"
+    fi
+    if restore_venv; then
+        restored="${restored:+$restored, }previous packages restored"
+    fi
+    if restore_config; then
+        restored="${restored:+$restored, }previous config restored"
+    fi
+    if [ -n "$restored" ]; then
         systemctl restart "$RUN_UNIT" || true
-        die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT): previous model restored"
+        die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT): $restored"
     fi
     die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT)"
 }
@@ -422,6 +473,10 @@ config_file() {
     local template="$SRC/deploy/config.yaml"
     install_file "$template" "$OPT/config.yaml.dist" 0644
     if [ -n "$MANAGED_CONFIG" ]; then
+        if [ -f "$CONFIG" ] && ! cmp -s "$MANAGED_CONFIG" "$CONFIG"; then
+            cp -p "$CONFIG" "$WORK/config.previous"
+            CONFIG_PREVIOUS="$WORK/config.previous"
+        fi
         install_file "$MANAGED_CONFIG" "$CONFIG" 0640
     elif [ -n "$INSTANCE" ]; then
         instance_config "$template"
@@ -435,6 +490,15 @@ config_file() {
     fi
     chmod 0640 "$CONFIG"  # also one an earlier install left world-readable
     chown "root:$SERVICE_USER" "$CONFIG"
+}
+
+# restore_config: put back the config --config replaced; fails when it replaced none.
+restore_config() {
+    [ -n "$CONFIG_PREVIOUS" ] || return 1
+    mv -f "$CONFIG_PREVIOUS" "$CONFIG.tmp.$$"
+    mv -f "$CONFIG.tmp.$$" "$CONFIG"
+    CONFIG_PREVIOUS=
+    say "put back the previous ${CONFIG#"$ROOT"}"
 }
 
 # instance_config TEMPLATE: /etc/fer-edge/NAME.yaml from the template, written once (never overwritten):
@@ -542,9 +606,10 @@ do_install() {
     python_env
     install_model "$MODEL"
     config_file
+    check_config  # before the units: a refused release leaves the installed units as they were
     unit_files
-    check_config
     start_service || start_failed ""
+    drop_saved_venv
     prune_models  # only now that the service runs with the new model
 }
 

@@ -133,6 +133,16 @@ def _ensure_prerequisites() -> None:
         )
 
 
+def _dist_packages(folder: Path) -> Path:
+    """A folder that plays apt's dist-packages: links to .venv-edge's packages."""
+    folder.mkdir()
+    for entry in _site_packages(EDGE_VENV).iterdir():
+        if entry.suffix == ".pth" or entry.name == "__pycache__" or entry.name.startswith(NOT_FROM_APT):
+            continue
+        (folder / entry.name).symlink_to(entry)
+    return folder
+
+
 def _site_packages(venv: Path) -> Path:
     found = sorted(venv.glob("lib/python3*/site-packages"))
     assert found, f"{venv} has no site-packages"
@@ -249,12 +259,7 @@ def fake_pi(tmp_path_factory):
     (state / "group").write_text("root:x:0:\nvideo:x:44:\n")  # no render group: install.sh must add it
     (state / "systemd-version").write_text("252\n")
 
-    dist_packages = base / "dist-packages"
-    dist_packages.mkdir()
-    for entry in _site_packages(EDGE_VENV).iterdir():
-        if entry.suffix == ".pth" or entry.name == "__pycache__" or entry.name.startswith(NOT_FROM_APT):
-            continue
-        (dist_packages / entry.name).symlink_to(entry)
+    dist_packages = _dist_packages(base / "dist-packages")
 
     port = _free_port()
     env_line = (
@@ -873,3 +878,119 @@ def test_install_never_follows_a_symbolic_link_the_service_could_have_made(model
     calls = calls_log.read_text().splitlines() if calls_log.exists() else []
     assert not [c for c in calls if c.startswith("chown") and str(linked) in c], calls
     assert linked.is_symlink() and not list(victim.iterdir())
+
+
+def _release(folder: Path, version: str, rename: tuple[str, str] | None = None) -> Path:
+    """A release as deploy.sh stages it, this checkout's with a version marker in the package and, with
+    rename, one config key renamed (a release whose check-config refuses the installed config)."""
+    folder.mkdir()
+    for part in ("edge", "requirements-edge.txt", "requirements-pi.lock", "deploy", "systemd", "models"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, folder / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+        else:
+            shutil.copy(source, folder / part)
+    package = folder / "edge/fer_edge/__init__.py"
+    package.write_text(package.read_text() + f'\nRELEASE = "{version}"\n')
+    if rename:
+        device = folder / "edge/fer_edge/config/device.py"
+        text = device.read_text()
+        assert f"    {rename[0]}: " in text
+        device.write_text(text.replace(f"    {rename[0]}: ", f"    {rename[1]}: "))
+    return folder
+
+
+def _local_pi(tmp_path: Path):
+    """install.sh --prefix on a fake Pi without ssh: install(release, *args), its environment, state, root."""
+    _ensure_prerequisites()
+    env, state = _stubbed_system(tmp_path / "system")
+    env = {**env, "PYTHONPATH": str(_dist_packages(tmp_path / "dist-packages")), "PIP_NO_INDEX": "1"}
+    root = tmp_path / "root"
+
+    def install(release: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "bash",
+                str(release / "deploy/install.sh"),
+                "--src",
+                str(release),
+                "--prefix",
+                str(root),
+                "--no-apt",
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    return install, env, state, root
+
+
+def test_an_upgrade_that_fails_leaves_the_release_the_service_runs(tmp_path):
+    """The running service keeps its packages in memory, but its next start (a crash, the watchdog, a reboot)
+    loads them from the venv: a refused or failed upgrade must leave the venv as it was."""
+    install, env, state, root = _local_pi(tmp_path)
+    venv = root / "opt/fer-edge/venv"
+
+    def running() -> str:
+        probe = [str(venv / "bin/python"), "-c", "import fer_edge; print(fer_edge.RELEASE)"]
+        return subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    unit = root / "etc/systemd/system/fer-edge.service"
+    first = install(_release(tmp_path / "v1", "v1"))
+    assert first.returncode == 0, first.stderr
+    assert running() == "v1"
+    installed_unit = unit.read_text()
+
+    refusing = _release(tmp_path / "v2", "v2", rename=("status_interval_s", "status_every_s"))
+    (refusing / "systemd/fer-edge.service").write_text(installed_unit + "# v2\n")
+    result = install(refusing)
+    assert result.returncode != 0
+    assert "logging.status_interval_s: unknown key" in result.stderr
+    assert "does not pass fer-edge check-config: service not (re)started" in result.stderr
+    assert "put back the previous fer-edge and Python packages in /opt/fer-edge/venv" in result.stderr
+    assert running() == "v1"
+    assert unit.read_text() == installed_unit  # the units of the refused release are not installed either
+    config = root / "etc/fer-edge/config.yaml"
+    check = [str(venv / "bin/fer-edge"), "check-config", "--model-optional", "--config", str(config)]
+    assert subprocess.run(check, env=env, capture_output=True).returncode == 0  # the unit's ExecStartPre
+
+    (state / "fail-next-start").touch()
+    result = install(_release(tmp_path / "v3", "v3"))
+    assert result.returncode != 0
+    assert "did not start (journalctl -u fer-edge): previous packages restored" in result.stderr
+    assert running() == "v1"
+    assert (state / "active").read_text().strip() == "active"  # restarted with v1
+
+    again = install(_release(tmp_path / "v1-again", "v1"))
+    assert again.returncode == 0, again.stderr
+    assert "python packages unchanged" in again.stderr  # the stamp was put back with the venv
+    upgrade = install(_release(tmp_path / "v4", "v4"))
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert running() == "v4"
+    assert sorted(p.name for p in (root / "opt/fer-edge").iterdir() if p.name.startswith("venv")) == ["venv"]
+
+
+def test_a_config_that_install_config_refuses_leaves_the_one_the_service_runs(tmp_path):
+    """install.sh --config FILE replaces the config; when the check refuses FILE, the service's next start
+    must still find the config it runs with, not FILE."""
+    install, _, _, root = _local_pi(tmp_path)
+    release = _release(tmp_path / "release", "v1")
+    first = install(release)
+    assert first.returncode == 0, first.stderr
+    config = root / "etc/fer-edge/config.yaml"
+    running = config.read_bytes()
+    managed = tmp_path / "managed.yaml"
+    managed.write_text(config.read_text().replace("status_interval_s: 60.0", "status_intervl_s: 60.0"))
+    result = install(release, "--config", str(managed))
+    assert result.returncode != 0
+    assert "logging.status_intervl_s: unknown key" in result.stderr
+    assert "put back the previous /etc/fer-edge/config.yaml" in result.stderr
+    assert config.read_bytes() == running
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    managed.write_text(config.read_text().replace("status_interval_s: 60.0", "status_interval_s: 30.0"))
+    accepted = install(release, "--config", str(managed))
+    assert accepted.returncode == 0, accepted.stderr
+    assert config.read_text() == managed.read_text()
