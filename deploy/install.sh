@@ -7,6 +7,7 @@
 #                                 64-bit Python 3.11 (Bookworm) every other package from requirements-pi.lock,
 #                                 pip --require-hashes: every Pi gets the same versions
 #   /var/lib/fer-edge/models      <sha256[:12]>/model.tflite + model.json, `current` -> the active one
+#                                 (<sha256[:12]>-<sidecar's sha256[:8]>/ for the same model with another sidecar)
 #   /var/lib/fer-edge/recordings  recordings and events.jsonl (kept by --uninstall)
 #   /etc/fer-edge/config.yaml     written once, never overwritten (a newer template: config.yaml.new)
 #   /etc/systemd/system/fer-edge.service (+ fer-edge.service.d/50-backoff.conf on systemd >= 254)
@@ -392,6 +393,11 @@ install_model() {
     want="$(json_sha256 "$sidecar")"
     [ "$(file_sha256 "$model")" = "$want" ] || die "$model does not match the sha256 in $(basename "$sidecar")"
     version="${want:0:12}"
+    if [ -d "$MODELS/$version" ] && ! cmp -s "$sidecar" "$MODELS/$version/model.json"; then
+        # the same model with another sidecar (labels, face margin, calibration): its own folder, or the
+        # service would go on with the sidecar installed before
+        version="$version-$(file_sha256 "$sidecar" | cut -c1-8)"
+    fi
     make_dir "$MODELS" 0755
     if [ ! -d "$MODELS/$version" ]; then
         local incoming

@@ -653,6 +653,24 @@ def test_a_model_swap_prunes_after_the_restart_and_keeps_the_previous_model(mode
     assert result.stderr.index("restarting fer-edge with the new model") < result.stderr.index("removed old model")
 
 
+def test_a_model_deployed_again_with_a_changed_sidecar_takes_the_new_sidecar(model_only_pi, tmp_path):
+    """The same .tflite with a corrected sidecar (labels, face margin, calibration) is a new model to the service."""
+    pi = model_only_pi
+    (model,) = _small_models(tmp_path, "a")
+    assert pi.install(model).returncode == 0
+    first = (pi.models / "current").readlink()
+    sidecar = json.loads(model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**sidecar, "face_margin": 1.2}))
+    result = pi.install(model)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do" not in result.stderr and "restarting fer-edge with the new model" in result.stderr
+    assert (pi.models / "current").readlink() != first
+    assert json.loads((pi.models / "current/model.json").read_text())["face_margin"] == 1.2
+    assert (pi.models / first / "model.json").read_text() == json.dumps(sidecar)  # the rollback target, as it was
+    again = pi.install(model)
+    assert again.returncode == 0 and "model already active; nothing to do" in again.stderr
+
+
 def test_check_config_sees_the_credentials_the_service_will_see(model_only_pi, tmp_path):
     """A live view on the network with its token in a systemd credential (deploy.sh --web-token-file): the
     service runs, and every later install must not stop at a check-config that was not shown the token."""
