@@ -58,6 +58,7 @@ usage: sudo $0 [options]
                    and the one there put back when the check or the start fails
   --prefix DIR     install under DIR instead of / (tests; system commands must be stubs on PATH)
   --uninstall      remove what install added; keeps recordings, the fer-edge user and an edited config
+                   (with --instance NAME: stop and disable that camera's fer-edge@NAME alone)
 EOF
 }
 
@@ -636,7 +637,17 @@ do_model_only() {
     prune_models  # only now that the service runs with the new model: the rollback target was kept
 }
 
+# --uninstall --instance NAME: that camera alone; the plain service, the other cameras and the venv stay.
+do_uninstall_instance() {
+    systemctl disable --now --quiet "$RUN_UNIT" || true
+    say "stopped and disabled $RUN_UNIT; kept ${CONFIG#"$ROOT"} and /var/lib/fer-edge/$INSTANCE (remove them by hand)"
+}
+
 do_uninstall() {
+    if [ -n "$INSTANCE" ]; then
+        do_uninstall_instance
+        return 0
+    fi
     if [ -e "$UNIT" ]; then
         systemctl disable --now --quiet "$SERVICE" || true
     fi

@@ -730,6 +730,37 @@ def test_uninstall_removes_what_install_added_and_keeps_recordings(fake_pi, unin
     assert calls[:2] == ["systemctl disable --now --quiet fer-edge", "systemctl daemon-reload"]
 
 
+def test_uninstalling_one_camera_instance_leaves_the_others_running(tmp_path):
+    env, state = _stubbed_system(tmp_path / "system")
+    root = tmp_path / "root"
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for unit in ("fer-edge.service", "fer-edge@.service", "fer-edge.slice"):
+        shutil.copy(REPO / "systemd" / unit, units / unit)
+    (root / "etc/fer-edge").mkdir()
+    for name in ("config", "door", "till"):
+        shutil.copy(REPO / "deploy/config.yaml", root / f"etc/fer-edge/{name}.yaml")
+    venv = root / "opt/fer-edge/venv"
+    venv.mkdir(parents=True)
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", str(root), "--uninstall", "--instance", "till"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    calls = (state / "calls.log").read_text().splitlines()
+    assert [c for c in calls if c.startswith("systemctl")] == ["systemctl disable --now --quiet fer-edge@till"]
+    assert venv.is_dir() and sorted(p.name for p in units.iterdir()) == [
+        "fer-edge.service",
+        "fer-edge.slice",
+        "fer-edge@.service",
+    ]
+    assert (root / "etc/fer-edge/till.yaml").exists()  # with its recordings, kept
+    assert "stopped and disabled fer-edge@till" in result.stderr
+
+
 def test_device_config_template_sets_every_key():
     """The template an operator edits on the Pi shows every knob (configs/edge-default.yaml has them all)."""
     template = yaml.safe_load((REPO / "deploy/config.yaml").read_text())
