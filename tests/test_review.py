@@ -7,6 +7,7 @@ import calendar
 import json
 import os
 import re
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -279,3 +280,45 @@ def test_an_output_folder_named_with_uri_characters_still_shows_the_index(demo_c
         found = json.loads(get(port, f"/api/events?recording={rec['name']}")[3])["events"]
         assert found and all(event["recording"] == rec["name"] for event in found)
     assert [path.name for path in tmp_path.iterdir()] == [folder.name]  # no empty database made beside it
+
+
+def long_recording(clip: Path, path: Path, repeats: int) -> None:
+    """``clip`` played ``repeats`` times over as one real MP4 (its H.264 copied, not encoded again): a recording
+    longer than the socket buffers hold, as an hour-long segment is."""
+    with av.open(str(clip)) as source, av.open(str(path), "w", format="mp4") as out:
+        video = source.streams.video[0]
+        stream = out.add_stream_from_template(video)
+        packets = [p for p in source.demux(video) if p.dts is not None]
+        step = packets[-1].pts + packets[-1].duration - packets[0].pts if packets else 0
+        for n in range(repeats):
+            for packet in packets:
+                copy = av.Packet(bytes(packet))
+                copy.pts, copy.dts, copy.time_base = packet.pts + n * step, packet.dts + n * step, packet.time_base
+                copy.is_keyframe, copy.duration, copy.stream = packet.is_keyframe, packet.duration, stream
+                out.mux(copy)
+
+
+def test_recordings_being_sent_never_take_the_live_views_threads(server, demo_clip):
+    """A few slow downloads of long recordings (each holds a thread while it is read) leave the live view and the
+    APIs answered; one more recording at once gets 503 with Retry-After rather than a thread."""
+    from fer_edge.serve.web import MAX_TRANSFERS
+
+    name = "20000101-000000-0001.mp4"
+    long_recording(demo_clip, server["out"] / name, 80)
+    assert (server["out"] / name).stat().st_size > 8_000_000
+    stalled = []
+    try:
+        for _ in range(MAX_TRANSFERS):
+            sock = socket.create_connection(("127.0.0.1", server["port"]))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(f"GET /recordings/{name} HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+            assert sock.recv(12) == b"HTTP/1.1 200"  # being sent, and read no further
+            stalled.append(sock)
+        _, status, headers, _ = fetch(server, f"/recordings/{name}")
+        assert status == 503 and headers["Retry-After"]
+        assert fetch(server, "/api/latest.jpg")[1] == 200
+        assert fetch(server, "/api/recordings")[1] == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+        (server["out"] / name).unlink()

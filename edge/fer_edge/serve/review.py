@@ -20,7 +20,6 @@ import sqlite3
 import stat
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from pathlib import Path
@@ -30,6 +29,7 @@ from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
 from fer_edge.record.naming import stem_time
 from fer_edge.serve.live import finished_videos
+from fer_edge.serve.ranges import UNSATISFIABLE, ByteRange, parse_range
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ PER_PAGE, MAX_PER_PAGE = 20, 200
 EVENTS_LIMIT, MAX_EVENTS = 200, 5000
 MAX_BUCKETS = 2000
 THUMBNAIL = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.jpg$")
-BYTE_POSITION = re.compile(r"[0-9]*")  # not str.isdigit, which takes '²' and other digits int() refuses
 # The years a query's times may name: well inside datetime's 1 to 9999, so that local time can place them and a
 # summary's buckets, which reach a bucket past 'to', can be shown
 FIRST_YEAR, LAST_YEAR = 1900, 9000
@@ -331,49 +330,6 @@ def _summary(handler: Handler, query: dict[str, list[str]]) -> dict:
 # --- files -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ByteRange:
-    """Bytes ``start`` to ``end`` inclusive, as HTTP counts them."""
-
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
-
-UNSATISFIABLE = ByteRange(0, -1)
-
-
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """The one byte range ``header`` asks for in a file of ``size`` bytes; None: send the whole file (no header,
-    one this server does not handle, several ranges); :data:`UNSATISFIABLE` when it lies past the end."""
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    first, dash, last = spec.strip().partition("-")
-    if unit.strip().lower() != "bytes" or "," in spec or not dash:
-        return None
-    if not (BYTE_POSITION.fullmatch(first) and BYTE_POSITION.fullmatch(last)) or first == last == "":
-        return None
-    if first == "":  # the last N bytes
-        n = _byte_position(last)
-        return ByteRange(max(0, size - n), size - 1) if n > 0 and size > 0 else UNSATISFIABLE
-    start, end = _byte_position(first), _byte_position(last) if last else size - 1
-    if start >= size:
-        return UNSATISFIABLE
-    if end < start:
-        return None
-    return ByteRange(start, min(end, size - 1))
-
-
-def _byte_position(digits: str) -> int:
-    """``digits`` as a number; one past any file's size as 10**18 (int() refuses more than 4300 digits)."""
-    significant = digits.lstrip("0")
-    return int(significant or "0") if len(significant) <= 18 else 10**18
-
-
 def _open_regular(path: Path) -> BinaryIO | None:
     """``path`` opened for reading if it is a regular file, never through a link (one could have replaced the
     file since it was listed); None otherwise."""
@@ -396,6 +352,17 @@ def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> 
     if opened is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
         return
+    if not handler.app.add_transfer():
+        opened.close()
+        handler._text(HTTPStatus.SERVICE_UNAVAILABLE, "503 too many recordings being sent\n", {"Retry-After": "5"})
+        return
+    try:
+        _send_recording(handler, name, opened, query)
+    finally:
+        handler.app.remove_transfer()
+
+
+def _send_recording(handler: Handler, name: str, opened: BinaryIO, query: dict[str, list[str]]) -> None:
     disposition = "attachment" if _param(query, "download") == "1" else "inline"
     with opened as f:
         size = os.fstat(f.fileno()).st_size

@@ -6,8 +6,9 @@ are :mod:`fer_edge.serve.review`'s. JPEGs are encoded only when asked for, from 
 whatever the number of viewers; a slow viewer skips frames, nothing queues for it.
 
 Connections are held and requests read by :class:`~fer_edge.serve.front.HttpFront`, within fixed bounds; each
-complete request is answered here on one of a fixed pool of threads, the token checked first. Live streams hold
-their thread while they last, so there are at most ``max_viewers`` of them.
+complete request is answered here on one of a fixed pool of threads, the token checked first. Live streams and
+recordings being sent hold their thread while they last, so there are at most ``max_viewers`` and
+:data:`MAX_TRANSFERS` of them: the threads left over always answer the live view's frames and the APIs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ COOKIE_NAME = "fer_edge_session"
 BOUNDARY = "fer-edge-frame"
 SEND_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is dropped
 SPARE_WORKERS = 4  # threads for requests beyond the live streams, which hold theirs while they last
+# Recordings sent at once: a playing or downloading video holds its thread for as long as it is read, so without a
+# cap a few of them would take every thread and the live view would wait
+MAX_TRANSFERS = 4
 INTERNAL_ERROR = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
@@ -141,12 +145,13 @@ class WebServer:
         self.limits = Limits(
             max_connections=connections,
             max_per_address=max(2, connections // 4),
-            workers=max_viewers + SPARE_WORKERS,
+            workers=max_viewers + MAX_TRANSFERS + SPARE_WORKERS,
         )
         self.jpegs = JpegFrames(feed, stream_width, jpeg_quality)
         self.page = importlib.resources.files("fer_edge.serve").joinpath("static/live.html").read_bytes()
         self.closing = threading.Event()
         self.viewers = 0
+        self.transfers = 0
         self.warn = RateLimitedLog(log)
         self._viewers_lock = threading.Lock()
         self._front: HttpFront | None = None
@@ -201,6 +206,18 @@ class WebServer:
     def remove_viewer(self) -> None:
         with self._viewers_lock:
             self.viewers -= 1
+
+    def add_transfer(self) -> bool:
+        """One more recording being sent, if fewer than :data:`MAX_TRANSFERS` are."""
+        with self._viewers_lock:
+            if self.transfers >= MAX_TRANSFERS:
+                return False
+            self.transfers += 1
+            return True
+
+    def remove_transfer(self) -> None:
+        with self._viewers_lock:
+            self.transfers -= 1
 
 
 class _Handler(BaseHTTPRequestHandler):
