@@ -322,3 +322,26 @@ def test_recordings_being_sent_never_take_the_live_views_threads(server, demo_cl
         for sock in stalled:
             sock.close()
         (server["out"] / name).unlink()
+
+
+def test_a_day_picked_in_the_browser_is_the_browsers_day_not_the_devices(server, monkeypatch):
+    """A browser whose day is not the device's (the other side of the date line) lists its own day's recordings."""
+    from zoneinfo import ZoneInfo
+
+    rec = recordings(server)[0]  # the newest: on the page's first page
+    start = datetime.fromisoformat(rec["start"])
+    device_day = start.strftime("%Y-%m-%d")  # the device's own offset is in the ISO time
+    zone = next(z for z in ("Pacific/Kiritimati", "Etc/GMT+12") if start.astimezone(ZoneInfo(z)).date() != start.date())
+    day = start.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d")
+    assert day != device_day
+    frm, to = start.timestamp() - 1, start.timestamp() + 1
+    assert rec["name"] in [
+        r["name"] for r in json.loads(fetch(server, f"/api/recordings?from={frm}&to={to}")[3])["recordings"]
+    ]
+    assert json.loads(fetch(server, "/api/recordings?from=2001-01-01T00:00:00Z&to=2001-01-02")[3])["total"] == 0
+
+    url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#day={day}"
+    monkeypatch.setenv("TZ", zone)  # the browser's time zone; the device's is the test's own
+    html = chromium(url, "--dump-dom").stdout.decode()
+    assert int(re.search(r'id="recordings" data-count="(\d+)"', html).group(1)) >= 1, html[-3000:]
+    assert f'data-name="{rec["name"]}"' in html

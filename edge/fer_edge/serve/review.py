@@ -1,7 +1,7 @@
 """The review side of the web server: the review page, the recordings, events and summary APIs read from the
 review index (:mod:`fer_edge.record.index`), recordings served for playback with HTTP byte ranges, thumbnails.
 
-``/review`` the page; ``/api/recordings?page=&per_page=&label=&day=YYYY-MM-DD`` (newest first);
+``/review`` the page; ``/api/recordings?page=&per_page=&label=&day=YYYY-MM-DD&from=&to=`` (newest first);
 ``/api/events?since=ID&recording=NAME&label=&from=&to=&limit=``; ``/api/summary?from=&to=&bucket_s=`` (faces shown
 per expression per bucket); ``/recordings/NAME`` (inline, ranges; ``?download=1`` as an attachment);
 ``/thumbnails/STEM.jpg``. Times go out as ISO 8601 with the device's UTC offset; ``from``/``to`` take ISO 8601 or
@@ -130,6 +130,15 @@ def _day(query: dict[str, list[str]]) -> tuple[float, float] | None:
     return day.astimezone().timestamp(), (day + timedelta(days=1)).astimezone().timestamp()
 
 
+def _span(query: dict[str, list[str]]) -> tuple[float, float] | None:
+    """The times a recording's start must lie in: ``day`` (the device's local day), ``from``/``to`` (a day in the
+    browser's time zone, which need not be the device's), or both."""
+    low, high = _day(query) or (EARLIEST, LATEST)
+    if "from" not in query and "to" not in query:
+        return None if low == EARLIEST else (low, high)
+    return max(low, _time(query, "from", EARLIEST)), min(high, _time(query, "to", LATEST))
+
+
 # --- the index ---------------------------------------------------------------------------------------
 
 
@@ -180,7 +189,7 @@ def recordings(handler: Handler, query: dict[str, list[str]]) -> None:
 def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     page = _int(query, "page", 1, 1, 1_000_000)
     per_page = _int(query, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
-    label, day = _param(query, "label"), _day(query)
+    label, day = _param(query, "label"), _span(query)
     rows: dict[str, tuple] = {}
     with_label: set[str] = set()
     labels: dict[str, dict[str, int]] = defaultdict(dict)
