@@ -345,3 +345,12 @@ def test_a_day_picked_in_the_browser_is_the_browsers_day_not_the_devices(server,
     html = chromium(url, "--dump-dom").stdout.decode()
     assert int(re.search(r'id="recordings" data-count="(\d+)"', html).group(1)) >= 1, html[-3000:]
     assert f'data-name="{rec["name"]}"' in html
+
+
+def test_a_recording_that_cannot_be_played_says_why(server):
+    """One not (yet) among the finished recordings, as a moment in the segment being written is: the page says so
+    instead of showing a black box."""
+    url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play=20991231-000000-0001.mp4&t=1"
+    html = chromium(url, "--dump-dom").stdout.decode()
+    state = re.search(r'<output id="state"[^>]* data-error="404" class="bad">([^<]*)<', html)
+    assert state and "not among the finished recordings" in state.group(1), html[:3000]
