@@ -354,3 +354,15 @@ def test_a_recording_that_cannot_be_played_says_why(server):
     html = chromium(url, "--dump-dom").stdout.decode()
     state = re.search(r'<output id="state"[^>]* data-error="404" class="bad">([^<]*)<', html)
     assert state and "not among the finished recordings" in state.group(1), html[:3000]
+
+
+def test_on_a_phone_the_player_takes_the_screens_width(server, tmp_path):
+    rec = indexed(server)
+    png = tmp_path / "phone.png"
+    url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play={rec['name']}&t=1"
+    shot = chromium(url, f"--screenshot={png}", window="390,844", budget_ms=3000)
+    assert shot.returncode == 0 and png.is_file(), shot.stderr.decode()[-2000:]
+    band = cv2.imread(str(png)).astype(int)[100:180]  # rows across the player
+    page = [np.abs(band - np.array(bgr)).max(axis=2) <= 4 for bgr in ((38, 34, 31), (26, 23, 21))]  # panel, page
+    player = (~(page[0] | page[1])).mean(axis=0) > 0.9  # the columns where the video is, not the page's colours
+    assert player.sum() > 300, player.sum()  # of 390 (two columns side by side left it 165)
