@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from livehelpers import chromium, free_port, http_get, web_run, write_config
+from livehelpers import chromium, free_port, http_get, start_run, stop, wait_for_port, web_run, write_config
 
 TOKEN = "test-token-5b1e0c"
 
@@ -371,3 +371,31 @@ def test_the_first_frame_rate_comes_after_a_whole_window_of_frames():
     first = next(i for i, fps in enumerate(readings) if fps is not None)
     assert (first + 1) / 30 >= FPS_WINDOW_S - 0.05
     assert all(fps is not None and 29 < fps < 31.5 for fps in readings[first:]), readings[first:]
+
+
+def test_without_a_token_a_page_from_another_name_cannot_read_the_camera(demo_clip, tmp_path):
+    """DNS rebinding: another site's name pointed at 127.0.0.1 makes its page same-origin with a loopback live view
+    that has no token. Chromium maps evil.test to 127.0.0.1 here, as a rebinding DNS server would."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "source": {"realtime": True, "loop": True},
+            "recording": {"enabled": False},
+            "web": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+        },
+    )
+    process = start_run(config, demo_clip, tmp_path / "stderr.log")
+    try:
+        wait_for_port(port, timeout=30)
+        stats_after_the_first_window(port)
+        rebound = chromium(f"http://evil.test:{port}/", "--dump-dom", "--host-resolver-rules=MAP evil.test 127.0.0.1")
+        assert "403 forbidden" in rebound.stdout.decode() and "fps" not in rebound.stdout.decode()
+        for host in (f"evil.test:{port}", f"127.0.0.1.evil.test:{port}"):
+            assert http_get(port, "/api/latest.jpg", None, {"Host": host})[1] == 403
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            assert http_get(port, "/api/latest.jpg", None, {"Host": host})[1] == 200
+        html = chromium(f"http://localhost:{port}/", "--dump-dom").stdout.decode()
+        assert re.search(r'id="fps">[\d.]+<', html), html[:3000]
+    finally:
+        assert stop(process) == 0

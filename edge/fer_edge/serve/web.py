@@ -19,6 +19,7 @@ import hmac
 import http.cookies
 import importlib.resources
 import io
+import ipaddress
 import json
 import logging
 import socket
@@ -54,12 +55,30 @@ SPARE_WORKERS = 4  # threads for requests beyond the live streams, which hold th
 # Recordings sent at once: a playing or downloading video holds its thread for as long as it is read, so without a
 # cap a few of them would take every thread and the live view would wait
 MAX_TRANSFERS = 4
+NOT_LOOPBACK = (
+    "403 forbidden: without a token this server answers only to localhost, 127.0.0.1 and [::1]; "
+    "set a token (web.token_file) to open it by another name\n"
+)
 INTERNAL_ERROR = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def cookie_value(token: str) -> str:
     """What the session cookie holds: derived from the token, so the browser never stores the token itself."""
     return hmac.new(token.encode(), b"fer-edge live view session", hashlib.sha256).hexdigest()
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost``, ``127.0.0.1``, ``[::1]``, any
+    port), or is absent, as no browser sends it."""
+    host = host.strip().lower()
+    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+    name = name.rstrip(".")
+    if name in ("", "localhost") or name.endswith(".localhost"):  # browsers resolve *.localhost themselves
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 # --- JPEG frames, encoded on demand ----------------------------------------------------------------
@@ -334,6 +353,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         try:
+            if self.app.token is None and not loopback_host(self.headers.get("Host", "")):
+                # With no token, the loopback address is all that keeps others out; a page from another site whose
+                # name was pointed at 127.0.0.1 (DNS rebinding) would read the camera through the visitor's browser.
+                self._text(HTTPStatus.FORBIDDEN, NOT_LOOPBACK)
+                return
             if not self._authorize(query):
                 return
             route = ROUTES.get(url.path)
