@@ -283,9 +283,11 @@ def test_an_output_folder_named_with_uri_characters_still_shows_the_index(demo_c
 
 
 def long_recording(clip: Path, path: Path, repeats: int) -> None:
-    """``clip`` played ``repeats`` times over as one real MP4 (its H.264 copied, not encoded again): a recording
-    longer than the socket buffers hold, as an hour-long segment is."""
-    with av.open(str(clip)) as source, av.open(str(path), "w", format="mp4") as out:
+    """``clip`` played ``repeats`` times over as one fragmented MP4 as the recorder writes them (its H.264 copied,
+    not encoded again): a recording longer than the socket buffers hold, as an hour-long segment is."""
+    from fer_edge.record.segment import MOVFLAGS
+
+    with av.open(str(clip)) as source, av.open(str(path), "w", format="mp4", options={"movflags": MOVFLAGS}) as out:
         video = source.streams.video[0]
         stream = out.add_stream_from_template(video)
         packets = [p for p in source.demux(video) if p.dts is not None]
