@@ -137,12 +137,12 @@ class ClockWatch:
         directory: Path,
         *,
         wall_clock: Callable[[], float] = time.time,
-        monotonic_clock: Callable[[], float] = lambda: time.clock_gettime(time.CLOCK_BOOTTIME),
+        monotonic_clock: Callable[[], float] | None = None,
         step_s: float = CLOCK_STEP_S,
     ):
         self.directory = directory
         self._wall = wall_clock
-        self._monotonic = monotonic_clock
+        self._monotonic = monotonic_clock or _steady_clock()
         self._step_s = step_s
         self._offset = self._wall() - self._monotonic()
         self._since = self._wall()  # on the clock as it read before the last step
@@ -167,6 +167,13 @@ class ClockWatch:
         )
         self._since += step
         return step
+
+
+def _steady_clock() -> Callable[[], float]:
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)  # Linux; elsewhere a suspend may pass for a step
+    if boottime is None:
+        return time.monotonic
+    return functools.partial(time.clock_gettime, boottime)
 
 
 def redate(directory: Path, since: float, until: float, step: float) -> int:
