@@ -151,6 +151,7 @@ class Recorder:
         if not os.access(self.output_dir, os.W_OK):
             raise RecordingError(f"output directory {self.output_dir} is not writable")
         self._folder_device = self.output_dir.stat().st_dev  # its disk: the folder is only made again on it
+        self._mount_root = mount_root(self.output_dir)  # where that disk is mounted
         min_free_bytes = int(recording.min_free_mb * MB)
         check_floor(self.output_dir, min_free_bytes)
         self._disk = DiskGuard(
@@ -233,7 +234,8 @@ class Recorder:
             self._check_disk()
         if self._video_on:
             self.video.write(frame, faces)  # first: a segment it opens names this frame's events file
-        self.events.write(frame, faces, wall)
+        if not self._folder_missing:  # else its lines would go to whatever stands at its path now
+            self.events.write(frame, faces, wall)
         self._watch_files()
 
     def close(self) -> None:
@@ -258,7 +260,7 @@ class Recorder:
         return {stem for stem in (self.video.stem, self.events.stem) if stem}
 
     def _check_disk(self) -> None:
-        if not self.output_dir.is_dir():
+        if not (self._disk_mounted() and self.output_dir.is_dir()):
             self._recreate_output_dir()
             if self._folder_missing:  # nothing to measure or delete there; said once already
                 self.video.disk_checked(False)
@@ -283,6 +285,8 @@ class Recorder:
         made in the empty mount point would fill the SD card, hidden once the disk is mounted again. Recording
         goes on when the folder is back (the disk mounted again)."""
         try:
+            if not self._disk_mounted():  # a folder left in the mount point would take the recordings
+                raise OSError(errno.ENODEV, f"its disk, mounted at {self._mount_root}, is gone")
             if self.output_dir.parent.stat().st_dev != self._folder_device:
                 raise OSError(errno.ENODEV, f"{self.output_dir.parent} is on another disk than the folder was")
             self.output_dir.mkdir(FOLDER_MODE, exist_ok=True)
@@ -302,12 +306,24 @@ class Recorder:
         self.video.drop()
         self.events.drop()
 
+    def _disk_mounted(self) -> bool:
+        return self._mount_root == self._mount_root.parent or os.path.ismount(self._mount_root)
+
     def _watch_files(self) -> None:
         """Point the sync thread at the files being written, when they changed."""
         paths = (self.video.open_path, self.events.open_path)
         if paths != self._watched:
             self._watched = paths
             self._syncer.watch(*paths)
+
+
+def mount_root(path: Path) -> Path:
+    """The mount point of the file system ``path`` is on (``/`` for the root file system)."""
+    path = path.resolve()
+    device = path.stat().st_dev
+    while path.parent != path and path.parent.stat().st_dev == device:
+        path = path.parent
+    return path
 
 
 def open_recorder(
