@@ -180,7 +180,7 @@ class LiveFeed:
         self._samples: deque[tuple[float, int, dict[str, float]]] = deque()
         self._stats_lock = threading.Lock()
         self._disk: tuple[float, int | None] = (float("-inf"), None)
-        self._finished: tuple[int, int] = (-1, 0)  # (the folder's mtime, its finished recordings)
+        self._finished: tuple[int, list[Path]] = (-1, [])  # (the folder's mtime, its finished recordings)
         self._closed = False
 
     # --- the loop's side -------------------------------------------------------------------------
@@ -254,20 +254,24 @@ class LiveFeed:
         return free
 
     def finished_count(self) -> int:
-        """Finished recordings, counted again only when the folder changed (a stat per reader, not a listing)."""
+        return len(self.finished())
+
+    def finished(self) -> list[Path]:
+        """:func:`finished_videos`, listed again only when the folder changed (a stat per reader, not a listing):
+        every open live page polls the stats and the recordings, and a folder may hold 20,000 of them."""
         if self.recordings_dir is None:
-            return 0
+            return []
         try:
             changed = os.stat(self.recordings_dir).st_mtime_ns
         except OSError:
-            return 0
-        seen, count = self._finished
+            return []
+        seen, listing = self._finished
         if changed != seen:
-            count = len(finished_videos(self.recordings_dir))
+            listing = finished_videos(self.recordings_dir)
             # A change within the file system's clock tick of the listing would leave the mtime as it was:
             # a listing that close to the last change is not kept.
-            self._finished = (changed, count) if time.time() - changed / 1e9 > MTIME_SETTLED_S else (-1, count)
-        return count
+            self._finished = (changed, listing) if time.time() - changed / 1e9 > MTIME_SETTLED_S else (-1, listing)
+        return listing
 
     def stats(self) -> dict:
         """Counters since start, and fps and ms per stage over the last seconds; fps is None until the frames

@@ -28,7 +28,6 @@ from typing import Any, BinaryIO, Protocol
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
 from fer_edge.record.naming import stem_time
-from fer_edge.serve.live import finished_videos
 from fer_edge.serve.ranges import UNSATISFIABLE, ByteRange, parse_range
 
 log = logging.getLogger(__name__)
@@ -192,35 +191,45 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     label, day = _param(query, "label"), _span(query)
     rows: dict[str, tuple] = {}
     with_label: set[str] = set()
+    starts: dict[str, float] = {}
     labels: dict[str, dict[str, int]] = defaultdict(dict)
     db = _index(handler)
     try:
-        if db is not None:
-            for row in db.execute("SELECT stem, start, duration_s, frames, faces, thumbnail FROM recordings"):
-                rows[row[0]] = row
-            if label is not None:
-                found = db.execute("SELECT DISTINCT stem FROM minutes WHERE label = ?", (label,))
-                with_label = {stem for (stem,) in found}
+        # Every open live page asks for this every 10 s: what the whole folder needs is read only for a filter
+        # that needs it, the rest for this page's recordings only.
+        if db is not None and label is not None:
+            found = db.execute("SELECT DISTINCT stem FROM minutes WHERE label = ?", (label,))
+            with_label = {stem for (stem,) in found}
+        if db is not None and day is not None:
+            starts = dict(db.execute("SELECT stem, start FROM recordings").fetchall())
         items = []
-        for path in finished_videos(_directory(handler)):  # newest first
+        for path in handler.app.feed.finished():  # newest first
             stem = path.name[: -len(".mp4")]
-            row = rows.get(stem)
-            start = row[1] if row is not None else stem_time(stem)
             if label is not None and stem not in with_label:
                 continue
-            if day is not None and not day[0] <= start < day[1]:
-                continue
-            items.append((path, stem, start, row))
+            if day is not None:
+                start = starts.get(stem)
+                if not day[0] <= (stem_time(stem) if start is None else start) < day[1]:
+                    continue
+            items.append((path, stem))
         chosen = items[(page - 1) * per_page : page * per_page]
-        if db is not None:  # the expressions of this page's recordings only, not a week of minutes
-            for _, stem, _, _ in chosen:
+        if db is not None and chosen:
+            marks = ",".join("?" * len(chosen))
+            found = db.execute(
+                f"SELECT stem, start, duration_s, frames, faces, thumbnail FROM recordings WHERE stem IN ({marks})",
+                [stem for _, stem in chosen],
+            )
+            rows = {row[0]: row for row in found}
+            for _, stem in chosen:  # the expressions of this page's recordings only, not a week of minutes
                 counts = db.execute("SELECT label, SUM(count) FROM minutes WHERE stem = ? GROUP BY label", (stem,))
                 labels[stem] = dict(counts.fetchall())
     finally:
         if db is not None:
             db.close()
     listing = []
-    for path, stem, start, row in chosen:
+    for path, stem in chosen:
+        row = rows.get(stem)
+        start = row[1] if row is not None else stem_time(stem)
         try:
             info = path.stat()
         except OSError:
