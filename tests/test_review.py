@@ -350,12 +350,12 @@ def test_a_day_picked_in_the_browser_is_the_browsers_day_not_the_devices(server,
 
 
 def test_a_recording_that_cannot_be_played_says_why(server):
-    """One not (yet) among the finished recordings, as a moment in the segment being written is: the page says so
-    instead of showing a black box."""
+    """One that is not there (deleted by retention since the list was loaded): the page says so instead of showing
+    a black box."""
     url = f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play=20991231-000000-0001.mp4&t=1"
     html = chromium(url, "--dump-dom").stdout.decode()
     state = re.search(r'<output id="state"[^>]* data-error="404" class="bad">([^<]*)<', html)
-    assert state and "not among the finished recordings" in state.group(1), html[:3000]
+    assert state and "no such recording" in state.group(1), html[:3000]
 
 
 def test_on_a_phone_the_player_takes_the_screens_width(server, tmp_path):
@@ -399,3 +399,24 @@ def test_open_pages_polling_the_recordings_list_the_folder_once(server, tmp_path
     assert all([r["name"] for r in answer["recordings"]] == names for answer in answers)
     assert all(r["thumbnail"] and r["duration_s"] for r in answers[-1]["recordings"])
     indexer.close()
+
+
+def test_a_moment_in_the_segment_being_written_plays_as_far_as_it_is_written(server, tmp_path):
+    """The newest moments are in the segment still being written (up to segment_seconds, 5 minutes by default):
+    its address plays and seeks in Chromium from what is written, before the segment is finished."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    rec = indexed(server)
+    data = (server["out"] / rec["name"]).read_bytes()
+    name = "20991231-000000-0001.mp4"
+    (tmp_path / f"{name}.part").write_bytes(data[: len(data) * 3 // 4])  # a segment being written: its start
+    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
+    try:
+        assert http_get(web.port, "/api/recordings", None)[3] == b'{"recordings":[],"page":1,"per_page":20,"total":0}'
+        html = chromium(f"{web.url}review#play={name}&t=0.5", "--dump-dom", budget_ms=8000).stdout.decode()
+    finally:
+        web.close()
+    state = re.search(r'<output id="state" data-recording="([^"]*)" data-seeked="([\d.]*)" data-time="([\d.]+)"', html)
+    assert state and state.group(2), html[-3000:]
+    assert abs(float(state.group(2)) - 0.5) < 0.2 and float(state.group(3)) > float(state.group(2))

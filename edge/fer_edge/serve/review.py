@@ -367,6 +367,10 @@ def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> 
     directory = _directory(handler)
     named = directory is not None and name.endswith(".mp4") and FINISHED_RECORDING.fullmatch(name) is not None
     opened = _open_regular(directory / name) if named and directory is not None else None
+    if opened is None and named and directory is not None:
+        # The segment still being written, which a moment of the last minutes is in: as far as it is written now
+        # (a fragmented MP4 plays to its last whole fragment), rather than not at all until it is finished.
+        opened = _open_regular(directory / f"{name}.part")
     if opened is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
         return
