@@ -14,12 +14,10 @@ recordings being sent hold their thread while they last, so there are at most ``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import http.cookies
 import importlib.resources
 import io
-import ipaddress
 import json
 import logging
 import socket
@@ -34,6 +32,7 @@ import numpy as np
 
 from fer_edge.errors import FerEdgeError
 from fer_edge.serve import review
+from fer_edge.serve.access import cookie_value, loopback_host
 from fer_edge.serve.front import HttpFront, Limits, connection_cap
 from fer_edge.serve.live import LiveFeed
 from fer_edge.serve.metrics import metrics_text
@@ -60,25 +59,6 @@ NOT_LOOPBACK = (
     "set a token (web.token_file) to open it by another name\n"
 )
 INTERNAL_ERROR = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-
-
-def cookie_value(token: str) -> str:
-    """What the session cookie holds: derived from the token, so the browser never stores the token itself."""
-    return hmac.new(token.encode(), b"fer-edge live view session", hashlib.sha256).hexdigest()
-
-
-def loopback_host(host: str) -> bool:
-    """Whether a ``Host`` header names this machine's loopback (``localhost``, ``127.0.0.1``, ``[::1]``, any
-    port), or is absent, as no browser sends it."""
-    host = host.strip().lower()
-    name = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
-    name = name.rstrip(".")
-    if name in ("", "localhost") or name.endswith(".localhost"):  # browsers resolve *.localhost themselves
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 # --- JPEG frames, encoded on demand ----------------------------------------------------------------
