@@ -420,3 +420,17 @@ def test_a_moment_in_the_segment_being_written_plays_as_far_as_it_is_written(ser
     state = re.search(r'<output id="state" data-recording="([^"]*)" data-seeked="([\d.]*)" data-time="([\d.]+)"', html)
     assert state and state.group(2), html[-3000:]
     assert abs(float(state.group(2)) - 0.5) < 0.2 and float(state.group(3)) > float(state.group(2))
+
+
+def test_a_browser_gets_the_json_compressed(server):
+    """The review page asks for ten recordings' events at once, a quarter of a megabyte each for a busy 5 minute
+    segment; a browser says it takes gzip and gets it. A day by the minute is such an answer."""
+    import gzip
+
+    now = time.time()
+    query = f"/api/summary?from={now - 86400}&to={now - 120}&bucket_s=60"  # minutes past: counted already
+    plain = fetch(server, query)
+    packed = fetch(server, query, {"Accept-Encoding": "gzip, deflate, br"})
+    assert "Content-Encoding" not in plain[2] and packed[2]["Content-Encoding"] == "gzip"
+    assert packed[2]["Vary"] == "Accept-Encoding" and len(packed[3]) < len(plain[3]) / 5
+    assert json.loads(gzip.decompress(packed[3])) == json.loads(plain[3])
