@@ -132,3 +132,39 @@ def test_a_file_that_is_not_a_cascade_is_rejected(tmp_path):
     bogus.write_text("<opencv_storage></opencv_storage>\n")
     with pytest.raises(DetectorError, match="could not be loaded"):
         HaarDetector(bogus)
+
+
+def demo_face_crop(demo_clip) -> np.ndarray:
+    """The demo clip's face at frame 40 with the margin around it that Haar needs."""
+    truth = next(f for f in json.loads(demo_clip.with_suffix(".json").read_text())["faces"] if f["frame"] == 40)
+    capture = cv2.VideoCapture(str(demo_clip))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 40)
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    around = Box(*truth["box"]).square(1.6)
+    return frame[around.y : around.y2, around.x : around.x2]
+
+
+def test_the_smallest_face_haar_finds_grows_with_the_frame_width(detector, demo_clip):
+    crop = demo_face_crop(demo_clip)
+    smallest = detector.smallest_face(1920)
+    assert smallest == 144 and detector.smallest_face(640) == 48  # 24 px windows at 320 px wide
+    found = {}
+    for side in (round(0.7 * smallest), round(1.7 * smallest)):
+        frame = np.full((1080, 1920, 3), 90, np.uint8)
+        patch = cv2.resize(crop, (round(side * 1.6),) * 2, interpolation=cv2.INTER_AREA)
+        frame[300 : 300 + patch.shape[0], 800 : 800 + patch.shape[1]] = patch
+        found[side] = len(detector.detect(frame)), len(HaarDetector(detect_width=1920).detect(frame))
+    assert found == {round(0.7 * smallest): (0, 1), round(1.7 * smallest): (1, 1)}
+
+
+def test_privacy_with_haar_says_which_faces_it_cannot_cover(demo_clip, model_path, tmp_path, caplog):
+    from fer_edge.cli import main
+
+    config = tmp_path / "haar.yaml"
+    config.write_text("detector:\n  kind: haar\nprivacy:\n  mode: blur\n")
+    run = ["run", "--config", str(config), "--source", str(demo_clip), "--model", str(model_path)]
+    with caplog.at_level("WARNING", logger="fer_edge.app"):
+        assert main([*run, "--no-record", "--max-frames", "1"]) == 0
+    assert "frontal faces it finds, none under 48 px on 640x360 frames" in caplog.text

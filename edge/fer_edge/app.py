@@ -39,7 +39,7 @@ from fer_edge.types import Box
 from fer_edge.vision.annotate import OverlayAnnotator
 from fer_edge.vision.classifier import ExpressionClassifier
 from fer_edge.vision.cuts import SceneCutDetector
-from fer_edge.vision.detector import REGION_FACTOR
+from fer_edge.vision.detector import REGION_FACTOR, HaarDetector
 from fer_edge.vision.detector import build_detector as detector_from_config
 from fer_edge.vision.privacy import anonymize
 from fer_edge.vision.smoothing import LabelSmoother, NullSmoother
@@ -160,6 +160,13 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
         close_all(held)
         raise
     opened: list[Sink | Source] = [source]
+    if privacy is not None and isinstance(detector, HaarDetector):
+        log.warning(
+            "privacy with the Haar detector blurs only the frontal faces it finds, none under %d px on %dx%d frames: "
+            "turned and smaller faces stay sharp (detector.kind: blazeface finds them; docs/CONFIG.md)",
+            detector.smallest_face(source.size[0]),
+            *source.size,
+        )
     pipeline: Pipeline | None = None
 
     def run_stats() -> RunStats | None:

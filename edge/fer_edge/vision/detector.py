@@ -79,6 +79,12 @@ class HaarDetector:
         self.min_neighbors = min_neighbors
         self.min_size = min_size
 
+    def smallest_face(self, width: int) -> int:
+        """The side of the smallest face found in frames ``width`` pixels wide: the cascade's window (24 px), seen
+        on the frame downscaled to ``detect_width``, or ``min_size`` where that is larger."""
+        window = self._cascade.getOriginalWindowSize()[0]
+        return max(self.min_size, int(np.ceil(window * width / min(width, self.detect_width))))
+
     def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
         height, width = image.shape[:2]
         scale = min(1.0, self.detect_width / width)
