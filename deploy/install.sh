@@ -333,21 +333,30 @@ python_env() {
     if [ -n "$lock" ]; then
         say "pip: ${lock#"$SRC/"} (--require-hashes; NumPy $("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)' \
             2>/dev/null || echo 'from the lock'))"
-        "$VENV/bin/python" -m pip install --quiet --require-hashes --only-binary=:all: -r "$work/requirements-pi.txt"
+        "$VENV/bin/python" -m pip install --quiet --require-hashes --only-binary=:all: -r "$work/requirements-pi.txt" \
+            || pip_failed "${lock#"$SRC/"}"
         # the package's own dependency (PyYAML) is in the lock: nothing unpinned comes in with it
-        "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation "$work/src/edge"
+        "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation "$work/src/edge" || pip_failed fer-edge
     else
         say "no lock for $("$VENV/bin/python" -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])'):" \
             "pip resolves requirements-edge.txt today: $(paste -sd ' ' "$work/requirements-pi.txt"), constraints:" \
             "$(paste -sd ' ' "$work/constraints.txt")"
-        "$VENV/bin/python" -m pip install --quiet -r "$work/requirements-pi.txt" -c "$work/constraints.txt"
+        "$VENV/bin/python" -m pip install --quiet -r "$work/requirements-pi.txt" -c "$work/constraints.txt" \
+            || pip_failed requirements-edge.txt
         # No build isolation: setuptools/wheel come from apt, so a release installs without PyPI.
-        "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$work/constraints.txt" "$work/src/edge"
+        "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$work/constraints.txt" "$work/src/edge" \
+            || pip_failed fer-edge
     fi
     install -m 0644 "$work/requirements-pi.txt" "$OPT/requirements-pi.txt"
     install -m 0644 "$work/constraints.txt" "$OPT/constraints.txt"
     echo "$stamp" > "$STAMP"
     CHANGED=1
+}
+
+# pip_failed WHAT: one line after pip's own; the EXIT trap then puts the previous venv back.
+pip_failed() {
+    die "pip could not install $1 (its error above: no network, or a wheel that does not match its hash?):" \
+        "service not (re)started"
 }
 
 # save_venv: before pip changes a venv that a service runs, copy it aside (the copy works in place again:

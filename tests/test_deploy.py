@@ -1022,6 +1022,26 @@ def test_an_upgrade_that_fails_leaves_the_release_the_service_runs(tmp_path):
     assert sorted(p.name for p in (root / "opt/fer-edge").iterdir() if p.name.startswith("venv")) == ["venv"]
 
 
+def test_an_upgrade_pip_cannot_install_says_so_and_leaves_the_release_the_service_runs(tmp_path):
+    """No network for a new requirement (PIP_NO_INDEX plays it): one line says what failed."""
+    install, env, _, root = _local_pi(tmp_path)
+    assert install(_release(tmp_path / "v1", "v1")).returncode == 0
+    offline = _release(tmp_path / "v2", "v2")
+    (offline / "requirements-edge.txt").write_text(
+        (offline / "requirements-edge.txt").read_text() + "fer-edge-package-on-no-index==1.0\n"
+    )
+    result = install(offline)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge install: error:")]
+    assert errors == [
+        "fer-edge install: error: pip could not install requirements-edge.txt (its error above: no network, or a "
+        "wheel that does not match its hash?): service not (re)started"
+    ]
+    assert "Traceback" not in result.stderr
+    probe = [str(root / "opt/fer-edge/venv/bin/python"), "-c", "import fer_edge; print(fer_edge.RELEASE)"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "v1"
+
+
 def test_a_config_that_install_config_refuses_leaves_the_one_the_service_runs(tmp_path):
     """install.sh --config FILE replaces the config; when the check refuses FILE, the service's next start
     must still find the config it runs with, not FILE."""
