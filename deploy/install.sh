@@ -679,7 +679,12 @@ do_uninstall() {
     rm -rf "$OPT" "$MODELS"
     say "removed the service, ${OPT#"$ROOT"} and the models; kept ${RECORDINGS#"$ROOT"}, the user $SERVICE_USER" \
         "(owner of the recordings) and the apt packages"
-    say "to remove everything: sudo rm -rf /var/lib/fer-edge /etc/fer-edge && sudo userdel $SERVICE_USER"
+    if [ -d "$ETC/credentials" ]; then
+        say "kept the secrets in /etc/fer-edge/credentials and the drop-ins that load them" \
+            "(/etc/systemd/system/$SERVICE.service.d, $SERVICE@.service.d): a new install uses them again"
+    fi
+    say "to remove everything: sudo rm -rf /var/lib/fer-edge /etc/fer-edge /etc/systemd/system/$SERVICE.service.d" \
+        "/etc/systemd/system/$SERVICE@.service.d && sudo userdel $SERVICE_USER"
 }
 
 as_root_check

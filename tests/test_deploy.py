@@ -761,6 +761,31 @@ def test_uninstalling_one_camera_instance_leaves_the_others_running(tmp_path):
     assert "stopped and disabled fer-edge@till" in result.stderr
 
 
+def test_uninstall_says_where_the_secrets_it_keeps_are(tmp_path):
+    """The web token and the MQTT password outlive an uninstall: the output says so, and how to remove them."""
+    env, _ = _stubbed_system(tmp_path / "system")
+    root = tmp_path / "root"
+    credentials = root / "etc/fer-edge/credentials"
+    credentials.mkdir(parents=True)
+    (credentials / "web-token").write_text("a-real-token-of-32-characters-ok\n")
+    dropin = root / "etc/systemd/system/fer-edge.service.d/60-credential-web-token.conf"
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text("[Service]\nLoadCredential=web-token:/etc/fer-edge/credentials/web-token\n")
+    shutil.copy(REPO / "systemd/fer-edge.service", root / "etc/systemd/system/fer-edge.service")
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", str(root), "--uninstall"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (credentials / "web-token").exists() and dropin.exists()  # a reinstall loads them again
+    assert "kept the secrets in /etc/fer-edge/credentials" in result.stderr
+    remove = [line for line in result.stderr.splitlines() if "to remove everything" in line]
+    assert remove and "/etc/fer-edge " in remove[0] and "/etc/systemd/system/fer-edge.service.d " in remove[0]
+
+
 def test_device_config_template_sets_every_key():
     """The template an operator edits on the Pi shows every knob (configs/edge-default.yaml has them all)."""
     template = yaml.safe_load((REPO / "deploy/config.yaml").read_text())
