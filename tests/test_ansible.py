@@ -267,6 +267,28 @@ def test_the_playbook_and_the_example_inventory_pass_the_syntax_check():
     assert set(inventory["fer_edge"]["hosts"]) == {"hall-pi", "shop-pi"}
 
 
+@needs_ansible
+def test_a_dry_run_on_a_fresh_controller_packs_the_release_it_would_roll_out(tmp_path):
+    """--check skips shell tasks; the release id is the packed tarball's checksum, so packing runs anyway: without
+    it a dry run failed on a controller that never packed one, and showed an earlier run's release elsewhere."""
+    inventory = tmp_path / "inventory.yml"
+    unreachable = {"ansible_host": "127.0.0.1", "ansible_port": _free_port("127.0.0.1")}
+    inventory.write_text(yaml.safe_dump({"fer_edge": {"hosts": {"nowhere-pi": unreachable}}}))
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "TMPDIR": str(tmp_path), "ANSIBLE_HOME": str(tmp_path / "home")}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [PLAYBOOK_BIN, "--check", "-i", str(inventory), str(ANSIBLE / "site.yml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    recap = result.stdout[result.stdout.index("PLAY RECAP") :]
+    assert "localhost                  : ok=2    changed=0    unreachable=0    failed=0" in recap, result.stdout
+    assert (tmp_path / "fer-edge-release.tar.gz").stat().st_size > 0
+    assert "nowhere-pi" in recap and "unreachable=1" in recap  # the Pi part ran, against a Pi that is not there
+
+
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory):
     if PLAYBOOK_BIN is None:
@@ -337,6 +359,23 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
         (work / "first-rollout.log").write_text(out)
         assert f"config ok: /etc/fer-edge/{config}" in out and f"starting {unit}" in out, out[-3000:]
         assert out.index(f"config ok: /etc/fer-edge/{config}") < out.rindex(f"starting {unit}")
+
+
+@pytest.mark.slow
+@needs_ansible
+def test_a_dry_run_of_a_new_release_changes_nothing_on_the_pis(rollout, first_rollout):
+    pis, work, user_key, known_hosts = rollout
+    a = pis[0]
+    inventory = _inventory(pis, user_key, known_hosts, broken=None)
+    inventory["fer_edge"]["hosts"]["pi-a"]["fer_edge_config"]["logging"]["status_interval_s"] = 7.0  # a new release
+    releases = sorted((a.root / "opt/fer-edge/releases").iterdir())
+    config = (a.root / "etc/fer-edge/config.yaml").read_text()
+    calls = a.calls()
+    result = _playbook(inventory, work, "--check")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert sorted((a.root / "opt/fer-edge/releases").iterdir()) == releases
+    assert (a.root / "etc/fer-edge/config.yaml").read_text() == config
+    assert a.calls() == calls  # no install, no restart
 
 
 @pytest.mark.slow
