@@ -374,14 +374,14 @@ def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> 
     if opened is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
         return
-    if not handler.app.add_transfer():
+    if not handler.app.transfer_slots.take():
         opened.close()
         handler._text(HTTPStatus.SERVICE_UNAVAILABLE, "503 too many recordings being sent\n", {"Retry-After": "5"})
         return
     try:
         _send_recording(handler, name, opened, query)
     finally:
-        handler.app.remove_transfer()
+        handler.app.transfer_slots.release()
 
 
 def _send_recording(handler: Handler, name: str, opened: BinaryIO, query: dict[str, list[str]]) -> None:

@@ -119,6 +119,28 @@ class _Writer(io.BufferedIOBase):
         return len(data)
 
 
+class Slots:
+    """Up to ``limit`` of one kind of request at once (live streams, recordings being sent), counted across the
+    worker threads: each holds its thread for as long as it lasts."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """One more, if fewer than ``limit`` are taken; give it back with :meth:`release`."""
+        with self._lock:
+            if self.taken >= self.limit:
+                return False
+            self.taken += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
 class WebServer:
     """Serves the live view from ``feed`` on ``host:port`` (its own daemon threads) until :meth:`close`."""
 
@@ -151,10 +173,9 @@ class WebServer:
         self.jpegs = JpegFrames(feed, stream_width, jpeg_quality)
         self.page = importlib.resources.files("fer_edge.serve").joinpath("static/live.html").read_bytes()
         self.closing = threading.Event()
-        self.viewers = 0
-        self.transfers = 0
+        self.viewer_slots = Slots(max_viewers)
+        self.transfer_slots = Slots(MAX_TRANSFERS)
         self.warn = RateLimitedLog(log)
-        self._viewers_lock = threading.Lock()
         self._front: HttpFront | None = None
 
     @property
@@ -189,36 +210,12 @@ class WebServer:
 
     def stats(self) -> dict:
         stats = self.feed.stats()
-        stats["viewers"] = self.viewers
+        stats["viewers"] = self.viewer_slots.taken
         stats["stream_fps"] = round(1.0 / self.stream_period, 2)
         front = self._front
         if front is not None:
             stats["web"] = {"connections": front.open_connections, **front.counters.as_dict()}
         return stats
-
-    def add_viewer(self) -> bool:
-        """One more live stream, if fewer than ``max_viewers`` are open."""
-        with self._viewers_lock:
-            if self.viewers >= self.max_viewers:
-                return False
-            self.viewers += 1
-            return True
-
-    def remove_viewer(self) -> None:
-        with self._viewers_lock:
-            self.viewers -= 1
-
-    def add_transfer(self) -> bool:
-        """One more recording being sent, if fewer than :data:`MAX_TRANSFERS` are."""
-        with self._viewers_lock:
-            if self.transfers >= MAX_TRANSFERS:
-                return False
-            self.transfers += 1
-            return True
-
-    def remove_transfer(self) -> None:
-        with self._viewers_lock:
-            self.transfers -= 1
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -376,13 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, query: dict[str, list[str]]) -> None:
         app = self.app
-        if not app.add_viewer():
+        if not app.viewer_slots.take():
             self._text(HTTPStatus.SERVICE_UNAVAILABLE, "too many live streams open\n", {"Retry-After": "10"})
             return
         try:
             self._stream_frames()
         finally:
-            app.remove_viewer()
+            app.viewer_slots.release()
 
     def _stream_frames(self) -> None:
         app = self.app
@@ -414,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         text = metrics_text(
             stats,
             {
-                "web_viewers": ("gauge", "Live view streams open.", app.viewers),
+                "web_viewers": ("gauge", "Live view streams open.", app.viewer_slots.taken),
                 "web_jpegs_encoded_total": ("counter", "Frames encoded as JPEG for the live view.", app.jpegs.encoded),
             },
         )
