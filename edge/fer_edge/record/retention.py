@@ -114,10 +114,17 @@ class Retention:
 
 def _touch(files: list[Path], moment: float) -> None:
     for path in files:
-        try:
-            os.utime(path, (moment, moment))
-        except OSError as exc:
-            log.warning("retention: cannot re-date %s (%s)", path, exc)
+        _set_written(path, moment, "retention")
+
+
+def _set_written(path: Path, moment: float, who: str) -> bool:
+    """Give ``path`` the modification time ``moment``; whether it could."""
+    try:
+        os.utime(path, (moment, moment))
+    except OSError as exc:
+        log.warning("%s: cannot re-date %s (%s)", who, path, exc)
+        return False
+    return True
 
 
 def _last_written(files: list[Path]) -> float | None:
@@ -184,11 +191,10 @@ def redate(directory: Path, since: float, until: float, step: float) -> int:
         for path in files:
             try:
                 written = path.stat().st_mtime
-                if since <= written <= until:
-                    os.utime(path, (written + step, written + step))
-                    moved += 1
-            except OSError as exc:
-                log.warning("clock: cannot re-date %s (%s)", path, exc)
+            except OSError:
+                continue  # deleted meanwhile
+            if since <= written <= until:
+                moved += _set_written(path, written + step, "clock")
     return moved
 
 

@@ -214,15 +214,18 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
             items.append((path, stem))
         chosen = items[(page - 1) * per_page : page * per_page]
         if db is not None and chosen:
-            marks = ",".join("?" * len(chosen))
+            marks, stems = ",".join("?" * len(chosen)), [stem for _, stem in chosen]
             found = db.execute(
                 f"SELECT stem, start, duration_s, frames, faces, thumbnail FROM recordings WHERE stem IN ({marks})",
-                [stem for _, stem in chosen],
+                stems,
             )
             rows = {row[0]: row for row in found}
-            for _, stem in chosen:  # the expressions of this page's recordings only, not a week of minutes
-                counts = db.execute("SELECT label, SUM(count) FROM minutes WHERE stem = ? GROUP BY label", (stem,))
-                labels[stem] = dict(counts.fetchall())
+            # the expressions of this page's recordings only, not a week of minutes
+            counts = db.execute(
+                f"SELECT stem, label, SUM(count) FROM minutes WHERE stem IN ({marks}) GROUP BY stem, label", stems
+            )
+            for stem, shown, count in counts:
+                labels[stem][shown] = count
     finally:
         if db is not None:
             db.close()
