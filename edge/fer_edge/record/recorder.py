@@ -150,8 +150,7 @@ class Recorder:
             raise RecordingError(f"cannot create output directory {self.output_dir}: {exc}") from None
         if not os.access(self.output_dir, os.W_OK):
             raise RecordingError(f"output directory {self.output_dir} is not writable")
-        self._folder_device = self.output_dir.stat().st_dev  # its disk: the folder is only made again on it
-        self._mount_root = mount_root(self.output_dir)  # where that disk is mounted
+        self._mount_root = mount_root(self.output_dir)  # where its disk is mounted: the folder is only made again on it
         min_free_bytes = int(recording.min_free_mb * MB)
         check_floor(self.output_dir, min_free_bytes)
         self._disk = DiskGuard(
@@ -279,17 +278,20 @@ class Recorder:
         self.events.disk_checked(has_room)
 
     def _recreate_output_dir(self) -> None:
-        """The folder was deleted under us (a cleanup script, an operator): make it again and start new files.
+        """The folder was deleted under us (a cleanup script, an operator), or went with its disk: make it again
+        and start new files.
 
-        Only in a parent on the disk it was on: a disk unplugged or unmounted takes the folder with it, and one
-        made in the empty mount point would fill the SD card, hidden once the disk is mounted again. Recording
-        goes on when the folder is back (the disk mounted again)."""
+        Only on the disk mounted where it was: a disk unplugged or unmounted takes the folder with it, and one
+        made in the empty mount point would fill the SD card, hidden once the disk is mounted again. A disk
+        plugged in again is often a new device (another number, reformatted, the folder not on it), so what
+        counts is the mount point, not the device."""
         try:
             if not self._disk_mounted():  # a folder left in the mount point would take the recordings
                 raise OSError(errno.ENODEV, f"its disk, mounted at {self._mount_root}, is gone")
-            if self.output_dir.parent.stat().st_dev != self._folder_device:
-                raise OSError(errno.ENODEV, f"{self.output_dir.parent} is on another disk than the folder was")
-            self.output_dir.mkdir(FOLDER_MODE, exist_ok=True)
+            existing = next(parent for parent in self.output_dir.parents if parent.exists())
+            if mount_root(existing) != self._mount_root:
+                raise OSError(errno.ENODEV, f"{existing} is on another disk than the folder was")
+            self.output_dir.mkdir(FOLDER_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             if not self._folder_missing:
                 log.warning(
@@ -297,12 +299,19 @@ class Recorder:
                 )
             self._folder_missing = True
             return
-        self._folder_missing = False
-        log.warning(
-            "recording: output folder %s was deleted while recording; made it again and started new files "
-            "(the files open when it went are lost)",
-            self.output_dir,
-        )
+        if self._folder_missing:
+            self._folder_missing = False
+            log.warning(
+                "recording: output folder %s is back (made again on its disk); started new files "
+                "(the files open when it went are lost)",
+                self.output_dir,
+            )
+        else:
+            log.warning(
+                "recording: output folder %s was deleted while recording; made it again and started new files "
+                "(the files open when it went are lost)",
+                self.output_dir,
+            )
         self.video.drop()
         self.events.drop()
 
