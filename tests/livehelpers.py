@@ -4,8 +4,11 @@ headless Chromium."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -154,3 +157,143 @@ def chromium(
             timeout=timeout,
             cwd=profile,
         )
+
+
+def _moved_above_4(fd: int) -> int:
+    """``fd`` as a descriptor above 4, so that the shell moving one pipe to 3 cannot overwrite the other."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return moved
+
+
+class ChromiumPage:
+    """One page of Debian's headless Chromium, driven over its DevTools pipe (``--remote-debugging-pipe``: JSON
+    messages ending in a NUL byte, read on descriptor 3 and written on 4), for what a person does on a page:
+    type, click, wait for what shows."""
+
+    def __init__(self, window: str = "1200,800") -> None:
+        binary = need_binary("chromium")
+        self._profile = tempfile.TemporaryDirectory()
+        to_browser_read, self._to_browser = os.pipe()
+        self._from_browser, from_browser_write = os.pipe()
+        to_browser_read, from_browser_write = (_moved_above_4(fd) for fd in (to_browser_read, from_browser_write))
+        self._process = subprocess.Popen(
+            [
+                "bash",  # dash takes no descriptor above 9
+                "-c",
+                f'exec "$0" "$@" 3<&{to_browser_read} 4>&{from_browser_write}',
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={self._profile.name}",
+                f"--window-size={window}",
+                "about:blank",
+            ],
+            pass_fds=(to_browser_read, from_browser_write),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self._profile.name,
+        )
+        os.close(to_browser_read)
+        os.close(from_browser_write)
+        self._buffer = b""
+        self._next_id = 0
+        target = self._call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self._session = self._call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+    def _call(self, method: str, params: dict | None = None, session: bool = False, timeout: float = 30) -> dict:
+        self._next_id += 1
+        message: dict = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self._session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                answer = json.loads(raw)
+                if answer.get("id") == self._next_id:
+                    if "error" in answer:
+                        raise RuntimeError(f"{method}: {answer['error']}")
+                    return answer["result"]
+            ready, _, _ = select.select([self._from_browser], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(f"Chromium did not answer {method} within {timeout} s")
+            chunk = os.read(self._from_browser, 1 << 16)
+            if not chunk:
+                raise RuntimeError("Chromium closed its DevTools pipe")
+            self._buffer += chunk
+
+    def goto(self, url: str) -> None:
+        self._call("Page.navigate", {"url": url}, session=True)
+
+    def evaluate(self, expression: str) -> object:
+        """The value of a JavaScript expression in the page (awaited when it is a promise)."""
+        result = self._call(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session=True,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30) -> object:
+        """Poll ``expression`` until it is truthy (errors while the page loads count as not yet); its value. A DOM
+        node comes back as an empty dict, which is falsy here: ask for ``!!node``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not within {timeout} s: {expression}")
+            time.sleep(0.2)
+
+    def history(self) -> list[str]:
+        """Every address this page's history holds."""
+        entries = self._call("Page.getNavigationHistory", session=True)["entries"]
+        return [entry["url"] for entry in entries]
+
+    def shutdown(self) -> None:
+        """Close the browser as a person would (it writes its profile out); the profile stays until close."""
+        if self._process.poll() is None:
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                self._call("Browser.close", timeout=10)
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        for fd in (self._to_browser, self._from_browser):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def profile_files_holding(self, text: str) -> list[str]:
+        """The files of the browser's profile (its history, caches, session) in which ``text`` is written."""
+        root = Path(self._profile.name)
+        return sorted(
+            str(path.relative_to(root))
+            for path in root.rglob("*")
+            if path.is_file() and not path.is_symlink() and text.encode() in path.read_bytes()
+        )
+
+    def close(self) -> None:
+        self.shutdown()
+        self._profile.cleanup()
+
+    def __enter__(self) -> ChromiumPage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

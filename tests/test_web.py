@@ -16,7 +16,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from livehelpers import chromium, free_port, http_get, start_run, stop, wait_for_port, web_run, write_config
+from livehelpers import (
+    ChromiumPage,
+    chromium,
+    free_port,
+    http_get,
+    start_run,
+    stop,
+    wait_for_port,
+    web_run,
+    write_config,
+)
 
 TOKEN = "test-token-5b1e0c"
 
@@ -399,3 +409,44 @@ def test_without_a_token_a_page_from_another_name_cannot_read_the_camera(demo_cl
         assert re.search(r'id="fps">[\d.]+<', html), html[:3000]
     finally:
         assert stop(process) == 0
+
+
+def test_a_browser_signs_in_with_the_token_kept_out_of_its_address_and_history(server):
+    """A person opening the live view gets a sign-in page; the token typed there becomes the session cookie,
+    and neither the address, the page's history nor the browser's profile on disk ever holds it. The token in
+    the address (the older way) is written into the profile: the check can see it there."""
+    port = server["port"]
+    with ChromiumPage() as page:
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for("!!document.getElementById('token')")
+        page.evaluate("document.getElementById('token').value = 'not-the-token-at-all'")
+        page.evaluate("document.querySelector('#signin button').click()")
+        assert "not this camera's token" in str(page.wait_for("document.getElementById('why').textContent"))
+        page.evaluate(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+        page.evaluate("document.querySelector('#signin button').click()")
+        page.wait_for("!!document.getElementById('live') && document.getElementById('fps').textContent !== '–'")
+        page.goto(f"http://127.0.0.1:{port}/review")
+        page.wait_for("document.title.includes('review')")
+        assert all(TOKEN not in url for url in page.history()), page.history()
+        page.shutdown()
+        assert page.profile_files_holding(TOKEN) == []
+    with ChromiumPage() as page:
+        page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+        page.wait_for("!!document.getElementById('live') && document.getElementById('fps').textContent !== '–'")
+        page.shutdown()
+        assert page.profile_files_holding(TOKEN) != []
+
+
+def test_only_a_browser_opening_a_page_gets_the_sign_in_page(server):
+    port = server["port"]
+    _, status, headers, body = get(port, "/review", token=None, headers={"Accept": "text/html,*/*;q=0.8"})
+    assert status == 401 and headers["Content-Type"].startswith("text/html") and b'type="password"' in body
+    assert "script-src" in headers["Content-Security-Policy"] and headers["WWW-Authenticate"].startswith("Bearer")
+    _, status, headers, body = get(port, "/api/stats", token=None)
+    assert status == 401 and headers["Content-Type"].startswith("text/plain") and b"Bearer" in body
+    _, status, headers, _ = get(port, "/api/session", token="wrong-token-wrong-token")
+    assert status == 401 and "Set-Cookie" not in headers
+    _, status, headers, _ = get(port, "/api/session")
+    assert status == 204
+    session = headers["Set-Cookie"].split(";")[0]
+    assert TOKEN not in session and get(port, "/api/stats", token=None, headers={"Cookie": session})[1] == 200

@@ -1,7 +1,8 @@
 """The live view: a small HTTP server on its own threads, reading the newest frame from a :class:`LiveFeed`.
 
 Endpoints (all behind the token when one is set): ``/`` the page, ``/api/stats``, ``/api/latest.jpg``,
-``/api/stream.mjpeg``, ``/metrics`` (Prometheus text); the review page and its APIs, recordings and thumbnails
+``/api/stream.mjpeg``, ``/metrics`` (Prometheus text), ``/api/session`` (the sign-in page's: a bearer token
+swapped for the session cookie); the review page and its APIs, recordings and thumbnails
 are :mod:`fer_edge.serve.review`'s. JPEGs are encoded only when asked for, from the newest frame, once per frame
 whatever the number of viewers; a slow viewer skips frames, nothing queues for it.
 
@@ -49,6 +50,13 @@ PAGE_CSP = (
 __all__ = ["JpegFrames", "WebServer"]
 
 COOKIE_NAME = "fer_edge_session"
+
+
+def session_cookie(session: str) -> str:
+    """The Set-Cookie value that keeps a browser signed in: script cannot read it, other sites cannot send it."""
+    return f"{COOKIE_NAME}={session}; HttpOnly; SameSite=Strict; Path=/"
+
+
 BOUNDARY = "fer-edge-frame"
 GZIP_FROM = 2048  # bytes of JSON: below, compressing saves less than it costs
 SEND_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is dropped
@@ -171,7 +179,9 @@ class WebServer:
             workers=max_viewers + MAX_TRANSFERS + SPARE_WORKERS,
         )
         self.jpegs = JpegFrames(feed, stream_width, jpeg_quality)
-        self.page = importlib.resources.files("fer_edge.serve").joinpath("static/live.html").read_bytes()
+        static = importlib.resources.files("fer_edge.serve").joinpath("static")
+        self.page = static.joinpath("live.html").read_bytes()
+        self.signin_page = static.joinpath("signin.html").read_bytes()
         self.closing = threading.Event()
         self.viewer_slots = Slots(max_viewers)
         self.transfer_slots = Slots(MAX_TRANSFERS)
@@ -319,15 +329,24 @@ class _Handler(BaseHTTPRequestHandler):
                 "text/plain",
                 {
                     "Location": url.path + (f"?{rest}" if rest else ""),
-                    "Set-Cookie": f"{COOKIE_NAME}={app.session}; HttpOnly; SameSite=Strict; Path=/",
+                    "Set-Cookie": session_cookie(app.session),
                 },
             )
             return None
-        self._text(
-            HTTPStatus.UNAUTHORIZED,
-            "401 unauthorized: send Authorization: Bearer TOKEN, or open /?token=TOKEN once\n",
-            {"WWW-Authenticate": 'Bearer realm="fer-edge"'},
-        )
+        challenge = {"WWW-Authenticate": 'Bearer realm="fer-edge"'}
+        if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a browser opening a page
+            self._send(
+                HTTPStatus.UNAUTHORIZED,
+                app.signin_page,
+                "text/html; charset=utf-8",
+                {**challenge, "Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"},
+            )
+        else:
+            self._text(
+                HTTPStatus.UNAUTHORIZED,
+                "401 unauthorized: send Authorization: Bearer TOKEN, or open / in a browser and give the token\n",
+                challenge,
+            )
         return False
 
     # --- routes
@@ -360,6 +379,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _page(self, query: dict[str, list[str]]) -> None:
         self._send(200, self.app.page, "text/html; charset=utf-8", {"Content-Security-Policy": PAGE_CSP})
+
+    def _session(self, query: dict[str, list[str]]) -> None:
+        """The sign-in page's call: its bearer token (checked already) becomes the session cookie."""
+        headers = {"Cache-Control": "no-store"}
+        if self.app.session is not None:
+            headers["Set-Cookie"] = session_cookie(self.app.session)
+        self._send(HTTPStatus.NO_CONTENT, b"", "text/plain", headers)
 
     def _stats(self, query: dict[str, list[str]]) -> None:
         self._json(self.app.stats())
@@ -421,6 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
 ROUTES = {
     "/": _Handler._page,
     "/index.html": _Handler._page,
+    "/api/session": _Handler._session,
     "/api/stats": _Handler._stats,
     "/api/latest.jpg": _Handler._latest,
     "/api/stream.mjpeg": _Handler._stream,
