@@ -16,7 +16,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from livehelpers import chromium, free_port, http_get, web_run
+from livehelpers import ChromiumPage, chromium, free_port, http_get, web_run
 
 from fer_edge.record.index import DB_NAME
 
@@ -347,6 +347,29 @@ def test_a_day_picked_in_the_browser_is_the_browsers_day_not_the_devices(server,
     html = chromium(url, "--dump-dom").stdout.decode()
     assert int(re.search(r'id="recordings" data-count="(\d+)"', html).group(1)) >= 1, html[-3000:]
     assert f'data-name="{rec["name"]}"' in html
+
+
+def test_the_recording_after_one_is_the_next_in_time_whatever_the_filters(server):
+    listed = [r["name"] for r in recordings(server)]  # newest first
+    oldest, second, newest = listed[-1], listed[-2], listed[0]
+    for query in (f"after={oldest}", f"after={oldest}&label=disgust&page=1"):
+        answer = json.loads(fetch(server, f"/api/recordings?{query}")[3])
+        assert [r["name"] for r in answer["recordings"]] == [second], query
+    assert json.loads(fetch(server, f"/api/recordings?after={newest}")[3])["recordings"] == []
+    gone = "20000101-000000-0001.mp4"  # deleted by retention since it was played: the oldest still there follows
+    assert [r["name"] for r in json.loads(fetch(server, f"/api/recordings?after={gone}")[3])["recordings"]] == [oldest]
+
+
+def test_the_page_goes_on_with_the_next_recording_at_the_end_of_one(server):
+    """A moment often runs on past the end of its segment: the player goes on with the next one by itself."""
+    listed = [r for r in recordings(server) if r["duration_s"]]
+    first, then = listed[-1], listed[-2]
+    start = max(0.0, first["duration_s"] - 0.5)
+    with ChromiumPage() as page:
+        page.goto(f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play={first['name']}&t={start}")
+        page.wait_for(f"$('state').dataset.continued === {json.dumps(first['name'])}", timeout=60)
+        assert page.evaluate("$('state').dataset.recording") == then["name"]
+        page.wait_for("Number($('state').dataset.played) > 0.2", timeout=60)  # and it plays
 
 
 def test_a_recording_that_cannot_be_played_says_why(server):

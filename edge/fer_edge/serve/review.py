@@ -189,6 +189,7 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     page = _int(query, "page", 1, 1, 1_000_000)
     per_page = _int(query, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
     label, day = _param(query, "label"), _span(query)
+    after = _param(query, "after")  # the recording that follows this one, whatever the filters: a player going on
     rows: dict[str, tuple] = {}
     with_label: set[str] = set()
     starts: dict[str, float] = {}
@@ -205,6 +206,10 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
         items = []
         for path in handler.app.feed.finished():  # newest first
             stem = path.name[: -len(".mp4")]
+            if after is not None:
+                if path.name > after:
+                    items.append((path, stem))
+                continue
             if label is not None and stem not in with_label:
                 continue
             if day is not None:
@@ -212,6 +217,8 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
                 if not day[0] <= (stem_time(stem) if start is None else start) < day[1]:
                     continue
             items.append((path, stem))
+        if after is not None:
+            items = items[-1:]  # the oldest of those after it
         chosen = items[(page - 1) * per_page : page * per_page]
         if db is not None and chosen:
             marks, stems = ",".join("?" * len(chosen)), [stem for _, stem in chosen]
