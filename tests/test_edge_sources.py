@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from fer_edge.capture.sources import (
+    NODE_POLL_S,
     WAIT_SLICE_S,
     ImageFolderSource,
     OpenCvCaptureSource,
@@ -23,10 +25,11 @@ from fer_edge.capture.sources import (
     open_source,
     resolve_kind,
     source_overrides,
+    video_node,
 )
 from fer_edge.config import load_config
 from fer_edge.errors import SourceError
-from fer_edge.testing import ListSource
+from fer_edge.testing import FakeUsbCamera, ListSource, VirtualClock
 from fer_edge.types import Frame, SourceWaiting
 
 FRAMES = 24
@@ -236,9 +239,10 @@ class RecordedWaits:
 
 
 def test_lost_camera_is_reopened_with_exponential_back_off(monkeypatch):
+    """Without a device node to watch (a stream, or a camera OpenCV opens some other way), back-off alone."""
     monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
     ScriptedCapture.outcomes = [True, False, False, False, True]
-    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=1.0, reopen_max_s=3.0)
+    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=1.0, reopen_max_s=3.0, device_node=None)
     assert source.size == (32, 24) and source.fps == 15.0
     source._interrupted = waits = RecordedWaits()
     reads = [source.read() for _ in range(7)]
@@ -260,7 +264,7 @@ def test_a_long_back_off_hands_the_loop_a_waiting_note_every_few_seconds(monkeyp
     """The loop pings the systemd watchdog between reads: no read may block for a whole 30 s back-off."""
     monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
     ScriptedCapture.outcomes = [True, False, True]
-    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=4.0, reopen_max_s=12.0)
+    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=4.0, reopen_max_s=12.0, device_node=None)
     source._interrupted = waits = RecordedWaits()
     reads = [source.read() for _ in range(6)]
     assert [r.index if isinstance(r, Frame) else r.reason for r in reads] == [
@@ -277,11 +281,121 @@ def test_a_long_back_off_hands_the_loop_a_waiting_note_every_few_seconds(monkeyp
 def test_interrupt_ends_the_wait_for_a_lost_camera(monkeypatch):
     monkeypatch.setattr(cv2, "VideoCapture", ScriptedCapture)
     ScriptedCapture.outcomes = [True, False]
-    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=0.5, reopen_max_s=8.0)
+    source = OpenCvCaptureSource(0, 32, 24, 15, reopen_initial_s=0.5, reopen_max_s=8.0, device_node=None)
     source._interrupted = RecordedWaits(interrupted_after=1)
     assert source.read() is not None and source.read() is not None
     assert isinstance(source.read(), SourceWaiting)  # lost; one failed reopen
     assert source.read() is None  # then stop() interrupted the back-off
+    source.close()
+
+
+def test_a_local_camera_is_watched_through_its_device_node(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert video_node(0) == Path("/dev/video0") and video_node(12) == Path("/dev/video12")
+    assert video_node("/dev/v4l/by-id/usb-Cam-video-index0") == Path("/dev/v4l/by-id/usb-Cam-video-index0")
+    assert video_node("rtsp://cam:554/live") is None and video_node("http://cam/video.mjpg") is None
+    monkeypatch.setattr(sys, "platform", "darwin")  # AVFoundation: an index names no file
+    assert video_node(0) is None
+
+
+def unplug_and_replug(
+    camera, monkeypatch, replug_at, *, device=0, via=None, replug_via=None, busy=False, clock=None, **source_kwargs
+):
+    """Read a frame, unplug the camera at virtual time 0, plug it back at ``replug_at``; then read until a frame
+    comes. The reasons the source gave while it waited, the virtual times of its opens, and the clock."""
+    camera.plug(via)
+    opened_at = []
+
+    def capture(*args):
+        opened_at.append(clock.now)
+        return camera.capture(*args)
+
+    monkeypatch.setattr(cv2, "VideoCapture", capture)
+    clock = clock or VirtualClock()
+    source = OpenCvCaptureSource(device, 32, 24, 15, reopen_initial_s=1.0, reopen_max_s=30.0, **source_kwargs)
+    source._interrupted = clock
+    assert isinstance(source.read(), Frame)
+    camera.unplug()
+    del opened_at[:]
+
+    def replug():
+        camera.plug(replug_via)
+        camera.busy = busy
+
+    clock.at(replug_at, replug)
+    reasons = []
+    while not isinstance(read := source.read(), Frame):
+        assert isinstance(read, SourceWaiting) and clock.now < 600
+        reasons.append(read.reason)
+    camera.unplug()
+    source.close()
+    return reasons, opened_at, clock
+
+
+def test_a_camera_plugged_back_in_is_reopened_within_one_wait_slice(tmp_path, monkeypatch):
+    """Unplugged for 100 s, the back-off alone tries at 1, 3, 7, 15, 31, 61 and 91 s, then at 121 s: 20.8 s of a
+    camera that is there unread. Watching its node, nothing is opened while it is gone, and it is read 0.3 s
+    after it is back."""
+    camera = FakeUsbCamera(tmp_path / "video0")
+    reasons, opened_at, clock = unplug_and_replug(camera, monkeypatch, 100.2, device_node=camera.node)
+    assert opened_at == [100.5] and clock.now - 100.2 == pytest.approx(0.3)
+    assert set(clock.waits) == {NODE_POLL_S}  # no read keeps the loop (and systemd's watchdog) waiting long
+    assert set(reasons) == {f"camera 0 lost; waiting for {camera.node} to appear"}
+
+    unwatched = FakeUsbCamera(tmp_path / "video1")
+    _, opened_at, clock = unplug_and_replug(unwatched, monkeypatch, 100.2, device_node=None)
+    assert opened_at == [1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0, 121.0] and clock.now - 100.2 == pytest.approx(20.8)
+
+
+def test_a_camera_named_by_id_is_followed_to_the_node_it_comes_back_as(tmp_path, monkeypatch):
+    """A /dev/v4l/by-id/ link goes with the camera and comes back pointing at whichever /dev/videoN it gets."""
+    link = tmp_path / "usb-Cam_1234-video-index0"
+    camera = FakeUsbCamera(link)
+    reasons, opened_at, _ = unplug_and_replug(
+        camera,
+        monkeypatch,
+        42.1,
+        device=str(link),
+        via=tmp_path / "video0",
+        replug_via=tmp_path / "video2",
+        device_node=link,
+    )
+    assert opened_at == [42.5]
+    assert set(reasons) == {f"camera {link} lost; waiting for {link} to appear"}
+
+
+def test_a_node_that_is_back_but_does_not_open_is_retried_with_back_off(tmp_path, monkeypatch):
+    """In use by another process (or not a camera): a node that is there does not make the source try at each
+    look; the back-off, started over for the node that came back, spaces the attempts."""
+    camera = FakeUsbCamera(tmp_path / "video0")
+    clock = VirtualClock()
+    clock.at(40.0, lambda: setattr(camera, "busy", False))
+    reasons, opened_at, _ = unplug_and_replug(
+        camera, monkeypatch, 10.2, busy=True, clock=clock, device_node=camera.node
+    )
+    assert opened_at == [10.5, 11.5, 13.5, 17.5, 25.5, 41.5]
+    assert reasons[-1] == "camera 0 lost; next try in 1 s" and "camera 0 lost; next try in 16 s" in reasons
+
+
+def test_a_camera_opened_without_its_node_there_is_retried_with_back_off_only(tmp_path, monkeypatch):
+    """This OpenCV opened the camera some other way than that node: the node's absence says nothing."""
+    camera = FakeUsbCamera(tmp_path / "video0")
+    _, opened_at, _ = unplug_and_replug(camera, monkeypatch, 5.2, device_node=tmp_path / "video9")
+    assert opened_at == [1.0, 3.0, 7.0]
+
+
+def test_interrupt_ends_the_wait_for_an_unplugged_camera(tmp_path, monkeypatch):
+    camera = FakeUsbCamera(tmp_path / "video0")
+    camera.plug()
+    monkeypatch.setattr(cv2, "VideoCapture", camera.capture)
+    source = OpenCvCaptureSource(0, 32, 24, 15, device_node=camera.node)
+    source._interrupted = clock = VirtualClock()
+    assert isinstance(source.read(), Frame)
+    camera.unplug()
+    clock.at(3.2, clock.set)
+    while (read := source.read()) is not None:
+        assert isinstance(read, SourceWaiting)
+    assert clock.now == 3.5 and camera.opens == 1
     source.close()
 
 

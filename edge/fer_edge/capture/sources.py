@@ -7,10 +7,13 @@ are imported only by the backend that needs them.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 
 LIVE_DEPTH = 2  # camera frames held for the loop: the newest two (one decodes while the loop works); older dropped
 WAIT_SLICE_S = 5.0  # the longest one read() waits for a lost camera before handing the loop a SourceWaiting
+# How often a lost local camera's device node is looked at (one stat): a camera plugged back in is reopened this
+# soon, whatever the back-off has grown to, and nothing is opened while the node is gone.
+NODE_POLL_S = 0.5
 
 
 def open_source(cfg: SourceConfig) -> Source:
@@ -100,11 +106,41 @@ def stream_timeouts(cv2: Any) -> list[int]:
     return [value for name, limit in limits if hasattr(cv2, name) for value in (getattr(cv2, name), limit)]
 
 
+def video_node(device: int | str) -> Path | None:
+    """The device node a local camera is opened through: ``/dev/videoN`` for index N (OpenCV's V4L2 and GStreamer
+    backends open that node; Linux only), the path itself for a ``/dev/`` path such as a ``/dev/v4l/by-id/`` link;
+    None for a stream URL, and for an index elsewhere."""
+    if isinstance(device, int):
+        return Path(f"/dev/video{device}") if sys.platform.startswith("linux") else None
+    return Path(device) if device.startswith("/dev/") else None
+
+
+NodeId = tuple[int, int, int]
+
+
+def node_id(node: Path) -> NodeId | None:
+    """Which device file ``node`` names now (links followed, as they are re-made with the device); None when
+    there is none. A node made again (the camera plugged back) or given its permissions by udev is another one."""
+    try:
+        st = os.stat(node)
+    except OSError:
+        return None
+    return st.st_rdev, st.st_ino, st.st_ctime_ns
+
+
+def whole_seconds(seconds: float) -> int:
+    """A wait as the status line says it: rounded up, so a wait left is never "0 s"."""
+    return math.ceil(round(seconds, 3))
+
+
 class OpenCvCaptureSource:
-    """A USB camera (index) or stream (URL) through OpenCV. A camera that disappears is reopened with
-    exponential back-off; while it waits, :meth:`read` returns a :class:`SourceWaiting` at least every
-    :data:`WAIT_SLICE_S`, so the loop stays alive for systemd; :meth:`interrupt` ends a wait. Frames are read
-    (decoded) up to :data:`LIVE_DEPTH` ahead on a thread of their own, stamped when they were read."""
+    """A USB camera (index or /dev path) or stream (URL) through OpenCV. A camera that disappears is reopened
+    with exponential back-off; while it waits, :meth:`read` returns a :class:`SourceWaiting` at least every
+    :data:`WAIT_SLICE_S`, so the loop stays alive for systemd; :meth:`interrupt` ends a wait. A local camera's
+    device node (``device_node``; ``"auto"``: :func:`video_node`) is watched while it is lost: nothing is opened
+    while the node is gone, and a node that comes back is opened within :data:`NODE_POLL_S`; the back-off
+    spaces only the attempts that fail while the same node is there. Frames are read (decoded) up to
+    :data:`LIVE_DEPTH` ahead on a thread of their own, stamped when they were read."""
 
     def __init__(
         self,
@@ -115,6 +151,7 @@ class OpenCvCaptureSource:
         *,
         reopen_initial_s: float = 1.0,
         reopen_max_s: float = 30.0,
+        device_node: str | Path | Literal["auto"] | None = "auto",
     ):
         import cv2
 
@@ -129,6 +166,9 @@ class OpenCvCaptureSource:
         self._interrupted = threading.Event()
         self._index = 0
         self._delay = self._wait_left = 0.0  # back-off while the camera is lost
+        self._node = video_node(self.device) if device_node == "auto" else Path(device_node) if device_node else None
+        self._seen: NodeId | None = None  # the node at the last look
+        self._failed_on: NodeId | None = None  # the node the camera was lost on, or the last attempt failed on
         self._ahead: Prefetcher[tuple[np.ndarray, float]] | None = None  # reads the open capture ahead
         self._dropped = 0  # frames skipped by the readers of earlier openings
         self._capture = self._open()
@@ -143,6 +183,10 @@ class OpenCvCaptureSource:
         reported = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = reported if reported and 0 < reported < 1000 else fps
         log.info("camera %s opened: %dx%d at %.1f fps", self.name, *self.size, self.fps)
+        if self._node is not None and node_id(self._node) is None:
+            # opened without the node: this OpenCV does not open it, and its absence would say nothing
+            log.debug("camera %s: no %s; a lost camera is retried with back-off only", self.name, self._node)
+            self._node = None
 
     def _open(self) -> Any:
         cv2 = self._cv2
@@ -188,6 +232,8 @@ class OpenCvCaptureSource:
             log.warning("camera %s stopped delivering frames; reopening", self.name)
             self._release()
             self._delay = self._wait_left = self.reopen_initial_s
+            if self._node is not None:
+                self._failed_on = self._seen = node_id(self._node)
         return None
 
     def _grab(self) -> tuple[np.ndarray, float] | None:
@@ -205,22 +251,41 @@ class OpenCvCaptureSource:
         self._capture = None
 
     def _reopen_step(self) -> SourceWaiting | None:
-        """Wait one slice of the back-off, then try to reopen; None once the camera is back (or on interrupt)."""
-        if self._wait_left > 0:
-            wait = min(self._wait_left, WAIT_SLICE_S)
+        """Wait one slice for the lost camera, then try to reopen it when due; None once it is back (or on
+        interrupt). A watched node is looked at after each slice of :data:`NODE_POLL_S`."""
+        if not self._attempt_due():
+            slice_s = NODE_POLL_S if self._node is not None else WAIT_SLICE_S
+            wait = min(self._wait_left, slice_s) if self._wait_left > 0 else slice_s
             if self._interrupted.wait(wait):
                 return None
-            self._wait_left -= wait
-            if self._wait_left > 0:
-                return SourceWaiting(f"camera {self.name} lost; next try in {self._wait_left:.0f} s")
+            self._wait_left = max(self._wait_left - wait, 0.0)
+            if not self._attempt_due():
+                return SourceWaiting(self._waiting_reason())
         capture = self._open()
         if capture is not None:
             log.info("camera %s reopened", self.name)
             self._capture = capture
             return None
-        self._delay = self._wait_left = min(self._delay * 2, self.reopen_max_s)
-        log.warning("camera %s still unavailable; next try in %.0f s", self.name, self._delay)
-        return SourceWaiting(f"camera {self.name} lost; next try in {self._delay:.0f} s")
+        fresh = self._node is not None and self._seen != self._failed_on
+        self._failed_on = self._seen
+        # a node that came back is a camera plugged in again: its back-off starts over
+        self._delay = self.reopen_initial_s if fresh else min(self._delay * 2, self.reopen_max_s)
+        self._wait_left = self._delay
+        log.warning("camera %s still unavailable; next try in %d s", self.name, whole_seconds(self._delay))
+        return SourceWaiting(f"camera {self.name} lost; next try in {whole_seconds(self._delay)} s")
+
+    def _attempt_due(self) -> bool:
+        """Whether to try opening now: when the back-off is over, or its node is back (or another one);
+        never while the node is gone."""
+        if self._node is None:
+            return self._wait_left <= 0
+        self._seen = node_id(self._node)
+        return self._seen is not None and (self._seen != self._failed_on or self._wait_left <= 0)
+
+    def _waiting_reason(self) -> str:
+        if self._node is not None and self._seen is None:
+            return f"camera {self.name} lost; waiting for {self._node} to appear"
+        return f"camera {self.name} lost; next try in {whole_seconds(self._wait_left)} s"
 
     def interrupt(self) -> None:
         self._interrupted.set()
