@@ -50,7 +50,8 @@ usage: sudo $0 [options]
                    no python3-picamera2, units installed but not started
   --instance NAME  set up the camera instance NAME (letters, digits, -, _): /etc/fer-edge/NAME.yaml from the
                    template (written once), recordings in /var/lib/fer-edge/NAME, unit fer-edge@NAME
-  --camera DEV     with --instance: source.device (USB index or stream URL; default: the template's)
+  --camera DEV     with --instance: source.device (USB index, /dev/v4l/by-id/ path or stream URL; default:
+                   the template's)
   --web-port N     with --instance: the live view on 127.0.0.1:N (web.enabled)
   --device-id ID   with --instance: mqtt.device_id (default: HOSTNAME-NAME)
   --config FILE    install FILE as the config (config.yaml, or NAME.yaml with --instance), replacing the one
