@@ -161,6 +161,8 @@ def test_source_argument_maps_to_config(tmp_path, small_video):
     assert source_overrides("picamera2") == {"source.kind": "picamera2"}
     assert source_overrides("0") == {"source.kind": "opencv", "source.device": "0"}
     assert source_overrides("rtsp://cam:554/live") == {"source.kind": "opencv", "source.device": "rtsp://cam:554/live"}
+    by_id = "/dev/v4l/by-id/usb-Cam_1234-video-index0"  # a link that stays with the camera, as /dev/video2 does not
+    assert source_overrides(by_id) == {"source.kind": "opencv", "source.device": by_id}
     assert source_overrides(str(tmp_path)) == {"source.kind": "images", "source.path": str(tmp_path)}
     assert source_overrides(str(small_video)) == {"source.kind": "file", "source.path": str(small_video)}
 

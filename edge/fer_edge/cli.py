@@ -88,7 +88,10 @@ def _given(value: str) -> str:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=_given, metavar="FILE", help="YAML config (default: built-in defaults)")
     parser.add_argument(
-        "--source", type=_given, metavar="SRC", help="video file, image folder, picamera2, camera index or URL"
+        "--source",
+        type=_given,
+        metavar="SRC",
+        help="video file, image folder, picamera2, camera (index or /dev path) or URL",
     )
     parser.add_argument("--model", type=_given, metavar="PATH", help="TFLite model with its .json sidecar")
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)

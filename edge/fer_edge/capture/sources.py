@@ -81,10 +81,11 @@ def check_picamera2() -> None:
 
 
 def source_overrides(spec: str) -> dict:
-    """Config overrides for a ``--source`` argument: picamera2, a camera index or URL, a folder, or a file."""
+    """Config overrides for a ``--source`` argument: picamera2, a camera index, /dev path or URL, a folder, or a
+    file."""
     if spec == "picamera2":
         return {"source.kind": "picamera2"}
-    if (spec.isascii() and spec.isdigit()) or "://" in spec or spec.startswith("/dev/video"):
+    if (spec.isascii() and spec.isdigit()) or "://" in spec or spec.startswith(("/dev/video", "/dev/v4l/")):
         return {"source.kind": "opencv", "source.device": spec}
     if Path(spec).is_dir():
         return {"source.kind": "images", "source.path": spec}
