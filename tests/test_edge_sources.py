@@ -334,15 +334,17 @@ def unplug_and_replug(
     return reasons, opened_at, clock
 
 
-def test_a_camera_plugged_back_in_is_reopened_within_one_wait_slice(tmp_path, monkeypatch):
+def test_a_camera_plugged_back_in_is_reopened_within_one_wait_slice(tmp_path, monkeypatch, caplog):
     """Unplugged for 100 s, the back-off alone tries at 1, 3, 7, 15, 31, 61 and 91 s, then at 121 s: 20.8 s of a
     camera that is there unread. Watching its node, nothing is opened while it is gone, and it is read 0.3 s
     after it is back."""
     camera = FakeUsbCamera(tmp_path / "video0")
-    reasons, opened_at, clock = unplug_and_replug(camera, monkeypatch, 100.2, device_node=camera.node)
+    with caplog.at_level("INFO", logger="fer_edge.capture.sources"):
+        reasons, opened_at, clock = unplug_and_replug(camera, monkeypatch, 100.2, device_node=camera.node)
     assert opened_at == [100.5] and clock.now - 100.2 == pytest.approx(0.3)
     assert set(clock.waits) == {NODE_POLL_S}  # no read keeps the loop (and systemd's watchdog) waiting long
     assert set(reasons) == {f"camera 0 lost; waiting for {camera.node} to appear"}
+    assert caplog.messages[1:] == ["camera 0 stopped delivering frames; reopening", "camera 0 reopened"]
 
     unwatched = FakeUsbCamera(tmp_path / "video1")
     _, opened_at, clock = unplug_and_replug(unwatched, monkeypatch, 100.2, device_node=None)
