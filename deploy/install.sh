@@ -153,6 +153,16 @@ as_root_check() {
     fi
 }
 
+# One install at a time, in every mode: two would pip into the same venv, and a model copy that a power cut
+# or a kill cut off (models/.incoming.*) is known to be abandoned only while no other install is writing one.
+# In /opt/fer-edge, which only root can write: a lock file in a folder the service can write could be a link.
+take_lock() {
+    local lock="$OPT/.install.lock"
+    mkdir -p "$OPT"
+    exec 9>>"$lock"
+    flock -n 9 || die "another install is running on this Pi (it holds ${lock#"$ROOT"}): install again once it is done"
+}
+
 # --- small helpers -----------------------------------------------------------------------------
 
 # install_file SRC DEST MODE: copy when the content differs, through a temporary name (atomic).
@@ -410,6 +420,7 @@ install_model() {
         version="$version-$(file_sha256 "$sidecar" | cut -c1-8)"
     fi
     make_dir "$MODELS" 0755
+    prune_incoming
     if [ ! -d "$MODELS/$version" ]; then
         local incoming
         incoming="$(mktemp -d "$MODELS/.incoming.XXXXXX")"
@@ -431,6 +442,16 @@ install_model() {
         CHANGED=1
         say "active model: $version (was ${current:-none})"
     fi
+}
+
+# prune_incoming: remove the model copies an install left unfinished (a power cut, a kill, a full disk): they
+# are never renamed into place. Under the install lock, so none of them is being written now.
+prune_incoming() {
+    local dir
+    while IFS= read -r dir; do
+        rm -rf "$dir"
+        say "removed ${dir#"$ROOT"}: a model copy an earlier install did not finish"
+    done < <(find "$MODELS" -mindepth 1 -maxdepth 1 -name '.incoming.*' -print)
 }
 
 # prune_models: keep KEEP_MODELS versions in all: always the active one and the one it replaced (the
@@ -690,6 +711,7 @@ do_uninstall() {
 
 as_root_check
 check_seams
+take_lock
 case "$MODE" in
     install) do_install ;;
     model) do_model_only ;;

@@ -653,6 +653,48 @@ def test_a_model_swap_prunes_after_the_restart_and_keeps_the_previous_model(mode
     assert result.stderr.index("restarting fer-edge with the new model") < result.stderr.index("removed old model")
 
 
+def _unfinished_copy(models: Path) -> Path:
+    """What a power cut or a SIGKILL during a model copy leaves: a half-written .incoming.* folder."""
+    incoming = models / ".incoming.Xq3v7a"
+    incoming.mkdir(parents=True)
+    (incoming / "model.tflite").write_bytes(b"\0" * 4096)
+    return incoming
+
+
+def test_the_next_model_install_removes_a_copy_an_earlier_one_did_not_finish(model_only_pi, tmp_path):
+    pi = model_only_pi
+    a, b = _small_models(tmp_path, "ab")
+    assert pi.install(a).returncode == 0
+    incoming = _unfinished_copy(pi.models)
+    result = pi.install(b)
+    assert result.returncode == 0, result.stderr
+    assert not incoming.exists()
+    assert f"removed /var/lib/fer-edge/models/{incoming.name}: a model copy an earlier install did not finish" in (
+        result.stderr
+    )
+    assert (pi.models / "current/model.tflite").read_bytes() == b.read_bytes()
+
+
+def test_an_install_beside_another_stops_and_leaves_the_copy_that_one_is_writing(model_only_pi, tmp_path):
+    """Another install holds the lock while it copies its model: this one says so and touches nothing."""
+    import fcntl
+
+    pi = model_only_pi
+    (a,) = _small_models(tmp_path, "a")
+    incoming = _unfinished_copy(pi.models)
+    with open(pi.root / "opt/fer-edge/.install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = pi.install(a)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == [
+        "fer-edge install: error: another install is running on this Pi (it holds /opt/fer-edge/.install.lock): "
+        "install again once it is done"
+    ]
+    assert incoming.exists() and not (pi.models / "current").exists()
+    assert pi.install(a).returncode == 0 and not incoming.exists()  # once it is done
+
+
 def test_a_model_deployed_again_with_a_changed_sidecar_takes_the_new_sidecar(model_only_pi, tmp_path):
     """The same .tflite with a corrected sidecar (labels, face margin, calibration) is a new model to the service."""
     pi = model_only_pi
