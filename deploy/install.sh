@@ -13,6 +13,8 @@
 #   /etc/systemd/system/fer-edge.service (+ fer-edge.service.d/50-backoff.conf on systemd >= 254)
 #   --instance NAME: /etc/fer-edge/NAME.yaml, fer-edge@.service, fer-edge.slice; runs fer-edge@NAME
 #                    (one per camera; the plain fer-edge service is left as it is)
+# An install that changes the packages, the units or the active model, which every instance shares, also
+# restarts the other instances running now (fer-edge, fer-edge@*), each config checked first.
 #
 # Test seams: --prefix DIR installs under DIR instead of /; apt-get, systemctl, useradd, usermod,
 # groupadd, getent and chown are looked up on PATH, so a test puts logging stubs first. With --prefix,
@@ -34,6 +36,10 @@ WEB_PORT=
 DEVICE_ID=
 MANAGED_CONFIG=
 FORCE_RESTART=0
+LEAVE=" "         # --leave: instances the caller installs itself next
+PACKAGES_CHANGED=0
+OTHERS=()         # the other running instances this install restarts (check_others)
+RESTARTED=()      # those restarted so far
 KEEP_MODELS=3
 BACKOFF_MIN_SYSTEMD=254
 
@@ -57,6 +63,8 @@ usage: sudo $0 [options]
   --config FILE    install FILE as the config (config.yaml, or NAME.yaml with --instance), replacing the one
                    there: for a config managed elsewhere (deploy/ansible); still checked before any restart,
                    and the one there put back when the check or the start fails
+  --leave NAME     an upgrade restarts the other running instances too, each config checked first: not NAME
+                   (config: the plain service), which the caller installs next (deploy/ansible); repeatable
   --prefix DIR     install under DIR instead of / (tests; system commands must be stubs on PATH)
   --uninstall      remove what install added; keeps recordings, the fer-edge user and an edited config
                    (with --instance NAME: stop and disable that camera's fer-edge@NAME alone)
@@ -81,6 +89,7 @@ while [ $# -gt 0 ]; do
         --device-id) DEVICE_ID="${2:?--device-id needs a name}"; shift 2 ;;
         --config) MANAGED_CONFIG="$(realpath "${2:?--config needs a file}")"; shift 2
             [ -f "$MANAGED_CONFIG" ] || die "--config: $MANAGED_CONFIG is not a file" ;;
+        --leave) LEAVE+="${2:?--leave needs a name} "; shift 2 ;;
         --prefix) ROOT="${2:?--prefix needs a folder}"; shift 2 ;;
         --uninstall) MODE=uninstall; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -362,6 +371,7 @@ python_env() {
     install -m 0644 "$work/constraints.txt" "$OPT/constraints.txt"
     echo "$stamp" > "$STAMP"
     CHANGED=1
+    PACKAGES_CHANGED=1
 }
 
 # pip_failed WHAT: one line after pip's own; the EXIT trap then puts the previous venv back.
@@ -485,10 +495,11 @@ rollback_model() {
     say "rolled back to model $MODEL_SWITCHED_FROM"
 }
 
-# start_failed WHAT: systemd could not start the service; if this install switched the model, switch
-# back and restart with the previous one. Never returns.
+# start_failed WHAT [UNIT]: systemd could not start UNIT (default: this install's service); put back what
+# this install switched (the model, the packages, the config) and restart every service it restarted, so
+# that they run what is installed again. Never returns.
 start_failed() {
-    local restored=
+    local unit="${2:-$RUN_UNIT}" restored= again
     if [ -n "$MODEL_SWITCHED_FROM" ] && [ "$MODEL_SWITCHED_FROM" != none ]; then
         rollback_model
         restored="previous model restored"
@@ -500,10 +511,12 @@ start_failed() {
         restored="${restored:+$restored, }previous config restored"
     fi
     if [ -n "$restored" ]; then
-        systemctl restart "$RUN_UNIT" || true
-        die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT): $restored"
+        for again in "$RUN_UNIT" ${RESTARTED[@]+"${RESTARTED[@]}"}; do
+            systemctl restart "$again" || true
+        done
+        die "$unit did not start$1 (journalctl -u $unit): $restored"
     fi
-    die "$RUN_UNIT did not start$1 (journalctl -u $RUN_UNIT)"
+    die "$unit did not start$1 (journalctl -u $unit)"
 }
 
 # The config may hold a camera URL with its password: readable by root and the service's group only.
@@ -596,7 +609,9 @@ unit_files() {
     fi
 }
 
+# check_config [CONFIG UNIT]: this install's config, or the config of UNIT, another instance running now.
 check_config() {
+    local config="${1:-$CONFIG}" unit="${2:-}"
     # The service reads its secrets from systemd credentials (deploy.sh --web-token-file, --mqtt-password-file),
     # which systemd names to the service alone: check-config is shown the same files, or a live view listening
     # on the network would look tokenless here and every later install would stop.
@@ -606,11 +621,58 @@ check_config() {
     fi
     # under --prefix the config's model path is outside the scratch root: only a missing model is let pass
     if ! env ${credentials[@]+"${credentials[@]}"} \
-        "$VENV/bin/fer-edge" check-config ${ROOT:+--model-optional} --config "$CONFIG" >/dev/null; then
+        "$VENV/bin/fer-edge" check-config ${ROOT:+--model-optional} --config "$config" >/dev/null; then
         rollback_model  # else the service's next start (a crash, the watchdog, a reboot) takes the new model
-        die "${CONFIG#"$ROOT"} does not pass fer-edge check-config: service not (re)started"
+        if [ -n "$unit" ]; then
+            die "${config#"$ROOT"} of the running $unit does not pass fer-edge check-config of this release:" \
+                "nothing (re)started"
+        fi
+        die "${config#"$ROOT"} does not pass fer-edge check-config: service not (re)started"
     fi
-    say "config ok: ${CONFIG#"$ROOT"}"
+    say "config ok: ${config#"$ROOT"}"
+}
+
+# shared_change: this install changes what every instance on the Pi runs: the packages, the active model,
+# the plain unit or the template of the camera instances.
+shared_change() {
+    if [ "$PACKAGES_CHANGED" = 1 ] || [ -n "$MODEL_SWITCHED_FROM" ]; then
+        return 0
+    fi
+    [ "$MODE" = install ] || return 1
+    ! cmp -s "$SRC/systemd/$SERVICE.service" "$UNIT" || { [ -f "$SRC/systemd/$SERVICE@.service" ] \
+        && ! cmp -s "$SRC/systemd/$SERVICE@.service" "$TEMPLATE_UNIT"; }
+}
+
+# check_others: a running instance keeps the old code and model in memory until it restarts, and its next
+# start (a crash, a reboot) loads the new ones unchecked. So when this install changes what they share, the
+# other instances running now are restarted too (restart_others), and each one's config is checked against
+# this release first, before anything restarts: a config the release refuses stops the install as this
+# install's own config would, instead of taking that camera down.
+check_others() {
+    [ "$USERLAND" = 0 ] && shared_change || return 0
+    local config name unit
+    for config in "$ETC"/*.yaml; do
+        [ -f "$config" ] || continue
+        name="$(basename "$config" .yaml)"
+        case "$name" in *[!A-Za-z0-9_-]*|-*) continue ;; esac
+        case "$LEAVE" in *" $name "*) continue ;; esac
+        if [ "$name" = config ]; then unit="$SERVICE"; else unit="$SERVICE@$name"; fi
+        [ "$unit" != "$RUN_UNIT" ] && systemctl is-active --quiet "$unit" || continue
+        check_config "$config" "$unit"
+        OTHERS+=("$unit")
+    done
+}
+
+# restart_others WHAT: once this install's own service runs the new release, the instances check_others
+# found, one at a time; one that does not start puts the previous release back (start_failed).
+restart_others() {
+    [ "${#OTHERS[@]}" -gt 0 ] || return 0
+    say "restarting the other running instances on the new release too: ${OTHERS[*]}"
+    local unit
+    for unit in "${OTHERS[@]}"; do
+        RESTARTED+=("$unit")
+        systemctl restart "$unit" || start_failed "$1" "$unit"
+    done
 }
 
 # Start, or restart when something changed; systemctl waits for READY=1 (Type=notify).
@@ -645,8 +707,10 @@ do_install() {
     install_model "$MODEL"
     config_file
     check_config  # before the units: a refused release leaves the installed units as they were
+    check_others
     unit_files
     start_service || start_failed ""
+    restart_others ""
     drop_saved_venv
     prune_models  # only now that the service runs with the new model
 }
@@ -659,12 +723,14 @@ do_model_only() {
     fi
     install_model "$MODEL"
     check_config
+    check_others
     if [ "$CHANGED" = 0 ] && [ "$FORCE_RESTART" = 0 ]; then
         say "model already active; nothing to do"
         return 0
     fi
     say "restarting $RUN_UNIT with the new model"
     systemctl restart "$RUN_UNIT" || start_failed " with the new model"
+    restart_others " with the new model"
     prune_models  # only now that the service runs with the new model: the rollback target was kept
 }
 

@@ -52,14 +52,17 @@ case "$name" in
     systemctl)
         case "$1" in
             --version) echo "systemd $(cat "$state/systemd-version") (fake)"; echo "+PAM +SECCOMP" ;;
-            is-active) [ "$(cat "$state/active" 2>/dev/null)" = active ] ;;
+            is-active)  # one flag for every unit, or a unit's own (state/active.UNIT) where a test made one
+                flag="$state/active"; [ ! -e "$state/active.$last" ] || flag="$state/active.$last"
+                [ "$(cat "$flag" 2>/dev/null)" = active ] ;;
             start|restart)
-                if [ -e "$state/fail-next-start" ]; then
-                    rm -f "$state/fail-next-start"; echo "inactive" > "$state/active"
-                    echo "Job for fer-edge.service failed because the control process exited with error code." >&2
+                flag="$state/active"; [ ! -e "$state/active.$2" ] || flag="$state/active.$2"
+                if [ -e "$state/fail-next-start" ] || [ -e "$state/fail-next-start.$2" ]; then
+                    rm -f "$state/fail-next-start" "$state/fail-next-start.$2"; echo "inactive" > "$flag"
+                    echo "Job for $2.service failed because the control process exited with error code." >&2
                     exit 1
                 fi
-                echo active > "$state/active" ;;
+                echo active > "$flag" ;;
             enable|disable)
                 case " $* " in *" --now "*) [ "$1" = enable ] && echo active > "$state/active" \
                     || echo inactive > "$state/active" ;; esac ;;
@@ -653,6 +656,33 @@ def test_a_model_swap_prunes_after_the_restart_and_keeps_the_previous_model(mode
     assert result.stderr.index("restarting fer-edge with the new model") < result.stderr.index("removed old model")
 
 
+def test_a_new_model_restarts_the_other_running_instances_but_not_those_left_to_the_caller(model_only_pi, tmp_path):
+    """`current` is shared: an instance left running keeps the old model until its next start takes the new
+    one. --leave NAME (deploy/ansible, which installs NAME next itself) keeps NAME out of it."""
+    pi = model_only_pi
+    a, b, c = _small_models(tmp_path, "abc")
+    etc = pi.root / "etc/fer-edge"
+    for name in ("door", "till", "yard"):
+        shutil.copy(etc / "config.yaml", etc / f"{name}.yaml")
+        (pi.state / f"active.fer-edge@{name}").write_text("active\n" if name != "yard" else "inactive\n")
+    assert pi.install(a).returncode == 0
+    before = len(_restarts(pi.state))
+    result = pi.install(b)
+    assert result.returncode == 0, result.stderr
+    assert _restarts(pi.state)[before:] == ["fer-edge", "fer-edge@door", "fer-edge@till"]
+    for name in ("door", "till"):
+        assert f"config ok: /etc/fer-edge/{name}.yaml" in result.stderr
+    before = len(_restarts(pi.state))
+    command = ["bash", str(INSTALL), "--prefix", str(pi.root), "--model-only", "--model", str(c), "--leave", "till"]
+    left = subprocess.run(command, env=pi.env, capture_output=True, text=True, timeout=60)
+    assert left.returncode == 0, left.stderr
+    assert _restarts(pi.state)[before:] == ["fer-edge", "fer-edge@door"]
+    assert "restarting the other running instances on the new release too: fer-edge@door" in left.stderr
+    before = len(_restarts(pi.state))
+    assert pi.install(c).returncode == 0  # nothing changed: the others keep running
+    assert _restarts(pi.state)[before:] == []
+
+
 def _unfinished_copy(models: Path) -> Path:
     """What a power cut or a SIGKILL during a model copy leaves: a half-written .incoming.* folder."""
     incoming = models / ".incoming.Xq3v7a"
@@ -1130,3 +1160,68 @@ def test_a_config_that_install_config_refuses_leaves_the_one_the_service_runs(tm
     accepted = install(release, "--config", str(managed))
     assert accepted.returncode == 0, accepted.stderr
     assert config.read_text() == managed.read_text()
+
+
+def _restarts(state: Path) -> list[str]:
+    calls = (state / "calls.log").read_text().splitlines()
+    return [c.split()[2] for c in calls if c.split()[:2] in (["systemctl", "start"], ["systemctl", "restart"])]
+
+
+def test_an_upgrade_restarts_every_running_instance_and_checks_each_config_first(tmp_path):
+    """The venv is shared: a camera instance left running keeps the old code in memory until it restarts, and
+    that restart (a crash, a reboot) loads the new code with a config nobody checked against it."""
+    install, env, state, root = _local_pi(tmp_path)
+    venv = root / "opt/fer-edge/venv"
+
+    def running() -> str:
+        probe = [str(venv / "bin/python"), "-c", "import fer_edge; print(fer_edge.RELEASE)"]
+        return subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert install(_release(tmp_path / "v1", "v1")).returncode == 0
+    etc = root / "etc/fer-edge"
+    for name, flag in (("door", "active"), ("till", "active"), ("yard", "inactive")):  # yard: stopped
+        shutil.copy(etc / "config.yaml", etc / f"{name}.yaml")
+        (state / f"active.fer-edge@{name}").write_text(f"{flag}\n")
+
+    before = len(_restarts(state))
+    upgrade = install(_release(tmp_path / "v2", "v2"))
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert running() == "v2"
+    assert _restarts(state)[before:] == ["fer-edge", "fer-edge@door", "fer-edge@till"]
+    assert "restarting the other running instances on the new release too: fer-edge@door fer-edge@till" in (
+        upgrade.stderr
+    )
+    out = upgrade.stderr
+    assert out.index("config ok: /etc/fer-edge/till.yaml") < out.index("restarting fer-edge\n")  # checked first
+
+    # A release that renames a key, with this config moved to the new name: the running till's is not.
+    refusing = _release(tmp_path / "v3", "v3", rename=("status_interval_s", "status_every_s"))
+    config = etc / "config.yaml"
+    running_config = config.read_bytes()
+    managed = tmp_path / "managed.yaml"
+    managed.write_text(config.read_text().replace("status_interval_s:", "status_every_s:"))
+    (etc / "door.yaml").write_text(managed.read_text())
+    before = len(_restarts(state))
+    refused = install(refusing, "--config", str(managed))
+    assert refused.returncode != 0
+    assert "logging.status_interval_s: unknown key" in refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("fer-edge install: error:")]
+    assert errors == [
+        "fer-edge install: error: /etc/fer-edge/till.yaml of the running fer-edge@till does not pass fer-edge "
+        "check-config of this release: nothing (re)started"
+    ]
+    assert _restarts(state)[before:] == [] and running() == "v2" and config.read_bytes() == running_config
+    shutil.copy(config, etc / "door.yaml")
+
+    # An instance that does not come up on the new release: every service restarted goes back to the previous.
+    (state / "fail-next-start.fer-edge@door").touch()
+    before = len(_restarts(state))
+    failed = install(_release(tmp_path / "v4", "v4"))
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("fer-edge install: error:")]
+    assert errors == [
+        "fer-edge install: error: fer-edge@door did not start (journalctl -u fer-edge@door): previous packages restored"
+    ]
+    assert _restarts(state)[before:] == ["fer-edge", "fer-edge@door", "fer-edge", "fer-edge@door"]
+    assert running() == "v2"
+    assert (state / "active.fer-edge@yard").read_text() == "inactive\n"
