@@ -289,6 +289,65 @@ def test_a_dry_run_on_a_fresh_controller_packs_the_release_it_would_roll_out(tmp
     assert "nowhere-pi" in recap and "unreachable=1" in recap  # the Pi part ran, against a Pi that is not there
 
 
+def _releases(folder: Path, names: list[str], current: str | None) -> Path:
+    """Release folders as the rollouts left them, the first the oldest (an hour apart), `current` linked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for age, name in enumerate(reversed(names), start=1):
+        (folder / name / "config").mkdir(parents=True)
+        os.utime(folder / name, (now - 3600 * age, now - 3600 * age))
+    if current:
+        (folder / "current").symlink_to(current)
+    return folder
+
+
+PRUNE_PLAYBOOK = """- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: The release the Pi ran before this rollout
+      ansible.builtin.stat:
+        path: "{{ releases }}/current"
+      register: current
+    - ansible.builtin.import_tasks: %s
+"""
+
+
+@needs_ansible
+@pytest.mark.parametrize(
+    ("keep", "check", "kept"),
+    [
+        (None, False, {"r6", "r0", "r5"}),  # three: the new one, the one it replaced (the oldest), the newest other
+        (1, False, {"r6", "r0"}),  # never the one in use or the rollback target, however few are asked for
+        (5, False, {"r6", "r0", "r5", "r4", "r3"}),
+        (None, True, {f"r{i}" for i in range(7)}),  # a dry run only lists them
+    ],
+)
+def test_a_pi_keeps_the_active_release_the_one_it_replaced_and_the_newest_others(tmp_path, keep, check, kept):
+    """Every config change makes a release (about 5 MB) in /opt/fer-edge/releases: a Pi's SD card filled."""
+    releases = _releases(tmp_path / "releases", [f"r{i}" for i in range(6)], current="r0")
+    (releases / "r6" / "config").mkdir(parents=True)  # this rollout's release, just made
+    playbook = tmp_path / "prune.yml"
+    playbook.write_text(PRUNE_PLAYBOOK % (ANSIBLE / "prune-releases.yml"))
+    extra = ["-e", f"releases={releases}", "-e", "release=r6", "-e", f"ansible_python_interpreter={SYSTEM_PYTHON}"]
+    extra += ["-e", f"fer_edge_keep_releases={keep}"] if keep is not None else []
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [PLAYBOOK_BIN, "-i", "localhost,", str(playbook), *extra, *(["--check"] if check else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert {p.name for p in releases.iterdir() if not p.is_symlink()} == kept
+    assert (releases / "current").readlink() == Path("r0")
+    if check:  # what a real run would remove
+        assert all(f"(item=r{i})" in result.stdout for i in (1, 2, 3, 4)), result.stdout
+        assert "(item=r5)" not in result.stdout and "(item=r0)" not in result.stdout
+
+
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory):
     if PLAYBOOK_BIN is None:
@@ -324,6 +383,8 @@ def rollout(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_rollout(rollout):
     pis, work, user_key, known_hosts = rollout
+    # b has run four releases before, the oldest its current one (what a failure here would go back to)
+    _releases(pis[1].root / "opt/fer-edge/releases", ["old1", "old2", "old3", "old4"], current="old1")
     result = _playbook(_inventory(pis, user_key, known_hosts, broken=None), work)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return result
@@ -363,19 +424,36 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
 
 @pytest.mark.slow
 @needs_ansible
+def test_a_rollout_removes_old_releases_but_the_active_one_and_the_one_it_replaced(rollout, first_rollout):
+    pis, *_ = rollout
+    b = pis[1]
+    kept = {p.name for p in (b.root / "opt/fer-edge/releases").iterdir() if not p.is_symlink()}
+    assert kept == {b.current_release(), "old1", "old4"}  # fer_edge_keep_releases (3): old1 is the rollback target
+    assert "(item=old2)" in first_rollout.stdout and "(item=old3)" in first_rollout.stdout
+
+
+@pytest.mark.slow
+@needs_ansible
 def test_a_dry_run_of_a_new_release_changes_nothing_on_the_pis(rollout, first_rollout):
     pis, work, user_key, known_hosts = rollout
     a = pis[0]
     inventory = _inventory(pis, user_key, known_hosts, broken=None)
     inventory["fer_edge"]["hosts"]["pi-a"]["fer_edge_config"]["logging"]["status_interval_s"] = 7.0  # a new release
-    releases = sorted((a.root / "opt/fer-edge/releases").iterdir())
-    config = (a.root / "etc/fer-edge/config.yaml").read_text()
-    calls = a.calls()
-    result = _playbook(inventory, work, "--check")
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert sorted((a.root / "opt/fer-edge/releases").iterdir()) == releases
-    assert (a.root / "etc/fer-edge/config.yaml").read_text() == config
-    assert a.calls() == calls  # no install, no restart
+    old = ["old1", "old2", "old3"]  # older than a's current release: a real run would remove two of them
+    _releases(a.root / "opt/fer-edge/releases", old, current=None)
+    try:
+        releases = sorted((a.root / "opt/fer-edge/releases").iterdir())
+        config = (a.root / "etc/fer-edge/config.yaml").read_text()
+        calls = a.calls()
+        result = _playbook(inventory, work, "--check")
+        assert result.returncode == 0, result.stdout[-4000:]
+        assert sorted((a.root / "opt/fer-edge/releases").iterdir()) == releases
+        assert (a.root / "etc/fer-edge/config.yaml").read_text() == config
+        assert a.calls() == calls  # no install, no restart
+        assert "(item=old1)" in result.stdout and "(item=old2)" in result.stdout  # listed, not removed
+    finally:
+        for name in old:
+            shutil.rmtree(a.root / "opt/fer-edge/releases" / name)
 
 
 @pytest.mark.slow
