@@ -562,7 +562,8 @@ instance_config() {
 import json, re, sys
 template, out, instance, camera, port, device_id = sys.argv[1:]
 settings = {("recording", "output_dir"): f"/var/lib/fer-edge/{instance}", ("mqtt", "device_id"): device_id}
-if camera:
+if camera:  # kind auto would take the Pi camera wherever picamera2 is installed, whatever the device says
+    settings["source", "kind"] = "opencv"
     settings["source", "device"] = camera
 if port:
     settings["web", "enabled"] = True

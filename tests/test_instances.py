@@ -134,6 +134,7 @@ def test_two_instances_installed_side_by_side_each_write_their_own_folder(tmp_pa
         assert cfg["web"] == {**cfg["web"], "enabled": True, "listen": f"127.0.0.1:{ports[name]}"}
         assert cfg["mqtt"]["device_id"] == f"{socket.gethostname()}-{name}"
         assert cfg["source"]["device"] == {"door": "0", "till": "2"}[name]
+        assert cfg["source"]["kind"] == "opencv"  # not the Pi camera, which kind auto takes wherever it is installed
         # what systemd would give the instance: the unit's paths under the scratch root; the clip for the camera
         cfg["model"]["path"] = str(root / cfg["model"]["path"].lstrip("/"))
         cfg["recording"].update(output_dir=str(root / f"var/lib/fer-edge/{name}"), presence_triggered=False)
