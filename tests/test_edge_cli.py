@@ -236,6 +236,31 @@ def test_check_config_refuses_what_run_refuses(case, demo_clip, model_path, tmp_
     assert error_lines(check) == error_lines(run)
 
 
+@pytest.mark.parametrize(
+    ("source", "said"),
+    [
+        ("kind: auto\n  device: /dev/v4l/by-id/usb-cam-video-index0", True),
+        ("kind: auto\n  device: rtsp://viewer:secret@cam.local/stream", True),
+        ("kind: opencv\n  device: /dev/v4l/by-id/usb-cam-video-index0", False),
+        ("kind: auto", False),
+    ],
+)
+def test_check_config_says_a_camera_named_beside_kind_auto_is_not_the_one_used(tmp_path, source, said):
+    """Where picamera2 is installed, kind auto takes the camera module: a USB camera or stream named in
+    source.device would read as the one recorded, and is not."""
+    stand_in = tmp_path / "site" / "picamera2"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("raise ImportError('found, never imported')\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"source:\n  {source}\nrecording:\n  output_dir: {tmp_path / 'out'}\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    check = fer_edge("check-config", "--config", str(config), env=env)
+    assert check.returncode == 0, check.stderr
+    warned = [line for line in check.stderr.splitlines() if "is not used: kind auto takes the camera module" in line]
+    assert len(warned) == (1 if said else 0), check.stderr
+    assert "secret" not in check.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("picamera2") is not None, reason="picamera2 is installed here")
 def test_check_config_refuses_the_pi_camera_without_picamera2(tmp_path):
     config = tmp_path / "config.yaml"

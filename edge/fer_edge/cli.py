@@ -181,7 +181,7 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     size, fps = (cfg.source.width, cfg.source.height), cfg.source.fps
     kind = resolve_kind(cfg.source)
     if kind == "picamera2":
-        check_picamera2()
+        check_picamera2(cfg.source)
     if kind in ("file", "images"):
         source = open_source(cfg.source)
         size, fps = source.size, source.fps

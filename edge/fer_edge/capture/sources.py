@@ -19,6 +19,7 @@ import numpy as np
 
 from fer_edge.capture.files import ImageFolderSource, VideoFileSource, quiet_opencv
 from fer_edge.capture.prefetch import Prefetcher
+from fer_edge.config.device import DEFAULT_CAMERA
 from fer_edge.errors import SourceError, mask_credentials
 from fer_edge.types import Frame, SourceWaiting
 
@@ -40,6 +41,7 @@ def open_source(cfg: SourceConfig) -> Source:
     kind = resolve_kind(cfg)
     log.debug("source kind %s", kind)
     if kind == "picamera2":
+        check_picamera2(cfg)
         return Picamera2Source(cfg.width, cfg.height, cfg.fps)
     if kind == "opencv":
         return OpenCvCaptureSource(
@@ -72,12 +74,19 @@ def resolve_kind(cfg: SourceConfig) -> str:
 PICAMERA2_MISSING = "picamera2 is not installed (apt install python3-picamera2)"
 
 
-def check_picamera2() -> None:
-    """picamera2 can be imported (found, not imported: that would start libcamera)."""
+def check_picamera2(cfg: SourceConfig) -> None:
+    """picamera2 can be imported (found, not imported: that would start libcamera). A camera named in
+    ``source.device`` beside ``kind: auto`` is not the one used: said, since the config reads as if it were."""
     import importlib.util
 
     if importlib.util.find_spec("picamera2") is None:
         raise SourceError(PICAMERA2_MISSING)
+    if cfg.kind == "auto" and str(cfg.device) != DEFAULT_CAMERA:
+        log.warning(
+            "source.device %s is not used: kind auto takes the camera module, as picamera2 is installed; "
+            "set source.kind: opencv to use that camera",
+            mask_credentials(str(cfg.device)),
+        )
 
 
 def source_overrides(spec: str) -> dict:

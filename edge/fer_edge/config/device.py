@@ -63,6 +63,7 @@ MAX_FPS = 1000.0  # camera or image folder frame rate; beyond it a realtime repl
 MAX_REOPEN_S = 3600.0  # the longest wait between attempts to reopen a lost camera
 MAX_STATUS_INTERVAL_S = 86400.0  # one status line a day at least
 MAX_PRIVACY_HOLD_S = 5.0  # longer would blur where a face was long after it left
+DEFAULT_CAMERA = "0"  # OpenCV capture's camera when none is named
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ MAX_PRIVACY_HOLD_S = 5.0  # longer would blur where a face was long after it lef
 class SourceConfig:
     kind: str = _opt("auto", one_of("auto", "picamera2", "opencv", "file", "images"))
     path: str | None = None  # video file or image folder (kind file/images/auto)
-    device: int | str = _opt("0", camera_device)  # OpenCV capture: camera index or stream URL
+    device: int | str = _opt(DEFAULT_CAMERA, camera_device)  # OpenCV capture: camera index or stream URL
     width: int = _opt(640, int_range(1, MAX_SIDE))
     height: int = _opt(480, int_range(1, MAX_SIDE))
     fps: float = _opt(30.0, above_up_to(0, MAX_FPS))  # camera frame rate; image folders play at this rate
