@@ -729,8 +729,12 @@ do_model_only() {
         say "model already active; nothing to do"
         return 0
     fi
-    say "restarting $RUN_UNIT with the new model"
-    systemctl restart "$RUN_UNIT" || start_failed " with the new model"
+    if systemctl is-active --quiet "$RUN_UNIT" || systemctl is-enabled --quiet "$RUN_UNIT"; then
+        say "restarting $RUN_UNIT with the new model"
+        systemctl restart "$RUN_UNIT" || start_failed " with the new model"
+    else  # e.g. the plain service, disabled where camera instances run: starting it would take their camera
+        say "$RUN_UNIT is neither running nor enabled: left stopped"
+    fi
     restart_others " with the new model"
     prune_models  # only now that the service runs with the new model: the rollback target was kept
 }

@@ -63,6 +63,8 @@ case "$name" in
                     exit 1
                 fi
                 echo active > "$flag" ;;
+            is-enabled)  # enabled unless a test disabled the unit (state/enabled.UNIT)
+                [ "$(cat "$state/enabled.$last" 2>/dev/null || echo enabled)" = enabled ] ;;
             enable|disable)
                 case " $* " in *" --now "*) [ "$1" = enable ] && echo active > "$state/active" \
                     || echo inactive > "$state/active" ;; esac ;;
@@ -681,6 +683,25 @@ def test_a_new_model_restarts_the_other_running_instances_but_not_those_left_to_
     before = len(_restarts(pi.state))
     assert pi.install(c).returncode == 0  # nothing changed: the others keep running
     assert _restarts(pi.state)[before:] == []
+
+
+def test_a_new_model_leaves_a_disabled_plain_service_stopped_where_instances_run(model_only_pi, tmp_path):
+    """A Pi whose cameras run as instances, the plain service disabled (as the docs say): deploy-model swaps the
+    model and restarts the instances; starting the plain service too would take a camera from one of them."""
+    pi = model_only_pi
+    a, b = _small_models(tmp_path, "ab")
+    etc = pi.root / "etc/fer-edge"
+    shutil.copy(etc / "config.yaml", etc / "door.yaml")
+    (pi.state / "active.fer-edge@door").write_text("active\n")
+    assert pi.install(a).returncode == 0
+    (pi.state / "active.fer-edge").write_text("inactive\n")
+    (pi.state / "enabled.fer-edge").write_text("disabled\n")
+    before = len(_restarts(pi.state))
+    result = pi.install(b)
+    assert result.returncode == 0, result.stderr
+    assert _restarts(pi.state)[before:] == ["fer-edge@door"]
+    assert "fer-edge is neither running nor enabled: left stopped" in result.stderr
+    assert (pi.models / "current").resolve().name == _sha256(b)[:12]
 
 
 def _unfinished_copy(models: Path) -> Path:
