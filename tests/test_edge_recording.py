@@ -127,6 +127,21 @@ def test_recording_stays_on_while_one_segment_ends_and_the_next_starts(tmp_path,
     assert not recorder.recording and len(recorder.segments) == 3
 
 
+def test_each_finished_segment_hands_free_heap_memory_back(tmp_path, monkeypatch):
+    """Left to itself, glibc's heap keeps a little more of each segment's memory resident, which adds up over
+    months; the trim runs once a segment is finalized, never per frame."""
+    from fer_edge.record import videosink
+
+    finished_when_released: list[int] = []
+    monkeypatch.setattr(
+        videosink, "release_free_memory", lambda: finished_when_released.append(len(list(tmp_path.glob("*.mp4"))))
+    )
+    with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0) as recorder:
+        feed(recorder, range(70))
+        assert finished_when_released == [1, 2]  # two rollovers, each after its segment was renamed to .mp4
+    assert finished_when_released == [1, 2, 3]  # and the close
+
+
 def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from fer_edge.errors import RecordingError
 from fer_edge.record.clock import SegmentClock
 from fer_edge.record.diskspace import MB, DiskGuard
+from fer_edge.record.heap import release_free_memory
 from fer_edge.record.naming import PART_SUFFIX
 from fer_edge.record.pyav import pyav
 from fer_edge.record.ring import FrameRing
@@ -41,7 +42,8 @@ class Mp4Sink:
 
     ``presence_triggered``: video only while faces are present, from ``pre_roll_s`` before the first face to
     ``post_roll_s`` after the last one. ``disk`` makes room before each segment opens, sparing the stems that
-    ``open_stems()`` names (the files being written).
+    ``open_stems()`` names (the files being written). Each finished segment hands the C heap's free pages back
+    (:func:`~fer_edge.record.heap.release_free_memory`), so that resident memory stays flat over months.
     """
 
     def __init__(
@@ -231,6 +233,7 @@ class Mp4Sink:
         if segment is None:
             return
         final = segment.finish()
+        release_free_memory()
         if final is not None:
             self._failing = False
             self._segments.append(final)
