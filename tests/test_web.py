@@ -284,6 +284,7 @@ def start_args(config: Path, source: Path) -> list[str]:
         ({"web.stream_fps": 1e-300}, "web.stream_fps: expected a number in [0.1, 30], got 1e-300"),
         ({"web.token": ""}, "web.token: expected at least 16 characters, got 0"),
         ({"web.token": "short-secret"}, "web.token: expected at least 16 characters, got 12"),
+        ({"web.token": "grüße-aus-der-werkstatt"}, "web.token: expected printable ASCII"),
         ({"mqtt.host": ""}, "mqtt.host: expected a host name"),
         ({"mqtt.host": "mqtt://user:pw@broker"}, "mqtt.host: expected a host name or address, not a URL"),
         ({"mqtt.host": "a" * 64 + ".lan"}, "mqtt.host: expected a host name (labels of 1-63"),

@@ -160,6 +160,6 @@ def token_problem(token: str) -> str | None:
     """What is wrong with a token (never the token itself), or None."""
     if len(token) < MIN_TOKEN_CHARS:
         return f"expected at least {MIN_TOKEN_CHARS} characters, got {len(token)}"
-    if any(c.isspace() or ord(c) < 32 for c in token):
-        return "expected no spaces or control characters"
+    if not all(33 <= ord(c) <= 126 for c in token):  # it travels in an HTTP header, which is not UTF-8
+        return "expected printable ASCII (letters, digits, punctuation), no spaces or control characters"
     return None
