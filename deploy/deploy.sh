@@ -8,7 +8,8 @@
 # Copies edge/, requirements-edge.txt, requirements-pi.lock, deploy/, systemd/, docs/DEPLOY.md and the model with its JSON to
 # a new folder inside the staging folder on the Pi (tar over ssh: nothing but ssh needed on either
 # side), runs `sudo deploy/install.sh --restart` there and removes that new folder (nothing else in the
-# staging folder is touched), then prints `systemctl status` and the last journal lines.
+# staging folder is touched), then prints `systemctl status` of the service and its camera instances and the
+# last journal lines.
 # Arguments after `--` go to install.sh. deploy/deploy-model.sh is this script with --model-only.
 set -euo pipefail
 
@@ -144,7 +145,8 @@ status=0
 remote ${tty[@]+"${tty[@]}"} "$TARGET" "$stage_cd; $as_root; $install_cmd; status=\$?; rm -rf \"\$upload\"; exit \$status" \
     || status=$?
 
-remote "$TARGET" "$as_root; \$root systemctl status fer-edge --no-pager --lines 0 || true;
-    \$root journalctl -u fer-edge -n 20 --no-pager || true" || true
+# the plain service and every camera instance: an install may restart them all
+remote "$TARGET" "$as_root; \$root systemctl status fer-edge 'fer-edge@*' --no-pager --lines 0 || true;
+    \$root journalctl -u fer-edge -u 'fer-edge@*' -n 20 --no-pager || true" || true
 [ "$status" -eq 0 ] || die "install on $TARGET failed (exit $status)"
 say "done: fer-edge on $TARGET is up to date"

@@ -358,8 +358,8 @@ def test_first_deploy_installs_venv_model_config_unit_and_starts(fake_pi, first_
     ]
     assert "config ok: /etc/fer-edge/config.yaml" in result.stderr  # check-config ran before the start
     assert result.stderr.index("config ok") < result.stderr.index("starting fer-edge")
-    assert "systemctl status fer-edge --no-pager --lines 0" in calls
-    assert "journalctl -u fer-edge -n 20 --no-pager" in calls
+    assert "systemctl status fer-edge fer-edge@* --no-pager --lines 0" in calls  # with the camera instances
+    assert "journalctl -u fer-edge -u fer-edge@* -n 20 --no-pager" in calls
     assert "-- stub journal" in result.stdout
 
 
