@@ -40,6 +40,7 @@ LEAVE=" "         # --leave: instances the caller installs itself next
 PACKAGES_CHANGED=0
 OTHERS=()         # the other running instances this install restarts (check_others)
 RESTARTED=()      # those restarted so far
+OWN_LEFT_STOPPED=0  # a model swap left this install's own unit stopped (neither running nor enabled)
 KEEP_MODELS=3
 BACKOFF_MIN_SYSTEMD=254
 
@@ -512,6 +513,7 @@ start_failed() {
     fi
     if [ -n "$restored" ]; then
         for again in "$RUN_UNIT" ${RESTARTED[@]+"${RESTARTED[@]}"}; do
+            [ "$again" != "$RUN_UNIT" ] || [ "$OWN_LEFT_STOPPED" = 0 ] || continue
             systemctl restart "$again" || true
         done
         die "$unit did not start$1 (journalctl -u $unit): $restored"
@@ -734,6 +736,7 @@ do_model_only() {
         systemctl restart "$RUN_UNIT" || start_failed " with the new model"
     else  # e.g. the plain service, disabled where camera instances run: starting it would take their camera
         say "$RUN_UNIT is neither running nor enabled: left stopped"
+        OWN_LEFT_STOPPED=1
     fi
     restart_others " with the new model"
     prune_models  # only now that the service runs with the new model: the rollback target was kept

@@ -689,7 +689,7 @@ def test_a_new_model_leaves_a_disabled_plain_service_stopped_where_instances_run
     """A Pi whose cameras run as instances, the plain service disabled (as the docs say): deploy-model swaps the
     model and restarts the instances; starting the plain service too would take a camera from one of them."""
     pi = model_only_pi
-    a, b = _small_models(tmp_path, "ab")
+    a, b, c = _small_models(tmp_path, "abc")
     etc = pi.root / "etc/fer-edge"
     shutil.copy(etc / "config.yaml", etc / "door.yaml")
     (pi.state / "active.fer-edge@door").write_text("active\n")
@@ -701,6 +701,12 @@ def test_a_new_model_leaves_a_disabled_plain_service_stopped_where_instances_run
     assert result.returncode == 0, result.stderr
     assert _restarts(pi.state)[before:] == ["fer-edge@door"]
     assert "fer-edge is neither running nor enabled: left stopped" in result.stderr
+    assert (pi.models / "current").resolve().name == _sha256(b)[:12]
+    (pi.state / "fail-next-start.fer-edge@door").touch()  # the instance fails on the next model: rolled back
+    before = len(_restarts(pi.state))
+    failed = pi.install(c)
+    assert failed.returncode != 0 and "fer-edge@door did not start" in failed.stderr
+    assert set(_restarts(pi.state)[before:]) == {"fer-edge@door"}  # and the plain service is still not started
     assert (pi.models / "current").resolve().name == _sha256(b)[:12]
 
 
