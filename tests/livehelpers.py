@@ -127,6 +127,19 @@ def http_get(port: int, path: str, token: str | None, headers: dict | None = Non
     return response, response.status, response.headers, body
 
 
+# Debian's Chromium as the tests run it: headless, as root, with nothing of its own going to the network
+HEADLESS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+)
+
+
 def chromium(
     url: str, *args: str, window: str = "1200,800", budget_ms: int = 4000, timeout: float = 90
 ) -> subprocess.CompletedProcess:
@@ -137,14 +150,7 @@ def chromium(
         return subprocess.run(
             [
                 binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
+                *HEADLESS,
                 "--autoplay-policy=no-user-gesture-required",
                 f"--user-data-dir={profile}",
                 "--hide-scrollbars",
@@ -183,14 +189,7 @@ class ChromiumPage:
                 "-c",
                 f'exec "$0" "$@" 3<&{to_browser_read} 4>&{from_browser_write}',
                 binary,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
+                *HEADLESS,
                 "--remote-debugging-pipe",
                 f"--user-data-dir={self._profile.name}",
                 f"--window-size={window}",
