@@ -122,20 +122,15 @@ tar -czf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=edge/build -C 
     || die "upload to $TARGET:$STAGING/$UPLOAD_NAME failed"
 
 # --- secrets: systemd credentials -------------------------------------------------------------
-# Each secret goes over ssh's stdin into the upload folder (0600, removed with it); root then installs it as
-# /etc/fer-edge/credentials/NAME (0600 root) with a drop-in fer-edge.service.d/60-credential-NAME.conf
-# (LoadCredential=), before install.sh restarts the service. fer-edge reads $CREDENTIALS_DIRECTORY/NAME;
-# the service user never reads the file itself.
+# Each secret goes over ssh's stdin into the upload folder (0600, removed with it); install.sh --credential then
+# installs it as /etc/fer-edge/credentials/NAME (0600 root) with the drop-ins that load it (LoadCredential=)
+# into the plain service and every camera instance, and puts the previous one back if the install fails.
+# fer-edge reads $CREDENTIALS_DIRECTORY/NAME; the service user never reads the file itself.
 for secret in ${SECRETS[@]+"${SECRETS[@]}"}; do
     name="${secret%%=*}" file="${secret#*=}"
     remote "$TARGET" "$stage_cd; umask 077; cat > \"\$upload/.secret-$name\"" < "$file" \
         || die "upload of $name to $TARGET failed"
-    dropin="/etc/systemd/system/fer-edge.service.d/60-credential-$name.conf"
-    install_cmd="\$root install -d -m 0700 /etc/fer-edge/credentials &&
-        \$root install -m 0600 -o root -g root \"\$upload/.secret-$name\" /etc/fer-edge/credentials/$name &&
-        \$root install -d -m 0755 ${dropin%/*} &&
-        printf '[Service]\\nLoadCredential=%s:%s\\n' $name /etc/fer-edge/credentials/$name | \$root tee $dropin >/dev/null &&
-        \$root systemctl daemon-reload && $install_cmd"
+    install_cmd+=" --credential \"$name=\$upload/.secret-$name\""
 done
 
 tty=()

@@ -41,6 +41,8 @@ PACKAGES_CHANGED=0
 OTHERS=()         # the other running instances this install restarts (check_others)
 RESTARTED=()      # those restarted so far
 OWN_LEFT_STOPPED=0  # a model swap left this install's own unit stopped (neither running nor enabled)
+CREDENTIALS=()    # --credential NAME=FILE
+CREDENTIALS_ADDED=()  # credentials this install made; those it replaced are kept in $WORK/credentials.previous
 KEEP_MODELS=3
 BACKOFF_MIN_SYSTEMD=254
 
@@ -64,6 +66,10 @@ usage: sudo $0 [options]
   --config FILE    install FILE as the config (config.yaml, or NAME.yaml with --instance), replacing the one
                    there: for a config managed elsewhere (deploy/ansible); still checked before any restart,
                    and the one there put back when the check or the start fails
+  --credential NAME=FILE
+                   install FILE as the systemd credential NAME (web-token or mqtt-password; deploy.sh
+                   --web-token-file, --mqtt-password-file): /etc/fer-edge/credentials/NAME (0600 root), loaded
+                   by the plain service and every camera instance; repeatable
   --leave NAME     an upgrade restarts the other running instances too, each config checked first: not NAME
                    (config: the plain service), which the caller installs next (deploy/ansible); repeatable
   --prefix DIR     install under DIR instead of / (tests; system commands must be stubs on PATH)
@@ -91,6 +97,7 @@ while [ $# -gt 0 ]; do
         --config) MANAGED_CONFIG="$(realpath "${2:?--config needs a file}")"; shift 2
             [ -f "$MANAGED_CONFIG" ] || die "--config: $MANAGED_CONFIG is not a file" ;;
         --leave) LEAVE+="${2:?--leave needs a name} "; shift 2 ;;
+        --credential) CREDENTIALS+=("${2:?--credential needs NAME=FILE}"); shift 2 ;;
         --prefix) ROOT="${2:?--prefix needs a folder}"; shift 2 ;;
         --uninstall) MODE=uninstall; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -109,6 +116,12 @@ if [ -n "$INSTANCE" ]; then
 elif [ -n "$CAMERA$WEB_PORT$DEVICE_ID" ]; then
     die "--camera, --web-port and --device-id set up an instance: add --instance NAME"
 fi
+for credential in ${CREDENTIALS[@]+"${CREDENTIALS[@]}"}; do
+    case "${credential%%=*}" in web-token|mqtt-password) ;;
+        *) die "--credential ${credential%%=*}: web-token or mqtt-password" ;; esac
+    [ -f "${credential#*=}" ] && [ -r "${credential#*=}" ] \
+        || die "--credential ${credential%%=*}: ${credential#*=} is not a readable file"
+done
 OPT="$ROOT/opt/fer-edge"
 VENV="$OPT/venv"
 ETC="$ROOT/etc/fer-edge"
@@ -136,7 +149,7 @@ WORK="$(mktemp -d)"
 # Any failure after pip touched the venv or --config replaced the config (pip itself, check-config, a unit
 # file) puts the previous ones back: the running service, and its next start after a crash or a reboot, keep
 # the release and the config they ran with.
-trap 'if [ "$?" != 0 ]; then restore_venv || true; restore_config || true; fi; rm -rf "$WORK"' EXIT
+trap 'if [ "$?" != 0 ]; then restore_venv || true; restore_config || true; restore_credentials || true; fi; rm -rf "$WORK"' EXIT
 
 # --- system commands (the seams) ---------------------------------------------------------------
 
@@ -511,6 +524,9 @@ start_failed() {
     if restore_config; then
         restored="${restored:+$restored, }previous config restored"
     fi
+    if restore_credentials; then
+        restored="${restored:+$restored, }previous credentials restored"
+    fi
     if [ -n "$restored" ]; then
         for again in "$RUN_UNIT" ${RESTARTED[@]+"${RESTARTED[@]}"}; do
             [ "$again" != "$RUN_UNIT" ] || [ "$OWN_LEFT_STOPPED" = 0 ] || continue
@@ -552,6 +568,54 @@ restore_config() {
     mv -f "$CONFIG.tmp.$$" "$CONFIG"
     CONFIG_PREVIOUS=
     say "put back the previous ${CONFIG#"$ROOT"}"
+}
+
+# install_credentials: each --credential NAME=FILE as /etc/fer-edge/credentials/NAME (0600 root, the folder
+# 0700), with a drop-in for the plain service and one for the camera instances that loads it
+# (LoadCredential=): systemd hands it to the service alone, and check_config shows check-config the same files.
+install_credentials() {
+    [ "${#CREDENTIALS[@]}" -gt 0 ] || return 0
+    local credential name file unit changed="$CHANGED"
+    make_dir "$ETC/credentials" 0700
+    mkdir -p "$WORK/credentials.previous"
+    for credential in "${CREDENTIALS[@]}"; do
+        name="${credential%%=*}" file="${credential#*=}"
+        if [ ! -f "$ETC/credentials/$name" ]; then
+            CREDENTIALS_ADDED+=("$name")
+        elif ! cmp -s "$file" "$ETC/credentials/$name"; then
+            cp -p "$ETC/credentials/$name" "$WORK/credentials.previous/$name"
+        fi
+        install_file "$file" "$ETC/credentials/$name" 0600
+        printf '[Service]\nLoadCredential=%s:/etc/fer-edge/credentials/%s\n' "$name" "$name" > "$WORK/dropin"
+        for unit in "$SERVICE.service" "$SERVICE@.service"; do
+            install_file "$WORK/dropin" "$UNIT_DIR/$unit.d/60-credential-$name.conf" 0644
+        done
+    done
+    if [ "$CHANGED" = 1 ] && [ "$changed" = 0 ] && [ "$USERLAND" = 0 ]; then
+        systemctl daemon-reload  # a model swap restarts without the reload a full install makes
+    fi
+}
+
+# restore_credentials: the install failed: the credentials it replaced are put back, the ones it added
+# removed; non-zero when there was none.
+restore_credentials() {
+    local previous name restored=1
+    for previous in "$WORK"/credentials.previous/*; do
+        [ -f "$previous" ] || continue
+        mv -f "$previous" "$ETC/credentials/$(basename "$previous")"
+        restored=0
+    done
+    for name in ${CREDENTIALS_ADDED[@]+"${CREDENTIALS_ADDED[@]}"}; do
+        rm -f "$ETC/credentials/$name" "$UNIT_DIR/$SERVICE.service.d/60-credential-$name.conf" \
+            "$UNIT_DIR/$SERVICE@.service.d/60-credential-$name.conf"
+        restored=0
+    done
+    CREDENTIALS_ADDED=()
+    if [ "$restored" = 0 ]; then
+        [ "$USERLAND" = 1 ] || systemctl daemon-reload || true
+        say "put back the credentials this install changed"
+    fi
+    return "$restored"
 }
 
 # instance_config TEMPLATE: /etc/fer-edge/NAME.yaml from the template, written once (never overwritten):
@@ -709,6 +773,7 @@ do_install() {
     python_env
     install_model "$MODEL"
     config_file
+    install_credentials
     check_config  # before the units: a refused release leaves the installed units as they were
     check_others
     unit_files
@@ -725,6 +790,7 @@ do_model_only() {
             "the service will not use the model swapped in here"
     fi
     install_model "$MODEL"
+    install_credentials
     check_config
     check_others
     if [ "$CHANGED" = 0 ] && [ "$FORCE_RESTART" = 0 ]; then

@@ -928,6 +928,41 @@ def test_backoff_drop_in_only_on_systemd_254_or_newer(fake_pi, uninstalled):
         fake_pi.new_calls()
 
 
+def test_deploy_installs_secrets_as_credentials_of_the_service_and_its_instances(fake_pi, uninstalled, tmp_path):
+    """--web-token-file and --mqtt-password-file become root-only files that systemd loads into the plain
+    service and every camera instance; a new one replaces the old, and an install that fails puts it back."""
+    secrets = {}
+    for name, value in (("web-token", "first-token-of-32-characters-ok"), ("mqtt-password", "broker-secret")):
+        secrets[name] = tmp_path / name
+        secrets[name].write_text(value + "\n")
+    result = fake_pi.deploy(
+        "--web-token-file", str(secrets["web-token"]), "--mqtt-password-file", str(secrets["mqtt-password"])
+    )
+    assert result.returncode == 0, result.stderr
+    credentials = fake_pi.root / "etc/fer-edge/credentials"
+    assert oct(credentials.stat().st_mode)[-3:] == "700"
+    for name in secrets:
+        assert (credentials / name).read_text() == secrets[name].read_text()
+        assert oct((credentials / name).stat().st_mode)[-3:] == "600"
+        for unit in ("fer-edge.service", "fer-edge@.service"):  # the camera instances load them too
+            dropin = fake_pi.root / f"etc/systemd/system/{unit}.d/60-credential-{name}.conf"
+            assert dropin.read_text() == f"[Service]\nLoadCredential={name}:/etc/fer-edge/credentials/{name}\n"
+    assert not [p for p in (fake_pi.base / "staging").rglob(".secret-*")]  # the upload is gone, secrets with it
+    assert "first-token" not in result.stdout + result.stderr
+    secrets["web-token"].write_text("second-token-of-32-characters-ok\n")
+    assert fake_pi.deploy("--web-token-file", str(secrets["web-token"])).returncode == 0
+    assert (credentials / "web-token").read_text() == "second-token-of-32-characters-ok\n"
+    secrets["web-token"].write_text("third-token-of-32-characters-ok\n")
+    (fake_pi.state / "fail-next-start").touch()  # the service does not come up with it
+    try:
+        failed = fake_pi.deploy("--web-token-file", str(secrets["web-token"]))
+    finally:
+        (fake_pi.state / "fail-next-start").unlink(missing_ok=True)
+        fake_pi.new_calls()
+    assert failed.returncode != 0 and "previous credentials restored" in failed.stderr
+    assert (credentials / "web-token").read_text() == "second-token-of-32-characters-ok\n"
+
+
 def test_deploy_to_an_unreachable_pi_fails_with_ssh_s_reason(tmp_path):
     result = subprocess.run(
         [
