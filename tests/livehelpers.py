@@ -3,6 +3,7 @@ headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import http.client
@@ -258,6 +259,11 @@ class ChromiumPage:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not within {timeout} s: {expression}")
             time.sleep(0.2)
+
+    def screenshot(self, path: Path) -> None:
+        """The page as shown, as a PNG at ``path``."""
+        shot = self._call("Page.captureScreenshot", {"format": "png"}, session=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
 
     def history(self) -> list[str]:
         """Every address this page's history holds."""
