@@ -3,6 +3,7 @@ restart, when it is unreadable, and when it followed a segment while it was bein
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -201,6 +202,37 @@ def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
     index.close()
     assert not (out / ".thumbs" / f"{gone}.jpg").exists()
     assert_index_matches_files(out)
+
+
+@pytest.mark.parametrize(("error", "made_later"), [(errno.ENOSPC, True), (errno.EIO, False)])
+def test_a_thumbnail_the_disk_had_no_room_for_is_made_once_there_is(recorded, tmp_path, monkeypatch, error, made_later):
+    """The disk is full when a recording is indexed, and has room again at the next sync: its thumbnail comes then,
+    without waiting for the folder to change. A thumbnail that failed for another cause is not tried at each
+    sync (a video FFmpeg cannot read would be decoded again every few seconds)."""
+    from fer_edge.record import index as index_module
+
+    out = tmp_path / "out"
+    shutil.copytree(recorded, out)
+    shutil.rmtree(out / ".thumbs", ignore_errors=True)
+    (out / DB_NAME).unlink(missing_ok=True)
+    stem = sorted(p.stem for p in out.glob("*.mp4"))[0]
+    real = index_module.write_thumbnail
+
+    def failing(video: Path, offset_s: float, target: Path) -> bool:
+        if target.stem == stem:
+            raise OSError(error, os.strerror(error))
+        return real(video, offset_s, target)
+
+    monkeypatch.setattr(index_module, "write_thumbnail", failing)
+    index = RecordingIndex(out)
+    try:
+        index.sync()
+        assert not (out / ".thumbs" / f"{stem}.jpg").exists()
+        monkeypatch.setattr(index_module, "write_thumbnail", real)  # room again
+        index.sync()  # the folder did not change, and a minute has not passed
+        assert (out / ".thumbs" / f"{stem}.jpg").is_file() == made_later
+    finally:
+        index.close()
 
 
 def face_sharpness(thumbnail: Path, jsonl: Path) -> list[float]:

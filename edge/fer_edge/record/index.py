@@ -15,6 +15,7 @@ in one transaction. Thumbnails are ``.thumbs/<stem>.jpg``, cut from the recorded
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -109,6 +110,7 @@ class RecordingIndex:
         self._scanned_at = -math.inf
         self._finished: set[str] = set()
         self._no_thumbnail: set[str] = set()  # stems whose thumbnail failed, said once
+        self._no_room: set[str] = set()  # stems whose thumbnail failed for want of room: tried again at each sync
         try:
             self.db = connect(self.path)
         except sqlite3.OperationalError:
@@ -138,7 +140,7 @@ class RecordingIndex:
         open_stem = self._open_stem()  # first: a segment finished meanwhile is then among the finished ones
         stamp = (self.directory.stat().st_mtime_ns, open_stem)
         # coarse timestamps (FAT keeps 2 s) can hide a change: a new open segment or a minute also rescan
-        if stamp != self._scanned or time.monotonic() - self._scanned_at > RESCAN_S:
+        if stamp != self._scanned or time.monotonic() - self._scanned_at > RESCAN_S or self._no_room:
             self._scanned = stamp if self._scan(open_stem, keep_going) else None
             self._scanned_at = time.monotonic()
         if open_stem is not None and open_stem not in self._finished:
@@ -181,6 +183,7 @@ class RecordingIndex:
         """Drop ``stem``'s rows and thumbnail (its files are gone)."""
         self._following.pop(stem, None)
         self._no_thumbnail.discard(stem)
+        self._no_room.discard(stem)
         with self.db:
             self._delete(stem)
         self.thumbnail_path(stem).unlink(missing_ok=True)
@@ -240,7 +243,9 @@ class RecordingIndex:
                 self._delete(stem)
             self._add(stem, events, counts)
             name = files.video.name if files.video is not None else None
-            self._put_recording(stem, name, track_log, video, signature, complete=True, thumbnail=thumbnail)
+            # a thumbnail that found no room leaves the row to be finished again once there is
+            complete = stem not in self._no_room
+            self._put_recording(stem, name, track_log, video, signature, complete=complete, thumbnail=thumbnail)
 
     def _probe(self, video: Path) -> VideoInfo | None:
         try:
@@ -260,8 +265,11 @@ class RecordingIndex:
             if stem not in self._no_thumbnail:
                 log.warning("index: no thumbnail for %s (%s)", video.name, exc)
             self._no_thumbnail.add(stem)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._no_room.add(stem)
             return False
         self._no_thumbnail.discard(stem)
+        self._no_room.discard(stem)
         return written
 
     def _add(self, stem: str, events: Iterable[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
