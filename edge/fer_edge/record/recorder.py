@@ -299,19 +299,15 @@ class Recorder:
                 )
             self._folder_missing = True
             return
-        if self._folder_missing:
-            self._folder_missing = False
-            log.warning(
-                "recording: output folder %s is back (made again on its disk); started new files "
-                "(the files open when it went are lost)",
-                self.output_dir,
-            )
-        else:
-            log.warning(
-                "recording: output folder %s was deleted while recording; made it again and started new files "
-                "(the files open when it went are lost)",
-                self.output_dir,
-            )
+        what = (
+            "is back (made again on its disk)" if self._folder_missing else "was deleted while recording; made it again"
+        )
+        self._folder_missing = False
+        log.warning(
+            "recording: output folder %s %s and started new files (the files open when it went are lost)",
+            self.output_dir,
+            what,
+        )
         self.video.drop()
         self.events.drop()
 

@@ -43,7 +43,8 @@ class Mp4Sink:
     ``presence_triggered``: video only while faces are present, from ``pre_roll_s`` before the first face to
     ``post_roll_s`` after the last one. ``disk`` makes room before each segment opens, sparing the stems that
     ``open_stems()`` names (the files being written). Each finished segment hands the C heap's free pages back
-    (:func:`~fer_edge.record.heap.release_free_memory`), so that resident memory stays flat over months.
+    (:func:`~fer_edge.record.heap.release_free_memory`), which slows the growth of resident memory
+    with the segments written (docs/ROBUSTNESS.md).
     """
 
     def __init__(

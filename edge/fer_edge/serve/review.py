@@ -191,34 +191,15 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     label, day = _param(query, "label"), _span(query)
     after = _param(query, "after")  # the recording that follows this one, whatever the filters: a player going on
     rows: dict[str, tuple] = {}
-    with_label: set[str] = set()
-    starts: dict[str, float] = {}
     labels: dict[str, dict[str, int]] = defaultdict(dict)
     db = _index(handler)
     try:
-        # Every open live page asks for this every 10 s: what the whole folder needs is read only for a filter
-        # that needs it, the rest for this page's recordings only.
-        if db is not None and label is not None:
-            found = db.execute("SELECT DISTINCT stem FROM minutes WHERE label = ?", (label,))
-            with_label = {stem for (stem,) in found}
-        if db is not None and day is not None:
-            starts = dict(db.execute("SELECT stem, start FROM recordings").fetchall())
-        items = []
-        for path in handler.app.feed.finished():  # newest first
-            stem = path.name[: -len(".mp4")]
-            if after is not None:
-                if path.name > after:
-                    items.append((path, stem))
-                continue
-            if label is not None and stem not in with_label:
-                continue
-            if day is not None:
-                start = starts.get(stem)
-                if not day[0] <= (stem_time(stem) if start is None else start) < day[1]:
-                    continue
-            items.append((path, stem))
+        # Every open live page asks for this every 10 s: beyond the filters, only this page's recordings are read.
         if after is not None:
-            items = items[-1:]  # the oldest of those after it
+            newer = [path for path in handler.app.feed.finished() if path.name > after]  # newest first
+            items = [(path, path.name[: -len(".mp4")]) for path in newer[-1:]]  # the oldest of them
+        else:
+            items = _filtered(handler, db, label, day)
         chosen = items[(page - 1) * per_page : page * per_page]
         if db is not None and chosen:
             marks, stems = ",".join("?" * len(chosen)), [stem for _, stem in chosen]
@@ -259,6 +240,31 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
             }
         )
     return {"recordings": listing, "page": page, "per_page": per_page, "total": len(items)}
+
+
+def _filtered(
+    handler: Handler, db: sqlite3.Connection | None, label: str | None, day: tuple[float, float] | None
+) -> list[tuple[Path, str]]:
+    """The finished recordings, newest first, with their stems: those in which ``label`` was shown, started in
+    ``day``. What the whole folder needs is read only for a filter that needs it."""
+    with_label: set[str] = set()
+    starts: dict[str, float] = {}
+    if db is not None and label is not None:
+        found = db.execute("SELECT DISTINCT stem FROM minutes WHERE label = ?", (label,))
+        with_label = {stem for (stem,) in found}
+    if db is not None and day is not None:
+        starts = dict(db.execute("SELECT stem, start FROM recordings").fetchall())
+    items = []
+    for path in handler.app.feed.finished():  # newest first
+        stem = path.name[: -len(".mp4")]
+        if label is not None and stem not in with_label:
+            continue
+        if day is not None:
+            start = starts.get(stem)
+            if not day[0] <= (stem_time(stem) if start is None else start) < day[1]:
+                continue
+        items.append((path, stem))
+    return items
 
 
 def events(handler: Handler, query: dict[str, list[str]]) -> None:

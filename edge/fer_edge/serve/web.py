@@ -51,12 +51,6 @@ __all__ = ["JpegFrames", "WebServer"]
 
 COOKIE_NAME = "fer_edge_session"
 
-
-def session_cookie(session: str) -> str:
-    """The Set-Cookie value that keeps a browser signed in: script cannot read it, other sites cannot send it."""
-    return f"{COOKIE_NAME}={session}; HttpOnly; SameSite=Strict; Path=/"
-
-
 BOUNDARY = "fer-edge-frame"
 GZIP_FROM = 2048  # bytes of JSON: below, compressing saves less than it costs
 SEND_TIMEOUT_S = 10.0  # a viewer that takes no data for this long is dropped
@@ -109,6 +103,11 @@ def encode_jpeg(image: np.ndarray, width: int | None, quality: int) -> bytes | N
 
 
 # --- the server ------------------------------------------------------------------------------------
+
+
+def session_cookie(session: str) -> str:
+    """The Set-Cookie value that keeps a browser signed in: script cannot read it, other sites cannot send it."""
+    return f"{COOKIE_NAME}={session}; HttpOnly; SameSite=Strict; Path=/"
 
 
 class _Writer(io.BufferedIOBase):
@@ -171,7 +170,6 @@ class WebServer:
         self.token = token
         self.session = cookie_value(token) if token is not None else None
         self.stream_period = 1.0 / stream_fps
-        self.max_viewers = max_viewers
         connections = connection_cap(max_connections)
         self.limits = Limits(
             max_connections=connections,
