@@ -575,7 +575,7 @@ restore_config() {
 # (LoadCredential=): systemd hands it to the service alone, and check_config shows check-config the same files.
 install_credentials() {
     [ "${#CREDENTIALS[@]}" -gt 0 ] || return 0
-    local credential name file unit changed="$CHANGED"
+    local credential name file unit dropin dropins_changed=0
     make_dir "$ETC/credentials" 0700
     mkdir -p "$WORK/credentials.previous"
     for credential in "${CREDENTIALS[@]}"; do
@@ -588,10 +588,12 @@ install_credentials() {
         install_file "$file" "$ETC/credentials/$name" 0600
         printf '[Service]\nLoadCredential=%s:/etc/fer-edge/credentials/%s\n' "$name" "$name" > "$WORK/dropin"
         for unit in "$SERVICE.service" "$SERVICE@.service"; do
-            install_file "$WORK/dropin" "$UNIT_DIR/$unit.d/60-credential-$name.conf" 0644
+            dropin="$UNIT_DIR/$unit.d/60-credential-$name.conf"
+            cmp -s "$WORK/dropin" "$dropin" || dropins_changed=1
+            install_file "$WORK/dropin" "$dropin" 0644
         done
     done
-    if [ "$CHANGED" = 1 ] && [ "$changed" = 0 ] && [ "$USERLAND" = 0 ]; then
+    if [ "$dropins_changed" = 1 ] && [ "$USERLAND" = 0 ]; then
         systemctl daemon-reload  # a model swap restarts without the reload a full install makes
     fi
 }

@@ -569,9 +569,9 @@ class ModelOnlyPi:
     def models(self) -> Path:
         return self.root / "var/lib/fer-edge/models"
 
-    def install(self, model: Path) -> subprocess.CompletedProcess:
+    def install(self, model: Path, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["bash", str(INSTALL), "--prefix", str(self.root), "--model-only", "--model", str(model)],
+            ["bash", str(INSTALL), "--prefix", str(self.root), "--model-only", "--model", str(model), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -768,6 +768,24 @@ def test_a_model_deployed_again_with_a_changed_sidecar_takes_the_new_sidecar(mod
     assert (pi.models / first / "model.json").read_text() == json.dumps(sidecar)  # the rollback target, as it was
     again = pi.install(model)
     assert again.returncode == 0 and "model already active; nothing to do" in again.stderr
+
+
+def test_a_new_model_with_a_new_credential_reloads_systemd_before_the_restart(model_only_pi, tmp_path):
+    """The model swap alone changes no unit; a new credential adds drop-ins that systemd reads only on a
+    reload, so without one the restarted service would start without its secret."""
+    pi = model_only_pi
+    first, second = _small_models(tmp_path, "ab")
+    assert pi.install(first).returncode == 0
+    (pi.state / "calls.log").unlink()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("a-broker-password\n")
+    result = pi.install(second, "--credential", f"mqtt-password={secret}")
+    assert result.returncode == 0, result.stderr
+    calls = [c for c in (pi.state / "calls.log").read_text().splitlines() if c.startswith("systemctl")]
+    assert "systemctl daemon-reload" in calls and "systemctl restart fer-edge" in calls, calls
+    assert calls.index("systemctl daemon-reload") < calls.index("systemctl restart fer-edge")
+    dropin = pi.root / "etc/systemd/system/fer-edge.service.d/60-credential-mqtt-password.conf"
+    assert dropin.read_text() == "[Service]\nLoadCredential=mqtt-password:/etc/fer-edge/credentials/mqtt-password\n"
 
 
 def test_check_config_sees_the_credentials_the_service_will_see(model_only_pi, tmp_path):
