@@ -43,6 +43,7 @@ RESTARTED=()      # those restarted so far
 OWN_LEFT_STOPPED=0  # a model swap left this install's own unit stopped (neither running nor enabled)
 CREDENTIALS=()    # --credential NAME=FILE
 CREDENTIALS_ADDED=()  # credentials this install made; those it replaced are kept in $WORK/credentials.previous
+CREDENTIALS_CHANGED=0
 KEEP_MODELS=3
 BACKOFF_MIN_SYSTEMD=254
 
@@ -582,13 +583,15 @@ install_credentials() {
         name="${credential%%=*}" file="${credential#*=}"
         if [ ! -f "$ETC/credentials/$name" ]; then
             CREDENTIALS_ADDED+=("$name")
+            CREDENTIALS_CHANGED=1
         elif ! cmp -s "$file" "$ETC/credentials/$name"; then
             cp -p "$ETC/credentials/$name" "$WORK/credentials.previous/$name"
+            CREDENTIALS_CHANGED=1
         fi
         install_file "$file" "$ETC/credentials/$name" 0600
         printf '[Service]\nLoadCredential=%s:/etc/fer-edge/credentials/%s\n' "$name" "$name" > "$WORK/dropin"
         for unit in "$SERVICE.service" "$SERVICE@.service"; do
-            dropin="$UNIT_DIR/$unit.d/60-credential-$name.conf"
+            dropin="$(credential_dropin "$unit" "$name")"
             cmp -s "$WORK/dropin" "$dropin" || dropins_changed=1
             install_file "$WORK/dropin" "$dropin" 0644
         done
@@ -596,6 +599,12 @@ install_credentials() {
     if [ "$dropins_changed" = 1 ] && [ "$USERLAND" = 0 ]; then
         systemctl daemon-reload  # a model swap restarts without the reload a full install makes
     fi
+}
+
+# credential_dropin UNIT NAME: the drop-in that makes UNIT (the plain service, or the instances' template)
+# load credential NAME.
+credential_dropin() {
+    echo "$UNIT_DIR/$1.d/60-credential-$2.conf"
 }
 
 # restore_credentials: the install failed: the credentials it replaced are put back, the ones it added
@@ -608,8 +617,8 @@ restore_credentials() {
         restored=0
     done
     for name in ${CREDENTIALS_ADDED[@]+"${CREDENTIALS_ADDED[@]}"}; do
-        rm -f "$ETC/credentials/$name" "$UNIT_DIR/$SERVICE.service.d/60-credential-$name.conf" \
-            "$UNIT_DIR/$SERVICE@.service.d/60-credential-$name.conf"
+        rm -f "$ETC/credentials/$name" "$(credential_dropin "$SERVICE.service" "$name")" \
+            "$(credential_dropin "$SERVICE@.service" "$name")"
         restored=0
     done
     CREDENTIALS_ADDED=()
@@ -702,9 +711,9 @@ check_config() {
 }
 
 # shared_change: this install changes what every instance on the Pi runs: the packages, the active model,
-# the plain unit or the template of the camera instances.
+# a credential, the plain unit or the template of the camera instances.
 shared_change() {
-    if [ "$PACKAGES_CHANGED" = 1 ] || [ -n "$MODEL_SWITCHED_FROM" ]; then
+    if [ "$PACKAGES_CHANGED" = 1 ] || [ -n "$MODEL_SWITCHED_FROM" ] || [ "$CREDENTIALS_CHANGED" = 1 ]; then
         return 0
     fi
     [ "$MODE" = install ] || return 1

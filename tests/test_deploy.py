@@ -788,6 +788,27 @@ def test_a_new_model_with_a_new_credential_reloads_systemd_before_the_restart(mo
     assert dropin.read_text() == "[Service]\nLoadCredential=mqtt-password:/etc/fer-edge/credentials/mqtt-password\n"
 
 
+def test_a_new_secret_restarts_every_running_instance_and_an_unchanged_one_none(model_only_pi, tmp_path):
+    """The drop-ins load a credential into the plain service and every camera instance: an instance left
+    running would keep the old token or password until its next start."""
+    pi = model_only_pi
+    (model,) = _small_models(tmp_path, "a")
+    etc = pi.root / "etc/fer-edge"
+    shutil.copy(etc / "config.yaml", etc / "door.yaml")
+    (pi.state / "active.fer-edge@door").write_text("active\n")
+    assert pi.install(model).returncode == 0
+    secret = tmp_path / "web-token"
+    for token, restarted in (("first-token-of-32-characters-ok", ["fer-edge", "fer-edge@door"]), (None, [])):
+        if token:
+            secret.write_text(token + "\n")
+        before = len(_restarts(pi.state))
+        result = pi.install(model, "--credential", f"web-token={secret}")
+        assert result.returncode == 0, result.stderr
+        assert _restarts(pi.state)[before:] == restarted, result.stderr
+        if restarted:
+            assert "config ok: /etc/fer-edge/door.yaml" in result.stderr
+
+
 def test_check_config_sees_the_credentials_the_service_will_see(model_only_pi, tmp_path):
     """A live view on the network with its token in a systemd credential (deploy.sh --web-token-file): the
     service runs, and every later install must not stop at a check-config that was not shown the token."""
