@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fer_edge.record import heap
@@ -51,3 +52,23 @@ def test_without_malloc_trim_it_does_nothing(monkeypatch):
         assert heap.release_free_memory() is False
     finally:
         heap._malloc_trim.cache_clear()
+
+
+def test_events_alone_trim_once_per_finished_file_and_video_segments_leave_it_to_the_video_sink(tmp_path, monkeypatch):
+    """With `recording.enabled: false` the events files are the only segments: the trim follows them."""
+    from fer_edge.record import events
+    from fer_edge.record.clock import SegmentClock
+    from fer_edge.types import Frame
+
+    trims = []
+    monkeypatch.setattr(events, "release_free_memory", lambda: trims.append(1) or True)
+    clock = SegmentClock(tmp_path, 1.0, 10.0)
+    sink = events.EventsSink(clock)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for index in range(35):  # 3.5 s at 10 fps: three files finished, the fourth open
+        sink.write(Frame(image, index, index / 10), [])
+    assert len(trims) == 3 and len(list(tmp_path.glob("2*.jsonl"))) == 3
+    clock.video_stem, clock.video_start_ts = clock.next_stem(), 3.5  # the MP4 sink opened a segment
+    sink.write(Frame(image, 35, 3.5), [])
+    assert len(trims) == 3  # that rotation is the video sink's to trim
+    sink.close()

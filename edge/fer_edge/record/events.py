@@ -35,6 +35,7 @@ from typing import TextIO
 
 from fer_edge.record.clock import SegmentClock
 from fer_edge.record.diskspace import FINISHED_RECORDING, create_private, fsync_directory
+from fer_edge.record.heap import release_free_memory
 from fer_edge.types import Face, Frame
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,10 @@ class EventsSink:
         elif not self.log.is_open or self._clock.full(self._start_ts, ts):
             stem = self._clock.next_stem()
         if stem is not None:
-            self.log.rotate(stem)
+            finished = self.log.rotate(stem)
             self._start_ts = ts
+            if finished is not None and video_ts is None:
+                release_free_memory()  # the video sink trims at its own segments; here no video rotated
         self.log.write(self._wall() if wall is None else wall, frame.index, faces, ts, video_ts)
 
     def close(self) -> None:

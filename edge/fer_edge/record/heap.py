@@ -3,8 +3,9 @@
 The service runs for months, and without this its resident memory crept up with every segment written (6-8
 KB each; docs/ROBUSTNESS.md has the measurements): the encoder, the muxer, the index thread and the frame arrays
 allocate from several threads, so from several glibc malloc arenas, and memory freed inside an arena stays resident
-until the arena's top is free. ``malloc_trim(0)`` returns the free pages of every arena. It runs once a segment, on
-the recorder thread (about 0.5 ms there), never per frame. Fixing glibc's mmap threshold instead kept memory no
+until the arena's top is free. ``malloc_trim(0)`` returns the free pages of every arena. It runs once a segment (the
+video's, or the events file's when there is no video), on the recorder thread (about 0.5 ms there), never per
+frame. Fixing glibc's mmap threshold instead kept memory no
 flatter and cost about 10% more CPU, since every frame-sized array is then mapped afresh.
 
 Only glibc has ``malloc_trim``; elsewhere (musl, macOS) this does nothing.
