@@ -263,12 +263,14 @@ class OpenCvCaptureSource:
     def _reopen_step(self) -> SourceWaiting | None:
         """Wait one slice for the lost camera, then try to reopen it when due; None once it is back (or on
         interrupt). A watched node is looked at after each slice of :data:`NODE_POLL_S`."""
+        self._look_at_node()
         if not self._attempt_due():
             slice_s = NODE_POLL_S if self._node is not None else WAIT_SLICE_S
             wait = min(self._wait_left, slice_s) if self._wait_left > 0 else slice_s
             if self._interrupted.wait(wait):
                 return None
             self._wait_left = max(self._wait_left - wait, 0.0)
+            self._look_at_node()
             if not self._attempt_due():
                 return SourceWaiting(self._waiting_reason())
         capture = self._open()
@@ -284,12 +286,15 @@ class OpenCvCaptureSource:
         log.warning("camera %s still unavailable; next try in %d s", self.name, whole_seconds(self._delay))
         return SourceWaiting(f"camera {self.name} lost; next try in {whole_seconds(self._delay)} s")
 
+    def _look_at_node(self) -> None:
+        if self._node is not None:
+            self._seen = node_id(self._node)
+
     def _attempt_due(self) -> bool:
-        """Whether to try opening now: when the back-off is over, or its node is back (or another one);
-        never while the node is gone."""
+        """Whether to try opening now: when the back-off is over, or its node (as last looked at) is back, or
+        another one is there; never while the node is gone."""
         if self._node is None:
             return self._wait_left <= 0
-        self._seen = node_id(self._node)
         return self._seen is not None and (self._seen != self._failed_on or self._wait_left <= 0)
 
     def _waiting_reason(self) -> str:
