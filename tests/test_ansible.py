@@ -410,6 +410,12 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
         credential = pi.root / "etc/fer-edge/credentials/web-token"
         assert credential.read_text() == "a-token-from-the-vault" and oct(credential.stat().st_mode)[-3:] == "600"
         assert (pi.root / "etc/fer-edge/credentials/mqtt-password").read_text() == "a-password-from-a-file"
+        assert sorted(p.name for p in (pi.root / "etc/fer-edge/credentials").iterdir()) == [
+            "mqtt-password",
+            "web-token",
+        ]  # the copies handed to install.sh are gone
+        handed_over = f"web-token={pi.root}/etc/fer-edge/credentials/.incoming."  # install.sh --credential
+        assert handed_over in first_rollout.stdout
         for unit in ("fer-edge.service", "fer-edge@.service"):
             dropin = pi.root / f"etc/systemd/system/{unit}.d/60-credential-web-token.conf"
             assert "LoadCredential=web-token:/etc/fer-edge/credentials/web-token" in dropin.read_text()
