@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,12 @@ elif command == "is-active":
 elif command in ("start", "restart"):
     unit = args[1]
     stop(unit)
-    if subprocess.run([fer_edge, "check-config", "--quiet", "--config", config_of(unit)]).returncode:
+    # LoadCredential= in the drop-ins install.sh wrote: the service reads its secrets from there
+    credentials = {"CREDENTIALS_DIRECTORY": f"{root}/etc/fer-edge/credentials"}
+    if not os.path.isdir(credentials["CREDENTIALS_DIRECTORY"]):
+        credentials = {}
+    if subprocess.run([fer_edge, "check-config", "--quiet", "--config", config_of(unit)],
+                      env={**os.environ, **credentials}).returncode:
         sys.exit(1)
     address = f"{state}/{unit}.notify"
     if os.path.exists(address):
@@ -91,7 +97,7 @@ elif command in ("start", "restart"):
     sock.settimeout(0.5)
     out = open(f"{state}/{unit}.log", "ab")
     child = subprocess.Popen([fer_edge, "run", "--config", config_of(unit)],
-                             env={**os.environ, "NOTIFY_SOCKET": address},
+                             env={**os.environ, **credentials, "NOTIFY_SOCKET": address},
                              stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     open(f"{state}/{unit}.pid", "w").write(str(child.pid))
     deadline = time.monotonic() + 60
@@ -108,6 +114,9 @@ elif command in ("start", "restart"):
 elif command == "stop" or (command == "disable" and "--now" in args):
     stop(args[-1])
 """
+
+
+WEB_TOKEN = "a-token-from-the-vault"
 
 
 def _free_port(address: str) -> int:
@@ -141,7 +150,10 @@ class StandInPi:
         return int((self.state / f"{unit}.pid").read_text())
 
     def stats(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/api/stats", timeout=5) as response:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.web_port}/api/stats", headers={"Authorization": f"Bearer {WEB_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.load(response)
 
 
@@ -233,7 +245,7 @@ def _inventory(pis: list[StandInPi], user_key: Path, known_hosts: Path, broken: 
                 "fer_edge_become": False,
                 "fer_edge_health_delay": 1,
                 "fer_edge_health_retries": 8,
-                "fer_edge_web_token": "a-token-from-the-vault",  # a vault-encrypted string in real use
+                "fer_edge_web_token": WEB_TOKEN,  # a vault-encrypted string in real use
                 "fer_edge_mqtt_password_file": str(user_key.parent / "mqtt-password"),
             },
             "hosts": hosts,
@@ -414,6 +426,9 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
         REPO / "systemd/fer-edge@.service"
     ).read_text()
     assert a.stats()["frames"] > 0 and b.stats()["frames"] > 0
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the service took its token from the credential
+        urllib.request.urlopen(f"http://127.0.0.1:{a.web_port}/api/stats", timeout=5)
+    assert refused.value.code == 401
     for pi, unit in ((a, "fer-edge"), (b, "fer-edge@cam1")):
         calls = pi.calls()
         assert f"systemctl restart {unit}" in calls or f"systemctl start {unit}" in calls
