@@ -117,6 +117,7 @@ elif command == "stop" or (command == "disable" and "--now" in args):
 
 
 WEB_TOKEN = "a-token-from-the-vault"
+CAM2_TOKEN = "cam2-has-a-token-file-of-its-own"  # web.token_file in its config, which beats the credential
 
 
 def _free_port(address: str) -> int:
@@ -149,9 +150,9 @@ class StandInPi:
     def pid(self, unit: str) -> int:
         return int((self.state / f"{unit}.pid").read_text())
 
-    def stats(self) -> dict:
+    def stats(self, port: int | None = None, token: str = WEB_TOKEN) -> dict:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.web_port}/api/stats", headers={"Authorization": f"Bearer {WEB_TOKEN}"}
+            f"http://127.0.0.1:{port or self.web_port}/api/stats", headers={"Authorization": f"Bearer {token}"}
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.load(response)
@@ -223,14 +224,21 @@ def _inventory(pis: list[StandInPi], user_key: Path, known_hosts: Path, broken: 
         if pi.name == "pi-a":
             host |= {"fer_edge_device_id": "hall", "fer_edge_config": paths}
         else:
+            token_file = pi.base / "cam2-token"
+            token_file.write_text(CAM2_TOKEN + "\n")
+            token_file.chmod(0o600)
+            instances = [("cam1", pi.web_port, {}), ("cam2", pi.second_web_port, {"token_file": str(token_file)})]
             host["fer_edge_instances"] = [
                 {
                     "name": name,
                     "web_port": port,
                     "device_id": f"shop-{name}",
-                    "config": {"recording": {"output_dir": str(pi.root / "var/lib/fer-edge" / name)}},
-                }  # the playbook's own folder, under the scratch root
-                for name, port in (("cam1", pi.web_port), ("cam2", pi.second_web_port))
+                    "config": {  # the playbook's own recording folder, under the scratch root
+                        "recording": {"output_dir": str(pi.root / "var/lib/fer-edge" / name)},
+                        "web": web,
+                    },
+                }
+                for name, port, web in instances
             ]
             host["fer_edge_config"] = paths
         hosts[pi.name] = host
@@ -426,6 +434,7 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
         REPO / "systemd/fer-edge@.service"
     ).read_text()
     assert a.stats()["frames"] > 0 and b.stats()["frames"] > 0
+    assert b.stats(b.second_web_port, CAM2_TOKEN)["frames"] > 0
     with pytest.raises(urllib.error.HTTPError) as refused:  # the service took its token from the credential
         urllib.request.urlopen(f"http://127.0.0.1:{a.web_port}/api/stats", timeout=5)
     assert refused.value.code == 401
