@@ -473,3 +473,59 @@ def test_the_run_summary_names_the_recording_it_wrote(demo_clip, tmp_path):
     assert result.returncode == 0, result.stderr
     named = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("recording ")]
     assert named == [str(p) for p in sorted(tmp_path.glob("*.mp4"))] and len(named) == 1
+
+
+# A stand-in for the apt package: the Pi camera delivers the demo frame, then libcamera gives up.
+STAND_IN_PICAMERA2 = """
+import cv2, os
+
+class Picamera2:
+    def __init__(self):
+        self._frame = cv2.imread(os.environ["STAND_IN_FRAME"])
+        self._left = int(os.environ["STAND_IN_FRAMES"])
+
+    def create_video_configuration(self, main, controls):
+        return {"main": main, "controls": controls}
+
+    def configure(self, config):
+        width, height = config["main"]["size"]
+        self._frame = cv2.resize(self._frame, (width, height))
+
+    def start(self):
+        pass
+
+    def capture_array(self, name):
+        if self._left == 0:
+            raise RuntimeError("Camera frontend has timed out!")
+        self._left -= 1
+        return self._frame.copy()
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+"""
+
+
+def test_a_pi_camera_that_stops_is_one_error_line_and_keeps_the_recording(repo_root, tmp_path):
+    """libcamera can give up on a running camera (a loose ribbon cable): the run ends with one line for systemd
+    to restart it, and what was recorded up to then is a finished, playable MP4."""
+    stand_in = tmp_path / "site" / "picamera2"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(STAND_IN_PICAMERA2)
+    output = tmp_path / "out"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"source:\n  kind: picamera2\nrecording:\n  output_dir: {output}\n  presence_triggered: false\n")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+        "STAND_IN_FRAME": str(repo_root / "docs/demo-frame.png"),
+        "STAND_IN_FRAMES": "40",
+    }
+    result = fer_edge("run", "--config", str(config), env=env)
+    assert result.returncode == 1, result.stderr
+    assert error_lines(result) == ["fer-edge: error: the Pi camera stopped (Camera frontend has timed out!)"]
+    assert "Traceback" not in result.stderr
+    videos = sorted(output.glob("*.mp4"))
+    assert len(videos) == 1 and not list(output.glob("*.part")), sorted(p.name for p in output.iterdir())
+    assert decoded_frames(videos[0]) == 40

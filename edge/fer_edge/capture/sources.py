@@ -341,7 +341,11 @@ class Picamera2Source:
             return None
         index = self._index
         self._index += 1
-        return Frame(self._camera.capture_array("main"), index, time.monotonic())  # the loop drops an alpha
+        try:
+            image = self._camera.capture_array("main")
+        except (RuntimeError, OSError) as exc:  # libcamera gave up on the camera: no reopen here, systemd restarts
+            raise SourceError(f"the Pi camera stopped ({exc})") from None
+        return Frame(image, index, time.monotonic())  # the loop drops an alpha
 
     def interrupt(self) -> None:
         self._interrupted.set()
