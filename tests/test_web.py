@@ -3,6 +3,7 @@ metrics, and the page as headless Chromium renders it."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -451,3 +452,29 @@ def test_only_a_browser_opening_a_page_gets_the_sign_in_page(server):
     assert status == 204
     session = headers["Set-Cookie"].split(";")[0]
     assert TOKEN not in session and get(port, "/api/stats", token=None, headers={"Cookie": session})[1] == 200
+
+
+def test_a_refused_request_is_answered_once_and_its_connection_closed():
+    """A client without the token that pipelines requests and reads nothing would hold a worker in each answer's
+    send once the socket buffers are full: a few such connections took every thread from the live view."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    cases = [
+        (TOKEN, b"GET / HTTP/1.1\r\nHost: pi\r\nAccept: text/html\r\n\r\n", b"401"),
+        (TOKEN, b"GET /api/stats HTTP/1.1\r\nHost: pi\r\nAuthorization: Bearer wrong-token-wrong\r\n\r\n", b"401"),
+        (None, b"GET /api/stats HTTP/1.1\r\nHost: evil.test\r\n\r\n", b"403"),
+    ]
+    for token, request, status in cases:
+        web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=token).start()
+        try:
+            with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+                sock.sendall(request * 20)
+                answer = b""
+                with contextlib.suppress(TimeoutError):  # what the unfixed server did: wait for more requests
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+        finally:
+            web.close()
+        assert answer.count(b"HTTP/1.1 ") == 1 and answer.startswith(b"HTTP/1.1 " + status), answer[:300]
+        assert b"Connection: close" in answer

@@ -331,7 +331,9 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return None
-        challenge = {"WWW-Authenticate": 'Bearer realm="fer-edge"'}
+        # Then the connection closes: a client without the token that pipelines requests and reads no answer would
+        # otherwise hold a worker in each answer's send once the socket buffers are full.
+        challenge = {"WWW-Authenticate": 'Bearer realm="fer-edge"', "Connection": "close"}
         if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a browser opening a page
             self._send(
                 HTTPStatus.UNAUTHORIZED,
@@ -359,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self.app.token is None and not loopback_host(self.headers.get("Host", "")):
                 # With no token, the loopback address is all that keeps others out; a page from another site whose
                 # name was pointed at 127.0.0.1 (DNS rebinding) would read the camera through the visitor's browser.
-                self._text(HTTPStatus.FORBIDDEN, NOT_LOOPBACK)
+                self._text(HTTPStatus.FORBIDDEN, NOT_LOOPBACK, {"Connection": "close"})
                 return
             if not self._authorize(query):
                 return
