@@ -466,3 +466,46 @@ def test_a_browser_gets_the_json_compressed(server):
     assert "Content-Encoding" not in plain[2] and packed[2]["Content-Encoding"] == "gzip"
     assert packed[2]["Vary"] == "Accept-Encoding" and len(packed[3]) < len(plain[3]) / 5
     assert json.loads(gzip.decompress(packed[3])) == json.loads(plain[3])
+
+
+def feed_with_events(folder: Path):
+    """A live feed on ``folder`` whose frames gave three events: track 1 starts happy, track 2 starts sad, track 1
+    turns sad."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.types import Box, Face, Frame, Prediction
+
+    feed = LiveFeed(recordings_dir=folder)
+    image = np.zeros((8, 8, 3), np.uint8)
+
+    def face(track: int, label: str) -> Face:
+        scores = (0.9, 0.1) if label == "happy" else (0.1, 0.9)
+        return Face(Box(0, 0, 4, 4), Prediction(("happy", "sad"), scores), track_id=track)
+
+    for index, faces in enumerate([[face(1, "happy")], [face(1, "happy"), face(2, "sad")], [face(1, "sad")]]):
+        feed.write(Frame(image, index, index / 30), faces)
+    return feed
+
+
+def test_without_an_index_the_events_still_answer_their_filters(tmp_path):
+    """Before the index is made, or with the events log off, the events come from the live view: a recording's
+    moments are none of them (the page showed the live view's events under every recording), and an expression
+    or a time asked for still filters them."""
+    from fer_edge.serve.web import WebServer
+
+    web = WebServer(feed_with_events(tmp_path), host="127.0.0.1", port=0, token=None).start()
+    try:
+
+        def found(query: str) -> list[tuple[str, int, str]]:
+            status, body = http_get(web.port, f"/api/events{query}", None)[1::2]
+            assert status == 200, body
+            return [(e["event"], e["track"], e["label"]) for e in json.loads(body)["events"]]
+
+        assert found("") == [("start", 1, "happy"), ("start", 2, "sad"), ("change", 1, "sad")]
+        assert found("?label=sad") == [("start", 2, "sad"), ("change", 1, "sad")]
+        assert found("?recording=20240101-000000-0001.mp4") == []
+        now = time.time()
+        assert found(f"?from={now - 3600}&to={now + 3600}") == found("")
+        assert found(f"?from={now + 3600}") == [] and found(f"?to={now - 3600}") == []
+        assert http_get(web.port, "/api/events?from=soon", None)[1] == 400
+    finally:
+        web.close()

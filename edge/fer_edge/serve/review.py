@@ -274,28 +274,33 @@ def events(handler: Handler, query: dict[str, list[str]]) -> None:
 def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
     since = _int(query, "since", 0, -(2**62), 2**62)
     limit = _int(query, "limit", EVENTS_LIMIT, 1, MAX_EVENTS)
+    recording, label = _param(query, "recording"), _param(query, "label")
+    timed = "from" in query or "to" in query
+    low, high = _time(query, "from", 0.0), _time(query, "to", math.inf)
     db = _index(handler)
     if db is not None and not _events_indexed(db):
         db.close()
         db = None
     if db is None:  # no index, or no events logged (events.enabled off): what the live feed holds
+        # none of them is known to be in a recording: a recording's moments are none of them
+        held = [] if recording is not None else handler.app.feed.events_since(since)
         live = [
             {**e, "event": e["type"], "time": iso(e["t"]), "recording": None, "offset_s": None}  # the index's shape
-            for e in (event.as_dict() for event in handler.app.feed.events_since(since))
+            for e in (event.as_dict() for event in held)
+            if (label is None or e["label"] == label) and (not timed or low <= e["t"] < high)
         ][-limit:]
         return {"events": live, "last": live[-1]["seq"] if live else since}
     where: list[str] = ["e.id > ?"]
     values: list[object] = [since]
-    recording = _param(query, "recording")
     if recording is not None:
         where.append("r.video = ?")
         values.append(recording)
-    if (label := _param(query, "label")) is not None:
+    if label is not None:
         where.append("e.label = ?")
         values.append(label)
-    if "from" in query or "to" in query:
+    if timed:
         where.append("e.t >= ? AND e.t < ?")
-        values += [_time(query, "from", 0.0), _time(query, "to", float("inf"))]
+        values += [low, high]
     order = "ASC" if recording is not None else "DESC"  # a recording's from its start; otherwise the newest
     sql = (
         "SELECT e.id, e.kind, e.t, e.track, e.label, e.score, e.box, e.frame, r.video, e.offset_s "
