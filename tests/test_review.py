@@ -4,6 +4,7 @@ the recordings, events and summary APIs from the index, thumbnails, and the revi
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import os
 import re
@@ -507,5 +508,37 @@ def test_without_an_index_the_events_still_answer_their_filters(tmp_path):
         assert found(f"?from={now - 3600}&to={now + 3600}") == found("")
         assert found(f"?from={now + 3600}") == [] and found(f"?to={now - 3600}") == []
         assert http_get(web.port, "/api/events?from=soon", None)[1] == 400
+    finally:
+        web.close()
+
+
+def test_a_page_open_across_a_restart_goes_on_showing_the_events(tmp_path):
+    """An open live page asks for the events after the last one it has; after the service restarted (the live
+    view's count begins again) or the index was made again, that one lies ahead of every event, and the page
+    showed none for as long as it took to come round to it: days."""
+    from fer_edge.record.index import connect
+    from fer_edge.serve.web import WebServer
+
+    def found(port: int, since: int) -> tuple[list[int], int]:
+        answer = json.loads(http_get(port, f"/api/events?since={since}", None)[3])
+        return [e["seq"] for e in answer["events"]], answer["last"]
+
+    web = WebServer(feed_with_events(tmp_path), host="127.0.0.1", port=0, token=None).start()
+    try:
+        assert found(web.port, 3) == ([], 3)  # up to date: nothing new
+        assert found(web.port, 5000) == ([1, 2, 3], 3)  # from before the restart
+        with contextlib.closing(connect(tmp_path / DB_NAME)) as db:  # the index, made again: its ids begin at 1
+            db.execute(
+                "INSERT INTO recordings (stem, video, start, frames, jsonl_bytes, faces) VALUES (?, ?, ?, 1, 1, 1)",
+                ("20240101-000000-0001", "20240101-000000-0001.mp4", 1704067200.0),
+            )
+            db.executemany(
+                "INSERT INTO events (stem, t, kind, track, label, score, box, frame, offset_s) "
+                "VALUES ('20240101-000000-0001', ?, 'start', ?, 'happy', 0.9, '0,0,4,4', ?, 0.0)",
+                [(1704067200.0 + n, n, n) for n in range(2)],
+            )
+            db.commit()
+        assert found(web.port, 2) == ([], 2)
+        assert found(web.port, 5000) == ([1, 2], 2)
     finally:
         web.close()

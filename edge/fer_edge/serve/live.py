@@ -239,7 +239,11 @@ class LiveFeed:
             return self._seq
 
     def events_since(self, seq: int = 0) -> list[TrackEvent]:
+        """The events after ``seq``; all those kept when ``seq`` lies past the newest event, as a reader's does
+        after a restart began the count again."""
         with self._cond:
+            if seq > self._event_seq:
+                seq = 0
             return [event for event in self._events if event.seq > seq]
 
     def disk_free_bytes(self) -> int | None:
