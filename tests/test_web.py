@@ -478,3 +478,24 @@ def test_a_refused_request_is_answered_once_and_its_connection_closed():
             web.close()
         assert answer.count(b"HTTP/1.1 ") == 1 and answer.startswith(b"HTTP/1.1 " + status), answer[:300]
         assert b"Connection: close" in answer
+
+
+def test_the_session_cookie_is_found_among_other_sites_cookies():
+    """Cookies are shared by every port of a host: another web app on the device (or behind the same name) may set
+    one the standard library's parser stops at (a space, JSON, a name alone), and the session cookie after it
+    was not seen: the sign-in page came back after every sign-in."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import COOKIE_NAME, WebServer
+
+    web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=TOKEN).start()
+    try:
+        _, status, headers, _ = get(web.port, "/api/session")
+        assert status == 204
+        session = headers["Set-Cookie"].split(";")[0].partition("=")[2]
+        for others in ("theme=dark mode", 'prefs={"lang":"en"}', "seen", "name=caf\u00e9".encode().decode("latin-1")):
+            for cookie in (f"{others}; {COOKIE_NAME}={session}", f"{COOKIE_NAME}={session}; {others}"):
+                assert get(web.port, "/api/stats", token=None, headers={"Cookie": cookie})[1] == 200, cookie
+        for wrong in (f"{COOKIE_NAME}={session}0", f"x{COOKIE_NAME}={session}", f"{COOKIE_NAME}=", "seen"):
+            assert get(web.port, "/api/stats", token=None, headers={"Cookie": wrong})[1] == 401, wrong
+    finally:
+        web.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hmac
-import http.cookies
 import importlib.resources
 import io
 import json
@@ -310,12 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
             and hmac.compare_digest(given_header.encode(), app.token.encode())
         ):
             return True
-        cookies = http.cookies.SimpleCookie()
-        try:
-            cookies.load(self.headers.get("Cookie", ""))
-        except http.cookies.CookieError:
-            pass
-        if COOKIE_NAME in cookies and hmac.compare_digest(cookies[COOKIE_NAME].value.encode(), app.session.encode()):
+        if any(hmac.compare_digest(value.encode(), app.session.encode()) for value in self._session_cookies()):
             return True
         given = query.get("token", [""])[0]
         if given and hmac.compare_digest(given.encode(), app.token.encode()):
@@ -348,6 +342,18 @@ class _Handler(BaseHTTPRequestHandler):
                 challenge,
             )
         return False
+
+    def _session_cookies(self) -> list[str]:
+        """The values of every session cookie sent. Not http.cookies: it stops at the first cookie it cannot
+        read (a space or JSON in a value, a name alone), and cookies of every app on this host, whatever its port,
+        come in the same header."""
+        found = []
+        for header in self.headers.get_all("Cookie", []):
+            for pair in header.split(";"):
+                name, equals, value = pair.partition("=")
+                if equals and name.strip() == COOKIE_NAME:
+                    found.append(value.strip().strip('"'))
+        return found
 
     # --- routes
 
