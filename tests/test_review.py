@@ -542,3 +542,29 @@ def test_a_page_open_across_a_restart_goes_on_showing_the_events(tmp_path):
         assert found(web.port, 5000) == ([1, 2], 2)
     finally:
         web.close()
+
+
+def test_the_list_rounds_a_recordings_length_to_whole_minutes_and_seconds(demo_clip, tmp_path):
+    """A five-minute segment lasts a few frames less than 300 s: the list said '4 min 60 s' for nearly every one."""
+    from fer_edge.record.index import connect
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    lengths = {"20240101-000000-0001": 299.967, "20240101-000500-0002": 59.97, "20240101-001000-0003": 12.34}
+    with contextlib.closing(connect(tmp_path / DB_NAME)) as db:
+        for stem, duration in lengths.items():
+            long_recording(demo_clip, tmp_path / f"{stem}.mp4", 1)
+            db.execute(
+                "INSERT INTO recordings (stem, video, start, duration_s, frames, faces) VALUES (?, ?, ?, ?, 1, 1)",
+                (stem, f"{stem}.mp4", calendar.timegm(time.strptime(stem[:15], "%Y%m%d-%H%M%S")), duration),
+            )
+        db.commit()
+    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
+    try:
+        with ChromiumPage() as page:
+            page.goto(f"{web.url}review")
+            page.wait_for("$('recordings').dataset.count === '3'")
+            shown = page.evaluate("[...document.querySelectorAll('#recordings .meta')].map((m) => m.textContent)")
+    finally:
+        web.close()
+    assert [str(text).split(" · ")[0] for text in shown] == ["12.3 s", "1 min 0 s", "5 min 0 s"], shown
