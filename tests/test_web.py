@@ -499,3 +499,26 @@ def test_the_session_cookie_is_found_among_other_sites_cookies():
             assert get(web.port, "/api/stats", token=None, headers={"Cookie": wrong})[1] == 401, wrong
     finally:
         web.close()
+
+
+def test_a_request_with_a_body_is_answered_and_its_body_never_read_as_a_request():
+    """No route reads a body: one sent with a GET was taken for the next request on the connection, so what a
+    proxy in front passes on as one request's body (another request) was answered here as a request."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    hidden = b"GET /api/recordings HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=None).start()
+    try:
+        for framing in (f"Content-Length: {len(hidden)}".encode(), b"Transfer-Encoding: chunked"):
+            body = hidden if framing.startswith(b"Content") else b"%x\r\n%s\r\n0\r\n\r\n" % (len(hidden), hidden)
+            with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+                sock.sendall(b"GET /api/stats HTTP/1.1\r\nHost: localhost\r\n" + framing + b"\r\n\r\n" + body)
+                answer = b""
+                with contextlib.suppress(TimeoutError):
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"frames"' in answer, answer[:300]
+            assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[:1000]
+    finally:
+        web.close()

@@ -268,6 +268,15 @@ class _Handler(BaseHTTPRequestHandler):
     def address_string(self) -> str:
         return str(self.client_address[0])
 
+    def end_headers(self) -> None:
+        # No route reads a body, and the front would take one for the next request on the connection (what a proxy
+        # passes on as one request's body would be answered as another request): the connection ends here.
+        headers = getattr(self, "headers", None)
+        if headers is not None and not self.close_connection:
+            if headers.get("Transfer-Encoding") or headers.get("Content-Length", "0").strip() != "0":
+                self.send_header("Connection", "close")
+        super().end_headers()
+
     def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
