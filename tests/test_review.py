@@ -568,3 +568,30 @@ def test_the_list_rounds_a_recordings_length_to_whole_minutes_and_seconds(demo_c
     finally:
         web.close()
     assert [str(text).split(" · ")[0] for text in shown] == ["12.3 s", "1 min 0 s", "5 min 0 s"], shown
+
+
+def test_a_recording_whose_name_gives_no_time_still_leaves_the_list_working(demo_clip, tmp_path):
+    """A file named like a recording but for a time that is none (a 13th month, copied in from elsewhere) made
+    every listing of the folder fail with a 500, and the review page showed nothing at all."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    names = ["20240101-000000-0001.mp4", "20241301-000000-0002.mp4", "20240132-000000-0003.mp4"]
+    for name in names:
+        long_recording(demo_clip, tmp_path / name, 1)
+    made = datetime.fromtimestamp((tmp_path / names[1]).stat().st_mtime).strftime("%Y-%m-%d")
+    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
+    try:
+
+        def listed(query: str) -> list[str]:
+            status, body = http_get(web.port, f"/api/recordings{query}", None)[1::2]
+            assert status == 200, body
+            answer = json.loads(body)["recordings"]
+            assert all(ISO.match(r["start"]) for r in answer)
+            return [r["name"] for r in answer]
+
+        assert listed("") == sorted(names, reverse=True)
+        assert listed("?day=2024-01-01") == [names[0]]
+        assert set(listed(f"?day={made}")) >= set(names[1:])  # by when the file was made
+    finally:
+        web.close()

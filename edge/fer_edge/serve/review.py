@@ -220,11 +220,13 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     listing = []
     for path, stem in chosen:
         row = rows.get(stem)
-        start = row[1] if row is not None else stem_time(stem)
+        start = row[1] if row is not None else _stem_start(stem)
         try:
             info = path.stat()
         except OSError:
             continue
+        if start is None:
+            start = info.st_mtime
         listing.append(
             {
                 "name": path.name,
@@ -260,11 +262,26 @@ def _filtered(
         if label is not None and stem not in with_label:
             continue
         if day is not None:
-            start = starts.get(stem)
-            if not day[0] <= (stem_time(stem) if start is None else start) < day[1]:
+            start = starts[stem] if stem in starts else _stem_start(stem)
+            if start is None:
+                try:
+                    start = path.stat().st_mtime
+                except OSError:
+                    continue
+            if not day[0] <= start < day[1]:
                 continue
         items.append((path, stem))
     return items
+
+
+def _stem_start(stem: str) -> float | None:
+    """The time a recording's name gives; None for a name that gives none that can be shown (a 13th month, year
+    9999): a file copied in from elsewhere must not break the listing of the whole folder."""
+    try:
+        start = stem_time(stem)
+    except ValueError:
+        return None
+    return start if EARLIEST <= start < LATEST else None
 
 
 def events(handler: Handler, query: dict[str, list[str]]) -> None:
