@@ -595,3 +595,30 @@ def test_a_recording_whose_name_gives_no_time_still_leaves_the_list_working(demo
         assert set(listed(f"?day={made}")) >= set(names[1:])  # by when the file was made
     finally:
         web.close()
+
+
+def test_the_recording_playing_is_marked_in_the_list_whenever_the_list_is_drawn(demo_clip, tmp_path):
+    """A link to a moment (#play=) or a page turned back to the recording playing showed no recording marked as
+    the one playing: the mark was set only on the list shown when it was picked."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, 13)]  # two pages of ten
+    for name in names:
+        long_recording(demo_clip, tmp_path / name, 1)
+    playing = names[-2]  # the second newest: on the first page
+    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
+    marked = "[...document.querySelectorAll('#recordings li.playing')].map((li) => li.dataset.name)"
+    try:
+        with ChromiumPage() as page:
+            page.goto(f"{web.url}review#play={playing}&t=0")
+            page.wait_for("$('recordings').dataset.count === '10'")
+            assert page.evaluate(marked) == [playing]
+            page.evaluate("$('next').click()")
+            page.wait_for("$('recordings').dataset.count === '2'")
+            assert page.evaluate(marked) == []
+            page.evaluate("$('prev').click()")
+            page.wait_for("$('recordings').dataset.count === '10'")
+            assert page.evaluate(marked) == [playing]
+    finally:
+        web.close()
