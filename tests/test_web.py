@@ -4,6 +4,7 @@ metrics, and the page as headless Chromium renders it."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import json
 import os
@@ -520,5 +521,29 @@ def test_a_request_with_a_body_is_answered_and_its_body_never_read_as_a_request(
                         answer += chunk
             assert answer.startswith(b"HTTP/1.1 200 ") and b'"frames"' in answer, answer[:300]
             assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[:1000]
+    finally:
+        web.close()
+
+
+def test_json_is_compressed_only_for_a_client_that_takes_gzip():
+    """'gzip;q=0' says the client does not take gzip (RFC 9110, 12.5.3): it got gzip all the same."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=None).start()
+    query = "/api/summary?bucket_s=60"  # a day by the minute: well over the size that is compressed
+    try:
+        for accepted, packed in [
+            ("gzip", True),
+            ("deflate, GZIP;q=0.5", True),
+            ("br;q=1.0, gzip;q=0.001", True),
+            ("gzip;q=0", False),
+            ("identity, gzip; q=0.000", False),
+            ("x-gzip-not", False),
+            ("", False),
+        ]:
+            _, status, headers, body = http_get(web.port, query, None, {"Accept-Encoding": accepted})
+            assert status == 200 and (headers.get("Content-Encoding") == "gzip") == packed, accepted
+            assert json.loads(gzip.decompress(body) if packed else body)["bucket_s"] == 60
     finally:
         web.close()

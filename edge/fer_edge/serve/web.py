@@ -109,6 +109,23 @@ def session_cookie(session: str) -> str:
     return f"{COOKIE_NAME}={session}; HttpOnly; SameSite=Strict; Path=/"
 
 
+def takes_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes gzip: named (in any case), and not refused with ``q=0``."""
+    for item in accept_encoding.split(","):
+        coding, *params = item.split(";")
+        if coding.strip().lower() != "gzip":
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
 class _Writer(io.BufferedIOBase):
     """The socket as the handler's ``wfile``: every write is sent whole, at once."""
 
@@ -294,7 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.dumps(value, separators=(",", ":")).encode()
         # A page of the review asks for ten recordings' events at once, a quarter of a megabyte each on a busy
         # day: a tenth of that compressed, for the Wi-Fi and the phone.
-        if len(body) > GZIP_FROM and "gzip" in self.headers.get("Accept-Encoding", ""):
+        if len(body) > GZIP_FROM and takes_gzip(self.headers.get("Accept-Encoding", "")):
             packed = gzip.compress(body, compresslevel=5)
             self._send(status, packed, "application/json", {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
         else:
