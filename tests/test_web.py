@@ -547,3 +547,22 @@ def test_json_is_compressed_only_for_a_client_that_takes_gzip():
             assert json.loads(gzip.decompress(body) if packed else body)["bucket_s"] == 60
     finally:
         web.close()
+
+
+def test_an_open_page_asks_to_sign_in_again_once_the_token_changed():
+    """After the token was changed (and the service restarted with it), an open live page said 'offline' for
+    good, while the device answered every request with 401: it now shows the sign-in page."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=TOKEN).start()
+    port = web.port
+    try:
+        with ChromiumPage() as page:
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
+            page.wait_for("document.getElementById('status').textContent === 'live'")
+            web.close()
+            web = WebServer(LiveFeed(), host="127.0.0.1", port=port, token=TOKEN + "-changed").start()
+            page.wait_for("!!document.getElementById('token')", timeout=30)
+    finally:
+        web.close()
