@@ -566,3 +566,23 @@ def test_an_open_page_asks_to_sign_in_again_once_the_token_changed():
             page.wait_for("!!document.getElementById('token')", timeout=30)
     finally:
         web.close()
+
+
+def test_head_gets_the_headers_get_gets_also_when_refused():
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=TOKEN).start()
+    try:
+        answers = {}
+        for method in ("GET", "HEAD"):
+            connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+            connection.request(method, "/review", headers={"Accept": "text/html"})
+            response = connection.getresponse()
+            body = response.read()
+            connection.close()
+            answers[method] = (response.status, response.headers["Content-Type"], response.headers["Content-Length"])
+            assert body == b"" or method == "GET"
+    finally:
+        web.close()
+    assert answers["HEAD"] == answers["GET"] and answers["GET"][1].startswith("text/html"), answers

@@ -354,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Then the connection closes: a client without the token that pipelines requests and reads no answer would
         # otherwise hold a worker in each answer's send once the socket buffers are full.
         challenge = {"WWW-Authenticate": 'Bearer realm="fer-edge"', "Connection": "close"}
-        if self.command == "GET" and "text/html" in self.headers.get("Accept", ""):  # a browser opening a page
+        if "text/html" in self.headers.get("Accept", ""):  # a browser opening a page (HEAD: the same headers)
             self._send(
                 HTTPStatus.UNAUTHORIZED,
                 app.signin_page,
