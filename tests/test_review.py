@@ -540,6 +540,11 @@ def test_a_page_open_across_a_restart_goes_on_showing_the_events(tmp_path):
             db.commit()
         assert found(web.port, 2) == ([], 2)
         assert found(web.port, 5000) == ([1, 2], 2)
+        with contextlib.closing(connect(tmp_path / DB_NAME)) as db:  # the newest event's recording, deleted
+            db.execute("UPDATE events SET stem = 'gone' WHERE id = 2")
+            db.execute("DELETE FROM events WHERE stem = 'gone'")
+            db.commit()
+        assert found(web.port, 2) == ([], 2)  # nothing new: not the same events again
     finally:
         web.close()
 

@@ -307,8 +307,9 @@ def _events(handler: Handler, query: dict[str, list[str]]) -> dict:
             if (label is None or e["label"] == label) and (not timed or low <= e["t"] < high)
         ][-limit:]
         return {"events": live, "last": live[-1]["seq"] if live else since}
-    newest = db.execute("SELECT MAX(id) FROM events").fetchone()[0] or 0
-    if since > newest:  # the index was made again, its ids begun at 1: what a reader has seen is gone
+    # the highest id ever given, which deleting the rows of a recording that is gone does not lower
+    given = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    if since > (given[0] if given is not None else 0):  # the index was made again, its ids begun at 1
         since = 0
     where: list[str] = ["e.id > ?"]
     values: list[object] = [since]
