@@ -586,3 +586,36 @@ def test_head_gets_the_headers_get_gets_also_when_refused():
     finally:
         web.close()
     assert answers["HEAD"] == answers["GET"] and answers["GET"][1].startswith("text/html"), answers
+
+
+def test_a_live_stream_left_while_there_is_no_frame_to_send_gives_back_its_place():
+    """While the camera is lost (or before its first frame) a stream sends nothing, so it never saw its viewer
+    leave: each viewer that came and went kept a place, and after a few of them every stream got 503."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+    from fer_edge.types import Frame
+
+    request = b"GET /api/stream.mjpeg HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    lost = LiveFeed()
+    lost.write(Frame(np.zeros((8, 8, 3), np.uint8), 0, 0.0), [])  # one frame, then none: the camera is lost
+    for feed in (LiveFeed(), lost):
+        web = WebServer(feed, host="127.0.0.1", port=0, token=None, max_viewers=2).start()
+        try:
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+                    sock.sendall(request)
+                    received = b""
+                    while not received.endswith(b"\r\n\r\n" if feed is not lost else b"\xff\xd9\r\n"):
+                        received += sock.recv(65536)  # all that is sent: closed with nothing unread, no reset
+                    assert received.startswith(b"HTTP/1.1 200")
+            deadline = time.monotonic() + 15
+            while True:  # the places come back once the server looks at the connections, well within a second
+                with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+                    sock.sendall(request)
+                    answer = sock.recv(12)
+                if answer == b"HTTP/1.1 200" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert answer == b"HTTP/1.1 200", answer
+        finally:
+            web.close()

@@ -453,6 +453,8 @@ class _Handler(BaseHTTPRequestHandler):
         while not app.closing.is_set() and not app.feed.closed:
             started = time.monotonic()
             if app.feed.wait_newer(sent, app.stream_period * 4) == sent:
+                if self._viewer_left():
+                    return
                 continue
             sent, jpeg = app.jpegs.latest()
             if jpeg is not None:
@@ -461,7 +463,19 @@ class _Handler(BaseHTTPRequestHandler):
                     + jpeg
                     + b"\r\n"
                 )
+            elif self._viewer_left():
+                return
             app.closing.wait(max(0.0, app.stream_period - (time.monotonic() - started)))
+
+    def _viewer_left(self) -> bool:
+        """Whether the viewer closed the connection. A write would tell, but while there is no frame (the camera is
+        lost, or before its first frame) nothing is written, and a viewer that left would keep its place."""
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _metrics(self, query: dict[str, list[str]]) -> None:
         app = self.app
