@@ -455,6 +455,37 @@ def test_a_moment_in_the_segment_being_written_plays_as_far_as_it_is_written(ser
     assert abs(seeked - 0.5) < 0.2
 
 
+def test_a_segment_finished_while_it_is_asked_for_is_sent(server, tmp_path, monkeypatch):
+    """The recorder renames NAME.mp4.part to NAME.mp4 when the segment is finished: a request that looked for
+    NAME.mp4 just before and for the .part just after still gets the recording, not a 404."""
+    from fer_edge.serve import review
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    data = (server["out"] / indexed(server)["name"]).read_bytes()
+    name = "20991231-000000-0001.mp4"
+    part = tmp_path / f"{name}.part"
+    part.write_bytes(data)
+    looked_for = []
+    real_open = review._open_regular
+
+    def open_while_finishing(path):
+        looked_for.append(path.name)
+        opened = real_open(path)
+        if path.name == name and part.exists():
+            part.rename(tmp_path / name)  # finished right after this look
+        return opened
+
+    monkeypatch.setattr(review, "_open_regular", open_while_finishing)
+    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
+    try:
+        _, status, _, body = http_get(web.port, f"/recordings/{name}", None)
+    finally:
+        web.close()
+    assert looked_for[:2] == [name, f"{name}.part"]
+    assert status == 200 and body == data
+
+
 def test_a_browser_gets_the_json_compressed(server):
     """The review page asks for ten recordings' events at once, a quarter of a megabyte each for a busy 5 minute
     segment; a browser says it takes gzip and gets it. A day by the minute is such an answer."""

@@ -413,6 +413,8 @@ def recording_file(handler: Handler, name: str, query: dict[str, list[str]]) -> 
         # The segment still being written, which a moment of the last minutes is in: as far as it is written now
         # (a fragmented MP4 plays to its last whole fragment), rather than not at all until it is finished.
         opened = _open_regular(directory / f"{name}.part")
+        if opened is None:  # finished between the two looks: the .part was renamed to the name just tried
+            opened = _open_regular(directory / name)
     if opened is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such recording\n")
         return
