@@ -658,3 +658,44 @@ def test_the_recording_playing_is_marked_in_the_list_whenever_the_list_is_drawn(
             assert page.evaluate(marked) == [playing]
     finally:
         web.close()
+
+
+# The page's fetch, with the answers for page 2 held until the test lets them go, and a count of finished lists.
+HOLD_PAGE_2 = """
+window.held = [];
+const realFetch = window.fetch;
+window.fetch = (url, options) => {
+  const answer = realFetch(url, options);
+  if (!String(url).includes("page=2")) return answer;
+  return new Promise((resolve) => window.held.push(() => resolve(answer)));
+};
+const realLoadList = loadList;
+window.listsDone = 0;
+loadList = async () => { try { await realLoadList(); } finally { window.listsDone++; } };
+"""
+
+
+def test_a_list_answer_that_comes_late_does_not_replace_the_newer_one(demo_clip, tmp_path):
+    """Next twice, quickly: the third page's answer came first and the second page's after it, and the list
+    showed the second page under 'page 3 of 3'."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, 26)]  # three pages of ten
+    for name in names:
+        long_recording(demo_clip, tmp_path / name, 1)
+    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
+    shown = "[...document.querySelectorAll('#recordings li')].map((li) => li.dataset.name)"
+    try:
+        with ChromiumPage() as page:
+            page.goto(f"{web.url}review")
+            page.wait_for("$('recordings').dataset.count === '10'")
+            page.evaluate(HOLD_PAGE_2)
+            page.evaluate("$('next').click(); $('next').click()")
+            page.wait_for("window.listsDone === 1 && window.held.length === 1")
+            page.evaluate("window.held[0]()")
+            page.wait_for("window.listsDone === 2")
+            assert page.evaluate(shown) == sorted(names, reverse=True)[20:]
+            assert page.evaluate("$('pageinfo').textContent") == "page 3 of 3 (25)"
+    finally:
+        web.close()
