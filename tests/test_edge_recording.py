@@ -711,3 +711,15 @@ def test_recording_at_a_lower_resolution_and_frame_rate_than_the_analysis(tmp_pa
     assert recorded_indices([video]) == list(range(0, 90, 3))  # every third frame of 30 fps
     assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(90))  # events: all
     assert "recording them at 320x180" in caplog.text and "expected" not in caplog.text
+
+
+def test_at_a_lower_video_frame_rate_each_events_file_belongs_to_a_video_segment(tmp_path):
+    """A segment full on a frame the video leaves out rolls over at the next frame it takes; the events go on
+    in that segment's file until then, rather than in a one-line file of their own with no video."""
+    with recorder_for(tmp_path, FPS, (W, H), segment_seconds=1.0, record_fps=10.0) as recorder:
+        feed(recorder, range(95), faces_at=lambda i: [])
+    videos = [path.stem for path in recorder.segments]
+    assert len(videos) == 4
+    events_files = sorted(tmp_path.glob("*.jsonl"))
+    assert [path.stem for path in events_files] == videos
+    assert [e["frame"] for path in events_files for e in read_events(path)] == list(range(95))

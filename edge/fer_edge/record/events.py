@@ -264,11 +264,20 @@ class EventsSink:
 
     When the MP4 sink has opened a segment since the last frame, the events move to a file of that stem, so a
     video and its events share a name; without video they rotate every ``segment_seconds`` on their own.
+    ``open_video_stem()`` names the video segment being written: while it is the events file's, the events wait
+    for it to roll over (at a lower video frame rate, on the next frame it takes).
     """
 
-    def __init__(self, clock: SegmentClock, *, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        clock: SegmentClock,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        open_video_stem: Callable[[], str | None] = lambda: None,
+    ):
         self._clock = clock
         self._wall = wall_clock
+        self._open_video_stem = open_video_stem
         self.log = EventsLog(clock.directory)
         self._start_ts: float | None = None
         self._seen_video_stem: str | None = None  # the newest video segment's stem when this sink last looked
@@ -288,7 +297,9 @@ class EventsSink:
         if self._clock.video_stem != self._seen_video_stem:
             stem = self._seen_video_stem = self._clock.video_stem  # a video segment opened with this frame
             video_ts = self._clock.video_start_ts
-        elif not self.log.is_open or self._clock.full(self._start_ts, ts):
+        elif not self.log.is_open or (
+            self._clock.full(self._start_ts, ts) and self._open_video_stem() != self.log.stem
+        ):
             stem = self._clock.next_stem()
         if stem is not None:
             finished = self.log.rotate(stem)

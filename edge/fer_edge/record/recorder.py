@@ -164,7 +164,7 @@ class Recorder:
         self.clock = SegmentClock(self.output_dir, recording.segment_seconds, encoder.fps, wall_clock=wall_clock)
         self.events: RecordingSink = NullSink()
         if events_config.enabled:
-            self.events = EventsSink(self.clock, wall_clock=wall_clock)
+            self.events = EventsSink(self.clock, wall_clock=wall_clock, open_video_stem=lambda: self.video.stem)
         self.video: Mp4Sink | NullSink = NullSink()
         if recording.enabled:
             self.video = Mp4Sink(
