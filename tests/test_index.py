@@ -191,6 +191,41 @@ def test_following_a_segment_as_it_is_written_gives_the_same_index_as_reading_it
     assert Counter(row[1:] for row in followed) == Counter(row[1:] for row in again)
 
 
+def test_lines_of_the_open_file_a_failed_write_left_out_are_indexed_once_the_index_writes_again(recorded, tmp_path):
+    """A write refused by SQLite while following the open file (a full disk, an I/O error) rolls its rows back;
+    the lines they came from are read again, so the index catches up instead of missing them for good."""
+    stem = sorted(p.stem for p in recorded.glob("*.jsonl"))[1]
+    data = (recorded / f"{stem}.jsonl").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / STEM_MARKER_NAME).write_text(stem)
+    index = RecordingIndex(out)
+    first, second = (data.index(b"\n", len(data) * k // 3) + 1 for k in (1, 2))
+    (out / CURRENT_NAME).write_bytes(data[:first])
+    index.sync()
+    refusing = sqlite3.connect(out / DB_NAME)
+    for table in ("events", "minutes"):
+        refusing.execute(
+            f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        )
+    refusing.commit()
+    (out / CURRENT_NAME).write_bytes(data[:second])
+    with pytest.raises(sqlite3.DatabaseError, match="disk I/O error"):
+        index.sync()
+    for table in ("events", "minutes"):
+        refusing.execute(f"DROP TRIGGER refuse_{table}")
+    refusing.commit()
+    refusing.close()
+    (out / CURRENT_NAME).write_bytes(data)
+    index.sync()
+    shutil.copy(recorded / f"{stem}.mp4", out / f"{stem}.mp4")
+    os.replace(out / CURRENT_NAME, out / f"{stem}.jsonl")
+    (out / STEM_MARKER_NAME).unlink()
+    index.sync()
+    index.close()
+    assert_index_matches_files(out)
+
+
 def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(recorded, out)

@@ -217,11 +217,16 @@ class RecordingIndex:
                 events, counts = track_log.read_open(current)
         if not (fresh or events or counts):
             return
-        with self.db:
-            if fresh:
-                self._delete(stem)
-            self._add(stem, events, counts)
-            self._put_recording(stem, f"{stem}.mp4", track_log, None, (None, None), complete=False)
+        try:
+            with self.db:
+                if fresh:
+                    self._delete(stem)
+                self._add(stem, events, counts)
+                self._put_recording(stem, f"{stem}.mp4", track_log, None, (None, None), complete=False)
+        except BaseException:
+            # the rows were rolled back, but the log has read past their lines: read the file again next time
+            del self._following[stem]
+            raise
 
     def _finish(self, stem: str, files: _Files, signature: tuple[int | None, int | None]) -> None:
         """Index a finished recording: go on from where following it stopped, or read it all again."""
