@@ -236,6 +236,28 @@ def test_restart_cuts_a_last_fragment_whose_frames_never_reached_the_disk(tmp_pa
     assert "(90 frames, cut" in caplog.text
 
 
+@pytest.mark.parametrize("zeros_from", ["mdat", "moof"])
+def test_restart_cuts_a_last_fragment_whose_boxes_never_reached_the_disk(tmp_path, zeros_from):
+    """After a power cut on FAT or exFAT the zeros can start before the last fragment's frames: at its ``mdat``
+    box (only its ``moof`` reached the disk) or at the fragment's start. Neither zeros nor a ``moof`` without its
+    data are kept in the video: the recording ends with the last fragment that reached the disk."""
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(100))
+    [video] = recorder.segments
+    data = video.read_bytes()
+    last_moof, last_mdat = data.rindex(b"moof") - 4, data.rindex(b"mdat") - 4
+    mdat_end = last_mdat + int.from_bytes(data[last_mdat : last_mdat + 4], "big")
+    zeros_at = last_mdat if zeros_from == "mdat" else last_moof
+    part = video.with_name(video.name + ".part")
+    part.write_bytes(data[:zeros_at] + bytes(mdat_end - zeros_at))
+    video.unlink()
+
+    assert recover_partial_recordings(tmp_path) == [video]
+    assert video.stat().st_size == last_moof
+    assert recorded_indices([video]) == list(range(90))
+    assert count_video_frames(video, decode=True) == 90
+
+
 def test_part_without_any_fragment_is_dropped_at_restart(tmp_path, caplog):
     with recorder_for(tmp_path, FPS, (W, H)) as recorder:
         feed(recorder, range(10))

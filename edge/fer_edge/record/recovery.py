@@ -19,7 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def _complete_boxes(path: Path) -> tuple[list[tuple[bytes, int, int]], int]:
-    """The top-level boxes of an MP4 that lie whole in the file, in order, as (type, start, end), and its size."""
+    """The top-level boxes of an MP4 that lie whole in the file, in order, as (type, start, end), and its size.
+
+    The muxer gives every box its size, so a size of 0 ("to the end of the file") is a header that never reached
+    the disk (FAT and exFAT leave zeros there after a power cut): the file's complete boxes end before it."""
     size = path.stat().st_size
     boxes = []
     with open(path, "rb") as f:
@@ -33,8 +36,6 @@ def _complete_boxes(path: Path) -> tuple[list[tuple[bytes, int, int]], int]:
                 if len(header) < 16:
                     break
                 box_size = int.from_bytes(header[8:16], "big")
-            elif box_size == 0:
-                box_size = size - offset  # "extends to end of file"
             if box_size < 8 or offset + box_size > size:
                 break
             boxes.append((box_type, offset, offset + box_size))
@@ -56,8 +57,14 @@ def scan_fragmented_mp4(path: Path) -> tuple[int, int, int]:
 
 
 def _complete_end(boxes: list[tuple[bytes, int, int]]) -> int:
-    """Where the complete boxes end: a trailing ``moof`` is only useful with the ``mdat`` after it."""
-    return max((end for box_type, _, end in boxes if box_type != b"moof"), default=0)
+    """Where the complete boxes end: a ``moof`` is only useful with the ``mdat`` right after it, and one without it
+    is where the file was torn."""
+    end = 0
+    for (box_type, start, box_end), following in zip(boxes, [*boxes[1:], None]):
+        if box_type == b"moof" and (following is None or following[0] != b"mdat"):
+            return start
+        end = box_end
+    return end
 
 
 def repair_fragmented_mp4(path: Path) -> tuple[int, int]:
