@@ -271,6 +271,17 @@ def test_part_without_any_fragment_is_dropped_at_restart(tmp_path, caplog):
     assert "holds no complete frame" in caplog.text
 
 
+def test_an_empty_part_is_dropped_at_restart_not_kept_as_broken(tmp_path, caplog):
+    """A power cut in the first second of a segment leaves its ``.part`` empty (made, nothing written to the disk
+    yet); it holds no more than one with only headers."""
+    part = tmp_path / "20261207-120000-0001.mp4.part"
+    part.touch()
+    with caplog.at_level(logging.WARNING):
+        assert recover_partial_recordings(tmp_path) == []
+    assert not list(tmp_path.glob("*.mp4*"))
+    assert "holds no complete frame" in caplog.text and "cannot be read" not in caplog.text
+
+
 class FakeDisk:
     """A disk of ``capacity`` bytes holding the files of one directory, plus ``other_use`` bytes."""
 

@@ -227,7 +227,7 @@ def _recover_part(part: Path) -> Path | None:
             _keep_broken(part, target, "cannot be read (no complete MP4 box at its start)")
             return None
         end = _decodable_end(part, boxes, end)
-        frames = count_video_frames(part, end=end)  # decoded as it will be once cut: nothing is cut before
+        frames = count_video_frames(part, end=end) if size else 0  # as it will be once cut: nothing is cut before
     except (OSError, av.FFmpegError, ValueError) as exc:
         _keep_broken(part, target, f"cannot be read ({exc})")
         return None
@@ -235,7 +235,9 @@ def _recover_part(part: Path) -> Path | None:
         _keep_broken(part, target, "holds no complete frame, only a partial first fragment")
         return None
     if frames == 0:
-        log.warning("recording: %s from an interrupted run holds no complete frame (only headers); deleted", part.name)
+        log.warning(
+            "recording: %s from an interrupted run holds no complete frame (only headers, if any); deleted", part.name
+        )
         part.unlink()
         return None
     try:
