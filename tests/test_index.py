@@ -226,6 +226,35 @@ def test_lines_of_the_open_file_a_failed_write_left_out_are_indexed_once_the_ind
     assert_index_matches_files(out)
 
 
+def test_an_output_folder_deleted_and_made_again_gets_an_index_of_its_own(recorded, tmp_path):
+    """The recorder makes a deleted output folder again and records on into it: the indexer follows it into a new
+    index there, rather than writing on into the deleted one, which the review page can no longer open."""
+    from fer_edge.record.retention import Housekeeper
+
+    out = tmp_path / "out"
+    shutil.copytree(recorded, out, ignore=shutil.ignore_patterns(f"{DB_NAME}*", ".thumbs"))
+    stems = sorted(p.stem for p in out.glob("*.mp4"))
+    keeper = Housekeeper(out, None, sync_interval_s=0.02).start()
+    try:
+        wait_until(lambda: all((out / ".thumbs" / f"{stem}.jpg").exists() for stem in stems))
+        out.rename(tmp_path / "deleted")  # at once: the indexer may be writing into it
+        out.mkdir()
+        made_since = "20300101-000000-0001"
+        for suffix in (".mp4", ".jsonl"):
+            shutil.copy(recorded / f"{stems[0]}{suffix}", out / f"{made_since}{suffix}")
+        wait_until(lambda: (out / ".thumbs" / f"{made_since}.jpg").exists())
+    finally:
+        keeper.close()
+    assert assert_index_matches_files(out) == 1
+
+
+def wait_until(condition, timeout_s: float = 60.0) -> None:  # noqa: ANN001 - a test helper
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.02)
+
+
 def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(recorded, out)

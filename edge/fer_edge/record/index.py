@@ -120,6 +120,21 @@ class RecordingIndex:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             self.db = connect(self.path)
+        try:
+            opened = os.stat(self.path)
+        except OSError:
+            self.db.close()
+            raise
+        self._identity = (opened.st_dev, opened.st_ino)
+
+    def moved(self) -> bool:
+        """Whether the database file this index writes is no longer the one at its path (deleted with its folder,
+        which the recorder makes again, or replaced): its rows would go where nobody reads them."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino) != self._identity
 
     def close(self) -> None:
         self.db.close()

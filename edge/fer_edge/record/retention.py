@@ -243,6 +243,10 @@ class Housekeeper:
         try:
             while True:
                 self._attempt("watching the clock", watch.check)
+                if index is not None and index.moved():
+                    log.warning("index: %s was deleted or replaced; opening it again", index.path)
+                    index.close()
+                    index = None
                 if index is None:  # a full disk or a failing card may refuse it for a while; retention goes on
                     opened = self._attempt("opening the index", lambda: RecordingIndex(self.directory))
                     index = opened if isinstance(opened, RecordingIndex) else None
