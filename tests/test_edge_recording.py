@@ -176,6 +176,37 @@ def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_pat
     assert [e["frame"] for e in read_events(tmp_path / (video.stem + ".jsonl"))] == list(range(len(events)))
 
 
+def test_after_a_power_cut_that_emptied_the_events_marker_events_keep_their_videos_name(tmp_path, caplog):
+    """The marker naming the open events file is written without an fsync: a power cut soon after a segment
+    opened can leave it empty. The events of a video segment then still go by the name of the video the
+    interrupted run left open, not by a name of their own that lists them apart from their video."""
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS), "--pace-fps", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        written = wait_for_written(proc, int(2 * FPS))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    assert written >= 2 * FPS
+    [part] = tmp_path.glob("*.mp4.part")
+    (tmp_path / STEM_MARKER_NAME).write_bytes(b"")
+
+    with caplog.at_level(logging.WARNING):
+        recover_leftovers(tmp_path)
+    [video] = tmp_path.glob("*.mp4")
+    [events] = tmp_path.glob("*.jsonl")
+    assert video.name == part.name[: -len(".part")]
+    assert events.stem == video.stem
+    assert [e["frame"] for e in read_events(events)][:written] == list(range(written))
+    assert STEM_MARKER_NAME in caplog.text
+
+
 def test_sigterm_finalizes_a_complete_mp4(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],

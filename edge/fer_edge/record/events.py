@@ -322,11 +322,15 @@ class EventsSink:
         self.log.retry()  # after a write error the disk may have room again, whatever the video floor says
 
 
-def recover_leftover_events(directory: Path, fallback_stem: Callable[[float], str]) -> Path | None:
+def recover_leftover_events(
+    directory: Path, fallback_stem: Callable[[float], str], open_video_stem: str | None = None
+) -> Path | None:
     """Give a leftover ``events.jsonl`` (from a crash) its ``<stem>.jsonl`` name; returns the new path.
 
-    The stem comes from the marker file written when the events file was opened; ``fallback_stem(t)`` makes one from
-    the time of the first event (else the file's mtime) when the marker is missing or does not hold a recording stem.
+    The stem comes from the marker file written when the events file was opened. When the marker is missing or does
+    not hold a recording stem, a file whose first line starts a video segment (``video_ts``) takes
+    ``open_video_stem``, the stem of the video segment the crash left open (that has no events file yet); otherwise
+    ``fallback_stem(t)`` makes one from the time of the first event (else the file's mtime).
     A partial last line is cut off. A stale temporary marker file is removed.
     """
     current = directory / CURRENT_NAME
@@ -336,7 +340,7 @@ def recover_leftover_events(directory: Path, fallback_stem: Callable[[float], st
         marker.unlink(missing_ok=True)
         return None
     _cut_partial_last_line(current)
-    stem = _read_marker(marker) or _fallback_stem(current, fallback_stem)
+    stem = _read_marker(marker) or _fallback_stem(current, fallback_stem, open_video_stem)
     target = _unique_path(directory / f"{stem}.jsonl")
     os.replace(current, target)
     marker.unlink(missing_ok=True)
@@ -390,7 +394,14 @@ def _stem_or_none(data: bytes | None) -> str | None:
     return stem if FINISHED_RECORDING.fullmatch(stem + ".jsonl") else None
 
 
-def _fallback_stem(current: Path, fallback_stem: Callable[[float], str]) -> str:
+def _fallback_stem(current: Path, fallback_stem: Callable[[float], str], open_video_stem: str | None) -> str:
+    if (
+        open_video_stem is not None
+        and FINISHED_RECORDING.fullmatch(open_video_stem + ".jsonl")
+        and not (current.parent / f"{open_video_stem}.jsonl").exists()
+        and "video_ts" in next(read_events(current), {})
+    ):
+        return open_video_stem
     first_t = next((e["t"] for e in read_events(current) if _plausible_time(e.get("t"))), None)
     return fallback_stem(first_t if first_t is not None else current.stat().st_mtime)
 

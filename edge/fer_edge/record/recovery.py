@@ -209,10 +209,12 @@ def recover_partial_recordings(directory: Path) -> list[Path]:
     unchanged (kept for inspection, deleted by age like any recording when disk space runs low). Returns the
     recovered video paths.
     """
-    recovered = [video for part in sorted(directory.glob("*" + PART_SUFFIX)) if (video := _recover_part(part))]
+    parts = sorted(directory.glob("*" + PART_SUFFIX))
+    recovered = [video for part in parts if (video := _recover_part(part))]
     if recovered:
         fsync_directory(directory)
-    recover_leftover_events(directory, lambda t: make_stem(directory, t, 0))
+    open_video_stem = parts[-1].name[: -len(PART_SUFFIX)] if parts else None  # the newest: open at the crash
+    recover_leftover_events(directory, lambda t: make_stem(directory, t, 0), open_video_stem)
     return recovered
 
 
