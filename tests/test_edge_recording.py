@@ -617,6 +617,22 @@ def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tm
     assert not any("MB free" in r.getMessage() for r in caplog.records)  # free space was never the problem
 
 
+def test_an_output_folder_deleted_between_disk_checks_is_said_once_and_made_again_before_a_new_file(tmp_path, caplog):
+    """Segments roll over between two disk checks: the folder is made again before a file is finished or opened in
+    it, rather than each file failing with its own warning (a disk "only 0 MB free", a finished file "to be
+    recovered at the next start" that is gone)."""
+    output = tmp_path / "recordings"
+    with caplog.at_level(logging.INFO, logger="fer_edge"):
+        with recorder_for(output, FPS, (W, H), segment_seconds=1.0, disk_check_interval_s=3600) as recorder:
+            feed(recorder, range(45))
+            shutil.rmtree(output)
+            feed(recorder, range(45, 150))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "was deleted while recording" in warnings[0], warnings
+    videos = sorted(output.glob("*.mp4"))
+    assert recorded_indices(videos)[-1] == 149
+
+
 def fer_edge_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fer_edge.cli", *args],

@@ -229,7 +229,9 @@ class Recorder:
             self.video.restart()
             self.events.restart()
         self._previous_ts = frame.timestamp
-        if self._disk.check_due():
+        # a stat a frame: a folder deleted since the last disk check is made again before a file is finished or
+        # opened in it, and said once, not by each file that fails
+        if self._disk.check_due() or not (self._folder_missing or self.output_dir.is_dir()):
             self._check_disk()
         if self._video_on:
             self.video.write(frame, faces)  # first: a segment it opens names this frame's events file
