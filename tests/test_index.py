@@ -255,6 +255,37 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:  # noqa: ANN001 - a 
         time.sleep(0.02)
 
 
+def test_a_video_finished_while_its_events_go_on_is_listed_with_its_faces_and_thumbnail(tmp_path):
+    """Presence-triggered video ends after the post-roll; its events file goes on until the segment is full (five
+    minutes by default). Meanwhile the recording is listed with what its events so far say (faces, track events)
+    and its video's duration and thumbnail, not as a video without a face."""
+    from recorder_child import draw_frame, recorder_for
+
+    from fer_edge.record.tracklog import probe_video
+    from fer_edge.types import Box, Face, Frame, Prediction
+
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
+    out = tmp_path / "out"
+    recorder = recorder_for(out, 30.0, (320, 240), segment_seconds=60.0, presence_triggered=True, post_roll_s=0.5)
+    with recorder:
+        for i in range(120):
+            recorder.write(Frame(draw_frame(i, 320, 240), i, i / 30.0), [face] if 15 <= i < 60 else [])
+        [video] = out.glob("*.mp4")
+        assert (out / CURRENT_NAME).exists() and (out / STEM_MARKER_NAME).read_text() == video.stem
+        index = RecordingIndex(out)
+        index.sync()
+        row = index.db.execute(
+            "SELECT duration_s, faces, thumbnail FROM recordings WHERE stem = ?", (video.stem,)
+        ).fetchone()
+        kinds = [kind for (kind,) in index.db.execute("SELECT kind FROM events WHERE stem = ?", (video.stem,))]
+        assert row == (probe_video(video).duration_s, 1, 1) and kinds[:1] == ["start"]
+        assert (out / ".thumbs" / f"{video.stem}.jpg").is_file()
+    index.sync()
+    index.close()
+    assert_index_matches_files(out)
+
+
 def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(recorded, out)

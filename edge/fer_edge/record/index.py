@@ -6,10 +6,11 @@ faces shown with each expression. It is only ever derived from the files: the ev
 record, and :meth:`RecordingIndex.sync` makes the database match them, so a database that is missing, behind,
 half-written by a killed process or unreadable is repaired by the next sync.
 
-A sync follows the open ``events.jsonl`` from where it left off, finishes a recording once its files are renamed
-(track ends, video duration, thumbnail), reindexes a finished recording whose files differ from what was indexed,
-and forgets recordings whose files are gone (the disk floor, retention, an operator). Each recording's rows change
-in one transaction. Thumbnails are ``.thumbs/<stem>.jpg``, cut from the recorded MP4.
+A sync follows the open ``events.jsonl`` from where it left off (with the duration and thumbnail of its video when
+that finished first), finishes a recording once its files are renamed (track ends, video duration, thumbnail),
+reindexes a finished recording whose files differ from what was indexed, and forgets recordings whose files are gone
+(the disk floor, retention, an operator). Each recording's rows change in one transaction. Thumbnails are
+``.thumbs/<stem>.jpg``, cut from the recorded MP4.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ class _Files:
         )
 
 
+@dataclass(frozen=True)
+class _OpenVideo:
+    size: int
+    info: VideoInfo | None
+    thumbnail: bool
+
+
 class RecordingIndex:
     """The index of ``directory``; use it from one thread (the indexer's), open others with :func:`connect`."""
 
@@ -111,6 +119,7 @@ class RecordingIndex:
         self._finished: set[str] = set()
         self._no_thumbnail: set[str] = set()  # stems whose thumbnail failed, said once
         self._no_room: set[str] = set()  # stems whose thumbnail failed for want of room: tried again at each sync
+        self._open_videos: dict[str, _OpenVideo] = {}  # finished videos whose events file is still being written
         try:
             self.db = connect(self.path)
         except sqlite3.OperationalError:
@@ -166,7 +175,8 @@ class RecordingIndex:
 
     def _scan(self, open_stem: str | None, keep_going: Callable[[], bool]) -> bool:
         """Index the finished recordings that changed, forget the ones gone; False if one must be tried again."""
-        finished = {stem: files for stem, files in finished_recordings(self.directory)}
+        # a video finished before its events file (presence-triggered video) is followed until that is too
+        finished = {stem: files for stem, files in finished_recordings(self.directory) if stem != open_stem}
         self._finished = set(finished)
         rows = self.db.execute("SELECT stem, bytes, jsonl_bytes, complete FROM recordings")
         indexed = {row[0]: row[1:] for row in rows}
@@ -197,6 +207,7 @@ class RecordingIndex:
     def forget(self, stem: str) -> None:
         """Drop ``stem``'s rows and thumbnail (its files are gone)."""
         self._following.pop(stem, None)
+        self._open_videos.pop(stem, None)
         self._no_thumbnail.discard(stem)
         self._no_room.discard(stem)
         with self.db:
@@ -230,21 +241,41 @@ class RecordingIndex:
                 if self._open_stem() != stem:
                     return  # rotated since the marker was read: this may be the next segment's file
                 events, counts = track_log.read_open(current)
-        if not (fresh or events or counts):
+        video, video_changed = self._open_video(stem, track_log)
+        if not (fresh or events or counts or video_changed):
             return
+        info, thumbnail = (video.info, video.thumbnail) if video is not None else (None, False)
         try:
             with self.db:
                 if fresh:
                     self._delete(stem)
                 self._add(stem, events, counts)
-                self._put_recording(stem, f"{stem}.mp4", track_log, None, (None, None), complete=False)
+                self._put_recording(
+                    stem, f"{stem}.mp4", track_log, info, (None, None), complete=False, thumbnail=thumbnail
+                )
         except BaseException:
             # the rows were rolled back, but the log has read past their lines: read the file again next time
             del self._following[stem]
             raise
 
+    def _open_video(self, stem: str, track_log: TrackLog) -> tuple[_OpenVideo | None, bool]:
+        """The finished video of the recording whose events file is open (presence-triggered video ends before
+        its events file), probed and with its thumbnail, once for each size it has; and whether that is new."""
+        video = self.directory / f"{stem}.mp4"
+        try:
+            size = video.stat().st_size
+        except FileNotFoundError:
+            return None, False
+        known = self._open_videos.get(stem)
+        if known is not None and known.size == size:
+            return known, False
+        thumbnail = self._thumbnail(stem, video, track_log.most_faces_offset)
+        known = self._open_videos[stem] = _OpenVideo(size, self._probe(video), thumbnail)
+        return known, True
+
     def _finish(self, stem: str, files: _Files, signature: tuple[int | None, int | None]) -> None:
         """Index a finished recording: go on from where following it stopped, or read it all again."""
+        self._open_videos.pop(stem, None)
         track_log = self._following.pop(stem, None)
         fresh = track_log is None or files.events is None or track_log.offset > (signature[1] or 0)
         if fresh or track_log is None:
