@@ -633,6 +633,25 @@ def test_an_output_folder_deleted_between_disk_checks_is_said_once_and_made_agai
     assert recorded_indices(videos)[-1] == 149
 
 
+def test_a_file_named_like_a_recording_at_no_real_time_is_left_alone_and_stops_nothing(tmp_path):
+    """A stray file whose name has a recording's shape but no real date (month 13) is not a recording: the
+    recorder still starts, retention and the index still run, and none of them touches it."""
+    from fer_edge.record.index import RecordingIndex
+    from fer_edge.record.retention import Retention
+
+    stray = tmp_path / "20261399-000000-0001.mp4"
+    stray.write_bytes(b"not ours")
+    with recorder_for(tmp_path, FPS, (W, H)) as recorder:
+        feed(recorder, range(10))
+    assert Retention(tmp_path, 1.0).check() == []
+    index = RecordingIndex(tmp_path)
+    index.sync()
+    listed = [stem for (stem,) in index.db.execute("SELECT stem FROM recordings")]
+    index.close()
+    assert listed == [recorder.segments[0].stem]
+    assert stray.read_bytes() == b"not ours"
+
+
 def fer_edge_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fer_edge.cli", *args],

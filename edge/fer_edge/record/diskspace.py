@@ -7,6 +7,7 @@ deleted; anything else in the directory is left alone.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fer_edge.errors import RecordingError
+from fer_edge.record.naming import stem_time
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,20 @@ def finished_recordings(directory: Path) -> list[tuple[str, list[Path]]]:
     groups: dict[str, list[Path]] = {}
     for path in directory.iterdir():
         match = FINISHED_RECORDING.match(path.name)
-        if match and path.is_file():
+        if match and _names_a_time(match["stem"]) and path.is_file():
             groups.setdefault(match["stem"], []).append(path)
     return sorted(groups.items())
+
+
+@functools.lru_cache(maxsize=8192)
+def _names_a_time(stem: str) -> bool:
+    """Whether ``stem`` starts with a real UTC time. A file named in that shape at no real time (month 13) is not a
+    recording, and would stop what reads the time from its name: the recorder's start, retention, the index."""
+    try:
+        stem_time(stem)
+    except (ValueError, OverflowError):
+        return False
+    return True
 
 
 class DiskGuard:
