@@ -286,6 +286,33 @@ def test_a_video_finished_while_its_events_go_on_is_listed_with_its_faces_and_th
     assert_index_matches_files(out)
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        '{"t":1e300,"ts":1.0,"frame":1,"faces":[{"track":999,"label":"happy"}]}',
+        '{"t":1795631400.5,"ts":1.0,"frame":100000000000000000000000,"faces":[{"track":999,"label":"happy"}]}',
+        '{"t":1795631400.5,"ts":1.0,"frame":1,"faces":[{"track":100000000000000000000000,"label":"happy"}]}',
+        '{"t":1' + "0" * 400 + ',"ts":1.0,"frame":1,"faces":[]}',
+    ],
+    ids=["time", "frame", "track", "a number no float holds"],
+)
+def test_numbers_out_of_any_range_in_an_events_line_never_stop_the_index(recorded, tmp_path, garbage):
+    """A damaged events line can still be JSON, with numbers SQLite cannot store or no clock can read: what cannot
+    be stored is left out (a line at no time, a face with no track), rather than failing every sync and leaving
+    the index behind for good."""
+    out = tmp_path / "out"
+    shutil.copytree(recorded, out, ignore=shutil.ignore_patterns(f"{DB_NAME}*", ".thumbs"))
+    damaged = sorted(out.glob("*.jsonl"))[-1]
+    lines = damaged.read_text().splitlines(keepends=True)
+    damaged.write_text("".join(lines[:3]) + garbage + "\n" + "".join(lines[3:]))
+    index = RecordingIndex(out)
+    index.sync()
+    counted = dict(index.db.execute("SELECT stem, frames FROM recordings"))
+    index.close()
+    assert set(counted) == {p.stem for p in out.glob("*.mp4")}
+    assert counted[damaged.stem] == video_frames(out / f"{damaged.stem}.mp4")
+
+
 def test_recordings_deleted_from_the_folder_leave_the_index(recorded, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(recorded, out)

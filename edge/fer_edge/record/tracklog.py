@@ -108,9 +108,25 @@ class VideoInfo:
     duration_s: float
 
 
+MAX_TIME = 1e11  # no clock reads this far (year 5138); a damaged line can hold 1e300
+SQLITE_INTEGERS = range(-(2**63), 2**63)
+
+
 def _number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return None
+        if math.isfinite(number):
+            return number
+    return None
+
+
+def _integer(value: object) -> int | None:
+    """``value`` if it is an integer SQLite can store."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in SQLITE_INTEGERS:
+        return value
     return None
 
 
@@ -164,7 +180,7 @@ class TrackLog:
 
     def _line(self, line: dict, events: list[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
         t = _number(line.get("t"))
-        if t is None:
+        if t is None or not 0 <= t < MAX_TIME:
             return
         ts = _number(line.get("ts"))
         ts = t if ts is None else ts  # files written before frame timestamps were logged
@@ -177,8 +193,8 @@ class TrackLog:
             self.first_t = t - (ts - self.first_ts)
         self.lines += 1
         offset = self.last_offset = self._offset(ts)
-        frame_number = line.get("frame")
-        frame = frame_number if isinstance(frame_number, int) else -1
+        frame = _integer(line.get("frame"))
+        frame = -1 if frame is None else frame
         faces = [face for face in line.get("faces") or [] if isinstance(face, dict)]
         if len(faces) > self.most_faces:
             self.most_faces, self.most_faces_offset = len(faces), offset
@@ -187,8 +203,8 @@ class TrackLog:
             label = face.get("label") if isinstance(face.get("label"), str) else None
             if label is not None:
                 counts[(minute, label)] += 1
-            track_id = face.get("track")
-            if not isinstance(track_id, int) or isinstance(track_id, bool):
+            track_id = _integer(face.get("track"))
+            if track_id is None:
                 continue
             score = _number(face.get("score"))
             box = tuple(v for v in face.get("box") or [] if isinstance(v, int))
