@@ -183,3 +183,27 @@ def test_the_disk_floor_deletes_the_longest_unwritten_recording_first_whatever_i
         assert DiskGuard(tmp_path, wanted, free_bytes=free).make_room()
         deleted += sorted(before - {p.name[:20] for p in tmp_path.iterdir()})
     assert deleted == ["20261205-120000-0001", "20261206-120000-0001", "19700102-000100-0001", "19700102-000200-0002"]
+
+
+def test_free_space_that_cannot_be_read_deletes_no_recording(tmp_path, caplog):
+    """The file system refuses to say how much is free (an I/O error, a network share whose server is gone) while
+    its files can still be listed: not knowing is no reason to delete recordings, least of all every one of them
+    (each deletion is followed by another read that fails). Said once, not at every check."""
+    import logging
+
+    from fer_edge.record.diskspace import DiskGuard
+
+    for day in (1, 2, 3):
+        for suffix in (".mp4", ".jsonl"):
+            (tmp_path / f"2026120{day}-120000-0001{suffix}").write_bytes(b"\0" * 300_000)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def unreadable() -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    guard = DiskGuard(tmp_path, 500_000, free_bytes=unreadable)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            guard.make_room()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert len(caplog.records) == 1 and "cannot read free space" in caplog.text

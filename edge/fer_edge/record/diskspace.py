@@ -99,6 +99,7 @@ class DiskGuard:
         self._clock = clock
         self._next_check = float("-inf")
         self._said_unreachable = False
+        self._said_unreadable = False
 
     def check_due(self) -> bool:
         now = self._clock()
@@ -108,19 +109,32 @@ class DiskGuard:
         return True
 
     def free_bytes(self) -> int:
+        """The free space, 0 when it cannot be read."""
+        free = self._read_free_bytes()
+        return 0 if free is None else free
+
+    def _read_free_bytes(self) -> int | None:
+        """The free space, None when it cannot be read (said once until it can)."""
         try:
-            return self._free_bytes()
-        except OSError as exc:  # e.g. the directory vanished (USB stick pulled): treat as no space
-            log.warning("cannot read free space of %s: %s", self.directory, exc)
-            return 0
+            free = self._free_bytes()
+        except OSError as exc:  # an I/O error, a network share whose server is gone, the directory vanished
+            if not self._said_unreadable:
+                log.warning("cannot read free space of %s: %s; deleting no recording meanwhile", self.directory, exc)
+            self._said_unreadable = True
+            return None
+        self._said_unreadable = False
+        return free
 
     def make_room(self, keep_stems: Collection[str] = ()) -> bool:
-        """Delete oldest recordings (never those in ``keep_stems``) until the floor is met; True if it is met.
+        """Delete oldest recordings (never those in ``keep_stems``) until the floor is met; True if it is met, or
+        if free space cannot be read: nothing is deleted on a guess (a write the disk then refuses is a write error).
 
         Nothing is deleted when deleting every candidate would still leave less than the floor free (other files
         fill the disk): that would only throw recordings away, each new one as soon as it is finished.
         """
-        free = self.free_bytes()
+        free = self._read_free_bytes()
+        if free is None:
+            return True
         if free >= self.min_free_bytes:
             self._said_unreachable = False
             return True
@@ -158,8 +172,8 @@ class DiskGuard:
                     size / MB,
                     self.min_free_bytes / MB,
                 )
-            free = self.free_bytes()
-            if free >= self.min_free_bytes:
+            free = self._read_free_bytes()
+            if free is None or free >= self.min_free_bytes:
                 return True
         return False
 
