@@ -207,3 +207,37 @@ def test_free_space_that_cannot_be_read_deletes_no_recording(tmp_path, caplog):
             guard.make_room()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert len(caplog.records) == 1 and "cannot read free space" in caplog.text
+
+
+READ_ONLY_FLOOR = """
+import json, logging, subprocess, sys
+from pathlib import Path
+from fer_edge.record.diskspace import MB, DiskGuard
+mount = Path(sys.argv[1])
+for day in range(1, 7):
+    for suffix in (".mp4", ".jsonl"):
+        (mount / f"2026120{day}-120000-0001{suffix}").write_bytes(bytes(256 * 1024))
+subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)  # ext4 errors=remount-ro
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("fer_edge").addHandler(handler)
+guard = DiskGuard(mount, 3 * MB)  # about 1 MB free of 4
+print(json.dumps({"room": [guard.make_room() for _ in range(3)], "lines": lines}))
+"""
+
+
+def test_a_disk_turned_read_only_below_the_floor_is_said_once_not_for_every_recording(tmp_path):
+    """The file system turns read-only (ext4 after an error) while free space is below the floor: no recording can
+    be deleted. That is said once, not once for each file at every disk check."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace: {probe.stderr.decode().strip()}")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = f"mount -t tmpfs -o size=4m tmpfs {mount} && {sys.executable} -c '{READ_ONLY_FLOOR}' {mount}"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env())
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["room"] == [False, False, False]
+    assert len(seen["lines"]) == 1 and "Read-only file system" in seen["lines"][0], seen["lines"]

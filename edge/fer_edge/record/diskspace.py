@@ -100,6 +100,7 @@ class DiskGuard:
         self._next_check = float("-inf")
         self._said_unreachable = False
         self._said_unreadable = False
+        self._said_undeletable = False
 
     def check_due(self) -> bool:
         now = self._clock()
@@ -163,9 +164,12 @@ class DiskGuard:
                     path.unlink()
                 except FileNotFoundError:
                     continue
-                except OSError as exc:
-                    log.warning("cannot delete old recording %s: %s", path, exc)
+                except OSError as exc:  # a file system turned read-only refuses them all: said once
+                    if not self._said_undeletable:
+                        log.warning("cannot delete old recording %s: %s", path, exc)
+                    self._said_undeletable = True
                     continue
+                self._said_undeletable = False
                 log.info(
                     "disk: deleted old recording %s (%.1f MB) to keep %.0f MB free",
                     path.name,
