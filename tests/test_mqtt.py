@@ -515,3 +515,37 @@ def test_a_stop_does_not_wait_for_a_dns_lookup_of_the_broker(monkeypatch):
         assert not closing.is_alive()
     finally:
         answer.set()
+
+
+def _publisher(port: int, switches=None, **options):
+    """A publisher in this process, on an empty feed, for what needs no frames."""
+    from fer_edge.config.device import MqttConfig
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.mqtt import MqttPublisher
+    from fer_edge.serve.switches import Switches
+
+    cfg = MqttConfig(enabled=True, host="127.0.0.1", port=port, device_id=DEVICE, keepalive_s=2, **options)
+    return MqttPublisher(LiveFeed(), switches or Switches(), cfg, password=None, labels=["happy", "sad"]).start()
+
+
+def test_a_message_larger_than_the_broker_takes_is_not_sent_again_and_again(tmp_path, caplog):
+    """A broker with a max_packet_size below the discovery message dropped the connection on it, and paho sent it
+    again after each reconnect: a reconnect a second for ever, and nothing after it ever arrived."""
+    from fer_edge.serve.switches import Switches
+
+    broker = Broker(tmp_path)
+    broker.config.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 2000\n"
+    )
+    broker.start()
+    listener = Listener(broker.port)
+    publisher = _publisher(broker.port, Switches(privacy=True))  # privacy: a blank snapshot, too large as well
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=10)
+        listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON", timeout=10)
+        assert publisher.stats()["disconnects"] == 0
+        assert f"{DISCOVERY}: not sent: " in caplog.text and "more than the broker takes (2000)" in caplog.text
+    finally:
+        publisher.close()
+        listener.close()
+        broker.stop()

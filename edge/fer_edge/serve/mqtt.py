@@ -66,6 +66,16 @@ MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything 
 MAX_PACKET_BYTES = 64 * 1024  # what the broker may send us: commands and Home Assistant's birth message
 
 
+def publish_packet_bytes(topic: str, payload: str | bytes, qos: int) -> int:
+    """The size of the MQTT 5 PUBLISH packet (no properties) that carries ``payload`` to ``topic``."""
+    body = len(payload.encode() if isinstance(payload, str) else payload)
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + 1 + body
+    length_bytes = 1
+    while remaining >= 128**length_bytes:
+        length_bytes += 1
+    return 1 + length_bytes + remaining
+
+
 class MqttPublisher:
     """Publishes what ``feed`` shows to a broker and applies switch commands to ``switches``."""
 
@@ -131,6 +141,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         self._last_error = ""
+        self._broker_max_packet: int | None = None  # what the broker said it takes (MQTT 5 CONNACK), if it did
         client.reconnect = self._remember_failure(client.reconnect)  # type: ignore[method-assign] # paho drops why
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -196,14 +207,16 @@ class MqttPublisher:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         try:
-            self._connected(client, reason_code)
+            self._connected(client, reason_code, properties)
         except Exception:  # noqa: BLE001 - logged; paho's thread must go on
             log.exception("mqtt: handling the connection failed")
 
-    def _connected(self, client: Any, reason_code: Any) -> None:
+    def _connected(self, client: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._log_outage(f"broker refused the connection ({reason_code})")
             return
+        # A broker drops the connection on a packet above its limit, and paho sends it again on each reconnect.
+        self._broker_max_packet = getattr(properties, "MaximumPacketSize", None)
         self.connected = True
         self._outage_logged = False
         log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -297,6 +310,19 @@ class MqttPublisher:
             return
         if isinstance(payload, (dict, list)):
             payload = json.dumps(payload, separators=(",", ":"))
+        limit = self._broker_max_packet
+        if limit is not None:
+            size = publish_packet_bytes(topic, payload, qos)
+            if size > limit:
+                self._count("dropped")
+                self._warn.warning(
+                    f"too large {topic}",
+                    "mqtt: %s: not sent: %d bytes, more than the broker takes (%d)",
+                    topic,
+                    size,
+                    limit,
+                )
+                return
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         self._count("published" if info.rc == self._mqtt.MQTT_ERR_SUCCESS else "dropped")
 
