@@ -549,3 +549,19 @@ def test_a_message_larger_than_the_broker_takes_is_not_sent_again_and_again(tmp_
         publisher.close()
         listener.close()
         broker.stop()
+
+
+def test_a_late_last_will_does_not_leave_a_running_device_offline(broker):
+    """After a power cut the Pi was back before the broker gave up on its old connection: that connection's last
+    will came after the new one said online, and Home Assistant showed the running device unavailable until the
+    next reconnect, maybe days later."""
+    listener = Listener(broker.port)
+    publisher = _publisher(broker.port)
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=10)
+        mark = listener.mark()
+        listener.publish(f"{BASE}/availability", "offline", retain=True)  # what the broker sends for the old one
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", after=mark, timeout=10)
+    finally:
+        publisher.close()
+        listener.close()

@@ -112,6 +112,7 @@ class MqttPublisher:
         self.presence = PresenceHold(cfg.presence_off_delay_s)
         self.gate = DiscoveryGate(cfg.birth_grace_s)
         self._privacy_due = threading.Event()
+        self._online_due = threading.Event()  # someone else said offline for this running device
         self.connected = False
         self._counts = {"disconnects": 0, "dropped": 0, "published": 0, "ignored": 0}
         self._counts_lock = threading.Lock()  # paho's thread, the publisher and readers of the stats
@@ -220,7 +221,12 @@ class MqttPublisher:
         self.connected = True
         self._outage_logged = False
         log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
-        topics = [*self.topics.switch_set.values(), self.topics.ha_status, self.topics.instance]
+        topics = [
+            *self.topics.switch_set.values(),
+            self.topics.ha_status,
+            self.topics.instance,
+            self.topics.availability,
+        ]
         client.subscribe([(topic, 1) for topic in topics])
         self._resend.set()
 
@@ -288,6 +294,13 @@ class MqttPublisher:
             return
         if topic == self.topics.instance:
             self._other_instance(payload)
+            return
+        if topic == self.topics.availability:
+            # A retained one came with the subscription, before this connection's "online". A live one came after
+            # it: the last will of a connection the broker gave up on late (the Pi was back sooner after a power
+            # cut), or a clean stop of another device with our id.
+            if payload == "offline" and not message.retain and not self._stop.is_set():
+                self._online_due.set()
             return
         for name, switch_topic in self.topics.switch_set.items():
             if topic != switch_topic:
@@ -390,6 +403,14 @@ class MqttPublisher:
                     elif self._last_snapshot is not None:  # a broker without persistence lost it
                         self._publish(self.topics.snapshot, self._last_snapshot, retain=True, qos=1)
                     last_state, last_diag_at, last_active = None, float("-inf"), None
+                if self._online_due.is_set():
+                    self._online_due.clear()
+                    self._warn.warning(
+                        "offline",
+                        "mqtt: %s said offline while this device runs: online again",
+                        self.topics.availability,
+                    )
+                    self._publish(self.topics.availability, "online", retain=True, qos=1)
                 self._publish_switches_due()
                 if self._privacy_due.is_set():
                     self._privacy_due.clear()
