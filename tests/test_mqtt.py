@@ -565,3 +565,21 @@ def test_a_late_last_will_does_not_leave_a_running_device_offline(broker):
     finally:
         publisher.close()
         listener.close()
+
+
+def test_a_packet_larger_than_the_client_takes_is_not_read(tmp_path, caplog):
+    """A broker that ignores the maximum packet size this client announces could send a PUBLISH of up to 256 MB,
+    and paho read all of it into memory: a Pi with 512 MB has no room for that."""
+    hostile = HostileBroker()
+    publisher = _publisher(hostile.port)
+    try:
+        assert hostile.ready.wait(10)
+        assert hostile.conn is not None
+        claimed = 32 * 1024 * 1024
+        header = bytes([0x30]) + bytes([(claimed >> (7 * i)) & 0x7F | (0x80 if i < 3 else 0) for i in range(4)])
+        with pytest.raises(OSError):  # the client stopped reading and closed the connection
+            hostile.conn.sendall(header + bytes(claimed))
+        assert "more than the 65536 this client takes" in caplog.text
+    finally:
+        publisher.close()
+        hostile.close()

@@ -144,6 +144,7 @@ class MqttPublisher:
         self._last_error = ""
         self._broker_max_packet: int | None = None  # what the broker said it takes (MQTT 5 CONNACK), if it did
         client.reconnect = self._remember_failure(client.reconnect)  # type: ignore[method-assign] # paho drops why
+        client._sock_recv = self._refuse_large_packets(client._sock_recv)  # type: ignore[method-assign,assignment]
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -242,6 +243,25 @@ class MqttPublisher:
                 raise
 
         return remembering
+
+    def _refuse_large_packets(self, sock_recv: Callable[[int], bytes]) -> Callable[[int], bytes]:
+        """paho reads every packet whole, up to 256 MB, whatever maximum it announced: a broker that ignores that
+        maximum loses the connection instead, before the packet's body is read."""
+
+        def receiving(bufsize: int) -> bytes:
+            packet = getattr(self.client, "_in_packet", None) or {}
+            size = packet.get("remaining_length", 0) if packet.get("have_remaining") else 0
+            if size > MAX_PACKET_BYTES:
+                self._warn.warning(
+                    "large packet",
+                    "mqtt: the broker sent a %d-byte packet, more than the %d this client takes: reconnecting",
+                    size,
+                    MAX_PACKET_BYTES,
+                )
+                raise ConnectionAbortedError(f"a {size}-byte packet")
+            return sock_recv(bufsize)
+
+        return receiving
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         self._log_outage(self._last_error or "broker unreachable")
