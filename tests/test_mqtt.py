@@ -84,7 +84,7 @@ class Listener:
                 if not self._arrived.wait(timeout=max(0.0, deadline - time.monotonic())):
                     raise AssertionError(f"no matching message on {topic} within {timeout} s")
 
-    def publish(self, topic: str, payload: str, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def close(self) -> None:
@@ -583,3 +583,19 @@ def test_a_packet_larger_than_the_client_takes_is_not_read(tmp_path, caplog):
     finally:
         publisher.close()
         hostile.close()
+
+
+def test_snapshots_turned_off_take_the_last_face_off_the_broker(broker):
+    """With mqtt.snapshot: false the face a run before had sent stayed on the broker, retained, and Home Assistant
+    kept showing it for good."""
+    listener = Listener(broker.port)
+    face = b"\xff\xd8\xff a face from an earlier run"
+    listener.publish(f"{BASE}/snapshot", face, retain=True)
+    publisher = _publisher(broker.port, snapshot=False)
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=10)
+        blank = listener.wait_for(f"{BASE}/snapshot", lambda p, retain: p != face, timeout=10)
+        assert blank[:3] == b"\xff\xd8\xff"
+    finally:
+        publisher.close()
+        listener.close()

@@ -14,7 +14,7 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 - ``base/event``: JSON per track start, label change and end (``event_type`` names which), as
   :class:`~fer_edge.serve.homeassistant.EventPolicy` lets them through, once Home Assistant has the discovery.
 - ``base/snapshot``: retained JPEG of the frame when a face appeared, at most one per burst; a blank one as soon
-  as privacy is on.
+  as privacy is on, and on connecting with ``snapshot`` off.
 - ``base/recording/active``: retained ``ON`` while video is being written.
 - ``base/instance``: each process says hello here, so two devices with one id notice each other.
 - ``base/recording/set``, ``base/privacy/set`` (``ON``/``OFF``, from Home Assistant) and their ``.../state``.
@@ -418,8 +418,8 @@ class MqttPublisher:
                     self._publish(self.topics.instance, f"hello:{self.instance}", qos=1)
                     for name in SWITCH_NAMES:
                         self._switch_due(name)
-                    if self.switches["privacy"]:
-                        self._privacy_due.set()  # a snapshot kept from before may show a face
+                    if self.switches["privacy"] or not self.cfg.snapshot:
+                        self._privacy_due.set()  # a snapshot kept from before (an earlier run's too) may show a face
                     elif self._last_snapshot is not None:  # a broker without persistence lost it
                         self._publish(self.topics.snapshot, self._last_snapshot, retain=True, qos=1)
                     last_state, last_diag_at, last_active = None, float("-inf"), None
