@@ -599,3 +599,25 @@ def test_snapshots_turned_off_take_the_last_face_off_the_broker(broker):
     finally:
         publisher.close()
         listener.close()
+
+
+def test_a_flood_of_on_for_a_switch_the_config_turned_off_logs_one_line(broker, caplog):
+    """Each ON for the recording switch of a device that records no video logged a warning: anyone allowed on the
+    broker could fill the journal, past its rate limit, which then hid the warnings that matter."""
+    from fer_edge.serve.switches import Switches
+
+    listener = Listener(broker.port)
+    switches = Switches(unavailable={"recording": "video recording is off in the config"})
+    publisher = _publisher(broker.port, switches)
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=10)
+        for _ in range(300):
+            listener.client.publish(f"{BASE}/recording/set", "ON", qos=1)
+        listener.publish(f"{BASE}/privacy/set", "ON")  # after all of them, in order
+        listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON", timeout=10)
+        assert listener.wait_for(f"{BASE}/recording/state", timeout=5) == b"OFF"
+        assert not switches["recording"]
+        assert len([r for r in caplog.records if "it stays off" in r.getMessage()]) == 1
+    finally:
+        publisher.close()
+        listener.close()

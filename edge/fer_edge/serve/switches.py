@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fer_edge.serve.ratelog import RateLimitedLog
 from fer_edge.types import Box, Face, Frame
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ class Switches:
     """Named on/off flags, thread-safe; listeners hear every change (called on the setter's thread).
 
     A switch named in ``unavailable`` (what the config turned off, e.g. video recording) stays off: setting it on
-    is refused with a warning, so it is reported off.
+    is refused with a warning (one a minute, however many come), so it is reported off.
     """
 
     def __init__(self, *, unavailable: dict[str, str] | None = None, **initial: bool):
@@ -34,6 +35,7 @@ class Switches:
         self._unavailable = dict(unavailable or {})  # name -> why
         self._values = {name: bool(initial.get(name, False)) and name not in self._unavailable for name in NAMES}
         self._listeners: list[Callable[[str, bool], None]] = []
+        self._warn = RateLimitedLog(log)  # a refused "on" comes at the pace of whoever may publish the command
 
     def __getitem__(self, name: str) -> bool:
         return self._values[name]  # one dict read: atomic, no lock on the loop's path
@@ -46,7 +48,7 @@ class Switches:
         if name not in self._values:
             raise KeyError(name)
         if on and name in self._unavailable:
-            log.warning("%s switched on, but %s: it stays off", name, self._unavailable[name])
+            self._warn.warning(name, "%s switched on, but %s: it stays off", name, self._unavailable[name])
             return False
         with self._lock:
             changed = self._values[name] != bool(on)
