@@ -621,3 +621,21 @@ def test_a_flood_of_on_for_a_switch_the_config_turned_off_logs_one_line(broker, 
     finally:
         publisher.close()
         listener.close()
+
+
+def test_retained_messages_a_full_queue_refused_are_sent_once_there_is_room(broker):
+    """Everything retained goes out in one burst on connecting; with a small mqtt.queue_size, paho refused what
+    came after the first messages, and the device stayed offline in Home Assistant, its switches unknown, until
+    the next reconnect."""
+    from fer_edge.serve.switches import Switches
+
+    listener = Listener(broker.port)
+    publisher = _publisher(broker.port, Switches(privacy=True), queue_size=1)
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=10)
+        listener.wait_for(f"{BASE}/privacy/state", lambda p, retain: p == b"ON", timeout=10)
+        listener.wait_for(f"{BASE}/recording/state", lambda p, retain: p == b"OFF", timeout=10)
+        listener.wait_for(f"{BASE}/snapshot", timeout=10)  # the blank one privacy asks for
+    finally:
+        publisher.close()
+        listener.close()

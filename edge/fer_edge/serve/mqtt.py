@@ -119,6 +119,8 @@ class MqttPublisher:
         self._warn = RateLimitedLog(log)
         self._switches_due: set[str] = set()  # switch states to publish, from the publisher thread only
         self._switches_lock = threading.Lock()
+        # Retained messages paho refused while its queue was full: the newest per topic, from the publisher thread.
+        self._retained_refused: dict[str, str | bytes] = {}
         self._outage_logged = False
         self._stop = threading.Event()
         self._resend = threading.Event()  # connected or Home Assistant restarted: send everything retained again
@@ -358,6 +360,19 @@ class MqttPublisher:
                 return
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         self._count("published" if info.rc == self._mqtt.MQTT_ERR_SUCCESS else "dropped")
+        if retain:
+            if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:  # it stands for good once sent: send it when there is room
+                self._retained_refused[topic] = payload
+            else:
+                self._retained_refused.pop(topic, None)
+
+    def _publish_refused_retained(self) -> None:
+        for topic, payload in list(self._retained_refused.items()):
+            info = self.client.publish(topic, payload, qos=1, retain=True)
+            if info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
+                return  # still full
+            del self._retained_refused[topic]
+            self._count("published" if info.rc == self._mqtt.MQTT_ERR_SUCCESS else "dropped")
 
     def _publish_switch(self, name: str) -> None:
         self._publish(self.topics.switch_state[name], "ON" if self.switches[name] else "OFF", retain=True, qos=1)
@@ -423,6 +438,7 @@ class MqttPublisher:
                     elif self._last_snapshot is not None:  # a broker without persistence lost it
                         self._publish(self.topics.snapshot, self._last_snapshot, retain=True, qos=1)
                     last_state, last_diag_at, last_active = None, float("-inf"), None
+                self._publish_refused_retained()
                 if self._online_due.is_set():
                     self._online_due.clear()
                     self._warn.warning(
