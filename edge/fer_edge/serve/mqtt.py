@@ -6,7 +6,8 @@ publishes. The frame loop never waits on either: a broker that is down only cost
 
 Topics, with ``base = <topic_prefix>/<device_id>``:
 
-- ``base/availability``: ``online`` (retained) once connected; ``offline`` as the last will and on a clean stop.
+- ``base/availability``: ``online`` (retained) once connected, and again when an ``offline`` comes while it runs (a
+  last will the broker sent late); ``offline`` as the last will and on a clean stop.
 - ``base/state``: retained JSON ``{"expression", "faces", "present", "score"}``; on change, at most every
   ``state_interval_s``.
 - ``base/diagnostics``: retained JSON ``{"fps", "disk_free_mib", "frames", "uptime_s"}`` every
