@@ -639,3 +639,25 @@ def test_retained_messages_a_full_queue_refused_are_sent_once_there_is_room(brok
     finally:
         publisher.close()
         listener.close()
+
+
+def test_a_qos_2_message_the_client_never_asked_for_ends_the_connection(tmp_path, caplog):
+    """Every subscription asks for QoS 1, yet paho keeps each QoS 2 message a broker sends until the broker
+    releases it: a broken or hostile one could send 65,535 of 64 KB each and never release them."""
+    hostile = HostileBroker()
+    publisher = _publisher(hostile.port)
+    try:
+        assert hostile.ready.wait(10)
+        assert hostile.conn is not None
+        topic = f"{BASE}/recording/set".encode()
+        body = len(topic).to_bytes(2, "big") + topic + b"\x00\x01" + b"\x00" + b"x" * 50  # packet id 1, QoS 2
+        assert len(body) < 128
+        hostile.conn.sendall(bytes([0x34, len(body)]) + body)
+        deadline = time.monotonic() + 10
+        while publisher.stats()["disconnects"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publisher.stats()["disconnects"] == 1
+        assert "a QoS 2 message, which no subscription asked for" in caplog.text
+    finally:
+        publisher.close()
+        hostile.close()

@@ -65,6 +65,7 @@ CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop wai
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
 MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything larger is not a command
 MAX_PACKET_BYTES = 64 * 1024  # what the broker may send us: commands and Home Assistant's birth message
+PUBLISH_QOS_BITS, PUBLISH_QOS_2 = 0xF6, 0x34  # a packet's first byte: its type and, for a PUBLISH, its QoS
 
 
 def publish_packet_bytes(topic: str, payload: str | bytes, qos: int) -> int:
@@ -147,7 +148,7 @@ class MqttPublisher:
         self._last_error = ""
         self._broker_max_packet: int | None = None  # what the broker said it takes (MQTT 5 CONNACK), if it did
         client.reconnect = self._remember_failure(client.reconnect)  # type: ignore[method-assign] # paho drops why
-        client._sock_recv = self._refuse_large_packets(client._sock_recv)  # type: ignore[method-assign,assignment]
+        client._sock_recv = self._refuse_costly_packets(client._sock_recv)  # type: ignore[method-assign,assignment]
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -247,21 +248,28 @@ class MqttPublisher:
 
         return remembering
 
-    def _refuse_large_packets(self, sock_recv: Callable[[int], bytes]) -> Callable[[int], bytes]:
-        """paho reads every packet whole, up to 256 MB, whatever maximum it announced: a broker that ignores that
-        maximum loses the connection instead, before the packet's body is read."""
+    def _refuse_costly_packets(self, sock_recv: Callable[[int], bytes]) -> Callable[[int], bytes]:
+        """A broker that sends what this client never asked for loses the connection, before the packet's body is
+        read: paho reads every packet whole, up to 256 MB, whatever maximum it announced, and keeps each QoS 2
+        message until the broker releases it, though every subscription asks for QoS 1."""
 
         def receiving(bufsize: int) -> bytes:
             packet = getattr(self.client, "_in_packet", None) or {}
-            size = packet.get("remaining_length", 0) if packet.get("have_remaining") else 0
-            if size > MAX_PACKET_BYTES:
-                self._warn.warning(
-                    "large packet",
-                    "mqtt: the broker sent a %d-byte packet, more than the %d this client takes: reconnecting",
-                    size,
-                    MAX_PACKET_BYTES,
-                )
-                raise ConnectionAbortedError(f"a {size}-byte packet")
+            if packet.get("have_remaining"):
+                size = packet.get("remaining_length", 0)
+                if size > MAX_PACKET_BYTES:
+                    self._warn.warning(
+                        "large packet",
+                        "mqtt: the broker sent a %d-byte packet, more than the %d this client takes: reconnecting",
+                        size,
+                        MAX_PACKET_BYTES,
+                    )
+                    raise ConnectionAbortedError(f"a {size}-byte packet")
+                if packet.get("command", 0) & PUBLISH_QOS_BITS == PUBLISH_QOS_2:
+                    self._warn.warning(
+                        "qos 2", "mqtt: the broker sent a QoS 2 message, which no subscription asked for: reconnecting"
+                    )
+                    raise ConnectionAbortedError("a QoS 2 message")
             return sock_recv(bufsize)
 
         return receiving
