@@ -661,3 +661,32 @@ def test_a_qos_2_message_the_client_never_asked_for_ends_the_connection(tmp_path
     finally:
         publisher.close()
         hostile.close()
+
+
+def test_a_clean_stop_leaves_offline_even_when_the_offline_message_found_no_room(broker):
+    """A stop while the broker was slow to acknowledge found paho's queue full: the offline message was refused,
+    the clean disconnect told the broker to forget the last will, and the stopped device stayed online."""
+    listener = Listener(broker.port)
+    publisher = _publisher(broker.port, queue_size=1)
+    try:
+        listener.wait_for(f"{BASE}/availability", lambda p, retain: p == b"online", timeout=10)
+        assert broker.process is not None
+        broker.process.send_signal(signal.SIGSTOP)  # a broker that reads nothing for a while
+        try:
+            published = publisher.stats()["published"]
+            publisher.switches.set("privacy", True)  # its state, at QoS 1, fills the queue of one
+            deadline = time.monotonic() + 10
+            while publisher.stats()["published"] == published and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert publisher.stats()["published"] > published
+            publisher.close()
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
+    finally:
+        publisher.close()
+        listener.close()
+    late = Listener(broker.port)
+    try:
+        late.wait_for(f"{BASE}/availability", lambda p, retain: retain and p == b"offline", timeout=5)
+    finally:
+        late.close()

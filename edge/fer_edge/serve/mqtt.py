@@ -190,7 +190,12 @@ class MqttPublisher:
         stopper.join(CLOSE_TIMEOUT_S)
 
     def _stop_client(self) -> None:
-        self.client.disconnect()
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        # The offline message may have found paho's queue full, or not have left yet: the broker sends the last
+        # will (offline) too, where a plain disconnect would tell it to forget it.
+        self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
         self.client.loop_stop()
 
     def _count(self, name: str) -> None:
