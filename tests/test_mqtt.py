@@ -56,7 +56,7 @@ class Listener:
         self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe([("fer-edge/#", 1), ("homeassistant/#", 1)])
+        self.client.subscribe([("fer-edge/#", 1), ("homeassistant/#", 1), ("ha/#", 1)])  # ha: a prefix of its own
         assert subscribed.wait(5)
 
     def _on_message(self, client, userdata, message) -> None:
@@ -690,3 +690,20 @@ def test_a_clean_stop_leaves_offline_even_when_the_offline_message_found_no_room
         late.wait_for(f"{BASE}/availability", lambda p, retain: retain and p == b"offline", timeout=5)
     finally:
         late.close()
+
+
+def test_a_discovery_prefix_of_its_own_still_hears_home_assistant_restart(broker):
+    """Home Assistant's birth topic is a setting apart from its discovery prefix, homeassistant/status unless
+    changed: with only the prefix moved, a restarted Home Assistant was never sent the discovery again."""
+    listener = Listener(broker.port)
+    publisher = _publisher(broker.port, discovery_prefix="ha")
+    discovery = DISCOVERY.replace("homeassistant/", "ha/", 1)
+    try:
+        listener.wait_for(discovery, timeout=10)
+        for birth in ("homeassistant/status", "ha/status"):
+            mark = listener.mark()
+            listener.publish(birth, "online")
+            listener.wait_for(discovery, after=mark, timeout=10)
+    finally:
+        publisher.close()
+        listener.close()

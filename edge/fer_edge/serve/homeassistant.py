@@ -13,7 +13,8 @@ a clock passed in, so each policy is tested on its own:
 - :class:`PresenceHold`: presence stays on ``off_delay_s`` after the last face, so a missed detection does not
   flap the binary sensor.
 - :class:`DiscoveryGate`: nothing event-like goes out before Home Assistant has the discovery message: its birth
-  message (``online`` on ``<discovery_prefix>/status``) or ``grace_s`` after the discovery went out.
+  message (``online`` on ``homeassistant/status``, or ``<discovery_prefix>/status``) or ``grace_s`` after the
+  discovery went out.
 - :func:`default_device_id`: the host name, or the machine id where the host name is a distribution default.
 - :func:`discovery_payload` and :func:`state_payload`: the retained messages Home Assistant builds entities from.
 """
@@ -43,6 +44,7 @@ DEFAULT_HOST_NAMES = frozenset(
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 MACHINE_ID_CHARS = 8
 NO_FACE = "none"
+HA_DEFAULT_PREFIX = "homeassistant"  # Home Assistant's own default for discovery and for its birth message
 
 
 class Topics:
@@ -62,7 +64,9 @@ class Topics:
         self.recording_active = f"{base}/recording/active"
         self.instance = f"{base}/instance"
         self.discovery = f"{discovery_prefix}/device/{self.unique}/config"
-        self.ha_status = f"{discovery_prefix}/status"
+        # Home Assistant's birth message: its own setting, homeassistant/status unless changed, whatever the
+        # discovery prefix; a user who moved both has it on <prefix>/status
+        self.ha_status = tuple(dict.fromkeys([f"{HA_DEFAULT_PREFIX}/status", f"{discovery_prefix}/status"]))
 
 
 def _id_chars(text: str) -> str:

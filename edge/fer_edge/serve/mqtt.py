@@ -233,7 +233,7 @@ class MqttPublisher:
         log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
         topics = [
             *self.topics.switch_set.values(),
-            self.topics.ha_status,
+            *self.topics.ha_status,
             self.topics.instance,
             self.topics.availability,
         ]
@@ -323,7 +323,7 @@ class MqttPublisher:
             )
             return
         payload = message.payload.decode("utf-8", "replace").strip()
-        if topic == self.topics.ha_status:
+        if topic in self.topics.ha_status:
             if payload == "online":
                 self.gate.birth()
                 self._resend.set()
