@@ -254,7 +254,8 @@ def test_a_broker_down_at_start_never_stops_the_loop_and_is_reached_later(demo_c
             status = ""
             while "fps, frames" not in status:  # systemctl status: frames flow, and the broker is missing
                 status = notify.recv(4096).decode()
-            assert status.endswith(f"; mqtt 127.0.0.1:{port} unreachable, retrying"), status
+            assert f"; mqtt 127.0.0.1:{port}: " in status and "unreachable" in status, status
+            assert status.endswith(", retrying"), status
             log = tmp_path / "stderr.log"
             assert process.poll() is None
             assert log.read_text().count(f"mqtt: 127.0.0.1:{port}: broker unreachable") == 1  # once per outage
@@ -707,3 +708,32 @@ def test_a_discovery_prefix_of_its_own_still_hears_home_assistant_restart(broker
     finally:
         publisher.close()
         listener.close()
+
+
+def test_the_status_line_says_the_broker_refused_the_credentials(tmp_path):
+    """A wrong password read 'unreachable' in systemctl status, which sent the user after the network."""
+    from fer_edge.serve.integrations import BrokerStatus
+
+    class StatusLines:
+        def __init__(self):
+            self.lines = []
+
+        def status(self, text):
+            self.lines.append(text)
+
+    broker = Broker(tmp_path)
+    broker.config.write_text(f"listener {broker.port} 127.0.0.1\nallow_anonymous false\npersistence false\n")
+    broker.start()
+    publisher = _publisher(broker.port)
+    try:
+        deadline = time.monotonic() + 10
+        while not publisher.outage and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shown = StatusLines()
+        BrokerStatus(shown, publisher).status("30.0 fps")
+        assert shown.lines == [
+            f"30.0 fps; mqtt 127.0.0.1:{broker.port}: broker refused the connection (Not authorized), retrying"
+        ]
+    finally:
+        publisher.close()
+        broker.stop()

@@ -100,7 +100,8 @@ def build_integrations(
 
 
 class BrokerStatus:
-    """The service notifier, whose status line (``systemctl status``) also says when the broker is unreachable."""
+    """The service notifier, whose status line (``systemctl status``) also says when the broker is not connected,
+    and why."""
 
     def __init__(self, notifier: Notifier, publisher: MqttPublisher):
         self._notifier = notifier
@@ -117,7 +118,8 @@ class BrokerStatus:
 
     def status(self, text: str) -> object:
         if not self._publisher.connected:
-            text += f"; mqtt {self._publisher.cfg.host}:{self._publisher.cfg.port} unreachable, retrying"
+            why = self._publisher.outage or "unreachable"
+            text += f"; mqtt {self._publisher.cfg.host}:{self._publisher.cfg.port}: {why}, retrying"
         return self._notifier.status(text)
 
     def close(self) -> None:

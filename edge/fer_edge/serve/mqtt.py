@@ -116,6 +116,7 @@ class MqttPublisher:
         self._privacy_due = threading.Event()
         self._online_due = threading.Event()  # someone else said offline for this running device
         self.connected = False
+        self.outage = ""  # why it is not connected, once a connection failed: said in the service's status line
         self._counts = {"disconnects": 0, "dropped": 0, "published": 0, "ignored": 0}
         self._counts_lock = threading.Lock()  # paho's thread, the publisher and readers of the stats
         self._warn = RateLimitedLog(log)
@@ -229,6 +230,7 @@ class MqttPublisher:
         # A broker drops the connection on a packet above its limit, and paho sends it again on each reconnect.
         self._broker_max_packet = getattr(properties, "MaximumPacketSize", None)
         self.connected = True
+        self.outage = ""
         self._outage_logged = False
         log.info("mqtt: connected to %s:%d", self.cfg.host, self.cfg.port)
         topics = [
@@ -291,7 +293,8 @@ class MqttPublisher:
             self._log_outage(f"connection lost ({reason_code})")
 
     def _log_outage(self, why: str) -> None:
-        if not self._outage_logged:  # one line per outage, not one per retry
+        if not self._outage_logged:  # one line per outage, not one per retry; its first cause is the one to fix
+            self.outage = why
             log.warning(
                 "mqtt: %s:%d: %s; retrying every %d-%d s, the loop goes on",
                 self.cfg.host,
