@@ -142,20 +142,29 @@ def test_each_finished_segment_hands_free_heap_memory_back(tmp_path, monkeypatch
     assert finished_when_released == [1, 2, 3]  # and the close
 
 
-def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
+def _recording_child(folder: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), "--dir", str(folder), "--fps", str(FPS), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=child_env(),
     )
+
+
+def _killed_after(proc: subprocess.Popen, frames: int) -> int:
+    """SIGKILL once the recording child has written ``frames`` frames; how many it had written."""
     try:
-        written = wait_for_written(proc, int(3 * FPS))
+        written = wait_for_written(proc, frames)
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    assert written >= 3 * FPS, f"the recording child stopped early: {proc.stderr.read()}"
+    assert written >= frames, f"the recording child stopped early: {proc.stderr.read()}"
+    return written
+
+
+def test_sigkill_loses_at_most_the_last_two_seconds_and_restart_recovers(tmp_path):
+    written = _killed_after(_recording_child(tmp_path), int(3 * FPS))
     [part] = tmp_path.glob("*.mp4.part")
 
     with av.open(str(part)) as container:  # the unfinished file itself is playable
@@ -180,20 +189,7 @@ def test_after_a_power_cut_that_emptied_the_events_marker_events_keep_their_vide
     """The marker naming the open events file is written without an fsync: a power cut soon after a segment
     opened can leave it empty. The events of a video segment then still go by the name of the video the
     interrupted run left open, not by a name of their own that lists them apart from their video."""
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS), "--pace-fps", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=child_env(),
-    )
-    try:
-        written = wait_for_written(proc, int(2 * FPS))
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-    assert written >= 2 * FPS
+    written = _killed_after(_recording_child(tmp_path, "--pace-fps", "0"), int(2 * FPS))
     [part] = tmp_path.glob("*.mp4.part")
     (tmp_path / STEM_MARKER_NAME).write_bytes(b"")
 
@@ -208,13 +204,7 @@ def test_after_a_power_cut_that_emptied_the_events_marker_events_keep_their_vide
 
 
 def test_sigterm_finalizes_a_complete_mp4(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, str(CHILD), "--dir", str(tmp_path), "--fps", str(FPS)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
+    proc = _recording_child(tmp_path)
     try:
         wait_for_written(proc, int(1.5 * FPS))
         proc.send_signal(signal.SIGTERM)
@@ -599,10 +589,17 @@ def test_odd_sized_frames_are_recorded_without_their_last_row_and_column(tmp_pat
     assert [e["frame"] for e in read_events(output / (video.stem + ".jsonl"))] == list(range(frames))
 
 
-def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tmp_path, caplog):
+@pytest.mark.parametrize("disk_check_interval_s", [0, 3600])  # checked at every frame; between two checks
+def test_an_output_folder_deleted_mid_run_is_said_once_made_again_and_recording_goes_on(
+    tmp_path, caplog, disk_check_interval_s
+):
+    """Between two disk checks, segments roll over: the folder is made again before a file is finished or opened in
+    it, rather than each file failing with its own warning (a disk "only 0 MB free", a finished file "to be
+    recovered at the next start" that is gone)."""
     output = tmp_path / "recordings"
     with caplog.at_level(logging.INFO, logger="fer_edge"):
-        with recorder_for(output, FPS, (W, H), segment_seconds=1.0, disk_check_interval_s=0) as recorder:
+        interval = disk_check_interval_s
+        with recorder_for(output, FPS, (W, H), segment_seconds=1.0, disk_check_interval_s=interval) as recorder:
             feed(recorder, range(45))
             shutil.rmtree(output)
             feed(recorder, range(45, 150))
@@ -612,25 +609,8 @@ def test_an_output_folder_deleted_mid_run_is_made_again_and_recording_goes_on(tm
     assert indices == list(range(indices[0], 150)) and indices[0] <= 47  # a frame or two lost at most
     events = [e["frame"] for p in sorted(output.glob("*.jsonl")) for e in read_events(p)]
     assert events == indices
-    remade = [r.getMessage() for r in caplog.records if "was deleted" in r.getMessage()]
-    assert len(remade) == 1 and str(output) in remade[0]
-    assert not any("MB free" in r.getMessage() for r in caplog.records)  # free space was never the problem
-
-
-def test_an_output_folder_deleted_between_disk_checks_is_said_once_and_made_again_before_a_new_file(tmp_path, caplog):
-    """Segments roll over between two disk checks: the folder is made again before a file is finished or opened in
-    it, rather than each file failing with its own warning (a disk "only 0 MB free", a finished file "to be
-    recovered at the next start" that is gone)."""
-    output = tmp_path / "recordings"
-    with caplog.at_level(logging.INFO, logger="fer_edge"):
-        with recorder_for(output, FPS, (W, H), segment_seconds=1.0, disk_check_interval_s=3600) as recorder:
-            feed(recorder, range(45))
-            shutil.rmtree(output)
-            feed(recorder, range(45, 150))
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "was deleted while recording" in warnings[0], warnings
-    videos = sorted(output.glob("*.mp4"))
-    assert recorded_indices(videos)[-1] == 149
+    assert len(warnings) == 1 and "was deleted while recording" in warnings[0] and str(output) in warnings[0]
 
 
 def test_a_file_named_like_a_recording_at_no_real_time_is_left_alone_and_stops_nothing(tmp_path):

@@ -155,12 +155,18 @@ def test_an_unreadable_index_is_rebuilt_from_the_files(recorded, tmp_path):
     assert_index_matches_files(out)
 
 
-def test_following_a_segment_as_it_is_written_gives_the_same_index_as_reading_it_finished(recorded, tmp_path):
+def _open_segment(recorded: Path, tmp_path: Path) -> tuple[str, bytes, Path]:
+    """A folder whose open events file (marker written, no lines yet) will hold the second recorded segment's
+    lines: its stem, those lines, and the folder."""
     stem = sorted(p.stem for p in recorded.glob("*.jsonl"))[1]
-    data = (recorded / f"{stem}.jsonl").read_bytes()
     out = tmp_path / "out"
     out.mkdir()
     (out / STEM_MARKER_NAME).write_text(stem)
+    return stem, (recorded / f"{stem}.jsonl").read_bytes(), out
+
+
+def test_following_a_segment_as_it_is_written_gives_the_same_index_as_reading_it_finished(recorded, tmp_path):
+    stem, data, out = _open_segment(recorded, tmp_path)
     index = RecordingIndex(out)
     cut = data.index(b"\n", len(data) // 2) + 1
     (out / CURRENT_NAME).write_bytes(data[: cut + 40])  # half the lines and part of the next
@@ -194,11 +200,7 @@ def test_following_a_segment_as_it_is_written_gives_the_same_index_as_reading_it
 def test_lines_of_the_open_file_a_failed_write_left_out_are_indexed_once_the_index_writes_again(recorded, tmp_path):
     """A write refused by SQLite while following the open file (a full disk, an I/O error) rolls its rows back;
     the lines they came from are read again, so the index catches up instead of missing them for good."""
-    stem = sorted(p.stem for p in recorded.glob("*.jsonl"))[1]
-    data = (recorded / f"{stem}.jsonl").read_bytes()
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / STEM_MARKER_NAME).write_text(stem)
+    stem, data, out = _open_segment(recorded, tmp_path)
     index = RecordingIndex(out)
     first, second = (data.index(b"\n", len(data) * k // 3) + 1 for k in (1, 2))
     (out / CURRENT_NAME).write_bytes(data[:first])

@@ -633,15 +633,21 @@ def test_a_recording_whose_name_gives_no_time_still_leaves_the_list_working(demo
         web.close()
 
 
+def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:
+    """``count`` short recordings a minute apart in ``folder``, oldest first: the review page lists ten a page."""
+    names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, count + 1)]
+    for name in names:
+        long_recording(clip, folder / name, 1)
+    return names
+
+
 def test_the_recording_playing_is_marked_in_the_list_whenever_the_list_is_drawn(demo_clip, tmp_path):
     """A link to a moment (#play=) or a page turned back to the recording playing showed no recording marked as
     the one playing: the mark was set only on the list shown when it was picked."""
     from fer_edge.serve.live import LiveFeed
     from fer_edge.serve.web import WebServer
 
-    names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, 13)]  # two pages of ten
-    for name in names:
-        long_recording(demo_clip, tmp_path / name, 1)
+    names = _pages_of_recordings(demo_clip, tmp_path, 12)  # two pages of ten
     playing = names[-2]  # the second newest: on the first page
     web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
     marked = "[...document.querySelectorAll('#recordings li.playing')].map((li) => li.dataset.name)"
@@ -681,9 +687,7 @@ def test_a_list_answer_that_comes_late_does_not_replace_the_newer_one(demo_clip,
     from fer_edge.serve.live import LiveFeed
     from fer_edge.serve.web import WebServer
 
-    names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, 26)]  # three pages of ten
-    for name in names:
-        long_recording(demo_clip, tmp_path / name, 1)
+    names = _pages_of_recordings(demo_clip, tmp_path, 25)  # three pages of ten
     web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
     shown = "[...document.querySelectorAll('#recordings li')].map((li) => li.dataset.name)"
     try:
