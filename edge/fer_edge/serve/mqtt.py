@@ -15,7 +15,8 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 - ``base/event``: JSON per track start, label change and end (``event_type`` names which), as
   :class:`~fer_edge.serve.homeassistant.EventPolicy` lets them through, once Home Assistant has the discovery.
 - ``base/snapshot``: retained JPEG of the frame when a face appeared, at most one per burst; a blank one as soon
-  as privacy is on, and on connecting with ``snapshot`` off.
+  as privacy is on, and on connecting with ``snapshot`` off. After a reconnect it is sent again only where the
+  broker no longer holds it: every message updates Home Assistant's image entity and fires its automations.
 - ``base/recording/active``: retained ``ON`` while video is being written.
 - ``base/instance``: each process says hello here, so two devices with one id notice each other.
 - ``base/recording/set``, ``base/privacy/set`` (``ON``/``OFF``, from Home Assistant) and their ``.../state``.
@@ -26,6 +27,7 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25
+SNAPSHOT_CHECK_S = 1.0  # after connecting: the retained snapshot the broker kept comes within this, if it kept one
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
 CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop waits for paho's thread
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
@@ -110,7 +113,10 @@ class MqttPublisher:
         self.instance = secrets.token_hex(4)  # this process: a second device with our id says another
         self.events = EventPolicy(EventTimes(cfg.event_min_track_s, cfg.event_change_hold_s, cfg.event_cooldown_s))
         self.snapshots = SnapshotPolicy(cfg.snapshot_interval_s)
-        self._last_snapshot: bytes | None = None  # the retained one, sent again with the rest after a reconnect
+        self._last_snapshot: bytes | None = None  # the retained one, sent again after a reconnect if the broker lost it
+        self._kept_snapshot: bytes | None = None  # sha256 of the retained snapshot the broker sent on subscribing
+        self._snapshot_check = threading.Event()  # connected: compare it with ours once it had time to come
+        self._snapshot_check_at: float | None = None
         self.presence = PresenceHold(cfg.presence_off_delay_s)
         self.gate = DiscoveryGate(cfg.birth_grace_s)
         self._privacy_due = threading.Event()
@@ -126,7 +132,7 @@ class MqttPublisher:
         self._retained_refused: dict[str, str | bytes] = {}
         self._outage_logged = False
         self._stop = threading.Event()
-        self._resend = threading.Event()  # connected or Home Assistant restarted: send everything retained again
+        self._resend = threading.Event()  # connected or Home Assistant restarted: send the retained state again
         self._thread: threading.Thread | None = None
 
         # MQTT 5, so that the broker is told the largest packet this client takes (MAX_PACKET_BYTES) and never
@@ -238,7 +244,10 @@ class MqttPublisher:
             *self.topics.ha_status,
             self.topics.instance,
             self.topics.availability,
+            self.topics.snapshot,  # what the broker kept, only until it is compared with ours
         ]
+        self._kept_snapshot = None
+        self._snapshot_check.set()
         client.subscribe([(topic, 1) for topic in topics])
         self._resend.set()
 
@@ -318,6 +327,10 @@ class MqttPublisher:
         except UnicodeDecodeError:
             self._count("ignored")
             self._warn.warning("topic", "mqtt: ignored a message whose topic is not UTF-8")
+            return
+        if topic == self.topics.snapshot:
+            if message.retain:  # not our own live ones: what the broker held when this connection subscribed
+                self._kept_snapshot = hashlib.sha256(message.payload).digest()
             return
         if len(message.payload) > MAX_COMMAND_BYTES:  # measured before any decoding or copying
             self._count("ignored")
@@ -450,11 +463,13 @@ class MqttPublisher:
                     self._publish(self.topics.instance, f"hello:{self.instance}", qos=1)
                     for name in SWITCH_NAMES:
                         self._switch_due(name)
-                    if self.switches["privacy"] or not self.cfg.snapshot:
-                        self._privacy_due.set()  # a snapshot kept from before (an earlier run's too) may show a face
-                    elif self._last_snapshot is not None:  # a broker without persistence lost it
-                        self._publish(self.topics.snapshot, self._last_snapshot, retain=True, qos=1)
                     last_state, last_diag_at, last_active = None, float("-inf"), None
+                if self._snapshot_check.is_set():
+                    self._snapshot_check.clear()
+                    self._snapshot_check_at = now + SNAPSHOT_CHECK_S
+                if self._snapshot_check_at is not None and now >= self._snapshot_check_at:
+                    self._snapshot_check_at = None
+                    self._restore_snapshot()
                 self._publish_refused_retained()
                 if self._online_due.is_set():
                     self._online_due.clear()
@@ -503,14 +518,32 @@ class MqttPublisher:
             self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
             self._last_snapshot = jpeg
 
-    def _publish_privacy_snapshot(self) -> None:
-        """A blank snapshot in place of the retained one, which may show a face."""
+    def _restore_snapshot(self) -> None:
+        """The snapshot Home Assistant shows, once connected: sent again only where the broker lost it or holds
+        another one (an earlier run's, which may show a face). Sent again for nothing, it would update Home
+        Assistant's image entity, and fire the automations on it, at every reconnect."""
+        self.client.unsubscribe(self.topics.snapshot)
+        if self.switches["privacy"] or not self.cfg.snapshot:
+            wanted = self._blank_snapshot()
+        else:
+            wanted = self._last_snapshot
+        if wanted is None or hashlib.sha256(wanted).digest() == self._kept_snapshot:
+            return
+        self._publish(self.topics.snapshot, wanted, retain=True, qos=1)
+        self.snapshots.replaced(wanted)
+        self._last_snapshot = wanted
+
+    def _blank_snapshot(self) -> bytes | None:
         import numpy as np
 
         from fer_edge.serve.web import encode_jpeg
 
         width = self.cfg.snapshot_width
-        jpeg = encode_jpeg(np.zeros((width * 9 // 16, width, 3), np.uint8), None, 80)
+        return encode_jpeg(np.zeros((width * 9 // 16, width, 3), np.uint8), None, 80)
+
+    def _publish_privacy_snapshot(self) -> None:
+        """A blank snapshot in place of the retained one, which may show a face."""
+        jpeg = self._blank_snapshot()
         if jpeg is not None:
             self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
             self.snapshots.replaced(jpeg)
