@@ -194,6 +194,74 @@ def test_recordings_made_before_the_clock_was_set_are_kept_for_their_real_age(re
         assert stepped - 300 < written < stepped  # minutes before the step, on the right clock
 
 
+def _events_from(recorded: Path, first_t: float, source: int = 0) -> list[str]:
+    """The lines of a recorded events file, its wall-clock times moved to start at ``first_t``."""
+    original = sorted(recorded.glob("*.jsonl"))[source]
+    lines = [json.loads(line) for line in original.read_text().splitlines()]
+    shift = first_t - lines[0]["t"]
+    return [json.dumps({**line, "t": line["t"] + shift}) + "\n" for line in lines]
+
+
+def _index_times(out: Path) -> dict[str, tuple[float, float, float, int, int]]:
+    """Per stem: its listed start, its events' first and last times, and its first and last counted minutes."""
+    db = sqlite3.connect(out / DB_NAME)
+    try:
+        return {
+            stem: (
+                start,
+                *db.execute("SELECT MIN(t), MAX(t) FROM events WHERE stem = ?", (stem,)).fetchone(),
+                *db.execute("SELECT MIN(minute), MAX(minute) FROM minutes WHERE stem = ?", (stem,)).fetchone(),
+            )
+            for stem, start in db.execute("SELECT stem, start FROM recordings")
+        }
+    finally:
+        db.close()
+
+
+def test_recordings_made_before_the_clock_was_set_are_listed_at_their_real_times(recorded, tmp_path):
+    """Their events were written at the boot clock: after network time stepped it, the review listed them decades
+    (or, with fake-hwclock, hours) in the past. The step is noted, and the index, rebuilt too, lists them when they
+    were made; a recording of the run before, whose times were right, stays where it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    boot = 86400.0 * 20000  # 2024-10-04: the time fake-hwclock saved at the last shutdown
+    previous = time.strftime("%Y%m%d-%H%M%S", time.gmtime(boot - 100)) + "-0001"  # the run before: right times
+    (out / f"{previous}.jsonl").write_text("".join(_events_from(recorded, boot - 100)))
+    os.utime(out / f"{previous}.jsonl", (boot - 90, boot - 90))
+    wall, steady = {"t": boot}, {"t": 100.0}
+    watch = ClockWatch(out, wall_clock=lambda: wall["t"], monotonic_clock=lambda: steady["t"])
+    finished = time.strftime("%Y%m%d-%H%M%S", time.gmtime(boot + 60)) + "-0002"  # this run, before the step
+    (out / f"{finished}.jsonl").write_text("".join(_events_from(recorded, boot + 60)))
+    os.utime(out / f"{finished}.jsonl", (boot + 70, boot + 70))
+    opened = time.strftime("%Y%m%d-%H%M%S", time.gmtime(boot + 200)) + "-0003"  # open across the step
+    (out / STEM_MARKER_NAME).write_text(opened)
+    (out / CURRENT_NAME).write_text("".join(_events_from(recorded, boot + 200)[:20]))
+    wall["t"], steady["t"] = boot + 300.0, 400.0
+    assert watch.check() == 0.0
+    stepped = boot + 7 * 3600.0  # the Pi was off for seven hours
+    wall["t"], steady["t"] = stepped, 401.0
+    step = watch.check()
+    assert step == pytest.approx(stepped - boot - 301.0)
+    with open(out / CURRENT_NAME, "a") as current:  # the same segment goes on, on the right clock
+        current.writelines(_events_from(recorded, stepped + 1.0, source=1)[:20])
+
+    for rebuilt in (False, True):
+        if rebuilt:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{out / DB_NAME}{suffix}").unlink(missing_ok=True)
+        index = RecordingIndex(out)
+        index.sync()
+        index.close()
+        times = _index_times(out)
+        assert times[previous][0] == pytest.approx(boot - 100, abs=1)
+        start, first_t, last_t, first_minute, last_minute = times[finished]
+        assert start == pytest.approx(boot + 60 + step, abs=1)  # about four minutes before the step
+        assert stepped - 300 < first_t <= last_t < stepped and stepped - 360 < first_minute <= last_minute < stepped
+        start, first_t, last_t, first_minute, last_minute = times[opened]
+        assert start == pytest.approx(boot + 200 + step, abs=1)
+        assert stepped - 200 < first_t <= last_t < stepped + 30 and stepped - 240 < first_minute <= last_minute
+
+
 def test_a_full_disk_never_stops_retention_or_the_index_nor_floods_the_log(recorded, tmp_path):
     """A real tmpfs, full when the thread starts (the index cannot even be opened) and again while it runs (a new
     recording's thumbnail and rows cannot be written): retention still deletes what is too old, the index is

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fer_edge.record.clocksteps import CLOCK_STEPS_NAME, ClockSteps, read_clock_steps
 from fer_edge.record.diskspace import FINISHED_RECORDING, FOLDER_MODE, create_private, finished_recordings
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
 from fer_edge.record.naming import PART_SUFFIX, stem_time
@@ -120,6 +121,8 @@ class RecordingIndex:
         self._no_thumbnail: set[str] = set()  # stems whose thumbnail failed, said once
         self._no_room: set[str] = set()  # stems whose thumbnail failed for want of room: tried again at each sync
         self._open_videos: dict[str, _OpenVideo] = {}  # finished videos whose events file is still being written
+        self._clock_steps: ClockSteps = {}
+        self._clock_steps_file: tuple[int, int] | None = None  # its (mtime_ns, size) when read
         try:
             self.db = connect(self.path)
         except sqlite3.OperationalError:
@@ -161,6 +164,7 @@ class RecordingIndex:
         opened, and once a minute; otherwise a sync costs a stat and the read of what was appended.
         ``keep_going`` is asked between recordings: a rebuild stops early when it says no, to go on next time.
         """
+        self._read_clock_steps()
         open_stem = self._open_stem()  # first: a segment finished meanwhile is then among the finished ones
         stamp = (self.directory.stat().st_mtime_ns, open_stem)
         # coarse timestamps (FAT keeps 2 s) can hide a change: a new open segment or a minute also rescan
@@ -172,6 +176,29 @@ class RecordingIndex:
                 self._follow(open_stem)
             except OSError as exc:
                 log.debug("index: skipped the open %s for now (%s)", open_stem, exc)
+
+    def _read_clock_steps(self) -> None:
+        """Take in the clock steps noted since the last sync: the rows of the stems they name are read again."""
+        try:
+            found = os.stat(self.directory / CLOCK_STEPS_NAME)
+            seen: tuple[int, int] | None = (found.st_mtime_ns, found.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen == self._clock_steps_file:
+            return
+        self._clock_steps_file = seen
+        steps = read_clock_steps(self.directory)
+        changed = {
+            stem for stem in steps.keys() | self._clock_steps.keys() if steps.get(stem) != self._clock_steps.get(stem)
+        }
+        self._clock_steps = steps
+        if not changed:
+            return
+        with self.db:
+            for stem in changed:
+                self._following.pop(stem, None)
+                self._delete(stem)
+        self._scanned = None
 
     def _scan(self, open_stem: str | None, keep_going: Callable[[], bool]) -> bool:
         """Index the finished recordings that changed, forget the ones gone; False if one must be tried again."""
@@ -229,7 +256,9 @@ class RecordingIndex:
     def _follow(self, stem: str) -> None:
         """Read what was added to the open events file; the recording's row says it is not finished."""
         fresh = stem not in self._following
-        track_log = self._following.setdefault(stem, TrackLog())
+        if fresh:
+            self._following[stem] = TrackLog(clock_steps=self._clock_steps.get(stem))
+        track_log = self._following[stem]
         events: list[TrackEvent] = []
         counts: Counter[tuple[int, str]] = Counter()
         try:
@@ -279,7 +308,7 @@ class RecordingIndex:
         track_log = self._following.pop(stem, None)
         fresh = track_log is None or files.events is None or track_log.offset > (signature[1] or 0)
         if fresh or track_log is None:
-            track_log = TrackLog()
+            track_log = TrackLog(clock_steps=self._clock_steps.get(stem))
         events: list[TrackEvent] = []
         counts: Counter[tuple[int, str]] = Counter()
         if files.events is not None:

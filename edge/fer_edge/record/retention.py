@@ -29,8 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fer_edge.record.clocksteps import note_clock_step
 from fer_edge.record.diskspace import CLOCK_SET_BY, finished_recordings
-from fer_edge.record.index import RecordingIndex, open_stems
+from fer_edge.record.index import RecordingIndex, marker_stem, open_stems
 from fer_edge.record.naming import stem_time
 from fer_edge.types import Face, Frame
 
@@ -163,7 +164,7 @@ class ClockWatch:
             return 0.0
         self._offset = offset
         until = wall - step
-        moved = redate(self.directory, self._since, until, step)
+        moved, stems = redate(self.directory, self._since, until, step)
         log.warning(
             "clock: the wall clock stepped by %+.0f s (%s UTC, now %s UTC); %d recording file(s) written before "
             "the step re-dated by as much, so that retention counts their age from when they were written",
@@ -172,6 +173,14 @@ class ClockWatch:
             _utc(wall),
             moved,
         )
+        open_stem = marker_stem(self.directory)  # the events file being written: its lines so far, before the step
+        if open_stem is not None:
+            stems.add(open_stem)
+        if step > 0 and stems:  # the review lists them at their real times (a step back cannot be told apart)
+            try:
+                note_clock_step(self.directory, stems, until, step)
+            except OSError as exc:  # a full disk: their files' ages are right, their listed times stay behind
+                log.warning("clock: cannot note the step for the review index (%s)", exc)
         self._since += step
         return step
 
@@ -183,19 +192,20 @@ def _steady_clock() -> Callable[[], float]:
     return functools.partial(time.clock_gettime, boottime)
 
 
-def redate(directory: Path, since: float, until: float, step: float) -> int:
+def redate(directory: Path, since: float, until: float, step: float) -> tuple[int, set[str]]:
     """Move the modification time of each recording file in ``directory`` last written within [since, until] by
-    ``step`` seconds; how many were moved."""
-    moved = 0
-    for _, files in finished_recordings(directory):
+    ``step`` seconds; how many were moved, and the stems they belong to."""
+    moved, stems = 0, set()
+    for stem, files in finished_recordings(directory):
         for path in files:
             try:
                 written = path.stat().st_mtime
             except OSError:
                 continue  # deleted meanwhile
-            if since <= written <= until:
-                moved += _set_written(path, written + step, "clock")
-    return moved
+            if since <= written <= until and _set_written(path, written + step, "clock"):
+                moved += 1
+                stems.add(stem)
+    return moved, stems
 
 
 def _utc(t: float) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
+from fer_edge.record.clocksteps import corrected
 from fer_edge.record.diskspace import create_private
 from fer_edge.record.pyav import pyav
 
@@ -133,7 +134,8 @@ def _integer(value: object) -> int | None:
 class TrackLog:
     """Follows one events file from byte ``offset``: new complete lines become track events and minute counts."""
 
-    def __init__(self, end_after_s: float = TRACK_END_AFTER_S):
+    def __init__(self, end_after_s: float = TRACK_END_AFTER_S, clock_steps: list[tuple[float, float]] | None = None):
+        self._clock_steps = clock_steps or []  # the clock steps its lines were written before (clocksteps)
         self.offset = 0
         self.lines = 0
         self.first_t: float | None = None
@@ -182,6 +184,8 @@ class TrackLog:
         t = _number(line.get("t"))
         if t is None or not 0 <= t < MAX_TIME:
             return
+        if self._clock_steps:
+            t = corrected(t, self._clock_steps)
         ts = _number(line.get("ts"))
         ts = t if ts is None else ts  # files written before frame timestamps were logged
         ts = max(ts, self._last_ts)
