@@ -769,3 +769,37 @@ def test_a_reconnect_sends_the_snapshot_again_only_where_the_broker_lost_it(tmp_
         publisher.close()
         listener.close()
         broker.stop()
+
+
+def test_a_new_device_id_takes_the_device_announced_before_off_the_broker(broker, tmp_path, monkeypatch):
+    """A renamed Pi (the device id follows the host name) announced a second device; the first stayed on the
+    broker, and in Home Assistant, as a device never available again."""
+    from fer_edge.config.device import MqttConfig
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.mqtt import MqttPublisher
+    from fer_edge.serve.switches import Switches
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))  # what systemd's StateDirectory= sets
+
+    def run(device_id: str) -> None:
+        cfg = MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, device_id=device_id, keepalive_s=2)
+        publisher = MqttPublisher(LiveFeed(), Switches(), cfg, password=None, labels=["happy", "sad"]).start()
+        listener = Listener(broker.port)
+        try:
+            listener.wait_for(f"homeassistant/device/fer-edge-{device_id}/config", timeout=10)
+            listener.wait_for(f"fer-edge/{device_id}/state", timeout=10)
+        finally:
+            publisher.close()
+            listener.close()
+
+    run("hall")
+    run("kitchen")
+    late = Listener(broker.port)
+    try:
+        late.wait_for("homeassistant/device/fer-edge-kitchen/config", lambda p, retain: retain, timeout=10)
+        time.sleep(0.5)  # every retained message has come by now
+        kept = {topic for topic, payload, retain in late.seen if retain and payload}
+    finally:
+        late.close()
+    assert not [topic for topic in kept if "hall" in topic], kept
+    assert "fer-edge/kitchen/availability" in kept

@@ -68,6 +68,19 @@ class Topics:
         # discovery prefix; a user who moved both has it on <prefix>/status
         self.ha_status = tuple(dict.fromkeys([f"{HA_DEFAULT_PREFIX}/status", f"{discovery_prefix}/status"]))
 
+    @property
+    def retained(self) -> list[str]:
+        """Every topic this device leaves a retained message on: what taking it off the broker clears."""
+        return [
+            self.discovery,
+            self.availability,
+            self.state,
+            self.diagnostics,
+            self.snapshot,
+            self.recording_active,
+            *self.switch_state.values(),
+        ]
+
 
 def _id_chars(text: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "-" for c in text)

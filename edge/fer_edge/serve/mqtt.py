@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fer_edge.errors import FerEdgeError
+from fer_edge.serve.announced import announced_path, read_announced, write_announced
 from fer_edge.serve.homeassistant import (
     DeviceId,
     DiscoveryGate,
@@ -117,6 +118,7 @@ class MqttPublisher:
         self._kept_snapshot: bytes | None = None  # sha256 of the retained snapshot the broker sent on subscribing
         self._snapshot_check = threading.Event()  # connected: compare it with ours once it had time to come
         self._snapshot_check_at: float | None = None
+        self._earlier_device_checked = False
         self.presence = PresenceHold(cfg.presence_off_delay_s)
         self.gate = DiscoveryGate(cfg.birth_grace_s)
         self._privacy_due = threading.Event()
@@ -457,6 +459,8 @@ class MqttPublisher:
                 now = time.monotonic()
                 if self._resend.is_set():
                     self._resend.clear()
+                    if not self._earlier_device_checked:
+                        self._forget_earlier_device()
                     self._publish(self.topics.discovery, self.discovery, retain=True, qos=1)
                     self.gate.discovery_sent(now)
                     self._publish(self.topics.availability, "online", retain=True, qos=1)
@@ -517,6 +521,24 @@ class MqttPublisher:
         if jpeg is not None and self.snapshots.accept(jpeg, now):
             self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
             self._last_snapshot = jpeg
+
+    def _forget_earlier_device(self) -> None:
+        """Take the device announced last time off the broker where it was another one (a new device id, host name
+        or prefix; see :mod:`fer_edge.serve.announced`), then note this one. Once a run, on its first connection."""
+        self._earlier_device_checked = True
+        path = announced_path()
+        if path is None:
+            return
+        ours = self.topics.retained
+        earlier = [topic for topic in read_announced(path) if topic not in ours]
+        for topic in earlier:  # an empty retained message clears it; the discovery's removes the device
+            self._publish(topic, b"", retain=True, qos=1)
+        if earlier:
+            log.info("mqtt: took the device announced before off the broker (%s)", earlier[0])
+        try:
+            write_announced(path, ours)
+        except OSError as exc:
+            log.warning("mqtt: cannot note the device announced in %s (%s)", path, exc)
 
     def _restore_snapshot(self) -> None:
         """The snapshot Home Assistant shows, once connected: sent again only where the broker lost it or holds
