@@ -359,6 +359,28 @@ def test_a_thumbnail_the_disk_had_no_room_for_is_made_once_there_is(recorded, tm
         index.close()
 
 
+def test_a_thumbnail_the_disk_refuses_leaves_no_part_of_itself(recorded, tmp_path, monkeypatch):
+    """The thumbnail is made on disk before it takes its name (a power cut must not leave an empty one the index
+    counts as made), and a disk that refuses it keeps no half-written file to fill it further."""
+    from fer_edge.record import tracklog
+
+    video = sorted(recorded.glob("*.mp4"))[0]
+    target = tmp_path / "thumb.jpg"
+    synced = []
+
+    def full_disk(fd: int) -> None:
+        synced.append(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tracklog.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        tracklog.write_thumbnail(video, 0.5, target)
+    assert synced and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert tracklog.write_thumbnail(video, 0.5, target) and target.stat().st_size > 0
+    assert list(tmp_path.iterdir()) == [target]
+
+
 def face_sharpness(thumbnail: Path, jsonl: Path) -> list[float]:
     """Laplacian variance inside each face of the thumbnail's frame (the first with the most faces)."""
     import cv2

@@ -266,7 +266,14 @@ def write_thumbnail(video: Path, offset_s: float, target: Path) -> bool:
     if not ok:
         return False
     tmp = target.with_name(target.name + ".tmp")
-    with open(create_private(tmp), "wb") as f:
-        f.write(data.tobytes())
-    os.replace(tmp, target)
+    try:
+        with open(create_private(tmp), "wb") as f:
+            f.write(data.tobytes())
+            f.flush()
+            # on disk before it takes the name: after a power cut the index must not count an empty file as made
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: no half-written file left behind to fill it further
+        raise
     return True
