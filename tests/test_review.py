@@ -703,3 +703,22 @@ def test_a_list_answer_that_comes_late_does_not_replace_the_newer_one(demo_clip,
             assert page.evaluate("$('pageinfo').textContent") == "page 3 of 3 (25)"
     finally:
         web.close()
+
+
+def test_moments_that_fail_to_load_leave_none_of_the_recording_before(server):
+    """The moments of one recording were on show; the next one's could not be loaded (the device restarting):
+    the first one's stayed, under the second one playing, and clicking them played the wrong recording."""
+    first, second = [r for r in recordings(server) if r["thumbnail"]][-2:]
+    moments = "[...$('events').children].map((li) => li.textContent)"
+    with ChromiumPage() as page:
+        page.goto(f"http://127.0.0.1:{server['port']}/review?token={TOKEN}#play={first['name']}&t=0")
+        page.wait_for(f"$('events').dataset.recording === '{first['name']}' && $('events').children.length > 0")
+        page.evaluate(
+            "const realFetch = window.fetch;"
+            f" window.fetch = (url, options) => String(url).includes('recording={second['name']}')"
+            " ? Promise.reject(new Error('the device does not answer')) : realFetch(url, options);"
+            f" play('{second['name']}', 0, {second['duration_s']})"
+        )
+        page.wait_for(f"$('events').dataset.recording === '{second['name']}'")
+        shown = page.evaluate(moments)
+    assert shown == ["no moments: the device does not answer"], shown
