@@ -318,3 +318,39 @@ def test_recordings_written_at_1970_count_their_age_from_when_the_clock_is_set(r
     assert (out / f"{at_boot}.mp4").stat().st_mtime == pytest.approx(now)
     assert Retention(out, 7.0, wall_clock=lambda: now + 6 * DAY).check() == []
     assert Retention(out, 7.0, wall_clock=lambda: now + 8 * DAY).check() == [at_boot]
+
+
+READ_ONLY_RETENTION = """
+import json, logging, os, subprocess, sys, time
+from pathlib import Path
+from fer_edge.record.retention import Retention
+mount = Path(sys.argv[1])
+old = time.time() - 30 * 86400
+for n in range(1, 6):
+    stem = time.strftime("%Y%m%d-%H%M%S", time.gmtime(old + n)) + f"-{n:04d}"
+    for suffix in (".mp4", ".jsonl"):
+        (mount / f"{stem}{suffix}").write_bytes(b"old")
+        os.utime(mount / f"{stem}{suffix}", (old + n, old + n))
+subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)  # ext4 errors=remount-ro
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("fer_edge").addHandler(handler)
+print(json.dumps({"deleted": Retention(mount, 7.0).check(), "lines": lines, "left": len(list(mount.iterdir()))}))
+"""
+
+
+def test_retention_on_a_disk_turned_read_only_counts_nothing_deleted_and_says_it_once(tmp_path):
+    """Nothing could be deleted, yet each recording was taken out of the index and counted as deleted, with a
+    warning for every file at every hourly check."""
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace: {probe.stderr.decode().strip()}")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = f"mount -t tmpfs -o size=1m tmpfs {mount} && {sys.executable} -c '{READ_ONLY_RETENTION}' {mount}"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["deleted"] == [] and seen["left"] == 10
+    assert len(seen["lines"]) == 1 and "cannot delete 10 old file(s)" in seen["lines"][0], seen["lines"]

@@ -92,16 +92,22 @@ class Retention:
                 unset[0],
                 unset[-1],
             )
-        deleted = []
+        deleted, refused = [], []
         for _, stem, files in sorted(old):
+            kept = []
             for path in files:
                 try:
                     path.unlink(missing_ok=True)
                 except OSError as exc:
-                    log.warning("retention: cannot delete %s (%s)", path, exc)
+                    kept.append(f"{path.name} ({exc.strerror or exc})")
+            if kept:  # still there: listed, and tried again at the next check
+                refused += kept
+                continue
             if self.index is not None:
                 self.index.forget(stem)
             deleted.append(stem)
+        if refused:  # a file system turned read-only refuses every one: one line a check, not one a file
+            log.warning("retention: cannot delete %d old file(s), first %s", len(refused), refused[0])
         if deleted:
             log.info(
                 "retention: deleted %d recording(s) older than %g days, %s to %s",
