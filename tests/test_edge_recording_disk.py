@@ -209,6 +209,21 @@ def test_free_space_that_cannot_be_read_deletes_no_recording(tmp_path, caplog):
     assert len(caplog.records) == 1 and "cannot read free space" in caplog.text
 
 
+def test_a_folder_that_cannot_be_listed_is_said_once(tmp_path, caplog):
+    """Below the floor, the old recordings are found by listing the folder: one that cannot be listed (an I/O
+    error; here a file where the folder was) was said at every disk check, every 5 s."""
+    import logging
+
+    from fer_edge.record.diskspace import DiskGuard
+
+    not_a_folder = tmp_path / "recordings"
+    not_a_folder.write_bytes(b"")
+    guard = DiskGuard(not_a_folder, 10**18)  # more than any disk has: always below the floor
+    with caplog.at_level(logging.WARNING):
+        assert [guard.make_room() for _ in range(3)] == [False, False, False]
+    assert len(caplog.records) == 1 and "cannot list" in caplog.text, caplog.text
+
+
 READ_ONLY_FLOOR = """
 import json, logging, subprocess, sys
 from pathlib import Path

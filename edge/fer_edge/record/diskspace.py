@@ -101,6 +101,7 @@ class DiskGuard:
         self._said_unreachable = False
         self._said_unreadable = False
         self._said_undeletable = False
+        self._said_unlistable = False
 
     def check_due(self) -> bool:
         now = self._clock()
@@ -142,9 +143,12 @@ class DiskGuard:
         try:
             found = [(stem, files) for stem, files in finished_recordings(self.directory) if stem not in keep_stems]
             candidates = [files for _, files in sorted(found, key=_written_order)]
-        except OSError as exc:
-            log.warning("cannot list %s: %s", self.directory, exc)
+        except OSError as exc:  # said once until it can be listed again, not at every check
+            if not self._said_unlistable:
+                log.warning("cannot list %s: %s", self.directory, exc)
+            self._said_unlistable = True
             return False
+        self._said_unlistable = False
         deletable = sum(_size(path) for files in candidates for path in files)
         if free + deletable < self.min_free_bytes:
             if not self._said_unreachable:
