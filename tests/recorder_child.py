@@ -9,6 +9,7 @@ over). SIGTERM stops the loop and closes the recorder, exit status 0.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -104,6 +105,22 @@ def run_on_full_tmpfs(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedP
         ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env(), timeout=60
     )
     return result, saved
+
+
+def run_on_tmpfs(tmp_path: Path, size: str, script: str) -> dict:
+    """The Python ``script``, given a real tmpfs of ``size`` (a private user namespace) as its ``sys.argv[1]``:
+    what it printed, as JSON. Skips where such a tmpfs cannot be mounted."""
+    import pytest
+
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace: {probe.stderr.decode().strip()}")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    command = f"mount -t tmpfs -o size={size} tmpfs {mount} && {sys.executable} -c '{script}' {mount}"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True, env=child_env())
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 REFUSED_WRITE = """

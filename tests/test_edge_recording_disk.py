@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from recorder_child import child_env, draw_frame, read_index, recorder_for, refused_write_run, run_on_full_tmpfs
+from recorder_child import (
+    child_env,
+    draw_frame,
+    read_index,
+    recorder_for,
+    refused_write_run,
+    run_on_full_tmpfs,
+    run_on_tmpfs,
+)
 from videos import decode_pyav
 
 from fer_edge.record.events import read_events
@@ -245,14 +253,6 @@ print(json.dumps({"room": [guard.make_room() for _ in range(3)], "lines": lines}
 def test_a_disk_turned_read_only_below_the_floor_is_said_once_not_for_every_recording(tmp_path):
     """The file system turns read-only (ext4 after an error) while free space is below the floor: no recording can
     be deleted. That is said once, not once for each file at every disk check."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a user namespace: {probe.stderr.decode().strip()}")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    script = f"mount -t tmpfs -o size=4m tmpfs {mount} && {sys.executable} -c '{READ_ONLY_FLOOR}' {mount}"
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=child_env())
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout)
+    seen = run_on_tmpfs(tmp_path, "4m", READ_ONLY_FLOOR)
     assert seen["room"] == [False, False, False]
     assert len(seen["lines"]) == 1 and "Read-only file system" in seen["lines"][0], seen["lines"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from livehelpers import write_config
+from recorder_child import run_on_tmpfs
 
 from fer_edge.config import load_config
 from fer_edge.errors import ConfigError
@@ -343,14 +344,6 @@ print(json.dumps({"deleted": Retention(mount, 7.0).check(), "lines": lines, "lef
 def test_retention_on_a_disk_turned_read_only_counts_nothing_deleted_and_says_it_once(tmp_path):
     """Nothing could be deleted, yet each recording was taken out of the index and counted as deleted, with a
     warning for every file at every hourly check."""
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a user namespace: {probe.stderr.decode().strip()}")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    script = f"mount -t tmpfs -o size=1m tmpfs {mount} && {sys.executable} -c '{READ_ONLY_RETENTION}' {mount}"
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    seen = json.loads(result.stdout)
+    seen = run_on_tmpfs(tmp_path, "1m", READ_ONLY_RETENTION)
     assert seen["deleted"] == [] and seen["left"] == 10
     assert len(seen["lines"]) == 1 and "cannot delete 10 old file(s)" in seen["lines"][0], seen["lines"]
