@@ -414,6 +414,10 @@ def first_rollout(rollout):
     pis, work, user_key, known_hosts = rollout
     # b has run four releases before, the oldest its current one (what a failure here would go back to)
     _releases(pis[1].root / "opt/fer-edge/releases", ["old1", "old2", "old3", "old4"], current="old1")
+    # a rollout interrupted on a, after it handed its secrets over
+    left_over = pis[0].root / "etc/fer-edge/credentials/.incoming.Kq3x9z"
+    left_over.mkdir(parents=True)
+    (left_over / "web-token").write_text(WEB_TOKEN)
     result = _playbook(_inventory(pis, user_key, known_hosts, broken=None), work)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     return result
@@ -447,7 +451,7 @@ def test_a_rollout_installs_both_pis_and_passes_their_health_gates(rollout, firs
         assert sorted(p.name for p in (pi.root / "etc/fer-edge/credentials").iterdir()) == [
             "mqtt-password",
             "web-token",
-        ]  # the copies handed to install.sh are gone
+        ]  # the copies handed to install.sh are gone, those of an interrupted rollout too
         handed_over = f"web-token={pi.root}/etc/fer-edge/credentials/.incoming."  # install.sh --credential
         assert handed_over in first_rollout.stdout
         for unit in ("fer-edge.service", "fer-edge@.service"):
