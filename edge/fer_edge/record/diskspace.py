@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from fer_edge.errors import RecordingError
-from fer_edge.record.naming import stem_time
+from fer_edge.record.naming import stem_time_or_none
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,7 @@ def finished_recordings(directory: Path) -> list[tuple[str, list[Path]]]:
 def _names_a_time(stem: str) -> bool:
     """Whether ``stem`` starts with a real UTC time. A file named in that shape at no real time (month 13) is not a
     recording, and would stop what reads the time from its name: the recorder's start, retention, the index."""
-    try:
-        stem_time(stem)
-    except (ValueError, OverflowError):
-        return False
-    return True
+    return stem_time_or_none(stem) is not None
 
 
 class DiskGuard:

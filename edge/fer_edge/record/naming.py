@@ -14,6 +14,15 @@ def stem_time(stem: str) -> float:
     return float(calendar.timegm(time.strptime(stem[:15], "%Y%m%d-%H%M%S")))
 
 
+def stem_time_or_none(stem: str) -> float | None:
+    """:func:`stem_time`, or None for a stem in that shape at no real time (a 13th month): a file this device did
+    not name, which must not stop what reads the time from a name."""
+    try:
+        return stem_time(stem)
+    except (ValueError, OverflowError):
+        return None
+
+
 def make_stem(directory: Path, wall_time: float, sequence: int) -> str:
     """``YYYYmmdd-HHMMSS-NNNN`` (UTC), bumping the counter until no file in ``directory`` uses the stem."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall_time))

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Protocol
 
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
-from fer_edge.record.naming import stem_time
+from fer_edge.record.naming import stem_time_or_none
 from fer_edge.serve.ranges import UNSATISFIABLE, ByteRange, parse_range
 
 log = logging.getLogger(__name__)
@@ -220,13 +220,13 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     listing = []
     for path, stem in chosen:
         row = rows.get(stem)
-        start = row[1] if row is not None else _stem_start(stem)
         try:
             info = path.stat()
         except OSError:
             continue
-        if start is None:
-            start = info.st_mtime
+        start = _start(path, stem, row[1] if row is not None else None)
+        if start is None:  # gone since the stat
+            continue
         listing.append(
             {
                 "name": path.name,
@@ -262,26 +262,32 @@ def _filtered(
         if label is not None and stem not in with_label:
             continue
         if day is not None:
-            start = starts[stem] if stem in starts else _stem_start(stem)
-            if start is None:
-                try:
-                    start = path.stat().st_mtime
-                except OSError:
-                    continue
-            if not day[0] <= start < day[1]:
+            start = _start(path, stem, starts.get(stem))
+            if start is None or not day[0] <= start < day[1]:
                 continue
         items.append((path, stem))
     return items
 
 
+def _start(path: Path, stem: str, indexed: float | None) -> float | None:
+    """When a recording started: as indexed, else as its name says, else (a name at no time that can be shown)
+    when its file was last written; None when the file is gone."""
+    if indexed is not None:
+        return indexed
+    named = _stem_start(stem)
+    if named is not None:
+        return named
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def _stem_start(stem: str) -> float | None:
     """The time a recording's name gives; None for a name that gives none that can be shown (a 13th month, year
     9999): a file copied in from elsewhere must not break the listing of the whole folder."""
-    try:
-        start = stem_time(stem)
-    except ValueError:
-        return None
-    return start if EARLIEST <= start < LATEST else None
+    start = stem_time_or_none(stem)
+    return start if start is not None and EARLIEST <= start < LATEST else None
 
 
 def events(handler: Handler, query: dict[str, list[str]]) -> None:
