@@ -549,11 +549,8 @@ class MqttPublisher:
             wanted = self._blank_snapshot()
         else:
             wanted = self._last_snapshot
-        if wanted is None or hashlib.sha256(wanted).digest() == self._kept_snapshot:
-            return
-        self._publish(self.topics.snapshot, wanted, retain=True, qos=1)
-        self.snapshots.replaced(wanted)
-        self._last_snapshot = wanted
+        if wanted is not None and hashlib.sha256(wanted).digest() != self._kept_snapshot:
+            self._put_snapshot(wanted)
 
     def _blank_snapshot(self) -> bytes | None:
         import numpy as np
@@ -567,9 +564,13 @@ class MqttPublisher:
         """A blank snapshot in place of the retained one, which may show a face."""
         jpeg = self._blank_snapshot()
         if jpeg is not None:
-            self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
-            self.snapshots.replaced(jpeg)
-            self._last_snapshot = jpeg
+            self._put_snapshot(jpeg)
+
+    def _put_snapshot(self, jpeg: bytes) -> None:
+        """``jpeg`` as the retained snapshot, in place of what stood there (not a new face: no snapshot policy)."""
+        self._publish(self.topics.snapshot, jpeg, retain=True, qos=1)
+        self.snapshots.replaced(jpeg)
+        self._last_snapshot = jpeg
 
     def _diagnostics(self) -> dict[str, Any]:
         stats = self.feed.stats()
