@@ -10,8 +10,10 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import cv2
@@ -20,6 +22,9 @@ import pytest
 from livehelpers import ChromiumPage, chromium, free_port, http_get, web_run
 
 from fer_edge.record.index import DB_NAME
+
+if TYPE_CHECKING:
+    from fer_edge.serve.web import WebServer
 
 TOKEN = "review-token-0c41d9"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
@@ -55,6 +60,19 @@ def recordings(server) -> list[dict]:
 def indexed(server) -> dict:
     """The oldest recording that is fully indexed (has a thumbnail)."""
     return [r for r in recordings(server) if r["thumbnail"]][-1]
+
+
+@contextlib.contextmanager
+def folder_view(folder: Path) -> Iterator[WebServer]:
+    """The live view and review of ``folder``, served from this process: no camera, no token."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    web = WebServer(LiveFeed(recordings_dir=folder), host="127.0.0.1", port=0, token=None).start()
+    try:
+        yield web
+    finally:
+        web.close()
 
 
 def test_a_range_request_gets_exactly_those_bytes(server):
@@ -436,22 +454,17 @@ def test_open_pages_polling_the_recordings_list_the_folder_once(server, tmp_path
 def test_a_moment_in_the_segment_being_written_plays_as_far_as_it_is_written(server, tmp_path):
     """The newest moments are in the segment still being written (up to segment_seconds, 5 minutes by default):
     its address plays and seeks in Chromium from what is written, before the segment is finished."""
-    from fer_edge.serve.live import LiveFeed
-    from fer_edge.serve.web import WebServer
 
     rec = indexed(server)
     data = (server["out"] / rec["name"]).read_bytes()
     name = "20991231-000000-0001.mp4"
     (tmp_path / f"{name}.part").write_bytes(data[: len(data) * 3 // 4])  # a segment being written: its start
-    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
-    try:
+    with folder_view(tmp_path) as web:
         assert http_get(web.port, "/api/recordings", None)[3] == b'{"recordings":[],"page":1,"per_page":20,"total":0}'
         with ChromiumPage() as page:
             page.goto(f"{web.url}review#play={name}&t=0.5")
             seeked = float(str(page.wait_for("$('state').dataset.seeked", timeout=60)))
             page.wait_for(f"Number($('state').dataset.time) > {seeked}", timeout=60)
-    finally:
-        web.close()
     assert abs(seeked - 0.5) < 0.2
 
 
@@ -459,8 +472,6 @@ def test_a_segment_finished_while_it_is_asked_for_is_sent(server, tmp_path, monk
     """The recorder renames NAME.mp4.part to NAME.mp4 when the segment is finished: a request that looked for
     NAME.mp4 just before and for the .part just after still gets the recording, not a 404."""
     from fer_edge.serve import review
-    from fer_edge.serve.live import LiveFeed
-    from fer_edge.serve.web import WebServer
 
     data = (server["out"] / indexed(server)["name"]).read_bytes()
     name = "20991231-000000-0001.mp4"
@@ -477,11 +488,8 @@ def test_a_segment_finished_while_it_is_asked_for_is_sent(server, tmp_path, monk
         return opened
 
     monkeypatch.setattr(review, "_open_regular", open_while_finishing)
-    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
-    try:
+    with folder_view(tmp_path) as web:
         _, status, _, body = http_get(web.port, f"/recordings/{name}", None)
-    finally:
-        web.close()
     assert looked_for[:2] == [name, f"{name}.part"]
     assert status == 200 and body == data
 
@@ -583,8 +591,6 @@ def test_a_page_open_across_a_restart_goes_on_showing_the_events(tmp_path):
 def test_the_list_rounds_a_recordings_length_to_whole_minutes_and_seconds(demo_clip, tmp_path):
     """A five-minute segment lasts a few frames less than 300 s: the list said '4 min 60 s' for nearly every one."""
     from fer_edge.record.index import connect
-    from fer_edge.serve.live import LiveFeed
-    from fer_edge.serve.web import WebServer
 
     lengths = {"20240101-000000-0001": 299.967, "20240101-000500-0002": 59.97, "20240101-001000-0003": 12.34}
     with contextlib.closing(connect(tmp_path / DB_NAME)) as db:
@@ -595,29 +601,23 @@ def test_the_list_rounds_a_recordings_length_to_whole_minutes_and_seconds(demo_c
                 (stem, f"{stem}.mp4", calendar.timegm(time.strptime(stem[:15], "%Y%m%d-%H%M%S")), duration),
             )
         db.commit()
-    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
-    try:
+    with folder_view(tmp_path) as web:
         with ChromiumPage() as page:
             page.goto(f"{web.url}review")
             page.wait_for("$('recordings').dataset.count === '3'")
             shown = page.evaluate("[...document.querySelectorAll('#recordings .meta')].map((m) => m.textContent)")
-    finally:
-        web.close()
     assert [str(text).split(" · ")[0] for text in shown] == ["12.3 s", "1 min 0 s", "5 min 0 s"], shown
 
 
 def test_a_recording_whose_name_gives_no_time_still_leaves_the_list_working(demo_clip, tmp_path):
     """A file named like a recording but for a time that is none (a 13th month, copied in from elsewhere) made
     every listing of the folder fail with a 500, and the review page showed nothing at all."""
-    from fer_edge.serve.live import LiveFeed
-    from fer_edge.serve.web import WebServer
 
     names = ["20240101-000000-0001.mp4", "20241301-000000-0002.mp4", "20240132-000000-0003.mp4"]
     for name in names:
         long_recording(demo_clip, tmp_path / name, 1)
     made = datetime.fromtimestamp((tmp_path / names[1]).stat().st_mtime).strftime("%Y-%m-%d")
-    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
-    try:
+    with folder_view(tmp_path) as web:
 
         def listed(query: str) -> list[str]:
             status, body = http_get(web.port, f"/api/recordings{query}", None)[1::2]
@@ -629,8 +629,6 @@ def test_a_recording_whose_name_gives_no_time_still_leaves_the_list_working(demo
         assert listed("") == sorted(names, reverse=True)
         assert listed("?day=2024-01-01") == [names[0]]
         assert set(listed(f"?day={made}")) >= set(names[1:])  # by when the file was made
-    finally:
-        web.close()
 
 
 def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:
@@ -644,14 +642,11 @@ def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:
 def test_the_recording_playing_is_marked_in_the_list_whenever_the_list_is_drawn(demo_clip, tmp_path):
     """A link to a moment (#play=) or a page turned back to the recording playing showed no recording marked as
     the one playing: the mark was set only on the list shown when it was picked."""
-    from fer_edge.serve.live import LiveFeed
-    from fer_edge.serve.web import WebServer
 
     names = _pages_of_recordings(demo_clip, tmp_path, 12)  # two pages of ten
     playing = names[-2]  # the second newest: on the first page
-    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
     marked = "[...document.querySelectorAll('#recordings li.playing')].map((li) => li.dataset.name)"
-    try:
+    with folder_view(tmp_path) as web:
         with ChromiumPage() as page:
             page.goto(f"{web.url}review#play={playing}&t=0")
             page.wait_for("$('recordings').dataset.count === '10'")
@@ -662,8 +657,6 @@ def test_the_recording_playing_is_marked_in_the_list_whenever_the_list_is_drawn(
             page.evaluate("$('prev').click()")
             page.wait_for("$('recordings').dataset.count === '10'")
             assert page.evaluate(marked) == [playing]
-    finally:
-        web.close()
 
 
 # The page's fetch, with the answers for page 2 held until the test lets them go, and a count of finished lists.
@@ -684,13 +677,10 @@ loadList = async () => { try { await realLoadList(); } finally { window.listsDon
 def test_a_list_answer_that_comes_late_does_not_replace_the_newer_one(demo_clip, tmp_path):
     """Next twice, quickly: the third page's answer came first and the second page's after it, and the list
     showed the second page under 'page 3 of 3'."""
-    from fer_edge.serve.live import LiveFeed
-    from fer_edge.serve.web import WebServer
 
     names = _pages_of_recordings(demo_clip, tmp_path, 25)  # three pages of ten
-    web = WebServer(LiveFeed(recordings_dir=tmp_path), host="127.0.0.1", port=0, token=None).start()
     shown = "[...document.querySelectorAll('#recordings li')].map((li) => li.dataset.name)"
-    try:
+    with folder_view(tmp_path) as web:
         with ChromiumPage() as page:
             page.goto(f"{web.url}review")
             page.wait_for("$('recordings').dataset.count === '10'")
@@ -701,8 +691,6 @@ def test_a_list_answer_that_comes_late_does_not_replace_the_newer_one(demo_clip,
             page.wait_for("window.listsDone === 2")
             assert page.evaluate(shown) == sorted(names, reverse=True)[20:]
             assert page.evaluate("$('pageinfo').textContent") == "page 3 of 3 (25)"
-    finally:
-        web.close()
 
 
 def test_moments_that_fail_to_load_leave_none_of_the_recording_before(server):
