@@ -460,6 +460,8 @@ install_model() {
     local current
     current="$(readlink "$MODELS/current" 2>/dev/null || true)"
     if [ "$current" != "$version" ]; then
+        # pruning keeps the newest folders: a model made active again counts from now, not from its first copy
+        touch "$MODELS/$version"
         ln -sfn "$version" "$MODELS/.current.tmp"
         mv -T "$MODELS/.current.tmp" "$MODELS/current"
         sync
@@ -480,7 +482,7 @@ prune_incoming() {
 }
 
 # prune_models: keep KEEP_MODELS versions in all: always the active one and the one it replaced (the
-# rollback target, however old), then the newest of the others. Called only once the service runs
+# rollback target, however old), then the others last made active most recently (a folder's time). Called only once the service runs
 # with the active one, so a failed start can always roll back.
 prune_models() {
     local current dir kept=0 protected=" "

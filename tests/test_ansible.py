@@ -377,6 +377,31 @@ def test_a_pi_keeps_the_active_release_the_one_it_replaced_and_the_newest_others
         assert "(item=r5)" not in result.stdout and "(item=r0)" not in result.stdout
 
 
+@needs_ansible
+def test_a_release_deployed_again_counts_as_new_when_the_others_are_pruned(tmp_path):
+    """r0-r5 (r5 active), r1 deployed again, then r6, then r7: r1 ran after r5 did, so r1 is the third kept."""
+    releases = _releases(tmp_path / "releases", [f"r{i}" for i in range(6)], current="r5")
+    playbook = tmp_path / "prune.yml"
+    playbook.write_text(PRUNE_PLAYBOOK % (ANSIBLE / "prune-releases.yml"))
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
+    for release in ("r1", "r6", "r7"):
+        (releases / release / "config").mkdir(parents=True, exist_ok=True)
+        extra = ["-e", f"releases={releases}", "-e", f"release={release}"]
+        extra += ["-e", f"ansible_python_interpreter={SYSTEM_PYTHON}"]
+        result = subprocess.run(
+            [PLAYBOOK_BIN, "-i", "localhost,", str(playbook), *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+        (releases / "current").unlink()
+        (releases / "current").symlink_to(release)  # site.yml marks it current before it prunes
+    assert {p.name for p in releases.iterdir() if not p.is_symlink()} == {"r7", "r6", "r1"}
+
+
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory):
     if PLAYBOOK_BIN is None:

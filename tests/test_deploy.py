@@ -658,6 +658,20 @@ def test_a_model_swap_prunes_after_the_restart_and_keeps_the_previous_model(mode
     assert result.stderr.index("restarting fer-edge with the new model") < result.stderr.index("removed old model")
 
 
+def test_pruning_keeps_the_model_made_active_most_recently_not_the_one_copied_last(model_only_pi, tmp_path):
+    """A, B, C installed, A made active again, then D, then E: A ran after C did, so A is the third kept."""
+    pi = model_only_pi
+    a, b, c, d, e = _small_models(tmp_path, "abcde")
+    version_a, version_b, version_c = pi.install_aged([a, b, c])
+    assert pi.install(a).returncode == 0
+    assert pi.install(d).returncode == 0
+    result = pi.install(e)
+    assert result.returncode == 0, result.stderr
+    kept = {p.name for p in pi.models.iterdir() if p.is_dir() and not p.is_symlink()}
+    assert kept == {_sha256(e)[:12], _sha256(d)[:12], version_a}
+    assert f"removed old model {version_c}" in result.stderr
+
+
 def test_a_new_model_restarts_the_other_running_instances_but_not_those_left_to_the_caller(model_only_pi, tmp_path):
     """`current` is shared: an instance left running keeps the old model until its next start takes the new
     one. --leave NAME (deploy/ansible, which installs NAME next itself) keeps NAME out of it."""
