@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from livehelpers import ChromiumPage, chromium, free_port, http_get, web_run
 
-from fer_edge.record.index import DB_NAME
+from fer_edge.record.index import DB_NAME, THUMBS_DIR
 
 if TYPE_CHECKING:
     from fer_edge.serve.web import WebServer
@@ -710,3 +710,23 @@ def test_moments_that_fail_to_load_leave_none_of_the_recording_before(server):
         page.wait_for(f"$('events').dataset.recording === '{second['name']}'")
         shown = page.evaluate(moments)
     assert shown == ["no moments: the device does not answer"], shown
+
+
+def test_a_thumbnail_too_big_to_serve_whole_is_refused_not_cut_short(tmp_path, caplog):
+    """A thumbnail over the bound was sent cut at it, with a 200: a broken image passed off as a whole one."""
+    from fer_edge.serve.review import MAX_THUMBNAIL_BYTES
+
+    thumbs = tmp_path / THUMBS_DIR
+    thumbs.mkdir()
+    small = b"\xff\xd8" + bytes(1000) + b"\xff\xd9"
+    (thumbs / "20240101-000000-0001.jpg").write_bytes(small)
+    (thumbs / "20240101-000100-0002.jpg").write_bytes(b"\xff\xd8" + bytes(MAX_THUMBNAIL_BYTES) + b"\xff\xd9")
+    with folder_view(tmp_path) as web:
+        _, status, _, body = http_get(web.port, "/thumbnails/20240101-000000-0001.jpg", None)
+        assert status == 200 and body == small
+        _, status, _, body = http_get(web.port, "/thumbnails/20240101-000100-0002.jpg", None)
+    assert status == 404 and body == b"404 thumbnail too big to serve\n"
+    assert [r.getMessage() for r in caplog.records if r.name == "fer_edge.serve.review"] == [
+        f"review: thumbnail 20240101-000100-0002.jpg is over {MAX_THUMBNAIL_BYTES} bytes, not one this device made; "
+        "not served"
+    ]

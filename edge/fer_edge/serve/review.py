@@ -475,8 +475,14 @@ def thumbnail(handler: Handler, name: str, query: dict[str, list[str]]) -> None:
         opened = _open_regular(directory / THUMBS_DIR / f"{match['stem']}.jpg")
         if opened is not None:
             with opened as f:
-                data = f.read(MAX_THUMBNAIL_BYTES)
-    if data is None:
+                data = f.read(MAX_THUMBNAIL_BYTES + 1)
+    if data is not None and len(data) > MAX_THUMBNAIL_BYTES:
+        # cut short it would be a broken image sent as a whole one
+        log.warning(
+            "review: thumbnail %s is over %d bytes, not one this device made; not served", name, MAX_THUMBNAIL_BYTES
+        )
+        handler._text(HTTPStatus.NOT_FOUND, "404 thumbnail too big to serve\n")
+    elif data is None:
         handler._text(HTTPStatus.NOT_FOUND, "404 no such thumbnail\n")
     else:
         handler._send(200, data, "image/jpeg")
