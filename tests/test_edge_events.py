@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +11,9 @@ import time
 import pytest
 from recorder_child import refused_write_run
 
+from fer_edge.record.diskspace import finished_recordings
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
+from fer_edge.record.index import RecordingIndex
 from fer_edge.types import Box, Face, Prediction
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -122,6 +125,35 @@ def test_leftover_current_file_gets_its_stem_back_and_loses_its_partial_line(tmp
     assert recovered.read_text().endswith("\n")
     assert [e["frame"] for e in read_events(recovered)] == [0, 1]
     assert sorted(os.listdir(tmp_path)) == ["20261124-183000-0007.jsonl"]
+
+
+def test_an_events_file_whose_name_is_taken_becomes_a_recording_of_its_own(tmp_path, caplog):
+    """A finished or recovered events file whose ``<stem>.jsonl`` was already there got ``<stem>.1.jsonl``, a name
+    that the disk guard, retention and the review index all pass over: kept forever, its events never shown."""
+    stem = "20261124-183000-0007"
+    taken = tmp_path / f"{stem}.jsonl"
+    taken.write_text('{"t": 1.0, "frame": 100, "faces": []}\n')  # copied back in by hand, say
+    log = EventsLog(tmp_path)
+    log.open(stem)
+    log.write(2.0, 0, FACES)
+    finished = log.close()
+    log.open(stem)
+    log.write(3.0, 1, FACES)
+    log._file.close()  # the process died: the next start recovers the file under the marker's stem
+    recovered = recover_leftover_events(tmp_path, fallback_stem=lambda t: pytest.fail("marker was there"))
+
+    assert (finished.name, recovered.name) == ("20261124-183000-0008.jsonl", "20261124-183000-0009.jsonl")
+    assert [e["frame"] for p in (taken, finished, recovered) for e in read_events(p)] == [100, 0, 1]
+    assert [stem for stem, _ in finished_recordings(tmp_path)] == [stem, finished.stem, recovered.stem]
+    assert sorted(os.listdir(tmp_path)) == [taken.name, finished.name, recovered.name]
+    with contextlib.closing(RecordingIndex(tmp_path)) as index:
+        index.sync()
+        indexed = [row[0] for row in index.db.execute("SELECT stem FROM recordings ORDER BY stem")]
+    assert indexed == [stem, finished.stem, recovered.stem]
+    assert [r.getMessage() for r in caplog.records if "is taken" in r.getMessage()] == [
+        f"events: {stem}.jsonl is taken; finished as {finished.name} instead",
+        f"events: {stem}.jsonl is taken; finished as {recovered.name} instead",
+    ]
 
 
 def test_leftover_without_marker_is_named_from_its_first_event(tmp_path):

@@ -36,6 +36,7 @@ from typing import TextIO
 from fer_edge.record.clock import SegmentClock
 from fer_edge.record.diskspace import FINISHED_RECORDING, create_private, fsync_directory
 from fer_edge.record.heap import release_free_memory
+from fer_edge.record.naming import make_stem, stem_time_or_none
 from fer_edge.types import Face, Frame
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,17 @@ def read_events(path: str | os.PathLike) -> Iterator[dict]:
             yield event
 
 
-def _unique_path(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
-        n += 1
-    return candidate
+def _finished_path(directory: Path, stem: str) -> Path:
+    """``<stem>.jsonl``; when something else already holds that name, a new stem of its own, so that the file is a
+    recording that the disk guard, retention and the review index all know (a ``<stem>.1.jsonl`` would be none)."""
+    path = directory / f"{stem}.jsonl"
+    if not path.exists():
+        return path
+    named_at = stem_time_or_none(stem)
+    sequence = int(stem.rsplit("-", 1)[1]) + 1 if named_at is not None else 1
+    path = directory / f"{make_stem(directory, time.time() if named_at is None else named_at, sequence)}.jsonl"
+    log.warning("events: %s.jsonl is taken; finished as %s instead", stem, path.name)
+    return path
 
 
 def _remove_quietly(path: Path) -> None:
@@ -239,7 +245,7 @@ class EventsLog:
             self.path.unlink()
             target = None
         else:
-            target = _unique_path(self.directory / f"{stem}.jsonl")
+            target = _finished_path(self.directory, stem)
             os.replace(self.path, target)
         self._file_stem = None
         self._write_failed = False
@@ -341,7 +347,7 @@ def recover_leftover_events(
         return None
     _cut_partial_last_line(current)
     stem = _read_marker(marker) or _fallback_stem(current, fallback_stem, open_video_stem)
-    target = _unique_path(directory / f"{stem}.jsonl")
+    target = _finished_path(directory, stem)
     os.replace(current, target)
     marker.unlink(missing_ok=True)
     fsync_directory(directory)
