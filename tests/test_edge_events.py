@@ -6,7 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from recorder_child import refused_write_run
@@ -252,3 +255,44 @@ def test_a_partial_line_left_by_a_full_disk_is_cut_before_writing_again(tmp_path
     assert result.stdout.strip() == str(finished)
     lines = finished.read_text().splitlines()
     assert [json.loads(line)["frame"] for line in lines] == [0, 1, 2, 5, 6]  # every line whole
+
+
+def whole_lines(path: Path) -> list[dict]:
+    """The events of a file, failing on any line that is not a whole JSON object."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+REFUSED_TAKE_BACK = """
+import resource, signal, sys
+from pathlib import Path
+from fer_edge.record.events import EventsLog
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+directory = Path(sys.argv[1])
+log = EventsLog(directory)
+log.open("20261124-183000-0001")
+for frame in range(3):
+    log.write(1.0 + frame, frame, [])
+previous = log.rotate("20261124-183000-0002")
+log.write(4.0, 3, [], ts=4.0, video_ts=4.0)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (previous.stat().st_size + 10, hard))  # no room to move a line there
+print(log.take_back(previous))
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+log.write(5.0, 4, [])
+print(log.close().name)
+"""
+
+
+def test_events_that_cannot_go_back_to_the_file_before_stay_whole_where_they_are(tmp_path):
+    """Moving a failed video's events back to the file before it is refused by the disk: both files stay as
+    they were, and no line is lost or torn."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSED_TAKE_BACK, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "20261124-183000-0002.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["20261124-183000-0001.jsonl", "20261124-183000-0002.jsonl"]
+    before, failed = (whole_lines(tmp_path / name) for name in sorted(os.listdir(tmp_path)))
+    assert [e["frame"] for e in before] == [0, 1, 2] and [e["frame"] for e in failed] == [3, 4]
+    assert failed[0]["video_ts"] == 4.0

@@ -256,3 +256,53 @@ def test_a_disk_turned_read_only_below_the_floor_is_said_once_not_for_every_reco
     seen = run_on_tmpfs(tmp_path, "4m", READ_ONLY_FLOOR)
     assert seen["room"] == [False, False, False]
     assert len(seen["lines"]) == 1 and "Read-only file system" in seen["lines"][0], seen["lines"]
+
+
+FAILING_RETRIES = """
+import resource, signal, sys
+from pathlib import Path
+from recorder_child import draw_frame, recorder_for
+from fer_edge.types import Box, Face, Frame, Prediction
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
+presence = sys.argv[2] == "presence"
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+clock = {"t": 0.0}
+with recorder_for(
+    Path(sys.argv[1]), 10.0, (320, 240), segment_seconds=60.0, presence_triggered=presence, pre_roll_s=2.0,
+    monotonic_clock=lambda: clock["t"],
+) as recorder:
+    for i in range(250):
+        clock["t"] = i / 10.0
+        if i == 30:  # the disk refuses any file past 64 kB: a video fragment, not an events line
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+        if i == 200:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        faces = [face] if i >= 40 or not presence else []
+        recorder.write(Frame(draw_frame(i, 320, 240, noise=True), i, i / 10.0), faces)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "started_videos"),
+    [
+        ("continuous", [0, 200]),  # fragments fail from the 4th second on, and each retry's first one
+        ("presence", [None, 240]),  # each retry fails with its pre-roll, written out with the frame it opens at
+    ],
+)
+def test_a_video_retry_that_fails_leaves_no_events_file_without_its_video(tmp_path, mode, started_videos):
+    """A disk that refuses the first fragment of each retried segment (the kernel's file size limit): every retry,
+    5 s apart, left a small events file without a video, one more recording in the list for each."""
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_RETRIES, str(tmp_path), mode], capture_output=True, text=True, env=child_env()
+    )
+    assert result.returncode == 0, result.stderr
+    assert "File too large" in result.stderr, result.stderr
+    videos = {p.stem for p in tmp_path.glob("*.mp4")}
+    events = sorted(tmp_path.glob("*.jsonl"))
+    assert [p.stem in videos for p in events] == [n is not None for n in started_videos]  # no other file
+    lines = [list(read_events(p)) for p in events]
+    assert [e["frame"] for file in lines for e in file] == list(range(250))  # none lost, none twice
+    video_starts = [[e["frame"] for e in file if "video_ts" in e] for file in lines]
+    assert video_starts == [[n] if n is not None else [] for n in started_videos]

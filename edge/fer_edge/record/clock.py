@@ -37,6 +37,9 @@ class SegmentClock:
         self.stem: str | None = None  # the newest stem handed out
         self.video_stem: str | None = None  # the stem of the newest video segment that opened (set by its sink)
         self.video_start_ts: float | None = None  # the timestamp of that segment's first frame (its pre-roll's)
+        # a video segment that failed before any of it was kept (set by its sink, taken by the events sink): its
+        # events go back to the file before it, so that a retry on a failing disk leaves no events-only file
+        self.unwritten_video_stem: str | None = None
 
     def full(self, start_ts: float | None, ts: float) -> bool:
         """Whether a segment whose first frame was at ``start_ts`` (None: no frame yet) is full at ``ts``."""

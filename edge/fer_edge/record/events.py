@@ -201,28 +201,61 @@ class EventsLog:
         self.open(new_stem)
         return finished
 
+    def take_back(self, previous: Path) -> bool:
+        """Move the lines of the current file to the end of ``previous`` (the file the last rotation finished,
+        without their ``video_ts``) and go on writing there, under its stem; False, with nothing changed, when
+        that cannot be done (the current file then goes on)."""
+        stem = self.stem
+        if stem is None or self._file_stem != stem or not previous.is_file():
+            return False
+        self._close_file()
+        size = previous.stat().st_size
+        try:
+            if self.path.exists():
+                _cut_partial_last_line(self.path)
+                _append_without_video_ts(self.path, previous)
+            _write_atomically(self._marker, previous.stem)
+            os.replace(previous, self.path)
+        except OSError as exc:
+            log.debug("events: cannot move the lines of %s back to %s (%s)", stem, previous.name, exc)
+            with contextlib.suppress(OSError):
+                os.truncate(previous, size)
+            with contextlib.suppress(OSError):
+                _write_atomically(self._marker, stem)
+            self.open(stem)
+            return False
+        fsync_directory(self.directory)
+        self._file_stem = None
+        self._write_failed = False
+        self.open(previous.stem)
+        return True
+
     def close(self) -> Path | None:
         """Close and rename the current file to ``<stem>.jsonl``; returns the finished path (None if nothing)."""
         if self.stem is None:
             return None
         self.stem = None
-        if self._file is not None:
-            try:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            except OSError as exc:
-                self._write_failed = True
-                log.warning("events: cannot flush %s: %s", self.path, exc)
-            try:
-                self._file.close()
-            except OSError:
-                self._write_failed = True
-            self._file = None
+        self._close_file()
         try:
             return self._finish_file()
         except OSError as exc:
             log.warning("events: cannot finish %s as %s.jsonl (%s); kept as it is", self.path, self._file_stem, exc)
             return None
+
+    def _close_file(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._write_failed = True
+            log.warning("events: cannot flush %s: %s", self.path, exc)
+        try:
+            self._file.close()
+        except OSError:
+            self._write_failed = True
+        self._file = None
 
     def drop(self) -> None:
         """Close without renaming (the file was deleted with its folder); the next write needs ``open`` again."""
@@ -287,6 +320,7 @@ class EventsSink:
         self.log = EventsLog(clock.directory)
         self._start_ts: float | None = None
         self._seen_video_stem: str | None = None  # the newest video segment's stem when this sink last looked
+        self._previous: tuple[Path, float | None] | None = None  # the file the last rotation finished, its start
 
     @property
     def stem(self) -> str | None:
@@ -299,6 +333,7 @@ class EventsSink:
     def write(self, frame: Frame, faces: list[Face], wall: float | None = None) -> None:
         """One line for ``frame``, stamped ``wall`` (when it was handed to the recorder; default now)."""
         ts = frame.timestamp
+        self._take_back_unwritten_video()
         stem = video_ts = None
         if self._clock.video_stem != self._seen_video_stem:
             stem = self._seen_video_stem = self._clock.video_stem  # a video segment opened with this frame
@@ -308,13 +343,32 @@ class EventsSink:
         ):
             stem = self._clock.next_stem()
         if stem is not None:
-            finished = self.log.rotate(stem)
+            start_ts, finished = self._start_ts, self.log.rotate(stem)
+            self._previous = (finished, start_ts) if finished is not None else None
             self._start_ts = ts
             if finished is not None and video_ts is None:
                 release_free_memory()  # the video sink trims at its own segments; here no video rotated
         self.log.write(self._wall() if wall is None else wall, frame.index, faces, ts, video_ts)
 
+    def _take_back_unwritten_video(self) -> None:
+        """A video segment failed before any of it was kept: its events go back where they were before it opened,
+        so that each retry on a failing disk does not leave an events file without its video."""
+        stem, self._clock.unwritten_video_stem = self._clock.unwritten_video_stem, None
+        if stem is None:
+            return
+        if stem == self._clock.video_stem and stem != self._seen_video_stem:
+            self._seen_video_stem = stem  # it failed with the frame it opened at: no events file was started for it
+        elif stem == self.log.stem and self._previous is not None:
+            previous, start_ts = self._previous
+            if self.log.take_back(previous):
+                log.debug(
+                    "events: %s went back to %s (its video failed before any of it was kept)", stem, previous.name
+                )
+                self._start_ts = start_ts
+            self._previous = None
+
     def close(self) -> None:
+        self._previous = None
         self.log.close()
 
     def restart(self) -> None:
@@ -322,6 +376,7 @@ class EventsSink:
         self._start_ts = float("-inf")
 
     def drop(self) -> None:
+        self._previous = None
         self.log.drop()
 
     def disk_checked(self, has_room: bool) -> None:
@@ -353,6 +408,18 @@ def recover_leftover_events(
     fsync_directory(directory)
     log.info("events: recovered %s from an interrupted run as %s", CURRENT_NAME, target.name)
     return target
+
+
+def _append_without_video_ts(source: Path, target: Path) -> None:
+    """The whole lines of ``source`` appended to ``target`` and synced, each without ``video_ts``: their video
+    was never written, and in ``target`` they follow lines of another start."""
+    with open(target, "a", encoding="utf-8") as out:
+        for _, event in numbered_events(source):
+            if event is not None:
+                event.pop("video_ts", None)
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _remove_stale_marker_tmp(tmp: Path) -> None:

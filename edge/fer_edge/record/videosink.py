@@ -245,6 +245,8 @@ class Mp4Sink:
         kept = segment.abandon() if segment is not None else None
         if kept is not None:
             self._segments.append(kept)
+        elif segment is not None:
+            self._clock.unwritten_video_stem = segment.stem
         self._retry_at = self._mono() + RETRY_INTERVAL_S
         disk_full = getattr(exc, "errno", None) == errno.ENOSPC
         message = "disk full" if disk_full else f"{type(exc).__name__}: {exc}"
