@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from livehelpers import free_port, need_binary, start_run, stop, wait_for_port, write_config
@@ -727,6 +728,69 @@ def test_the_status_line_says_the_broker_refused_the_credentials(tmp_path):
         assert shown.lines == [
             f"30.0 fps; mqtt 127.0.0.1:{broker.port}: broker refused the connection (Not authorized), retrying"
         ]
+    finally:
+        publisher.close()
+        broker.stop()
+
+
+DYNAMIC_SECURITY = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib")
+
+
+def test_a_subscription_the_broker_refuses_is_logged_and_in_the_status_line(tmp_path, caplog):
+    """A broker ACL that kept fer-edge from subscribing to a command topic went unnoticed: the switch did nothing
+    in Home Assistant, and neither the journal nor systemctl status said why."""
+    from fer_edge.serve.integrations import BrokerStatus
+
+    plugin = next(
+        (
+            Path(d) / "mosquitto_dynamic_security.so"
+            for d in DYNAMIC_SECURITY
+            if (Path(d) / "mosquitto_dynamic_security.so").exists()
+        ),
+        None,
+    )
+    if plugin is None:
+        pytest.skip("mosquitto's dynamic security plugin missing (Debian's mosquitto package ships it)")
+    command = f"{BASE}/recording/set"
+    acl = tmp_path / "dynamic-security.json"  # anyone may do anything but subscribe to the recording command
+    acl.write_text(
+        json.dumps(
+            {
+                "defaultACLAccess": {
+                    "publishClientSend": True,
+                    "publishClientReceive": True,
+                    "subscribe": True,
+                    "unsubscribe": True,
+                },
+                "clients": [],
+                "groups": [{"groupname": "anonymous", "roles": [{"rolename": "no-recording-command"}]}],
+                "roles": [
+                    {
+                        "rolename": "no-recording-command",
+                        "acls": [{"acltype": "subscribeLiteral", "topic": command, "priority": 0, "allow": False}],
+                    }
+                ],
+                "anonymousGroup": "anonymous",
+            }
+        )
+    )
+    broker = Broker(tmp_path)
+    broker.config.write_text(
+        f"listener {broker.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        f"plugin {plugin}\nplugin_opt_config_file {acl}\n" + ("user root\n" if os.geteuid() == 0 else "")
+        # started as root, it would read the file as the user mosquitto, who cannot reach here
+    )
+    broker.start()
+    publisher = _publisher(broker.port)
+    try:
+        deadline = time.monotonic() + 10
+        while not publisher.stats()["subscriptions_refused"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publisher.stats()["subscriptions_refused"] == {command: "Not authorized"}
+        assert f"the broker refused the subscription to {command} (Not authorized)" in caplog.text
+        shown = []
+        BrokerStatus(type("Lines", (), {"status": lambda self, text: shown.append(text)})(), publisher).status("9 fps")
+        assert shown == [f"9 fps; mqtt 127.0.0.1:{broker.port}: subscription refused: {command} (Not authorized)"]
     finally:
         publisher.close()
         broker.stop()

@@ -101,7 +101,7 @@ def build_integrations(
 
 class BrokerStatus:
     """The service notifier, whose status line (``systemctl status``) also says when the broker is not connected,
-    and why."""
+    and why, or refused a subscription (a switch's commands then never arrive)."""
 
     def __init__(self, notifier: Notifier, publisher: MqttPublisher):
         self._notifier = notifier
@@ -117,9 +117,13 @@ class BrokerStatus:
         return self._notifier.stopping()
 
     def status(self, text: str) -> object:
+        broker = f"{self._publisher.cfg.host}:{self._publisher.cfg.port}"
         if not self._publisher.connected:
             why = self._publisher.outage or "unreachable"
-            text += f"; mqtt {self._publisher.cfg.host}:{self._publisher.cfg.port}: {why}, retrying"
+            text += f"; mqtt {broker}: {why}, retrying"
+        elif self._publisher.refused:
+            refused = self._publisher.refused
+            text += f"; mqtt {broker}: subscription refused: " + ", ".join(f"{t} ({why})" for t, why in refused.items())
         return self._notifier.status(text)
 
     def close(self) -> None:

@@ -125,6 +125,8 @@ class MqttPublisher:
         self._online_due = threading.Event()  # someone else said offline for this running device
         self.connected = False
         self.outage = ""  # why it is not connected, once a connection failed: said in the service's status line
+        self.refused: dict[str, str] = {}  # topic -> why, the subscriptions the broker refused on this connection
+        self._subscribing: dict[int, list[str]] = {}  # message id -> the topics of a SUBSCRIBE not answered yet
         self._counts = {"disconnects": 0, "dropped": 0, "published": 0, "ignored": 0}
         self._counts_lock = threading.Lock()  # paho's thread, the publisher and readers of the stats
         self._warn = RateLimitedLog(log)
@@ -160,6 +162,7 @@ class MqttPublisher:
         client._sock_recv = self._refuse_costly_packets(client._sock_recv)  # type: ignore[method-assign,assignment]
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.client = client
         switches.listen(self._switch_changed)
 
@@ -220,6 +223,7 @@ class MqttPublisher:
             "events_seen": self.events.seen,
             "events_sent": self.events.sent,
             "snapshots_skipped": self.snapshots.skipped,
+            "subscriptions_refused": dict(self.refused),
             "broker": f"{self.cfg.host}:{self.cfg.port}",
         }
 
@@ -250,8 +254,24 @@ class MqttPublisher:
         ]
         self._kept_snapshot = None
         self._snapshot_check.set()
-        client.subscribe([(topic, 1) for topic in topics])
+        self.refused = {}
+        _, mid = client.subscribe([(topic, 1) for topic in topics])
+        self._subscribing = {mid: topics}
         self._resend.set()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: list, properties: Any) -> None:
+        topics = self._subscribing.pop(mid, None)
+        if topics is None:
+            return
+        refused = {topic: str(reason) for topic, reason in zip(topics, reason_codes, strict=False) if reason.is_failure}
+        for topic, why in refused.items():  # again at each reconnect: once a minute at most
+            self._warn.warning(
+                f"refused {topic}",
+                "mqtt: the broker refused the subscription to %s (%s): its messages never arrive (check its ACL)",
+                topic,
+                why,
+            )
+        self.refused = refused
 
     def _remember_failure(self, reconnect: Callable[[], Any]) -> Callable[[], Any]:
         def remembering() -> Any:
