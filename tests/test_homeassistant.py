@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from fer_edge.serve.homeassistant import (
+    BirthResend,
     DiscoveryGate,
     EventPolicy,
     EventTimes,
@@ -111,6 +112,28 @@ def test_events_wait_for_home_assistant_or_a_grace():
     gate.discovery_sent(200.0)
     gate.birth()
     assert gate.open(200.1)
+
+
+def test_births_in_a_burst_give_one_resend_per_interval_and_the_last_one_is_answered():
+    births = BirthResend(interval_s=10.0)
+    births.resending(100.0)  # connected
+    assert not births.due(100.5)  # nothing asked
+    births.birth()
+    assert not births.due(105.0) and births.due(110.0)  # a birth soon after connecting waits for the interval
+    births.resending(110.0)
+    sent = [110.0]
+    for tenth in range(1101, 1400):  # a birth every tenth of a second for 30 s
+        now = tenth / 10
+        births.birth()
+        if births.due(now):
+            births.resending(now)
+            sent.append(now)
+    assert sent == [110.0, 120.0, 130.0]
+    assert not births.due(139.9) and births.due(140.0)  # the last of the burst, once its interval is over
+    births.resending(140.0)
+    assert not births.due(1000.0)
+    births.birth()
+    assert births.due(1000.0)  # after a quiet interval: at once
 
 
 def test_a_default_host_name_takes_the_machine_id(tmp_path, caplog):

@@ -687,9 +687,12 @@ def test_a_clean_stop_leaves_offline_even_when_the_offline_message_found_no_room
         late.close()
 
 
-def test_a_discovery_prefix_of_its_own_still_hears_home_assistant_restart(broker):
+def test_a_discovery_prefix_of_its_own_still_hears_home_assistant_restart(broker, monkeypatch):
     """Home Assistant's birth topic is a setting apart from its discovery prefix, homeassistant/status unless
     changed: with only the prefix moved, a restarted Home Assistant was never sent the discovery again."""
+    from fer_edge.serve import mqtt as fer_mqtt
+
+    monkeypatch.setattr(fer_mqtt, "BIRTH_RESEND_INTERVAL_S", 1.0)
     listener = Listener(broker.port)
     publisher = _publisher(broker.port, discovery_prefix="ha")
     discovery = DISCOVERY.replace("homeassistant/", "ha/", 1)
@@ -699,6 +702,40 @@ def test_a_discovery_prefix_of_its_own_still_hears_home_assistant_restart(broker
             mark = listener.mark()
             listener.publish(birth, "online")
             listener.wait_for(discovery, after=mark, timeout=10)
+    finally:
+        publisher.close()
+        listener.close()
+
+
+def test_a_stream_of_births_costs_one_discovery_per_interval_and_the_last_is_answered(broker, monkeypatch):
+    """Each "online" on homeassistant/status sent the discovery and every retained message again, up to 4 times
+    a second: a Home Assistant restarting in a loop, or anyone allowed to publish there, made the Pi send them
+    without end."""
+    from fer_edge.serve import mqtt as fer_mqtt
+
+    interval = 2.0
+    monkeypatch.setattr(fer_mqtt, "BIRTH_RESEND_INTERVAL_S", interval)
+    listener = Listener(broker.port)
+    publisher = _publisher(broker.port)
+    try:
+        listener.wait_for(DISCOVERY, timeout=10)
+        mark = listener.mark()
+        births, spacing = 12, 0.3
+        burst_began = time.monotonic()
+        for _ in range(births - 1):
+            listener.publish("homeassistant/status", "online")
+            time.sleep(spacing)  # slower than the publisher's poll: each one would be answered on its own
+        last_birth = listener.mark()
+        listener.publish("homeassistant/status", "online")
+        burst = time.monotonic() - burst_began  # longer on a busy machine: more resends are fair
+        listener.wait_for(DISCOVERY, after=last_birth, timeout=10)  # Home Assistant still gets it after the burst
+        deadline = time.monotonic() + 10
+        while publisher.stats()["births"] < births and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publisher.stats()["births"] == births
+        time.sleep(interval + 0.5)  # any resend still due has gone out
+        resends = listener.topics(after=mark).count(DISCOVERY)
+        assert 1 <= resends <= 2 + burst / interval, (resends, burst)
     finally:
         publisher.close()
         listener.close()

@@ -15,6 +15,8 @@ a clock passed in, so each policy is tested on its own:
 - :class:`DiscoveryGate`: nothing event-like goes out before Home Assistant has the discovery message: its birth
   message (``online`` on ``homeassistant/status``, or ``<discovery_prefix>/status``) or ``grace_s`` after the
   discovery went out.
+- :class:`BirthResend`: the discovery sent again for Home Assistant's birth message at most once per
+  ``interval_s``, the last birth of a burst always answered.
 - :func:`default_device_id`: the host name, or the machine id where the host name is a distribution default.
 - :func:`discovery_payload` and :func:`state_payload`: the retained messages Home Assistant builds entities from.
 """
@@ -263,6 +265,30 @@ class DiscoveryGate:
         if self._sent_at is None:
             return False
         return self._acknowledged or now - self._sent_at >= self.grace_s
+
+
+@dataclass
+class BirthResend:
+    """Home Assistant's birth messages, coalesced: the first after a quiet ``interval_s`` gets the discovery sent
+    again at once; those within ``interval_s`` of a resend get one more resend when that time is over, so the last
+    of a burst is always answered and any burst costs one resend per ``interval_s``."""
+
+    interval_s: float = 10.0
+    _wanted: bool = False  # set by the network thread, cleared by the publisher's
+    _last_sent: float = float("-inf")
+    births: int = 0
+
+    def birth(self) -> None:
+        self.births += 1
+        self._wanted = True
+
+    def due(self, now: float) -> bool:
+        return self._wanted and now - self._last_sent >= self.interval_s
+
+    def resending(self, now: float) -> None:
+        """A resend starts now (a birth's or a connection's): it answers every birth that came before it."""
+        self._wanted = False
+        self._last_sent = now
 
 
 def live_view_url(listen: str, hostname: str | None = None) -> str:

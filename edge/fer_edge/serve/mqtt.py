@@ -22,7 +22,8 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 - ``base/recording/set``, ``base/privacy/set`` (``ON``/``OFF``, from Home Assistant) and their ``.../state``.
   Retained commands are ignored (the config decides the start state), and so are payloads over a few bytes.
 - ``<discovery_prefix>/device/<topic_prefix>-<device_id>/config``: the retained device discovery message,
-  sent again when Home Assistant announces ``online`` on ``<discovery_prefix>/status``.
+  sent again when Home Assistant announces ``online`` on ``<discovery_prefix>/status``, at most once per
+  ``BIRTH_RESEND_INTERVAL_S`` (the last birth of a burst answered when it is over).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from fer_edge.errors import FerEdgeError
 from fer_edge.serve.announced import announced_path, read_announced, write_announced
 from fer_edge.serve.homeassistant import (
+    BirthResend,
     DeviceId,
     DiscoveryGate,
     EventPolicy,
@@ -69,6 +71,9 @@ CONNECT_TIMEOUT_S = 3.0  # an unroutable broker: also bounds how long a stop wai
 CLOSE_TIMEOUT_S = 2.0  # the offline message on a clean stop gets this long to leave
 MAX_COMMAND_BYTES = 16  # "ON", "OFF", "online", with room for spaces; anything larger is not a command
 MAX_PACKET_BYTES = 64 * 1024  # what the broker may send us: commands and Home Assistant's birth message
+# Home Assistant's birth message comes once as it starts; anyone allowed on the broker can send it in a loop, and
+# each one asks for every retained message again.
+BIRTH_RESEND_INTERVAL_S = 10.0
 PUBLISH_QOS_BITS, PUBLISH_QOS_2 = 0xF6, 0x34  # a packet's first byte: its type and, for a PUBLISH, its QoS
 
 
@@ -121,6 +126,7 @@ class MqttPublisher:
         self._earlier_device_checked = False
         self.presence = PresenceHold(cfg.presence_off_delay_s)
         self.gate = DiscoveryGate(cfg.birth_grace_s)
+        self.births = BirthResend(BIRTH_RESEND_INTERVAL_S)
         self._privacy_due = threading.Event()
         self._online_due = threading.Event()  # someone else said offline for this running device
         self.connected = False
@@ -136,7 +142,7 @@ class MqttPublisher:
         self._retained_refused: dict[str, str | bytes] = {}
         self._outage_logged = False
         self._stop = threading.Event()
-        self._resend = threading.Event()  # connected or Home Assistant restarted: send the retained state again
+        self._resend = threading.Event()  # connected: send the retained state again
         self._thread: threading.Thread | None = None
 
         # MQTT 5, so that the broker is told the largest packet this client takes (MAX_PACKET_BYTES) and never
@@ -220,6 +226,7 @@ class MqttPublisher:
         return {
             "connected": self.connected,
             **counts,
+            "births": self.births.births,
             "events_seen": self.events.seen,
             "events_sent": self.events.sent,
             "snapshots_skipped": self.snapshots.skipped,
@@ -364,7 +371,7 @@ class MqttPublisher:
         if topic in self.topics.ha_status:
             if payload == "online":
                 self.gate.birth()
-                self._resend.set()
+                self.births.birth()
             return
         if topic == self.topics.instance:
             self._other_instance(payload)
@@ -477,8 +484,9 @@ class MqttPublisher:
                 if not self.connected:
                     continue
                 now = time.monotonic()
-                if self._resend.is_set():
+                if self._resend.is_set() or self.births.due(now):
                     self._resend.clear()
+                    self.births.resending(now)
                     if not self._earlier_device_checked:
                         self._forget_earlier_device()
                     self._publish(self.topics.discovery, self.discovery, retain=True, qos=1)
