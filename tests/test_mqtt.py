@@ -409,6 +409,100 @@ class HostileBroker:
         self.server.close()
 
 
+class AcknowledgementLosingBroker(HostileBroker):
+    """Enough of an MQTT 5 broker for one client at a time, which loses the connection instead of acknowledging the
+    first message on ``lose_on``, as a Wi-Fi drop between a PUBLISH and its PUBACK does; collects the messages on
+    ``lose_on``, with their DUP flag, in order of arrival over every connection."""
+
+    def __init__(self, lose_on: bytes) -> None:
+        self.lose_on = lose_on
+        self.arrived: list[tuple[bytes, bool]] = []  # (payload, sent again)
+        self.connections = 0
+        super().__init__()
+
+    def _serve(self) -> None:
+        lost = False
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.conn = conn
+            self.connections += 1
+            try:
+                while True:
+                    kind, body = self._read_packet(conn)
+                    if kind >> 4 == 1:  # CONNECT
+                        conn.sendall(b"\x20\x03\x00\x00\x00")
+                    elif kind >> 4 == 8:  # SUBSCRIBE: grant QoS 1 to each filter
+                        count = body[2:].count(b"\x01")
+                        conn.sendall(bytes([0x90, 3 + count]) + body[:2] + b"\x00" + b"\x01" * count)
+                        self.ready.set()
+                    elif kind >> 4 == 3:  # PUBLISH, at QoS 1 here
+                        size = int.from_bytes(body[:2], "big")
+                        topic, packet_id, rest = body[2 : 2 + size], body[2 + size : 4 + size], body[4 + size :]
+                        if topic == self.lose_on:
+                            self.arrived.append((rest[1 + rest[0] :], bool(kind & 0x08)))
+                            if not lost:
+                                lost = True
+                                conn.close()
+                                break
+                        conn.sendall(b"\x40\x02" + packet_id)
+                    elif kind >> 4 == 12:  # PINGREQ
+                        conn.sendall(b"\xd0\x00")
+            except (OSError, IndexError):
+                pass
+
+
+def test_an_event_sent_again_after_a_lost_acknowledgement_has_the_id_it_had(tmp_path):
+    """Events go at QoS 1: one whose PUBACK a disconnect lost comes again after the reconnect, and Home
+    Assistant's automations ran twice with nothing to tell the copy from a new event (``seq`` starts again at 1
+    with each run of the service, so it cannot tell either)."""
+    import numpy as np
+
+    from fer_edge.types import Box, Face, Frame, Prediction
+
+    broker = AcknowledgementLosingBroker(f"{BASE}/event".encode())
+    quick = {"event_min_track_s": 0.0, "event_change_hold_s": 0.0, "event_cooldown_s": 0.0, "birth_grace_s": 0.0}
+    image = np.zeros((90, 160, 3), np.uint8)
+
+    def face(label: str) -> Face:
+        scores = (0.9, 0.1) if label == "happy" else (0.1, 0.9)
+        return Face(Box(10, 10, 40, 40), Prediction(("happy", "sad"), scores), 1)
+
+    def show(publisher, frame: Frame, faces: list[Face], messages: int) -> None:
+        """``frame`` to the feed; returns once ``messages`` more events have come to the broker."""
+        expected = len(broker.arrived) + messages
+        publisher.feed.write(frame, faces)
+        deadline = time.monotonic() + 15
+        while len(broker.arrived) < expected:
+            assert time.monotonic() < deadline, [(json.loads(p)["event_id"], dup) for p, dup in broker.arrived]
+            time.sleep(0.05)
+
+    try:
+        for run in range(2):
+            publisher = _publisher(broker.port, snapshot=False, **quick)
+            try:
+                assert broker.ready.wait(10)
+                show(publisher, Frame(image, 0, 0.0), [face("happy")], 2 if run == 0 else 1)  # start; lost at first
+                show(publisher, Frame(image, 1, 0.1), [face("sad")], 1)  # change
+                show(publisher, Frame(image, 2, 5.0), [], 1)  # end
+            finally:
+                publisher.close()
+            broker.ready.clear()
+    finally:
+        broker.close()
+    (lost, lost_dup), (again, again_dup), *rest = broker.arrived
+    assert broker.connections == 3  # the first run reconnected once
+    assert again_dup and not lost_dup
+    assert again == lost  # the same message: the same event_id
+    events = [json.loads(payload) for payload, _ in [(lost, False), *rest]]
+    assert [e["event_type"] for e in events] == ["start", "change", "end", "start", "change", "end"]
+    assert [e["seq"] for e in events] == [1, 2, 3, 1, 2, 3]  # each run counts from 1
+    assert len({e["event_id"] for e in events}) == 6  # the id still tells them apart
+    assert not any(dup for _, dup in rest)
+
+
 def test_a_topic_that_is_not_utf8_does_not_end_the_client(demo_clip, tmp_path):
     hostile = HostileBroker()
     process = start_run(mqtt_config(tmp_path, hostile.port), demo_clip, tmp_path / "stderr.log")

@@ -130,10 +130,12 @@ class _Track:
     ended: bool = False
 
 
-def event_payload(event: TrackEvent) -> dict:
-    """A track event as Home Assistant's event entity takes it: the API's fields, its ``type`` as ``event_type``."""
+def event_payload(event: TrackEvent, run: str) -> dict:
+    """A track event as Home Assistant's event entity takes it: the API's fields, its ``type`` as ``event_type``,
+    and ``event_id``, ``<run>-<seq>``: ``seq`` alone starts again at 1 with each run of the service, and a QoS 1
+    message sent again after a lost acknowledgement must be told apart from a new event with the same ``seq``."""
     fields = event.as_dict()
-    return {"event_type": fields.pop("type"), **fields}
+    return {"event_type": fields.pop("type"), "event_id": f"{run}-{event.seq}", **fields}
 
 
 @dataclass

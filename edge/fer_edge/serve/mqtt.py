@@ -13,7 +13,8 @@ Topics, with ``base = <topic_prefix>/<device_id>``:
 - ``base/diagnostics``: retained JSON ``{"fps", "disk_free_mib", "frames", "uptime_s"}`` every
   ``diagnostics_interval_s``.
 - ``base/event``: JSON per track start, label change and end (``event_type`` names which), as
-  :class:`~fer_edge.serve.homeassistant.EventPolicy` lets them through, once Home Assistant has the discovery.
+  :class:`~fer_edge.serve.homeassistant.EventPolicy` lets them through, once Home Assistant has the discovery;
+  QoS 1, so one whose acknowledgement a disconnect lost comes twice, with the same ``event_id``.
 - ``base/snapshot``: retained JPEG of the frame when a face appeared, at most one per burst; a blank one as soon
   as privacy is on, and on connecting with ``snapshot`` off. After a reconnect it is sent again only where the
   broker no longer holds it: every message updates Home Assistant's image entity and fires its automations.
@@ -116,7 +117,8 @@ class MqttPublisher:
         self.device_id = device.value
         self.topics = Topics(cfg.topic_prefix, self.device_id, cfg.discovery_prefix)
         self.discovery = discovery_payload(self.topics, self.device_id, labels, model, configuration_url)
-        self.instance = secrets.token_hex(4)  # this process: a second device with our id says another
+        # This process: a second device with our id says another; and the run in each event's id.
+        self.instance = secrets.token_hex(4)
         self.events = EventPolicy(EventTimes(cfg.event_min_track_s, cfg.event_change_hold_s, cfg.event_cooldown_s))
         self.snapshots = SnapshotPolicy(cfg.snapshot_interval_s)
         self._last_snapshot: bytes | None = None  # the retained one, sent again after a reconnect if the broker lost it
@@ -535,7 +537,7 @@ class MqttPublisher:
                 log.exception("mqtt: publishing failed")
 
     def _publish_event(self, event: TrackEvent, now: float) -> None:
-        self._publish(self.topics.event, event_payload(event), qos=1)
+        self._publish(self.topics.event, event_payload(event, self.instance), qos=1)
         if event.kind != "start" or not self.cfg.snapshot or self.switches["privacy"]:
             return
         if not self.snapshots.wants(now):
