@@ -22,6 +22,7 @@ import pytest
 from livehelpers import ChromiumPage, chromium, free_port, http_get, web_run
 
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
+from fer_edge.record.naming import stem_time
 
 if TYPE_CHECKING:
     from fer_edge.serve.web import WebServer
@@ -629,6 +630,77 @@ def test_a_recording_whose_name_gives_no_time_still_leaves_the_list_working(demo
         assert listed("") == sorted(names, reverse=True)
         assert listed("?day=2024-01-01") == [names[0]]
         assert set(listed(f"?day={made}")) >= set(names[1:])  # by when the file was made
+
+
+def _stem_at(t: float, n: int) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(t)) + f"-{n:04d}"
+
+
+def _recording_at(clip: Path, folder: Path, stem: str, t: float) -> None:
+    """A real recording: its video, and an events file whose lines the clock read as ``t`` on, then written."""
+    long_recording(clip, folder / f"{stem}.mp4", 1)
+    face = {"track": 1, "label": "happy", "score": 0.9, "box": [10, 10, 40, 40]}
+    lines = [json.dumps({"t": t + i / 10, "ts": 50.0 + i / 10, "frame": i, "faces": [face]}) for i in range(20)]
+    (folder / f"{stem}.jsonl").write_text("\n".join(lines) + "\n")
+    for path in (folder / f"{stem}.mp4", folder / f"{stem}.jsonl"):
+        os.utime(path, (t + 10, t + 10))
+
+
+def test_recordings_made_before_the_clock_was_set_list_in_the_order_they_were_made(demo_clip, tmp_path):
+    """A Pi with no saved time boots at 1970 and records until network time steps its clock: those recordings
+    were listed at their real times but sorted by their 1970 names, after everything else, and a player going on
+    from the one before them skipped them. The list, its pages, its day and from/to filters and the recording
+    after one follow when they were made, before the index has them and after."""
+    from fer_edge.record.index import RecordingIndex
+    from fer_edge.record.retention import ClockWatch
+
+    real = 1728043200.0  # 2024-10-04 12:00 UTC, when network time set the clock
+    previous = _stem_at(real - 3600, 1)  # the run before, on the right clock
+    _recording_at(demo_clip, tmp_path, previous, real - 3600)
+    boot = 86400.0
+    wall, steady = {"t": boot}, {"t": 100.0}
+    watch = ClockWatch(tmp_path, wall_clock=lambda: wall["t"], monotonic_clock=lambda: steady["t"])
+    at_boot = [_stem_at(boot + 60 * n, n + 1) for n in (1, 2)]
+    for n, stem in enumerate(at_boot, 1):
+        _recording_at(demo_clip, tmp_path, stem, boot + 60 * n)
+    wall["t"], steady["t"] = boot + 300.0, 400.0
+    assert watch.check() == 0.0
+    wall["t"], steady["t"] = real, 401.0
+    step = watch.check()
+    after_step = [_stem_at(real + 60 * n, n + 3) for n in (1, 2)]
+    for stem in after_step:
+        _recording_at(demo_clip, tmp_path, stem, real + 60 * after_step.index(stem) + 60)
+    made = [previous, *at_boot, *after_step]  # oldest first
+    real_start = {previous: real - 3600, at_boot[0]: boot + 60 + step, at_boot[1]: boot + 120 + step}
+    assert real - 300 < real_start[at_boot[0]] < real_start[at_boot[1]] < real
+
+    def check(web: WebServer) -> None:
+        def listed(query: str) -> list[str]:
+            status, body = http_get(web.port, f"/api/recordings?{query}", None)[1::2]
+            assert status == 200, body
+            return [r["name"][: -len(".mp4")] for r in json.loads(body)["recordings"]]
+
+        assert listed("") == made[::-1]
+        assert listed("per_page=2&page=2") == at_boot[::-1]
+        assert listed(f"from={real - 300}&to={real}") == at_boot[::-1]
+        day = datetime.fromtimestamp(real_start[at_boot[0]]).strftime("%Y-%m-%d")
+        on_day = [
+            s for s in made if datetime.fromtimestamp(real_start.get(s, stem_time(s))).strftime("%Y-%m-%d") == day
+        ]
+        assert listed(f"day={day}") == on_day[::-1] and at_boot[0] in on_day
+        assert listed("day=1970-01-02") == []
+        assert listed(f"after={previous}.mp4") == [at_boot[0]]
+        assert listed(f"after={at_boot[1]}.mp4") == [after_step[0]]
+        status, body = http_get(web.port, "/api/recordings?per_page=1&page=4", None)[1::2]
+        start = datetime.fromisoformat(json.loads(body)["recordings"][0]["start"]).timestamp()
+        assert start == pytest.approx(real_start[at_boot[0]], abs=2)
+
+    with folder_view(tmp_path) as web:
+        check(web)  # before the index: from their names and the noted step
+        index = RecordingIndex(tmp_path)
+        index.sync()
+        index.close()
+        check(web)
 
 
 def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:

@@ -1,7 +1,8 @@
 """The review side of the web server: the review page, the recordings, events and summary APIs read from the
 review index (:mod:`fer_edge.record.index`), recordings served for playback with HTTP byte ranges, thumbnails.
 
-``/review`` the page; ``/api/recordings?page=&per_page=&label=&day=YYYY-MM-DD&from=&to=`` (newest first);
+``/review`` the page; ``/api/recordings?page=&per_page=&label=&day=YYYY-MM-DD&from=&to=`` (newest first, by when
+they were made: a recording named on a clock that was then stepped forward goes where its corrected start puts it);
 ``/api/events?since=ID&recording=NAME&label=&from=&to=&limit=``; ``/api/summary?from=&to=&bucket_s=`` (faces shown
 per expression per bucket); ``/recordings/NAME`` (inline, ranges; ``?download=1`` as an attachment);
 ``/thumbnails/STEM.jpg``. Times go out as ISO 8601 with the device's UTC offset; ``from``/``to`` take ISO 8601 or
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.resources
+import json
 import logging
 import math
 import os
@@ -25,6 +27,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from fer_edge.record.clocksteps import CLOCK_STEPS_NAME, ClockSteps, corrected, read_clock_steps
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
 from fer_edge.record.naming import stem_time_or_none
@@ -195,11 +198,13 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     db = _index(handler)
     try:
         # Every open live page asks for this every 10 s: beyond the filters, only this page's recordings are read.
+        order = _Order(handler, db)
         if after is not None:
-            newer = [path for path in handler.app.feed.finished() if path.name > after]  # newest first
-            items = [(path, path.name[: -len(".mp4")]) for path in newer[-1:]]  # the oldest of them
+            later = order.key(after.removesuffix(".mp4"))
+            newer = [item for item in order.items if order.key(item[1]) > later]  # newest first
+            items = newer[-1:]  # the oldest of them
         else:
-            items = _filtered(handler, db, label, day)
+            items = _filtered(order, db, label, day)
         chosen = items[(page - 1) * per_page : page * per_page]
         if db is not None and chosen:
             marks, stems = ",".join("?" * len(chosen)), [stem for _, stem in chosen]
@@ -224,7 +229,7 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
             info = path.stat()
         except OSError:
             continue
-        start = _start(path, stem, row[1] if row is not None else None)
+        start = _start(path, stem, row[1] if row is not None else None, order.steps)
         if start is None:  # gone since the stat
             continue
         listing.append(
@@ -244,10 +249,63 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     return {"recordings": listing, "page": page, "per_page": per_page, "total": len(items)}
 
 
+class _Order:
+    """The finished recordings, newest first by when they were made, with their stems.
+
+    Names sort in recording order, except those of a run that recorded on its boot clock until network time
+    stepped it forward (:mod:`fer_edge.record.clocksteps`): those go where their corrected start (as indexed,
+    else as their name says, corrected) puts them among the others, which keep their names' order.
+    """
+
+    def __init__(self, handler: Handler, db: sqlite3.Connection | None):
+        directory = _directory(handler)
+        self.steps: ClockSteps = _clock_steps(directory) if directory is not None else {}
+        listed = [(path, path.name[: -len(".mp4")]) for path in handler.app.feed.finished()]  # by name
+        self._starts: dict[str, float] = {}
+        stepped = [stem for _, stem in listed if stem in self.steps]
+        if stepped and db is not None:
+            found = db.execute(
+                "SELECT stem, start FROM recordings WHERE stem IN (SELECT value FROM json_each(?))",
+                (json.dumps(stepped),),
+            )
+            self._starts = dict(found.fetchall())
+        self.items = sorted(listed, key=lambda item: self.key(item[1]), reverse=True) if stepped else listed
+
+    def key(self, stem: str) -> str:
+        """What orders ``stem`` among the others: itself, or for a stem named before a forward step, the stem that
+        its corrected start would have been named."""
+        if stem not in self.steps:
+            return stem
+        start = self._starts.get(stem)
+        if start is None:
+            start = _start(None, stem, None, self.steps)
+        if start is None or not EARLIEST <= start < LATEST:  # a foreign or damaged file's step: by its name
+            return stem
+        return time.strftime("%Y%m%d-%H%M%S", time.gmtime(start)) + stem[len("YYYYmmdd-HHMMSS") :]
+
+
+_CLOCK_STEPS: dict[Path, tuple[tuple[int, int], ClockSteps]] = {}
+
+
+def _clock_steps(directory: Path) -> ClockSteps:
+    """The clock steps noted in ``directory``, read again only when the file changed: every open page polls."""
+    try:
+        found = os.stat(directory / CLOCK_STEPS_NAME)
+    except OSError:
+        return {}
+    seen = (found.st_mtime_ns, found.st_size)
+    cached = _CLOCK_STEPS.get(directory)
+    if cached is not None and cached[0] == seen:
+        return cached[1]
+    steps = read_clock_steps(directory)
+    _CLOCK_STEPS[directory] = (seen, steps)
+    return steps
+
+
 def _filtered(
-    handler: Handler, db: sqlite3.Connection | None, label: str | None, day: tuple[float, float] | None
+    order: _Order, db: sqlite3.Connection | None, label: str | None, day: tuple[float, float] | None
 ) -> list[tuple[Path, str]]:
-    """The finished recordings, newest first, with their stems: those in which ``label`` was shown, started in
+    """The finished recordings in ``order``, with their stems: those in which ``label`` was shown, started in
     ``day``. What the whole folder needs is read only for a filter that needs it."""
     with_label: set[str] = set()
     starts: dict[str, float] = {}
@@ -257,26 +315,27 @@ def _filtered(
     if db is not None and day is not None:
         starts = dict(db.execute("SELECT stem, start FROM recordings").fetchall())
     items = []
-    for path in handler.app.feed.finished():  # newest first
-        stem = path.name[: -len(".mp4")]
+    for path, stem in order.items:
         if label is not None and stem not in with_label:
             continue
         if day is not None:
-            start = _start(path, stem, starts.get(stem))
+            start = _start(path, stem, starts.get(stem), order.steps)
             if start is None or not day[0] <= start < day[1]:
                 continue
         items.append((path, stem))
     return items
 
 
-def _start(path: Path, stem: str, indexed: float | None) -> float | None:
-    """When a recording started: as indexed, else as its name says, else (a name at no time that can be shown)
-    when its file was last written; None when the file is gone."""
+def _start(path: Path | None, stem: str, indexed: float | None, steps: ClockSteps) -> float | None:
+    """When a recording started: as indexed, else as its name says (corrected by the clock steps noted for it),
+    else (a name at no time that can be shown) when its file was last written; None when the file is gone."""
     if indexed is not None:
         return indexed
     named = _stem_start(stem)
     if named is not None:
-        return named
+        return corrected(named, steps[stem]) if stem in steps else named
+    if path is None:
+        return None
     try:
         return path.stat().st_mtime
     except OSError:
