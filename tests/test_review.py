@@ -703,6 +703,37 @@ def test_recordings_made_before_the_clock_was_set_list_in_the_order_they_were_ma
         check(web)
 
 
+def test_videos_without_events_made_before_the_clock_was_set_list_at_their_real_times(demo_clip, tmp_path):
+    """With the events log off the index took a recording's start from its name: one named on the 1970 boot clock
+    was listed, and sorted, at 1970 even with the step noted."""
+    from fer_edge.record.index import RecordingIndex
+    from fer_edge.record.retention import ClockWatch
+
+    real = 1728043200.0
+    previous = _stem_at(real - 3600, 1)  # the run before, on the right clock
+    long_recording(demo_clip, tmp_path / f"{previous}.mp4", 1)
+    boot = 86400.0
+    wall, steady = {"t": boot}, {"t": 100.0}
+    watch = ClockWatch(tmp_path, wall_clock=lambda: wall["t"], monotonic_clock=lambda: steady["t"])
+    at_boot = _stem_at(boot + 60, 1)
+    long_recording(demo_clip, tmp_path / f"{at_boot}.mp4", 1)
+    os.utime(tmp_path / f"{at_boot}.mp4", (boot + 70, boot + 70))
+    wall["t"], steady["t"] = boot + 300.0, 400.0
+    assert watch.check() == 0.0
+    wall["t"], steady["t"] = real, 401.0
+    step = watch.check()
+    after_step = _stem_at(real + 60, 2)
+    long_recording(demo_clip, tmp_path / f"{after_step}.mp4", 1)
+    index = RecordingIndex(tmp_path)
+    index.sync()
+    index.close()
+    with folder_view(tmp_path) as web:
+        answer = json.loads(http_get(web.port, "/api/recordings", None)[3])["recordings"]
+    assert [r["name"] for r in answer] == [f"{after_step}.mp4", f"{at_boot}.mp4", f"{previous}.mp4"]
+    assert answer[1]["duration_s"] and answer[1]["frames"]  # indexed
+    assert datetime.fromisoformat(answer[1]["start"]).timestamp() == pytest.approx(boot + 60 + step, abs=1)
+
+
 def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:
     """``count`` short recordings a minute apart in ``folder``, oldest first: the review page lists ten a page."""
     names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, count + 1)]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fer_edge.record.clocksteps import CLOCK_STEPS_NAME, ClockSteps, read_clock_steps
+from fer_edge.record.clocksteps import CLOCK_STEPS_NAME, ClockSteps, corrected, read_clock_steps
 from fer_edge.record.diskspace import FINISHED_RECORDING, FOLDER_MODE, create_private, finished_recordings
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
 from fer_edge.record.naming import PART_SUFFIX, stem_time
@@ -377,7 +377,9 @@ class RecordingIndex:
         complete: bool,
         thumbnail: bool = False,
     ) -> None:
-        start = track_log.first_t if track_log.first_t is not None else stem_time(stem)
+        start = track_log.first_t
+        if start is None:  # no events: its name's time, on the clock as it read after the steps noted for it
+            start = corrected(stem_time(stem), self._clock_steps.get(stem, []))
         duration = video.duration_s if video is not None else round(track_log.last_offset, 3)
         frames = video.frames if video is not None else track_log.lines
         self.db.execute(
