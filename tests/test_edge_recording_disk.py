@@ -193,6 +193,36 @@ def test_the_disk_floor_deletes_the_longest_unwritten_recording_first_whatever_i
     assert deleted == ["20261205-120000-0001", "20261206-120000-0001", "19700102-000100-0001", "19700102-000200-0002"]
 
 
+def test_the_disk_floor_deletes_recordings_written_while_the_clock_ran_ahead_before_the_newest(tmp_path):
+    """A clock that ran a year ahead (a wrong saved time), then set back: what a run wrote then is last written a
+    year from now, and the floor deleted today's recordings first, the newest among them, to keep it."""
+    from fer_edge.record.diskspace import DiskGuard
+
+    day = 86400.0
+    now = time.time()
+    recordings = {  # stem: when its files were last written
+        "20271206-120000-0001": now + 364 * day,  # on the clock a year ahead, never re-dated
+        "20261205-120000-0001": now - 2 * day,
+        "20261207-120000-0002": now - 600,
+        "20261207-121000-0003": now - 60,  # the newest
+    }
+    for stem, written in recordings.items():
+        for suffix in (".mp4", ".jsonl"):
+            (tmp_path / f"{stem}{suffix}").write_bytes(b"\0" * 100_000)
+            os.utime(tmp_path / f"{stem}{suffix}", (written, written))
+    deleted: list[str] = []
+
+    def free() -> int:  # a 1 MB disk holding these files
+        return 1_000_000 - sum(p.stat().st_size for p in tmp_path.iterdir())
+
+    for wanted in (300_000, 500_000, 700_000):
+        before = {p.name[:20] for p in tmp_path.iterdir()}
+        assert DiskGuard(tmp_path, wanted, free_bytes=free).make_room()
+        deleted += sorted(before - {p.name[:20] for p in tmp_path.iterdir()})
+    assert deleted == ["20271206-120000-0001", "20261205-120000-0001", "20261207-120000-0002"]
+    assert {p.name for p in tmp_path.iterdir()} == {"20261207-121000-0003.mp4", "20261207-121000-0003.jsonl"}
+
+
 def test_free_space_that_cannot_be_read_deletes_no_recording(tmp_path, caplog):
     """The file system refuses to say how much is free (an I/O error, a network share whose server is gone) while
     its files can still be listed: not knowing is no reason to delete recordings, least of all every one of them

@@ -36,6 +36,7 @@ def create_private(path: Path, *, append: bool = False) -> int:
 # Before this (2024-01-01 UTC) the clock was not set (a Pi boots at 1970 without a saved time): a file written
 # then has no known age.
 CLOCK_SET_BY = 1704067200.0
+WRITTEN_AHEAD_S = 86400.0  # a last write this far ahead of the clock was made while the clock ran ahead
 
 FINISHED_RECORDING = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.(?:mp4|jsonl|mp4\.broken)$")
 
@@ -138,7 +139,8 @@ class DiskGuard:
             return True
         try:
             found = [(stem, files) for stem, files in finished_recordings(self.directory) if stem not in keep_stems]
-            candidates = [files for _, files in sorted(found, key=_written_order)]
+            now = time.time()
+            candidates = [files for _, files in sorted(found, key=lambda recording: _written_order(recording, now))]
         except OSError as exc:  # said once until it can be listed again, not at every check
             if not self._said_unlistable:
                 log.warning("cannot list %s: %s", self.directory, exc)
@@ -182,12 +184,16 @@ class DiskGuard:
         return False
 
 
-def _written_order(recording: tuple[str, list[Path]]) -> tuple[float, str]:
+def _written_order(recording: tuple[str, list[Path]], now: float) -> tuple[float, str]:
     """Oldest first by when the files were last written, then by name. Names keep recording order only while
     the clock does: a Pi that booted at 1970 names what it records then as the oldest of all, though it is the
-    newest. A last write before the clock was set has no known age: last, as the newest."""
+    newest. A last write before the clock was set has no known age: last, as the newest. A last write more than a
+    day ahead of the clock was made on a clock that ran ahead and was set back since, so before everything written
+    on the clock as it reads now: first, or the floor would delete the newest recordings before it."""
     stem, files = recording
     written = max((_mtime(path) for path in files), default=math.inf)
+    if written > now + WRITTEN_AHEAD_S:
+        return -math.inf, stem
     return (written if written >= CLOCK_SET_BY else math.inf), stem
 
 
