@@ -734,6 +734,49 @@ def test_videos_without_events_made_before_the_clock_was_set_list_at_their_real_
     assert datetime.fromisoformat(answer[1]["start"]).timestamp() == pytest.approx(boot + 60 + step, abs=1)
 
 
+def test_recordings_made_while_the_clock_ran_ahead_list_before_those_made_since(demo_clip, tmp_path):
+    """A clock a year ahead (a wrong saved time), set back by network time while recording: what was made before
+    the step kept next year's names and times, and sat at the top of the list, over every recording made since,
+    for a year. They list at their real times, after the ones made since; the segment open across the step, whose
+    lines after it cannot be told from those before, is left as written."""
+    from fer_edge.record.clocksteps import read_clock_steps
+    from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
+    from fer_edge.record.index import RecordingIndex
+    from fer_edge.record.retention import ClockWatch
+
+    real = 1728043200.0
+    ahead = real + 365 * 86400.0
+    wall, steady = {"t": ahead}, {"t": 100.0}
+    watch = ClockWatch(tmp_path, wall_clock=lambda: wall["t"], monotonic_clock=lambda: steady["t"])
+    while_ahead = [_stem_at(ahead + 60 * n, n) for n in (1, 2)]
+    for n, stem in enumerate(while_ahead, 1):
+        _recording_at(demo_clip, tmp_path, stem, ahead + 60 * n)
+    across = _stem_at(ahead + 200, 3)
+    (tmp_path / STEM_MARKER_NAME).write_text(across)
+    (tmp_path / CURRENT_NAME).write_text("")
+    wall["t"], steady["t"] = ahead + 300.0, 400.0
+    assert watch.check() == 0.0
+    wall["t"], steady["t"] = real, 401.0
+    step = watch.check()
+    assert set(read_clock_steps(tmp_path)) == set(while_ahead)
+    (tmp_path / STEM_MARKER_NAME).unlink()
+    (tmp_path / CURRENT_NAME).unlink()
+    since = [_stem_at(real + 60 * n, n + 3) for n in (1, 2)]
+    for n, stem in enumerate(since, 1):
+        _recording_at(demo_clip, tmp_path, stem, real + 60 * n)
+    index = RecordingIndex(tmp_path)
+    index.sync()
+    index.close()
+    with folder_view(tmp_path) as web:
+        answer = json.loads(http_get(web.port, "/api/recordings", None)[3])["recordings"]
+        after = json.loads(http_get(web.port, f"/api/recordings?after={while_ahead[1]}.mp4", None)[3])
+    assert [r["name"][: -len(".mp4")] for r in answer] == [*since[::-1], *while_ahead[::-1]]
+    starts = [datetime.fromisoformat(r["start"]).timestamp() for r in answer[2:]]
+    assert starts == pytest.approx([ahead + 120 + step, ahead + 60 + step], abs=1)
+    assert real - 300 < starts[1] < starts[0] < real
+    assert [r["name"] for r in after["recordings"]] == [f"{since[0]}.mp4"]
+
+
 def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:
     """``count`` short recordings a minute apart in ``folder``, oldest first: the review page lists ten a page."""
     names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, count + 1)]

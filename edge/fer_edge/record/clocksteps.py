@@ -3,11 +3,12 @@
 A Pi has no real-time clock: it records at the time it booted with (1970, or the last one fake-hwclock saved) until
 network time steps the clock forward. The events lines written before the step carry that clock's times, and the
 review index, derived from them, would list those recordings hours or decades in the past. The thread that watches
-the clock (:class:`~fer_edge.record.retention.ClockWatch`) notes each forward step here, for the stems this run wrote
-before it: ``{stem: [[until, step], ...]}``, read as "a time up to ``until`` was ``step`` seconds behind". The index
-applies the steps in order when it reads the stem's events (:func:`corrected`), so a rebuilt index lists them at
-their real times too; the files themselves, and the names, stay as written. A backward step (a clock that ran
-ahead) is not noted: the lines after it could not be told from the lines before it by their times.
+the clock (:class:`~fer_edge.record.retention.ClockWatch`) notes each step here, for the stems this run wrote
+before it: ``{stem: [[until, step], ...]}``, read as "a time up to ``until`` was ``step`` seconds behind" (ahead,
+for a negative step). The index applies the steps in order when it reads the stem's events (:func:`corrected`), and
+the review orders them by the corrected times, so a rebuilt index lists them at their real times too; the files
+themselves, and the names, stay as written. A step back (a clock that ran ahead) is not noted for the events file
+being written across it: its lines after the step could not be told from the lines before it by their times.
 """
 
 from __future__ import annotations

@@ -180,9 +180,11 @@ class ClockWatch:
             moved,
         )
         open_stem = marker_stem(self.directory)  # the events file being written: its lines so far, before the step
-        if open_stem is not None:
+        if open_stem is not None and step > 0:
             stems.add(open_stem)
-        if step > 0 and stems:  # the review lists them at their real times (a step back cannot be told apart)
+        elif open_stem is not None:  # after a step back its lines repeat the times of those before: not told apart
+            stems.discard(open_stem)
+        if stems:  # the review lists them at their real times
             try:
                 note_clock_step(self.directory, stems, until, step)
             except OSError as exc:  # a full disk: their files' ages are right, their listed times stay behind
