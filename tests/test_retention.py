@@ -321,6 +321,25 @@ def test_recordings_written_at_1970_count_their_age_from_when_the_clock_is_set(r
     assert Retention(out, 7.0, wall_clock=lambda: now + 8 * DAY).check() == [at_boot]
 
 
+def test_recordings_written_while_the_clock_ran_ahead_count_their_age_from_when_it_is_set_back(
+    recorded, tmp_path, caplog
+):
+    """A run that recorded on a clock a year ahead (a wrong saved time) and ended before network time set it back:
+    its files were last written a year from now, and retention kept them a year past max_age_days. They count
+    from when retention first sees them with the clock set back, as those written at 1970 do."""
+    out = tmp_path / "out"
+    out.mkdir()
+    ahead = stem_days_ago(-365)
+    place(recorded, out, ahead, mtime_days_ago=-365)
+    now = time.time()
+    with caplog.at_level("WARNING"):
+        assert Retention(out, 7.0, wall_clock=lambda: now).check() == []
+    assert f"1 recording(s), {ahead} to {ahead}, were written while the clock was more than a day ahead" in caplog.text
+    assert (out / f"{ahead}.mp4").stat().st_mtime == pytest.approx(now)
+    assert Retention(out, 7.0, wall_clock=lambda: now + 6 * DAY).check() == []
+    assert Retention(out, 7.0, wall_clock=lambda: now + 8 * DAY).check() == [ahead]
+
+
 READ_ONLY_RETENTION = """
 import json, logging, os, subprocess, sys, time
 from pathlib import Path

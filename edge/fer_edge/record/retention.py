@@ -15,7 +15,8 @@ retention would delete them early (at once, when the clock read 1970). The threa
 wall clock against the monotonic one, and when the wall clock steps, re-dates the recordings this run wrote before the
 step by the step (:class:`ClockWatch`), so that their age counts from when they were really written. A recording
 last written before 2024 (a clock never set, seen after a restart) has no known age: it counts from when retention
-first sees it with the clock set.
+first sees it with the clock set; so does one last written more than a day ahead of the clock (a clock that ran
+ahead, set back after the run that wrote it ended), which would otherwise be kept that much longer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fer_edge.record.clocksteps import note_clock_step
-from fer_edge.record.diskspace import CLOCK_SET_BY, finished_recordings
+from fer_edge.record.diskspace import CLOCK_SET_BY, WRITTEN_AHEAD_S, finished_recordings
 from fer_edge.record.index import RecordingIndex, marker_stem, open_stems
 from fer_edge.record.naming import stem_time
 from fer_edge.types import Face, Frame
@@ -71,13 +72,17 @@ class Retention:
         cutoff = now - self.max_age_days * DAY_S
         keep = set(open_stems(self.directory))
         old = []
-        unset = []
+        unset, ahead = [], []
         for stem, files in finished_recordings(self.directory):
             written = _last_written(files)
             if stem in keep or written is None:
                 continue
             if written < CLOCK_SET_BY <= now:
                 unset.append(stem)
+                _touch(files, now)
+                continue
+            if written > now + WRITTEN_AHEAD_S:  # on a clock that ran ahead, by a run that never saw it set back
+                ahead.append(stem)
                 _touch(files, now)
                 continue
             named = stem_time(stem)
@@ -91,6 +96,14 @@ class Retention:
                 len(unset),
                 unset[0],
                 unset[-1],
+            )
+        if ahead:
+            log.warning(
+                "retention: %d recording(s), %s to %s, were written while the clock was more than a day ahead; "
+                "their age counts from now",
+                len(ahead),
+                ahead[0],
+                ahead[-1],
             )
         deleted, refused = [], []
         for _, stem, files in sorted(old):
