@@ -777,6 +777,29 @@ def test_recordings_made_while_the_clock_ran_ahead_list_before_those_made_since(
     assert [r["name"] for r in after["recordings"]] == [f"{since[0]}.mp4"]
 
 
+def test_recordings_named_while_the_clock_ran_ahead_go_under_those_made_since(demo_clip, tmp_path):
+    """A run on a clock a year ahead that ended before network time set it back (so no step was noted): its
+    recordings, named next year, sat on top of the list for a year, over every recording made since."""
+    now = time.time()
+    year = 365 * 86400.0
+    before = _stem_at(now - 7200, 1)
+    ahead = [_stem_at(now + year + 60 * n, n + 1) for n in (1, 2)]
+    since = [_stem_at(now - 600 + 60 * n, n + 3) for n in (1, 2)]
+    for stem in [before, *ahead, *since]:
+        long_recording(demo_clip, tmp_path / f"{stem}.mp4", 1)
+    with folder_view(tmp_path) as web:
+
+        def listed(query: str) -> list[str]:
+            status, body = http_get(web.port, f"/api/recordings?{query}", None)[1::2]
+            assert status == 200, body
+            return [r["name"][: -len(".mp4")] for r in json.loads(body)["recordings"]]
+
+        assert listed("") == [*since[::-1], before, *ahead[::-1]]
+        assert listed("per_page=2") == since[::-1]
+        assert listed(f"after={before}.mp4") == [since[0]]
+        assert listed(f"after={ahead[0]}.mp4") == [ahead[1]]
+
+
 def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:
     """``count`` short recordings a minute apart in ``folder``, oldest first: the review page lists ten a page."""
     names = [f"20240101-00{n:02d}00-{n:04d}.mp4" for n in range(1, count + 1)]

@@ -2,7 +2,7 @@
 review index (:mod:`fer_edge.record.index`), recordings served for playback with HTTP byte ranges, thumbnails.
 
 ``/review`` the page; ``/api/recordings?page=&per_page=&label=&day=YYYY-MM-DD&from=&to=`` (newest first, by when
-they were made: a recording named on a clock that was then stepped forward goes where its corrected start puts it);
+they were made: a recording named on a clock that was then stepped goes where its corrected start puts it);
 ``/api/events?since=ID&recording=NAME&label=&from=&to=&limit=``; ``/api/summary?from=&to=&bucket_s=`` (faces shown
 per expression per bucket); ``/recordings/NAME`` (inline, ranges; ``?download=1`` as an attachment);
 ``/thumbnails/STEM.jpg``. Times go out as ISO 8601 with the device's UTC offset; ``from``/``to`` take ISO 8601 or
@@ -27,6 +27,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from fer_edge.record.clock import MAX_NAME_LEAD_S
 from fer_edge.record.clocksteps import CLOCK_STEPS_NAME, ClockSteps, corrected, read_clock_steps
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.index import DB_NAME, THUMBS_DIR
@@ -40,6 +41,7 @@ MAX_THUMBNAIL_BYTES = 1_000_000  # a thumbnail is a few kB; never read an odd fi
 PER_PAGE, MAX_PER_PAGE = 20, 200
 EVENTS_LIMIT, MAX_EVENTS = 200, 5000
 MAX_BUCKETS = 2000
+AHEAD_MARK = "!"  # sorts before the digits a name starts with
 THUMBNAIL = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.jpg$")
 # The years a query's times may name: well inside datetime's 1 to 9999, so that local time can place them and a
 # summary's buckets, which reach a bucket past 'to', can be shown
@@ -252,15 +254,18 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
 class _Order:
     """The finished recordings, newest first by when they were made, with their stems.
 
-    Names sort in recording order, except those of a run that recorded on its boot clock until network time
-    stepped it forward (:mod:`fer_edge.record.clocksteps`): those go where their corrected start (as indexed,
-    else as their name says, corrected) puts them among the others, which keep their names' order.
+    Names sort in recording order, except those of a run that recorded on a clock that was then stepped
+    (:mod:`fer_edge.record.clocksteps`): those go where their corrected start (as indexed, else as their name says,
+    corrected) puts them among the others, which keep their names' order. A name more than a day ahead of the clock
+    with no step noted was made by a run on a clock that ran ahead and ended before it was set back: when is not
+    known, only that it was before the recordings named since, so those go last, not over everything for a year.
     """
 
     def __init__(self, handler: Handler, db: sqlite3.Connection | None):
         directory = _directory(handler)
         self.steps: ClockSteps = _clock_steps(directory) if directory is not None else {}
         listed = [(path, path.name[: -len(".mp4")]) for path in handler.app.feed.finished()]  # by name
+        self._ahead = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() + MAX_NAME_LEAD_S))
         self._starts: dict[str, float] = {}
         stepped = [stem for _, stem in listed if stem in self.steps]
         if stepped and db is not None:
@@ -269,13 +274,15 @@ class _Order:
                 (json.dumps(stepped),),
             )
             self._starts = dict(found.fetchall())
-        self.items = sorted(listed, key=lambda item: self.key(item[1]), reverse=True) if stepped else listed
+        reordered = stepped or (listed and listed[0][1] > self._ahead)
+        self.items = sorted(listed, key=lambda item: self.key(item[1]), reverse=True) if reordered else listed
 
     def key(self, stem: str) -> str:
-        """What orders ``stem`` among the others: itself, or for a stem named before a forward step, the stem that
-        its corrected start would have been named."""
+        """What orders ``stem`` among the others: itself; for a stem named before a step, the stem that its
+        corrected start would have been named; for one named on a clock that ran ahead, itself after a mark that
+        sorts before every name."""
         if stem not in self.steps:
-            return stem
+            return f"{AHEAD_MARK}{stem}" if stem > self._ahead else stem
         start = self._starts.get(stem)
         if start is None:
             start = _start(None, stem, None, self.steps)
