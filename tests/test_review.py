@@ -798,6 +798,8 @@ def test_recordings_named_while_the_clock_ran_ahead_go_under_those_made_since(de
         assert listed("per_page=2") == since[::-1]
         assert listed(f"after={before}.mp4") == [since[0]]
         assert listed(f"after={ahead[0]}.mp4") == [ahead[1]]
+        for odd in ("zzz", "x.mp4", f"{since[1]}.jsonl"):  # refused, not taken to sort after every name
+            assert http_get(web.port, f"/api/recordings?after={odd}", None)[1] == 400, odd
 
 
 def _pages_of_recordings(clip: Path, folder: Path, count: int) -> list[str]:

@@ -42,6 +42,7 @@ PER_PAGE, MAX_PER_PAGE = 20, 200
 EVENTS_LIMIT, MAX_EVENTS = 200, 5000
 MAX_BUCKETS = 2000
 AHEAD_MARK = "!"  # sorts before the digits a name starts with
+RECORDING_NAME = re.compile(r"^\d{8}-\d{6}-\d{4,}\.mp4$")
 THUMBNAIL = re.compile(r"^(?P<stem>\d{8}-\d{6}-\d{4,})\.jpg$")
 # The years a query's times may name: well inside datetime's 1 to 9999, so that local time can place them and a
 # summary's buckets, which reach a bucket past 'to', can be shown
@@ -195,6 +196,8 @@ def _recordings(handler: Handler, query: dict[str, list[str]]) -> dict:
     per_page = _int(query, "per_page", PER_PAGE, 1, MAX_PER_PAGE)
     label, day = _param(query, "label"), _span(query)
     after = _param(query, "after")  # the recording that follows this one, whatever the filters: a player going on
+    if after is not None and RECORDING_NAME.fullmatch(after) is None:
+        raise BadQuery(f"after: expected a recording's name, got {after[:40]!r}")
     rows: dict[str, tuple] = {}
     labels: dict[str, dict[str, int]] = defaultdict(dict)
     db = _index(handler)
