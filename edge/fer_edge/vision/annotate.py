@@ -59,7 +59,7 @@ class OverlayAnnotator:
     def draw(self, image: np.ndarray, faces: list[Face]) -> None:
         if not self.enabled:
             return
-        height = image.shape[0]
+        height, width = image.shape[:2]
         for face in faces:
             box = face.box
             cv2.rectangle(image, (box.x, box.y), (box.x2 - 1, box.y2 - 1), self.box_color, self.thickness)
@@ -67,11 +67,11 @@ class OverlayAnnotator:
             if not text:
                 continue
             (text_w, text_h), baseline = cv2.getTextSize(text, FONT, self.font_scale, self._text_thickness)
-            bar_h = text_h + baseline + 4
-            # Above the box when there is room, else below it.
+            bar_w, bar_h = text_w + 6, text_h + baseline + 4
+            # Above the box when there is room, else below it; moved in from the side a face at the edge leaves by.
             top = box.y - bar_h if box.y - bar_h >= 0 else min(box.y2, height - bar_h)
-            left = box.x - self.thickness // 2
-            cv2.rectangle(image, (left, top), (left + text_w + 6, top + bar_h), self.box_color, cv2.FILLED)
+            left = max(0, min(box.x - self.thickness // 2, width - 1 - bar_w))
+            cv2.rectangle(image, (left, top), (left + bar_w, top + bar_h), self.box_color, cv2.FILLED)
             cv2.putText(
                 image,
                 text,
