@@ -1,4 +1,5 @@
-"""The overlay on a real face: its caption is drawn whole wherever the face stands in the frame."""
+"""The overlay on real faces: a caption is drawn whole wherever its face stands in the frame, and in a crowd no
+caption covers another or a neighbour's face."""
 
 from __future__ import annotations
 
@@ -15,29 +16,39 @@ from fer_edge.vision.detector import BlazeFaceDetector
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
 PERFORMER = CLIPS / "performer-640x360.mp4"
+STREET = CLIPS / "street-1080p.mp4"
 BAR_COLOR = (0, 255, 0)
+
+
+def read_frame(path: Path, index: int) -> np.ndarray:
+    if not path.is_file():
+        pytest.skip(f"real clips not found at {CLIPS}")
+    capture = cv2.VideoCapture(str(path))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = capture.read()
+    capture.release()
+    assert ok, f"{path} frame {index}"
+    return frame
 
 
 @pytest.fixture(scope="module")
 def performer() -> np.ndarray:
     """Frame 100 of the real clip: the performer close and frontal."""
-    if not PERFORMER.is_file():
-        pytest.skip(f"real clips not found at {CLIPS}")
-    capture = cv2.VideoCapture(str(PERFORMER))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, 100)
-    ok, frame = capture.read()
-    capture.release()
-    assert ok
-    return frame
+    return read_frame(PERFORMER, 100)
 
 
 @pytest.fixture(scope="module")
-def labelled(performer, model_path) -> Face:
+def classifier(model_path) -> ExpressionClassifier:
+    return ExpressionClassifier(model_path)
+
+
+@pytest.fixture(scope="module")
+def labelled(performer, classifier) -> Face:
     """The performer's face as the loop would show it: its box, its model's label and score, a track id."""
     faces = BlazeFaceDetector(min_face=40).detect(performer)
     assert faces, "no face found in performer frame 100"
     detection = max(faces, key=lambda d: d.box.area)
-    return Face(detection.box, ExpressionClassifier(model_path).classify(performer, detection), track_id=12)
+    return Face(detection.box, classifier.classify(performer, detection), track_id=12)
 
 
 def shifted(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -71,3 +82,29 @@ def test_the_caption_of_a_face_at_the_frame_edge_is_drawn_whole(performer, label
 
     assert annotator.caption(face).endswith(f"{labelled.prediction.score:.2f}")
     assert np.array_equal(caption_bar(at_edge, face.box), expected)  # the same caption, every letter of it
+
+
+def test_in_a_crowd_no_caption_covers_another_caption_or_face(classifier):
+    frame = read_frame(STREET, 12)  # eight faces, two pairs of them side by side at the same height
+    faces = [
+        Face(detection.box, classifier.classify(frame, detection), track_id)
+        for track_id, detection in enumerate(BlazeFaceDetector().detect(frame), 1)
+    ]
+    assert len(faces) >= 6
+    annotator = OverlayAnnotator()
+    height, width = frame.shape[:2]
+    drawn = frame.copy()
+    annotator.draw(drawn, faces)
+    captions = annotator.captions(faces, width, height)
+    assert len(captions) == len(faces)
+
+    for face, caption in zip(faces, captions):
+        others = [other.box for other in faces if other is not face] + [c.bar for c in captions if c is not caption]
+        assert not any(caption.bar.iou(other) > 0 for other in others), f"{caption.text} covers a face or caption"
+        alone = np.zeros_like(frame)  # the face alone in the middle of the frame: its caption above it
+        middle = Box(width // 2, height // 2, face.box.w, face.box.h)
+        annotator.draw(alone, [Face(middle, face.prediction, face.track_id)])
+        expected = caption_bar(alone, middle)
+        bar = caption.bar
+        shown = drawn[bar.y : bar.y + expected.shape[0], bar.x : bar.x + expected.shape[1]]
+        assert np.array_equal(shown, expected), f"{caption.text} is not drawn whole"

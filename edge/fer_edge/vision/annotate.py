@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from fer_edge.types import Face
+from fer_edge.types import Box, Face
 
 if TYPE_CHECKING:
     from fer_edge.config import OverlayConfig
@@ -59,26 +60,56 @@ class OverlayAnnotator:
     def draw(self, image: np.ndarray, faces: list[Face]) -> None:
         if not self.enabled:
             return
-        height, width = image.shape[:2]
         for face in faces:
             box = face.box
             cv2.rectangle(image, (box.x, box.y), (box.x2 - 1, box.y2 - 1), self.box_color, self.thickness)
-            text = self.caption(face)
-            if not text:
-                continue
-            (text_w, text_h), baseline = cv2.getTextSize(text, FONT, self.font_scale, self._text_thickness)
-            bar_w, bar_h = text_w + 6, text_h + baseline + 4
-            # Above the box when there is room, else below it; moved in from the side a face at the edge leaves by.
-            top = box.y - bar_h if box.y - bar_h >= 0 else min(box.y2, height - bar_h)
-            left = max(0, min(box.x - self.thickness // 2, width - 1 - bar_w))
-            cv2.rectangle(image, (left, top), (left + bar_w, top + bar_h), self.box_color, cv2.FILLED)
+        height, width = image.shape[:2]
+        for caption in self.captions(faces, width, height):
+            bar = caption.bar
+            cv2.rectangle(image, (bar.x, bar.y), (bar.x2 - 1, bar.y2 - 1), self.box_color, cv2.FILLED)
             cv2.putText(
                 image,
-                text,
-                (left + 3, top + bar_h - baseline - 2),
+                caption.text,
+                (bar.x + 3, bar.y2 - 1 - caption.baseline - 2),
                 FONT,
                 self.font_scale,
                 self.text_color,
                 self._text_thickness,
                 cv2.LINE_AA,
             )
+
+    def captions(self, faces: list[Face], width: int, height: int) -> list[Caption]:
+        """Where each face's caption goes on a ``width`` x ``height`` frame: above its box when there is room, else
+        below it, moved in from the side a face at the edge leaves by. Of those places the one that covers the least
+        of the other faces and of the captions placed before it, so that in a crowd each caption stays readable and
+        no face hides behind a neighbour's caption."""
+        placed: list[Box] = []
+        captions = []
+        for face in faces:
+            text = self.caption(face)
+            if not text:
+                continue
+            (text_w, text_h), baseline = cv2.getTextSize(text, FONT, self.font_scale, self._text_thickness)
+            bar_w, bar_h = text_w + 7, text_h + baseline + 5
+            box = face.box
+            left = max(0, min(box.x - self.thickness // 2, width - bar_w))
+            tops = [top for top in (box.y - bar_h + 1, box.y2) if 0 <= top <= height - bar_h]
+            places = [Box(left, top, bar_w, bar_h) for top in tops or [min(box.y2, height - bar_h)]]
+            covered = [*placed, *(other.box for other in faces if other is not face)]
+            bar = min(places, key=lambda place: sum(_overlap(place, other) for other in covered))
+            placed.append(bar)
+            captions.append(Caption(text, bar, baseline))
+        return captions
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    """A face's caption as drawn: its text, the filled bar behind it, and the text's baseline in the bar."""
+
+    text: str
+    bar: Box
+    baseline: int
+
+
+def _overlap(a: Box, b: Box) -> int:
+    return max(0, min(a.x2, b.x2) - max(a.x, b.x)) * max(0, min(a.y2, b.y2) - max(a.y, b.y))
