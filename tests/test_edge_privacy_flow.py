@@ -5,6 +5,7 @@ frame, before any sink sees it."""
 from __future__ import annotations
 
 import functools
+import socket
 from pathlib import Path
 
 import av
@@ -225,3 +226,51 @@ def test_a_face_lost_for_a_frame_stays_blurred_though_a_found_face_overlaps_wher
     core = walker_box.square(0.5)  # eyes, nose and mouth
     assert laplacian_energy(output, core) < KEPT_DETAIL * laplacian_energy(image, core)
     assert hold.update([performer_again], 1 / 15) == [walker_box, performer_again]  # no trail: the old box went
+
+
+def next_jpeg(sock: socket.socket, received: bytes) -> tuple[bytes, bytes]:
+    """The next JPEG of a live stream, and what was read after it."""
+    while b"\xff\xd9\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, "the stream ended"
+        received += chunk
+    part, _, rest = received.partition(b"\xff\xd9\r\n")
+    return part[part.index(b"\xff\xd8") :] + b"\xff\xd9", rest
+
+
+def test_privacy_switched_on_while_the_camera_is_lost_takes_its_last_frame_off_the_live_view(performer, classifier):
+    from livehelpers import http_get
+
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    cfg = load_config(None, {})
+    switches = Switches(recording=False, privacy=False)
+    feed = LiveFeed(switches=switches)
+    privacy = SwitchedPrivacy(functools.partial(anonymize, mode="blur"), switches)
+    pipeline_for(cfg, performer[:3], classifier, [feed], privacy).run()
+    feed.source_lost()  # as the loop says when the camera is lost: its last frame stays on show
+    detector = BlazeFaceDetector(min_face=40)
+    face = detector.detect(performer[2])[0].box.square(0.5)  # eyes, nose and mouth
+    web = WebServer(feed, host="127.0.0.1", port=0, token=None).start()
+    try:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as viewer:
+            viewer.sendall(b"GET /api/stream.mjpeg HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            shown, rest = next_jpeg(viewer, b"")
+            assert detector.detect(decoded(shown)), "the performer is not on show before privacy comes on"
+
+            switches.set("privacy", True)
+            streamed, _ = next_jpeg(viewer, rest)
+        _, status, _, latest = http_get(web.port, "/api/latest.jpg", None)
+    finally:
+        web.close()
+    assert status == 200
+    for jpeg in (streamed, latest):
+        assert detector.detect(decoded(jpeg)) == []
+        assert laplacian_energy(decoded(jpeg), face) < KEPT_DETAIL * laplacian_energy(performer[2], face)
+
+
+def decoded(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image

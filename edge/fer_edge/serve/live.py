@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
+
 from fer_edge.record.diskspace import FINISHED_RECORDING
 from fer_edge.record.tracklog import TRACK_END_AFTER_S, TrackTransitions
 from fer_edge.types import Face, Frame
@@ -182,6 +184,8 @@ class LiveFeed:
         self._disk: tuple[float, int | None] = (float("-inf"), None)
         self._finished: tuple[int, list[Path]] = (-1, [])  # (the folder's mtime, its finished recordings)
         self._closed = False
+        if switches is not None:
+            switches.listen(self._switched)
 
     # --- the loop's side -------------------------------------------------------------------------
 
@@ -202,6 +206,19 @@ class LiveFeed:
             index = self._frame.index if self._frame is not None else 0
             self._events.extend(self._tracks.finish(index, time.time(), self._next_event_seq))
             self._faces = []
+            self._seq += 1
+            self._cond.notify_all()
+
+    def _switched(self, name: str, on: bool) -> None:
+        """Privacy switched on: the frame on show was taken before and may show faces, and while the camera is lost
+        no frame comes to replace it; a blank one of its size stands in for it until the loop's next frame."""
+        if name != "privacy" or not on:
+            return
+        with self._cond:
+            if self._frame is None:
+                return
+            shown = self._frame
+            self._frame = Frame(np.zeros_like(shown.image), shown.index, shown.timestamp)
             self._seq += 1
             self._cond.notify_all()
 
