@@ -108,3 +108,25 @@ def test_in_a_crowd_no_caption_covers_another_caption_or_face(classifier):
         bar = caption.bar
         shown = drawn[bar.y : bar.y + expected.shape[0], bar.x : bar.x + expected.shape[1]]
         assert np.array_equal(shown, expected), f"{caption.text} is not drawn whole"
+
+
+def test_a_caption_a_neighbour_moved_below_its_face_stays_there_once_the_neighbour_left(
+    performer, labelled, classifier
+):
+    # the performer's own face pasted up and to the right: a neighbour where the performer's caption would go
+    face = labelled.box.square(1.3)
+    crowded = performer.copy()
+    crowded[0 : face.h, 300 : 300 + face.w] = performer[face.y : face.y2, face.x : face.x2]
+    detections = BlazeFaceDetector(min_face=40).detect(crowded)
+    neighbour = next(d for d in detections if d.box.x > labelled.box.x2)
+    height, width = performer.shape[:2]
+    annotator = OverlayAnnotator()
+    first = annotator.captions(
+        [labelled, Face(neighbour.box, classifier.classify(crowded, neighbour), 13)], width, height
+    )
+    assert first[0].bar.y >= labelled.box.y2, "the performer's caption did not make way for the neighbour"
+
+    for _ in range(3):  # frames after the neighbour left: the caption does not hop back above the face
+        alone = annotator.captions([labelled], width, height)
+        assert alone[0].bar == first[0].bar
+    assert OverlayAnnotator().captions([labelled], width, height)[0].bar.y2 <= labelled.box.y + 1  # new: above

@@ -34,6 +34,7 @@ class OverlayAnnotator:
         self.font_scale = font_scale
         self.thickness = thickness
         self._text_thickness = max(1, thickness // 2)
+        self._below: set[int] = set()  # the tracks whose caption went below their face on the last frame
 
     @classmethod
     def from_config(cls, overlay: OverlayConfig) -> OverlayAnnotator:
@@ -82,9 +83,11 @@ class OverlayAnnotator:
         """Where each face's caption goes on a ``width`` x ``height`` frame: above its box when there is room, else
         below it, moved in from the side a face at the edge leaves by. Of those places the one that covers the least
         of the other faces and of the captions placed before it, so that in a crowd each caption stays readable and
-        no face hides behind a neighbour's caption."""
+        no face hides behind a neighbour's caption; of two that cover as little, the side the face's caption had on
+        the last frame."""
         placed: list[Box] = []
         captions = []
+        below: set[int] = set()
         for face in faces:
             text = self.caption(face)
             if not text:
@@ -96,9 +99,15 @@ class OverlayAnnotator:
             tops = [top for top in (box.y - bar_h + 1, box.y2) if 0 <= top <= height - bar_h]
             places = [Box(left, top, bar_w, bar_h) for top in tops or [min(box.y2, height - bar_h)]]
             covered = [*placed, *(other.box for other in faces if other is not face)]
-            bar = min(places, key=lambda place: sum(_overlap(place, other) for other in covered))
+            # a caption that covers nothing either way keeps its side: it does not hop as neighbours come and go
+            hops = [(place.y >= box.y) != (face.track_id in self._below) for place in places]
+            costs = [(sum(_overlap(place, other) for other in covered), hop) for place, hop in zip(places, hops)]
+            bar = places[costs.index(min(costs))]
+            if face.track_id is not None and bar.y >= box.y:
+                below.add(face.track_id)
             placed.append(bar)
             captions.append(Caption(text, bar, baseline))
+        self._below = below
         return captions
 
 
