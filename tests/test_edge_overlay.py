@@ -91,7 +91,9 @@ def test_in_a_crowd_no_caption_covers_another_caption_or_face(classifier):
         for track_id, detection in enumerate(BlazeFaceDetector().detect(frame), 1)
     ]
     assert len(faces) >= 6
-    annotator = OverlayAnnotator()
+    # the configured sizes are for 480 lines: these give 1080 lines the caption 0.6 and 2 give 480, small enough
+    # for each of the eight to find a place
+    annotator = OverlayAnnotator(font_scale=0.6 * 480 / 1080, thickness=1)
     height, width = frame.shape[:2]
     drawn = frame.copy()
     annotator.draw(drawn, faces)
@@ -130,3 +132,19 @@ def test_a_caption_a_neighbour_moved_below_its_face_stays_there_once_the_neighbo
         alone = annotator.captions([labelled], width, height)
         assert alone[0].bar == first[0].bar
     assert OverlayAnnotator().captions([labelled], width, height)[0].bar.y2 <= labelled.box.y + 1  # new: above
+
+
+def test_a_caption_grows_with_the_frame_above_480_lines_and_keeps_its_size_below(performer, labelled):
+    """A 1080p camera's caption drawn at the configured size is 14 px tall: about 3.5 px in a 480-px-wide
+    snapshot of the frame, too small to read."""
+    annotator = OverlayAnnotator()
+    bar_at = {lines: annotator.captions([labelled], 640 * lines // 360, lines)[0].bar for lines in (360, 480, 1080)}
+    assert bar_at[360] == bar_at[480]
+    assert 1.8 < bar_at[1080].h / bar_at[480].h < 2.5 and 2.0 < bar_at[1080].w / bar_at[480].w < 2.5  # a fixed margin
+
+    frame = cv2.resize(performer, (1920, 1080))
+    face = Face(labelled.box.scaled(3), labelled.prediction, labelled.track_id)
+    annotator.draw(frame, [face])
+    bar = caption_bar(frame, face.box)
+    assert bar.shape[1] == bar_at[1080].w  # drawn as placed
+    assert bar_at[1080].h * 480 / 1920 >= 10  # still a few pixels tall in the snapshot

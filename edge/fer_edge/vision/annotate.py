@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from fer_edge.config import OverlayConfig
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+# font_scale and thickness are for frames this many lines tall; taller ones scale them up, or a 1080p caption would
+# be 14 px tall, and 3.5 px in a 480-px-wide snapshot of it
+REFERENCE_LINES = 480
 
 
 class OverlayAnnotator:
@@ -33,7 +36,6 @@ class OverlayAnnotator:
         self.text_color = tuple(int(c) for c in text_color)
         self.font_scale = font_scale
         self.thickness = thickness
-        self._text_thickness = max(1, thickness // 2)
         self._below: set[int] = set()  # the tracks whose caption went below their face on the last frame
 
     @classmethod
@@ -61,10 +63,11 @@ class OverlayAnnotator:
     def draw(self, image: np.ndarray, faces: list[Face]) -> None:
         if not self.enabled:
             return
+        height, width = image.shape[:2]
+        style = self.style(height)
         for face in faces:
             box = face.box
-            cv2.rectangle(image, (box.x, box.y), (box.x2 - 1, box.y2 - 1), self.box_color, self.thickness)
-        height, width = image.shape[:2]
+            cv2.rectangle(image, (box.x, box.y), (box.x2 - 1, box.y2 - 1), self.box_color, style.thickness)
         for caption in self.captions(faces, width, height):
             bar = caption.bar
             cv2.rectangle(image, (bar.x, bar.y), (bar.x2 - 1, bar.y2 - 1), self.box_color, cv2.FILLED)
@@ -73,11 +76,18 @@ class OverlayAnnotator:
                 caption.text,
                 (bar.x + 3, bar.y2 - 1 - caption.baseline - 2),
                 FONT,
-                self.font_scale,
+                style.font_scale,
                 self.text_color,
-                self._text_thickness,
+                style.text_thickness,
                 cv2.LINE_AA,
             )
+
+    def style(self, height: int) -> Style:
+        """The font scale and line widths for a frame ``height`` lines tall: as configured up to
+        ``REFERENCE_LINES``, in proportion above."""
+        scale = max(1.0, height / REFERENCE_LINES)
+        thickness = max(1, round(self.thickness * scale))
+        return Style(self.font_scale * scale, thickness, max(1, thickness // 2))
 
     def captions(self, faces: list[Face], width: int, height: int) -> list[Caption]:
         """Where each face's caption goes on a ``width`` x ``height`` frame: above its box when there is room, else
@@ -85,6 +95,7 @@ class OverlayAnnotator:
         of the other faces and of the captions placed before it, so that in a crowd each caption stays readable and
         no face hides behind a neighbour's caption; of two that cover as little, the side the face's caption had on
         the last frame."""
+        style = self.style(height)
         placed: list[Box] = []
         captions = []
         below: set[int] = set()
@@ -92,10 +103,10 @@ class OverlayAnnotator:
             text = self.caption(face)
             if not text:
                 continue
-            (text_w, text_h), baseline = cv2.getTextSize(text, FONT, self.font_scale, self._text_thickness)
+            (text_w, text_h), baseline = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
             bar_w, bar_h = text_w + 7, text_h + baseline + 5
             box = face.box
-            left = max(0, min(box.x - self.thickness // 2, width - bar_w))
+            left = max(0, min(box.x - style.thickness // 2, width - bar_w))
             tops = [top for top in (box.y - bar_h + 1, box.y2) if 0 <= top <= height - bar_h]
             places = [Box(left, top, bar_w, bar_h) for top in tops or [min(box.y2, height - bar_h)]]
             covered = [*placed, *(other.box for other in faces if other is not face)]
@@ -109,6 +120,15 @@ class OverlayAnnotator:
             captions.append(Caption(text, bar, baseline))
         self._below = below
         return captions
+
+
+@dataclass(frozen=True, slots=True)
+class Style:
+    """How big the overlay is drawn on a frame of a given height."""
+
+    font_scale: float
+    thickness: int  # the boxes'
+    text_thickness: int
 
 
 @dataclass(frozen=True, slots=True)
