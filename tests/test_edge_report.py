@@ -330,6 +330,28 @@ def test_both_report_commands_write_beside_the_events_and_say_where(command, eve
     assert named.returncode == 0 and (tmp_path / "named" / "tracks.csv").is_file(), named.stderr
 
 
+@pytest.mark.parametrize("command", [["fer_edge.cli", "report"], ["fer_edge.analysis.report"]])
+@pytest.mark.parametrize("where", ["a file", "inside a file"])
+def test_a_report_folder_that_is_a_file_is_one_line_and_leaves_the_file_alone(command, where, events_file, tmp_path):
+    import subprocess
+
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("kept\n")
+    output = in_the_way if where == "a file" else in_the_way / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", *command, str(events_file), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Errno" not in result.stderr, result.stderr
+    said = [line for line in result.stderr.splitlines() if str(output) in line]
+    assert len(said) == 1, result.stderr
+    assert ("is a file, not a folder" if where == "a file" else "Not a directory") in said[0]
+    assert in_the_way.read_text() == "kept\n" and not list(events_file.parent.glob("tracks.csv"))
+
+
 def test_a_file_run_is_reported_on_the_frames_own_timeline(demo_clip, tmp_path):
     """The demo clip runs faster than real time here: its timeline is the clip's, not the processing time."""
     import subprocess

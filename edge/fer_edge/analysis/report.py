@@ -379,13 +379,23 @@ def main(paths: list[str | Path], output_dir: str | Path | None = None) -> list[
     """
     output = Path(output_dir) if output_dir is not None else default_output_dir(paths)
     events = collect_tracks(paths)  # first: input that is not events leaves the output as it was
-    output.mkdir(parents=True, exist_ok=True)
+    make_output_folder(output)
     written = [write_tracks_csv(events, output / CSV_NAME)]
     timeline = write_timeline_png(events, output / TIMELINE_NAME)
     if timeline is not None:
         written.append(timeline)
     log.info("report of %d track(s) written to %s", len(events.tracks), output)
     return written
+
+
+def make_output_folder(output: Path) -> None:
+    """The report's folder, made when missing; a file in its place, or on its path, is refused in words."""
+    if output.exists() and not output.is_dir():
+        raise FerEdgeError(f"report folder {output} is a file, not a folder: name another with --output")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FerEdgeError(f"cannot make the report folder {output}: {exc.strerror or exc}") from exc
 
 
 def default_output_dir(paths: list[str | Path]) -> Path:
