@@ -78,6 +78,24 @@ def test_console_script_is_installed():
         assert command in result.stdout
 
 
+def test_python_dash_m_fer_edge_is_the_same_command(tmp_path):
+    """``python -m fer_edge`` for an install whose scripts folder is not on PATH (pip install --user on a Pi)."""
+    listed = subprocess.run([sys.executable, "-m", "fer_edge", "--help"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("usage: fer-edge ")
+    for command in ("run", "check-config", "bench", "report"):
+        assert command in listed.stdout
+    missing = tmp_path / "missing.tflite"
+    refused = subprocess.run(
+        [sys.executable, "-m", "fer_edge", "check-config", "--model", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert error_lines(refused) == [f"fer-edge: error: model not found: {missing}"], refused.stderr
+
+
 def test_report_subcommand_summarizes_the_run(demo_run, tmp_path):
     _, output = demo_run
     events = sorted(output.glob("*.jsonl"))
