@@ -15,13 +15,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
     parser.add_argument("--run", default="runs/default", help="run folder holding best.keras (default: runs/default)")
-    parser.add_argument("--variants", default="float32,float16,dynamic,int8")
-    parser.add_argument("--data", help="FER-2013 folder or fer2013.csv")
+    parser.add_argument(
+        "--variants",
+        default="float32,float16,dynamic,int8",
+        help="TFLite variants to write, comma-separated (default: float32,float16,dynamic,int8)",
+    )
+    parser.add_argument("--data", help="FER-2013 folder or fer2013.csv (default: $FER2013_DIR, then ../shared/fer2013)")
     parser.add_argument(
         "--tta",
         choices=("none", "flip"),
         default="none",
-        help="flip: average with the mirror image inside the model (twice the MACs)",
+        help="flip: average with the mirror image inside the model (twice the MACs) (default: none)",
     )
     parser.add_argument(
         "--ship-as",
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         metavar="MODEL",
         help="do not convert: fit the calibration of these converted .tflite files on PublicTest and rewrite "
-        "their sidecars (the models stay as they are)",
+        "their sidecars (the models stay as they are; default: none, convert --run)",
     )
     parser.add_argument(
         "--score-private",

@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,51 @@ def test_python_dash_m_fer_edge_is_the_same_command(tmp_path):
     )
     assert refused.returncode == 1
     assert error_lines(refused) == [f"fer-edge: error: model not found: {missing}"], refused.stderr
+
+
+def option_helps(help_text: str) -> dict[str, str]:
+    """An argparse --help's options section: each option's invocation (``--model PATH``) and its help text."""
+    options: dict[str, str] = {}
+    invocation = ""
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            invocation, *said = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+            options[invocation] = " ".join(said)
+        elif invocation and line.startswith("    "):
+            options[invocation] = f"{options[invocation]} {line.strip()}".strip()
+        else:
+            invocation = ""
+    return options
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["fer_edge", "run"],
+        ["fer_edge", "check-config"],
+        ["fer_edge", "bench"],
+        ["fer_edge", "report"],
+        ["convert"],
+        ["train"],
+    ],
+)
+def test_every_option_says_what_it_does_and_a_value_its_default(command, repo_root):
+    result = subprocess.run(
+        [sys.executable, "-m", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo_root,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root / "edge"), str(repo_root)])},
+    )
+    assert result.returncode == 0, result.stderr
+    options = option_helps(result.stdout)
+    assert len(options) > 2, result.stdout
+    unexplained = [invocation for invocation, said in options.items() if not said]
+    assert not unexplained, result.stdout
+    takes_a_value = [invocation for invocation in options if re.search(r" [A-Z{]", invocation)]
+    no_default = [invocation for invocation in takes_a_value if "default" not in options[invocation]]
+    assert not no_default, result.stdout
 
 
 def test_report_subcommand_summarizes_the_run(demo_run, tmp_path):

@@ -17,13 +17,24 @@ PLACE_OVERRIDES = frozenset({"data", "output_dir"})
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    parser.add_argument("--config", help="training YAML (see configs/)")
+    parser.add_argument("--config", help="training YAML, see configs/ (default: the built-in defaults)")
     parser.add_argument("--data", help="FER-2013 folder or fer2013.csv (default: $FER2013_DIR, then ../shared/fer2013)")
-    parser.add_argument("--model", help="model name, e.g. seed (the origin's CNN) or vgg_bn")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--run-name", help="run folder name under output_dir")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--limit-per-class", type=int, help="train on a class-balanced subset")
+    parser.add_argument(
+        "--model", help="model name, e.g. seed (the origin's CNN) or vgg_bn (default: the config's, built in vgg_bn)"
+    )
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: the config's, built in 60)")
+    parser.add_argument(
+        "--run-name",
+        help="run folder name under output_dir (default: the config's, built in default; with --model, its name)",
+    )
+    parser.add_argument(
+        "--output-dir", help="the folder that holds the run folders (default: the config's, built in runs)"
+    )
+    parser.add_argument(
+        "--limit-per-class",
+        type=int,
+        help="train on a class-balanced subset of this many faces per class (default: every face)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation reports (PublicTest)")
     parser.add_argument(
@@ -35,7 +46,8 @@ def main(argv=None) -> int:
         "--time-budget",
         type=float,
         metavar="SECONDS",
-        help="train as many epochs (up to the config's) as fit in this time; the run's config.yaml records how many",
+        help="train as many epochs (up to the config's) as fit in this time; the run's config.yaml records how "
+        "many (default: no limit)",
     )
     args = parser.parse_args(argv)
     deadline = None if args.time_budget is None else time.monotonic() + args.time_budget

@@ -34,15 +34,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fer-edge: error: {' '.join(message.split())}\n")
 
 
+VERBOSE_HELP = "debug logging and tracebacks"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fer-edge", description=__doc__.split("\n")[0].replace("`", ""))
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the device loop (camera or file -> annotated recording)")
     _add_common(run)
-    run.add_argument("--output", type=_given, metavar="DIR", help="recording folder (recording.output_dir)")
-    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.add_argument(
+        "--output", type=_given, metavar="DIR", help="recording folder (default: recording.output_dir, built in ./out)"
+    )
+    run.add_argument(
+        "--max-frames",
+        type=int,
+        metavar="N",
+        help="stop after N frames (default: no limit: a file to its end, a camera until stopped)",
+    )
     run.add_argument("--realtime", action="store_true", help="pace a file at its native frame rate")
     run.add_argument("--no-record", action="store_true", help="write no video and no events")
 
@@ -53,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", type=_given, metavar="FILE", help="YAML config (default: built-in defaults)")
     check.add_argument(
-        "--model", type=_given, metavar="PATH", help="TFLite model with its .json sidecar (as `run --model`)"
+        "--model",
+        type=_given,
+        metavar="PATH",
+        help="TFLite model with its .json sidecar, as `run --model` (default: model.path, else $FER_EDGE_MODEL, "
+        "else models/fer_int8.tflite)",
     )
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
     check.add_argument(
@@ -61,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a model that is not there yet is only a warning (a config checked before its model)",
     )
-    check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    check.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
     bench = commands.add_parser("bench", help="per-stage timings on one thread")
     _add_common(bench)
@@ -73,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fer_edge.analysis.report import add_arguments
 
     add_arguments(report)
-    report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -91,10 +105,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--source",
         type=_given,
         metavar="SRC",
-        help="video file, image folder, picamera2, camera (index or /dev path) or URL",
+        help="video file, image folder, picamera2, camera (index or /dev path) or URL (default: the config's "
+        "source, built in picamera2, else USB camera 0)",
     )
-    parser.add_argument("--model", type=_given, metavar="PATH", help="TFLite model with its .json sidecar")
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--model",
+        type=_given,
+        metavar="PATH",
+        help="TFLite model with its .json sidecar (default: model.path, else $FER_EDGE_MODEL, else "
+        "models/fer_int8.tflite)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 # syslog priorities, which journald reads from a "<N>" prefix on each line (so `journalctl -p warning` works)
