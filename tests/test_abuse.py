@@ -105,7 +105,7 @@ BOMB_IN_A_VALUE = (
 
 BAD_MODELS = {
     "missing": (lambda tmp: run_source(str(CLIP), "--model", str(tmp / "nowhere.tflite")), "model not found"),
-    "a folder": (lambda tmp: run_source(str(CLIP), "--model", str(tmp)), "model not found"),
+    "a folder": (lambda tmp: run_source(str(CLIP), "--model", str(tmp)), "is a folder, not a .tflite file"),
     "empty": (lambda tmp: check_model(_model_pair(tmp, b"")), "not a loadable TFLite model"),
     "truncated": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes()[:5000])), "not a loadable"),
     "cut at the end": (lambda tmp: check_model(_model_pair(tmp, MODEL.read_bytes()[:-1000])), "not a loadable"),

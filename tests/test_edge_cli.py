@@ -339,6 +339,17 @@ def test_check_config_refuses_the_pi_camera_without_picamera2(tmp_path):
     )
 
 
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_folder_named_as_the_model_is_one_line_saying_so(command, demo_clip, tmp_path):
+    folder = tmp_path / "fer_int8.tflite"
+    folder.mkdir()
+    extra = ["--source", str(demo_clip), "--output", str(tmp_path / "out")] if command == "run" else []
+    result = fer_edge(command, "--model", str(folder), *extra)
+    assert result.returncode == 1
+    assert error_lines(result) == [f"fer-edge: error: model {folder} is a folder, not a .tflite file"], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_check_config_fails_like_run_on_a_missing_model(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  path: {tmp_path}/none.tflite\n")

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from fer_edge.contract import ContractError
+from fer_edge.contract import ContractError, missing_model
 from fer_edge.errors import ConfigError, FerEdgeError, ModelError, mask_credentials
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     try:
         model = resolve_model_path(cfg.model.path)
         if not model.is_file():
-            raise ModelError(f"model not found: {model}")
+            raise ModelError(missing_model(model))
     except ModelError as exc:
         if not model_optional:
             raise

@@ -118,6 +118,13 @@ def write_sidecar(model_path: str | os.PathLike, sidecar: ModelSidecar) -> Path:
     return path
 
 
+def missing_model(model_path: Path) -> str:
+    """Why ``model_path`` is not a model to load: a folder there (a copy into the wrong place) is told apart."""
+    if model_path.is_dir():
+        return f"model {model_path} is a folder, not a .tflite file"
+    return f"model not found: {model_path}"
+
+
 def read_sidecar(model_path: str | os.PathLike, verify_checksum: bool = True) -> ModelSidecar:
     """Read and validate the sidecar of ``model_path``; raise :class:`ContractError` with one clear line.
 
@@ -125,7 +132,7 @@ def read_sidecar(model_path: str | os.PathLike, verify_checksum: bool = True) ->
     instead of crashing it when the first face appears; errors name the sidecar and the field."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise ContractError(f"model not found: {model_path}")
+        raise ContractError(missing_model(model_path))
     path = sidecar_path(model_path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
