@@ -107,6 +107,19 @@ def test_training_and_evaluation_never_load_private_test(tiny_run, tiny_run_spli
     ]
 
 
+@pytest.mark.parametrize("budget", ["0", "-5", "inf", "nan", "ten"])
+def test_a_time_budget_that_cannot_be_met_is_refused_before_training(budget, tmp_path, capsys):
+    """inf and nan used to pass, train the first epochs, then end in a traceback when the budget was applied."""
+    from train.__main__ import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--time-budget", budget, "--data", str(tmp_path / "no-data"), "--output-dir", str(tmp_path / "runs")])
+    assert refused.value.code == 2
+    said = capsys.readouterr().err.splitlines()[-1]
+    assert said.startswith("python -m train: error: argument --time-budget: expected a"), said
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_cli_evaluates_each_run_on_public_test_only_and_names_it(tiny_run, tmp_path, monkeypatch, caplog):
     """``python -m train --export`` (and so every ``python -m train``) writes PublicTest reports
     only, never loads PrivateTest, and its log lines say which run they score."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -13,6 +14,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # overrides that change where a run reads and writes, not what it trains: with only these, the
 # configuration file still reproduces the run (run.json records the data folder it used)
 PLACE_OVERRIDES = frozenset({"data", "output_dir"})
+
+
+def budget_seconds(value: str) -> float:
+    """A time budget that can be met: seconds above 0, finite (``inf`` or ``nan`` failed only once the first
+    epochs had been trained and timed)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds above 0, got {value}")
+    return seconds
 
 
 def main(argv=None) -> int:
@@ -44,7 +57,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--time-budget",
-        type=float,
+        type=budget_seconds,
         metavar="SECONDS",
         help="train as many epochs (up to the config's) as fit in this time; the run's config.yaml records how "
         "many (default: no limit)",
