@@ -350,6 +350,32 @@ def test_a_folder_named_as_the_model_is_one_line_saying_so(command, demo_clip, t
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "config_text"),
+    [
+        ("recording.output_dir", 'recording:\n  output_dir: ""\n'),
+        ("model.path", 'model:\n  path: ""\n'),
+        ("source.path", 'source:\n  path: " "\n'),
+        ("detector.cascade", 'detector:\n  kind: haar\n  cascade: ""\n'),
+    ],
+    ids=["output_dir", "model", "source", "cascade"],
+)
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_blank_path_in_the_config_is_refused_not_taken_as_a_default(command, key, config_text, demo_clip, tmp_path):
+    """A template whose variable was never set writes "": that is not the current folder, the bundled model,
+    camera 0 or the usual Haar cascade."""
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    source = [] if key == "source.path" or command == "check-config" else ["--source", str(demo_clip)]
+    extra = ["--max-frames", "5"] if command == "run" else []
+    result = fer_edge(command, "--config", str(config), *source, *extra)
+    assert result.returncode == 2, result.stderr
+    expected = f"fer-edge: error: {key}: expected a path (leave the key out for the default), got "
+    lines = error_lines(result)
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert not list(tmp_path.rglob("*.mp4")) and not list(tmp_path.rglob("*.jsonl"))
+
+
 def test_check_config_fails_like_run_on_a_missing_model(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"model:\n  path: {tmp_path}/none.tflite\n")

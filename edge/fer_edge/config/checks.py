@@ -20,6 +20,12 @@ def positive(value: float) -> str | None:
     return None if value > 0 else "expected a positive number"
 
 
+def path_given(value: str) -> str | None:
+    """A path that is blank would not fail: it would quietly mean the current folder, or the key's default (the
+    bundled model, camera 0), as a template whose variable was never set writes it."""
+    return None if value.strip() else "expected a path (leave the key out for the default)"
+
+
 def non_negative(value: float) -> str | None:
     return None if value >= 0 else "expected a number >= 0"
 

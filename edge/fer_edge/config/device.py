@@ -31,6 +31,7 @@ from fer_edge.config.checks import (
     number_range,
     one_of,
     open_unit,
+    path_given,
     positive_at_most,
     positive_up_to,
     token_problem,
@@ -72,7 +73,7 @@ DEFAULT_CAMERA = "0"  # OpenCV capture's camera when none is named
 @dataclass(frozen=True)
 class SourceConfig:
     kind: str = _opt("auto", one_of("auto", "picamera2", "opencv", "file", "images"))
-    path: str | None = None  # video file or image folder (kind file/images/auto)
+    path: str | None = _opt(None, path_given)  # video file or image folder (kind file/images/auto)
     device: int | str = _opt(DEFAULT_CAMERA, camera_device)  # OpenCV capture: camera index or stream URL
     width: int = _opt(640, int_range(1, MAX_SIDE))
     height: int = _opt(480, int_range(1, MAX_SIDE))
@@ -85,7 +86,8 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str | None = None  # null: $FER_EDGE_MODEL, then the shipped model (see resolve_model_path)
+    # null: $FER_EDGE_MODEL, then the shipped model (see resolve_model_path)
+    path: str | None = _opt(None, path_given)
     threads: int = _opt(1, int_range(1, MAX_THREADS))
     classify_every_s: float = _opt(0.1, number_range(0.0, 10.0))  # classify a tracked face this often; 0: each frame
     max_turn: float = _opt(0.5, number_range(0.0, 1.0))  # faces turned further are not classified (see docs)
@@ -106,7 +108,8 @@ class DetectorConfig:
     sweep_tiles: int | None = _opt(None, int_range(0, 100))
     # blazeface: a scan region whose picture changed by no more than this (grey levels) keeps its last faces
     rescan_change: float = _opt(4.0, number_range(0.0, 255.0))
-    cascade: str | None = None  # haar: null = haarcascade_frontalface_default.xml from the usual places
+    # haar: null = haarcascade_frontalface_default.xml from the usual places
+    cascade: str | None = _opt(None, path_given)
     detect_width: int = _opt(320, int_range(32, 4096))  # haar: frames are downscaled to this width
     scale_factor: float = _opt(1.1, number_range(1.01, 2.0))  # haar: pyramid step
     min_neighbors: int = _opt(5, int_range(0, 100))  # haar: higher, fewer and surer faces
@@ -135,7 +138,7 @@ MAX_AGE_DAYS = 3650.0  # ten years; null keeps recordings until the disk floor d
 @dataclass(frozen=True)
 class RecordingConfig:
     enabled: bool = True
-    output_dir: str = "out"
+    output_dir: str = _opt("out", path_given)
     segment_seconds: float = _opt(300.0, positive_at_most(MAX_SEGMENT_S))
     fragment_seconds: float = _opt(1.0, positive_at_most(MAX_FRAGMENT_S))  # <= segment_seconds
     codec: str = "auto"  # auto: the Pi's hardware H.264 encoder where it exists, else libx264; or an encoder name
