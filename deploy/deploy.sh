@@ -44,19 +44,29 @@ EOF
 
 say() { printf 'deploy: %s\n' "$*" >&2; }
 die() { printf 'deploy: error: %s\n' "$*" >&2; exit 1; }
+# need OPTION WHAT VALUE: the option was given its value (${2:?} would name this script's line, not the option)
+need() { [ -n "$3" ] || die "$1 needs $2"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
         PI=*) TARGET="${1#PI=}"; shift ;;
-        --port) SSH_ARGS+=(-p "${2:?--port needs a number}"); shift 2 ;;
-        --identity) SSH_ARGS+=(-i "${2:?--identity needs a file}" -o IdentitiesOnly=yes); shift 2 ;;
-        --ssh-option) SSH_ARGS+=(-o "${2:?--ssh-option needs KEY=VALUE}"); shift 2 ;;
-        --model) MODEL="${2:?--model needs a file}"; shift 2 ;;
-        --staging) STAGING="${2:?--staging needs a folder}"; shift 2 ;;
+        --port)
+            need "$1" "a number" "${2:-}"
+            case "$2" in *[!0-9]*) die "--port: expected a port number 1-65535, got '$2'" ;; esac
+            [ "${#2}" -le 5 ] && [ "$2" -ge 1 ] && [ "$2" -le 65535 ] \
+                || die "--port: expected a port number 1-65535, got '$2'"
+            SSH_ARGS+=(-p "$2"); shift 2 ;;
+        --identity)
+            need "$1" "a file" "${2:-}"
+            [ -f "$2" ] && [ -r "$2" ] || die "--identity: $2 is not a readable file"
+            SSH_ARGS+=(-i "$2" -o IdentitiesOnly=yes); shift 2 ;;
+        --ssh-option) need "$1" "KEY=VALUE" "${2:-}"; SSH_ARGS+=(-o "$2"); shift 2 ;;
+        --model) need "$1" "a file" "${2:-}"; MODEL="$2"; shift 2 ;;
+        --staging) need "$1" "a folder" "${2:-}"; STAGING="$2"; shift 2 ;;
         --model-only) MODEL_ONLY=1; shift ;;
         --no-restart) RESTART=0; shift ;;
-        --web-token-file) SECRETS+=("web-token=${2:?--web-token-file needs a file}"); shift 2 ;;
-        --mqtt-password-file) SECRETS+=("mqtt-password=${2:?--mqtt-password-file needs a file}"); shift 2 ;;
+        --web-token-file) need "$1" "a file" "${2:-}"; SECRETS+=("web-token=$2"); shift 2 ;;
+        --mqtt-password-file) need "$1" "a file" "${2:-}"; SECRETS+=("mqtt-password=$2"); shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; INSTALL_ARGS=("$@"); break ;;
         -*) usage >&2; die "unknown option: $1" ;;

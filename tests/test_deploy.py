@@ -1040,6 +1040,36 @@ def test_deploy_to_an_unreachable_pi_fails_with_ssh_s_reason(tmp_path):
     assert "done: fer-edge" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--port", "abc"], "--port: expected a port number 1-65535, got 'abc'"),
+        (["--port", "70000"], "--port: expected a port number 1-65535, got '70000'"),
+        (["--port"], "--port needs a number"),
+        (["--identity", "/nonexistent/id_ed25519"], "--identity: /nonexistent/id_ed25519 is not a readable file"),
+        (["--staging"], "--staging needs a folder"),
+    ],
+    ids=["port-not-a-number", "port-too-high", "port-without-value", "identity-missing", "staging-without-value"],
+)
+def test_a_bad_deploy_option_is_one_line_before_anything_is_uploaded(args, expected, tmp_path):
+    """ssh is never started: a port or key that cannot work used to surface as a failed upload."""
+    called = tmp_path / "ssh-called"
+    ssh = tmp_path / "fake-ssh"
+    ssh.write_text(f"#!/bin/bash\ntouch {called}\nexit 255\n")
+    ssh.chmod(0o755)
+    result = subprocess.run(
+        [str(DEPLOY), "PI=pi@fake", "--model-only", *args],
+        env={**os.environ, "SSH": str(ssh)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"deploy: error: {expected}"], result.stderr
+    assert not called.exists()
+
+
 # ssh [options] TARGET COMMAND: runs COMMAND here, in the login folder $HOME, as ssh would on the Pi.
 FAKE_SSH = r"""#!/bin/bash
 cd "$HOME" && exec bash -c "${!#}"
