@@ -81,25 +81,28 @@ EOF
 
 say() { printf 'fer-edge install: %s\n' "$*" >&2; }
 die() { printf 'fer-edge install: error: %s\n' "$*" >&2; exit 1; }
+# need OPTION WHAT VALUE: the option was given its value (${2:?} would name this script's line, not the option)
+need() { [ -n "$3" ] || die "$1 needs $2"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --src) SRC="$(cd "${2:?--src needs a folder}" && pwd)"; shift 2 ;;
-        --model) MODEL="${2:?--model needs a file}"; shift 2 ;;
+        --src) need "$1" "a folder" "${2:-}"; [ -d "$2" ] || die "--src: $2 is not a folder"
+            SRC="$(cd "$2" && pwd)"; shift 2 ;;
+        --model) need "$1" "a file" "${2:-}"; MODEL="$2"; shift 2 ;;
         --model-only) MODE=model; shift ;;
         --restart) FORCE_RESTART=1; shift ;;
         --no-apt) USE_APT=0; shift ;;
-        --python) PYTHON="${2:?--python needs a file}"; shift 2 ;;
+        --python) need "$1" "a file" "${2:-}"; PYTHON="$2"; shift 2 ;;
         --userland) USERLAND=1; shift ;;
-        --instance) INSTANCE="${2:?--instance needs a name}"; shift 2 ;;
-        --camera) CAMERA="${2:?--camera needs a device}"; shift 2 ;;
-        --web-port) WEB_PORT="${2:?--web-port needs a number}"; shift 2 ;;
-        --device-id) DEVICE_ID="${2:?--device-id needs a name}"; shift 2 ;;
-        --config) MANAGED_CONFIG="$(realpath "${2:?--config needs a file}")"; shift 2
-            [ -f "$MANAGED_CONFIG" ] || die "--config: $MANAGED_CONFIG is not a file" ;;
-        --leave) LEAVE+="${2:?--leave needs a name} "; shift 2 ;;
-        --credential) CREDENTIALS+=("${2:?--credential needs NAME=FILE}"); shift 2 ;;
-        --prefix) ROOT="${2:?--prefix needs a folder}"; shift 2 ;;
+        --instance) need "$1" "a name" "${2:-}"; INSTANCE="$2"; shift 2 ;;
+        --camera) need "$1" "a device" "${2:-}"; CAMERA="$2"; shift 2 ;;
+        --web-port) need "$1" "a number" "${2:-}"; WEB_PORT="$2"; shift 2 ;;
+        --device-id) need "$1" "a name" "${2:-}"; DEVICE_ID="$2"; shift 2 ;;
+        --config) need "$1" "a file" "${2:-}"; [ -f "$2" ] || die "--config: $2 is not a file"
+            MANAGED_CONFIG="$(realpath "$2")"; shift 2 ;;
+        --leave) need "$1" "a name" "${2:-}"; LEAVE+="$2 "; shift 2 ;;
+        --credential) need "$1" "NAME=FILE" "${2:-}"; CREDENTIALS+=("$2"); shift 2 ;;
+        --prefix) need "$1" "a folder" "${2:-}"; ROOT="$2"; shift 2 ;;
         --uninstall) MODE=uninstall; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
@@ -113,7 +116,8 @@ if [ -n "$INSTANCE" ]; then
             "(not config, models, recordings or credentials)" ;;
     esac
     case "$WEB_PORT" in ""|[1-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]|[1-9][0-9][0-9][0-9][0-9]) ;;
-        *) die "--web-port $WEB_PORT: a port number" ;; esac
+        *) die "--web-port $WEB_PORT: a port number 1-65535" ;; esac
+    [ -z "$WEB_PORT" ] || [ "$WEB_PORT" -le 65535 ] || die "--web-port $WEB_PORT: a port number 1-65535"
 elif [ -n "$CAMERA$WEB_PORT$DEVICE_ID" ]; then
     die "--camera, --web-port and --device-id set up an instance: add --instance NAME"
 fi

@@ -963,6 +963,31 @@ def test_install_with_prefix_refuses_the_real_system_commands(tmp_path):
     assert not (tmp_path / "root").exists()  # refused before writing anything
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--src", "/nonexistent/release"], "--src: /nonexistent/release is not a folder"),
+        (["--config", "/nonexistent/config.yaml"], "--config: /nonexistent/config.yaml is not a file"),
+        (["--instance", "cam", "--web-port", "99999"], "--web-port 99999: a port number 1-65535"),
+        (["--model"], "--model needs a file"),
+        (["--no-apt", "--credential"], "--credential needs NAME=FILE"),
+    ],
+    ids=["src-missing", "config-missing", "web-port-too-high", "model-without-value", "credential-without-value"],
+)
+def test_a_bad_install_option_is_one_line_before_anything_is_written(args, expected, tmp_path):
+    env, state = _stubbed_system(tmp_path / "system")
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"fer-edge install: error: {expected}"], result.stderr
+    assert not (tmp_path / "root").exists() and not (state / "calls.log").exists()
+
+
 def test_backoff_drop_in_only_on_systemd_254_or_newer(fake_pi, uninstalled):
     (fake_pi.state / "systemd-version").write_text("257\n")
     try:
