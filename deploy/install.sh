@@ -435,10 +435,16 @@ drop_saved_venv() {
 # install_model FILE: copy FILE and its sidecar to models/<sha[:12]>/ under a temporary name, verify
 # the copy against the sidecar, rename it into place, then switch `current` with one atomic rename.
 MODEL_SWITCHED_FROM=
+# model_pair_present MODEL: the model and its sidecar are there. A full install asks first, before apt and pip
+# (minutes on a Pi), so a mistyped --model is not found only once the venv is built.
+model_pair_present() {
+    [ -f "$1" ] || die "model not found: $1"
+    [ -f "${1%.tflite}.json" ] || die "model sidecar not found: ${1%.tflite}.json"
+}
+
 install_model() {
     local model="$1" sidecar="${1%.tflite}.json"
-    [ -f "$model" ] || die "model not found: $model"
-    [ -f "$sidecar" ] || die "model sidecar not found: $sidecar"
+    model_pair_present "$model"
     local want version
     want="$(json_sha256 "$sidecar")"
     [ "$(file_sha256 "$model")" = "$want" ] || die "$model does not match the sha256 in $(basename "$sidecar")"
@@ -781,6 +787,7 @@ start_service() {
 }
 
 do_install() {
+    model_pair_present "$MODEL"
     apt_packages
     service_user
     make_dir "$OPT" 0755

@@ -988,6 +988,28 @@ def test_a_bad_install_option_is_one_line_before_anything_is_written(args, expec
     assert not (tmp_path / "root").exists() and not (state / "calls.log").exists()
 
 
+@pytest.mark.parametrize("missing", ["model", "sidecar"])
+def test_a_full_install_with_a_missing_model_stops_before_the_venv_is_built(missing, tmp_path):
+    """Found only after apt and pip, a mistyped --model cost minutes on a Pi and left a venv half made."""
+    env, state = _stubbed_system(tmp_path / "system")
+    model = tmp_path / "fer_int8.tflite"
+    if missing == "sidecar":
+        shutil.copy(REPO / "models" / "fer_int8.tflite", model)
+    said = (
+        f"model not found: {model}" if missing == "model" else f"model sidecar not found: {model.with_suffix('.json')}"
+    )
+    result = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), "--no-apt", "--model", str(model)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"fer-edge install: error: {said}"], result.stderr
+    assert not (tmp_path / "root" / "opt" / "fer-edge" / "venv").exists() and not (state / "calls.log").exists()
+
+
 def test_backoff_drop_in_only_on_systemd_254_or_newer(fake_pi, uninstalled):
     (fake_pi.state / "systemd-version").write_text("257\n")
     try:
