@@ -352,6 +352,39 @@ def test_a_report_folder_that_is_a_file_is_one_line_and_leaves_the_file_alone(co
     assert in_the_way.read_text() == "kept\n" and not list(events_file.parent.glob("tracks.csv"))
 
 
+def test_a_report_the_disk_cannot_take_leaves_the_earlier_one_whole(tmp_path):
+    """A file size limit plays the full disk: the new tracks.csv fails part way, the old one stays as it was."""
+    import resource
+    import signal
+    import subprocess
+
+    events = tmp_path / "events.jsonl"
+    lines = [json.dumps({"t": T0 + i / FPS, "frame": i, "faces": [face(i, "happy")]}) for i in range(3000)]
+    events.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "report"
+    report.main([events], output)
+    earlier = (output / "tracks.csv").read_bytes()
+    assert len(earlier) > 100_000
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fer_edge.cli", "report", str(events), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=small_disk,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+    assert errors == [f"fer-edge: error: cannot write {output / 'tracks.csv'}: File too large"], result.stderr
+    assert "Traceback" not in result.stderr
+    assert (output / "tracks.csv").read_bytes() == earlier
+    assert sorted(p.name for p in output.iterdir()) == sorted(["tracks.csv", *(["timeline.png"] * HAS_MATPLOTLIB)])
+
+
 def test_a_file_run_is_reported_on_the_frames_own_timeline(demo_clip, tmp_path):
     """The demo clip runs faster than real time here: its timeline is the clip's, not the processing time."""
     import subprocess

@@ -5,7 +5,8 @@ Each events line is one frame: ``{"t": unix_time, "ts": frame_time, "frame": ind
 that do not parse (the last line of a file cut short by power loss) are skipped with a warning. Labels come from
 the data; a face shown as unsure has the label ``?`` and is counted in its own ``share_?`` column. Faces without a
 track id are summarised together as track ``untracked``. Times follow the frames' own timestamps (see
-:class:`FrameClock`). A file none of whose lines is an events line is refused before anything is written.
+:class:`FrameClock`). A file none of whose lines is an events line is refused before anything is written; a report
+replaces an earlier one only once written whole.
 
 Track ids restart at 1 when the device restarts, so a track id seen in another run (the frame index, which
 counts on across segments, starts again at 0 in time order) or again
@@ -18,11 +19,14 @@ Run as ``fer-edge report EVENTS [...] [--output DIR]`` or ``python -m fer_edge.a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import math
+import os
 import sys
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -270,9 +274,23 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
+@contextlib.contextmanager
+def replaced_whole(path: Path) -> Iterator[Path]:
+    """A file beside ``path`` to write instead, put in its place only once written whole: a full disk or Ctrl-C
+    leaves the report written before as it was, and the error names the file."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as exc:
+        raise FerEdgeError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def write_tracks_csv(events: Events, path: Path) -> Path:
     header = ["track", "start", "end", "duration_s", "frames", "dominant"] + [f"share_{x}" for x in events.labels]
-    with path.open("w", newline="", encoding="utf-8") as out:
+    with replaced_whole(path) as partial, partial.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(header)
         for summary in events.tracks.values():
@@ -368,7 +386,8 @@ def write_timeline_png(events: Events, path: Path) -> Path | None:
         bbox_to_anchor=(1.0, 1.0),
         frameon=False,
     )
-    figure.savefig(path, dpi=100)
+    with replaced_whole(path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
     return path
 
 
