@@ -12,11 +12,26 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def variant_list(value: str) -> list[str]:
+    """``--variants``: known names only, checked before anything loads (an unknown one used to fail only after
+    the variants named before it were converted)."""
+    from convert import VARIANTS
+
+    names = [name.strip() for name in value.split(",")]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {', '.join(repr(name) for name in unknown)}; choose from {', '.join(VARIANTS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
     parser.add_argument("--run", default="runs/default", help="run folder holding best.keras (default: runs/default)")
     parser.add_argument(
         "--variants",
+        type=variant_list,
         default="float32,float16,dynamic,int8",
         help="TFLite variants to write, comma-separated (default: float32,float16,dynamic,int8)",
     )
@@ -53,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         "hold these numbers yet (once per shipped model, never to tune on)",
     )
     args = parser.parse_args(argv)
+    if args.ship_as and not args.calibrate and "int8" not in args.variants:
+        parser.error("--ship-as ships the int8 model: add int8 to --variants")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Ctrl-C inside TensorFlow's converter can come out as another exception (its tracing state left broken), so
     # whatever ends the work after a SIGINT is reported as the interruption it was.
@@ -110,7 +127,7 @@ def _main(args: argparse.Namespace) -> int:
         convert_run(
             run,
             run / "tflite",
-            args.variants.split(","),
+            args.variants,
             args.data,
             ship_as=Path(args.ship_as) if args.ship_as else None,
             tta=args.tta,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert import VARIANTS
 from fer_edge.contract import (
     Calibration,
     ContractError,
@@ -34,7 +35,6 @@ from train.quiet import NOTICES, held_back
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("float32", "float16", "dynamic", "int8")
 MAX_INT8_DROP = 0.01  # the int8 model may lose at most one accuracy point against Keras on PublicTest
 # Crop side = Haar box side * FACE_MARGIN: FER-2013 faces fill their 48x48 image so that OpenCV's
 # frontal-face cascade finds a box of 0.96 of the side, centred (median over PublicTest, see

@@ -82,6 +82,29 @@ def test_a_damaged_run_folder_is_one_error_line(repo_root, fast_run, tmp_path, d
     assert ("best.keras" if damage == "corrupt best.keras" else "run.json") in errors[0]
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--variants", "float32,int9"],
+            "argument --variants: unknown variant 'int9'; choose from float32, float16, dynamic, int8",
+        ),
+        (
+            ["--variants", "float32", "--ship-as", "models/fer_int8.tflite"],
+            "--ship-as ships the int8 model: add int8 to --variants",
+        ),
+    ],
+    ids=["unknown-variant", "ship-without-int8"],
+)
+def test_variants_and_ship_as_are_checked_before_anything_is_converted(repo_root, fast_run, tmp_path, args, said):
+    """A typo in the last variant was found only after the ones before it were converted; --ship-as without int8
+    converted and shipped nothing, without a word."""
+    result = convert_cli(repo_root, tmp_path, "--run", str(fast_run), *args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"python -m convert: error: {said}", result.stderr
+    assert not (fast_run / "tflite").exists() and not (tmp_path / "models").exists()
+
+
 def finished_after(run, trained: int, planned: int = 12) -> None:
     """The run's record of how many epochs it was to train and how many it did."""
     (run / "config.yaml").write_text(f"epochs: {planned}\n")
