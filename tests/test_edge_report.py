@@ -385,6 +385,26 @@ def test_a_report_the_disk_cannot_take_leaves_the_earlier_one_whole(tmp_path):
     assert sorted(p.name for p in output.iterdir()) == sorted(["tracks.csv", *(["timeline.png"] * HAS_MATPLOTLIB)])
 
 
+@pytest.mark.parametrize("command", [["fer_edge.cli", "report"], ["fer_edge.analysis.report"]])
+@pytest.mark.parametrize("blank", ["--output", "EVENTS"])
+def test_a_blank_argument_is_refused_not_taken_as_the_current_folder(command, blank, events_file, tmp_path):
+    """What an unset shell variable gives: ``fer-edge report "$EVENTS" -o "$OUT"``."""
+    import subprocess
+
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "events.jsonl").write_text(events_file.read_text())
+    args = [str(events_file), "--output", ""] if blank == "--output" else [""]
+    result = subprocess.run(
+        [sys.executable, "-m", *command, *args], cwd=here, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    named = "-o/--output" if blank == "--output" else "EVENTS"
+    assert result.stderr.splitlines()[-1].endswith(f"error: argument {named}: expected a value, got an empty string")
+    assert sorted(p.name for p in here.iterdir()) == ["events.jsonl"]
+    assert not (events_file.parent / "tracks.csv").exists()
+
+
 def test_a_file_run_is_reported_on_the_frames_own_timeline(demo_clip, tmp_path):
     """The demo clip runs faster than real time here: its timeline is the clip's, not the processing time."""
     import subprocess

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the device loop (camera or file -> annotated recording)")
     _add_common(run)
     run.add_argument(
-        "--output", type=_given, metavar="DIR", help="recording folder (default: recording.output_dir, built in ./out)"
+        "--output", type=given, metavar="DIR", help="recording folder (default: recording.output_dir, built in ./out)"
     )
     run.add_argument(
         "--max-frames",
@@ -61,10 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a config and what `run` needs before the camera (model sidecar, Haar cascade, file "
         "source); print the config resolved, as YAML",
     )
-    check.add_argument("--config", type=_given, metavar="FILE", help="YAML config (default: built-in defaults)")
+    check.add_argument("--config", type=given, metavar="FILE", help="YAML config (default: built-in defaults)")
     check.add_argument(
         "--model",
-        type=_given,
+        type=given,
         metavar="PATH",
         help="TFLite model with its .json sidecar, as `run --model` (default: model.path, else $FER_EDGE_MODEL, "
         "else models/fer_int8.tflite)",
@@ -91,26 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _given(value: str) -> str:
+def given(value: str) -> str:
     """An option's value that says something: ``--source ""`` (an unset shell variable) would otherwise fall back
-    to the default and open camera 0, ``--model ""`` the bundled model."""
+    to the default and open camera 0, ``--model ""`` the bundled model, ``report -o ""`` write to the current
+    folder."""
     if not value.strip():
         raise argparse.ArgumentTypeError("expected a value, got an empty string")
     return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=_given, metavar="FILE", help="YAML config (default: built-in defaults)")
+    parser.add_argument("--config", type=given, metavar="FILE", help="YAML config (default: built-in defaults)")
     parser.add_argument(
         "--source",
-        type=_given,
+        type=given,
         metavar="SRC",
         help="video file, image folder, picamera2, camera (index or /dev path) or URL (default: the config's "
         "source, built in picamera2, else USB camera 0)",
     )
     parser.add_argument(
         "--model",
-        type=_given,
+        type=given,
         metavar="PATH",
         help="TFLite model with its .json sidecar (default: model.path, else $FER_EDGE_MODEL, else "
         "models/fer_int8.tflite)",

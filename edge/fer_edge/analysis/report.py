@@ -425,10 +425,13 @@ def default_output_dir(paths: list[str | Path]) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The report's arguments, shared by ``fer-edge report`` and ``python -m fer_edge.analysis.report``."""
-    parser.add_argument("events", nargs="+", metavar="EVENTS", help="events JSONL files or folders of them")
+    from fer_edge.cli import given
+
+    parser.add_argument("events", nargs="+", type=given, metavar="EVENTS", help="events JSONL files or folders of them")
     parser.add_argument(
         "-o",
         "--output",
+        type=given,
         metavar="DIR",
         help="where tracks.csv and timeline.png go (default: the folder of the first EVENTS)",
     )
