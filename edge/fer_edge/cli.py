@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=given,
         metavar="PATH",
         help="TFLite model with its .json sidecar, as `run --model` (default: model.path, else $FER_EDGE_MODEL, "
-        "else models/fer_int8.tflite)",
+        "else the shipped fer_int8.tflite, looked for where docs/CONFIG.md says)",
     )
     check.add_argument("-q", "--quiet", action="store_true", help="validate only; print nothing when valid")
     check.add_argument(
@@ -113,8 +113,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=given,
         metavar="PATH",
-        help="TFLite model with its .json sidecar (default: model.path, else $FER_EDGE_MODEL, else "
-        "models/fer_int8.tflite)",
+        help="TFLite model with its .json sidecar (default: model.path, else $FER_EDGE_MODEL, else the shipped "
+        "fer_int8.tflite, looked for where docs/CONFIG.md says)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
