@@ -74,3 +74,17 @@ def test_makefile_help_is_the_default_goal(repo_root):
     assert result.returncode == 0
     for target in ("make demo", "make test ", "make test-edge", "make train", "make docs"):
         assert target in result.stdout
+
+
+def test_the_docs_name_no_config_key_by_its_old_name(repo_root):
+    from fer_edge.config.device import RENAMED, RETIRED
+
+    old_names = [key for key in RENAMED if key not in RETIRED]  # a retired key is documented as such
+    found = []
+    for doc in documents(repo_root):
+        text = doc.read_text()
+        for key in old_names:
+            for name in (key, key.split(".", 1)[1]):
+                if f"`{name}`" in text or f"`{name}:" in text:
+                    found.append(f"{doc.name}: {name}")
+    assert not found
