@@ -88,3 +88,19 @@ def test_the_docs_name_no_config_key_by_its_old_name(repo_root):
                 if f"`{name}`" in text or f"`{name}:" in text:
                     found.append(f"{doc.name}: {name}")
     assert not found
+
+
+def test_every_repository_file_the_docs_name_exists(repo_root):
+    tracked = subprocess.run(
+        ["git", "-C", str(repo_root), "ls-files"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    # folders that hold tracked files only: runs/ and out/ are made by commands, so the docs name paths there freely
+    top_folders = "|".join(sorted({path.split("/", 1)[0] for path in tracked if "/" in path and path[0] != "."}))
+    named = re.compile(rf"`((?:{top_folders})/[\w./@-]+)`")
+    missing = [
+        f"{doc.name}: {path}"
+        for doc in documents(repo_root)
+        for path in named.findall(doc.read_text())
+        if not (repo_root / path).exists()
+    ]
+    assert not missing
