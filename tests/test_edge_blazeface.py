@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from videos import read_frame
 
 from fer_edge.types import Box
 from fer_edge.vision.blazeface import MODELS, BlazeFaceModelRunner, anchor_centres, model_file
@@ -16,15 +17,6 @@ from fer_edge.vision.detector import BlazeFaceDetector, HaarDetector, scan_plan
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "clips"
 STREET = CLIPS / "street-1080p.mp4"
 MARGIN = 1.04  # the shipped models' face_margin: a detector's box is the FER crop's side / 1.04
-
-
-def read_frame(path: Path, index: int) -> np.ndarray:
-    capture = cv2.VideoCapture(str(path))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = capture.read()
-    capture.release()
-    assert ok, f"{path} frame {index}"
-    return frame
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from videos import read_frame
 
 from fer_edge.types import Box, Face
 from fer_edge.vision.annotate import OverlayAnnotator
@@ -20,21 +21,16 @@ STREET = CLIPS / "street-1080p.mp4"
 BAR_COLOR = (0, 255, 0)
 
 
-def read_frame(path: Path, index: int) -> np.ndarray:
+def clip_frame(path: Path, index: int) -> np.ndarray:
     if not path.is_file():
         pytest.skip(f"real clips not found at {CLIPS}")
-    capture = cv2.VideoCapture(str(path))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-    ok, frame = capture.read()
-    capture.release()
-    assert ok, f"{path} frame {index}"
-    return frame
+    return read_frame(path, index)
 
 
 @pytest.fixture(scope="module")
 def performer() -> np.ndarray:
     """Frame 100 of the real clip: the performer close and frontal."""
-    return read_frame(PERFORMER, 100)
+    return clip_frame(PERFORMER, 100)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def test_the_caption_of_a_face_at_the_frame_edge_is_drawn_whole(performer, label
 
 
 def test_in_a_crowd_no_caption_covers_another_caption_or_face(classifier):
-    frame = read_frame(STREET, 12)  # eight faces, two pairs of them side by side at the same height
+    frame = clip_frame(STREET, 12)  # eight faces, two pairs of them side by side at the same height
     faces = [
         Face(detection.box, classifier.classify(frame, detection), track_id)
         for track_id, detection in enumerate(BlazeFaceDetector().detect(frame), 1)

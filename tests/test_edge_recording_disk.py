@@ -164,11 +164,30 @@ def test_an_unplugged_disk_is_waited_for_not_replaced_by_a_folder_on_the_sd_card
     assert len(seen["lines"]) < 20, seen["lines"]  # 45 frames without the disk, each checking it: no line each
 
 
+def floor_deletions(folder: Path, recordings: dict[str, float], wanted: tuple[int, ...]) -> list[str]:
+    """The stems the disk floor deletes, in order, from ``recordings`` (stem: when its files were last written,
+    100 kB each of video and events) on a 1 MB disk, asked for each of ``wanted`` bytes free in turn."""
+    from fer_edge.record.diskspace import DiskGuard
+
+    for stem, written in recordings.items():
+        for suffix in (".mp4", ".jsonl"):
+            (folder / f"{stem}{suffix}").write_bytes(b"\0" * 100_000)
+            os.utime(folder / f"{stem}{suffix}", (written, written))
+
+    def free() -> int:
+        return 1_000_000 - sum(p.stat().st_size for p in folder.iterdir())
+
+    deleted: list[str] = []
+    for bytes_free in wanted:
+        before = {p.name[:20] for p in folder.iterdir()}
+        assert DiskGuard(folder, bytes_free, free_bytes=free).make_room()
+        deleted += sorted(before - {p.name[:20] for p in folder.iterdir()})
+    return deleted
+
+
 def test_the_disk_floor_deletes_the_longest_unwritten_recording_first_whatever_its_name(tmp_path):
     """Recordings named at 1970 (the clock of a Pi not yet set) were made this morning: the floor deletes
     yesterday's first. One still last written at 1970 has no known age and goes last."""
-    from fer_edge.record.diskspace import DiskGuard
-
     day = 86400.0
     now = time.time()
     recordings = {  # stem: when its files were last written
@@ -177,27 +196,13 @@ def test_the_disk_floor_deletes_the_longest_unwritten_recording_first_whatever_i
         "19700102-000200-0002": 86520.0,  # never re-dated
         "20261205-120000-0001": now - 2 * day,
     }
-    for stem, written in recordings.items():
-        for suffix in (".mp4", ".jsonl"):
-            (tmp_path / f"{stem}{suffix}").write_bytes(b"\0" * 100_000)
-            os.utime(tmp_path / f"{stem}{suffix}", (written, written))
-    deleted: list[str] = []
-
-    def free() -> int:  # a 1 MB disk holding these files
-        return 1_000_000 - sum(p.stat().st_size for p in tmp_path.iterdir())
-
-    for wanted in (300_000, 500_000, 700_000, 900_000):
-        before = {p.name[:20] for p in tmp_path.iterdir()}
-        assert DiskGuard(tmp_path, wanted, free_bytes=free).make_room()
-        deleted += sorted(before - {p.name[:20] for p in tmp_path.iterdir()})
+    deleted = floor_deletions(tmp_path, recordings, (300_000, 500_000, 700_000, 900_000))
     assert deleted == ["20261205-120000-0001", "20261206-120000-0001", "19700102-000100-0001", "19700102-000200-0002"]
 
 
 def test_the_disk_floor_deletes_recordings_written_while_the_clock_ran_ahead_before_the_newest(tmp_path):
     """A clock that ran a year ahead (a wrong saved time), then set back: what a run wrote then is last written a
     year from now, and the floor deleted today's recordings first, the newest among them, to keep it."""
-    from fer_edge.record.diskspace import DiskGuard
-
     day = 86400.0
     now = time.time()
     recordings = {  # stem: when its files were last written
@@ -206,19 +211,7 @@ def test_the_disk_floor_deletes_recordings_written_while_the_clock_ran_ahead_bef
         "20261207-120000-0002": now - 600,
         "20261207-121000-0003": now - 60,  # the newest
     }
-    for stem, written in recordings.items():
-        for suffix in (".mp4", ".jsonl"):
-            (tmp_path / f"{stem}{suffix}").write_bytes(b"\0" * 100_000)
-            os.utime(tmp_path / f"{stem}{suffix}", (written, written))
-    deleted: list[str] = []
-
-    def free() -> int:  # a 1 MB disk holding these files
-        return 1_000_000 - sum(p.stat().st_size for p in tmp_path.iterdir())
-
-    for wanted in (300_000, 500_000, 700_000):
-        before = {p.name[:20] for p in tmp_path.iterdir()}
-        assert DiskGuard(tmp_path, wanted, free_bytes=free).make_room()
-        deleted += sorted(before - {p.name[:20] for p in tmp_path.iterdir()})
+    deleted = floor_deletions(tmp_path, recordings, (300_000, 500_000, 700_000))
     assert deleted == ["20271206-120000-0001", "20261205-120000-0001", "20261207-120000-0002"]
     assert {p.name for p in tmp_path.iterdir()} == {"20261207-121000-0003.mp4", "20261207-121000-0003.jsonl"}
 

@@ -1,4 +1,5 @@
-"""Decoding recordings in tests: every frame, with PyAV and with OpenCV, as a user's player would."""
+"""Decoding videos in tests: every frame of a recording, with PyAV and with OpenCV, as a user's player would; one
+frame of a clip."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def decode_opencv(path: Path) -> list[np.ndarray]:
         frames.append(image)
     capture.release()
     return frames
+
+
+def read_frame(path: Path, index: int) -> np.ndarray:
+    """Frame ``index`` of the video at ``path``."""
+    capture = cv2.VideoCapture(str(path))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = capture.read()
+    capture.release()
+    assert ok, f"{path} frame {index}"
+    return frame
