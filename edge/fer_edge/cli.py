@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from fer_edge.arguments import given
 from fer_edge.contract import ContractError, missing_model
 from fer_edge.errors import ConfigError, FerEdgeError, ModelError, mask_credentials
 
@@ -89,15 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(report)
     report.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
-
-
-def given(value: str) -> str:
-    """An option's value that says something: ``--source ""`` (an unset shell variable) would otherwise fall back
-    to the default and open camera 0, ``--model ""`` the bundled model, ``report -o ""`` write to the current
-    folder."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("expected a value, got an empty string")
-    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

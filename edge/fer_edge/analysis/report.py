@@ -425,7 +425,7 @@ def default_output_dir(paths: list[str | Path]) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The report's arguments, shared by ``fer-edge report`` and ``python -m fer_edge.analysis.report``."""
-    from fer_edge.cli import given
+    from fer_edge.arguments import given
 
     parser.add_argument("events", nargs="+", type=given, metavar="EVENTS", help="events JSONL files or folders of them")
     parser.add_argument(
