@@ -14,7 +14,7 @@ from fer_edge.config import load_config
 from fer_edge.testing import ListSink, count_face_model_runs
 from fer_edge.types import Box
 from fer_edge.vision.classifier import ExpressionClassifier
-from fer_edge.vision.detector import BlazeFaceDetector
+from fer_edge.vision.detector import EDGE_MODELS, BlazeFaceDetector
 from fer_edge.vision.schedule import DetectionPlan, DetectionSchedule, FaceScan
 
 SIDE = 130  # the walker's crop, its face about 70 px
@@ -117,7 +117,8 @@ def test_privacy_sweeps_the_frame_between_whole_frame_scans(frames, classifier):
     pipeline.detector = detector
     pipeline.run()
 
-    whole = sum(len(level.regions) for level in detector.plan(1280, 720))
+    # the plan's regions and the frame mirrored past its edges
+    whole = sum(len(level.regions) for level in detector.plan(1280, 720)) + len(EDGE_MODELS)
     per_frame = inferences[: len(frames)]
     assert per_frame[0] == whole  # the first frame is scanned whole
     # one more whole-frame scan a second later (40 frames at 30 fps); between them a sweep of half the cost or less

@@ -117,6 +117,13 @@ class HaarDetector:
         ]
 
 
+def covers(outer: Box, inner: Box, share: float = 0.9) -> bool:
+    """Whether at least ``share`` of ``inner``'s area lies inside ``outer``."""
+    w = min(outer.x2, inner.x2) - max(outer.x, inner.x)
+    h = min(outer.y2, inner.y2) - max(outer.y, inner.y)
+    return w > 0 and h > 0 and w * h >= share * inner.area
+
+
 def merge_overlapping(detections: list[Detection], iou_threshold: float = 0.3) -> list[Detection]:
     """The most confident of each group of detections overlapping by more than ``iou_threshold`` (the same
     face found by two tiles, two pyramid levels or two tracks' windows)."""
@@ -272,6 +279,19 @@ class RegionMemory:
 # A tracked face is searched for again in a square window this many times its side: the face fills 1/2.5 of the
 # short-range model's input (51 px of 128, inside its 20-80 px range) and may move 0.75 of its side either way.
 REGION_FACTOR = 2.5
+# While privacy is on, the full-range model runs once more on the whole frame mirrored past each edge by this share
+# of its longer side: a face mostly outside the frame (someone walking in) is too little of a face for the model,
+# its visible part and that part's mirror image are enough. The whole-frame pass finds faces from about a tenth of
+# the frame's longer side up; a margin as wide holds the mirror of such a face's part inside.
+EDGE_MIRROR = 0.1
+# A face's mirror image in the margin reaches into the frame by its box's margin alone; a face found there counts
+# when at least this share of its box lies inside.
+EDGE_INSIDE = 0.15
+# The full-range model finds smaller faces on a whole frame than the short-range one: a face mostly outside a 640-px
+# frame is one of those.
+EDGE_MODELS = ("full",)
+# a run of a face model: model, frame region, tile index (None: not a tile), on the frame mirrored past its edges
+Job = tuple[str, Box, int | None, bool]
 # A privacy sweep skips the window of a tracked face this much larger than the smallest face its whole-frame
 # pass finds (the track's box is last frame's; the margin is for a face moving away).
 SWEEP_MARGIN = 1.5
@@ -323,42 +343,49 @@ class BlazeFaceDetector:
         return self._plans[key]
 
     def detect(self, image: np.ndarray, regions: list[Box] | None = None) -> list[Detection]:
-        return self.privacy_scan(image, regions, sweep=False).faces
+        return self.privacy_scan(image, regions, sweep=False, edges=False).faces
 
-    def privacy_scan(self, image: np.ndarray, regions: list[Box] | None = None, *, sweep: bool = True) -> FaceScan:
+    def privacy_scan(
+        self, image: np.ndarray, regions: list[Box] | None = None, *, sweep: bool = True, edges: bool = True
+    ) -> FaceScan:
         """A whole-frame scan (``regions=None``), else the windows ``regions``, after a sweep if ``sweep``; the
         faces at the model's threshold, and the less sure ones down to ``privacy_score``. Unsure faces are not
-        tracked: one a tile found stays in the answer until that tile is looked at again."""
+        tracked: one a tile found stays in the answer until that tile is looked at again. With ``edges``, the
+        full-range model also runs on the frame mirrored past its edges (:data:`EDGE_MIRROR`): faces mostly outside
+        the frame are blurred too."""
         height, width = image.shape[:2]
         tiles = self._tiles(width, height)
         whole = Box(0, 0, width, height)  # the untiled levels' region; the scan's tiles have indices
-        jobs: list[tuple[str, Box, int | None]] = []  # model, region, tile index
+        jobs: list[Job] = []
         if regions is None or (sweep and self.sweep_tiles is None):
-            jobs = [(model, region, index) for index, (model, region) in enumerate(tiles)]
-            jobs += [
-                (level.model, level.regions[0], None) for level in self.plan(width, height) if len(level.regions) == 1
-            ]
+            jobs = [(model, region, index, False) for index, (model, region) in enumerate(tiles)]
+            jobs += self._whole_jobs(width, height, edges)
         else:
             if sweep:
-                jobs = self._sweep(width, height, len(tiles))
+                jobs = self._whole_jobs(width, height, edges) + self._sweep(width, height, len(tiles))
                 # the whole-frame pass finds faces this large itself; their windows would find them again
                 found_whole = SWEEP_MARGIN * max(width, height) * MODELS["full"].min_face / MODELS["full"].input_size
                 regions = [region for region in regions if min(region.w, region.h) < REGION_FACTOR * found_whole]
-            jobs += [("short", region, None) for region in regions]
+            jobs += [("short", region, None, False) for region in regions]
         sure: list[Detection] = []
         unsure: list[Detection] = []
+        beyond: list[Detection] = []  # found on the mirrored frame
         # the scan's regions stay put from frame to frame; the windows around tracked faces move with them
-        memories = [self._memory if index is not None or region == whole else None for _, region, index in jobs]
+        memories = [self._memory if index is not None or region == whole else None for _, region, index, _ in jobs]
         if self._memory is not None and any(memories):
             self._memory.look(image)
-        for (model, region, index), memory in zip(jobs, memories):
+        for (model, region, index, mirrored), memory in zip(jobs, memories):
             if index is not None:
                 self._held[index] = []
-            found = memory.recall(model, region) if memory is not None else None
+            key = f"{model} mirrored" if mirrored else model  # the memory keeps the two kinds of run apart
+            found = memory.recall(key, region) if memory is not None else None
             if found is None:
-                found = self._runners[model].detect(image, region)
+                found = self._mirrored(model, image) if mirrored else self._runners[model].detect(image, region)
                 if memory is not None:
-                    found = memory.remember(model, region, found)
+                    found = memory.remember(key, region, found)
+            if mirrored:
+                beyond += found
+                continue
             for detection in found:
                 if detection.score >= self._runners[model].min_score:
                     sure.append(detection)
@@ -369,7 +396,24 @@ class BlazeFaceDetector:
         faces = merge_overlapping(sure)
         unsure += [detection for held in self._held.values() for detection in held]
         others = [d.box for d in merge_overlapping(unsure) if all(d.box.iou(f.box) <= 0.3 for f in faces)]
+        # Faces the mirrored frame showed are blurred, not tracked; one that a box of the frame's own covers already
+        # adds nothing (a face inside the frame, found again), one that box covers only in part is blurred whole.
+        shown = [face.box for face in faces] + others
+        others += [d.box for d in merge_overlapping(beyond) if not any(covers(box, d.box) for box in shown)]
         return FaceScan(faces, others)
+
+    def _mirrored(self, model: str, image: np.ndarray) -> list[Detection]:
+        """``model`` on the whole of ``image`` mirrored past its edges, the faces clipped to the frame."""
+        height, width = image.shape[:2]
+        pad = round(EDGE_MIRROR * max(width, height))
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        found = []
+        for detection in self._runners[model].detect(padded):
+            moved = detection.moved(-pad, -pad)
+            box = moved.box.clipped(width, height)
+            if box.area >= EDGE_INSIDE * moved.box.area:
+                found.append(Detection(box, moved.score, moved.keypoints))
+        return found
 
     def _tiles(self, width: int, height: int) -> list[tuple[str, Box]]:
         if (width, height) != self._held_size:
@@ -379,15 +423,21 @@ class BlazeFaceDetector:
         levels = self.plan(width, height)
         return [(level.model, region) for level in levels if len(level.regions) > 1 for region in level.regions]
 
-    def _sweep(self, width: int, height: int, tiles: int) -> list[tuple[str, Box, int | None]]:
-        levels = self.plan(width, height)
-        jobs: list[tuple[str, Box, int | None]] = [
-            (level.model, level.regions[0], None) for level in levels if len(level.regions) == 1
+    def _whole_jobs(self, width: int, height: int, edges: bool) -> list[Job]:
+        """The untiled levels, each model once on the whole frame; with ``edges``, then the mirrored frame
+        (:data:`EDGE_MODELS`)."""
+        whole = Box(0, 0, width, height)
+        jobs: list[Job] = [
+            (level.model, whole, None, False) for level in self.plan(width, height) if len(level.regions) == 1
         ]
+        return jobs + [(model, whole, None, True) for model in (EDGE_MODELS if edges else ())]
+
+    def _sweep(self, width: int, height: int, tiles: int) -> list[Job]:
+        jobs: list[Job] = []
         all_tiles = self._tiles(width, height)
         for _ in range(min(self.sweep_tiles or 0, tiles)):
             self._next_tile %= tiles
-            jobs.append((*all_tiles[self._next_tile], self._next_tile))
+            jobs.append((*all_tiles[self._next_tile], self._next_tile, False))
             self._next_tile += 1
         return jobs
 
