@@ -87,9 +87,7 @@ def test_in_a_crowd_no_caption_covers_another_caption_or_face(classifier):
         for track_id, detection in enumerate(BlazeFaceDetector().detect(frame), 1)
     ]
     assert len(faces) >= 6
-    # the configured sizes are for 480 lines: these give 1080 lines the caption 0.6 and 2 give 480, small enough
-    # for each of the eight to find a place
-    annotator = OverlayAnnotator(font_scale=0.6 * 480 / 1080, thickness=1)
+    annotator = OverlayAnnotator()
     height, width = frame.shape[:2]
     drawn = frame.copy()
     annotator.draw(drawn, faces)
@@ -132,15 +130,27 @@ def test_a_caption_a_neighbour_moved_below_its_face_stays_there_once_the_neighbo
 
 def test_a_caption_grows_with_the_frame_above_480_lines_and_keeps_its_size_below(performer, labelled):
     """A 1080p camera's caption drawn at the configured size is 14 px tall: about 3.5 px in a 480-px-wide
-    snapshot of the frame, too small to read."""
+    snapshot of the frame, too small to read. The face grows with the frame; a caption as far as its face does."""
     annotator = OverlayAnnotator()
-    bar_at = {lines: annotator.captions([labelled], 640 * lines // 360, lines)[0].bar for lines in (360, 480, 1080)}
-    assert bar_at[360] == bar_at[480]
-    assert 1.8 < bar_at[1080].h / bar_at[480].h < 2.5 and 2.0 < bar_at[1080].w / bar_at[480].w < 2.5  # a fixed margin
+
+    def bar(lines: int, face: Box) -> Box:
+        return annotator.captions([Face(face, labelled.prediction, 12)], 640 * lines // 360, lines)[0].bar
+
+    at = {lines: bar(lines, labelled.box.scaled(lines / 360)) for lines in (360, 480, 1080)}
+    assert at[360].h == at[480].h and at[360].w == at[480].w  # up to 480 lines: as configured
+    assert 1.8 < at[1080].h / at[480].h < 2.5 and 2.0 < at[1080].w / at[480].w < 2.5  # a fixed margin
+    assert at[1080].h * 480 / 1920 >= 10  # still a few pixels tall in the snapshot
 
     frame = cv2.resize(performer, (1920, 1080))
     face = Face(labelled.box.scaled(3), labelled.prediction, labelled.track_id)
     annotator.draw(frame, [face])
-    bar = caption_bar(frame, face.box)
-    assert bar.shape[1] == bar_at[1080].w  # drawn as placed
-    assert bar_at[1080].h * 480 / 1920 >= 10  # still a few pixels tall in the snapshot
+    assert caption_bar(frame, face.box).shape[1] == at[1080].w  # drawn as placed
+
+
+def test_a_small_face_on_a_large_frame_keeps_a_small_caption(labelled):
+    """In a crowd on a 1080p frame the faces are small: captions grown with the frame covered each other."""
+    annotator = OverlayAnnotator()
+    small = Face(Box(900, 500, 70, 70), labelled.prediction, 12)
+    at_480 = annotator.captions([small], 854, 480)[0].bar
+    at_1080 = annotator.captions([small], 1920, 1080)[0].bar
+    assert (at_1080.w, at_1080.h) == (at_480.w, at_480.h)

@@ -17,6 +17,9 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 # font_scale and thickness are for frames this many lines tall; taller ones scale them up, or a 1080p caption would
 # be 14 px tall, and 3.5 px in a 480-px-wide snapshot of it
 REFERENCE_LINES = 480
+# ... a caption as far as its face is this many times as tall as this: in a crowd on a large frame the faces are
+# small, and captions grown with the frame would cover each other and the neighbours' faces
+REFERENCE_FACE_LINES = 120
 
 
 class OverlayAnnotator:
@@ -64,10 +67,10 @@ class OverlayAnnotator:
         if not self.enabled:
             return
         height, width = image.shape[:2]
-        style = self.style(height)
+        thickness = self.style(height).thickness
         for face in faces:
             box = face.box
-            cv2.rectangle(image, (box.x, box.y), (box.x2 - 1, box.y2 - 1), self.box_color, style.thickness)
+            cv2.rectangle(image, (box.x, box.y), (box.x2 - 1, box.y2 - 1), self.box_color, thickness)
         for caption in self.captions(faces, width, height):
             bar = caption.bar
             cv2.rectangle(image, (bar.x, bar.y), (bar.x2 - 1, bar.y2 - 1), self.box_color, cv2.FILLED)
@@ -76,16 +79,19 @@ class OverlayAnnotator:
                 caption.text,
                 (bar.x + 3, bar.y2 - 1 - caption.baseline - 2),
                 FONT,
-                style.font_scale,
+                caption.style.font_scale,
                 self.text_color,
-                style.text_thickness,
+                caption.style.text_thickness,
                 cv2.LINE_AA,
             )
 
-    def style(self, height: int) -> Style:
+    def style(self, height: int, face_lines: int | None = None) -> Style:
         """The font scale and line widths for a frame ``height`` lines tall: as configured up to
-        ``REFERENCE_LINES``, in proportion above."""
+        ``REFERENCE_LINES``, in proportion above; for a caption, no more than its face's height in proportion to
+        ``REFERENCE_FACE_LINES`` asks (never less than configured)."""
         scale = max(1.0, height / REFERENCE_LINES)
+        if face_lines is not None:
+            scale = min(scale, max(1.0, face_lines / REFERENCE_FACE_LINES))
         thickness = max(1, round(self.thickness * scale))
         return Style(self.font_scale * scale, thickness, max(1, thickness // 2))
 
@@ -95,7 +101,7 @@ class OverlayAnnotator:
         of the other faces and of the captions placed before it, so that in a crowd each caption stays readable and
         no face hides behind a neighbour's caption; of two that cover as little, the side the face's caption had on
         the last frame."""
-        style = self.style(height)
+        line_width = self.style(height).thickness  # the boxes'
         placed: list[Box] = []
         captions = []
         below: set[int] = set()
@@ -103,10 +109,11 @@ class OverlayAnnotator:
             text = self.caption(face)
             if not text:
                 continue
+            box = face.box
+            style = self.style(height, box.h)
             (text_w, text_h), baseline = cv2.getTextSize(text, FONT, style.font_scale, style.text_thickness)
             bar_w, bar_h = text_w + 7, text_h + baseline + 5
-            box = face.box
-            left = max(0, min(box.x - style.thickness // 2, width - bar_w))
+            left = max(0, min(box.x - line_width // 2, width - bar_w))
             tops = [top for top in (box.y - bar_h + 1, box.y2) if 0 <= top <= height - bar_h]
             places = [Box(left, top, bar_w, bar_h) for top in tops or [min(box.y2, height - bar_h)]]
             covered = [*placed, *(other.box for other in faces if other is not face)]
@@ -117,7 +124,7 @@ class OverlayAnnotator:
             if face.track_id is not None and bar.y >= box.y:
                 below.add(face.track_id)
             placed.append(bar)
-            captions.append(Caption(text, bar, baseline))
+            captions.append(Caption(text, bar, baseline, style))
         self._below = below
         return captions
 
@@ -133,11 +140,12 @@ class Style:
 
 @dataclass(frozen=True, slots=True)
 class Caption:
-    """A face's caption as drawn: its text, the filled bar behind it, and the text's baseline in the bar."""
+    """A face's caption as drawn: its text, the filled bar behind it, the text's baseline in the bar, its size."""
 
     text: str
     bar: Box
     baseline: int
+    style: Style
 
 
 def _overlap(a: Box, b: Box) -> int:
