@@ -588,6 +588,35 @@ def test_head_gets_the_headers_get_gets_also_when_refused():
     assert answers["HEAD"] == answers["GET"] and answers["GET"][1].startswith("text/html"), answers
 
 
+def test_a_live_stream_opened_before_the_first_frame_sends_the_frames_that_come():
+    """A viewer that came while there was no frame (before the camera's first, or while it was lost) was sent
+    nothing once frames came: the stream's look at whether its viewer had left waited for the viewer to send
+    something, up to the socket's 10 s timeout, then took the silence for a viewer gone."""
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+    from fer_edge.types import Frame
+
+    feed = LiveFeed()
+    web = WebServer(feed, host="127.0.0.1", port=0, token=None, stream_fps=5.0).start()
+    try:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/stream.mjpeg HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200")
+            time.sleep(1.0)  # no frame: the stream looks whether its viewer left
+            sock.settimeout(0.5)
+            for index in range(15):  # then frames, 10 a second for 1.5 s
+                feed.write(Frame(np.full((48, 64, 3), index, np.uint8), index, index / 10), [])
+                with contextlib.suppress(TimeoutError):
+                    received += sock.recv(65536)
+                time.sleep(0.1)
+        assert received.count(b"Content-Type: image/jpeg") >= 3, received[:200]
+    finally:
+        web.close()
+
+
 def test_a_live_stream_left_while_there_is_no_frame_to_send_gives_back_its_place():
     """While the camera is lost (or before its first frame) a stream sends nothing, so it never saw its viewer
     leave: each viewer that came and went kept a place, and after a few of them every stream got 503."""

@@ -21,6 +21,7 @@ import importlib.resources
 import io
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -470,11 +471,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _viewer_left(self) -> bool:
         """Whether the viewer closed the connection. A write would tell, but while there is no frame (the camera is
         lost, or before its first frame) nothing is written, and a viewer that left would keep its place."""
+        # A look that does not wait: the socket has a send timeout, and with one Python waits for data up to it
+        # before a recv, MSG_DONTWAIT or not; meanwhile this viewer was sent no frame, and at its end was dropped.
         try:
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
             return True
 
     def _metrics(self, query: dict[str, list[str]]) -> None:
