@@ -123,7 +123,8 @@ def run_on_tmpfs(tmp_path: Path, size: str, script: str) -> dict:
     return json.loads(result.stdout)
 
 
-REFUSED_WRITE = """
+# A child's start: an events log of three lines, the kernel's file-size limit ready to play a full disk
+THREE_EVENT_LINES = """
 import resource, signal, sys
 from pathlib import Path
 from fer_edge.record.events import EventsLog
@@ -133,7 +134,11 @@ log = EventsLog(directory)
 log.open("20261124-183000-0001")
 for frame in range(3):
     log.write(1.0 + frame, frame, [])
-soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+"""
+
+REFUSED_WRITE = (
+    THREE_EVENT_LINES
+    + """soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 resource.setrlimit(resource.RLIMIT_FSIZE, ((directory / "events.jsonl").stat().st_size + 10, hard))
 log.write(4.0, 3, [])  # the kernel writes 10 bytes of it, then refuses the rest: a partial line on disk
 if sys.argv[2] == "retry":
@@ -145,6 +150,7 @@ if sys.argv[2] == "retry":
 resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
 print(log.close())
 """
+)
 
 
 def refused_write_run(directory: Path, then: str) -> subprocess.CompletedProcess:

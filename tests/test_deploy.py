@@ -963,6 +963,13 @@ def test_install_with_prefix_refuses_the_real_system_commands(tmp_path):
     assert not (tmp_path / "root").exists()  # refused before writing anything
 
 
+def _install_under(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """install.sh with ``args`` under ``--prefix root``, with the stubbed system commands of ``env``."""
+    return subprocess.run(
+        ["bash", str(INSTALL), "--prefix", str(root), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -976,13 +983,7 @@ def test_install_with_prefix_refuses_the_real_system_commands(tmp_path):
 )
 def test_a_bad_install_option_is_one_line_before_anything_is_written(args, expected, tmp_path):
     env, state = _stubbed_system(tmp_path / "system")
-    result = subprocess.run(
-        ["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _install_under(tmp_path / "root", env, *args)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"fer-edge install: error: {expected}"], result.stderr
     assert not (tmp_path / "root").exists() and not (state / "calls.log").exists()
@@ -998,13 +999,7 @@ def test_a_full_install_with_a_missing_model_stops_before_the_venv_is_built(miss
     said = (
         f"model not found: {model}" if missing == "model" else f"model sidecar not found: {model.with_suffix('.json')}"
     )
-    result = subprocess.run(
-        ["bash", str(INSTALL), "--prefix", str(tmp_path / "root"), "--no-apt", "--model", str(model)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _install_under(tmp_path / "root", env, "--no-apt", "--model", str(model))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"fer-edge install: error: {said}"], result.stderr
     assert not (tmp_path / "root" / "opt" / "fer-edge" / "venv").exists() and not (state / "calls.log").exists()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from recorder_child import refused_write_run
+from recorder_child import THREE_EVENT_LINES, refused_write_run
 
 from fer_edge.record.diskspace import finished_recordings
 from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
@@ -262,17 +262,9 @@ def whole_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-REFUSED_TAKE_BACK = """
-import resource, signal, sys
-from pathlib import Path
-from fer_edge.record.events import EventsLog
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-directory = Path(sys.argv[1])
-log = EventsLog(directory)
-log.open("20261124-183000-0001")
-for frame in range(3):
-    log.write(1.0 + frame, frame, [])
-previous = log.rotate("20261124-183000-0002")
+REFUSED_TAKE_BACK = (
+    THREE_EVENT_LINES
+    + """previous = log.rotate("20261124-183000-0002")
 log.write(4.0, 3, [], ts=4.0, video_ts=4.0)
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 resource.setrlimit(resource.RLIMIT_FSIZE, (previous.stat().st_size + 10, hard))  # no room to move a line there
@@ -281,6 +273,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
 log.write(5.0, 4, [])
 print(log.close().name)
 """
+)
 
 
 def test_events_that_cannot_go_back_to_the_file_before_stay_whole_where_they_are(tmp_path):
