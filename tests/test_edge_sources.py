@@ -388,6 +388,32 @@ def test_a_camera_opened_without_its_node_there_is_retried_with_back_off_only(tm
     assert opened_at == [1.0, 3.0, 7.0]
 
 
+def test_a_camera_missing_at_start_is_waited_for_when_asked(tmp_path, monkeypatch, caplog):
+    """The service's way (``run --wait-for-camera``): a USB camera plugged in after the start is read within one
+    look at its node, at the size asked for, instead of an error line and a restart every 10 s."""
+    camera = FakeUsbCamera(tmp_path / "video0", size=(32, 24))
+    monkeypatch.setattr(cv2, "VideoCapture", camera.capture)
+    with pytest.raises(SourceError, match="cannot open camera 0"):
+        OpenCvCaptureSource(0, 64, 48, 15, device_node=camera.node)
+    with caplog.at_level("INFO", logger="fer_edge.capture.sources"):
+        source = OpenCvCaptureSource(0, 64, 48, 15, device_node=camera.node, wait_at_start=True)
+        source._interrupted = clock = VirtualClock()
+        clock.at(7.2, camera.plug)
+        reasons = []
+        while not isinstance(read := source.read(), Frame):
+            assert isinstance(read, SourceWaiting) and clock.now < 60
+            reasons.append(read.reason)
+    assert clock.now == pytest.approx(7.5) and camera.opens == 3  # refused, waiting from the start, plugged in
+    assert source.size == (64, 48) and read.image.shape == (48, 64, 3) and read.index == 0
+    assert set(reasons) == {f"camera 0 not opened yet; waiting for {camera.node} to appear"}
+    assert caplog.messages == [
+        "cannot open camera 0 at start (not connected, or in use by another process?); waiting for it",
+        "camera 0 opened",
+    ]
+    camera.unplug()
+    source.close()
+
+
 def test_interrupt_ends_the_wait_for_an_unplugged_camera(tmp_path, monkeypatch):
     camera = FakeUsbCamera(tmp_path / "video0")
     camera.plug()

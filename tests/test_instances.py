@@ -75,7 +75,7 @@ def test_the_template_is_the_plain_unit_with_per_instance_paths_a_slice_and_a_cp
         ("Service", "CPUQuota"),
     }
     service = template["Service"]
-    assert service["ExecStart"] == [f"{FER_EDGE_BIN} run --config /etc/fer-edge/%i.yaml"]
+    assert service["ExecStart"] == [f"{FER_EDGE_BIN} run --wait-for-camera --config /etc/fer-edge/%i.yaml"]
     assert service["StateDirectory"] == ["fer-edge/%i"] and service["WorkingDirectory"] == ["/var/lib/fer-edge/%i"]
     assert service["Slice"] == ["fer-edge.slice"]
 

@@ -291,3 +291,37 @@ def test_a_hung_source_stops_the_watchdog_pings_and_sigterm_still_exits_cleanly(
     assert child.returncode == 0, stderr
     after = _kinds(service_socket.drain())
     assert "STOPPING" in after and "WATCHDOG" not in after
+
+
+def test_a_camera_missing_at_start_keeps_the_service_up_and_waiting(service_socket, tmp_path):
+    """``run --wait-for-camera`` (the unit's ExecStart) with no camera: READY, a status line saying what it waits
+    for, watchdog pings while it waits, and a clean stop, where a plain ``run`` fails with one error line."""
+    camera = "/dev/video1023"  # no such node here; OpenCV opens nothing
+    command = [sys.executable, "-m", "fer_edge.cli", "run", "--source", camera, "--model", str(MODEL)]
+    command += ["--output", str(tmp_path / "rec")]
+    plain = subprocess.run(command, env=_child_env(service_socket.address), capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert f"fer-edge: error: cannot open camera {camera}" in plain.stderr
+    assert "READY" not in _kinds(service_socket.drain())
+
+    child = subprocess.Popen(
+        [*command, "--wait-for-camera"], env=_child_env(service_socket.address), stderr=subprocess.PIPE, text=True
+    )
+    try:
+        messages = [service_socket.receive(timeout=60)]
+        deadline = time.monotonic() + 30
+        while not any(m.startswith("STATUS=waiting") for m in messages) and time.monotonic() < deadline:
+            messages.append(service_socket.receive(timeout=30))
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, stderr
+    assert messages[0] == "READY=1", messages
+    assert f"STATUS=waiting: camera {camera} not opened yet; waiting for {camera} to appear" in messages
+    assert "WATCHDOG=1" in messages
+    assert f"cannot open camera {camera} at start (not connected, or in use by another process?)" in stderr
+    assert "Traceback" not in stderr
+    assert not list((tmp_path / "rec").glob("*.mp4"))  # no frame, no recording

@@ -130,7 +130,7 @@ def test_service_is_a_watched_notify_service(unit):
     assert service["Restart"] == ["on-failure"]
     assert service["KillSignal"] == ["SIGTERM"]
     assert seconds(service["TimeoutStopSec"][0]) == 15  # > the 5 s a recording needs to finalize
-    assert service["ExecStart"] == [f"{FER_EDGE_BIN} run --config /etc/fer-edge/config.yaml"]
+    assert service["ExecStart"] == [f"{FER_EDGE_BIN} run --wait-for-camera --config /etc/fer-edge/config.yaml"]
     assert service["ExecStartPre"] == [f"{FER_EDGE_BIN} check-config --quiet --config /etc/fer-edge/config.yaml"]
     assert "PYTHONUNBUFFERED=1" in " ".join(service["Environment"]).split()
 

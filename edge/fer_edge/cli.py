@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--realtime", action="store_true", help="pace a file at its native frame rate")
     run.add_argument("--no-record", action="store_true", help="write no video and no events")
+    run.add_argument(
+        "--wait-for-camera",
+        action="store_true",
+        help="wait for a USB camera or stream that does not open at start, as for one lost (the service's way); "
+        "default: an error",
+    )
 
     check = commands.add_parser(
         "check-config",
@@ -149,6 +155,8 @@ def load(args: argparse.Namespace, **extra: Any) -> Config:
     if getattr(args, "no_record", False):
         overrides["recording.enabled"] = False
         overrides["events.enabled"] = False
+    if getattr(args, "wait_for_camera", False):
+        overrides["source.wait_at_start"] = True
     overrides.update(extra)
     cfg = load_config(args.config, overrides)
     if not args.verbose:

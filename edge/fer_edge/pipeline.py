@@ -221,6 +221,8 @@ class Pipeline:
         self._unsure: list[Box] = []  # this frame's faces too unsure to track, blurred while privacy is on
         self._stop = threading.Event()
         self._closed = False
+        self._last_watchdog = float("-inf")
+        self._announced_ready = False  # READY=1 sent: at the first frame, or the first wait for a camera
 
     def stop(self) -> None:
         """Ask the loop to end after the current frame; safe from signal handlers and other threads."""
@@ -240,6 +242,7 @@ class Pipeline:
         stats = self.stats = RunStats()  # live: read by the web server and MQTT threads
         window = _StatusWindow(time.monotonic())
         self._last_watchdog = float("-inf")
+        self._announced_ready = False
         started = time.perf_counter()
         try:
             while not self._stop.is_set() and (max_frames is None or stats.frames < max_frames):
@@ -271,8 +274,8 @@ class Pipeline:
                 durations = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
                 self._count(stats, faces, durations)
                 window.add(faces, durations)
-                if stats.frames == 1:
-                    self.notifier.ready()
+                if not self._announced_ready:
+                    self._announce_ready()
                 now = time.monotonic()
                 self._ping_watchdog(now)
                 if now - window.start >= self.status_interval_s:
@@ -379,9 +382,17 @@ class Pipeline:
             self.notifier.watchdog()
             self._last_watchdog = now
 
+    def _announce_ready(self) -> None:
+        self.notifier.ready()
+        self._announced_ready = True
+
     def _wait(self, waiting: SourceWaiting, window: _StatusWindow) -> _StatusWindow:
         """The source waits for its camera: the loop is alive (watchdog), and says why no frames come."""
         now = time.monotonic()
+        if not self._announced_ready:
+            # a camera awaited from the start: the service is up and says why it has no frames; systemd
+            # would otherwise stop it when its start-up time runs out
+            self._announce_ready()
         self._ping_watchdog(now)
         if window.waiting is None:  # the camera was just lost
             self._end_tracks()

@@ -51,6 +51,7 @@ def open_source(cfg: SourceConfig) -> Source:
             cfg.fps,
             reopen_initial_s=cfg.reopen_initial_s,
             reopen_max_s=cfg.reopen_max_s,
+            wait_at_start=cfg.wait_at_start,
         )
     if not cfg.path:
         raise SourceError(f"source.path: required for source kind {kind}")
@@ -150,7 +151,8 @@ class OpenCvCaptureSource:
     device node (``device_node``; ``"auto"``: :func:`video_node`) is watched while it is lost: nothing is opened
     while the node is gone, and a node that comes back is opened within :data:`NODE_POLL_S`; the back-off
     spaces only the attempts that fail while the same node is there. Frames are read (decoded) up to
-    :data:`LIVE_DEPTH` ahead on a thread of their own, stamped when they were read."""
+    :data:`LIVE_DEPTH` ahead on a thread of their own, stamped when they were read. With ``wait_at_start``, a camera
+    that does not open at start is waited for in the same way (its frames then come at the requested size)."""
 
     def __init__(
         self,
@@ -162,6 +164,7 @@ class OpenCvCaptureSource:
         reopen_initial_s: float = 1.0,
         reopen_max_s: float = 30.0,
         device_node: str | Path | Literal["auto"] | None = "auto",
+        wait_at_start: bool = False,
     ):
         import cv2
 
@@ -182,10 +185,20 @@ class OpenCvCaptureSource:
         self._ahead: Prefetcher[tuple[np.ndarray, float]] | None = None  # reads the open capture ahead
         self._dropped = 0  # frames skipped by the readers of earlier openings
         self._capture = self._open()
+        self._opened_once = self._capture is not None
         if self._capture is None:
             is_camera = isinstance(self.device, int) or str(self.device).startswith("/dev/")
             what = f"camera {self.name}" if is_camera else f"stream {self.name}"
-            raise SourceError(f"cannot open {what} (not connected, or in use by another process?)")
+            if not wait_at_start:
+                raise SourceError(f"cannot open {what} (not connected, or in use by another process?)")
+            # the service waits for a camera plugged in late as for one lost: a restart every few seconds
+            # would start Python and load the models each time, and say the same error line each time
+            log.warning("cannot open %s at start (not connected, or in use by another process?); waiting for it", what)
+            self.size, self.fps = (width, height), fps
+            self._delay = self._wait_left = self.reopen_initial_s
+            self._look_at_node()
+            self._failed_on = self._seen
+            return
         self.size = (
             int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)) or width,
             int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) or height,
@@ -275,8 +288,9 @@ class OpenCvCaptureSource:
                 return SourceWaiting(self._waiting_reason())
         capture = self._open()
         if capture is not None:
-            log.info("camera %s reopened", self.name)
+            log.info("camera %s %s", self.name, "reopened" if self._opened_once else "opened")
             self._capture = capture
+            self._opened_once = True
             return None
         fresh = self._node is not None and self._seen != self._failed_on
         self._failed_on = self._seen
@@ -284,7 +298,7 @@ class OpenCvCaptureSource:
         self._delay = self.reopen_initial_s if fresh else min(self._delay * 2, self.reopen_max_s)
         self._wait_left = self._delay
         log.warning("camera %s still unavailable; next try in %d s", self.name, whole_seconds(self._delay))
-        return SourceWaiting(f"camera {self.name} lost; next try in {whole_seconds(self._delay)} s")
+        return SourceWaiting(f"camera {self.name} {self._absence}; next try in {whole_seconds(self._delay)} s")
 
     def _look_at_node(self) -> None:
         if self._node is not None:
@@ -299,8 +313,12 @@ class OpenCvCaptureSource:
 
     def _waiting_reason(self) -> str:
         if self._node is not None and self._seen is None:
-            return f"camera {self.name} lost; waiting for {self._node} to appear"
-        return f"camera {self.name} lost; next try in {whole_seconds(self._wait_left)} s"
+            return f"camera {self.name} {self._absence}; waiting for {self._node} to appear"
+        return f"camera {self.name} {self._absence}; next try in {whole_seconds(self._wait_left)} s"
+
+    @property
+    def _absence(self) -> str:
+        return "lost" if self._opened_once else "not opened yet"
 
     def interrupt(self) -> None:
         self._interrupted.set()

@@ -82,6 +82,7 @@ class SourceConfig:
     loop: bool = False  # restart files and image folders at their end
     reopen_initial_s: float = _opt(1.0, above_up_to(0, MAX_REOPEN_S))  # first wait before reopening a lost camera
     reopen_max_s: float = _opt(30.0, above_up_to(0, MAX_REOPEN_S))  # longest wait between reopen attempts
+    wait_at_start: bool = False  # a USB camera or stream that does not open at start is waited for as if lost
 
 
 @dataclass(frozen=True)
