@@ -289,3 +289,81 @@ def test_events_that_cannot_go_back_to_the_file_before_stay_whole_where_they_are
     before, failed = (whole_lines(tmp_path / name) for name in sorted(os.listdir(tmp_path)))
     assert [e["frame"] for e in before] == [0, 1, 2] and [e["frame"] for e in failed] == [3, 4]
     assert failed[0]["video_ts"] == 4.0
+
+
+# A child that moves a failed video's events (frames 3 and 4) back to the file before (frames 0 to 2) and
+# SIGKILLs itself at the point of the move named by its second argument
+KILLED_TAKE_BACK = (
+    THREE_EVENT_LINES
+    + """import os
+import fer_edge.record.events as events
+previous = log.rotate("20261124-183000-0002")
+log.write(4.0, 3, [], ts=4.0, video_ts=4.0)
+log.write(5.0, 4, [], ts=5.0)
+point = sys.argv[2]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(name, when=lambda *args: True, then=die):
+    original = getattr(events, name)
+    def hooked(*args):
+        result = original(*args)
+        if when(*args):
+            then()
+        return result
+    setattr(events, name, hooked)
+
+def half_a_line_lost():  # the kernel had the moved lines, the disk only part of the last one
+    os.truncate(previous, previous.stat().st_size - 5)
+    die()
+
+if point == "journalled":
+    after("_write_journal")
+elif point == "half-appended":
+    after("_append_without_video_ts", then=half_a_line_lost)
+elif point == "appended":
+    after("_append_without_video_ts")
+elif point == "marked":
+    after("_write_atomically", when=lambda path, text: text == previous.stem)
+elif point == "replaced":
+    events._remove_journal = lambda *args: die()
+print(log.take_back(previous), flush=True)
+if point == "done":
+    die()
+"""
+)
+
+MOVED_BACK = ["20261124-183000-0001.jsonl"]
+LEFT_WHERE_THEY_WERE = ["20261124-183000-0001.jsonl", "20261124-183000-0002.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("point", "files"),
+    [
+        ("journalled", LEFT_WHERE_THEY_WERE),
+        ("half-appended", LEFT_WHERE_THEY_WERE),
+        ("appended", LEFT_WHERE_THEY_WERE),
+        ("marked", LEFT_WHERE_THEY_WERE),
+        ("replaced", MOVED_BACK),
+        ("done", MOVED_BACK),
+    ],
+)
+def test_a_crash_while_events_go_back_leaves_each_line_in_one_file(tmp_path, point, files):
+    """SIGKILL at each step of moving a failed video's events back to the file before, then the next start's
+    recovery: every line is in exactly one file, whole, and nothing of the move is left behind."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_TAKE_BACK, str(tmp_path), point], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == -9, (result.stdout, result.stderr)  # killed at that point, not finished
+    recover_leftover_events(tmp_path, fallback_stem=lambda t: pytest.fail("the marker names the file"))
+
+    assert sorted(os.listdir(tmp_path)) == files
+    frames = {name: [e["frame"] for e in whole_lines(tmp_path / name)] for name in files}
+    if files == MOVED_BACK:
+        assert frames == {files[0]: [0, 1, 2, 3, 4]}
+        assert not any("video_ts" in e for e in whole_lines(tmp_path / files[0]))
+    else:
+        assert frames == {files[0]: [0, 1, 2], files[1]: [3, 4]}
+        assert whole_lines(tmp_path / files[1])[0]["video_ts"] == 4.0

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CURRENT_NAME = "events.jsonl"
 STEM_MARKER_NAME = ".events.jsonl.stem"
 MARKER_TMP_NAME = STEM_MARKER_NAME + ".tmp"
+TAKE_BACK_NAME = ".events.jsonl.takeback"
 MAX_MARKER_BYTES = 256  # a stem is 20 characters; anything longer is not one
 
 
@@ -204,13 +205,19 @@ class EventsLog:
     def take_back(self, previous: Path) -> bool:
         """Move the lines of the current file to the end of ``previous`` (the file the last rotation finished,
         without their ``video_ts``) and go on writing there, under its stem; False, with nothing changed, when
-        that cannot be done (the current file then goes on)."""
+        that cannot be done (the current file then goes on).
+
+        The move is journalled in ``.events.jsonl.takeback`` (both stems and the size of ``previous`` before it),
+        written and synced first and removed last, so that start-up can undo or finish a move a crash cut short
+        (``settle_take_back``): each line ends up in one file, never in both."""
         stem = self.stem
-        if stem is None or self._file_stem != stem or not previous.is_file():
+        if stem is None or self._file_stem != stem or previous.stem == stem or not previous.is_file():
             return False
         self._close_file()
+        journal = self.directory / TAKE_BACK_NAME
         size = previous.stat().st_size
         try:
+            _write_journal(journal, {"into": previous.stem, "size": size, "from": stem})
             if self.path.exists():
                 _cut_partial_last_line(self.path)
                 _append_without_video_ts(self.path, previous)
@@ -219,12 +226,13 @@ class EventsLog:
         except OSError as exc:
             log.debug("events: cannot move the lines of %s back to %s (%s)", stem, previous.name, exc)
             with contextlib.suppress(OSError):
-                os.truncate(previous, size)
-            with contextlib.suppress(OSError):
-                _write_atomically(self._marker, stem)
+                _undo_take_back(previous, size, self._marker, stem)
+                _remove_journal(journal, self.directory)
             self.open(stem)
             return False
         fsync_directory(self.directory)
+        with contextlib.suppress(OSError):
+            _remove_journal(journal, self.directory)
         self._file_stem = None
         self._write_failed = False
         self.open(previous.stem)
@@ -397,6 +405,7 @@ def recover_leftover_events(
     current = directory / CURRENT_NAME
     marker = directory / STEM_MARKER_NAME
     _remove_stale_marker_tmp(directory / MARKER_TMP_NAME)
+    settle_take_back(directory)
     if not current.exists():
         marker.unlink(missing_ok=True)
         return None
@@ -420,6 +429,76 @@ def _append_without_video_ts(source: Path, target: Path) -> None:
                 out.write(json.dumps(event, separators=(",", ":")) + "\n")
         out.flush()
         os.fsync(out.fileno())
+
+
+def _write_journal(journal: Path, move: dict) -> None:
+    """Written in place and synced before the move starts: a journal cut short by a crash was never acted on."""
+    with open(create_private(journal), "w", encoding="utf-8") as f:
+        f.write(json.dumps(move))
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_directory(journal.parent)
+
+
+def _remove_journal(journal: Path, directory: Path) -> None:
+    journal.unlink(missing_ok=True)
+    fsync_directory(directory)
+
+
+def _undo_take_back(previous: Path, size: int, marker: Path, stem: str) -> None:
+    """``previous`` back to its ``size`` before the move, the marker back to the current file's ``stem``."""
+    if previous.stat().st_size > size:
+        os.truncate(previous, size)
+    _write_atomically(marker, stem)
+
+
+def _read_journal(journal: Path) -> tuple[str, int, str] | None:
+    """``(stem moved into, its size before, stem moved from)``; None when the journal holds no such move."""
+    try:
+        with open(journal, "rb") as f:
+            move = json.loads(f.read(MAX_MARKER_BYTES + 1))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(move, dict):
+        return None
+    into, size, moved_from = move.get("into"), move.get("size"), move.get("from")
+    stems = [_stem_or_none(s.encode()) if isinstance(s, str) else None for s in (into, moved_from)]
+    if None in stems or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return None
+    return str(into), size, str(moved_from)
+
+
+def settle_take_back(directory: Path) -> None:
+    """Start-up: undo a move of events back to the file before (``EventsLog.take_back``) that a crash cut short
+    before that file took the place of ``events.jsonl``, or finish one cut short after; remove its journal.
+
+    The marker tells a move in progress from a journal that outlived its move (its removal lost): while a move is
+    in progress it holds one of the move's two stems, and then the earlier file is still there only if it has not
+    yet taken the place of ``events.jsonl``, which is there throughout. Anything else is left as it is: at worst
+    a line kept twice, never one lost.
+    """
+    journal = directory / TAKE_BACK_NAME
+    if not os.path.lexists(journal):
+        return
+    move = _read_journal(journal) if journal.is_file() else None
+    marker = directory / STEM_MARKER_NAME
+    if move is None:
+        log.info("events: removed %s, which holds no move (one cut short before it began)", TAKE_BACK_NAME)
+    elif (marked := _read_marker(marker)) not in (move[0], move[2]):
+        log.info("events: removed %s, left by a move that had finished", TAKE_BACK_NAME)
+    else:
+        into, size, moved_from = move
+        previous, current = directory / f"{into}.jsonl", directory / CURRENT_NAME
+        if previous.exists() and current.exists():
+            _undo_take_back(previous, size, marker, moved_from)
+            log.info(
+                "events: undid moving the events of %s back to %s, cut short by a crash", moved_from, previous.name
+            )
+        elif current.exists():  # the earlier file has taken its place, with the lines moved
+            if marked != into:
+                _write_atomically(marker, into)
+            log.info("events: finished moving the events of %s back to %s.jsonl after a crash", moved_from, into)
+    _remove_journal(journal, directory)
 
 
 def _remove_stale_marker_tmp(tmp: Path) -> None:
