@@ -329,3 +329,66 @@ def test_a_video_retry_that_fails_leaves_no_events_file_without_its_video(tmp_pa
     assert [e["frame"] for file in lines for e in file] == list(range(250))  # none lost, none twice
     video_starts = [[e["frame"] for e in file if "video_ts" in e] for file in lines]
     assert video_starts == [[n] if n is not None else [] for n in started_videos]
+
+
+REFUSED_CLOSE = """
+import resource, signal, sys
+from pathlib import Path
+from recorder_child import draw_frame, recorder_for
+from fer_edge.types import Box, Face, Frame, Prediction
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+face = Face(Box(10, 20, 60, 60), Prediction(labels, (0.05, 0.0, 0.05, 0.7, 0.1, 0.05, 0.05)), track_id=1)
+directory, faces_until, refuse_at, frames = Path(sys.argv[1]), *map(int, sys.argv[2:5])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+clock = {"t": 0.0}
+with recorder_for(
+    directory, 10.0, (320, 240), segment_seconds=60.0, presence_triggered=True, pre_roll_s=0.0, post_roll_s=0.0,
+    monotonic_clock=lambda: clock["t"],
+) as recorder:
+    for i in range(frames):
+        clock["t"] = i / 10.0
+        if i == refuse_at:  # the disk takes nothing more of the video than it has (events lines still fit)
+            part_size = max([p.stat().st_size for p in directory.glob("*.mp4.part")], default=0)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max(part_size + 1000, 64 * 1024), hard))
+        if i == 30:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        faces = [face] if 10 <= i < faces_until else []
+        recorder.write(Frame(draw_frame(i, 320, 240, noise=True), i, i / 10.0), faces)
+"""
+
+
+def refused_close_run(tmp_path: Path, faces_until: int, refuse_at: int, frames: int) -> str:
+    """``REFUSED_CLOSE`` in a child process: a face from frame 10 to ``faces_until``, the disk refusing more video
+    from frame ``refuse_at`` to 30; what it logged."""
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSED_CLOSE, str(tmp_path), str(faces_until), str(refuse_at), str(frames)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("faces_until", "refuse_at", "video_frames"),
+    [
+        (15, 10, []),  # a face for half a second: its one fragment is written at the close, and refused
+        (25, 24, list(range(10, 20))),  # the first second's fragment is on disk, the last half second refused
+    ],
+    ids=["all-refused", "end-refused"],
+)
+def test_a_segment_the_disk_refuses_at_its_close_keeps_only_whole_fragments(
+    tmp_path, faces_until, refuse_at, video_frames
+):
+    """The disk refuses the last fragment of a segment being closed (the kernel's file size limit). FFmpeg does not
+    say so: the torn file was published as a finished .mp4, with a torn end or nothing that decodes."""
+    logged = refused_close_run(tmp_path, faces_until, refuse_at, 40)
+    assert "the disk did not take the end of" in logged, logged
+    videos = sorted(tmp_path.glob("*.mp4"))
+    decoded = [[read_index(image) for image in decode_pyav(video)] for video in videos]
+    assert decoded == ([video_frames] if video_frames else [])
+    assert [path.name for path in tmp_path.iterdir() if path.suffix not in (".mp4", ".jsonl")] == []
+    lines = [list(read_events(p)) for p in sorted(tmp_path.glob("*.jsonl"))]
+    assert [e["frame"] for file in lines for e in file] == list(range(40))  # none lost, none twice

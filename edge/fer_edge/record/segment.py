@@ -201,7 +201,9 @@ class VideoSegment:
         return keyframe and self.frames > 1
 
     def finish(self) -> Path | None:
-        """Flush the encoder, close, fsync and rename to ``.mp4``; on a write error keep what is on disk."""
+        """Flush the encoder, close, fsync and rename to ``.mp4``, cut to its complete fragments: FFmpeg does not
+        always raise when the disk refuses the last fragment or the close (it keeps the error to itself), so the
+        file on disk is checked rather than trusted. None when none of it is kept."""
         av = pyav()
 
         error: Exception | None = None
@@ -220,7 +222,7 @@ class VideoSegment:
                 self.part_path.name,
                 error,
             )
-        return self._publish(repair=error is not None)
+        return self._publish(torn_said=error is not None)
 
     def abandon(self) -> Path | None:
         """After an encode/mux error: close whatever can be closed and keep the complete fragments."""
@@ -228,7 +230,7 @@ class VideoSegment:
             self._container.close()
         except Exception:  # noqa: BLE001 - the container is already broken; what matters is the file on disk
             pass
-        return self._publish(repair=True)
+        return self._publish(torn_said=True)
 
     def drop(self) -> None:
         """Close without publishing: the file is gone (its folder was deleted)."""
@@ -237,10 +239,18 @@ class VideoSegment:
         except Exception:  # noqa: BLE001 - writing into a deleted file; nothing on disk to save
             pass
 
-    def _publish(self, *, repair: bool) -> Path | None:
+    def _publish(self, *, torn_said: bool) -> Path | None:
+        """Cut a torn last fragment off, then rename; ``torn_said``: the write error was logged already."""
         final = self.part_path.with_name(self.stem + ".mp4")
         try:
-            fragments = repair_fragmented_mp4(self.part_path)[0] if repair else self.frames
+            fragments, cut = repair_fragmented_mp4(self.part_path)
+            if cut and not torn_said:
+                log.warning(
+                    "recording: the disk did not take the end of %s (%d bytes of a fragment cut); %s",
+                    self.part_path.name,
+                    cut,
+                    f"keeping its {fragments} complete fragments" if fragments else "nothing of it to keep",
+                )
             if fragments == 0:
                 self.part_path.unlink(missing_ok=True)
                 return None
