@@ -392,3 +392,17 @@ def test_a_segment_the_disk_refuses_at_its_close_keeps_only_whole_fragments(
     assert [path.name for path in tmp_path.iterdir() if path.suffix not in (".mp4", ".jsonl")] == []
     lines = [list(read_events(p)) for p in sorted(tmp_path.glob("*.jsonl"))]
     assert [e["frame"] for file in lines for e in file] == list(range(40))  # none lost, none twice
+
+
+@pytest.mark.parametrize("frames", [40, 15], ids=["episode-ended", "service-stopped"])
+def test_a_segment_the_disk_keeps_nothing_of_at_its_close_leaves_no_events_file_without_video(tmp_path, frames):
+    """A face for half a second, whose one fragment the disk refuses when the segment closes (at the end of the
+    episode, or as the service stops): its events file was left without its video, one more recording in the
+    list. Its events go back to the file before it, as a failed retry's do."""
+    refused_close_run(tmp_path, 15, 10, frames)
+    assert list(tmp_path.glob("*.mp4")) == []
+    (events,) = tmp_path.glob("*.jsonl")
+    lines = list(read_events(events))
+    assert [e["frame"] for e in lines] == list(range(frames))
+    assert not any("video_ts" in e for e in lines)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [events.name]

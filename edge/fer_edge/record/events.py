@@ -376,6 +376,7 @@ class EventsSink:
             self._previous = None
 
     def close(self) -> None:
+        self._take_back_unwritten_video()  # the video closed just before may have kept nothing
         self._previous = None
         self.log.close()
 

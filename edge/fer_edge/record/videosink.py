@@ -239,6 +239,8 @@ class Mp4Sink:
             self._failing = False
             self._segments.append(final)
             log.info("recording: finished %s (%d frames)", final.name, segment.frames)
+        elif not segment.part_path.exists():  # none of it reached the disk: no file, as after a failed write
+            self._clock.unwritten_video_stem = segment.stem
 
     def _failed(self, exc: Exception) -> None:
         segment, self._segment = self._segment, None
