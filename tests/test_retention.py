@@ -263,6 +263,45 @@ def test_recordings_made_before_the_clock_was_set_are_listed_at_their_real_times
         assert stepped - 200 < first_t <= last_t < stepped + 30 and stepped - 240 < first_minute <= last_minute
 
 
+def test_a_recording_open_across_a_step_back_is_listed_at_its_real_times(recorded, tmp_path):
+    """A clock seven hours ahead (a wrong saved time), set back by network time while a segment was written: the
+    review listed that segment seven hours ahead, since its lines after the step repeat the times of those before
+    and the step was not noted for it. Its lines before the step now count as that much earlier, those after it
+    stay as written, in a rebuilt index too."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real = 86400.0 * 20000
+    ahead = real + 7 * 3600.0
+    wall, steady = {"t": ahead}, {"t": 100.0}
+    watch = ClockWatch(out, wall_clock=lambda: wall["t"], monotonic_clock=lambda: steady["t"])
+    finished = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ahead + 60)) + "-0001"  # this run, before the step
+    (out / f"{finished}.jsonl").write_text("".join(_events_from(recorded, ahead + 60)))
+    os.utime(out / f"{finished}.jsonl", (ahead + 70, ahead + 70))
+    opened = time.strftime("%Y%m%d-%H%M%S", time.gmtime(ahead + 200)) + "-0002"  # open across the step
+    (out / STEM_MARKER_NAME).write_text(opened)
+    (out / CURRENT_NAME).write_text("".join(_events_from(recorded, ahead + 200)[:20]))
+    wall["t"], steady["t"] = ahead + 300.0, 400.0
+    assert watch.check() == 0.0
+    wall["t"], steady["t"] = real + 301.0, 401.0
+    step = watch.check()
+    assert step == pytest.approx(-7 * 3600.0)
+    with open(out / CURRENT_NAME, "a") as current:  # the same segment goes on, on the right clock
+        current.writelines(_events_from(recorded, real + 302.0, source=1)[:20])
+
+    for rebuilt in (False, True):
+        if rebuilt:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{out / DB_NAME}{suffix}").unlink(missing_ok=True)
+        index = RecordingIndex(out)
+        index.sync()
+        index.close()
+        times = _index_times(out)
+        assert times[finished][0] == pytest.approx(real + 60, abs=1)
+        start, first_t, last_t, first_minute, last_minute = times[opened]
+        assert start == pytest.approx(real + 200, abs=1)
+        assert real + 199 < first_t <= last_t < real + 330 and real + 140 < first_minute <= last_minute < real + 330
+
+
 def test_a_full_disk_never_stops_retention_or_the_index_nor_floods_the_log(recorded, tmp_path):
     """A real tmpfs, full when the thread starts (the index cannot even be opened) and again while it runs (a new
     recording's thumbnail and rows cannot be written): retention still deletes what is too old, the index is

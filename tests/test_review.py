@@ -737,8 +737,8 @@ def test_videos_without_events_made_before_the_clock_was_set_list_at_their_real_
 def test_recordings_made_while_the_clock_ran_ahead_list_before_those_made_since(demo_clip, tmp_path):
     """A clock a year ahead (a wrong saved time), set back by network time while recording: what was made before
     the step kept next year's names and times, and sat at the top of the list, over every recording made since,
-    for a year. They list at their real times, after the ones made since; the segment open across the step, whose
-    lines after it cannot be told from those before, is left as written."""
+    for a year. They list at their real times, after the ones made since; the step is noted apart for the segment
+    open across it, whose lines after it repeat the times of those before."""
     from fer_edge.record.clocksteps import read_clock_steps
     from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME
     from fer_edge.record.index import RecordingIndex
@@ -758,7 +758,8 @@ def test_recordings_made_while_the_clock_ran_ahead_list_before_those_made_since(
     assert watch.check() == 0.0
     wall["t"], steady["t"] = real, 401.0
     step = watch.check()
-    assert set(read_clock_steps(tmp_path)) == set(while_ahead)
+    noted = read_clock_steps(tmp_path)
+    assert set(noted) == {*while_ahead, across} and noted[across] == [(None, step)]
     (tmp_path / STEM_MARKER_NAME).unlink()
     (tmp_path / CURRENT_NAME).unlink()
     since = [_stem_at(real + 60 * n, n + 3) for n in (1, 2)]

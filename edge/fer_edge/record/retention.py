@@ -193,13 +193,15 @@ class ClockWatch:
             moved,
         )
         open_stem = marker_stem(self.directory)  # the events file being written: its lines so far, before the step
+        across = set()
         if open_stem is not None and step > 0:
             stems.add(open_stem)
-        elif open_stem is not None:  # after a step back its lines repeat the times of those before: not told apart
+        elif open_stem is not None:  # after a step back its lines repeat the times of those before
             stems.discard(open_stem)
-        if stems:  # the review lists them at their real times
+            across.add(open_stem)
+        if stems or across:  # the review lists them at their real times
             try:
-                note_clock_step(self.directory, stems, until, step)
+                note_clock_step(self.directory, stems, until, step, across)
             except OSError as exc:  # a full disk: their files' ages are right, their listed times stay behind
                 log.warning("clock: cannot note the step for the review index (%s)", exc)
         self._since += step

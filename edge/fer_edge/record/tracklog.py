@@ -134,8 +134,12 @@ def _integer(value: object) -> int | None:
 class TrackLog:
     """Follows one events file from byte ``offset``: new complete lines become track events and minute counts."""
 
-    def __init__(self, end_after_s: float = TRACK_END_AFTER_S, clock_steps: list[tuple[float, float]] | None = None):
+    def __init__(
+        self, end_after_s: float = TRACK_END_AFTER_S, clock_steps: list[tuple[float | None, float]] | None = None
+    ):
         self._clock_steps = clock_steps or []  # the clock steps its lines were written before (clocksteps)
+        self._fallen_back = 0  # of the steps back it was written across (``until`` None), those its lines are past
+        self._last_raw: tuple[float, float | None] | None = None  # the last line's time and timestamp, as written
         self.offset = 0
         self.lines = 0
         self.first_t: float | None = None
@@ -180,13 +184,31 @@ class TrackLog:
     def _offset(self, ts: float) -> float:
         return max(0.0, ts - (self.first_ts if self.first_ts is not None else ts))
 
+    def _corrected(self, t: float, ts: float | None) -> float:
+        """``t`` on the clock as it read after the steps noted for this file. A step back it was written across
+        counts up to the line where the wall clock falls back against the frame timestamps by half that step or
+        more: the first line written after it."""
+        last, self._last_raw = self._last_raw, (t, ts)
+        across = [step for until, step in self._clock_steps if until is None]
+        if last is not None and self._fallen_back < len(across):
+            ran = ts - last[1] if ts is not None and last[1] is not None else 0.0
+            if t - last[0] - ran < across[self._fallen_back] / 2:
+                self._fallen_back += 1
+        steps, passed = [], 0
+        for until, step in self._clock_steps:
+            if until is None and passed < self._fallen_back:
+                passed += 1
+                continue
+            steps.append((until, step))
+        return corrected(t, steps)
+
     def _line(self, line: dict, events: list[TrackEvent], counts: Counter[tuple[int, str]]) -> None:
         t = _number(line.get("t"))
         if t is None or not 0 <= t < MAX_TIME:
             return
-        if self._clock_steps:
-            t = corrected(t, self._clock_steps)
         ts = _number(line.get("ts"))
+        if self._clock_steps:
+            t = self._corrected(t, ts)
         ts = t if ts is None else ts  # files written before frame timestamps were logged
         ts = max(ts, self._last_ts)
         self._last_ts = ts
