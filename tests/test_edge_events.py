@@ -15,7 +15,14 @@ import pytest
 from recorder_child import THREE_EVENT_LINES, refused_write_run
 
 from fer_edge.record.diskspace import finished_recordings
-from fer_edge.record.events import CURRENT_NAME, STEM_MARKER_NAME, EventsLog, read_events, recover_leftover_events
+from fer_edge.record.events import (
+    CURRENT_NAME,
+    STEM_MARKER_NAME,
+    TAKE_BACK_NAME,
+    EventsLog,
+    read_events,
+    recover_leftover_events,
+)
 from fer_edge.record.index import RecordingIndex
 from fer_edge.types import Box, Face, Prediction
 
@@ -367,3 +374,17 @@ def test_a_crash_while_events_go_back_leaves_each_line_in_one_file(tmp_path, poi
     else:
         assert frames == {files[0]: [0, 1, 2], files[1]: [3, 4]}
         assert whole_lines(tmp_path / files[1])[0]["video_ts"] == 4.0
+
+
+def test_a_move_journal_that_cannot_be_settled_does_not_keep_the_leftover_events_unnamed(tmp_path, caplog):
+    """Something that is not a journal where the move's journal goes (here a folder): said once and left alone,
+    and the leftover events file still gets its name."""
+    stem = "20261124-183000-0002"
+    (tmp_path / TAKE_BACK_NAME).mkdir()
+    (tmp_path / CURRENT_NAME).write_text('{"t": 1795631400.5, "frame": 0, "faces": []}\n')
+    (tmp_path / STEM_MARKER_NAME).write_text(stem)
+    with caplog.at_level(logging.WARNING):
+        recovered = recover_leftover_events(tmp_path, fallback_stem=lambda t: pytest.fail("the marker names it"))
+    assert recovered == tmp_path / f"{stem}.jsonl" and [e["frame"] for e in read_events(recovered)] == [0]
+    assert sorted(os.listdir(tmp_path)) == [TAKE_BACK_NAME, recovered.name]
+    assert [r.getMessage() for r in caplog.records] == [f"events: {TAKE_BACK_NAME} is not a file; left as it is"]

@@ -406,7 +406,10 @@ def recover_leftover_events(
     current = directory / CURRENT_NAME
     marker = directory / STEM_MARKER_NAME
     _remove_stale_marker_tmp(directory / MARKER_TMP_NAME)
-    settle_take_back(directory)
+    try:
+        settle_take_back(directory)
+    except OSError as exc:  # the leftover file is still named below: at worst some of its lines are kept twice
+        log.warning("events: cannot settle the move recorded in %s (%s)", TAKE_BACK_NAME, exc)
     if not current.exists():
         marker.unlink(missing_ok=True)
         return None
@@ -481,7 +484,10 @@ def settle_take_back(directory: Path) -> None:
     journal = directory / TAKE_BACK_NAME
     if not os.path.lexists(journal):
         return
-    move = _read_journal(journal) if journal.is_file() else None
+    if not journal.is_file():  # not what take_back writes: someone else's
+        log.warning("events: %s is not a file; left as it is", TAKE_BACK_NAME)
+        return
+    move = _read_journal(journal)
     marker = directory / STEM_MARKER_NAME
     if move is None:
         log.info("events: removed %s, which holds no move (one cut short before it began)", TAKE_BACK_NAME)
