@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from fer_edge.types import Box, Detection
 from fer_edge.vision.tracking import IouTracker, NullTracker
 
@@ -122,6 +124,41 @@ def test_distant_detection_is_a_new_face_not_a_jump():
     tracker = BoxTracker()
     tracker.update([Box(20, 100, 100, 100)])
     assert ids(tracker.update([Box(400, 100, 100, 100)])) == [2]
+
+
+WARM, COLD = (80, 120, 200), (200, 120, 40)  # BGR: an orange and a blue face
+
+
+def picture(box: Box, colour: tuple[int, int, int]) -> np.ndarray:
+    """A mid-grey 640 x 480 frame with a patch of ``colour`` filling ``box``."""
+    image = np.full((480, 640, 3), 128, np.uint8)
+    image[box.y : box.y2, box.x : box.x2] = colour
+    return image
+
+
+def step_by_centre_distance(tracker: IouTracker, colour: tuple[int, int, int]) -> list[int | None]:
+    """A face of WARM colours, then a face of ``colour`` 0.8 box widths beside it (IoU 0.11): their ids."""
+    first, beside = Box(100, 100, 80, 80), Box(164, 100, 80, 80)
+    return [
+        tracker.update([Detection(first)], picture(first, WARM))[0].track_id,
+        tracker.update([Detection(beside)], picture(beside, colour))[0].track_id,
+    ]
+
+
+def test_a_face_of_other_colours_beside_a_track_is_a_new_face():
+    assert step_by_centre_distance(IouTracker(), COLD) == [1, 2]
+
+
+def test_a_face_of_the_same_colours_matched_by_centre_distance_keeps_its_id():
+    assert step_by_centre_distance(IouTracker(), WARM) == [1, 1]
+
+
+def test_grey_frames_leave_the_match_to_the_boxes():
+    """A camera without colour (a night camera's grey frames): no colours to tell faces apart, so none refused."""
+    tracker = IouTracker()
+    first, beside = Box(100, 100, 80, 80), Box(164, 100, 80, 80)
+    assert tracker.update([Detection(first)], picture(first, (60, 60, 60)))[0].track_id == 1
+    assert tracker.update([Detection(beside)], picture(beside, (220, 220, 220)))[0].track_id == 1
 
 
 def test_two_crossing_faces_keep_their_ids():
