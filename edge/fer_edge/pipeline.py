@@ -64,7 +64,7 @@ class Tracker(Protocol):
     @property
     def active_ids(self) -> set[int]: ...
 
-    def update(self, detections: list[Detection]) -> list[Track]: ...
+    def update(self, detections: list[Detection], image: np.ndarray | None = None) -> list[Track]: ...
 
     def predict(self) -> list[Track]: ...
 
@@ -315,10 +315,11 @@ class Pipeline:
         if scan is not None and plan != DetectionPlan.REGIONS:
             found: FaceScan = scan(frame.image, regions if plan == DetectionPlan.SWEEP else None)
             self._unsure = found.unsure
-            return self.tracker.update(found.faces)
+            return self.tracker.update(found.faces, frame.image)
         if plan == DetectionPlan.REGIONS:
-            return self.tracker.update(self.detector.detect(frame.image, regions))
-        return self.tracker.update(self.detector.detect(frame.image))  # a detector without a cheap sweep scans
+            return self.tracker.update(self.detector.detect(frame.image, regions), frame.image)
+        # a detector without a cheap sweep scans
+        return self.tracker.update(self.detector.detect(frame.image), frame.image)
 
     def _end_tracks(self) -> None:
         """A scene cut: the faces before it are gone, their labels and smoothing must not pass to new faces."""
