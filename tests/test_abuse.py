@@ -582,6 +582,79 @@ def test_check_config_refuses_the_live_view_and_mqtt_configs_that_run_refuses(tm
     assert lines[0] == lines[1]  # one check, one message
 
 
+def _held_port() -> socket.socket:
+    """A listening socket on a free loopback port that never answers: another program's."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    return holder
+
+
+def test_check_config_and_run_refuse_a_web_port_another_program_holds(tmp_path):
+    with _held_port() as holder:
+        port = holder.getsockname()[1]
+        config = _serve_config(tmp_path, {"listen": f"127.0.0.1:{port}"})
+        lines = []
+        for command in (["check-config", "--quiet"], ["run", "--source", str(CLIP), "--max-frames", "1"]):
+            result = fer_edge(*command, "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+            errors = [line for line in result.stderr.splitlines() if line.startswith("fer-edge: error:")]
+            assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+            assert len(errors) == 1, result.stderr[-2000:]
+            lines.append(errors[0])
+    expected = f"web.listen: 127.0.0.1:{port} is in use by another program; stop it, or set web.listen to a free port"
+    assert lines[0] == lines[1] == f"fer-edge: error: {expected}"
+
+
+def test_check_config_notes_a_web_port_held_by_the_running_service(tmp_path):
+    """The service checked by hand (or by an install before its restart) while it runs: its recordings folder is
+    locked, or, when it records nothing, its live view answers on the port."""
+    from fer_edge.record.folderlock import lock_folder
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    with _held_port() as holder:
+        port = holder.getsockname()[1]
+        recording = {"recording": {"output_dir": str(tmp_path / "out")}}
+        config = _serve_config(tmp_path, {"listen": f"127.0.0.1:{port}"}, **recording)
+        lock = lock_folder(tmp_path / "out")
+        try:
+            result = fer_edge("check-config", "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+        finally:
+            lock.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"web.listen: 127.0.0.1:{port} is held by the running fer-edge (its recordings folder" in result.stderr
+
+    web = WebServer(LiveFeed(), host="127.0.0.1", port=0, token=None).start()
+    try:
+        nothing_recorded = {"recording": {"enabled": False}, "events": {"enabled": False}}
+        config = _serve_config(tmp_path, {"listen": f"127.0.0.1:{web.port}"}, **nothing_recorded)
+        result = fer_edge("check-config", "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+    finally:
+        web.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"127.0.0.1:{web.port} is held by the running fer-edge (its live view answers there)" in result.stderr
+
+
+def test_check_config_passes_a_web_port_the_stopped_service_left_in_time_wait(tmp_path):
+    """systemd runs check-config (ExecStartPre) right after the old process closed its connections: the server's
+    side of each waits in TIME_WAIT, which the live view's own socket options let it bind over."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server closes first: its end goes to TIME_WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    config = _serve_config(tmp_path, {"listen": f"127.0.0.1:{port}"})
+    result = fer_edge("check-config", "--quiet", "--config", str(config), "--model", str(MODEL), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == ""
+
+
 def test_check_config_refuses_an_output_folder_that_cannot_take_files(tmp_path):
     blocker = _write(tmp_path / "a-file", "not a folder\n")
     config = _write(tmp_path / "c.yaml", f"recording:\n  output_dir: {blocker}/out\n")

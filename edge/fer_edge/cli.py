@@ -166,7 +166,8 @@ def load(args: argparse.Namespace, **extra: Any) -> Config:
 
 def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     """``check-config``'s view of what ``run`` refuses at start-up, without opening a camera: the live view's
-    and MQTT's (``config.preflight.serve_secrets``, as ``run`` calls it), a recordings folder that takes files,
+    and MQTT's (``config.preflight.serve_secrets``, as ``run`` calls it, but a web port the running fer-edge
+    holds is only a note), a recordings folder that takes files,
     then the checks ``app.build_pipeline`` makes, through the same functions and in its order: the classifier
     (``app.build_classifier``: the sidecar and its checksum, then the model loaded in the runtime and
     compared with the sidecar, some 30 ms), the Haar cascade (``app.build_detector``: found and loaded, a
@@ -185,7 +186,7 @@ def preflight(cfg: Config, model_optional: bool = False) -> Path | None:
     from fer_edge.config.preflight import check_output_folder, serve_secrets
     from fer_edge.record.recorder import check_recording
 
-    serve_secrets(cfg)  # listen rules, token and password files, TLS files: run's own checks
+    serve_secrets(cfg, service_may_hold=True)  # listen rules and port, secret and TLS files: run's own checks
     check_output_folder(cfg.recording, cfg.events.enabled)
 
     try:

@@ -3,7 +3,8 @@
 ``run`` (``serve.integrations``) and ``check-config`` both call :func:`serve_secrets`, so they refuse the same
 configs: a listen address others can reach without a token, a token that is empty or short, a secret file that
 is missing, not a regular file, readable by others, empty, binary or huge, a TLS CA file that holds no PEM
-certificate, and a listen address that is not this machine's.
+certificate, a listen address that is not this machine's, and a web port another program listens on (for
+``check-config``, not the running fer-edge itself: see :func:`check_bindable`).
 ``check-config`` adds :func:`check_output_folder`. Files are opened without blocking (a FIFO named as a secret
 file must not hang the start) and read only up to a bound; every error names its key and never the secret.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from fer_edge.config.checks import parse_listen, token_problem
 from fer_edge.errors import ConfigError
+from fer_edge.record.folderlock import folder_held
 
 if TYPE_CHECKING:
     from fer_edge.config.device import Config, MqttConfig, RecordingConfig, WebConfig
@@ -31,6 +34,9 @@ CREDENTIAL_NAME = "web-token"  # systemd LoadCredential= name, read from $CREDEN
 MQTT_CREDENTIAL_NAME = "mqtt-password"
 MAX_SECRET_BYTES = 4096
 MAX_CA_BYTES = 1 << 20  # a CA bundle; Debian's whole ca-certificates.crt is about 200 KB
+PROBE_TIMEOUT_S = 2.0  # the running live view answers at once; a program that keeps quiet is not it
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,9 +116,13 @@ def check_listen(host: str, token: str | None) -> None:
         )
 
 
-def check_bindable(host: str, port: int) -> None:
-    """``run`` can listen on ``host``: it names an address of this machine. A port in use passes (the running
-    service may hold it; ``run`` says so itself); the socket is set up as the web front sets up its own."""
+def check_bindable(host: str, port: int, *, service_may_hold: bool = False, folder: Path | None = None) -> None:
+    """``run`` can listen on ``host:port``: the address is this machine's and no other program listens there. The
+    socket is set up as the web front sets up its own, so a port the last run left in TIME_WAIT passes.
+
+    With ``service_may_hold`` (``check-config``) a port held by the running fer-edge is only a note: the service
+    checked by hand while it runs, or by an install before its restart. It is told by the recordings ``folder``'s
+    lock, or, when nothing is recorded (``folder`` None), by the live view answering on the port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -121,11 +131,38 @@ def check_bindable(host: str, port: int) -> None:
     except socket.gaierror as exc:
         raise ConfigError(f"web.listen: cannot listen on {host}:{port} ({exc.strerror})") from None
     except OSError as exc:
-        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        if exc.errno != errno.EADDRINUSE:
             raise ConfigError(f"web.listen: cannot listen on {host}:{port} ({exc.strerror})") from None
+        sign = running_service_sign(host, port, folder) if service_may_hold else None
+        if sign is None:
+            raise ConfigError(
+                f"web.listen: {host}:{port} is in use by another program; stop it, or set web.listen to a free port"
+            ) from None
+        log.info("web.listen: %s:%d is held by the running fer-edge (%s)", host, port, sign)
 
 
-def web_token(web: WebConfig) -> str | None:
+def running_service_sign(host: str, port: int, folder: Path | None) -> str | None:
+    """What shows that fer-edge itself listens on ``host:port``, or None."""
+    if folder is not None:
+        return f"its recordings folder {folder} is locked" if folder_held(folder) else None
+    return "its live view answers there" if serves_live_view(host, port) else None
+
+
+def serves_live_view(host: str, port: int) -> bool:
+    """A fer-edge live view answers a HEAD request on ``host:port`` (its Server header names it)."""
+    if host in ("0.0.0.0", "::"):
+        host = "::1" if host == "::" else "127.0.0.1"
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as connection:
+            connection.sendall(b"HEAD / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = connection.recv(4096)
+    except OSError:
+        return False
+    head = reply.split(b"\r\n\r\n", 1)[0].lower().split(b"\r\n")
+    return any(line.startswith(b"server: fer-edge") for line in head[1:])
+
+
+def web_token(web: WebConfig, *, service_may_hold: bool = False, folder: Path | None = None) -> str | None:
     token = resolve_secret(web.token, web.token_file, CREDENTIAL_NAME, "web.token")
     if token is not None and web.token is None:  # a token in the config itself is checked when it is loaded
         problem = token_problem(token)
@@ -134,7 +171,7 @@ def web_token(web: WebConfig) -> str | None:
             raise ConfigError(f"web.token: the token in {source}: {problem}")
     host, port = parse_listen(web.listen)
     check_listen(host, token)
-    check_bindable(host, port)
+    check_bindable(host, port, service_may_hold=service_may_hold, folder=folder)
     return token
 
 
@@ -156,10 +193,13 @@ def check_certificates(path: Path) -> None:
         raise ConfigError(f"mqtt.tls_ca_file: {path} holds no PEM certificate") from None
 
 
-def serve_secrets(cfg: Config) -> ServeSecrets:
-    """The live view's token and the MQTT password, after every check ``run`` makes on them."""
+def serve_secrets(cfg: Config, *, service_may_hold: bool = False) -> ServeSecrets:
+    """The live view's token and the MQTT password, after every check ``run`` makes on them. ``service_may_hold``
+    (``check-config``): the web port may be held by the running fer-edge (see :func:`check_bindable`)."""
+    recorded = cfg.recording.enabled or cfg.events.enabled
+    folder = Path(cfg.recording.output_dir) if recorded else None
     return ServeSecrets(
-        token=web_token(cfg.web) if cfg.web.enabled else None,
+        token=web_token(cfg.web, service_may_hold=service_may_hold, folder=folder) if cfg.web.enabled else None,
         password=mqtt_password(cfg.mqtt) if cfg.mqtt.enabled else None,
     )
 

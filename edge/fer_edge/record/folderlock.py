@@ -72,3 +72,21 @@ def lock_folder(directory: Path) -> FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return FolderLock(path, fd)
+
+
+def folder_held(directory: Path) -> bool:
+    """A run holds ``directory``'s lock now. Looks only: no lock file is made, and a shared lock taken for an
+    instant is the whole test."""
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
