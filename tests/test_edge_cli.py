@@ -168,6 +168,64 @@ def test_missing_camera_is_one_error_line_and_exit_1():
     assert "Traceback" not in result.stderr
 
 
+def test_a_start_that_fails_leaves_its_output_folder_as_it_found_it(demo_clip, tmp_path):
+    """No lock file, nor the folders made for it, after a camera missing or a web port taken; an earlier run's
+    lock file stays."""
+    import socket
+
+    from fer_edge.record.folderlock import LOCK_NAME
+
+    nested = tmp_path / "new" / "deeper" / "out"
+    missing_camera = fer_edge("run", "--source", "99", "--output", str(nested))
+    assert missing_camera.returncode == 1 and len(error_lines(missing_camera)) == 1, missing_camera.stderr
+    assert not (tmp_path / "new").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        config = tmp_path / "web.yaml"
+        config.write_text(f"web:\n  enabled: true\n  listen: 127.0.0.1:{holder.getsockname()[1]}\n")
+        port_taken = fer_edge("run", "--config", str(config), "--source", str(demo_clip), "--output", str(empty))
+    assert port_taken.returncode != 0 and "web.listen" in error_lines(port_taken)[0], port_taken.stderr
+    assert list(empty.iterdir()) == []
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / LOCK_NAME).write_text("12345\n")
+    again = fer_edge("run", "--source", "99", "--output", str(earlier))
+    assert again.returncode == 1 and [p.name for p in earlier.iterdir()] == [LOCK_NAME]
+
+
+def test_a_lock_file_deleted_by_a_failed_start_is_never_held_by_two_runs(tmp_path, monkeypatch):
+    """A run that opened the lock file just before a failed start deleted it must not go on holding a file that
+    the next run cannot see: it locks the file the path names."""
+    from fer_edge.errors import RecordingError
+    from fer_edge.record import folderlock
+
+    output = tmp_path / "out"
+    failing = folderlock.lock_folder(output)
+    open_lock_file = folderlock.open_lock_file
+    opened: list[Path] = []
+
+    def opened_as_the_failed_start_gives_up(path: Path, directory: Path) -> tuple[int, bool]:
+        result = open_lock_file(path, directory)
+        if not opened:
+            failing.abandon()
+        opened.append(path)
+        return result
+
+    monkeypatch.setattr(folderlock, "open_lock_file", opened_as_the_failed_start_gives_up)
+    racer = folderlock.lock_folder(output)
+    try:
+        assert (output / folderlock.LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RecordingError, match="is in use by another fer-edge run"):
+            folderlock.lock_folder(output)
+    finally:
+        racer.close()
+
+
 def test_verbose_shows_the_traceback():
     result = fer_edge("-v", "run", "--source", "99", "--no-record")
     assert result.returncode == 1 and "Traceback" in result.stderr and len(error_lines(result)) == 1

@@ -113,6 +113,12 @@ def lock_recordings(cfg: Config) -> list[FolderLock]:
     return [lock_folder(Path(cfg.recording.output_dir))]
 
 
+def abandon_all(held: list[FolderLock]) -> None:
+    """Release the locks of a start that failed, leaving each folder as it was found (:meth:`FolderLock.abandon`)."""
+    for lock in held:
+        lock.abandon()
+
+
 def build_recorder(cfg: Config, fps: float, frame_size: tuple[int, int]) -> RecorderThread | None:
     """The recording sink: MP4 segments (recording.enabled) and events.jsonl (events.enabled) written on a thread
     of their own, or None. Leftovers of an earlier run are repaired first, and the encoder is probed, here at
@@ -144,7 +150,8 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
 
     Sinks, in order: the recorder (annotated, anonymized frames), ``extra_sinks``, the live feed, the index and
     retention thread, the folder's lock. The folder is locked before the camera opens: a second run into the same
-    folder stops there, before it touches the first one's camera or files.
+    folder stops there, before it touches the first one's camera or files. A start that fails after that leaves
+    no lock file (nor a folder made for it) behind.
     """
     classifier = build_classifier(cfg)
     detector = build_detector(cfg)
@@ -157,7 +164,7 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
     try:
         source = open_source(cfg.source)
     except BaseException:
-        close_all(held)
+        abandon_all(held)
         raise
     opened: list[Sink | Source] = [source]
     if privacy is not None and isinstance(detector, HaarDetector):
@@ -212,7 +219,8 @@ def build_device(cfg: Config, *, extra_sinks: Sequence[Sink] = ()) -> Device:
             status_extra=functools.partial(status_news, source, recorder),
         )
     except BaseException:
-        close_all([*opened[1:], source, *held])  # sinks in order, then the source, then the lock
+        close_all([*opened[1:], source])  # sinks in order, then the source, then the lock
+        abandon_all(held)
         raise
     return Device(pipeline, recorder, integrations.feed, switches)
 
