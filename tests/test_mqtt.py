@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -867,10 +868,12 @@ def test_the_status_line_says_the_broker_refused_the_credentials(tmp_path):
 DYNAMIC_SECURITY = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib", "/usr/local/lib")
 
 
-def test_a_subscription_the_broker_refuses_is_logged_and_in_the_status_line(tmp_path, caplog):
+def test_a_subscription_the_broker_refuses_is_logged_in_the_status_line_and_metrics(tmp_path, caplog):
     """A broker ACL that kept fer-edge from subscribing to a command topic went unnoticed: the switch did nothing
-    in Home Assistant, and neither the journal nor systemctl status said why."""
+    in Home Assistant, and neither the journal, systemctl status nor /metrics (where alerts look) said why."""
     from fer_edge.serve.integrations import BrokerStatus
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
 
     plugin = next(
         (
@@ -922,6 +925,15 @@ def test_a_subscription_the_broker_refuses_is_logged_and_in_the_status_line(tmp_
         shown = []
         BrokerStatus(type("Lines", (), {"status": lambda self, text: shown.append(text)})(), publisher).status("9 fps")
         assert shown == [f"9 fps; mqtt 127.0.0.1:{broker.port}: subscription refused: {command} (Not authorized)"]
+        feed = LiveFeed()
+        feed.extra_stats["mqtt"] = publisher.stats
+        web = WebServer(feed, host="127.0.0.1", port=0, token=None).start()
+        try:
+            with urllib.request.urlopen(f"{web.url}metrics", timeout=5) as response:
+                metrics = response.read().decode()
+        finally:
+            web.close()
+        assert "\nfer_edge_mqtt_subscriptions_refused 1\n" in metrics
     finally:
         publisher.close()
         broker.stop()

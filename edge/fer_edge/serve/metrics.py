@@ -110,6 +110,12 @@ def metrics_text(stats: dict[str, Any], extra: dict[str, tuple[str, str, Any]] |
         )
     if mqtt:
         metric("mqtt_messages_ignored_total", "counter", "Messages from the broker ignored.", [({}, mqtt["ignored"])])
+        metric(
+            "mqtt_subscriptions_refused",
+            "gauge",
+            "Command topics the broker refused a subscription to on this connection (their commands never arrive).",
+            [({}, len(mqtt.get("subscriptions_refused", {})))],
+        )
         metric("mqtt_track_events_seen_total", "counter", "Track events the loop saw.", [({}, mqtt.get("events_seen"))])
         metric(
             "mqtt_track_events_sent_total",
