@@ -14,7 +14,8 @@ stage alone (a still room with nobody in it: what the device does most of a day)
 noise added to each frame, and ``street-1080p.mp4`` as it is. Counter-metrics beside the leak: the share of
 the frame blurred per frame (a leak rate met by blurring everything would show there), the reference faces per
 frame, and frames per second on one core with privacy off and on (the whole-frame scan on every frame is the
-price of privacy; regions whose picture has not changed keep their faces, so a still room costs little).
+price of privacy; regions whose picture has not changed keep their faces, so a still room costs little). The
+Haar detector's row shows what privacy lets through with ``detector.kind: haar`` (docs/CONFIG.md warns of it).
 
 Results go to bench/results-privacy.md and .json only.
 """
@@ -48,7 +49,9 @@ OPTIONS: dict[str, dict] = {
     "every frame scanned, model's threshold, no hold": {"detector.privacy_min_score": None, "privacy.hold_s": 0.0},
     "sweep + 1 tile": {"detector.sweep_tiles": 1},
     "every region run on every frame (no memory)": {"detector.rescan_change": 0.0},
+    "Haar detector (`detector.kind: haar`)": {"detector.kind": "haar"},
 }
+SCAN_KEYS = ("detector.kind", "detector.rescan_change")  # the options' settings that change privacy-off scans too
 # the options run on the empty room: nothing to leak there, only the cost of watching it
 EMPTY_ROOM_OPTIONS = (next(iter(OPTIONS)), "every region run on every frame (no memory)")
 KEPT_DETAIL = 0.25  # a reference face keeping more of its detail than this is leaked
@@ -235,12 +238,15 @@ def measure(clip: Path, overrides: dict) -> dict:
 
 
 def inferences_per_frame(clip: Path, overrides: dict) -> float:
-    """BlazeFace inferences per frame with privacy on: the detection cost without the noise of a shared CPU."""
+    """BlazeFace inferences per frame with privacy on: the detection cost without the noise of a shared CPU; NaN
+    for the Haar detector, which runs no model."""
     from bench.loop import clip_config, run_closed
     from fer_edge import app
     from fer_edge.testing import count_face_model_runs
     from fer_edge.vision.detector import BlazeFaceDetector
 
+    if overrides.get("detector.kind", "blazeface") != "blazeface":
+        return math.nan
     with tempfile.TemporaryDirectory() as out:
         settings = {"privacy.mode": "blur", "overlay.enabled": False, "recording.enabled": False, **overrides}
         pipeline = app.build_pipeline(clip_config(clip, out, settings))
@@ -257,6 +263,10 @@ def loop_fps(clip: Path, overrides: dict) -> float:
     return float(fer_edge_loop(clip, {"recording.enabled": False, **overrides})["fps"])
 
 
+def figure(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.1f}"
+
+
 def table(rows: list[dict], machine: str) -> str:
     lines = [
         "| clip | privacy detection | frames | reference faces | leaked sharp | longest leak, frames "
@@ -266,7 +276,7 @@ def table(rows: list[dict], machine: str) -> str:
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['option']} | {r['frames']} | {r['faces']} | {r['leaked']} ({100 * r['leak']:.1f}%) "
-            f"| {r['longest_leak_frames']} | {100 * r['blurred_share']:.1f}% | {r['inferences']:.1f} "
+            f"| {r['longest_leak_frames']} | {100 * r['blurred_share']:.1f}% | {figure(r['inferences'])} "
             f"| {r['fps_off']:.1f} / {r['fps_on']:.1f} |"
         )
     return (
@@ -304,16 +314,15 @@ def main(argv: list[str] | None = None) -> int:
             (f"`{STREET.name}`", STREET, list(OPTIONS)),
         )
         for name, clip, options in clips:
-            fps_off: dict[float | None, float] = {}  # by rescan_change, which privacy-off scans use as well
+            fps_off: dict[tuple, float] = {}  # by the detector settings, which privacy-off scans use as well
             for option in [option for option in options if option in (args.option or options)]:
                 overrides = OPTIONS[option]
                 row = {"clip": name, "option": option, **measure(clip, overrides)}
                 row["inferences"] = inferences_per_frame(clip, overrides)
-                change = overrides.get("detector.rescan_change")
-                if change not in fps_off:
-                    off = {} if change is None else {"detector.rescan_change": change}
-                    fps_off[change] = math.nan if args.no_fps else loop_fps(clip, off)
-                row["fps_off"] = fps_off[change]
+                off = {key: overrides[key] for key in SCAN_KEYS if key in overrides}
+                if tuple(off.items()) not in fps_off:
+                    fps_off[tuple(off.items())] = math.nan if args.no_fps else loop_fps(clip, off)
+                row["fps_off"] = fps_off[tuple(off.items())]
                 row["fps_on"] = math.nan if args.no_fps else loop_fps(clip, {"privacy.mode": "blur", **overrides})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
