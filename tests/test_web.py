@@ -178,6 +178,7 @@ def test_recordings_list_finished_videos_and_download_only_those(server):
 
 
 def test_metrics_are_prometheus_text(server):
+    stats_after_the_first_window(server["port"])  # the frame rate is exported once there is one
     deadline = time.monotonic() + 10
     while True:  # 1 s segments: between one segment's close and the next one's open, none is being written
         _, status, headers, body = get(server["port"], "/metrics")
