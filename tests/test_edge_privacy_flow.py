@@ -274,3 +274,41 @@ def decoded(jpeg: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None
     return image
+
+
+def test_a_frame_made_before_privacy_came_on_is_not_left_on_the_live_view_when_the_camera_is_lost(
+    performer, classifier
+):
+    from livehelpers import http_get
+
+    from fer_edge.serve.live import LiveFeed
+    from fer_edge.serve.web import WebServer
+
+    cfg = load_config(None, {})
+    switches = Switches(recording=False, privacy=False)
+    last = 2
+
+    class SwitchOn(ListSink):
+        """Privacy comes on (Home Assistant, the web page) while the loop hands out the last frame, made without it."""
+
+        def write(self, frame: Frame, faces: list[Face]) -> None:
+            super().write(frame, faces)
+            if frame.index == last:
+                switches.set("privacy", True)
+
+    feed = LiveFeed(switches=switches)
+    privacy = SwitchedPrivacy(functools.partial(anonymize, mode="blur"), switches)
+    made = SwitchOn()
+    pipeline_for(cfg, performer[: last + 1], classifier, [made, feed], privacy).run()
+    feed.source_lost()  # the camera is lost in the same moment: no frame comes to replace the one on show
+    detector = BlazeFaceDetector(min_face=40)
+    assert detector.detect(made.frames[last].image), "the last frame was made without privacy and shows the face"
+    face = detector.detect(performer[last])[0].box.square(0.5)  # eyes, nose and mouth
+    web = WebServer(feed, host="127.0.0.1", port=0, token=None).start()
+    try:
+        _, status, _, latest = http_get(web.port, "/api/latest.jpg", None)
+    finally:
+        web.close()
+    assert status == 200
+    assert detector.detect(decoded(latest)) == []
+    assert laplacian_energy(decoded(latest), face) < KEPT_DETAIL * laplacian_energy(performer[last], face)

@@ -265,6 +265,7 @@ class Pipeline:
                 t3 = time.perf_counter()
                 if privacy:
                     self._anonymize(frame, faces)
+                frame.anonymized = privacy
                 self.annotator.draw(frame.image, faces)
                 t4 = time.perf_counter()
                 for sink in self.sinks:

@@ -161,11 +161,13 @@ class Face:
 
 @dataclass(slots=True)
 class Frame:
-    """A frame from a source: BGR uint8 pixels (H, W, 3), its index and capture time (seconds)."""
+    """A frame from a source: BGR uint8 pixels (H, W, 3), its index and capture time (seconds); ``anonymized``:
+    the loop made it with privacy on (its faces blurred or pixelated)."""
 
     image: np.ndarray
     index: int
     timestamp: float
+    anonymized: bool = False
 
 
 def bgr_image(image: np.ndarray) -> np.ndarray:

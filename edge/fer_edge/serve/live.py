@@ -140,6 +140,11 @@ def _no_run() -> RunStats | None:
     return None
 
 
+def blank(frame: Frame) -> Frame:
+    """A black frame of ``frame``'s size in its place: what the live view shows where a face may be sharp."""
+    return Frame(np.zeros_like(frame.image), frame.index, frame.timestamp, anonymized=True)
+
+
 class LiveFeed:
     """Pipeline sink: the newest frame, faces and track events, and the stats readers ask for.
 
@@ -194,6 +199,9 @@ class LiveFeed:
         with self._cond:
             if self._first_frame_at is None:
                 self._first_frame_at = self._clock()
+            if not frame.anonymized and self.switches is not None and self.switches["privacy"]:
+                # made before privacy was switched on, and the camera may be lost before a frame replaces it
+                frame = blank(frame)
             self._frame, self._faces = frame, faces
             self._seq += 1
             self._events.extend(events)
@@ -217,8 +225,7 @@ class LiveFeed:
         with self._cond:
             if self._frame is None:
                 return
-            shown = self._frame
-            self._frame = Frame(np.zeros_like(shown.image), shown.index, shown.timestamp)
+            self._frame = blank(self._frame)
             self._seq += 1
             self._cond.notify_all()
 
