@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,23 @@ def _child_env(notify_address: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def _killed_if_left(child: subprocess.Popen) -> Iterator[None]:
+    """However the test ends, no child is left running."""
+    try:
+        yield
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _stopped(child: subprocess.Popen) -> str:
+    """Stop the child as systemd stops the service (SIGTERM); its stderr."""
+    child.send_signal(signal.SIGTERM)
+    return child.communicate(timeout=30)[1]
+
+
 def _kinds(messages: list[str]) -> list[str]:
     """Each datagram reduced to its first key: READY, WATCHDOG, STATUS, STOPPING."""
     return [message.split("=", 1)[0] for message in messages]
@@ -276,18 +295,13 @@ def test_a_hung_source_stops_the_watchdog_pings_and_sigterm_still_exits_cleanly(
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+    with _killed_if_left(child):
         assert child.stdout.readline().strip() == "STALLED", child.stderr.read() if child.poll() is not None else ""
         before = _kinds(service_socket.drain())
         assert before.count("READY") == 1 and "WATCHDOG" in before
         time.sleep(2.5)  # more than twice the pipeline's ping interval: a live loop would have pinged
         assert "WATCHDOG" not in _kinds(service_socket.drain())
-        child.send_signal(signal.SIGTERM)
-        _, stderr = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        stderr = _stopped(child)
     assert child.returncode == 0, stderr
     after = _kinds(service_socket.drain())
     assert "STOPPING" in after and "WATCHDOG" not in after
@@ -307,17 +321,12 @@ def test_a_camera_missing_at_start_keeps_the_service_up_and_waiting(service_sock
     child = subprocess.Popen(
         [*command, "--wait-for-camera"], env=_child_env(service_socket.address), stderr=subprocess.PIPE, text=True
     )
-    try:
+    with _killed_if_left(child):
         messages = [service_socket.receive(timeout=60)]
         deadline = time.monotonic() + 30
         while not any(m.startswith("STATUS=waiting") for m in messages) and time.monotonic() < deadline:
             messages.append(service_socket.receive(timeout=30))
-        child.send_signal(signal.SIGTERM)
-        _, stderr = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        stderr = _stopped(child)
     assert child.returncode == 0, stderr
     assert messages[0] == "READY=1", messages
     assert f"STATUS=waiting: camera {camera} not opened yet; waiting for {camera} to appear" in messages
