@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,18 @@ def _events_from(recorded: Path, first_t: float, source: int = 0) -> list[str]:
     return [json.dumps({**line, "t": line["t"] + shift}) + "\n" for line in lines]
 
 
+def _times_indexed_then_rebuilt(out: Path) -> Iterator[dict[str, tuple[float, float, float, int, int]]]:
+    """The index's times (:func:`_index_times`) as the running index has them, then from an index built anew."""
+    for rebuilt in (False, True):
+        if rebuilt:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{out / DB_NAME}{suffix}").unlink(missing_ok=True)
+        index = RecordingIndex(out)
+        index.sync()
+        index.close()
+        yield _index_times(out)
+
+
 def _index_times(out: Path) -> dict[str, tuple[float, float, float, int, int]]:
     """Per stem: its listed start, its events' first and last times, and its first and last counted minutes."""
     db = sqlite3.connect(out / DB_NAME)
@@ -246,14 +259,7 @@ def test_recordings_made_before_the_clock_was_set_are_listed_at_their_real_times
     with open(out / CURRENT_NAME, "a") as current:  # the same segment goes on, on the right clock
         current.writelines(_events_from(recorded, stepped + 1.0, source=1)[:20])
 
-    for rebuilt in (False, True):
-        if rebuilt:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{out / DB_NAME}{suffix}").unlink(missing_ok=True)
-        index = RecordingIndex(out)
-        index.sync()
-        index.close()
-        times = _index_times(out)
+    for times in _times_indexed_then_rebuilt(out):
         assert times[previous][0] == pytest.approx(boot - 100, abs=1)
         start, first_t, last_t, first_minute, last_minute = times[finished]
         assert start == pytest.approx(boot + 60 + step, abs=1)  # about four minutes before the step
@@ -288,14 +294,7 @@ def test_a_recording_open_across_a_step_back_is_listed_at_its_real_times(recorde
     with open(out / CURRENT_NAME, "a") as current:  # the same segment goes on, on the right clock
         current.writelines(_events_from(recorded, real + 302.0, source=1)[:20])
 
-    for rebuilt in (False, True):
-        if rebuilt:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{out / DB_NAME}{suffix}").unlink(missing_ok=True)
-        index = RecordingIndex(out)
-        index.sync()
-        index.close()
-        times = _index_times(out)
+    for times in _times_indexed_then_rebuilt(out):
         assert times[finished][0] == pytest.approx(real + 60, abs=1)
         start, first_t, last_t, first_minute, last_minute = times[opened]
         assert start == pytest.approx(real + 200, abs=1)
