@@ -187,3 +187,22 @@ def test_a_truncated_jpeg_is_refused_by_name(fer2013_dir, tmp_path):
     cut.write_bytes(b"not an image at all\xff\xd9")
     with pytest.raises(data.DataError, match=rf"{cut.name}: not a readable image"):
         data.load_split(root, "public")
+
+
+def test_a_class_folder_without_images_is_refused_by_name(fer2013_dir, tmp_path):
+    """A class folder left empty (a copy that stopped, a filter gone wrong) would train a model that never saw
+    that class, and report it as scored."""
+    import shutil
+
+    root = tmp_path / "fer"
+    for name in data.CLASS_NAMES:
+        (root / "test" / name).mkdir(parents=True)
+        for image in sorted((fer2013_dir / "test" / name).glob("PublicTest_*.jpg"))[:2]:
+            shutil.copy2(image, root / "test" / name / image.name)
+    assert len(data.load_split(root, "public").y) == 14
+    for image in (root / "test" / "disgust").glob("*.jpg"):
+        image.unlink()
+    for image in (root / "test" / "fear").glob("*.jpg"):
+        image.rename(image.with_suffix(".png"))  # only *.jpg are read
+    with pytest.raises(data.DataError, match=rf"{root / 'test'}: no PublicTest_\*\.jpg images in disgust, fear"):
+        data.load_split(root, "public")

@@ -124,6 +124,13 @@ def _load_folders(root: Path, split: str, class_files: list[list[Path]]) -> Spli
     missing = [c for c in CLASS_NAMES if not (folder / c).is_dir()]
     if missing:
         raise DataError(f"{folder} lacks class folders {', '.join(missing)}: expected {folder}/<class>/{prefix}*.jpg")
+    empty = [name for name, files in zip(CLASS_NAMES, class_files) if not files]
+    if empty and len(empty) < len(CLASS_NAMES):
+        # a model never shown a class still scores it: it would train and ship without a word
+        raise DataError(
+            f"{folder}: no {prefix}*.jpg images in {', '.join(empty)}: every class needs its faces "
+            f"({folder}/<class>/{prefix}*.jpg)"
+        )
     images, labels = [], []
     for index, files in enumerate(class_files):
         for f in files:
