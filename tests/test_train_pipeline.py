@@ -206,6 +206,52 @@ def test_resume_refuses_a_changed_recipe_in_one_line_naming_what_changed(tiny_ru
     assert {name: (copy / name).read_bytes() for name in before} == before
 
 
+def test_a_fresh_run_never_replaces_a_trained_one_in_its_folder(tiny_run, tmp_path, capsys):
+    """Training again without --resume (a quick check with --epochs 1, say) used to start afresh over a finished
+    run: its best.keras, history and reports replaced by the new run's, without a word."""
+    from train.__main__ import main
+
+    run_dir, _ = tiny_run
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir.parent, runs)
+    copy = runs / run_dir.name
+    before = {path.name: path.read_bytes() for path in copy.iterdir()}
+    recipe = yaml.safe_load((copy / "config.yaml").read_text())
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(runs)}))
+    assert main(["--config", str(tmp_path / "recipe.yaml"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: {copy} holds a trained run: continue it with --resume (make train does), train this one under "
+        f"another --run-name or --output-dir, or remove {copy} to train it again from the start"
+    ]
+    assert {path.name: path.read_bytes() for path in copy.iterdir()} == before
+
+
+def test_a_resume_with_no_checkpoint_replaces_only_a_run_of_the_same_recipe(tiny_run, tmp_path, capsys):
+    """A run folder with trained weights but no checkpoint: this recipe's run stopped before its first
+    checkpoint (trained again from the start), or another recipe's (a student of another config) left alone."""
+    from train.__main__ import main
+    from train.fit import LAST, LAST_EPOCH, read_history
+
+    run_dir, _ = tiny_run
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir.parent, runs)
+    copy = runs / run_dir.name
+    (copy / LAST).unlink()
+    (copy / LAST_EPOCH).unlink()
+    before = {path.name: path.read_bytes() for path in copy.iterdir()}
+    recipe = {**yaml.safe_load((copy / "config.yaml").read_text()), "output_dir": str(runs)}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**recipe, "batch_size": 16}))
+    assert main(["--config", str(tmp_path / "other.yaml"), "--resume", "--no-eval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot resume {copy}: batch_size differ"), err
+    assert {path.name: path.read_bytes() for path in copy.iterdir()} == before
+
+    (tmp_path / "same.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["--config", str(tmp_path / "same.yaml"), "--resume", "--no-eval", "--epochs", "1"]) == 0
+    assert [int(row["epoch"]) for row in read_history(copy)] == [0]
+
+
 def test_a_checkpoint_the_disk_cannot_take_keeps_the_last_one_and_is_one_error_line(
     repo_root, fer2013_dir, cache_dir, tmp_path
 ):

@@ -461,6 +461,24 @@ def _starting_weights(key: str) -> bool:
     return parts[-1] in ("init", "grow") and (len(parts) == 2 and parts[0] == "model" or parts[0] == "students")
 
 
+def check_nothing_trained_is_replaced(cfg: TrainConfig, resume: bool) -> None:
+    """ConfigError where starting ``cfg`` afresh would replace a trained model in one of its run folders.
+
+    With ``resume`` a folder of the same recipe (a run stopped before its first checkpoint) starts again; one of
+    another recipe (a student's folder of another config, say) is refused as :func:`resumed_config` would.
+    """
+    for run_dir in cfg.run_dirs.values():
+        if not any((run_dir / name).is_file() for name in (BEST_WEIGHTS, BEST, LAST)):
+            continue
+        if resume:
+            resumed_config(cfg, run_dir)
+            continue
+        raise ConfigError(
+            f"{run_dir} holds a trained run: continue it with --resume (make train does), train this one under "
+            f"another --run-name or --output-dir, or remove {run_dir} to train it again from the start"
+        )
+
+
 def truncate_history(run_dir: Path, epochs: int) -> None:
     """Drop the rows after ``epochs`` (epochs a resumed run will train again)."""
     path = run_dir / HISTORY
@@ -482,6 +500,8 @@ def train(
     resuming = resume and (main_dir / LAST).is_file() and (main_dir / LAST_EPOCH).is_file()
     if resuming:
         cfg = resumed_config(cfg, main_dir)
+    else:
+        check_nothing_trained_is_replaced(cfg, resume)
     # the data first: a run that cannot load it leaves no run folder behind
     root = data.resolve_data_dir(cfg.data)
     train_split = data.load_split(root, "train", cfg.cache_dir)
