@@ -183,7 +183,7 @@ def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path
     with pytest.raises(KeyboardInterrupt):
         fit.train(cfg)
     main, student = tmp_path / "big", tmp_path / "small"
-    assert json.loads((main / fit.LAST_EPOCH).read_text()) == {"epochs": 2}  # saved every 2nd epoch
+    assert json.loads((main / fit.LAST_EPOCH).read_text())["epochs"] == 2  # saved every 2nd epoch
     assert len(fit.read_history(student)) == 3
 
     monkeypatch.setattr(fit.EpochLog, "on_epoch_end", original)
@@ -195,7 +195,7 @@ def test_interrupted_run_with_students_resumes_from_its_last_checkpoint(tmp_path
     for run_dir in (main, student):  # the third epoch was trained again from the checkpoint, once
         assert [int(row["epoch"]) for row in fit.read_history(run_dir)] == [0, 1, 2, 3]
         assert (run_dir / "best.keras").is_file()
-    assert json.loads((main / fit.LAST_EPOCH).read_text()) == {"epochs": 4}
+    assert json.loads((main / fit.LAST_EPOCH).read_text())["epochs"] == 4
     assert yaml.safe_load((main / "config.yaml").read_text())["model"]["init"] is None  # as it was trained
 
 

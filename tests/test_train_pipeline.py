@@ -182,6 +182,29 @@ def test_resume_continues_from_last_epoch(tiny_run, tmp_path):
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1, 2]
 
 
+def test_an_interrupted_run_resumes_to_the_numbers_of_one_never_stopped(tiny_run, tmp_path, monkeypatch):
+    """Every draw of a resumed run is the one the run would have made: the augmented batches and dropout's masks,
+    whose generators a saved model leaves out (they restarted at the first epoch's masks)."""
+    from train import fit
+
+    run_dir, _ = tiny_run  # the same recipe, trained its 3 epochs in one go
+    original = fit.EpochLog.on_epoch_end
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit.EpochLog, "on_epoch_end", interrupt_after_first_epoch)
+    cfg = load_config(None, tiny_overrides(tmp_path / "runs", epochs=3))
+    with pytest.raises(KeyboardInterrupt):
+        fit.train(cfg)
+    assert len(fit.read_history(tmp_path / "runs" / "tiny")) == 1
+    monkeypatch.setattr(fit.EpochLog, "on_epoch_end", original)
+    fit.train(cfg, resume=True)
+    assert fit.read_history(tmp_path / "runs" / "tiny") == fit.read_history(run_dir)
+
+
 def test_resume_refuses_a_changed_recipe_in_one_line_naming_what_changed(tiny_run, tmp_path, capsys):
     """Only the epochs and where things are may change on a resume: the run's config.yaml and run.json
     would otherwise record a recipe it was not trained with (or the checkpoint not fit the model)."""

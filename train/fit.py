@@ -34,7 +34,7 @@ from train.progress import BatchProgress, format_duration
 log = logging.getLogger(__name__)
 
 LAST = "last.keras"  # the whole trainer (every model + optimizer state), for --resume
-LAST_EPOCH = "last.json"  # how many epochs last.keras holds
+LAST_EPOCH = "last.json"  # how many epochs last.keras holds, and the random generators' states then
 BEST = "best.keras"  # one model, float32, at its best PublicTest epoch
 BEST_WEIGHTS = "best.weights.h5"
 HISTORY = "history.csv"
@@ -266,7 +266,28 @@ class LastCheckpoint(keras.callbacks.Callback):
             # last.json second: a kill between the two leaves it naming the previous checkpoint's epoch,
             # so a resume trains an epoch again rather than skipping one
             write_atomically(self.path, self.model.save)
-            write_text_atomically(self.path.with_name(LAST_EPOCH), json.dumps({"epochs": epoch + 1}))
+            progress = {
+                "epochs": epoch + 1,
+                "seed_states": [keras.ops.convert_to_numpy(state).tolist() for state in seed_states(self.model)],
+            }
+            write_text_atomically(self.path.with_name(LAST_EPOCH), json.dumps(progress))
+
+
+def seed_states(model: keras.Model) -> list:
+    """The states of the model's random generators (dropout's masks), in layer order: a saved model leaves them
+    out, so a resume without them would draw the masks of the run's first epochs again."""
+    return [variable for variable in model.variables if variable.name == "seed_generator_state"]
+
+
+def restore_seed_states(model: keras.Model, saved: list | None) -> None:
+    states = seed_states(model)
+    if not states:
+        return
+    if saved is None or len(saved) != len(states):
+        log.warning("the checkpoint holds no random generator states for this model: dropout draws afresh")
+        return
+    for state, value in zip(states, saved):
+        state.assign(np.asarray(value, dtype=state.dtype))
 
 
 @keras.saving.register_keras_serializable(package="fer")
@@ -527,7 +548,9 @@ def train(
     first_epoch, best_so_far = 0, {}
     if resuming:
         restore_checkpoint(trainer, main_dir / LAST)
-        first_epoch = json.loads((main_dir / LAST_EPOCH).read_text())["epochs"]
+        progress = json.loads((main_dir / LAST_EPOCH).read_text())
+        first_epoch = progress["epochs"]
+        restore_seed_states(trainer, progress.get("seed_states"))
         # best.weights.h5 may come from an epoch after the checkpoint: keep its score as the bar
         best_so_far = {
             name: max((row["val_accuracy"] for row in read_history(d)), default=-1.0) for name, d in run_dirs.items()
@@ -574,6 +597,7 @@ def train(
             validation_batch_size=256,
             epochs=cfg.epochs,
             initial_epoch=first_epoch,
+            shuffle=False,  # the batches reshuffle by (seed, epoch): Keras would reorder them by a state no resume has
             callbacks=callbacks,
             verbose=0,
         )
