@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -265,6 +266,37 @@ def test_a_ship_that_cannot_copy_both_files_leaves_the_shipped_pair_alone(repo_r
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: cannot ship {candidate} to {target}"), result.stderr
     assert {p.name: p.read_bytes() for p in target.parent.iterdir() if p.is_file()} == before  # no .tmp left
+
+
+def test_a_sidecar_the_disk_cannot_take_leaves_the_previous_one_and_is_one_error_line(
+    repo_root, fer2013_dir, cache_dir, tmp_path
+):
+    """--calibrate rewrites a shipped model's sidecar; on a full disk (here a file-size limit) the error line used to
+    name no file and a half-written .json.tmp stayed beside the model."""
+    from train import data
+
+    data.load_split(fer2013_dir, "public", cache_dir)  # cached: the conversion only reads it
+    target = shipped_copy(repo_root, tmp_path, "fer_fast_int8")
+    sidecar = target.with_suffix(".json")
+    before = {path.name: path.read_bytes() for path in target.parent.iterdir()}
+    limit = len(before[sidecar.name]) // 2
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "convert", "--calibrate", str(target), "--data", str(fer2013_dir)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env=cli_env(repo_root),
+        timeout=600,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: [Errno 27] File too large: '{sidecar}'"], errors
+    assert {path.name: path.read_bytes() for path in target.parent.iterdir()} == before
 
 
 def without_private_calibration(model) -> list[str]:

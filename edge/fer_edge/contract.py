@@ -6,6 +6,7 @@ crop must look. This module needs only the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -111,10 +112,19 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def write_sidecar(model_path: str | os.PathLike, sidecar: ModelSidecar) -> Path:
+    """Write the sidecar of ``model_path`` whole or not at all: a full disk leaves the previous one (and no
+    temporary file) behind, and its OSError names the sidecar."""
     path = sidecar_path(model_path)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(sidecar.to_json())
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(sidecar.to_json())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
     return path
 
 
