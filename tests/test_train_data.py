@@ -2,6 +2,8 @@
 
 import csv
 import logging
+import re
+import resource
 import subprocess
 import sys
 
@@ -206,3 +208,40 @@ def test_a_class_folder_without_images_is_refused_by_name(fer2013_dir, tmp_path)
         image.rename(image.with_suffix(".png"))  # only *.jpg are read
     with pytest.raises(data.DataError, match=rf"{root / 'test'}: no PublicTest_\*\.jpg images in disgust, fear"):
         data.load_split(root, "public")
+
+
+def test_a_cache_the_disk_cannot_take_is_one_error_line_naming_it_and_leaves_no_partial_file(
+    repo_root, fer2013_dir, tmp_path
+):
+    """On a full disk (here a file-size limit) the cache of a split used to stay half-written in the cache folder
+    (as large as the limit allowed), and the error line named no file."""
+    import shutil
+
+    root = tmp_path / "fer"
+    for name in data.CLASS_NAMES:
+        (root / "train" / name).mkdir(parents=True)
+        for image in sorted((fer2013_dir / "train" / name).glob("Training_*.jpg"))[:3]:
+            shutil.copy2(image, root / "train" / name / image.name)
+    cache = tmp_path / "cache"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"data: {root}\ncache_dir: {cache}\noutput_dir: {tmp_path / 'runs'}\nepochs: 1\n")
+    limit = 7 * 3 * 48 * 48 // 2  # half the split's pixels
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "--config", str(config)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(cache))}/fer2013-[0-9a-f]{{16}}-train\.npz: File too large", errors[0]
+    ), errors
+    assert list(cache.iterdir()) == []

@@ -7,6 +7,7 @@ labels; it is written into every run folder and, from there, into the model's si
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -88,11 +89,24 @@ def load_split(data: str | os.PathLike, split: str, cache_dir: str | os.PathLike
             return Split(z["x"], z["y"])
     result = _load_folders(path, split, files)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npz")
-        np.savez(tmp, x=result.x, y=result.y)
-        os.replace(tmp, cached)
+        _write_cache(cached, result)
     return result
+
+
+def _write_cache(cached: Path, split: Split) -> None:
+    """``split`` into ``cached`` whole or not at all: a full disk leaves no partial file (as large as the split) in
+    the cache folder, and its OSError names the cache file."""
+    tmp = cached.with_suffix(".tmp.npz")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, x=split.x, y=split.y)
+        os.replace(tmp, cached)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(cached)
+        raise
 
 
 def _cache_file(root: Path, split: str, files: list[list[Path]], cache_dir) -> Path | None:
