@@ -311,6 +311,35 @@ def test_a_checkpoint_the_disk_cannot_take_keeps_the_last_one_and_is_one_error_l
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [0, 1]
 
 
+def test_reports_the_disk_cannot_take_keep_the_previous_ones_and_are_one_error_line(
+    repo_root, tiny_run, fer2013_dir, cache_dir, tmp_path
+):
+    """make evaluate on a full disk (here a file-size limit) used to end in a traceback, leaving the confusion
+    matrix cut short in place of the previous one."""
+    run_dir, _ = tiny_run
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    data.load_split(fer2013_dir, "public", cache_dir)  # cached: the evaluation only reads it
+    before = {path.name: path.read_bytes() for path in copy.iterdir()}
+    limit = (copy / "confusion_public.png").stat().st_size // 2  # the text reports fit, the figure not
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", str(copy), "--data", str(fer2013_dir)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {copy / 'confusion_public.png'}: File too large"], errors
+    assert {path.name: path.read_bytes() for path in copy.iterdir()} == before
+
+
 @pytest.mark.parametrize("cut_row", ["3,0.18", "3,0.5,1.2,0.4,1.3,0.00"])
 def test_a_history_row_cut_off_by_a_kill_is_dropped_with_a_warning(tiny_run, tmp_path, caplog, cut_row):
     from train.fit import HISTORY, read_history

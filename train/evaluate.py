@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
@@ -89,8 +90,7 @@ def plot_confusion(cm: np.ndarray, labels, path: Path, title: str) -> None:
         ax.set_ylabel("true")
         ax.set_title(f"{title} ({name})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_learning_curves(history: list[dict], path: Path) -> None:
@@ -109,15 +109,25 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from train.fit import write_atomically
+
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
     """Evaluate ``run_dir/best.keras`` on PublicTest and write every report file (never PrivateTest)."""
     import keras
 
-    from train.fit import BEST, read_history
+    from train.fit import BEST, read_history, write_text_atomically
 
     run_dir = Path(run_dir)
     model = keras.models.load_model(run_dir / BEST)
@@ -126,10 +136,11 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
     scores = model.predict(public.x[..., None].astype(np.float32), batch_size=256, verbose=0)
     predicted = scores.argmax(1)
     metrics = split_metrics(public.y, predicted, labels)
-    (run_dir / "report_public.txt").write_text(
-        report_text(public.y, predicted, labels, f"PublicTest ({len(public)} images)")
+    # each report whole or not at all: a full disk leaves the previous one as it was
+    write_text_atomically(
+        run_dir / "report_public.txt", report_text(public.y, predicted, labels, f"PublicTest ({len(public)} images)")
     )
-    (run_dir / "per_class_public.json").write_text(json.dumps(metrics["per_class"], indent=2))
+    write_text_atomically(run_dir / "per_class_public.json", json.dumps(metrics["per_class"], indent=2))
     plot_confusion(
         np.array(metrics["confusion_matrix"]), labels, run_dir / "confusion_public.png", f"{run_dir.name} PublicTest"
     )
@@ -137,7 +148,7 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
     history = read_history(run_dir)
     if history:
         plot_learning_curves(history, run_dir / "learning_curves.png")
-        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+        write_text_atomically(run_dir / "history.json", json.dumps(history, indent=1))
         best_epoch = int(max(history, key=lambda row: row["val_accuracy"])["epoch"]) + 1
     else:
         best_epoch = None
@@ -151,11 +162,12 @@ def evaluate_run(run_dir: Path, data_dir=None, cache_dir="build/cache") -> dict:
         "best_epoch_on_public": best_epoch,
         "public": {k: metrics[k] for k in ("accuracy", "macro_f1")},
     }
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    with open(run_dir / "metrics.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["split", "accuracy", "macro_f1"])
-        writer.writerow(["public", metrics["accuracy"], metrics["macro_f1"]])
+    write_text_atomically(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["split", "accuracy", "macro_f1"])
+    writer.writerow(["public", metrics["accuracy"], metrics["macro_f1"]])
+    write_text_atomically(run_dir / "metrics.csv", table.getvalue())
     log.info(
         "wrote %s: report_public.txt, per_class_public.json, metrics.json, metrics.csv, confusion_public.png%s",
         run_dir,
@@ -184,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             evaluate_run(Path(run), args.data)
     except data.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, an unwritable run folder
+        print(f"error: {exc.filename}: {exc.strerror}" if exc.filename else f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
