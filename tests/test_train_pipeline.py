@@ -205,6 +205,22 @@ def test_an_interrupted_run_resumes_to_the_numbers_of_one_never_stopped(tiny_run
     assert fit.read_history(tmp_path / "runs" / "tiny") == fit.read_history(run_dir)
 
 
+def test_a_finished_run_trained_again_says_it_is_done(tiny_run, tmp_path, caplog):
+    """make train on a finished run used to say it was resuming at an epoch past its last."""
+    from train.fit import LAST, read_history, train
+
+    run_dir, _ = tiny_run
+    runs = tmp_path / "runs"
+    shutil.copytree(run_dir.parent, runs)
+    checkpoint = (runs / run_dir.name / LAST).read_bytes()
+    with caplog.at_level(logging.INFO, logger="train.fit"):
+        train(load_config(None, tiny_overrides(runs, epochs=3)), resume=True)
+    assert f"{runs / run_dir.name} has trained 3 of 3 epochs: nothing to train" in caplog.text
+    assert "resuming" not in caplog.text
+    assert read_history(runs / run_dir.name) == read_history(run_dir)
+    assert (runs / run_dir.name / LAST).read_bytes() == checkpoint
+
+
 def test_resume_refuses_a_changed_recipe_in_one_line_naming_what_changed(tiny_run, tmp_path, capsys):
     """Only the epochs and where things are may change on a resume: the run's config.yaml and run.json
     would otherwise record a recipe it was not trained with (or the checkpoint not fit the model)."""

@@ -557,7 +557,16 @@ def train(
         }
         for run_dir in run_dirs.values():
             truncate_history(run_dir, first_epoch)
-        log.info("resuming %s at epoch %d (best PublicTest so far %s)", main_dir, first_epoch + 1, best_so_far)
+        if first_epoch >= cfg.epochs:
+            log.info(
+                "%s has trained %d of %d epochs: nothing to train (more epochs: --epochs N); its best epoch is "
+                "exported again",
+                main_dir,
+                first_epoch,
+                cfg.epochs,
+            )
+        else:
+            log.info("resuming %s at epoch %d (best PublicTest so far %s)", main_dir, first_epoch + 1, best_so_far)
     plan = EpochPlan(cfg, deadline, list(run_dirs.values()))
     plan.write_configs()
     for name, run_dir in run_dirs.items():
