@@ -203,6 +203,7 @@ def test_an_interrupted_run_resumes_to_the_numbers_of_one_never_stopped(tiny_run
     monkeypatch.setattr(fit.EpochLog, "on_epoch_end", original)
     fit.train(cfg, resume=True)
     assert fit.read_history(tmp_path / "runs" / "tiny") == fit.read_history(run_dir)
+    assert (tmp_path / "runs" / "tiny" / fit.HISTORY).read_bytes() == (run_dir / fit.HISTORY).read_bytes()
 
 
 def test_a_finished_run_trained_again_says_it_is_done(tiny_run, tmp_path, caplog):

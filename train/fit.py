@@ -501,11 +501,12 @@ def check_nothing_trained_is_replaced(cfg: TrainConfig, resume: bool) -> None:
 
 
 def truncate_history(run_dir: Path, epochs: int) -> None:
-    """Drop the rows after ``epochs`` (epochs a resumed run will train again)."""
+    """Drop the rows after ``epochs`` (epochs a resumed run will train again); the rows kept stay byte for byte
+    (the csv module ends them with CR LF, which reading as text would turn into LF)."""
     path = run_dir / HISTORY
     if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
-        write_text_atomically(path, "".join(lines[: 1 + epochs]))
+        kept = b"".join(path.read_bytes().splitlines(keepends=True)[: 1 + epochs])
+        write_atomically(path, lambda tmp: tmp.write_bytes(kept))
 
 
 def train(
