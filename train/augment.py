@@ -6,27 +6,37 @@ Keras backend (Keras' random layers cannot be jit-compiled on JAX).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 
+from fer_edge.config.checks import Check, non_negative, number_range, unit
 
+
+def _checked(default: float, check: Check) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+# the loader refuses values that would train nonsense: a zoom or contrast of 1 or more can turn a scale negative
+# (faces upside down, faces in negative), a probability outside [0, 1] is not one
 @dataclass(frozen=True)
 class AugmentConfig:
-    rotation: float = 15.0  # degrees, uniform in [-r, r]
-    shear: float = 0.1  # shear factor, uniform in [-s, s]
-    zoom: float = 0.15  # scale uniform in [1 - z, 1 + z]
-    shift: float = 0.1  # fraction of the side, uniform in [-s, s]
+    rotation: float = _checked(15.0, number_range(0, 180))  # degrees, uniform in [-r, r]
+    shear: float = _checked(0.1, non_negative)  # shear factor, uniform in [-s, s]
+    zoom: float = _checked(0.15, unit)  # scale uniform in [1 - z, 1 + z]
+    shift: float = _checked(0.1, unit)  # fraction of the side, uniform in [-s, s]
     flip: bool = True  # horizontal
-    erasing: float = 0.25  # probability of erasing one random rectangle
-    brightness: float = 0.0  # additive, fraction of 255, uniform in [-b, b]
-    contrast: float = 0.0  # multiplicative, uniform in [1 - c, 1 + c]
+    erasing: float = _checked(0.25, number_range(0, 1))  # probability of erasing one random rectangle
+    brightness: float = _checked(0.0, number_range(0, 1))  # additive, fraction of 255, uniform in [-b, b]
+    contrast: float = _checked(0.0, unit)  # multiplicative, uniform in [1 - c, 1 + c]
     # camera degradations (bench/robustness.py measures what each costs an unprepared model)
-    blur: float = 0.0  # probability of a Gaussian blur, sigma uniform in [0.5, 1.5] px
-    downscale: float = 0.0  # probability of passing through 12-32 px and back (a small, distant face)
-    noise: float = 0.0  # probability of Gaussian sensor noise, sigma uniform in [2, 12]
-    jpeg: float = 0.0  # probability of JPEG compression at quality 15-60
+    blur: float = _checked(0.0, number_range(0, 1))  # probability of a Gaussian blur, sigma uniform in [0.5, 1.5] px
+    # probability of passing through 12-32 px and back (a small, distant face)
+    downscale: float = _checked(0.0, number_range(0, 1))
+    noise: float = _checked(0.0, number_range(0, 1))  # probability of Gaussian sensor noise, sigma uniform in [2, 12]
+    jpeg: float = _checked(0.0, number_range(0, 1))  # probability of JPEG compression at quality 15-60
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
