@@ -3,13 +3,13 @@
 import csv
 import logging
 import re
-import resource
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
+from disklimit import error_lines_under_file_size_limit
 
 from train import data
 
@@ -226,21 +226,10 @@ def test_a_cache_the_disk_cannot_take_is_one_error_line_naming_it_and_leaves_no_
     config = tmp_path / "tiny.yaml"
     config.write_text(f"data: {root}\ncache_dir: {cache}\noutput_dir: {tmp_path / 'runs'}\nepochs: 1\n")
     limit = 7 * 3 * 48 * 48 // 2  # half the split's pixels
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    result = subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(config)],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size,
+    errors = error_lines_under_file_size_limit(
+        [sys.executable, "-m", "train", "--config", str(config)], limit, repo_root
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr[-2000:]
+    assert len(errors) == 1, errors
     assert re.fullmatch(
         rf"error: {re.escape(str(cache))}/fer2013-[0-9a-f]{{16}}-train\.npz: File too large", errors[0]
     ), errors

@@ -2,14 +2,13 @@
 
 import json
 import logging
-import resource
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import yaml
+from disklimit import error_lines_under_file_size_limit
 
 from fer_edge.contract import read_sidecar
 from train import data
@@ -307,19 +306,11 @@ def test_a_checkpoint_the_disk_cannot_take_keeps_the_last_one_and_is_one_error_l
     config.write_text(yaml.safe_dump(to_dict(load_config(None, settings))))
     limit = ((run_dir / BEST_WEIGHTS).stat().st_size + len(checkpoint)) // 2  # the weights fit, last.keras not
 
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    result = subprocess.run(
+    errors = error_lines_under_file_size_limit(
         [sys.executable, "-m", "train", "--config", str(config), "--epochs", "2", "--resume", "--no-eval"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size,
+        limit,
+        repo_root,
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {run_dir / LAST}: File too large"], errors
     assert (run_dir / LAST).read_bytes() == checkpoint
     assert not list(run_dir.glob("*partial*"))
@@ -340,19 +331,9 @@ def test_reports_the_disk_cannot_take_keep_the_previous_ones_and_are_one_error_l
     before = {path.name: path.read_bytes() for path in copy.iterdir()}
     limit = (copy / "confusion_public.png").stat().st_size // 2  # the text reports fit, the figure not
 
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    result = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", str(copy), "--data", str(fer2013_dir)],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limit_file_size,
+    errors = error_lines_under_file_size_limit(
+        [sys.executable, "-m", "train.evaluate", str(copy), "--data", str(fer2013_dir)], limit, repo_root
     )
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {copy / 'confusion_public.png'}: File too large"], errors
     assert {path.name: path.read_bytes() for path in copy.iterdir()} == before
 
