@@ -5,6 +5,7 @@ import logging
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -47,13 +48,7 @@ def test_cache_returns_identical_arrays(fer2013_dir, tmp_path):
 
 def test_cache_follows_changes_inside_the_data_folder(fer2013_dir, tmp_path):
     """A reviewer swapping their own images into the same folder must get numbers on those images."""
-    import shutil
-
-    root = tmp_path / "fer"
-    for name in data.CLASS_NAMES:
-        (root / "test" / name).mkdir(parents=True)
-        for image in sorted((fer2013_dir / "test" / name).glob("PublicTest_*.jpg"))[:2]:
-            shutil.copy2(image, root / "test" / name / image.name)
+    root = first_images(fer2013_dir, tmp_path / "fer", "test", "PublicTest", 2)
     cache = tmp_path / "cache"
     assert np.bincount(data.load_split(root, "public", cache).y).tolist() == [2] * 7
     moved = next((root / "test" / "happy").glob("*.jpg"))
@@ -169,16 +164,22 @@ def test_face_margin_matches_haar_on_fer2013(fer2013_dir, cache_dir):
     assert abs(1 / np.median(ratios) - FACE_MARGIN) < 0.05
 
 
+def first_images(fer2013_dir: Path, root: Path, folder: str, prefix: str, per_class: int) -> Path:
+    """A small data set under ``root``: the first ``per_class`` ``<prefix>_*.jpg`` images of each class in one
+    folder of FER-2013 (``train`` or ``test``)."""
+    import shutil
+
+    for name in data.CLASS_NAMES:
+        (root / folder / name).mkdir(parents=True)
+        for image in sorted((fer2013_dir / folder / name).glob(f"{prefix}_*.jpg"))[:per_class]:
+            shutil.copy2(image, root / folder / name / image.name)
+    return root
+
+
 def test_a_truncated_jpeg_is_refused_by_name(fer2013_dir, tmp_path):
     """OpenCV decodes a JPEG cut short without an error, greying out its missing rows: a half-copied data set
     would train on grey faces without a word."""
-    import shutil
-
-    root = tmp_path / "fer"
-    for name in data.CLASS_NAMES:
-        (root / "test" / name).mkdir(parents=True)
-        for image in sorted((fer2013_dir / "test" / name).glob("PublicTest_*.jpg"))[:2]:
-            shutil.copy2(image, root / "test" / name / image.name)
+    root = first_images(fer2013_dir, tmp_path / "fer", "test", "PublicTest", 2)
     assert len(data.load_split(root, "public").y) == 14
     cut = sorted((root / "test" / "sad").glob("*.jpg"))[1]
     encoded = cut.read_bytes()
@@ -215,13 +216,7 @@ def test_a_cache_the_disk_cannot_take_is_one_error_line_naming_it_and_leaves_no_
 ):
     """On a full disk (here a file-size limit) the cache of a split used to stay half-written in the cache folder
     (as large as the limit allowed), and the error line named no file."""
-    import shutil
-
-    root = tmp_path / "fer"
-    for name in data.CLASS_NAMES:
-        (root / "train" / name).mkdir(parents=True)
-        for image in sorted((fer2013_dir / "train" / name).glob("Training_*.jpg"))[:3]:
-            shutil.copy2(image, root / "train" / name / image.name)
+    root = first_images(fer2013_dir, tmp_path / "fer", "train", "Training", 3)
     cache = tmp_path / "cache"
     config = tmp_path / "tiny.yaml"
     config.write_text(f"data: {root}\ncache_dir: {cache}\noutput_dir: {tmp_path / 'runs'}\nepochs: 1\n")
